@@ -1,0 +1,289 @@
+//! Command-line interface: parses arguments, sets up logging, runs a command, prints its outcome.
+
+use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use crate::error::{ExitStatus, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+A typical migration after an Open Directory rebuild:
+  principal-reconciler config > principal-reconciler.toml   # then edit it
+  principal-reconciler directory pull       # can we read the new directory?
+  principal-reconciler scan                 # what addresses do stored events use?
+  principal-reconciler plan                 # mapping + change plan + reports; changes nothing
+  principal-reconciler apply                # journaled, resumable; `rollback` undoes it
+  principal-reconciler verify               # exit 1 while problems remain
+Or all in one go, on a scratch copy first:
+  principal-reconciler migrate --rehearse /tmp/rehearsal
+
+Exit codes: 0 ok, 1 problems found, 2 usage/configuration/input error, 3 runtime failure
+(unreachable server, I/O error). Logs go to stderr; --json prints one JSON document on stdout.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "principal-reconciler",
+    version,
+    about = "Repairs CalDAV calendar stores after a directory migration",
+    long_about = "Repairs Apple CalendarServer stores after an Open Directory / LDAP rebuild: matches the \
+old GUIDs, addresses and principal URLs found in stored events to the new directory's records, \
+rewrites ORGANIZER/ATTENDEE (and every other place a principal id lives) losslessly, and provisions \
+users that have no calendar principal yet. Every write is journaled and reversible.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Configuration file
+    #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+    /// Print one JSON document on stdout instead of the human summary
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace)
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    /// No progress bars (they are also off when stderr is not a terminal)
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List every calendar user address in the store, counted by form
+    Scan,
+    /// Build the mapping and the change plan, write reports; changes nothing in the store
+    Plan,
+    /// Carry out a plan (journaled, resumable after a crash)
+    Apply(ApplyArgs),
+    /// Undo an applied run (default: the latest), byte for byte
+    Rollback(RollbackArgs),
+    /// Check the store against the directory; exit 1 when problems remain
+    Verify,
+    /// Enable calendaring for directory users that have no principal yet
+    Provision(ProvisionArgs),
+    /// Check store ownership, permissions and caches; --fix repairs them
+    Doctor(DoctorArgs),
+    /// Write the reports of a plan or run again
+    Report(ReportArgs),
+    /// Pull, scan, plan, apply, verify and report in one go
+    Migrate(MigrateArgs),
+    /// Read the directory: `pull` shows what it holds, `export --ldif FILE` snapshots it
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
+    /// Print a commented example configuration
+    Config,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ApplyArgs {
+    /// The plan to apply (default: the latest)
+    #[arg(long, value_name = "ID")]
+    pub plan: Option<i64>,
+    /// Copy the store to DIR first (owners, modes, attributes kept) and work on the copy
+    #[arg(long, value_name = "DIR")]
+    pub rehearse: Option<PathBuf>,
+    /// Run even though the calendar server seems to be running on the store
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RollbackArgs {
+    /// The run to undo (default: the latest)
+    #[arg(long, value_name = "ID")]
+    pub run: Option<i64>,
+    /// Restore resources even when they changed after the run
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ProvisionArgs {
+    /// Make the changes (without it, only report)
+    #[arg(long)]
+    pub apply: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DoctorArgs {
+    /// Repair ownership, MD5 attributes and leftovers of interrupted writes
+    #[arg(long)]
+    pub fix: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReportArgs {
+    /// Report on this plan (default: the latest)
+    #[arg(long, value_name = "ID")]
+    pub plan: Option<i64>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct MigrateArgs {
+    /// Stop after plan: change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Copy the store to DIR first and migrate the copy (a rehearsal)
+    #[arg(long, value_name = "DIR")]
+    pub rehearse: Option<PathBuf>,
+    /// Run even though the calendar server seems to be running on the store
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DirectoryCommand {
+    /// Read the current directory (and the old exports) and show counts per record type
+    Pull,
+    /// Write what a pull of the current directory sees as an LDIF snapshot
+    Export {
+        /// Where to write the LDIF
+        #[arg(long, value_name = "FILE")]
+        ldif: PathBuf,
+    },
+}
+
+/// What every command sees: the configuration and the output settings.
+pub struct Context {
+    pub config: Config,
+    pub json: bool,
+    /// Show progress bars (a terminal on stderr, no --no-progress, no --quiet).
+    pub progress: bool,
+}
+
+/// The result of a command: its exit status, a short human summary and the JSON document.
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub human: String,
+    pub json: serde_json::Value,
+}
+
+impl Outcome {
+    pub fn ok(human: impl Into<String>, json: serde_json::Value) -> Outcome {
+        Outcome { status: ExitStatus::Ok, human: human.into(), json }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PRINCIPAL_RECONCILER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("principal_reconciler={level},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Runs the tool with the process arguments and returns the exit code.
+pub fn main() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => ExitStatus::Usage.code(),
+            };
+        }
+    };
+    init_logging(&cli);
+    let json = cli.json;
+    match run(cli) {
+        Ok(outcome) => {
+            let mut out = std::io::stdout().lock();
+            if json {
+                let mut doc = outcome.json;
+                if let serde_json::Value::Object(map) = &mut doc {
+                    map.insert("exit_code".into(), outcome.status.code().into());
+                }
+                let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else if !outcome.human.is_empty() {
+                let _ = write!(out, "{}", outcome.human);
+                if !outcome.human.ends_with('\n') {
+                    let _ = writeln!(out);
+                }
+            }
+            outcome.status.code()
+        }
+        Err(err) => {
+            let status = err.exit_status();
+            if json {
+                let doc = serde_json::json!({ "error": err.message, "exit_code": status.code() });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            eprintln!("error: {}", err.message);
+            status.code()
+        }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<Outcome> {
+    if let Command::Config = cli.command {
+        return Ok(Outcome::ok(
+            crate::config::EXAMPLE,
+            serde_json::json!({ "config": crate::config::EXAMPLE }),
+        ));
+    }
+    let config = Config::load(&cli.config)?;
+    let ctx = Context {
+        config,
+        json: cli.json,
+        progress: !cli.no_progress && !cli.quiet && std::io::stderr().is_terminal(),
+    };
+    match cli.command {
+        Command::Config => unreachable!("handled above"),
+        Command::Scan => crate::store::command_scan(&ctx),
+        Command::Plan => crate::plan::command_plan(&ctx),
+        Command::Apply(args) => crate::journal::command_apply(&ctx, &args),
+        Command::Rollback(args) => crate::journal::command_rollback(&ctx, &args),
+        Command::Verify => crate::plan::command_verify(&ctx),
+        Command::Provision(args) => crate::provision::command_provision(&ctx, &args),
+        Command::Doctor(args) => crate::store::command_doctor(&ctx, &args),
+        Command::Report(args) => crate::report::command_report(&ctx, &args),
+        Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
+        Command::Directory(DirectoryCommand::Pull) => crate::directory::command_pull(&ctx),
+        Command::Directory(DirectoryCommand::Export { ldif }) => {
+            crate::directory::command_export(&ctx, &ldif)
+        }
+    }
+}
+
+/// A progress bar on stderr, hidden when progress is off.
+pub fn progress_bar(ctx: &Context, len: Option<u64>, what: &str) -> indicatif::ProgressBar {
+    if !ctx.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => indicatif::ProgressBar::new(n).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{msg:>10} {spinner} {pos} {per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_message(what.to_string());
+    bar
+}
+

@@ -1,0 +1,406 @@
+//! The configuration file (`principal-reconciler.toml`): what it may hold, how it is read.
+//!
+//! Unknown keys are errors naming the key, the file and the line. Relative paths resolve against
+//! the folder holding the configuration file.
+
+use crate::address::AddressForm;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG_FILE: &str = "principal-reconciler.toml";
+pub const PASSWORD_ENV: &str = "PRINCIPAL_RECONCILER_BIND_PASSWORD";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub old_directory: OldDirectoryConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub rewrite: RewriteConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub report: ReportConfig,
+    #[serde(default)]
+    pub provision: ProvisionConfig,
+    /// The file this configuration was read from.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// Kind of directory server, for its default attributes and containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    #[default]
+    #[serde(rename = "opendirectory")]
+    OpenDirectory,
+    #[serde(rename = "openldap")]
+    OpenLdap,
+    ActiveDirectory,
+    #[serde(rename = "freeipa")]
+    FreeIpa,
+    #[serde(rename = "389ds")]
+    Ds389,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `ldap://` or `ldaps://` URL of the current directory.
+    pub url: Option<String>,
+    /// An LDIF snapshot of the current directory, used instead of `url`.
+    pub ldif: Option<PathBuf>,
+    pub bind_dn: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Search base (e.g. `dc=od,dc=example,dc=com`).
+    pub base: Option<String>,
+    #[serde(default)]
+    pub preset: Preset,
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM file with the CA certificate(s) that signed the server's certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Skip certificate verification (loudly warned about).
+    #[serde(default)]
+    pub tls_insecure: bool,
+    #[serde(default = "default_page_size")]
+    pub page_size: i32,
+    /// Seconds for connecting and for each operation.
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+    /// Accept a directory that stopped early (size/time/admin limit) with a warning.
+    #[serde(default)]
+    pub allow_partial: bool,
+    /// Attribute overrides: guid, short_name, full_name, email, member_guid, member_uid, nested_guid.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Per-type filter overrides: user, group, location, resource.
+    #[serde(default)]
+    pub filters: BTreeMap<String, String>,
+    /// Per-type container overrides (relative to `base`): user, group, location, resource.
+    #[serde(default)]
+    pub containers: BTreeMap<String, String>,
+}
+
+fn default_page_size() -> i32 {
+    500
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OldDirectoryConfig {
+    /// dsexport / Workgroup Manager exports or LDIF files of the directory as it was.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// CalendarServer 2.x file store (Mac OS X Server 10.5/10.6).
+    #[default]
+    CalendarserverFs,
+    /// CalendarServer 3+ PostgreSQL store.
+    CalendarserverPg,
+    /// Any folder tree of `.ics` files.
+    IcsDir,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// The store's data root (`/Library/CalendarServer/Documents`) or the .ics folder.
+    pub path: PathBuf,
+    /// Who must own the store's files: `user:group` names or `uid:gid` numbers.
+    pub owner: Option<String>,
+    /// Extended attribute prefix: `user.` (Linux) or `WebDAV:` (macOS); detected when unset.
+    pub xattr_prefix: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    #[serde(default)]
+    pub address_form: AddressForm,
+    /// Mail domains of the organisation: addresses outside them are never touched.
+    #[serde(default)]
+    pub internal_domains: Vec<String>,
+    /// CSV of `old,new` pairs that win over every rule.
+    pub mapping_file: Option<PathBuf>,
+    #[serde(default)]
+    pub domain_alias: Vec<DomainAlias>,
+}
+
+impl Default for RewriteConfig {
+    fn default() -> Self {
+        RewriteConfig {
+            address_form: AddressForm::UrnUuid,
+            internal_domains: Vec::new(),
+            mapping_file: None,
+            domain_alias: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainAlias {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Folder holding the state database, the journal and the backups of original files.
+    #[serde(default = "default_state_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { path: default_state_path() }
+    }
+}
+
+fn default_state_path() -> PathBuf {
+    PathBuf::from("principal-reconciler-state")
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    #[serde(default = "default_report_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig { dir: default_report_dir() }
+    }
+}
+
+fn default_report_dir() -> PathBuf {
+    PathBuf::from("reports")
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionConfig {
+    /// Run provisioning as part of `migrate`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The calendar service access group (2.x `restrictToGroup`), name or GUID.
+    pub access_group: Option<String>,
+    /// CalendarServer 3+ `augments.xml`.
+    pub augments_file: Option<PathBuf>,
+    /// Where to write a dsimport file when the access group lives in the server's local node.
+    pub output: Option<PathBuf>,
+    #[serde(default = "yes")]
+    pub enable_calendar: bool,
+    #[serde(default)]
+    pub enable_addressbook: bool,
+    #[serde(default = "yes")]
+    pub auto_schedule_rooms: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ProvisionConfig {
+    fn default() -> Self {
+        ProvisionConfig {
+            enabled: false,
+            access_group: None,
+            augments_file: None,
+            output: None,
+            enable_calendar: true,
+            enable_addressbook: false,
+            auto_schedule_rooms: true,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::usage(format!(
+                    "configuration file {} not found (give one with --config, or print an example with `principal-reconciler config`)",
+                    path.display()
+                ))
+            } else {
+                Error::usage(format!("cannot read configuration file {}: {e}", path.display()))
+            }
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` names the file in messages and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().trim().to_string();
+            match line {
+                Some(l) => Error::usage(format!("{}:{l}: {msg}", path.display())),
+                None => Error::usage(format!("{}: {msg}", path.display())),
+            }
+        })?;
+        cfg.source = path.to_path_buf();
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        cfg.resolve_paths(&base);
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let fix_opt = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        };
+        fix_opt(&mut self.directory.ldif);
+        fix_opt(&mut self.directory.password_file);
+        fix_opt(&mut self.directory.tls_ca_file);
+        self.old_directory.files.iter_mut().for_each(fix);
+        fix(&mut self.store.path);
+        fix_opt(&mut self.rewrite.mapping_file);
+        fix(&mut self.state.path);
+        fix(&mut self.report.dir);
+        fix_opt(&mut self.provision.augments_file);
+        fix_opt(&mut self.provision.output);
+    }
+
+    fn check(&self) -> Result<()> {
+        let at = self.source.display();
+        let d = &self.directory;
+        match (&d.url, &d.ldif) {
+            (Some(_), Some(_)) => {
+                return Err(Error::usage(format!(
+                    "{at}: [directory] has both `url` and `ldif`; keep one (a live server or a snapshot)"
+                )))
+            }
+            (None, None) => {
+                return Err(Error::usage(format!(
+                    "{at}: [directory] needs `url` (a live LDAP server) or `ldif` (a snapshot)"
+                )))
+            }
+            _ => {}
+        }
+        if let Some(url) = &d.url {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("ldap://") || lower.starts_with("ldaps://") || lower.starts_with("ldapi://")) {
+                return Err(Error::usage(format!(
+                    "{at}: [directory] url `{url}` must start with ldap://, ldaps:// or ldapi://"
+                )));
+            }
+            if d.base.is_none() {
+                return Err(Error::usage(format!("{at}: [directory] url needs `base` (the search base)")));
+            }
+        }
+        if d.page_size < 1 {
+            return Err(Error::usage(format!("{at}: [directory] page_size must be at least 1")));
+        }
+        for key in d.attributes.keys() {
+            const KNOWN: [&str; 7] =
+                ["guid", "short_name", "full_name", "email", "member_guid", "member_uid", "nested_guid"];
+            if !KNOWN.contains(&key.as_str()) {
+                return Err(Error::usage(format!(
+                    "{at}: [directory.attributes] unknown key `{key}` (known: {})",
+                    KNOWN.join(", ")
+                )));
+            }
+        }
+        for (table, map) in [("filters", &d.filters), ("containers", &d.containers)] {
+            for key in map.keys() {
+                if !["user", "group", "location", "resource"].contains(&key.as_str()) {
+                    return Err(Error::usage(format!(
+                        "{at}: [directory.{table}] unknown key `{key}` (known: user, group, location, resource)"
+                    )));
+                }
+            }
+        }
+        if let Some(owner) = &self.store.owner {
+            if owner.split(':').count() != 2 || owner.split(':').any(str::is_empty) {
+                return Err(Error::usage(format!(
+                    "{at}: [store] owner `{owner}` must be `user:group` (names or numbers)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an e-mail domain belongs to the organisation (`[rewrite] internal_domains`).
+    pub fn is_internal_domain(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.rewrite.internal_domains.iter().any(|d| {
+            let d = d.to_ascii_lowercase();
+            domain == d || domain.ends_with(&format!(".{d}"))
+        })
+    }
+
+    /// The bind password: from `password_file`, else from the environment; never from argv.
+    pub fn bind_password(&self) -> Result<Option<String>> {
+        if let Some(p) = &self.directory.password_file {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Error::usage(format!("cannot read password_file {}: {e}", p.display())))?;
+            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        Ok(std::env::var(PASSWORD_ENV).ok())
+    }
+}
+
+/// The commented example configuration `principal-reconciler config` prints.
+pub const EXAMPLE: &str = include_str!("../examples/principal-reconciler.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses() {
+        let cfg = Config::parse(EXAMPLE, Path::new("/etc/pr/principal-reconciler.toml")).unwrap();
+        assert_eq!(cfg.store.path, PathBuf::from("/Library/CalendarServer/Documents"));
+        assert_eq!(cfg.state.path, PathBuf::from("/etc/pr/principal-reconciler-state"));
+        assert_eq!(cfg.rewrite.address_form, AddressForm::UrnUuid);
+        assert!(cfg.is_internal_domain("EXAMPLE.com"));
+        assert!(cfg.is_internal_domain("mail.example.com"));
+        assert!(!cfg.is_internal_domain("example.org"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "[directory]\nldif = \"x.ldif\"\n\n[store]\npath = \"s\"\ncolour = \"blue\"\n";
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err();
+        assert!(err.message.starts_with("c.toml:6:"), "{}", err.message);
+        assert!(err.message.contains("colour"), "{}", err.message);
+        assert_eq!(err.exit_status(), crate::error::ExitStatus::Usage);
+    }
+
+    #[test]
+    fn needs_a_directory_source() {
+        let err = Config::parse("[directory]\n[store]\npath = \"s\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.message.contains("needs `url`"), "{}", err.message);
+    }
+}

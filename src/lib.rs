@@ -1,0 +1,19 @@
+//! principal-reconciler: repairs CalDAV calendar stores after a directory migration.
+//!
+//! Stages, each a module: [`directory`] reads the new directory and the old exports, [`store`]
+//! walks the calendar store, [`ical`] reads and losslessly rewrites calendar objects, [`mapping`]
+//! resolves old addresses to new records, [`plan`] computes every change, [`journal`] applies and
+//! rolls back, [`provision`] enables missing principals, [`report`] writes what a human checks.
+
+pub mod address;
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod ical;
+pub mod journal;
+pub mod mapping;
+pub mod plan;
+pub mod provision;
+pub mod report;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Mapping: every old address or GUID found in the store to a current directory record.
