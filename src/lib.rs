@@ -16,4 +16,5 @@ pub mod mapping;
 pub mod plan;
 pub mod provision;
 pub mod report;
+pub mod state;
 pub mod store;
