@@ -219,6 +219,18 @@ fn walk(
         if is_blank(content) {
             continue;
         }
+        if info.physical_lines > 1
+            && matches!(bytes[info.text_start], b'\r' | b'\n')
+            && state != State::After
+        {
+            return Err(IcalError::at(
+                info.line + 1,
+                format!(
+                    "folded continuation line after a blank line: `{}`",
+                    excerpt(content)
+                ),
+            ));
+        }
         match state {
             State::After => {
                 let second = line::split(content)
@@ -639,4 +651,504 @@ pub fn rewrite(
         bytes: out,
         changes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::RecordType;
+
+    const NEW: &str = "11111111-2222-3333-4444-555555555555";
+    const OLD: &str = "AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE";
+
+    fn jane() -> Principal {
+        Principal {
+            guid: Guid::parse(NEW).unwrap(),
+            kind: RecordType::User,
+            short_name: "jdoe".into(),
+            full_name: Some("Jane Doe".into()),
+            emails: vec!["jane@example.com".into(), "jd@example.com".into()],
+        }
+    }
+
+    /// A resolver mapping each address to `p`.
+    fn map(addrs: &[&str], p: Principal) -> HashMap<String, Principal> {
+        addrs
+            .iter()
+            .map(|a| (CalAddress::parse(a).key(), p.clone()))
+            .collect()
+    }
+
+    fn cal(body: &str) -> String {
+        format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:u1\r\n{body}END:VEVENT\r\nEND:VCALENDAR\r\n")
+    }
+
+    fn opts() -> RewriteOptions {
+        RewriteOptions {
+            form: AddressForm::UrnUuid,
+        }
+    }
+
+    fn rw(input: &[u8], r: &HashMap<String, Principal>) -> Rewritten {
+        rewrite(input, r, &opts()).unwrap()
+    }
+
+    /// The logical lines of a file, as text.
+    fn logical(b: &[u8]) -> Vec<String> {
+        line::unfold(b)
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| String::from_utf8_lossy(&l).into_owned())
+            .collect()
+    }
+
+    fn err(input: &[u8]) -> IcalError {
+        let e = scan(input).unwrap_err();
+        assert_eq!(rewrite(input, &HashMap::new(), &opts()).unwrap_err(), e);
+        e
+    }
+
+    #[test]
+    fn scan_lists_every_address() {
+        let text = "BEGIN:VCALENDAR\r\nBEGIN:VTIMEZONE\r\nTZID:X\r\nATTENDEE:mailto:tz@x\r\nEND:VTIMEZONE\r\n\
+            BEGIN:VEVENT\r\nUID:a\\,b\r\nORGANIZER;CN=\"Doe, Jane\";EMAIL=jane@example.com:mailto:jane@example.com\r\n\
+            attendee;cutype=ROOM;cn=Room 1:urn:uuid:AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE\r\n\
+            VOTER:mailto:v@x\r\n\
+            X-CALENDARSERVER-ATTENDEE-COMMENT;X-CALENDARSERVER-ATTENDEE-REF=\"urn:uuid:X\";X-CALENDARSERVER-DTSTAMP=1:hi\r\n\
+            X-CALENDARSERVER-MODIFIED-BY:/principals/users/jdoe/\r\nEND:VEVENT\r\n\
+            BEGIN:X-CALENDARSERVER-PERUSER\r\nUID:second\r\nX-CALENDARSERVER-PERUSER-UID:aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee\r\n\
+            END:X-CALENDARSERVER-PERUSER\r\nEND:VCALENDAR\r\n";
+        let info = scan(text.as_bytes()).unwrap();
+        assert_eq!(info.uid.as_deref(), Some("a,b"));
+        assert_eq!(info.organizer.as_deref(), Some("mailto:jane@example.com"));
+        let a = &info.addresses;
+        assert_eq!(a.len(), 6, "{a:#?}");
+        assert_eq!(a[0].line, 8);
+        assert_eq!(a[0].property, "ORGANIZER");
+        assert_eq!(a[0].cn.as_deref(), Some("Doe, Jane"));
+        assert_eq!(a[0].email.as_deref(), Some("jane@example.com"));
+        assert_eq!(a[1].property, "ATTENDEE");
+        assert_eq!(a[1].cutype.as_deref(), Some("ROOM"));
+        assert_eq!(a[1].cn.as_deref(), Some("Room 1"));
+        assert_eq!(a[1].value, format!("urn:uuid:{OLD}"));
+        assert_eq!(a[2].property, "VOTER");
+        assert_eq!(a[3].property, "X-CALENDARSERVER-ATTENDEE-COMMENT");
+        assert_eq!(a[3].value, "urn:uuid:X");
+        assert_eq!(a[4].value, "/principals/users/jdoe/");
+        assert_eq!(a[5].property, "X-CALENDARSERVER-PERUSER-UID");
+        assert_eq!(a[5].line, 16);
+    }
+
+    #[test]
+    fn scan_counts_physical_lines_and_decodes_rfc6868() {
+        let text = cal("DESCRIPTION:a\r\n b\r\n c\r\nATTENDEE;CN=Caret ^^ and ^'quote^' ^n:\r\n mailto:x@y\r\n");
+        let info = scan(text.as_bytes()).unwrap();
+        assert_eq!(info.addresses[0].line, 8);
+        assert_eq!(info.addresses[0].value, "mailto:x@y");
+        assert_eq!(
+            info.addresses[0].cn.as_deref(),
+            Some("Caret ^ and \"quote\" \n")
+        );
+    }
+
+    #[test]
+    fn rewrites_organizer_to_canonical_form() {
+        let text = cal(
+            "ORGANIZER;CN=Old Name;EMAIL=old@example.com:mailto:JD@example.com\r\nSUMMARY:x\r\n",
+        );
+        let r = rw(text.as_bytes(), &map(&["mailto:jd@example.com"], jane()));
+        let want = cal(&format!(
+            "ORGANIZER;CN=Jane Doe;EMAIL=jd@example.com:urn:uuid:{NEW}\r\nSUMMARY:x\r\n"
+        ));
+        assert_eq!(logical(&r.bytes), logical(want.as_bytes()));
+        assert_eq!(r.changes.len(), 1);
+        let c = &r.changes[0];
+        assert_eq!((c.line, c.property.as_str()), (5, "ORGANIZER"));
+        assert_eq!(c.old_value, "mailto:JD@example.com");
+        assert_eq!(c.new_value, format!("urn:uuid:{NEW}"));
+        assert_eq!(
+            c.old_line,
+            "ORGANIZER;CN=Old Name;EMAIL=old@example.com:mailto:JD@example.com"
+        );
+        assert_eq!(
+            c.new_line,
+            format!("ORGANIZER;CN=Jane Doe;EMAIL=jd@example.com:urn:uuid:{NEW}")
+        );
+    }
+
+    #[test]
+    fn other_params_keep_order_case_and_text() {
+        let room = Principal {
+            guid: Guid::parse(NEW).unwrap(),
+            kind: RecordType::Location,
+            short_name: "room1".into(),
+            full_name: Some("Room One".into()),
+            emails: vec![],
+        };
+        let text = cal(&format!(
+            "attendee;partstat=ACCEPTED;CUTYPE=ROOM;x-odd=\"a:b\";cn=Old Room;rsvp=TRUE:urn:uuid:{OLD}\r\n"
+        ));
+        let r = rw(text.as_bytes(), &map(&[&format!("urn:uuid:{OLD}")], room));
+        let want = cal(&format!(
+            "attendee;partstat=ACCEPTED;CUTYPE=ROOM;x-odd=\"a:b\";cn=Room One;rsvp=TRUE:ur\r\n n:uuid:{NEW}\r\n"
+        ));
+        assert_eq!(String::from_utf8(r.bytes).unwrap(), want);
+    }
+
+    #[test]
+    fn cn_removed_when_record_has_no_full_name() {
+        let mut p = jane();
+        p.full_name = None;
+        let text = cal(&format!(
+            "ATTENDEE;CN=Someone;ROLE=CHAIR;CN=Dup:urn:uuid:{OLD}\r\n"
+        ));
+        let r = rw(text.as_bytes(), &map(&[&format!("urn:uuid:{OLD}")], p));
+        let want = cal(&format!(
+            "ATTENDEE;ROLE=CHAIR;EMAIL=jane@example.com:urn:uuid:{NEW}\r\n"
+        ));
+        assert_eq!(logical(&r.bytes), logical(want.as_bytes()));
+    }
+
+    #[test]
+    fn email_rules() {
+        let key = format!("urn:uuid:{OLD}");
+        let old = format!("urn:uuid:{OLD}");
+        let m = map(
+            &[&key, "mailto:jd@example.com", "mailto:gone@example.com"],
+            jane(),
+        );
+        let run = |line: &str| {
+            let r = rw(cal(&format!("{line}\r\n")).as_bytes(), &m);
+            r.changes.first().map(|c| c.new_line.clone())
+        };
+        // The old EMAIL is still one of the record's addresses: kept as written.
+        assert_eq!(
+            run(&format!("ATTENDEE;EMAIL=JD@Example.com;CN=Jane Doe:{old}")),
+            Some(format!(
+                "ATTENDEE;EMAIL=JD@Example.com;CN=Jane Doe:urn:uuid:{NEW}"
+            ))
+        );
+        // The old value was a mailto: of the record: EMAIL becomes that address.
+        assert_eq!(
+            run("ATTENDEE;EMAIL=gone@example.com:mailto:jd@example.com"),
+            Some(format!(
+                "ATTENDEE;EMAIL=jd@example.com;CN=Jane Doe:urn:uuid:{NEW}"
+            ))
+        );
+        // Otherwise the record's first address; appended after the existing parameters.
+        assert_eq!(
+            run("ATTENDEE;ROLE=CHAIR:mailto:gone@example.com"),
+            Some(format!(
+                "ATTENDEE;ROLE=CHAIR;CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}"
+            ))
+        );
+        // No e-mail at all: EMAIL removed.
+        let mut p = jane();
+        p.emails.clear();
+        let m2 = map(&[&key], p);
+        let r = rw(
+            cal(&format!("ATTENDEE;EMAIL=x@y;CN=Jane Doe:{old}\r\n")).as_bytes(),
+            &m2,
+        );
+        assert_eq!(
+            r.changes[0].new_line,
+            format!("ATTENDEE;CN=Jane Doe:urn:uuid:{NEW}")
+        );
+    }
+
+    #[test]
+    fn quotes_and_escapes_new_values() {
+        let mut p = jane();
+        p.full_name = Some("Doe, Jane \"JD\" ^ Jr.".into());
+        let r = rw(
+            cal(&format!("ATTENDEE:urn:uuid:{OLD}\r\n")).as_bytes(),
+            &map(&[&format!("urn:uuid:{OLD}")], p),
+        );
+        assert_eq!(
+            r.changes[0].new_line,
+            format!(
+                "ATTENDEE;CN=\"Doe, Jane ^'JD^' ^^ Jr.\";EMAIL=jane@example.com:urn:uuid:{NEW}"
+            )
+        );
+        let back = scan(&r.bytes).unwrap();
+        assert_eq!(
+            back.addresses[0].cn.as_deref(),
+            Some("Doe, Jane \"JD\" ^ Jr.")
+        );
+    }
+
+    #[test]
+    fn unchanged_when_already_canonical_even_if_folded() {
+        let text = cal(&format!(
+            "ATTENDEE;CN=Jane Doe;EMAIL=jane@example.com:urn:uui\r\n d:{NEW}\r\n"
+        ));
+        let m = map(&[&format!("urn:uuid:{NEW}")], jane());
+        let r = rw(text.as_bytes(), &m);
+        assert!(r.changes.is_empty());
+        assert_eq!(r.bytes, text.as_bytes());
+    }
+
+    #[test]
+    fn unresolved_addresses_are_left_alone() {
+        let text = cal("ATTENDEE;CN=Gone:mailto:gone@elsewhere.org\r\nORGANIZER:tel:+1555\r\n");
+        let r = rw(text.as_bytes(), &map(&["mailto:jd@example.com"], jane()));
+        assert!(r.changes.is_empty());
+        assert_eq!(r.bytes, text.as_bytes());
+    }
+
+    #[test]
+    fn refolds_long_lines_at_75_octets_without_splitting_utf8() {
+        let mut p = jane();
+        p.full_name =
+            Some("Zoë Ångström-Øverli Þórsdóttir Müller-Lüdenscheidt von Überwald".into());
+        let text = cal(&format!(
+            "ATTENDEE;ROLE=REQ-PARTICIPANT;PARTSTAT=NEEDS-ACTION:urn:uuid:{OLD}\r\n"
+        ));
+        let r = rw(
+            text.as_bytes(),
+            &map(&[&format!("urn:uuid:{OLD}")], p.clone()),
+        );
+        let out =
+            String::from_utf8(r.bytes.clone()).expect("every physical line stays valid UTF-8");
+        let mut physical = 0;
+        for l in out.split("\r\n") {
+            assert!(l.len() <= 75, "{l:?}");
+            physical += 1;
+        }
+        assert!(physical > 9, "the rewritten line is folded");
+        let info = scan(&r.bytes).unwrap();
+        assert_eq!(info.addresses[0].cn.as_deref(), p.full_name.as_deref());
+        assert_eq!(info.addresses[0].value, format!("urn:uuid:{NEW}"));
+    }
+
+    #[test]
+    fn lf_only_mixed_endings_bom_and_latin1_survive() {
+        let text: Vec<u8> = [
+            &b"\xEF\xBB\xBFBEGIN:VCALENDAR\nVERSION:2.0\r\nBEGIN:VEVENT\nSUMMARY:Caf\xE9 cr\xE8me\n"[..],
+            format!("ORGANIZER;CN=Old:urn:uuid:{OLD}\n").as_bytes(),
+            format!("ATTENDEE:urn:uuid:{OLD}\r\n").as_bytes(),
+            b"X-UNKNOWN;Foo=bar:\xFF\xFE\r\nEND:VEVENT\nEND:VCALENDAR",
+        ]
+        .concat();
+        let r = rw(&text, &map(&[&format!("urn:uuid:{OLD}")], jane()));
+        let want: Vec<u8> = [
+            &b"\xEF\xBB\xBFBEGIN:VCALENDAR\nVERSION:2.0\r\nBEGIN:VEVENT\nSUMMARY:Caf\xE9 cr\xE8me\n"[..],
+            b"ORGANIZER;CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:11111111-2222-3333-44\n 44-555555555555\n",
+            b"ATTENDEE;CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:11111111-2222-3333-444\r\n 4-555555555555\r\n",
+            b"X-UNKNOWN;Foo=bar:\xFF\xFE\r\nEND:VEVENT\nEND:VCALENDAR",
+        ]
+        .concat();
+        assert_eq!(
+            String::from_utf8_lossy(&r.bytes),
+            String::from_utf8_lossy(&want)
+        );
+        assert_eq!(r.bytes, want);
+        assert_eq!(
+            r.changes.iter().map(|c| c.line).collect::<Vec<_>>(),
+            vec![5, 6]
+        );
+    }
+
+    #[test]
+    fn folded_lf_line_is_refolded_with_lf() {
+        let mut p = jane();
+        p.full_name = Some("A".repeat(80));
+        let text = format!("BEGIN:VCALENDAR\nBEGIN:VEVENT\nATTENDEE;CN=x:\n urn:uuid:{OLD}\nEND:VEVENT\nEND:VCALENDAR\n");
+        let r = rw(text.as_bytes(), &map(&[&format!("urn:uuid:{OLD}")], p));
+        assert!(!r.bytes.contains(&b'\r'));
+        let lines = line::unfold(&r.bytes).unwrap();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[2].0.physical_lines >= 2);
+        assert_eq!(lines[2].0.eol, line::Eol::Lf);
+    }
+
+    #[test]
+    fn vtimezone_is_skipped() {
+        let text = format!(
+            "BEGIN:VCALENDAR\r\nBEGIN:VTIMEZONE\r\nTZID:X\r\nBEGIN:STANDARD\r\nATTENDEE:urn:uuid:{OLD}\r\nEND:STANDARD\r\n\
+             END:VTIMEZONE\r\nBEGIN:VEVENT\r\nATTENDEE:urn:uuid:{OLD}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        );
+        let r = rw(text.as_bytes(), &map(&[&format!("urn:uuid:{OLD}")], jane()));
+        assert_eq!(r.changes.len(), 1);
+        assert_eq!(r.changes[0].line, 9);
+        assert_eq!(scan(text.as_bytes()).unwrap().addresses.len(), 1);
+    }
+
+    #[test]
+    fn peruser_uid_attendee_ref_and_modified_by() {
+        let text = cal(&format!(
+            "X-CALENDARSERVER-MODIFIED-BY;CN=Someone:mailto:jd@example.com\r\n\
+             X-CALENDARSERVER-ATTENDEE-COMMENT;X-CALENDARSERVER-DTSTAMP=20100101T000000Z;\
+             X-CALENDARSERVER-ATTENDEE-REF=\"urn:uuid:{OLD}\":Running late\\, sorry\r\n\
+             END:VEVENT\r\nBEGIN:X-CALENDARSERVER-PERUSER\r\nUID:u1\r\nX-CALENDARSERVER-PERUSER-UID:{}\r\n\
+             END:X-CALENDARSERVER-PERUSER\r\nBEGIN:X-CALENDARSERVER-PERUSER\r\nX-CALENDARSERVER-PERUSER-UID:jdoe-old\r\n\
+             END:X-CALENDARSERVER-PERUSER\r\nBEGIN:VEVENT\r\n",
+            OLD.to_lowercase()
+        ));
+        let m = map(
+            &[
+                &format!("urn:uuid:{OLD}"),
+                "mailto:jd@example.com",
+                "urn:x-uid:jdoe-old",
+            ],
+            jane(),
+        );
+        let r = rw(text.as_bytes(), &m);
+        let got: Vec<_> = r
+            .changes
+            .iter()
+            .map(|c| (c.property.as_str(), c.new_line.as_str()))
+            .collect();
+        let ref_line = format!(
+            "X-CALENDARSERVER-ATTENDEE-COMMENT;X-CALENDARSERVER-DTSTAMP=20100101T000000Z;\
+             X-CALENDARSERVER-ATTENDEE-REF=\"urn:uuid:{NEW}\":Running late\\, sorry"
+        );
+        let modified = format!("X-CALENDARSERVER-MODIFIED-BY;CN=Someone:urn:uuid:{NEW}");
+        let peruser = format!("X-CALENDARSERVER-PERUSER-UID:{NEW}");
+        assert_eq!(
+            got,
+            vec![
+                ("X-CALENDARSERVER-MODIFIED-BY", modified.as_str()),
+                ("X-CALENDARSERVER-ATTENDEE-COMMENT", ref_line.as_str()),
+                ("X-CALENDARSERVER-PERUSER-UID", peruser.as_str()),
+                ("X-CALENDARSERVER-PERUSER-UID", peruser.as_str()),
+            ]
+        );
+        assert_eq!(r.changes[1].old_value, format!("urn:uuid:{OLD}"));
+        assert_eq!(r.changes[3].old_value, "jdoe-old");
+    }
+
+    #[test]
+    fn keep_form_points_principal_urls_at_the_new_record() {
+        let text = cal("ATTENDEE;CN=Jane Doe;EMAIL=jane@example.com:http://cal:8008/principals/users/janed/\r\n");
+        let m = map(&["/principals/users/janed/"], jane());
+        let r = rewrite(
+            text.as_bytes(),
+            &m,
+            &RewriteOptions {
+                form: AddressForm::Keep,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            r.changes[0].new_line,
+            "ATTENDEE;CN=Jane Doe;EMAIL=jane@example.com:http://cal:8008/principals/users/jdoe/"
+        );
+    }
+
+    #[test]
+    fn rewriting_is_idempotent() {
+        let text = cal(&format!(
+            "ORGANIZER:mailto:jd@example.com\r\nATTENDEE;CN=x:urn:uuid:{OLD}\r\n"
+        ));
+        let m = map(
+            &[
+                &format!("urn:uuid:{OLD}"),
+                "mailto:jd@example.com",
+                &format!("urn:uuid:{NEW}"),
+            ],
+            jane(),
+        );
+        let once = rw(text.as_bytes(), &m);
+        assert_eq!(once.changes.len(), 2);
+        let twice = rw(&once.bytes, &m);
+        assert!(twice.changes.is_empty());
+        assert_eq!(twice.bytes, once.bytes);
+    }
+
+    #[test]
+    fn whitespace_around_the_calendar_is_fine() {
+        let text = b"\r\n\n\xEF\xBB\xBFBEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n  \r\n\r\n\t\n";
+        // A BOM after blank lines is not a BOM: the file does not start with BEGIN:VCALENDAR.
+        assert!(scan(text).is_err());
+        let text = b"\xEF\xBB\xBF\r\n\nBEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n  \r\n\r\n\t\n";
+        assert!(scan(text).is_ok());
+        assert!(scan(b"begin:vcalendar\nend:vcalendar").is_ok());
+    }
+
+    #[test]
+    fn malformed_files_name_their_line() {
+        let cases: &[(&[u8], usize, &str)] = &[
+            (b"", 0, "empty file"),
+            (b"\r\n \r\n", 0, "only blank lines"),
+            (
+                b"BEGIN:VCALENDAR\r\nSUMMARY:a\0b\r\nEND:VCALENDAR\r\n",
+                2,
+                "NUL byte at column 10",
+            ),
+            (b"\x89PNG\r\n\x1a\n\0\0", 1, "expected BEGIN:VCALENDAR"),
+            (
+                b"BEGIN:VEVENT\r\nEND:VEVENT\r\n",
+                1,
+                "expected BEGIN:VCALENDAR, found `BEGIN:VEVENT`",
+            ),
+            (b"  BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", 1, "white space"),
+            (
+                b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nEND:VTODO\r\nEND:VCALENDAR\r\n",
+                3,
+                "END:VTODO does not match BEGIN:VEVENT at line 2",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nEND:VEVENT\r\n",
+                2,
+                "END:VEVENT does not match BEGIN:VCALENDAR at line 1",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:1\r\n",
+                3,
+                "truncated: the file ends before END:VCALENDAR (BEGIN:VEVENT at line 2",
+            ),
+            (b"BEGIN:VCALENDAR\r\nVERSION:2.0", 2, "truncated"),
+            (
+                b"BEGIN:VCALENDAR\r\nDESCRIPTION:a\r\n b\r\nSUMMARY\r\n x\r\nEND:VCALENDAR\r\n",
+                4,
+                "content line without a colon",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nDTSTART;TZID=\"A:1\r\nEND:VCALENDAR\r\n",
+                2,
+                "never closed",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\nX:1\r\n",
+                3,
+                "content after END:VCALENDAR at line 2",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\nBEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n",
+                3,
+                "a second VCALENDAR",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nBEGIN:\r\n",
+                2,
+                "BEGIN without a component name",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nBEGIN:VCALENDAR\r\n",
+                2,
+                "inside a VCALENDAR",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nA B:1\r\nEND:VCALENDAR\r\n",
+                2,
+                "invalid character in property name",
+            ),
+            (
+                b"BEGIN:VCALENDAR\r\nX:1\r\n\r\n folded\r\nEND:VCALENDAR\r\n",
+                4,
+                "continuation line after a blank line",
+            ),
+        ];
+        for (input, line, reason) in cases {
+            let e = err(input);
+            assert_eq!(
+                e.line,
+                *line,
+                "{e} for {:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert!(e.reason.contains(reason), "{e:?} should say {reason:?}");
+        }
+    }
 }
