@@ -146,16 +146,16 @@ fn tls_client_config(cfg: &DirectoryConfig) -> Result<Option<Arc<rustls::ClientC
 fn limit_advice(rc: u32) -> Option<&'static str> {
     match rc {
         4 => Some(
-            "the server's size limit. Raise it for this bind: OpenLDAP `limits dn.exact=\"<bind dn>\" size=unlimited` \
+            "raise the server's size limit for this bind: OpenLDAP `limits dn.exact=\"<bind dn>\" size=unlimited` \
              (paged searches need `size.prtotal=unlimited`), Open Directory: Server Admin > Open Directory > Settings > \
              Protocols > \"maximum number of search results\" (default 11000)",
         ),
         3 => Some(
-            "the server's time limit. Raise it for this bind: OpenLDAP `limits dn.exact=\"<bind dn>\" time=unlimited`, \
+            "raise the server's time limit for this bind: OpenLDAP `limits dn.exact=\"<bind dn>\" time=unlimited`, \
              Open Directory: Server Admin > Open Directory > Settings > Protocols > \"search times out in\"",
         ),
         11 => Some(
-            "an administrative limit. Raise it on the server (OpenLDAP `limits ... size.prtotal=unlimited` / \
+            "raise the server's administrative limit (OpenLDAP `limits ... size.prtotal=unlimited` / \
              `size.pr=`, Active Directory MaxPageSize / MaxResultSetSize via ntdsutil), or lower [directory] page_size",
         ),
         _ => None,
@@ -324,18 +324,20 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
             rc if limit_advice(rc).is_some() => {
                 let advice = limit_advice(rc).unwrap_or_default();
                 let what = format!(
-                    "the server stopped the {step} after {count} {} entries with {}: the list is incomplete",
-                    t.kind,
-                    describe_result(&res)
+                    "{} after {count} {} entries: the server cut the list short",
+                    describe_result(&res),
+                    t.kind
                 );
                 if cfg.allow_partial {
-                    let w = format!("{url}: {what}; continuing because allow_partial = true. Records missing from it will look gone. Raise {advice}");
+                    let w = format!(
+                        "{url}: {step}: {what}; continuing because allow_partial = true, so records missing from it will look gone; {advice}"
+                    );
                     tracing::warn!("{w}");
                     out.warn(w);
                 } else {
                     return Err(fail(
                         &step,
-                        format!("{what}, and a truncated directory would make real users look gone. Raise {advice}; or set allow_partial = true to go on anyway"),
+                        format!("{what}, and a truncated directory would make real users look gone. To fix it, {advice}; or set allow_partial = true to go on anyway"),
                     ));
                 }
             }

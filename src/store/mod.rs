@@ -75,7 +75,12 @@ pub enum Item<T> {
 
 /// Walks the store in parallel with bounded memory. `map` runs on worker threads with each
 /// resource's bytes (read once); `sink` runs on the calling thread for every item.
-pub fn walk<T, M, S>(cfg: &StoreConfig, progress: &indicatif::ProgressBar, map: M, sink: S) -> Result<()>
+pub fn walk<T, M, S>(
+    cfg: &StoreConfig,
+    progress: &indicatif::ProgressBar,
+    map: M,
+    sink: S,
+) -> Result<()>
 where
     T: Send,
     M: Fn(&Resource, &[u8]) -> T + Sync,
