@@ -61,7 +61,7 @@ fn pull_json_against_slapd_with_old_exports_then_export_and_pull_the_snapshot() 
     let cfg = config(
         dir.path(),
         &format!("url = \"{}\"\nbase = \"{BASE}\"", srv.url),
-        &[old.clone()],
+        std::slice::from_ref(&old),
     );
     let (code, json, all) = run(&cfg, &["--json", "directory", "pull"]);
     assert_eq!(code, 0, "{all}");

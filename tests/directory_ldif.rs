@@ -186,7 +186,7 @@ fn old_exports_are_detected_by_content() {
     assert_eq!(d.records[1].kind, RecordType::Location);
     let junk = dir.path().join("junk.csv");
     std::fs::write(&junk, "\nname,guid\n").unwrap();
-    let e = load_old(&[junk.clone()]).unwrap_err();
+    let e = load_old(std::slice::from_ref(&junk)).unwrap_err();
     assert!(
         e.message.starts_with(&format!("{}:2:", junk.display())),
         "{}",
