@@ -181,7 +181,9 @@ pub enum CalAddress {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()) {
+    if s.len() >= prefix.len()
+        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    {
         Some(&s[prefix.len()..])
     } else {
         None
@@ -301,7 +303,8 @@ impl CalAddress {
 impl fmt::Display for CalAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::PrincipalUid { base: Some(b), .. } | Self::PrincipalName { base: Some(b), .. } => {
+            Self::PrincipalUid { base: Some(b), .. }
+            | Self::PrincipalName { base: Some(b), .. } => {
                 write!(f, "{b}{}", self.key())
             }
             _ => f.write_str(&self.key()),
@@ -421,22 +424,58 @@ mod tests {
             CalAddress::parse(&format!("urn:uuid:{g}")),
             CalAddress::UrnUuid(Guid::parse(g).unwrap())
         );
-        assert_eq!(CalAddress::parse(&format!("URN:UUID:{g}")).key(), format!("urn:uuid:{}", g.to_uppercase()));
-        assert_eq!(CalAddress::parse("MAILTO:Jane.Doe@Example.COM"), CalAddress::Mailto("jane.doe@example.com".into()));
-        assert_eq!(CalAddress::parse(&format!("urn:x-uid:{g}")).guid(), Guid::parse(g));
+        assert_eq!(
+            CalAddress::parse(&format!("URN:UUID:{g}")).key(),
+            format!("urn:uuid:{}", g.to_uppercase())
+        );
+        assert_eq!(
+            CalAddress::parse("MAILTO:Jane.Doe@Example.COM"),
+            CalAddress::Mailto("jane.doe@example.com".into())
+        );
+        assert_eq!(
+            CalAddress::parse(&format!("urn:x-uid:{g}")).guid(),
+            Guid::parse(g)
+        );
         let p = CalAddress::parse(&format!("/principals/__uids__/{g}/"));
         assert_eq!(p.kind(), AddressKind::PrincipalUid);
-        assert_eq!(p.key(), CalAddress::parse(&format!("/principals/__uids__/{g}")).key());
-        let abs = CalAddress::parse(&format!("https://Cal.Example.com:8443/principals/__uids__/{g}/"));
+        assert_eq!(
+            p.key(),
+            CalAddress::parse(&format!("/principals/__uids__/{g}")).key()
+        );
+        let abs = CalAddress::parse(&format!(
+            "https://Cal.Example.com:8443/principals/__uids__/{g}/"
+        ));
         assert_eq!(abs.key(), p.key());
-        assert_eq!(abs.to_string(), format!("https://cal.example.com:8443/principals/__uids__/{}/", g.to_uppercase()));
+        assert_eq!(
+            abs.to_string(),
+            format!(
+                "https://cal.example.com:8443/principals/__uids__/{}/",
+                g.to_uppercase()
+            )
+        );
         let n = CalAddress::parse("http://cal:8008/principals/users/jdoe");
-        assert_eq!(n, CalAddress::PrincipalName { kind: RecordType::User, short: "jdoe".into(), base: Some("http://cal:8008".into()) });
-        assert_eq!(CalAddress::parse("/principals/locations/room%201/").key(), "/principals/locations/room 1/");
+        assert_eq!(
+            n,
+            CalAddress::PrincipalName {
+                kind: RecordType::User,
+                short: "jdoe".into(),
+                base: Some("http://cal:8008".into())
+            }
+        );
+        assert_eq!(
+            CalAddress::parse("/principals/locations/room%201/").key(),
+            "/principals/locations/room 1/"
+        );
         assert_eq!(CalAddress::parse("tel:+1555").kind(), AddressKind::Other);
-        assert_eq!(CalAddress::parse("urn:uuid:not-a-guid").kind(), AddressKind::Other);
+        assert_eq!(
+            CalAddress::parse("urn:uuid:not-a-guid").kind(),
+            AddressKind::Other
+        );
         assert_eq!(CalAddress::parse("mailto:").kind(), AddressKind::Other);
-        assert_eq!(CalAddress::parse("http://other.example.com/cal/").kind(), AddressKind::Other);
+        assert_eq!(
+            CalAddress::parse("http://other.example.com/cal/").kind(),
+            AddressKind::Other
+        );
     }
 
     #[test]
@@ -458,11 +497,23 @@ mod tests {
             emails: vec!["jane@example.com".into(), "jd@example.com".into()],
         };
         let old = CalAddress::parse("mailto:jd@example.com");
-        assert_eq!(p.canonical_address(AddressForm::UrnUuid, &old), "urn:uuid:927107A3-92B4-4285-B153-A5C823369E24");
-        assert_eq!(p.canonical_address(AddressForm::Mailto, &old), "mailto:jane@example.com");
-        assert_eq!(p.canonical_address(AddressForm::Keep, &old), "mailto:jd@example.com");
+        assert_eq!(
+            p.canonical_address(AddressForm::UrnUuid, &old),
+            "urn:uuid:927107A3-92B4-4285-B153-A5C823369E24"
+        );
+        assert_eq!(
+            p.canonical_address(AddressForm::Mailto, &old),
+            "mailto:jane@example.com"
+        );
+        assert_eq!(
+            p.canonical_address(AddressForm::Keep, &old),
+            "mailto:jd@example.com"
+        );
         let url = CalAddress::parse("http://h:8008/principals/users/old/");
-        assert_eq!(p.canonical_address(AddressForm::Keep, &url), "http://h:8008/principals/users/jdoe/");
+        assert_eq!(
+            p.canonical_address(AddressForm::Keep, &url),
+            "http://h:8008/principals/users/jdoe/"
+        );
         assert!(p.owns(&old));
         assert!(!p.owns(&url));
     }

@@ -164,7 +164,11 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn ok(human: impl Into<String>, json: serde_json::Value) -> Outcome {
-        Outcome { status: ExitStatus::Ok, human: human.into(), json }
+        Outcome {
+            status: ExitStatus::Ok,
+            human: human.into(),
+            json,
+        }
     }
 }
 
@@ -180,7 +184,9 @@ fn init_logging(cli: &Cli) {
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PRINCIPAL_RECONCILER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("principal_reconciler={level},warn")));
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("principal_reconciler={level},warn"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -212,7 +218,11 @@ pub fn main() -> u8 {
                 if let serde_json::Value::Object(map) = &mut doc {
                     map.insert("exit_code".into(), outcome.status.code().into());
                 }
-                let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&doc).unwrap_or_default()
+                );
             } else if !outcome.human.is_empty() {
                 let _ = write!(out, "{}", outcome.human);
                 if !outcome.human.ends_with('\n') {
@@ -286,4 +296,3 @@ pub fn progress_bar(ctx: &Context, len: Option<u64>, what: &str) -> indicatif::P
     bar.set_message(what.to_string());
     bar
 }
-

@@ -169,7 +169,9 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { path: default_state_path() }
+        StateConfig {
+            path: default_state_path(),
+        }
     }
 }
 
@@ -186,7 +188,9 @@ pub struct ReportConfig {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        ReportConfig { dir: default_report_dir() }
+        ReportConfig {
+            dir: default_report_dir(),
+        }
     }
 }
 
@@ -310,21 +314,35 @@ impl Config {
         }
         if let Some(url) = &d.url {
             let lower = url.to_ascii_lowercase();
-            if !(lower.starts_with("ldap://") || lower.starts_with("ldaps://") || lower.starts_with("ldapi://")) {
+            if !(lower.starts_with("ldap://")
+                || lower.starts_with("ldaps://")
+                || lower.starts_with("ldapi://"))
+            {
                 return Err(Error::usage(format!(
                     "{at}: [directory] url `{url}` must start with ldap://, ldaps:// or ldapi://"
                 )));
             }
             if d.base.is_none() {
-                return Err(Error::usage(format!("{at}: [directory] url needs `base` (the search base)")));
+                return Err(Error::usage(format!(
+                    "{at}: [directory] url needs `base` (the search base)"
+                )));
             }
         }
         if d.page_size < 1 {
-            return Err(Error::usage(format!("{at}: [directory] page_size must be at least 1")));
+            return Err(Error::usage(format!(
+                "{at}: [directory] page_size must be at least 1"
+            )));
         }
         for key in d.attributes.keys() {
-            const KNOWN: [&str; 7] =
-                ["guid", "short_name", "full_name", "email", "member_guid", "member_uid", "nested_guid"];
+            const KNOWN: [&str; 7] = [
+                "guid",
+                "short_name",
+                "full_name",
+                "email",
+                "member_guid",
+                "member_uid",
+                "nested_guid",
+            ];
             if !KNOWN.contains(&key.as_str()) {
                 return Err(Error::usage(format!(
                     "{at}: [directory.attributes] unknown key `{key}` (known: {})",
@@ -363,8 +381,9 @@ impl Config {
     /// The bind password: from `password_file`, else from the environment; never from argv.
     pub fn bind_password(&self) -> Result<Option<String>> {
         if let Some(p) = &self.directory.password_file {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| Error::usage(format!("cannot read password_file {}: {e}", p.display())))?;
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                Error::usage(format!("cannot read password_file {}: {e}", p.display()))
+            })?;
             return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
         }
         Ok(std::env::var(PASSWORD_ENV).ok())
@@ -381,8 +400,14 @@ mod tests {
     #[test]
     fn example_parses() {
         let cfg = Config::parse(EXAMPLE, Path::new("/etc/pr/principal-reconciler.toml")).unwrap();
-        assert_eq!(cfg.store.path, PathBuf::from("/Library/CalendarServer/Documents"));
-        assert_eq!(cfg.state.path, PathBuf::from("/etc/pr/principal-reconciler-state"));
+        assert_eq!(
+            cfg.store.path,
+            PathBuf::from("/Library/CalendarServer/Documents")
+        );
+        assert_eq!(
+            cfg.state.path,
+            PathBuf::from("/etc/pr/principal-reconciler-state")
+        );
         assert_eq!(cfg.rewrite.address_form, AddressForm::UrnUuid);
         assert!(cfg.is_internal_domain("EXAMPLE.com"));
         assert!(cfg.is_internal_domain("mail.example.com"));
@@ -400,7 +425,8 @@ mod tests {
 
     #[test]
     fn needs_a_directory_source() {
-        let err = Config::parse("[directory]\n[store]\npath = \"s\"\n", Path::new("c.toml")).unwrap_err();
+        let err =
+            Config::parse("[directory]\n[store]\npath = \"s\"\n", Path::new("c.toml")).unwrap_err();
         assert!(err.message.contains("needs `url`"), "{}", err.message);
     }
 }

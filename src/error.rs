@@ -44,11 +44,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn usage(message: impl Into<String>) -> Error {
-        Error { kind: ErrorKind::Usage, message: message.into() }
+        Error {
+            kind: ErrorKind::Usage,
+            message: message.into(),
+        }
     }
 
     pub fn runtime(message: impl Into<String>) -> Error {
-        Error { kind: ErrorKind::Runtime, message: message.into() }
+        Error {
+            kind: ErrorKind::Runtime,
+            message: message.into(),
+        }
     }
 
     /// An I/O error on `path` while doing `what` (runtime failure).
@@ -71,7 +77,9 @@ impl Error {
 
     /// The "not yet built" error of a command a later release fills in (exit 2).
     pub fn not_built(command: &str) -> Error {
-        Error::usage(format!("`{command}` is not yet built in this version of principal-reconciler"))
+        Error::usage(format!(
+            "`{command}` is not yet built in this version of principal-reconciler"
+        ))
     }
 }
 

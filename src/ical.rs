@@ -96,7 +96,14 @@ pub struct Rewritten {
 }
 
 /// Rewrites every principal reference that `resolver` resolves; every other byte is kept.
-pub fn rewrite(bytes: &[u8], resolver: &dyn Resolve, opts: &RewriteOptions) -> Result<Rewritten, IcalError> {
+pub fn rewrite(
+    bytes: &[u8],
+    resolver: &dyn Resolve,
+    opts: &RewriteOptions,
+) -> Result<Rewritten, IcalError> {
     let _ = (resolver, opts);
-    Ok(Rewritten { bytes: bytes.to_vec(), changes: Vec::new() })
+    Ok(Rewritten {
+        bytes: bytes.to_vec(),
+        changes: Vec::new(),
+    })
 }
