@@ -15,5 +15,7 @@ pub mod journal;
 pub mod mapping;
 pub mod plan;
 pub mod provision;
+pub mod rehearse;
 pub mod report;
+pub mod state;
 pub mod store;

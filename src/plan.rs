@@ -1,11 +1,440 @@
-//! The change plan: for every resource the exact new bytes, stored in the state database.
+//! The change plan: for every resource the exact new bytes the rewriter produces, its old hash and
+//! every line it changes, stored in the state database so `apply` runs exactly what was reviewed.
+//! Nothing in the store changes; nothing is written outside `state.path` and `report.dir`.
 
+use crate::address::{CalAddress, Guid, RecordType};
 use crate::cli::{Context, MigrateArgs, Outcome};
-use crate::error::{Error, Result};
+use crate::config::Config;
+use crate::directory::{self, Directory};
+use crate::error::{Error, ExitStatus, Result};
+use crate::ical::{self, RewriteOptions};
+use crate::mapping::{self, Mapper, Mapping, Observed};
+use crate::state::{now_rfc3339, State};
+use crate::store::{self, Home, Item};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A problem found while planning (unreadable or malformed resource, symlink, ...).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Finding {
+    pub path: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// What a home's owner resolved to.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HomeFinding {
+    pub home: Home,
+    pub outcome: &'static str,
+    pub new_guid: Option<String>,
+}
+
+/// The result of planning, as summarised for humans and scripts.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PlanSummary {
+    pub plan_id: i64,
+    pub created_at: String,
+    pub store_kind: String,
+    pub store_path: String,
+    pub directory_origin: String,
+    pub directory_counts: BTreeMap<String, usize>,
+    pub old_records: usize,
+    pub warnings: Vec<String>,
+    pub resources_scanned: u64,
+    pub resources_changed: u64,
+    pub properties_changed: u64,
+    pub by_outcome: BTreeMap<String, usize>,
+    pub by_rule: BTreeMap<String, usize>,
+    pub ambiguous: Vec<String>,
+    pub unmatched: Vec<String>,
+    pub homes: BTreeMap<String, usize>,
+    pub problems: Vec<Finding>,
+}
+
+/// Loads the current and old directories as configured.
+pub fn load_directories(cfg: &Config) -> Result<(Directory, Directory)> {
+    let current = directory::load_current(&cfg.directory)?;
+    let old = directory::load_old(&cfg.old_directory.files)?;
+    Ok((current, old))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Observations of the first pass over the store.
+#[derive(Default)]
+struct Survey {
+    observed: BTreeMap<String, (CalAddress, Observed)>,
+    homes: Vec<Home>,
+    problems: Vec<Finding>,
+    resources: u64,
+}
+
+fn survey(ctx: &Context, cfg: &Config) -> Result<Survey> {
+    let bar = crate::cli::progress_bar(ctx, None, "scanning");
+    let mut s = Survey::default();
+    let mut seen_problem = BTreeSet::new();
+    store::walk(
+        &cfg.store,
+        &bar,
+        |_, bytes| ical::scan(bytes),
+        |item| {
+            match item {
+                Item::Home(h) => s.homes.push(h),
+                Item::Problem(p) => {
+                    if seen_problem.insert(p.path.clone()) {
+                        s.problems.push(Finding {
+                            path: p.path,
+                            kind: p.kind,
+                            detail: p.detail,
+                        });
+                    }
+                }
+                Item::Resource(res, Err(e)) => {
+                    if seen_problem.insert(res.rel_path.clone()) {
+                        s.problems.push(Finding {
+                            path: res.rel_path,
+                            kind: "malformed".into(),
+                            detail: e.to_string(),
+                        });
+                    }
+                }
+                Item::Resource(_, Ok(info)) => {
+                    s.resources += 1;
+                    let mut here = BTreeSet::new();
+                    for f in &info.addresses {
+                        let addr = mapping::parse_found(&f.value);
+                        let key = addr.key();
+                        let entry = s
+                            .observed
+                            .entry(key.clone())
+                            .or_insert_with(|| (addr, Observed::default()));
+                        if let Some(e) = &f.email {
+                            *entry.1.emails.entry(e.trim().to_lowercase()).or_default() += 1;
+                        }
+                        if here.insert(key) {
+                            entry.1.resources += 1;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    bar.finish_and_clear();
+    // Home owners are principals too: make sure each one is resolved.
+    for h in &s.homes {
+        let addr = home_address(h);
+        s.observed
+            .entry(addr.key())
+            .or_insert_with(|| (addr, Observed::default()));
+    }
+    Ok(s)
+}
+
+/// The address a home's folder name stands for.
+fn home_address(h: &Home) -> CalAddress {
+    match h.layout {
+        store::HomeLayout::Users => CalAddress::PrincipalName {
+            kind: RecordType::User,
+            short: h.id.clone(),
+            base: None,
+        },
+        _ => match Guid::parse(&h.id) {
+            Some(g) => CalAddress::UrnUuid(g),
+            None => CalAddress::UrnXUid(h.id.clone()),
+        },
+    }
+}
+
+/// Builds a plan: survey, mapping, rewrite of every resource, stored in the state database.
+pub fn build(
+    ctx: &Context,
+    cfg: &Config,
+    current: &Directory,
+    old: &Directory,
+) -> Result<PlanSummary> {
+    let mapper = Mapper::new(cfg, current, old)?;
+    let survey = survey(ctx, cfg)?;
+    let mapping = Mapping::build(&mapper, &survey.observed);
+    let resolver = mapping.resolver();
+    let opts = RewriteOptions {
+        form: cfg.rewrite.address_form,
+    };
+
+    let mut state = State::open(&cfg.state.path)?;
+    let created_at = now_rfc3339();
+    let store_path = cfg
+        .store
+        .path
+        .canonicalize()
+        .unwrap_or_else(|_| cfg.store.path.clone());
+    let tx = state.conn.transaction()?;
+    tx.execute(
+        "INSERT INTO plans (created_at, store_kind, store_path, address_form, directory) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            created_at,
+            serde_json::to_value(cfg.store.kind)?.as_str().unwrap_or_default(),
+            store_path.to_string_lossy(),
+            serde_json::to_value(cfg.rewrite.address_form)?.as_str().unwrap_or_default(),
+            current.origin,
+        ],
+    )?;
+    let plan_id = tx.last_insert_rowid();
+
+    {
+        let mut ins = tx.prepare(
+            "INSERT INTO plan_mappings (plan_id, old_value, form, outcome, rule, evidence, new_guid, new_short, new_full_name, record_type, new_value, resources, candidates)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        for (key, r) in &mapping.entries {
+            let t = r.target.as_ref();
+            ins.execute(rusqlite::params![
+                plan_id,
+                key,
+                r.form,
+                r.outcome.as_str(),
+                r.rule.as_str(),
+                r.evidence,
+                t.map(|p| p.guid.to_string()),
+                t.map(|p| p.short_name.clone()),
+                t.and_then(|p| p.full_name.clone()),
+                t.map(|p| p.kind.as_str()),
+                r.new_value,
+                r.resources as i64,
+                r.candidates.join("; "),
+            ])?;
+        }
+    }
+
+    let mut homes_count: BTreeMap<String, usize> = BTreeMap::new();
+    {
+        let mut ins = tx.prepare(
+            "INSERT OR REPLACE INTO plan_homes (plan_id, rel_path, layout, old_id, outcome, new_guid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for h in &survey.homes {
+            let f = home_finding(&mapping, h);
+            *homes_count.entry(f.outcome.to_string()).or_default() += 1;
+            ins.execute(rusqlite::params![
+                plan_id,
+                h.rel_path,
+                serde_json::to_value(h.layout)?.as_str().unwrap_or_default(),
+                h.id,
+                f.outcome,
+                f.new_guid
+            ])?;
+        }
+    }
+
+    let mut problems = survey.problems.clone();
+    let (mut changed, mut props) = (0u64, 0u64);
+    {
+        let mut ins_res = tx.prepare(
+            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut ins_chg = tx.prepare(
+            "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let bar = crate::cli::progress_bar(ctx, Some(survey.resources), "planning");
+        let known: BTreeSet<String> = problems.iter().map(|p| p.path.clone()).collect();
+        store::walk(
+            &cfg.store,
+            &bar,
+            |_, bytes| match ical::rewrite(bytes, &resolver, &opts) {
+                Ok(r) if r.changes.is_empty() => Ok(None),
+                Ok(r) => {
+                    let sha = sha256_hex(&r.bytes);
+                    Ok(Some((r, sha)))
+                }
+                Err(e) => Err(e),
+            },
+            |item| {
+                match item {
+                    Item::Resource(res, Ok(Some((rw, new_sha)))) => {
+                        changed += 1;
+                        props += rw.changes.len() as u64;
+                        ins_res.execute(rusqlite::params![
+                            plan_id,
+                            res.rel_path,
+                            res.sha256,
+                            new_sha,
+                            rw.bytes,
+                            rw.changes.len() as i64
+                        ])?;
+                        for c in &rw.changes {
+                            ins_chg.execute(rusqlite::params![
+                                plan_id,
+                                res.rel_path,
+                                c.line as i64,
+                                c.property,
+                                c.old_value,
+                                c.new_value,
+                                c.old_line,
+                                c.new_line
+                            ])?;
+                        }
+                    }
+                    Item::Resource(res, Err(e)) if !known.contains(&res.rel_path) => {
+                        problems.push(Finding {
+                            path: res.rel_path,
+                            kind: "malformed".into(),
+                            detail: e.to_string(),
+                        });
+                    }
+                    _ => {}
+                }
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+    }
+    problems.sort_by(|a, b| a.path.cmp(&b.path));
+    {
+        let mut ins = tx.prepare(
+            "INSERT INTO plan_problems (plan_id, path, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for p in &problems {
+            ins.execute(rusqlite::params![plan_id, p.path, p.kind, p.detail])?;
+        }
+    }
+
+    let mut directory_counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &current.records {
+        *directory_counts
+            .entry(r.kind.as_str().to_string())
+            .or_default() += 1;
+    }
+    let mut warnings = current.warnings.clone();
+    warnings.extend(old.warnings.iter().cloned());
+    let summary = PlanSummary {
+        plan_id,
+        created_at,
+        store_kind: serde_json::to_value(cfg.store.kind)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        store_path: store_path.to_string_lossy().into_owned(),
+        directory_origin: current.origin.clone(),
+        directory_counts,
+        old_records: old.records.len(),
+        warnings,
+        resources_scanned: survey.resources,
+        resources_changed: changed,
+        properties_changed: props,
+        by_outcome: mapping
+            .counts_by_outcome()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        by_rule: mapping
+            .counts_by_rule()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        ambiguous: mapping
+            .with_outcome(mapping::Outcome::Ambiguous)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        unmatched: mapping
+            .with_outcome(mapping::Outcome::Unmatched)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        homes: homes_count,
+        problems,
+    };
+    tx.execute(
+        "UPDATE plans SET summary_json = ?1 WHERE id = ?2",
+        rusqlite::params![serde_json::to_string(&summary)?, plan_id],
+    )?;
+    tx.commit()?;
+    Ok(summary)
+}
+
+fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
+    let key = home_address(h).key();
+    let (outcome, new_guid) = match mapping.entries.get(&key) {
+        Some(r) => match (&r.target, r.outcome) {
+            (Some(p), _) if Some(&p.guid) == Guid::parse(&h.id).as_ref() => {
+                ("current", Some(p.guid.to_string()))
+            }
+            (Some(p), _) => ("moved", Some(p.guid.to_string())),
+            (None, mapping::Outcome::Ambiguous) => ("ambiguous", None),
+            (None, _) => ("unmatched", None),
+        },
+        None => ("unmatched", None),
+    };
+    HomeFinding {
+        home: h.clone(),
+        outcome,
+        new_guid,
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Error {
+        Error::runtime(format!("JSON: {e}"))
+    }
+}
+
+/// The short terminal summary of a plan.
+pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path) -> String {
+    let o = |k: &str| s.by_outcome.get(k).copied().unwrap_or(0);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Plan {} — {} resources scanned, {} to change ({} properties).\n",
+        s.plan_id, s.resources_scanned, s.resources_changed, s.properties_changed
+    ));
+    out.push_str(&format!(
+        "Addresses: {} mapped, {} unchanged, {} ambiguous, {} unmatched, {} external.\n",
+        o("mapped"),
+        o("unchanged"),
+        o("ambiguous"),
+        o("unmatched"),
+        o("external")
+    ));
+    if !s.homes.is_empty() {
+        let h: Vec<String> = s.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        out.push_str(&format!("Homes: {}.\n", h.join(", ")));
+    }
+    if !s.problems.is_empty() {
+        out.push_str(&format!("Problems: {} resources could not be read as calendar objects (listed in the report).\n", s.problems.len()));
+    }
+    for w in &s.warnings {
+        out.push_str(&format!("Warning: {w}\n"));
+    }
+    out.push_str(&format!(
+        "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json).\n",
+        report_dir.display()
+    ));
+    if o("ambiguous") > 0 {
+        out.push_str("Next: resolve the ambiguous addresses with [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
+    } else {
+        out.push_str("Next: review the report, then run `principal-reconciler apply` (journaled; `rollback` undoes it).\n");
+    }
+    out
+}
 
 pub fn command_plan(ctx: &Context) -> Result<Outcome> {
-    let _ = ctx;
-    Err(Error::not_built("plan"))
+    let cfg = &ctx.config;
+    let (current, old) = load_directories(cfg)?;
+    let summary = build(ctx, cfg, &current, &old)?;
+    let state = State::open(&cfg.state.path)?;
+    crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
+    let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Problems
+    };
+    Ok(Outcome {
+        status,
+        human: human_summary(&summary, &cfg.report.dir),
+        json: json!({ "plan": summary, "reports": cfg.report.dir }),
+    })
 }
 
 pub fn command_verify(ctx: &Context) -> Result<Outcome> {
@@ -14,6 +443,47 @@ pub fn command_verify(ctx: &Context) -> Result<Outcome> {
 }
 
 pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
-    let _ = (ctx, args);
-    Err(Error::not_built("migrate"))
+    let mut cfg = ctx.config.clone();
+    let mut steps = Vec::new();
+    if let Some(dir) = &args.rehearse {
+        let copy = crate::rehearse::prepare(&mut cfg, dir)?;
+        steps.push(format!("rehearsal: store copied to {}", copy.display()));
+    }
+    let (current, old) = load_directories(&cfg)?;
+    steps.push(format!(
+        "pull: {} current records from {}, {} old records",
+        current.records.len(),
+        current.origin,
+        old.records.len()
+    ));
+    let summary = build(ctx, &cfg, &current, &old)?;
+    steps.push(format!(
+        "plan {}: {} resources to change",
+        summary.plan_id, summary.resources_changed
+    ));
+    let state = State::open(&cfg.state.path)?;
+    crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
+    steps.push(format!("report: {}", cfg.report.dir.display()));
+    let stop = if args.dry_run {
+        "dry run: stopped after plan; nothing in the store changed."
+    } else {
+        "stopped after plan: apply and verify are not yet built in this version; nothing in the store changed."
+    };
+    let mut human = String::new();
+    for s in &steps {
+        human.push_str(&format!("• {s}\n"));
+    }
+    human.push_str(&human_summary(&summary, &cfg.report.dir));
+    human.push_str(stop);
+    human.push('\n');
+    let status = if summary.ambiguous.is_empty() && summary.problems.is_empty() {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Problems
+    };
+    Ok(Outcome {
+        status,
+        human,
+        json: json!({ "steps": steps, "plan": summary, "stopped": stop, "store": cfg.store.path, "reports": cfg.report.dir }),
+    })
 }

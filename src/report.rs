@@ -1,9 +1,540 @@
-//! Reports a human checks: mapping.csv, changes.csv, summary.json, report.html.
+//! Reports a human checks before and after a run, written into `[report] dir`:
+//! - `mapping.csv` — one row per distinct old address or GUID and how it resolved;
+//! - `changes.csv` — one row per changed property;
+//! - `summary.json` — counts by outcome and rule, unresolved lists, problems;
+//! - `report.html` — one self-contained page (no network): figures, a chart of outcomes,
+//!   sortable tables with ambiguous and unmatched addresses first, example diffs.
+//!
+//! Every file is written to a temporary name and renamed, so a report is never half-written.
+//! CSV cells that a spreadsheet would run as a formula (`= + - @` first) are prefixed with `'`.
 
 use crate::cli::{Context, Outcome, ReportArgs};
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitStatus, Result};
+use crate::plan::PlanSummary;
+use crate::state::State;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// How many changed resources the HTML page shows as diffs.
+const EXAMPLE_DIFFS: usize = 12;
+/// Outcome order in every report: what needs a human first.
+const OUTCOME_ORDER: &str =
+    "CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'mapped' THEN 2 WHEN 'unchanged' THEN 3 ELSE 4 END";
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp-principal-reconciler");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io("cannot write report", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot write report", path, e))
+}
+
+/// A CSV cell a spreadsheet will not execute.
+fn cell(s: &str) -> String {
+    match s.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@') => format!("'{s}"),
+        _ => s.to_string(),
+    }
+}
+
+fn csv_bytes(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)
+        .map_err(|e| Error::runtime(format!("CSV: {e}")))?;
+    for r in rows {
+        w.write_record(r.iter().map(|c| cell(c)))
+            .map_err(|e| Error::runtime(format!("CSV: {e}")))?;
+    }
+    w.into_inner()
+        .map_err(|e| Error::runtime(format!("CSV: {e}")))
+}
+
+/// One row of mapping.csv.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MappingRow {
+    pub old_value: String,
+    pub form: String,
+    pub outcome: String,
+    pub rule: String,
+    pub evidence: String,
+    pub new_guid: String,
+    pub new_short_name: String,
+    pub new_full_name: String,
+    pub record_type: String,
+    pub new_value: String,
+    pub resources: i64,
+    pub candidates: String,
+}
+
+impl MappingRow {
+    const HEADER: [&'static str; 12] = [
+        "old_value",
+        "form",
+        "outcome",
+        "rule",
+        "evidence",
+        "new_guid",
+        "new_short_name",
+        "new_full_name",
+        "record_type",
+        "new_value",
+        "resources",
+        "candidates",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.old_value.clone(),
+            self.form.clone(),
+            self.outcome.clone(),
+            self.rule.clone(),
+            self.evidence.clone(),
+            self.new_guid.clone(),
+            self.new_short_name.clone(),
+            self.new_full_name.clone(),
+            self.record_type.clone(),
+            self.new_value.clone(),
+            self.resources.to_string(),
+            self.candidates.clone(),
+        ]
+    }
+}
+
+pub fn mapping_rows(state: &State, plan_id: i64) -> Result<Vec<MappingRow>> {
+    let mut st = state.conn.prepare(&format!(
+        "SELECT old_value, form, outcome, rule, evidence, COALESCE(new_guid,''), COALESCE(new_short,''), COALESCE(new_full_name,''),
+                COALESCE(record_type,''), COALESCE(new_value,''), resources, candidates
+         FROM plan_mappings WHERE plan_id = ?1 ORDER BY {OUTCOME_ORDER}, old_value"
+    ))?;
+    let rows = st.query_map([plan_id], |r| {
+        Ok(MappingRow {
+            old_value: r.get(0)?,
+            form: r.get(1)?,
+            outcome: r.get(2)?,
+            rule: r.get(3)?,
+            evidence: r.get(4)?,
+            new_guid: r.get(5)?,
+            new_short_name: r.get(6)?,
+            new_full_name: r.get(7)?,
+            record_type: r.get(8)?,
+            new_value: r.get(9)?,
+            resources: r.get(10)?,
+            candidates: r.get(11)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The stored summary of a plan.
+pub fn plan_summary(state: &State, plan_id: i64) -> Result<PlanSummary> {
+    let text: String = state
+        .conn
+        .query_row(
+            "SELECT summary_json FROM plans WHERE id = ?1",
+            [plan_id],
+            |r| r.get(0),
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => {
+                Error::usage(format!("there is no plan {plan_id}"))
+            }
+            e => e.into(),
+        })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::runtime(format!("plan {plan_id}: stored summary unreadable: {e}")))
+}
+
+/// Writes every report of a plan into `dir`.
+pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create report folder", dir, e))?;
+    let summary = plan_summary(state, plan_id)?;
+    let mapping = mapping_rows(state, plan_id)?;
+    let mut written = Vec::new();
+
+    let p = dir.join("mapping.csv");
+    write_atomic(
+        &p,
+        &csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+    )?;
+    written.push(p);
+
+    let p = dir.join("changes.csv");
+    {
+        let mut st = state.conn.prepare(
+            "SELECT rel_path, line, property, old_value, new_value FROM plan_changes WHERE plan_id = ?1 ORDER BY rel_path, line",
+        )?;
+        let rows: Vec<Vec<String>> = st
+            .query_map([plan_id], |r| {
+                Ok(vec![
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?.to_string(),
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ])
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        write_atomic(
+            &p,
+            &csv_bytes(
+                &["resource", "line", "property", "old_value", "new_value"],
+                rows.into_iter(),
+            )?,
+        )?;
+    }
+    written.push(p);
+
+    let p = dir.join("summary.json");
+    let doc = json!({ "plan": summary });
+    write_atomic(&p, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    written.push(p);
+
+    let p = dir.join("report.html");
+    let homes = home_rows(state, plan_id)?;
+    let diffs = example_diffs(state, plan_id)?;
+    write_atomic(&p, html(&summary, &mapping, &homes, &diffs).as_bytes())?;
+    written.push(p);
+    Ok(written)
+}
+
+fn home_rows(state: &State, plan_id: i64) -> Result<Vec<[String; 4]>> {
+    let mut st = state.conn.prepare(
+        "SELECT rel_path, layout, outcome, COALESCE(new_guid,'') FROM plan_homes WHERE plan_id = ?1
+         ORDER BY CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'moved' THEN 2 ELSE 3 END, rel_path",
+    )?;
+    let rows = st.query_map([plan_id], |r| {
+        Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?])
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// (resource, [(line, old logical line, new logical line)]) for the first few changed resources.
+type Diff = (String, Vec<(i64, String, String)>);
+
+fn example_diffs(state: &State, plan_id: i64) -> Result<Vec<Diff>> {
+    let mut st = state.conn.prepare(
+        "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 ORDER BY rel_path LIMIT ?2",
+    )?;
+    let paths: Vec<String> = st
+        .query_map(rusqlite::params![plan_id, EXAMPLE_DIFFS as i64], |r| {
+            r.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut ch = state.conn.prepare(
+        "SELECT line, old_line, new_line FROM plan_changes WHERE plan_id = ?1 AND rel_path = ?2 ORDER BY line",
+    )?;
+    let mut out = Vec::new();
+    for p in paths {
+        let lines: Vec<(i64, String, String)> = ch
+            .query_map(rusqlite::params![plan_id, p], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        out.push((p, lines));
+    }
+    Ok(out)
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+const OUTCOME_COLOURS: [(&str, &str); 5] = [
+    ("ambiguous", "#d9822b"),
+    ("unmatched", "#c23030"),
+    ("mapped", "#0f9960"),
+    ("unchanged", "#5c7080"),
+    ("external", "#8a9ba8"),
+];
+
+fn chart(summary: &PlanSummary) -> String {
+    let max = summary
+        .by_outcome
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let mut svg = String::from(
+        r#"<svg id="outcome-chart" role="img" aria-label="Addresses by outcome" width="520" height="170" viewBox="0 0 520 170">"#,
+    );
+    for (i, (name, colour)) in OUTCOME_COLOURS.iter().enumerate() {
+        let n = summary.by_outcome.get(*name).copied().unwrap_or(0);
+        let w = (n as f64 / max * 330.0).round();
+        let y = 10 + i * 30;
+        let _ = write!(
+            svg,
+            r#"<text x="95" y="{ty}" text-anchor="end">{name}</text><rect class="bar" data-outcome="{name}" x="105" y="{y}" width="{w}" height="22" fill="{colour}"/><text x="{tx}" y="{ty}">{n}</text>"#,
+            ty = y + 16,
+            tx = 111.0 + w,
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn table(
+    id: &str,
+    header: &[&str],
+    rows: impl Iterator<Item = Vec<String>>,
+    classes: Option<usize>,
+) -> String {
+    let mut t = format!(r#"<table id="{id}" class="sortable"><thead><tr>"#);
+    for h in header {
+        let _ = write!(t, "<th>{}</th>", esc(h));
+    }
+    t.push_str("</tr></thead><tbody>");
+    let mut n = 0;
+    for r in rows {
+        n += 1;
+        match classes.and_then(|c| r.get(c)) {
+            Some(c) => {
+                let _ = write!(t, r#"<tr class="o-{}">"#, esc(c));
+            }
+            None => t.push_str("<tr>"),
+        }
+        for c in &r {
+            let _ = write!(t, "<td>{}</td>", esc(c));
+        }
+        t.push_str("</tr>");
+    }
+    if n == 0 {
+        let _ = write!(
+            t,
+            r#"<tr class="empty"><td colspan="{}">none</td></tr>"#,
+            header.len()
+        );
+    }
+    t.push_str("</tbody></table>");
+    t
+}
+
+fn html(
+    summary: &PlanSummary,
+    mapping: &[MappingRow],
+    homes: &[[String; 4]],
+    diffs: &[Diff],
+) -> String {
+    let o = |k: &str| summary.by_outcome.get(k).copied().unwrap_or(0);
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        r#"<header><h1>principal-reconciler — plan {id}</h1><p>{created} · store <code>{store}</code> ({kind}) · directory <code>{dir}</code></p></header>"#,
+        id = summary.plan_id,
+        created = esc(&summary.created_at),
+        store = esc(&summary.store_path),
+        kind = esc(&summary.store_kind),
+        dir = esc(&summary.directory_origin),
+    );
+    body.push_str(r#"<section class="figures">"#);
+    for (label, value) in [
+        ("resources scanned", summary.resources_scanned.to_string()),
+        ("resources to change", summary.resources_changed.to_string()),
+        (
+            "properties to change",
+            summary.properties_changed.to_string(),
+        ),
+        ("ambiguous addresses", o("ambiguous").to_string()),
+        ("unmatched addresses", o("unmatched").to_string()),
+        ("problems", summary.problems.len().to_string()),
+    ] {
+        let _ = write!(
+            body,
+            r#"<div class="fig"><b>{}</b><span>{}</span></div>"#,
+            esc(&value),
+            esc(label)
+        );
+    }
+    body.push_str("</section>");
+    for w in &summary.warnings {
+        let _ = write!(body, r#"<p class="warning">⚠ {}</p>"#, esc(w));
+    }
+    let _ = write!(
+        body,
+        "<section><h2>Addresses by outcome</h2>{}</section>",
+        chart(summary)
+    );
+
+    let needs: Vec<&MappingRow> = mapping
+        .iter()
+        .filter(|r| r.outcome == "ambiguous" || r.outcome == "unmatched")
+        .collect();
+    let _ = write!(
+        body,
+        "<section><h2>Needs a decision ({})</h2><p>Ambiguous addresses are never rewritten: settle them in <code>[rewrite] mapping_file</code>. Unmatched ones stay as they are (people who left, typos).</p>{}</section>",
+        needs.len(),
+        table(
+            "needs-decision",
+            &["old value", "form", "outcome", "rule", "evidence", "candidates", "resources"],
+            needs.iter().map(|r| vec![
+                r.old_value.clone(),
+                r.form.clone(),
+                r.outcome.clone(),
+                r.rule.clone(),
+                r.evidence.clone(),
+                r.candidates.clone(),
+                r.resources.to_string()
+            ]),
+            Some(2),
+        )
+    );
+    if !summary.problems.is_empty() {
+        let _ = write!(
+            body,
+            "<section><h2>Problems ({})</h2>{}</section>",
+            summary.problems.len(),
+            table(
+                "problems",
+                &["resource", "kind", "detail"],
+                summary.problems.iter().map(|p| vec![
+                    p.path.clone(),
+                    p.kind.clone(),
+                    p.detail.clone()
+                ]),
+                None
+            )
+        );
+    }
+    if !homes.is_empty() {
+        let _ = write!(
+            body,
+            "<section><h2>Calendar homes ({})</h2>{}</section>",
+            homes.len(),
+            table(
+                "homes",
+                &["home", "layout", "owner", "new GUID"],
+                homes.iter().map(|h| h.to_vec()),
+                Some(2)
+            )
+        );
+    }
+    let _ = write!(
+        body,
+        "<section><h2>Every address ({})</h2>{}</section>",
+        mapping.len(),
+        table(
+            "mapping",
+            &[
+                "old value",
+                "form",
+                "outcome",
+                "rule",
+                "new value",
+                "new short name",
+                "full name",
+                "type",
+                "resources"
+            ],
+            mapping.iter().map(|r| vec![
+                r.old_value.clone(),
+                r.form.clone(),
+                r.outcome.clone(),
+                r.rule.clone(),
+                r.new_value.clone(),
+                r.new_short_name.clone(),
+                r.new_full_name.clone(),
+                r.record_type.clone(),
+                r.resources.to_string()
+            ]),
+            Some(2),
+        )
+    );
+    let _ = write!(
+        body,
+        "<section><h2>Example changes ({} of {} resources)</h2>",
+        diffs.len(),
+        summary.resources_changed
+    );
+    for (path, lines) in diffs {
+        let _ = write!(body, r#"<div class="diff"><h3>{}</h3><pre>"#, esc(path));
+        for (line, old, new) in lines {
+            let _ = write!(
+                body,
+                "<span class=\"ln\">{line}</span><del>- {}</del>\n<span class=\"ln\"></span><ins>+ {}</ins>\n",
+                esc(old),
+                esc(new)
+            );
+        }
+        body.push_str("</pre></div>");
+    }
+    body.push_str("</section>");
+
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>principal-reconciler — plan {id}</title>
+<style>{CSS}</style></head>
+<body>{body}
+<footer>Written by principal-reconciler {version}. Click a column heading to sort.</footer>
+<script>{JS}</script></body></html>
+"#,
+        id = summary.plan_id,
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}
+
+const CSS: &str = r#"
+body{font:14px/1.45 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#182026}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccd;padding-bottom:.2em}
+code{background:#f0f2f5;padding:0 .3em;border-radius:3px}
+.figures{display:flex;flex-wrap:wrap;gap:.8em}.fig{background:#f5f8fa;border:1px solid #dde;border-radius:6px;padding:.6em 1em;min-width:9em}
+.fig b{display:block;font-size:1.6em}.fig span{color:#5c7080}
+.warning{background:#fff4e5;border-left:4px solid #d9822b;padding:.4em .8em}
+table{border-collapse:collapse;width:100%;margin:.5em 0;font-size:13px}th,td{border:1px solid #dde;padding:.25em .5em;text-align:left;vertical-align:top;word-break:break-all}
+th{background:#eef1f5;cursor:pointer;user-select:none;white-space:nowrap}th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
+tr.o-ambiguous td:nth-child(3),tr.o-ambiguous td{background:#fff4e5}tr.o-unmatched td{background:#fdecec}tr.o-moved td{background:#eef9f3}
+svg text{font-size:13px;fill:#182026}
+.diff pre{background:#f8f9fb;border:1px solid #dde;padding:.5em;overflow-x:auto;font-size:12px}
+del{color:#a82a2a;text-decoration:none}ins{color:#0d8050;text-decoration:none}.ln{display:inline-block;width:3em;color:#8a9ba8}
+footer{margin-top:2em;color:#8a9ba8;font-size:12px}
+"#;
+
+const JS: &str = r#"
+(function(){
+  function key(td){var t=td?td.textContent:'';var n=Number(t);return t!==''&&!isNaN(n)?n:t.toLowerCase();}
+  document.querySelectorAll('table.sortable').forEach(function(table){
+    table.querySelectorAll('th').forEach(function(th,col){
+      th.addEventListener('click',function(){
+        var asc=!th.classList.contains('asc');
+        table.querySelectorAll('th').forEach(function(h){h.classList.remove('asc','desc');});
+        th.classList.add(asc?'asc':'desc');
+        var body=table.tBodies[0];var rows=Array.prototype.slice.call(body.rows);
+        rows.sort(function(a,b){var x=key(a.cells[col]),y=key(b.cells[col]);return (x<y?-1:x>y?1:0)*(asc?1:-1);});
+        rows.forEach(function(r){body.appendChild(r);});
+      });
+    });
+    table.setAttribute('data-sortable','ready');
+  });
+})();
+"#;
 
 pub fn command_report(ctx: &Context, args: &ReportArgs) -> Result<Outcome> {
-    let _ = (ctx, args);
-    Err(Error::not_built("report"))
+    let cfg = &ctx.config;
+    let state = State::open_existing(&cfg.state.path)?;
+    let plan_id = match args.plan {
+        Some(id) => id,
+        None => state.latest_plan()?.ok_or_else(|| {
+            Error::usage("the state database holds no plan — run `principal-reconciler plan` first")
+        })?,
+    };
+    let written = write_reports(&state, plan_id, &cfg.report.dir)?;
+    let mut human = format!("Reports of plan {plan_id}:\n");
+    for p in &written {
+        human.push_str(&format!("  {}\n", p.display()));
+    }
+    Ok(Outcome {
+        status: ExitStatus::Ok,
+        human,
+        json: json!({ "plan_id": plan_id, "reports": written }),
+    })
 }
