@@ -1,13 +1,27 @@
 //! The calendar store: CalendarServer 2.x file store and plain .ics folders — reading, safe writing,
 //! and the doctor.
 //!
-//! PLACEHOLDER: the interface below is the contract; the implementation is being written.
+//! Submodules: [`walk`](mod@walk) (the parallel reader), [`xattrs`] (WebDAV properties in extended
+//! attributes), [`write`] (safe replacement of one resource, snapshots and restores for rollback),
+//! [`doctor`], [`scan`] (the inventory command) and [`generate`] (realistic test stores).
+
+pub mod doctor;
+pub mod generate;
+pub mod scan;
+pub mod walk;
+pub mod write;
+pub mod xattrs;
 
 use crate::cli::{Context, DoctorArgs, Outcome};
 use crate::config::StoreConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+pub use self::walk::{calendars_dir, check_root, is_resource_name, rel_path};
+pub use write::{
+    bump_ctag, md5_hex, restore, write_resource, FileMeta, WriteError, WriteOptions, Written,
+};
 
 /// Which layout a calendar home was found in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -66,7 +80,19 @@ pub struct Problem {
     pub detail: String,
 }
 
-/// What the walk yields, in a deterministic order per folder.
+impl Problem {
+    /// A resource `crate::ical::scan` rejected (kind `malformed`, detail `line N: reason`).
+    pub fn malformed(res: &Resource, err: &crate::ical::IcalError) -> Problem {
+        Problem {
+            path: res.rel_path.clone(),
+            kind: "malformed".into(),
+            detail: err.to_string(),
+        }
+    }
+}
+
+/// What the walk yields. Items of different folders interleave; every home, resource and problem
+/// is delivered exactly once.
 pub enum Item<T> {
     Home(Home),
     Resource(Resource, T),
@@ -74,7 +100,10 @@ pub enum Item<T> {
 }
 
 /// Walks the store in parallel with bounded memory. `map` runs on worker threads with each
-/// resource's bytes (read once); `sink` runs on the calling thread for every item.
+/// resource's bytes (read once); `sink` runs on the calling thread for every item. The progress
+/// bar advances once per resource (read or not). Symlinks are never followed (each is reported
+/// as a `symlink` problem); resources that cannot be read are `unreadable` problems. When `sink`
+/// returns an error the walk stops and returns it.
 pub fn walk<T, M, S>(
     cfg: &StoreConfig,
     progress: &indicatif::ProgressBar,
@@ -86,23 +115,23 @@ where
     M: Fn(&Resource, &[u8]) -> T + Sync,
     S: FnMut(Item<T>) -> Result<()>,
 {
-    let _ = (cfg, progress, map, sink);
-    Err(Error::not_built("store walk"))
+    self::walk::walk(cfg, progress, map, sink)
 }
 
 /// Replaces one resource safely (temp file, fsync, owner/mode/xattrs kept, MD5 attribute, rename,
 /// folder fsync) if it still has `expected_sha256`; then changes the collection's ctag.
+/// [`write_resource`] does the same and tells a concurrent change apart ([`WriteError::Changed`]).
 pub fn safe_write(path: &Path, expected_sha256: &str, new_bytes: &[u8]) -> Result<()> {
-    let _ = (path, expected_sha256, new_bytes);
-    Err(Error::not_built("store write"))
+    write_resource(path, expected_sha256, new_bytes, &WriteOptions::default())?;
+    Ok(())
 }
 
+/// `principal-reconciler scan`: the inventory of homes, collections, resources and addresses.
 pub fn command_scan(ctx: &Context) -> Result<Outcome> {
-    let _ = ctx;
-    Err(Error::not_built("scan"))
+    scan::command_scan(ctx)
 }
 
+/// `principal-reconciler doctor [--fix]`.
 pub fn command_doctor(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
-    let _ = (ctx, args);
-    Err(Error::not_built("doctor"))
+    doctor::command_doctor(ctx, args)
 }

@@ -1,0 +1,310 @@
+//! `scan`: an inventory of the store — homes by layout, collections, resources, and every calendar
+//! user address by form — read-only.
+
+use super::{HomeLayout, Item, Problem};
+use crate::address::{AddressKind, CalAddress};
+use crate::cli::{progress_bar, Context, Outcome};
+use crate::config::{StoreConfig, StoreKind};
+use crate::error::{ExitStatus, Result};
+use crate::ical::{CalendarInfo, IcalError};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+/// How many problems an inventory keeps in detail (all are counted).
+pub const MAX_LISTED_PROBLEMS: usize = 10_000;
+/// How many of the most used addresses an inventory lists.
+pub const TOP_ADDRESSES: usize = 50;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KindCount {
+    pub distinct: usize,
+    pub occurrences: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DomainCount {
+    pub domain: String,
+    pub distinct: usize,
+    pub occurrences: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AddressCount {
+    /// The normalised address ([`CalAddress::key`]).
+    pub address: String,
+    pub kind: AddressKind,
+    pub occurrences: u64,
+    /// Resources it appears in.
+    pub resources: u64,
+}
+
+/// What `scan` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Inventory {
+    pub store: String,
+    pub kind: StoreKind,
+    /// Homes per layout (`hashed`, `flat-uids`, `users`).
+    pub homes: BTreeMap<String, usize>,
+    /// Folders holding at least one resource.
+    pub collections: usize,
+    pub resources: u64,
+    pub bytes: u64,
+    pub distinct_addresses: usize,
+    pub address_occurrences: u64,
+    /// Per form: `mailto`, `urn:uuid`, `urn:x-uid`, `principal-uid`, `principal-name`, `other`.
+    pub by_kind: BTreeMap<String, KindCount>,
+    /// `mailto:` addresses per domain, most used first.
+    pub mailto_domains: Vec<DomainCount>,
+    /// The most used addresses, most used first.
+    pub top_addresses: Vec<AddressCount>,
+    /// Problems per kind (`unreadable`, `malformed`, `symlink`).
+    pub problem_counts: BTreeMap<String, u64>,
+    /// The problems, up to [`MAX_LISTED_PROBLEMS`].
+    pub problems: Vec<Problem>,
+}
+
+impl Inventory {
+    /// Unreadable or malformed resources were found.
+    pub fn has_bad_resources(&self) -> bool {
+        self.problem_counts.get("unreadable").copied().unwrap_or(0) > 0
+            || self.problem_counts.get("malformed").copied().unwrap_or(0) > 0
+    }
+}
+
+fn layout_name(l: HomeLayout) -> &'static str {
+    match l {
+        HomeLayout::Hashed => "hashed",
+        HomeLayout::FlatUids => "flat-uids",
+        HomeLayout::Users => "users",
+    }
+}
+
+struct AddrStat {
+    kind: AddressKind,
+    domain: Option<String>,
+    occurrences: u64,
+    resources: u64,
+}
+
+/// Walks the store and builds its inventory (memory grows with distinct addresses and
+/// collections, not with resources).
+pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result<Inventory> {
+    let mut inv = Inventory {
+        store: cfg.path.display().to_string(),
+        kind: cfg.kind,
+        ..Default::default()
+    };
+    for l in [HomeLayout::Hashed, HomeLayout::FlatUids, HomeLayout::Users] {
+        inv.homes.insert(layout_name(l).into(), 0);
+    }
+    let mut collections: HashSet<String> = HashSet::new();
+    let mut addrs: HashMap<String, AddrStat> = HashMap::new();
+    let note = |inv: &mut Inventory, p: Problem| {
+        *inv.problem_counts.entry(p.kind.clone()).or_insert(0) += 1;
+        if inv.problems.len() < MAX_LISTED_PROBLEMS {
+            inv.problems.push(p);
+        }
+    };
+    super::walk(
+        cfg,
+        progress,
+        |_res, bytes| -> std::result::Result<CalendarInfo, IcalError> { crate::ical::scan(bytes) },
+        |item| {
+            match item {
+                Item::Home(h) => *inv.homes.entry(layout_name(h.layout).into()).or_insert(0) += 1,
+                Item::Problem(p) => note(&mut inv, p),
+                Item::Resource(res, result) => {
+                    inv.resources += 1;
+                    inv.bytes += res.size;
+                    let folder = res.rel_path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                    if !collections.contains(folder) {
+                        collections.insert(folder.to_string());
+                    }
+                    match result {
+                        Err(e) => note(&mut inv, Problem::malformed(&res, &e)),
+                        Ok(info) => {
+                            let mut seen_here: HashSet<String> = HashSet::new();
+                            for a in &info.addresses {
+                                let parsed = CalAddress::parse(&a.value);
+                                let key = parsed.key();
+                                inv.address_occurrences += 1;
+                                let first_here = seen_here.insert(key.clone());
+                                let st = addrs.entry(key).or_insert_with(|| AddrStat {
+                                    kind: parsed.kind(),
+                                    domain: parsed.domain().map(str::to_string),
+                                    occurrences: 0,
+                                    resources: 0,
+                                });
+                                st.occurrences += 1;
+                                if first_here {
+                                    st.resources += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    inv.collections = collections.len();
+    inv.distinct_addresses = addrs.len();
+    let mut domains: HashMap<String, DomainCount> = HashMap::new();
+    for st in addrs.values() {
+        let k = inv.by_kind.entry(st.kind.as_str().into()).or_default();
+        k.distinct += 1;
+        k.occurrences += st.occurrences;
+        if let Some(d) = &st.domain {
+            let dc = domains.entry(d.clone()).or_insert_with(|| DomainCount {
+                domain: d.clone(),
+                distinct: 0,
+                occurrences: 0,
+            });
+            dc.distinct += 1;
+            dc.occurrences += st.occurrences;
+        }
+    }
+    inv.mailto_domains = domains.into_values().collect();
+    inv.mailto_domains.sort_by(|a, b| {
+        b.occurrences
+            .cmp(&a.occurrences)
+            .then_with(|| a.domain.cmp(&b.domain))
+    });
+    let mut top: Vec<AddressCount> = addrs
+        .into_iter()
+        .map(|(k, st)| AddressCount {
+            address: k,
+            kind: st.kind,
+            occurrences: st.occurrences,
+            resources: st.resources,
+        })
+        .collect();
+    top.sort_by(|a, b| {
+        b.occurrences
+            .cmp(&a.occurrences)
+            .then_with(|| a.address.cmp(&b.address))
+    });
+    top.truncate(TOP_ADDRESSES);
+    inv.top_addresses = top;
+    inv.problems
+        .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));
+    Ok(inv)
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The human summary of an inventory.
+pub fn render(inv: &Inventory) -> String {
+    let mut s = String::new();
+    let kind = match inv.kind {
+        StoreKind::CalendarserverFs => "calendarserver-fs",
+        StoreKind::CalendarserverPg => "calendarserver-pg",
+        StoreKind::IcsDir => "ics-dir",
+    };
+    let _ = writeln!(s, "Store {} ({kind})", inv.store);
+    if inv.kind != StoreKind::IcsDir {
+        let total: usize = inv.homes.values().sum();
+        let parts: Vec<String> = inv.homes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "Homes:        {total} ({})", parts.join(", "));
+    }
+    let _ = writeln!(s, "Collections:  {} with resources", inv.collections);
+    let _ = writeln!(
+        s,
+        "Resources:    {} ({})",
+        inv.resources,
+        human_bytes(inv.bytes)
+    );
+    let _ = writeln!(
+        s,
+        "Addresses:    {} distinct, {} occurrences",
+        inv.distinct_addresses, inv.address_occurrences
+    );
+    for (k, c) in &inv.by_kind {
+        let _ = writeln!(
+            s,
+            "  {k:<15} {:>8} distinct {:>10} occurrences",
+            c.distinct, c.occurrences
+        );
+        if k == "mailto" {
+            for d in inv.mailto_domains.iter().take(20) {
+                let _ = writeln!(
+                    s,
+                    "    @{:<30} {:>6} distinct {:>10} occurrences",
+                    d.domain, d.distinct, d.occurrences
+                );
+            }
+            if inv.mailto_domains.len() > 20 {
+                let _ = writeln!(
+                    s,
+                    "    … {} more domains (see --json)",
+                    inv.mailto_domains.len() - 20
+                );
+            }
+        }
+    }
+    if !inv.top_addresses.is_empty() {
+        let _ = writeln!(s, "Most used addresses:");
+        for a in inv.top_addresses.iter().take(20) {
+            let _ = writeln!(
+                s,
+                "  {:>10}  {:<15} {}",
+                a.occurrences,
+                a.kind.as_str(),
+                a.address
+            );
+        }
+    }
+    let total_problems: u64 = inv.problem_counts.values().sum();
+    if total_problems == 0 {
+        let _ = writeln!(s, "Problems:     none");
+    } else {
+        let parts: Vec<String> = inv
+            .problem_counts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "Problems:     {total_problems} ({})", parts.join(", "));
+        for p in inv.problems.iter().take(200) {
+            let _ = writeln!(s, "  {:<10} {}: {}", p.kind, p.path, p.detail);
+        }
+        if inv.problems.len() > 200 {
+            let _ = writeln!(s, "  … {} more (see --json)", total_problems - 200);
+        }
+    }
+    if inv.has_bad_resources() {
+        let _ = writeln!(s, "Some resources are unreadable or malformed: they are listed above and will not be rewritten.");
+    }
+    s
+}
+
+pub fn command_scan(ctx: &Context) -> Result<Outcome> {
+    let cfg = &ctx.config.store;
+    let bar = progress_bar(ctx, None, "scan");
+    let inv = inventory(cfg, &bar)?;
+    bar.finish_and_clear();
+    let status = if inv.has_bad_resources() {
+        ExitStatus::Problems
+    } else {
+        ExitStatus::Ok
+    };
+    let json = serde_json::to_value(&inv).unwrap_or_default();
+    Ok(Outcome {
+        status,
+        human: render(&inv),
+        json,
+    })
+}

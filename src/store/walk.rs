@@ -1,0 +1,460 @@
+//! The parallel, bounded-memory walk over a store.
+//!
+//! One walker thread lists folders (never following a symlink) and feeds resource paths into a
+//! bounded channel; worker threads (one per core) open, read, hash and call `map`; their results go
+//! through a second bounded channel to `sink` on the calling thread. At most a few thousand items
+//! are in flight whatever the store's size.
+
+use super::{xattrs, Home, HomeLayout, Item, Problem, Resource};
+use crate::config::{StoreConfig, StoreKind};
+use crate::error::{Error, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+const JOB_QUEUE: usize = 1024;
+const RESULT_QUEUE: usize = 1024;
+
+struct Job {
+    path: PathBuf,
+    rel: String,
+    home: Option<Home>,
+    collection: String,
+}
+
+/// Where the homes of a CalendarServer store live: `<root>/calendars`, or `<root>` itself when the
+/// configured path already is the `calendars` folder.
+pub fn calendars_dir(root: &Path) -> Option<PathBuf> {
+    let c = root.join("calendars");
+    if is_real_dir(&c) {
+        return Some(c);
+    }
+    if is_real_dir(&root.join("__uids__")) || is_real_dir(&root.join("users")) {
+        return Some(root.to_path_buf());
+    }
+    None
+}
+
+fn is_real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false)
+}
+
+/// Checks that the store root exists and has the expected shape.
+pub fn check_root(cfg: &StoreConfig) -> Result<()> {
+    let root = &cfg.path;
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.file_type().is_symlink() => {
+            // The root itself may be a symlink the admin made; that is fine if it leads to a folder.
+            if !root.is_dir() {
+                return Err(Error::usage(format!(
+                    "[store] path {} is a symlink that does not lead to a folder",
+                    root.display()
+                )));
+            }
+        }
+        Ok(_) => {
+            return Err(Error::usage(format!(
+                "[store] path {} is not a folder",
+                root.display()
+            )))
+        }
+        Err(e) => {
+            return Err(Error::usage(format!(
+                "[store] path {}: {e}",
+                root.display()
+            )))
+        }
+    }
+    if cfg.kind == StoreKind::CalendarserverFs && calendars_dir(root).is_none() {
+        return Err(Error::usage(format!(
+            "[store] path {} does not look like a CalendarServer 2.x data root: it has no calendars/ \
+             folder (nor __uids__/ or users/); give the Documents folder, or set kind = \"ics-dir\"",
+            root.display()
+        )));
+    }
+    if cfg.kind == StoreKind::CalendarserverPg {
+        return Err(Error::usage(
+            "[store] kind = \"calendarserver-pg\" is not read by the file-store walker".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// `/`-separated path of `p` relative to `root`.
+pub fn rel_path(root: &Path, p: &Path) -> String {
+    let r = p.strip_prefix(root).unwrap_or(p);
+    let mut s = String::new();
+    for c in r.components() {
+        if !s.is_empty() {
+            s.push('/');
+        }
+        s.push_str(&c.as_os_str().to_string_lossy());
+    }
+    s
+}
+
+/// Lexically normalised absolute path (no file-system access).
+fn normalise(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The problem to report for a symlink found at `path`.
+pub fn symlink_problem(root: &Path, path: &Path) -> Problem {
+    let target = fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let abs = match fs::read_link(path) {
+        Ok(t) if t.is_absolute() => normalise(&t),
+        Ok(t) => normalise(&path.parent().unwrap_or(Path::new("/")).join(t)),
+        Err(_) => PathBuf::new(),
+    };
+    let root_abs = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let inside = abs.starts_with(&root_abs) || abs.starts_with(root);
+    Problem {
+        path: rel_path(root, path),
+        kind: "symlink".into(),
+        detail: format!(
+            "symbolic link to {target} ({}); not followed",
+            if inside {
+                "inside the store"
+            } else {
+                "outside the store"
+            }
+        ),
+    }
+}
+
+struct Walker<'a, T> {
+    root: PathBuf,
+    jobs: &'a Sender<Job>,
+    results: &'a Sender<Item<T>>,
+}
+
+/// Stops the walk (the receiving side went away).
+struct Stop;
+
+impl<T> Walker<'_, T> {
+    fn send_item(&self, item: Item<T>) -> Result<(), Stop> {
+        self.results.send(item).map_err(|_| Stop)
+    }
+
+    fn problem(&self, path: &Path, kind: &str, detail: String) -> Result<(), Stop> {
+        self.send_item(Item::Problem(Problem {
+            path: rel_path(&self.root, path),
+            kind: kind.into(),
+            detail,
+        }))
+    }
+
+    /// Lists a folder; reports it unreadable (and returns `None`) when it cannot be listed.
+    fn list(&self, dir: &Path) -> Result<Option<fs::ReadDir>, Stop> {
+        match fs::read_dir(dir) {
+            Ok(rd) => Ok(Some(rd)),
+            Err(e) => {
+                self.problem(dir, "unreadable", format!("cannot list folder: {e}"))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Entries of a folder with their (not followed) file types; symlinks are reported and skipped.
+    fn entries(
+        &self,
+        dir: &Path,
+        mut f: impl FnMut(&Self, PathBuf, String, bool) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
+        let Some(rd) = self.list(dir)? else {
+            return Ok(());
+        };
+        for entry in rd {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    self.problem(dir, "unreadable", format!("cannot list folder: {e}"))?;
+                    return Ok(());
+                }
+            };
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ft = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problem(&path, "unreadable", format!("cannot stat: {e}"))?;
+                    continue;
+                }
+            };
+            if ft.is_symlink() {
+                self.send_item(Item::Problem(symlink_problem(&self.root, &path)))?;
+                continue;
+            }
+            f(self, path, name, ft.is_dir())?;
+        }
+        Ok(())
+    }
+
+    fn calendarserver(&self, calendars: &Path) -> Result<(), Stop> {
+        let uids = calendars.join("__uids__");
+        if is_real_dir(&uids) {
+            self.entries(&uids, |w, p1, n1, d1| {
+                if !d1 {
+                    return Ok(());
+                }
+                if n1.len() == 2 {
+                    w.entries(&p1, |w, p2, n2, d2| {
+                        if !d2 || n2.len() != 2 {
+                            return Ok(());
+                        }
+                        w.entries(&p2, |w, p3, n3, d3| {
+                            if d3 && !n3.starts_with('.') {
+                                w.home(HomeLayout::Hashed, n3, &p3)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                } else if !n1.starts_with('.') {
+                    w.home(HomeLayout::FlatUids, n1, &p1)
+                } else {
+                    Ok(())
+                }
+            })?;
+        } else if calendars.join("__uids__").exists() {
+            self.send_item(Item::Problem(symlink_problem(&self.root, &uids)))?;
+        }
+        // 1.x: calendars/users/<short>/ (and the other record types beside it).
+        for kind in ["users", "groups", "locations", "resources"] {
+            let dir = calendars.join(kind);
+            if let Ok(m) = fs::symlink_metadata(&dir) {
+                if m.file_type().is_symlink() {
+                    self.send_item(Item::Problem(symlink_problem(&self.root, &dir)))?;
+                } else if m.is_dir() {
+                    self.entries(&dir, |w, p, n, d| {
+                        if d && !n.starts_with('.') {
+                            w.home(HomeLayout::Users, n, &p)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn home(&self, layout: HomeLayout, id: String, dir: &Path) -> Result<(), Stop> {
+        let home = Home {
+            layout,
+            id,
+            rel_path: rel_path(&self.root, dir),
+        };
+        self.send_item(Item::Home(home.clone()))?;
+        self.entries(dir, |w, p, n, d| {
+            if d && !n.starts_with('.') {
+                w.collection(&home, &n, &p)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn collection(&self, home: &Home, name: &str, dir: &Path) -> Result<(), Stop> {
+        self.entries(dir, |w, p, n, _is_dir| {
+            if is_resource_name(&n) {
+                // A folder named x.ics is queued too: the worker reports it as unreadable.
+                w.job(p, Some(home.clone()), name.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn ics_dir(&self, dir: &Path, collection: &str) -> Result<(), Stop> {
+        self.entries(dir, |w, p, n, d| {
+            if n.starts_with('.') {
+                return Ok(());
+            }
+            if d {
+                w.ics_dir(&p, &n)
+            } else if is_resource_name(&n) {
+                w.job(p, None, collection.to_string())
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn job(&self, path: PathBuf, home: Option<Home>, collection: String) -> Result<(), Stop> {
+        let rel = rel_path(&self.root, &path);
+        self.jobs
+            .send(Job {
+                path,
+                rel,
+                home,
+                collection,
+            })
+            .map_err(|_| Stop)
+    }
+}
+
+/// Whether a folder entry's name makes it a calendar resource.
+pub fn is_resource_name(name: &str) -> bool {
+    !name.starts_with('.')
+        && name.len() > 4
+        && name
+            .get(name.len() - 4..)
+            .is_some_and(|e| e.eq_ignore_ascii_case(".ics"))
+}
+
+/// Reads one resource: opens without following symlinks (and without blocking on a FIFO), checks it
+/// is a regular file, reads it whole, hashes it and reads its attributes.
+fn read_resource(job: Job, buf: &mut Vec<u8>) -> std::result::Result<Resource, Problem> {
+    let unreadable = |detail: String| Problem {
+        path: job.rel.clone(),
+        kind: "unreadable".into(),
+        detail,
+    };
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&job.path)
+        .map_err(|e| unreadable(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| unreadable(format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file"
+        };
+        return Err(unreadable(format!("named like a resource but is {what}")));
+    }
+    buf.clear();
+    file.read_to_end(buf)
+        .map_err(|e| unreadable(format!("cannot read: {e}")))?;
+    let sha256 = hex::encode(Sha256::digest(&buf[..]));
+    let xattrs = xattrs::read_all_fd(&file)
+        .map_err(|e| unreadable(format!("cannot read extended attributes: {e}")))?;
+    Ok(Resource {
+        path: job.path,
+        rel_path: job.rel,
+        home: job.home,
+        collection: job.collection,
+        size: buf.len() as u64,
+        sha256,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode() & 0o7777,
+        xattrs,
+    })
+}
+
+fn worker<T, M>(
+    jobs: Receiver<Job>,
+    results: Sender<Item<T>>,
+    map: &M,
+    progress: &indicatif::ProgressBar,
+) where
+    M: Fn(&Resource, &[u8]) -> T,
+{
+    let mut buf = Vec::with_capacity(64 * 1024);
+    for job in jobs {
+        let item = match read_resource(job, &mut buf) {
+            Ok(res) => {
+                let t = map(&res, &buf);
+                Item::Resource(res, t)
+            }
+            Err(p) => Item::Problem(p),
+        };
+        progress.inc(1);
+        if results.send(item).is_err() {
+            return;
+        }
+        if buf.capacity() > 16 * 1024 * 1024 {
+            buf = Vec::with_capacity(64 * 1024);
+        }
+    }
+}
+
+/// See [`super::walk`].
+pub fn walk<T, M, S>(
+    cfg: &StoreConfig,
+    progress: &indicatif::ProgressBar,
+    map: M,
+    mut sink: S,
+) -> Result<()>
+where
+    T: Send,
+    M: Fn(&Resource, &[u8]) -> T + Sync,
+    S: FnMut(Item<T>) -> Result<()>,
+{
+    check_root(cfg)?;
+    let root = cfg.path.clone();
+    let kind = cfg.kind;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 16);
+    let (job_tx, job_rx) = bounded::<Job>(JOB_QUEUE);
+    let (res_tx, res_rx) = bounded::<Item<T>>(RESULT_QUEUE);
+    let map = &map;
+    std::thread::scope(move |scope| -> Result<()> {
+        {
+            let res_tx = res_tx.clone();
+            let root = root.clone();
+            std::thread::Builder::new()
+                .name("store-walker".into())
+                .spawn_scoped(scope, move || {
+                    let w = Walker {
+                        root: root.clone(),
+                        jobs: &job_tx,
+                        results: &res_tx,
+                    };
+                    let _ = match kind {
+                        StoreKind::IcsDir => {
+                            let name = root
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            w.ics_dir(&root, &name)
+                        }
+                        _ => match calendars_dir(&root) {
+                            Some(c) => w.calendarserver(&c),
+                            None => Ok(()),
+                        },
+                    };
+                })
+                .map_err(|e| {
+                    Error::runtime(format!("cannot start the store walker thread: {e}"))
+                })?;
+        }
+        for i in 0..workers {
+            let jobs = job_rx.clone();
+            let results = res_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("store-reader-{i}"))
+                .spawn_scoped(scope, move || worker(jobs, results, map, progress))
+                .map_err(|e| Error::runtime(format!("cannot start a store reader thread: {e}")))?;
+        }
+        drop(job_rx);
+        drop(res_tx);
+        while let Ok(item) = res_rx.recv() {
+            if let Err(e) = sink(item) {
+                // Dropping the receiver makes every thread stop at its next send.
+                drop(res_rx);
+                return Err(e);
+            }
+        }
+        Ok(())
+    })
+}

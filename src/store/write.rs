@@ -1,0 +1,399 @@
+//! Replacing one resource safely, and restoring a saved one.
+//!
+//! Every write goes to `.<name>.principal-reconciler.tmp` in the same folder (a dot-name: the walker
+//! never takes it for a resource, the doctor recognises it as a leftover), is synced, gets the
+//! original's owner, group, mode and extended attributes, and is renamed over the original; then the
+//! folder is synced. The tool may run as root: nothing it writes stays owned by root.
+
+use super::{xattrs, Xattr};
+use crate::error::{Error, Result};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Suffix of the temporary files of a write in progress.
+pub const TMP_SUFFIX: &str = ".principal-reconciler.tmp";
+
+/// The temporary file a write of `path` uses.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}{TMP_SUFFIX}"))
+}
+
+/// Whether a folder entry name is the leftover of an interrupted write.
+pub fn is_leftover_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TMP_SUFFIX)
+}
+
+/// Owner, group, mode and every extended attribute of a file: what a write keeps and a rollback
+/// puts back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileMeta {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Attribute name and raw value, sorted by name.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl FileMeta {
+    /// Snapshot of a regular file (a symlink is refused, never followed).
+    pub fn of(path: &Path) -> Result<FileMeta> {
+        let m = fs::symlink_metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+        if !m.is_file() {
+            return Err(Error::runtime(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let mut attrs = xattrs::read_all(path)
+            .map_err(|e| Error::io("cannot read extended attributes of", path, e))?;
+        attrs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(FileMeta {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
+            xattrs: attrs.into_iter().map(|x| (x.name, x.value)).collect(),
+        })
+    }
+
+    /// The attributes as [`Xattr`]s.
+    pub fn xattr_list(&self) -> Vec<Xattr> {
+        self.xattrs
+            .iter()
+            .map(|(n, v)| Xattr {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect()
+    }
+
+    fn set(&mut self, name: String, value: Vec<u8>) {
+        match self.xattrs.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.xattrs.push((name, value)),
+        }
+    }
+
+    /// Removes the attribute(s) holding `property`, under any prefix.
+    fn remove_property(&mut self, property: &str) {
+        self.xattrs
+            .retain(|(n, _)| xattrs::decode_name(n).map(|(_, p)| p).as_deref() != Some(property));
+    }
+}
+
+/// Why [`write_resource`] did not write.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The resource no longer has the bytes the plan was made from; nothing was written.
+    Changed {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    /// The write failed (the original is untouched unless the message says otherwise).
+    Failed(Error),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Changed { path, expected, found } => write!(
+                f,
+                "changed since it was planned: {} (sha256 was {expected}, is now {found}); not written — re-run plan",
+                path.display()
+            ),
+            WriteError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<WriteError> for Error {
+    fn from(e: WriteError) -> Error {
+        match e {
+            WriteError::Failed(e) => e,
+            changed => Error::runtime(changed.to_string()),
+        }
+    }
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> WriteError {
+        WriteError::Failed(e)
+    }
+}
+
+/// Options of a write.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// `[store] xattr_prefix`; detected from the resource's (or its folder's) attributes when `None`.
+    pub xattr_prefix: Option<String>,
+}
+
+/// What a write did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Written {
+    pub path: PathBuf,
+    pub old_sha256: String,
+    pub new_sha256: String,
+    pub new_md5: String,
+    /// The collection's new `getctag` value.
+    pub ctag: String,
+    /// The prefix used for the attributes written.
+    pub xattr_prefix: String,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io("cannot open", path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// MD5 hex of bytes, lower case (what `getcontentmd5` holds).
+pub fn md5_hex(bytes: &[u8]) -> String {
+    hex::encode(Md5::digest(bytes))
+}
+
+/// The prefix to write attributes with: configured, else the one the resource or its folder uses,
+/// else the platform's.
+pub fn choose_prefix(configured: Option<&str>, own: &[Xattr], folder: Option<&Path>) -> String {
+    if let Some(p) = configured {
+        return p.to_string();
+    }
+    if let Some(p) = xattrs::prefix_in(own) {
+        return p.to_string();
+    }
+    if let Some(dir) = folder {
+        if let Ok(attrs) = xattrs::read_all(dir) {
+            if let Some(p) = xattrs::prefix_in(&attrs) {
+                return p.to_string();
+            }
+        }
+    }
+    xattrs::platform_prefix().to_string()
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("cannot sync folder", dir, e))
+}
+
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes `bytes` with `meta` to the temporary file of `path`; returns the temp path. The temp
+/// file is removed on any failure.
+fn write_temp(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<PathBuf> {
+    let tmp = temp_path(path);
+    // A leftover of ours from an interrupted run: ours to remove.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::io(
+                "cannot remove the leftover temporary file",
+                &tmp,
+                e,
+            ))
+        }
+    }
+    let result = (|| -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| Error::io("cannot create", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        use xattr::FileExt;
+        for (name, value) in &meta.xattrs {
+            f.set_xattr(name, value).map_err(|e| {
+                Error::io(&format!("cannot set extended attribute {name} on"), &tmp, e)
+            })?;
+        }
+        std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid)).map_err(|e| {
+            Error::io(
+                &format!("cannot give {}:{} ownership of", meta.uid, meta.gid),
+                &tmp,
+                e,
+            )
+        })?;
+        // After chown (which clears set-id bits).
+        f.set_permissions(fs::Permissions::from_mode(meta.mode))
+            .map_err(|e| Error::io("cannot set the mode of", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| Error::io("cannot sync", &tmp, e))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Puts `bytes` and `meta` at `path` atomically (temp file, sync, rename, folder sync), whether or
+/// not `path` exists now. Used by rollback.
+pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
+    if let Ok(m) = fs::symlink_metadata(path) {
+        if !m.is_file() {
+            return Err(Error::runtime(format!(
+                "{} is no longer a regular file; not replaced",
+                path.display()
+            )));
+        }
+    }
+    let tmp = write_temp(path, bytes, meta)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("cannot rename the temporary file over", path, e));
+    }
+    fsync_dir(&parent_of(path))
+}
+
+static CTAG_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A new, unique `getctag` value.
+pub fn new_ctag() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.{:09}-{}-{}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id(),
+        CTAG_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Gives a collection folder a new `getctag`; returns the value.
+pub fn bump_ctag(collection: &Path, prefix: &str) -> Result<String> {
+    let ctag = new_ctag();
+    let prop = xattrs::getctag();
+    let value = xattrs::text_property_value(&prop, &ctag);
+    // Replace it under whatever prefix it already has, else under `prefix`.
+    let existing = xattrs::read_all(collection)
+        .map_err(|e| Error::io("cannot read extended attributes of", collection, e))?
+        .into_iter()
+        .find(|a| a.property().as_deref() == Some(prop.as_str()))
+        .map(|a| a.name);
+    let name = existing.unwrap_or_else(|| xattrs::attr_name(prefix, &prop));
+    xattr::set(collection, &name, &value)
+        .map_err(|e| Error::io(&format!("cannot set {name} on"), collection, e))?;
+    Ok(ctag)
+}
+
+/// Sets a resource's `getcontentmd5` attribute to `md5` (under the name it already has, else under
+/// `prefix`).
+pub fn set_md5_attr(path: &Path, md5: &str, prefix: &str) -> Result<()> {
+    let prop = xattrs::getcontentmd5();
+    let existing = xattrs::read_all(path)
+        .map_err(|e| Error::io("cannot read extended attributes of", path, e))?
+        .into_iter()
+        .find(|a| a.property().as_deref() == Some(prop.as_str()))
+        .map(|a| a.name);
+    let name = existing.unwrap_or_else(|| xattrs::attr_name(prefix, &prop));
+    xattr::set(path, &name, &xattrs::text_property_value(&prop, md5))
+        .map_err(|e| Error::io(&format!("cannot set {name} on"), path, e))
+}
+
+/// Replaces one resource with `new_bytes` if it still has `expected_sha256`; keeps owner, group,
+/// mode and every attribute, writes the new `getcontentmd5`, drops `scheduling-object-resource`,
+/// and gives the collection a new `getctag`. The `.db.sqlite` index is left as it is.
+pub fn write_resource(
+    path: &Path,
+    expected_sha256: &str,
+    new_bytes: &[u8],
+    opts: &WriteOptions,
+) -> std::result::Result<Written, WriteError> {
+    let found = sha256_file(path)?;
+    if !found.eq_ignore_ascii_case(expected_sha256) {
+        return Err(WriteError::Changed {
+            path: path.to_path_buf(),
+            expected: expected_sha256.to_string(),
+            found,
+        });
+    }
+    let mut meta = FileMeta::of(path)?;
+    let folder = parent_of(path);
+    let prefix = choose_prefix(
+        opts.xattr_prefix.as_deref(),
+        &meta.xattr_list(),
+        Some(&folder),
+    );
+    let md5_prop = xattrs::getcontentmd5();
+    let md5 = md5_hex(new_bytes);
+    let md5_value = xattrs::text_property_value(&md5_prop, &md5);
+    // Keep the attribute's own name when it exists (whatever prefix), else add it under `prefix`.
+    let md5_name = meta
+        .xattrs
+        .iter()
+        .find(|(n, _)| xattrs::decode_name(n).map(|(_, p)| p).as_deref() == Some(md5_prop.as_str()))
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| xattrs::attr_name(&prefix, &md5_prop));
+    meta.set(md5_name, md5_value);
+    meta.remove_property(&xattrs::scheduling_object_resource());
+
+    let tmp = write_temp(path, new_bytes, &meta)?;
+    // Last look before the rename: a change made while we wrote the temp file wins.
+    let again = match sha256_file(path) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    if !again.eq_ignore_ascii_case(expected_sha256) {
+        let _ = fs::remove_file(&tmp);
+        return Err(WriteError::Changed {
+            path: path.to_path_buf(),
+            expected: expected_sha256.to_string(),
+            found: again,
+        });
+    }
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("cannot rename the temporary file over", path, e).into());
+    }
+    fsync_dir(&folder)?;
+    let ctag = bump_ctag(&folder, &prefix)
+        .map_err(|e| e.context(format!("{} was written but", path.display())))?;
+    Ok(Written {
+        path: path.to_path_buf(),
+        old_sha256: found,
+        new_sha256: hex::encode(Sha256::digest(new_bytes)),
+        new_md5: md5,
+        ctag,
+        xattr_prefix: prefix,
+    })
+}

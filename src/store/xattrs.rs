@@ -1,0 +1,317 @@
+//! WebDAV dead properties as CalendarServer 2.x keeps them in extended attributes.
+//!
+//! Attribute name: a prefix (`user.` on Linux, `WebDAV:` on Mac OS X) plus the URL-quoted
+//! `{namespace}name`, where only letters, digits, `_`, `.`, `-` and the three characters `{`, `}`, `:`
+//! stay as they are (Python 2 `urllib.quote(name, safe="{}:")`). Value: a zlib-compressed XML
+//! document (older values may be pickled; those are kept raw, never dropped).
+
+use super::Xattr;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+
+/// Prefix on Linux.
+pub const PREFIX_LINUX: &str = "user.";
+/// Prefix on Mac OS X.
+pub const PREFIX_MACOS: &str = "WebDAV:";
+
+/// Namespace of `getcontentmd5` (twisted's private DAV namespace).
+pub const TWISTED_DAV_NS: &str = "http://twistedmatrix.com/xml_namespace/dav/";
+/// CalendarServer's namespace (`getctag`, `scheduling-object-resource`).
+pub const CALENDARSERVER_NS: &str = "http://calendarserver.org/ns/";
+
+/// `{http://twistedmatrix.com/xml_namespace/dav/}getcontentmd5`
+pub fn getcontentmd5() -> String {
+    format!("{{{TWISTED_DAV_NS}}}getcontentmd5")
+}
+
+/// `{http://calendarserver.org/ns/}getctag`
+pub fn getctag() -> String {
+    format!("{{{CALENDARSERVER_NS}}}getctag")
+}
+
+/// `{http://calendarserver.org/ns/}scheduling-object-resource`
+pub fn scheduling_object_resource() -> String {
+    format!("{{{CALENDARSERVER_NS}}}scheduling-object-resource")
+}
+
+/// The prefix the platform's CalendarServer uses.
+pub fn platform_prefix() -> &'static str {
+    if cfg!(target_os = "macos") {
+        PREFIX_MACOS
+    } else {
+        PREFIX_LINUX
+    }
+}
+
+fn is_unquoted(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'{' | b'}' | b':')
+}
+
+/// URL-quotes a `{namespace}name` property name the way the server does.
+pub fn quote_property(property: &str) -> String {
+    let mut out = String::with_capacity(property.len() + 16);
+    for &b in property.as_bytes() {
+        if is_unquoted(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Undoes [`quote_property`] (any `%XX`; invalid escapes are kept as written).
+pub fn unquote(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let h = (b[i + 1] as char).to_digit(16);
+            let l = (b[i + 2] as char).to_digit(16);
+            if let (Some(h), Some(l)) = (h, l) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The attribute name of a property under `prefix`.
+pub fn attr_name(prefix: &str, property: &str) -> String {
+    format!("{prefix}{}", quote_property(property))
+}
+
+/// Splits an attribute name into its known prefix and the decoded `{namespace}name` property.
+/// `None` when the name has neither prefix or is not a `{namespace}name` property.
+pub fn decode_name(attr: &str) -> Option<(&'static str, String)> {
+    for prefix in [PREFIX_LINUX, PREFIX_MACOS] {
+        if let Some(rest) = attr.strip_prefix(prefix) {
+            let prop = unquote(rest);
+            if prop.starts_with('{') && prop.contains('}') {
+                return Some((prefix, prop));
+            }
+        }
+    }
+    None
+}
+
+/// zlib-decompresses a value; returns it raw when it is not zlib data.
+pub fn decode_value(raw: &[u8]) -> Vec<u8> {
+    // zlib header: CM = 8 and the 16-bit header divisible by 31.
+    if raw.len() >= 2
+        && raw[0] & 0x0f == 8
+        && (u16::from(raw[0]) << 8 | u16::from(raw[1])) % 31 == 0
+    {
+        let mut out = Vec::new();
+        if ZlibDecoder::new(raw).read_to_end(&mut out).is_ok() {
+            return out;
+        }
+    }
+    raw.to_vec()
+}
+
+/// zlib-compresses a value (what the server stores).
+pub fn encode_value(plain: &[u8]) -> Vec<u8> {
+    let mut enc = ZlibEncoder::new(
+        Vec::with_capacity(plain.len()),
+        flate2::Compression::default(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(plain);
+    enc.finish().unwrap_or_default()
+}
+
+/// The XML document the server writes for a property holding only text:
+/// `<?xml version='1.0' encoding='UTF-8'?>\r\n<NAME xmlns='NS'>TEXT</NAME>\r\n`.
+pub fn text_property_xml(property: &str, text: &str) -> String {
+    let (ns, name) = split_property(property);
+    format!(
+        "<?xml version='1.0' encoding='UTF-8'?>\r\n<{name} xmlns='{ns}'>{}</{name}>\r\n",
+        xml_escape(text)
+    )
+}
+
+/// The compressed attribute value of a text-only property.
+pub fn text_property_value(property: &str, text: &str) -> Vec<u8> {
+    encode_value(text_property_xml(property, text).as_bytes())
+}
+
+/// `{ns}name` → (`ns`, `name`).
+pub fn split_property(property: &str) -> (&str, &str) {
+    match property.strip_prefix('{').and_then(|r| r.split_once('}')) {
+        Some((ns, name)) => (ns, name),
+        None => ("", property),
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The text content of a one-element XML document (`getcontentmd5`, `getctag`), trimmed.
+/// `None` when the value is not such a document.
+pub fn text_of(xml: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(xml).ok()?;
+    let mut rest = s.trim_start_matches('\u{feff}').trim_start();
+    if rest.starts_with("<?") {
+        rest = &rest[rest.find("?>")? + 2..];
+    }
+    let rest = rest.trim_start();
+    if !rest.starts_with('<') {
+        return None;
+    }
+    let open_end = rest.find('>')?;
+    if rest[..open_end].ends_with('/') {
+        return Some(String::new());
+    }
+    let body = &rest[open_end + 1..];
+    let close = body.find('<')?;
+    if !body[close..].starts_with("</") {
+        return None;
+    }
+    Some(xml_unescape(body[..close].trim()))
+}
+
+impl Xattr {
+    /// The decoded `{namespace}name` property this attribute holds, if it is a WebDAV property.
+    pub fn property(&self) -> Option<String> {
+        decode_name(&self.name).map(|(_, p)| p)
+    }
+
+    /// The prefix (`user.` or `WebDAV:`) when this is a WebDAV property attribute.
+    pub fn prefix(&self) -> Option<&'static str> {
+        decode_name(&self.name).map(|(p, _)| p)
+    }
+
+    /// The value, zlib-decompressed (raw when it is not zlib data).
+    pub fn decoded_value(&self) -> Vec<u8> {
+        decode_value(&self.value)
+    }
+}
+
+/// Every extended attribute of an open file or folder (no symlink is followed: it is an fd).
+pub fn read_all_fd<F: AsRawFd>(f: &F) -> std::io::Result<Vec<Xattr>> {
+    use xattr::FileExt;
+    struct Fd(i32);
+    impl AsRawFd for Fd {
+        fn as_raw_fd(&self) -> i32 {
+            self.0
+        }
+    }
+    impl FileExt for Fd {}
+    let fd = Fd(f.as_raw_fd());
+    let mut out = Vec::new();
+    for name in fd.list_xattr()? {
+        let name_s = name.to_string_lossy().into_owned();
+        if let Some(value) = fd.get_xattr(&name)? {
+            out.push(Xattr {
+                name: name_s,
+                value,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Every extended attribute of a path (a symlink's own, never its target's).
+pub fn read_all(path: &std::path::Path) -> std::io::Result<Vec<Xattr>> {
+    let mut out = Vec::new();
+    for name in xattr::list(path)? {
+        let name_s = name.to_string_lossy().into_owned();
+        if let Some(value) = xattr::get(path, &name)? {
+            out.push(Xattr {
+                name: name_s,
+                value,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The WebDAV prefix the given attributes use (`WebDAV:` wins when both appear), if any.
+pub fn prefix_in(attrs: &[Xattr]) -> Option<&'static str> {
+    let mut found = None;
+    for a in attrs {
+        match a.prefix() {
+            Some(PREFIX_MACOS) => return Some(PREFIX_MACOS),
+            Some(p) => found = Some(p),
+            None => {}
+        }
+    }
+    found
+}
+
+/// Finds the attribute holding `property` (under either prefix) and returns its decoded text.
+pub fn property_text(attrs: &[Xattr], property: &str) -> Option<Option<String>> {
+    attrs
+        .iter()
+        .find(|a| a.property().as_deref() == Some(property))
+        .map(|a| text_of(&a.decoded_value()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_like_the_server() {
+        assert_eq!(
+            attr_name("user.", &getcontentmd5()),
+            "user.{http:%2F%2Ftwistedmatrix.com%2Fxml_namespace%2Fdav%2F}getcontentmd5"
+        );
+        assert_eq!(
+            attr_name("WebDAV:", &getctag()),
+            "WebDAV:{http:%2F%2Fcalendarserver.org%2Fns%2F}getctag"
+        );
+        let n = attr_name(
+            "user.",
+            "{urn:ietf:params:xml:ns:caldav}calendar-free-busy-set",
+        );
+        assert_eq!(
+            decode_name(&n),
+            Some((
+                "user.",
+                "{urn:ietf:params:xml:ns:caldav}calendar-free-busy-set".to_string()
+            ))
+        );
+        assert_eq!(decode_name("user.com.apple.FinderInfo"), None);
+        assert_eq!(unquote("a%2"), "a%2");
+        assert_eq!(unquote("%7e%"), "~%");
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let v = text_property_value(&getcontentmd5(), "d41d8cd98f00b204e9800998ecf8427e");
+        let xml = decode_value(&v);
+        assert_eq!(
+            String::from_utf8(xml.clone()).unwrap(),
+            "<?xml version='1.0' encoding='UTF-8'?>\r\n<getcontentmd5 xmlns='http://twistedmatrix.com/xml_namespace/dav/'>d41d8cd98f00b204e9800998ecf8427e</getcontentmd5>\r\n"
+        );
+        assert_eq!(
+            text_of(&xml).as_deref(),
+            Some("d41d8cd98f00b204e9800998ecf8427e")
+        );
+        // Not zlib: kept raw.
+        assert_eq!(decode_value(b"(dp0\nS'x'"), b"(dp0\nS'x'".to_vec());
+        assert_eq!(text_of(b"<a xmlns='x'/>").as_deref(), Some(""));
+        assert_eq!(text_of(b"<a><b/></a>"), None);
+        assert_eq!(text_of(b"\x80\x02pickle"), None);
+    }
+}
