@@ -73,6 +73,21 @@ proptest! {
     }
 
     #[test]
+    fn params_add_up_to_the_parameter_text(
+        parts in prop::collection::vec(prop::sample::select(&["A", "b", "=", ";", ",", ":", "\"", "^", "x"][..]), 0..40),
+    ) {
+        let text = format!("ATTENDEE;{}", parts.concat());
+        if let Ok(cl) = line::split(text.as_bytes()) {
+            let joined: Vec<u8> = line::params(cl.params).flat_map(|p| p.raw.iter().copied()).collect();
+            prop_assert_eq!(joined, cl.params.to_vec());
+            for p in line::params(cl.params) {
+                prop_assert!(p.raw.starts_with(b";"));
+                let _ = p.decoded();
+            }
+        }
+    }
+
+    #[test]
     fn unfold_of_anything_covers_the_input(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
         match line::unfold(&bytes) {
             Ok(lines) => {
@@ -82,7 +97,11 @@ proptest! {
                     prop_assert!(info.end > info.start);
                     prop_assert!(text.len() <= info.end - info.start);
                     at = info.end;
-                    let _ = line::split(text);
+                    if let Ok(cl) = line::split(text) {
+                        // The parameters, as written, add up to the parameter text.
+                        let joined: Vec<u8> = line::params(cl.params).flat_map(|p| p.raw.iter().copied()).collect();
+                        prop_assert_eq!(joined, cl.params.to_vec());
+                    }
                 }
                 prop_assert_eq!(at, bytes.len());
             }

@@ -442,14 +442,12 @@ impl<'a> Iterator for Params<'a> {
             i
         };
         i = value_start;
-        let mut quoted = false;
-        while i < raw.len() {
-            match raw[i] {
-                b'"' => quoted = !quoted,
-                b';' if !quoted => break,
-                _ => {}
+        // Values as `split` reads them: a value is quoted when it starts with `"`.
+        while i < raw.len() && raw[i] != b';' {
+            i = value_end(raw, i);
+            if i < raw.len() && raw[i] == b',' {
+                i += 1;
             }
-            i += 1;
         }
         self.pos = i;
         Some(Param {
@@ -469,21 +467,30 @@ pub fn param_values(value: &[u8]) -> impl Iterator<Item = &[u8]> {
             return None;
         }
         let start = pos;
-        let mut quoted = false;
-        while pos < value.len() {
-            match value[pos] {
-                b'"' => quoted = !quoted,
-                b',' if !quoted => {
-                    pos += 1;
-                    return Some(&value[start..pos - 1]);
-                }
-                _ => {}
-            }
+        pos = value_end(value, pos);
+        if pos < value.len() && value[pos] == b',' {
             pos += 1;
+            Some(&value[start..pos - 1])
+        } else {
+            done = true;
+            Some(&value[start..])
         }
-        done = true;
-        Some(&value[start..])
     })
+}
+
+/// The end of one parameter value starting at `i`: past its closing quote when it starts with
+/// `"`, then up to the next `,` or `;` (or the end).
+fn value_end(raw: &[u8], mut i: usize) -> usize {
+    if i < raw.len() && raw[i] == b'"' {
+        i = match memchr::memchr(b'"', &raw[i + 1..]) {
+            Some(j) => i + 1 + j + 1,
+            None => raw.len(),
+        };
+    }
+    while i < raw.len() && !matches!(raw[i], b',' | b';') {
+        i += 1;
+    }
+    i
 }
 
 /// Unquotes one parameter value and decodes RFC 6868 escapes (`^n` newline, `^^` caret, `^'`
@@ -729,6 +736,14 @@ mod tests {
         );
         assert_eq!(&*ps[0].decoded(), b"mailto:a@x,mailto:b@x");
         assert_eq!(c.value, b"MAILTO:c@x");
+        // A quote inside an unquoted value is an ordinary character.
+        let c = split(b"ATTENDEE;CN=a\"b;ROLE=CHAIR;X=\"q;,\",w:v").unwrap();
+        let ps: Vec<_> = params(c.params).collect();
+        assert_eq!(
+            ps.iter().map(|p| p.raw).collect::<Vec<_>>(),
+            vec![&b";CN=a\"b"[..], b";ROLE=CHAIR", b";X=\"q;,\",w"]
+        );
+        assert_eq!(&*ps[2].decoded(), b"q;,,w");
         // Empty values are allowed.
         assert_eq!(split(b"X-A;P=:").unwrap().value, b"");
     }

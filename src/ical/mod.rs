@@ -66,7 +66,7 @@ pub struct FoundAddress {
 /// What a calendar object holds that the reconciler cares about.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CalendarInfo {
-    /// UID of the first component that has one.
+    /// UID of the first component that has one (TEXT escapes such as `\,` decoded).
     pub uid: Option<String>,
     /// Value of the first ORGANIZER.
     pub organizer: Option<String>,
@@ -470,7 +470,9 @@ enum Target<'v> {
     Remove,
 }
 
-/// The EMAIL parameter CalendarServer would write (see `normalizeCalendarUserAddresses`).
+/// The EMAIL parameter CalendarServer would write (see `normalizeCalendarUserAddresses`). The old
+/// EMAIL counts as "still the record's" case-insensitively (with or without `mailto:`) and is then
+/// kept exactly as written.
 fn email_target<'p>(
     principal: &'p Principal,
     old_addr: &CalAddress,
