@@ -8,7 +8,8 @@ use super::{Collector, Directory};
 use crate::config::{DirectoryConfig, PASSWORD_ENV};
 use crate::error::{Error, Result};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
-use ldap3::{LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry};
+use ldap3::asn1::{StructureTag, PL};
+use ldap3::{LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,6 +163,33 @@ fn limit_advice(rc: u32) -> Option<&'static str> {
     }
 }
 
+/// Decodes a SearchResultEntry (RFC 4511 `[APPLICATION 4] { objectName, attributes }`) straight
+/// into a [`RawEntry`]: values stay bytes (text and binary alike, so a 16-byte id is never lost to
+/// the text/binary split), no intermediate maps, and malformed BER is an error, not a panic.
+fn raw_entry(tag: StructureTag) -> Option<RawEntry> {
+    let prim = |t: StructureTag| match t.payload {
+        PL::P(v) => Some(v),
+        PL::C(_) => None,
+    };
+    let cons = |t: StructureTag| match t.payload {
+        PL::C(v) => Some(v),
+        PL::P(_) => None,
+    };
+    let mut parts = cons(tag.match_id(4)?)?.into_iter();
+    let dn = String::from_utf8(prim(parts.next()?)?).ok()?;
+    let mut e = RawEntry::new(dn);
+    for pa in cons(parts.next()?)? {
+        let mut pa = cons(pa)?.into_iter();
+        let name = String::from_utf8(prim(pa.next()?)?).ok()?;
+        let values = cons(pa.next()?)?
+            .into_iter()
+            .map(prim)
+            .collect::<Option<Vec<Vec<u8>>>>()?;
+        e.attrs.push((name, values));
+    }
+    Some(e)
+}
+
 /// Pulls every configured record type from the server.
 pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result<Directory> {
     let url = cfg.url.clone().unwrap_or_default();
@@ -282,18 +310,15 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
         loop {
             match stream.next().await {
                 Ok(Some(re)) => {
-                    let se = SearchEntry::construct(re);
-                    let mut e = RawEntry::new(se.dn);
-                    for (name, values) in se.attrs {
-                        for v in values {
-                            e.push(&name, v.into_bytes());
-                        }
+                    if re.is_ref() || re.is_intermediate() {
+                        continue;
                     }
-                    for (name, values) in se.bin_attrs {
-                        for v in values {
-                            e.push(&name, v);
-                        }
-                    }
+                    let Some(e) = raw_entry(re.0) else {
+                        return Err(fail(
+                            &step,
+                            format!("malformed search entry after {count} {} entries", t.kind),
+                        ));
+                    };
                     out.add(&e, t.kind);
                     count += 1;
                     on_entry();
