@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod homes;
 pub mod ical;
 pub mod journal;
 pub mod mapping;
