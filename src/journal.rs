@@ -737,7 +737,7 @@ fn outcome_of(s: RunSummary, what: &str) -> Outcome {
         )
     } else {
         format!(
-            "{what} run {}{}: {} resources written, {} already as planned, {} skipped.\n",
+            "{what} run {}{}: {} resources written, {} already as planned, {} skipped, {} home moves.\n",
             s.run_id,
             if s.resumed {
                 " (resumed after an interruption)"
@@ -746,9 +746,13 @@ fn outcome_of(s: RunSummary, what: &str) -> Outcome {
             },
             s.written,
             s.unchanged,
-            s.skipped.len()
+            s.skipped.len(),
+            s.homes_adopted
         )
     };
+    for n in &s.notes {
+        human.push_str(&format!("  note: {n}\n"));
+    }
     for (p, why) in s.skipped.iter().take(20) {
         human.push_str(&format!("  skipped {p}: {why}\n"));
     }

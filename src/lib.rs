@@ -20,3 +20,4 @@ pub mod rehearse;
 pub mod report;
 pub mod state;
 pub mod store;
+pub mod verify;
