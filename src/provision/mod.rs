@@ -333,6 +333,7 @@ pub fn analyse(cfg: &Config, current: &Directory, old: &Directory) -> Result<Pro
             for r in &principals {
                 let short = r.short_names.first().cloned().unwrap_or_default();
                 if plan.uses_member_uid
+                    && r.kind == RecordType::User
                     && !short.is_empty()
                     && (replaced.contains_key(&r.guid) || !reach.contains(&r.guid))
                     && !group.member_names.contains(&short)
@@ -350,7 +351,7 @@ pub fn analyse(cfg: &Config, current: &Directory, old: &Directory) -> Result<Pro
                 } else {
                     format!("not a member of group {gname} (nested groups included)")
                 };
-                f.action = if plan.uses_member_uid {
+                f.action = if plan.uses_member_uid && r.kind == RecordType::User {
                     format!(
                         "add GUID {} and short name {short} to group {gname}",
                         r.guid
