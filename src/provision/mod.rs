@@ -569,6 +569,18 @@ pub fn analyse(cfg: &Config, current: &Directory, old: &Directory) -> Result<Pro
     })
 }
 
+/// A resolver for [`plan_db_rewrite`] backed by the mapping's rules: the current GUID for an old
+/// or current GUID (mapped or unchanged), `None` for ambiguous, unmatched or external ones.
+pub fn guid_resolver<'m, 'a: 'm>(mapper: &'m Mapper<'a>) -> impl Fn(&Guid) -> Option<Guid> + 'm {
+    move |g: &Guid| {
+        let res = mapper.resolve(&CalAddress::UrnUuid(g.clone()), &Observed::default());
+        match res.outcome {
+            mapping::Outcome::Mapped | mapping::Outcome::Unchanged => res.target.map(|t| t.guid),
+            _ => None,
+        }
+    }
+}
+
 /// Loads the directories as configured and analyses them: the findings for report.html.
 pub fn findings(cfg: &Config) -> Result<ProvisionReport> {
     let (current, old) = crate::plan::load_directories(cfg)?;
@@ -650,6 +662,9 @@ pub fn human_summary(report: &ProvisionReport) -> String {
         "{} to fix with --apply, {} error(s) to fix in the directory, {} warning(s), {} note(s).",
         c["fix"], c["error"], c["warning"], c["note"]
     );
+    if !report.needs_doing() {
+        out.push_str("Nothing needs doing.\n");
+    }
     let mut by_problem: BTreeMap<(Severity, &str), Vec<&Finding>> = BTreeMap::new();
     for f in &report.findings {
         by_problem

@@ -207,6 +207,10 @@ fn map_value(
 }
 
 /// Lists the changes a database needs: old GUIDs → new GUIDs in every GUID column.
+///
+/// `resolve` gives the current GUID for a GUID: the new one for an old GUID, the same one for a
+/// GUID that is still current (e.g. `Mapper::resolve` on `urn:uuid:` with the `same-guid` rule),
+/// `None` when it matches nobody — those values are kept and reported as unmatched.
 pub fn plan_db_rewrite(path: &Path, resolve: &dyn Fn(&Guid) -> Option<Guid>) -> Result<DbPlan> {
     let conn = open(path, false)?;
     let kind = detect(&conn, path)?;
