@@ -125,6 +125,9 @@ pub struct StoreConfig {
     pub owner: Option<String>,
     /// Extended attribute prefix: `user.` (Linux) or `WebDAV:` (macOS); detected when unset.
     pub xattr_prefix: Option<String>,
+    /// The server's data root holding `calendaruserproxy.sqlite` and `resourceinfo.sqlite`
+    /// (`/Library/CalendarServer/Data`); looked for beside the store (`../Data`) when unset.
+    pub data_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -289,6 +292,7 @@ impl Config {
         fix_opt(&mut self.directory.tls_ca_file);
         self.old_directory.files.iter_mut().for_each(fix);
         fix(&mut self.store.path);
+        fix_opt(&mut self.store.data_root);
         fix_opt(&mut self.rewrite.mapping_file);
         fix(&mut self.state.path);
         fix(&mut self.report.dir);
@@ -367,6 +371,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The delegate and auto-accept databases of the store's server, where they exist.
+    pub fn principal_databases(&self) -> Vec<PathBuf> {
+        let roots: Vec<PathBuf> = match &self.store.data_root {
+            Some(r) => vec![r.clone()],
+            None => vec![self.store.path.clone(), self.store.path.join("../Data")],
+        };
+        let mut out = Vec::new();
+        for r in roots {
+            for name in ["calendaruserproxy.sqlite", "resourceinfo.sqlite"] {
+                let p = r.join(name);
+                if p.is_file() {
+                    out.push(p.canonicalize().unwrap_or(p));
+                }
+            }
+        }
+        out.dedup();
+        out
     }
 
     /// Whether an e-mail domain belongs to the organisation (`[rewrite] internal_domains`).

@@ -51,6 +51,23 @@ pub struct PlanSummary {
     pub unmatched: Vec<String>,
     pub homes: BTreeMap<String, usize>,
     pub problems: Vec<Finding>,
+    /// Delegate and auto-accept databases and what the plan changes in them.
+    #[serde(default)]
+    pub databases: Vec<DatabaseSummary>,
+    /// Provisioning findings by problem (when `[provision]` names an access group or augments).
+    #[serde(default)]
+    pub provision: BTreeMap<String, usize>,
+}
+
+/// What a plan changes in one principal database.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DatabaseSummary {
+    pub path: String,
+    pub kind: String,
+    pub rows: usize,
+    pub changes: usize,
+    pub unmatched: usize,
+    pub dropped: usize,
 }
 
 /// Loads the current and old directories as configured.
@@ -292,6 +309,8 @@ pub fn build(
         bar.finish_and_clear();
     }
     problems.sort_by(|a, b| a.path.cmp(&b.path));
+    let databases = plan_databases(&tx, plan_id, cfg, &mapper)?;
+    let provision = plan_provision(&tx, plan_id, cfg, current, old)?;
     {
         let mut ins = tx.prepare(
             "INSERT INTO plan_problems (plan_id, path, kind, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -346,6 +365,8 @@ pub fn build(
             .collect(),
         homes: homes_count,
         problems,
+        databases,
+        provision,
     };
     tx.execute(
         "UPDATE plans SET summary_json = ?1 WHERE id = ?2",
@@ -353,6 +374,71 @@ pub fn build(
     )?;
     tx.commit()?;
     Ok(summary)
+}
+
+/// Plans the rewrite of the delegate and auto-accept databases and stores it with the plan.
+fn plan_databases(
+    tx: &rusqlite::Transaction<'_>,
+    plan_id: i64,
+    cfg: &Config,
+    mapper: &Mapper<'_>,
+) -> Result<Vec<DatabaseSummary>> {
+    let resolve = crate::provision::guid_resolver(mapper);
+    let mut out = Vec::new();
+    for path in cfg.principal_databases() {
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+        let plan = crate::provision::proxy::plan_db_rewrite(&path, &resolve)?;
+        let kind = serde_json::to_value(plan.kind)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        tx.execute(
+            "INSERT INTO plan_databases (plan_id, path, kind, old_sha256, changes, unmatched, dropped, plan_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![
+                plan_id,
+                path.to_string_lossy(),
+                kind,
+                sha256_hex(&bytes),
+                plan.changes.len() as i64,
+                plan.unmatched.len() as i64,
+                plan.dropped.len() as i64,
+                serde_json::to_string(&plan)?
+            ],
+        )?;
+        out.push(DatabaseSummary {
+            path: path.to_string_lossy().into_owned(),
+            kind,
+            rows: plan.rows,
+            changes: plan.changes.len(),
+            unmatched: plan.unmatched.len(),
+            dropped: plan.dropped.len(),
+        });
+    }
+    Ok(out)
+}
+
+/// Provisioning findings, when `[provision]` names an access group or an augments file.
+fn plan_provision(
+    tx: &rusqlite::Transaction<'_>,
+    plan_id: i64,
+    cfg: &Config,
+    current: &Directory,
+    old: &Directory,
+) -> Result<BTreeMap<String, usize>> {
+    if cfg.provision.access_group.is_none() && cfg.provision.augments_file.is_none() {
+        return Ok(BTreeMap::new());
+    }
+    let report = crate::provision::analyse(cfg, current, old)?;
+    tx.execute(
+        "UPDATE plans SET provision_json = ?1 WHERE id = ?2",
+        rusqlite::params![serde_json::to_string(&report.findings)?, plan_id],
+    )?;
+    let mut counts = BTreeMap::new();
+    for f in &report.findings {
+        *counts.entry(f.problem.to_string()).or_default() += 1;
+    }
+    Ok(counts)
 }
 
 fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {

@@ -205,7 +205,19 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
     let p = dir.join("report.html");
     let homes = home_rows(state, plan_id)?;
     let diffs = example_diffs(state, plan_id)?;
-    write_atomic(&p, html(&summary, &mapping, &homes, &diffs).as_bytes())?;
+    let provision: Option<String> = state.conn.query_row(
+        "SELECT provision_json FROM plans WHERE id = ?1",
+        [plan_id],
+        |r| r.get(0),
+    )?;
+    let provision: Vec<serde_json::Value> = match provision {
+        Some(text) => serde_json::from_str(&text)?,
+        None => Vec::new(),
+    };
+    write_atomic(
+        &p,
+        html(&summary, &mapping, &homes, &diffs, &provision).as_bytes(),
+    )?;
     written.push(p);
     Ok(written)
 }
@@ -338,6 +350,7 @@ fn html(
     mapping: &[MappingRow],
     homes: &[[String; 4]],
     diffs: &[Diff],
+    provision: &[serde_json::Value],
 ) -> String {
     let o = |k: &str| summary.by_outcome.get(k).copied().unwrap_or(0);
     let mut body = String::new();
@@ -429,6 +442,49 @@ fn html(
                 &["home", "layout", "owner", "new GUID"],
                 homes.iter().map(|h| h.to_vec()),
                 Some(2)
+            )
+        );
+    }
+    if !summary.databases.is_empty() {
+        let _ = write!(
+            body,
+            "<section><h2>Delegates and auto-accept</h2><p>Rows whose GUIDs match nobody are kept as they are.</p>{}</section>",
+            table(
+                "databases",
+                &["database", "kind", "rows", "rows rewritten", "unmatched", "duplicates dropped"],
+                summary.databases.iter().map(|d| vec![
+                    d.path.clone(),
+                    d.kind.clone(),
+                    d.rows.to_string(),
+                    d.changes.to_string(),
+                    d.unmatched.to_string(),
+                    d.dropped.to_string()
+                ]),
+                None
+            )
+        );
+    }
+    if !provision.is_empty() {
+        let field =
+            |f: &serde_json::Value, k: &str| f[k].as_str().map(str::to_string).unwrap_or_default();
+        let _ = write!(
+            body,
+            "<section><h2>Provisioning ({})</h2><p>Directory records the calendar server will not give a principal; <code>provision --apply</code> fixes those marked fix.</p>{}</section>",
+            provision.len(),
+            table(
+                "provision",
+                &["GUID", "short name", "full name", "type", "problem", "severity", "detail", "action"],
+                provision.iter().map(|f| vec![
+                    field(f, "guid"),
+                    field(f, "short_name"),
+                    field(f, "full_name"),
+                    field(f, "kind"),
+                    field(f, "problem"),
+                    field(f, "severity"),
+                    field(f, "detail"),
+                    field(f, "action")
+                ]),
+                None
             )
         );
     }

@@ -356,3 +356,73 @@ fn rollback_after_a_killed_apply_restores_the_original_store() {
     w.cmd().arg("rollback").assert().code(0);
     assert_eq!(tree(&w.store.root), before);
 }
+
+#[test]
+fn delegates_and_auto_accept_survive_the_guid_change_and_roll_back() {
+    let w = World::new(3, 10, 19);
+    let data = w.path("Data");
+    std::fs::create_dir_all(&data).unwrap();
+    let people: Vec<String> = w.store.people.iter().map(|p| p.guid.clone()).collect();
+    let gone = "FFFFFFFF-0000-4000-8000-00000000DEAD";
+    let proxy = rusqlite::Connection::open(data.join("calendaruserproxy.sqlite")).unwrap();
+    proxy
+        .execute_batch("CREATE TABLE GROUPS (GROUPNAME text, MEMBER text); CREATE INDEX GROUPNAMES on GROUPS (GROUPNAME); CREATE INDEX MEMBERS on GROUPS (MEMBER);")
+        .unwrap();
+    for (g, m) in [
+        (
+            format!("{}#calendar-proxy-write", people[0]),
+            people[1].clone(),
+        ),
+        (
+            format!("{}#calendar-proxy-read", people[1]),
+            people[2].clone(),
+        ),
+        (
+            format!("{}#calendar-proxy-read", people[2]),
+            gone.to_string(),
+        ),
+    ] {
+        proxy
+            .execute("INSERT INTO GROUPS VALUES (?1, ?2)", [g, m])
+            .unwrap();
+    }
+    drop(proxy);
+    let before = std::fs::read(data.join("calendaruserproxy.sqlite")).unwrap();
+    let out = w.cmd().args(["--json", "plan"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let db = &doc["plan"]["databases"][0];
+    assert_eq!(db["kind"], "proxy", "{doc}");
+    assert_eq!(db["changes"], 3);
+    assert_eq!(
+        db["unmatched"], 1,
+        "the departed member's row is kept and reported"
+    );
+    assert_eq!(
+        std::fs::read(data.join("calendaruserproxy.sqlite")).unwrap(),
+        before,
+        "plan changes nothing"
+    );
+    w.cmd().arg("apply").assert().code(0);
+    let proxy = rusqlite::Connection::open(data.join("calendaruserproxy.sqlite")).unwrap();
+    let rows: Vec<(String, String)> = proxy
+        .prepare("SELECT GROUPNAME, MEMBER FROM GROUPS ORDER BY GROUPNAME")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    drop(proxy);
+    let n = |i: usize| w.new_guid[&people[i]].clone();
+    let mut expected = vec![
+        (format!("{}#calendar-proxy-write", n(0)), n(1)),
+        (format!("{}#calendar-proxy-read", n(1)), n(2)),
+        (format!("{}#calendar-proxy-read", n(2)), gone.to_string()),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+    w.cmd().arg("rollback").assert().code(0);
+    assert_eq!(
+        std::fs::read(data.join("calendaruserproxy.sqlite")).unwrap(),
+        before
+    );
+}

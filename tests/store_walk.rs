@@ -14,6 +14,7 @@ fn cfg(root: &Path, kind: StoreKind) -> StoreConfig {
         path: root.to_path_buf(),
         owner: None,
         xattr_prefix: None,
+        data_root: None,
     }
 }
 

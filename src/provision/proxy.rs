@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Which database a file is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DbKind {
     /// `calendaruserproxy.sqlite` (table GROUPS).
@@ -27,7 +27,7 @@ pub enum DbKind {
 }
 
 /// One row's values.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum DbRow {
     Proxy {
@@ -67,7 +67,7 @@ impl std::fmt::Display for DbRow {
 }
 
 /// A row rewritten to new GUIDs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RowChange {
     pub rowid: i64,
     pub old: DbRow,
@@ -75,11 +75,12 @@ pub struct RowChange {
 }
 
 /// A GUID that matched nobody: the row is kept as it is.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct UnmatchedRow {
     pub rowid: i64,
     pub row: DbRow,
-    /// `GROUPNAME`, `MEMBER` or `GUID`.
+    /// `GROUPNAME`, `MEMBER` or `GUID` (reports only; not kept in a stored plan).
+    #[serde(skip_deserializing)]
     pub column: &'static str,
     /// The value that matched nobody (or is not a GUID).
     pub value: String,
@@ -87,7 +88,7 @@ pub struct UnmatchedRow {
 }
 
 /// A row the rewrite would have duplicated: it is deleted.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct DroppedRow {
     pub rowid: i64,
     /// The row as it is now.
@@ -100,7 +101,7 @@ pub struct DroppedRow {
 }
 
 /// Every row change one database needs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct DbPlan {
     pub path: PathBuf,
     pub kind: DbKind,
