@@ -573,16 +573,29 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     if cfg.provision.enabled {
         let report = crate::provision::analyse(&cfg, &current, &old)?;
         let csv = crate::provision::write_csv(&report, &cfg.report.dir)?;
-        let needs = report.findings.iter().filter(|f| f.severity.needs_doing()).count();
+        let needs = report
+            .findings
+            .iter()
+            .filter(|f| f.severity.needs_doing())
+            .count();
         if args.dry_run || needs == 0 {
-            steps.push(format!("provision: {needs} records need provisioning (listed in {})", csv.display()));
+            steps.push(format!(
+                "provision: {needs} records need provisioning (listed in {})",
+                csv.display()
+            ));
         } else {
             let applied = crate::provision::apply(&cfg, &report)?;
             let how = match &applied.dsimport {
-                Some(f) => format!("the access group's new members are in {} — import it with dsimport", f.display()),
+                Some(f) => format!(
+                    "the access group's new members are in {} — import it with dsimport",
+                    f.display()
+                ),
                 None => "fixed in the directory / augments".to_string(),
             };
-            steps.push(format!("provision: {needs} findings need action ({}); {how}", csv.display()));
+            steps.push(format!(
+                "provision: {needs} findings need action ({}); {how}",
+                csv.display()
+            ));
         }
     }
     let mut verified = None;
