@@ -18,7 +18,9 @@ use crate::error::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-pub use self::walk::{calendars_dir, check_root, is_resource_name, rel_path};
+pub use self::walk::{
+    calendars_dir, check_root, is_resource_name, rel_path, walk_with, WalkOptions,
+};
 pub use write::{
     bump_ctag, md5_hex, restore, write_resource, FileMeta, WriteError, WriteOptions, Written,
 };

@@ -106,8 +106,10 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
             inv.problems.push(p);
         }
     };
-    super::walk(
+    // The inventory needs no attributes.
+    super::walk_with(
         cfg,
+        super::WalkOptions { xattrs: false },
         progress,
         |_res, bytes| -> std::result::Result<CalendarInfo, IcalError> { crate::ical::scan(bytes) },
         |item| {
