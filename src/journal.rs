@@ -1,14 +1,678 @@
-//! The write-ahead journal: apply and rollback.
+//! The write-ahead journal: `apply` carries out a stored plan, `rollback` undoes a run.
+//!
+//! Before a resource is replaced, its original bytes are saved in the state folder
+//! (`backups/`, content-addressed, files 0600 in folders 0700) and the step is recorded as
+//! `pending` with the original owner, mode and extended attributes; the record is durable before the
+//! store is touched. After the write the step is marked `done`. Steps are made durable in batches,
+//! so the cost of syncing stays bounded, and no batch is written before it is durable.
+//!
+//! After a crash (`kill -9` at any instant) the next `apply` finds the run still `running` and
+//! resumes it: a pending step whose file already holds the new bytes is done, one that still holds
+//! the old bytes is redone, anything else is someone else's change and is skipped. The store ends
+//! byte for byte as an uninterrupted run leaves it.
 
 use crate::cli::{ApplyArgs, Context, Outcome, RollbackArgs};
-use crate::error::{Error, Result};
+use crate::config::Config;
+use crate::error::{Error, ExitStatus, Result};
+use crate::state::{create_private_dir, now_rfc3339, State};
+use crate::store::write::{restore, write_resource, FileMeta, WriteError, WriteOptions};
+use base64::Engine as _;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Steps made durable together.
+const BATCH: usize = 64;
+
+/// Content-addressed copies of original files, in `<state>/backups/<aa>/<sha256>`.
+pub struct Backups {
+    dir: PathBuf,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("cannot sync folder", dir, e))
+}
+
+impl Backups {
+    pub fn open(state_dir: &Path) -> Result<Backups> {
+        let dir = state_dir.join("backups");
+        create_private_dir(&dir)?;
+        Ok(Backups { dir })
+    }
+
+    fn path(&self, sha: &str) -> PathBuf {
+        self.dir.join(&sha[..2]).join(sha)
+    }
+
+    /// Saves bytes (synced to disk, mode 0600) and returns their SHA-256. The caller syncs the
+    /// folders with [`Backups::sync`] before relying on them.
+    pub fn put(&self, bytes: &[u8]) -> Result<String> {
+        let sha = sha256_hex(bytes);
+        let path = self.path(&sha);
+        if path.exists() {
+            return Ok(sha);
+        }
+        let sub = path.parent().unwrap_or(&self.dir);
+        create_private_dir(sub)?;
+        let tmp = sub.join(format!(".{sha}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("cannot write backup", &tmp, e))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io("cannot write backup", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write backup", &path, e))?;
+        Ok(sha)
+    }
+
+    /// Syncs every backup folder (after a batch of puts).
+    pub fn sync(&self) -> Result<()> {
+        fsync_dir(&self.dir)?;
+        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::io("cannot read", &self.dir, e))? {
+            let e = e.map_err(|e| Error::io("cannot read", &self.dir, e))?;
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                fsync_dir(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a backup back, checking its hash.
+    pub fn get(&self, sha: &str) -> Result<Vec<u8>> {
+        let path = self.path(sha);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read backup", &path, e))?;
+        if sha256_hex(&bytes) != sha {
+            return Err(Error::runtime(format!(
+                "backup {} is damaged (hash mismatch)",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Original owner, group, mode and attributes, as stored in the journal.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedMeta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    /// Attribute name and base64 value.
+    xattrs: Vec<(String, String)>,
+}
+
+impl SavedMeta {
+    fn from_meta(m: &FileMeta) -> SavedMeta {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        SavedMeta {
+            uid: m.uid,
+            gid: m.gid,
+            mode: m.mode,
+            xattrs: m
+                .xattrs
+                .iter()
+                .map(|(n, v)| (n.clone(), b64.encode(v)))
+                .collect(),
+        }
+    }
+
+    fn to_meta(&self) -> Result<FileMeta> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut xattrs = Vec::new();
+        for (n, v) in &self.xattrs {
+            xattrs.push((
+                n.clone(),
+                b64.decode(v)
+                    .map_err(|e| Error::runtime(format!("journal: bad attribute {n}: {e}")))?,
+            ));
+        }
+        Ok(FileMeta {
+            uid: self.uid,
+            gid: self.gid,
+            mode: self.mode,
+            xattrs,
+        })
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub run_id: i64,
+    pub kind: &'static str,
+    pub plan_id: Option<i64>,
+    pub undoes_run: Option<i64>,
+    pub resumed: bool,
+    pub already_done: bool,
+    pub written: u64,
+    pub unchanged: u64,
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Looks for a running CalendarServer on the store: a pid file whose process is alive.
+pub fn server_running(store: &Path) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    for dir in [Some(store), store.parent()].into_iter().flatten() {
+        for name in [
+            "caldavd.pid",
+            "Data/caldavd.pid",
+            "Run/caldavd.pid",
+            "caldavd.lock",
+        ] {
+            candidates.push(dir.join(name));
+        }
+    }
+    candidates.push(PathBuf::from("/var/run/caldavd/caldavd.pid"));
+    candidates.push(PathBuf::from("/var/run/caldavd.pid"));
+    for p in candidates {
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn store_path_of(cfg: &Config) -> PathBuf {
+    cfg.store
+        .path
+        .canonicalize()
+        .unwrap_or_else(|_| cfg.store.path.clone())
+}
+
+/// Carries out a stored plan (the latest when `plan` is `None`).
+pub fn apply(
+    ctx: &Context,
+    cfg: &Config,
+    plan: Option<i64>,
+    force: bool,
+    rehearsal: bool,
+) -> Result<RunSummary> {
+    let mut state = State::open_existing(&cfg.state.path)?;
+    let plan_id = match plan {
+        Some(id) => id,
+        None => state
+            .latest_plan()?
+            .ok_or_else(|| Error::usage("no plan yet — run `principal-reconciler plan` first"))?,
+    };
+    let planned_store: String = state
+        .conn
+        .query_row(
+            "SELECT store_path FROM plans WHERE id = ?1",
+            [plan_id],
+            |r| r.get(0),
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => {
+                Error::usage(format!("there is no plan {plan_id}"))
+            }
+            e => e.into(),
+        })?;
+    let store = store_path_of(cfg);
+    if !rehearsal && Path::new(&planned_store) != store {
+        return Err(Error::usage(format!(
+            "plan {plan_id} was made for the store {planned_store}, not {}; plan again for this store",
+            store.display()
+        )));
+    }
+    if !force {
+        if let Some(pid) = server_running(&store) {
+            return Err(Error::usage(format!(
+                "the calendar server seems to be running ({} names a live process); stop it first — it caches properties and would overwrite the changes — or pass --force",
+                pid.display()
+            )));
+        }
+    }
+    let backups = Backups::open(&cfg.state.path)?;
+    let mut summary = RunSummary {
+        kind: "apply",
+        plan_id: Some(plan_id),
+        ..Default::default()
+    };
+
+    let last: Option<(i64, String)> = state
+        .conn
+        .query_row(
+            "SELECT id, status FROM runs WHERE kind = 'apply' AND plan_id = ?1 ORDER BY id DESC LIMIT 1",
+            [plan_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    let run_id = match last {
+        Some((id, status)) if status == "done" => {
+            summary.run_id = id;
+            summary.already_done = true;
+            return Ok(summary);
+        }
+        Some((id, _)) => {
+            summary.resumed = true;
+            id
+        }
+        None => {
+            state.conn.execute(
+                "INSERT INTO runs (kind, plan_id, store_path, started_at, status) VALUES ('apply', ?1, ?2, ?3, 'running')",
+                rusqlite::params![plan_id, store.to_string_lossy(), now_rfc3339()],
+            )?;
+            state.conn.last_insert_rowid()
+        }
+    };
+    summary.run_id = run_id;
+    let opts = WriteOptions {
+        xattr_prefix: cfg.store.xattr_prefix.clone(),
+    };
+
+    // 1. Steps left pending by a crash.
+    let pending: Vec<(i64, String, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT seq, rel_path, before_sha256, after_sha256 FROM journal WHERE run_id = ?1 AND state = 'pending' ORDER BY seq",
+        )?;
+        let rows = st.query_map([run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (seq, rel, before, after) in pending {
+        let path = store.join(&rel);
+        let current = std::fs::read(&path)
+            .map(|b| sha256_hex(&b))
+            .unwrap_or_default();
+        let (st, detail) = if current == after {
+            summary.written += 1;
+            ("done", String::new())
+        } else if current == before {
+            let bytes: Vec<u8> = state.conn.query_row(
+                "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+                rusqlite::params![plan_id, rel],
+                |r| r.get(0),
+            )?;
+            match write_resource(&path, &before, &bytes, &opts) {
+                Ok(_) => {
+                    summary.written += 1;
+                    ("done", String::new())
+                }
+                Err(WriteError::Changed { .. }) => ("skipped", "changed since plan".to_string()),
+                Err(WriteError::Failed(e)) => return Err(e),
+            }
+        } else {
+            (
+                "skipped",
+                "changed since plan (found after an interrupted run)".to_string(),
+            )
+        };
+        if st == "skipped" {
+            summary.skipped.push((rel.clone(), detail.clone()));
+        }
+        state.conn.execute(
+            "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
+            rusqlite::params![st, detail, run_id, seq],
+        )?;
+    }
+
+    // 2. The plan's resources not yet journaled, in batches.
+    let next_seq: i64 = state.conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
+    let todo: Vec<(String, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT p.rel_path, p.old_sha256, p.new_sha256 FROM plan_resources p
+             WHERE p.plan_id = ?1 AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = ?2 AND j.rel_path = p.rel_path)
+             ORDER BY p.rel_path",
+        )?;
+        let rows = st.query_map(rusqlite::params![plan_id, run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let bar = crate::cli::progress_bar(ctx, Some(todo.len() as u64), "applying");
+    let mut seq = next_seq;
+    for chunk in todo.chunks(BATCH) {
+        // a. Save originals and record the steps; durable before any write.
+        let mut steps = Vec::with_capacity(chunk.len());
+        for (rel, old_sha, new_sha) in chunk {
+            seq += 1;
+            let path = store.join(rel);
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    steps.push((
+                        seq,
+                        rel,
+                        old_sha,
+                        new_sha,
+                        None,
+                        None,
+                        "skipped",
+                        format!("cannot read: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let sha = sha256_hex(&bytes);
+            if sha == *new_sha {
+                steps.push((
+                    seq,
+                    rel,
+                    old_sha,
+                    new_sha,
+                    None,
+                    None,
+                    "done",
+                    "already rewritten".into(),
+                ));
+                summary.unchanged += 1;
+            } else if sha != *old_sha {
+                steps.push((
+                    seq,
+                    rel,
+                    old_sha,
+                    new_sha,
+                    None,
+                    None,
+                    "skipped",
+                    "changed since plan".into(),
+                ));
+            } else {
+                let backup = backups.put(&bytes)?;
+                let meta = FileMeta::of(&path)?;
+                let meta_json = serde_json::to_string(&SavedMeta::from_meta(&meta))?;
+                steps.push((
+                    seq,
+                    rel,
+                    old_sha,
+                    new_sha,
+                    Some(backup),
+                    Some(meta_json),
+                    "pending",
+                    String::new(),
+                ));
+            }
+        }
+        backups.sync()?;
+        {
+            let tx = state.conn.transaction()?;
+            {
+                let mut ins = tx.prepare(
+                    "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, backup_sha256, meta_json, state, detail)
+                     VALUES (?1, ?2, 'rewrite', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for (seq, rel, old, new, backup, meta, st, detail) in &steps {
+                    ins.execute(rusqlite::params![
+                        run_id, seq, rel, old, new, backup, meta, st, detail
+                    ])?;
+                }
+            }
+            tx.commit()?;
+        }
+        // b. Write, then mark done.
+        let mut results = Vec::new();
+        for (seq, rel, old_sha, _, _, _, st, detail) in &steps {
+            if *st == "skipped" {
+                summary.skipped.push(((*rel).clone(), detail.clone()));
+            }
+            if *st != "pending" {
+                bar.inc(1);
+                continue;
+            }
+            let bytes: Vec<u8> = state.conn.query_row(
+                "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+                rusqlite::params![plan_id, rel],
+                |r| r.get(0),
+            )?;
+            match write_resource(&store.join(rel), old_sha, &bytes, &opts) {
+                Ok(_) => {
+                    summary.written += 1;
+                    results.push((*seq, "done", String::new()));
+                }
+                Err(WriteError::Changed { .. }) => {
+                    summary
+                        .skipped
+                        .push(((*rel).clone(), "changed since plan".into()));
+                    results.push((*seq, "skipped", "changed since plan".to_string()));
+                }
+                Err(WriteError::Failed(e)) => return Err(e),
+            }
+            bar.inc(1);
+        }
+        let tx = state.conn.transaction()?;
+        for (seq, st, detail) in results {
+            tx.execute(
+                "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
+                rusqlite::params![st, detail, run_id, seq],
+            )?;
+        }
+        tx.commit()?;
+    }
+    bar.finish_and_clear();
+    state.conn.execute(
+        "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
+        rusqlite::params![now_rfc3339(), run_id],
+    )?;
+    Ok(summary)
+}
+
+/// Undoes an apply run (the latest when `run` is `None`), newest step first.
+pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> Result<RunSummary> {
+    let state = State::open_existing(&cfg.state.path)?;
+    let target = match run {
+        Some(id) => id,
+        None => state
+            .conn
+            .query_row("SELECT MAX(id) FROM runs WHERE kind = 'apply'", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .ok_or_else(|| Error::usage("no applied run to roll back"))?,
+    };
+    let (kind, store_path): (String, String) = state
+        .conn
+        .query_row(
+            "SELECT kind, store_path FROM runs WHERE id = ?1",
+            [target],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => {
+                Error::usage(format!("there is no run {target}"))
+            }
+            e => e.into(),
+        })?;
+    if kind != "apply" {
+        return Err(Error::usage(format!(
+            "run {target} is a {kind}, not an apply run"
+        )));
+    }
+    let store = PathBuf::from(store_path);
+    if !force {
+        if let Some(pid) = server_running(&store) {
+            return Err(Error::usage(format!(
+                "the calendar server seems to be running ({}); stop it first or pass --force",
+                pid.display()
+            )));
+        }
+    }
+    let backups = Backups::open(&cfg.state.path)?;
+    let mut summary = RunSummary {
+        kind: "rollback",
+        undoes_run: Some(target),
+        ..Default::default()
+    };
+    let last: Option<(i64, String)> = state
+        .conn
+        .query_row(
+            "SELECT id, status FROM runs WHERE kind = 'rollback' AND undoes_run = ?1 ORDER BY id DESC LIMIT 1",
+            [target],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    let run_id = match last {
+        Some((id, s)) if s == "done" => {
+            summary.run_id = id;
+            summary.already_done = true;
+            return Ok(summary);
+        }
+        Some((id, _)) => {
+            summary.resumed = true;
+            id
+        }
+        None => {
+            state.conn.execute(
+                "INSERT INTO runs (kind, undoes_run, store_path, started_at, status) VALUES ('rollback', ?1, ?2, ?3, 'running')",
+                rusqlite::params![target, store.to_string_lossy(), now_rfc3339()],
+            )?;
+            state.conn.last_insert_rowid()
+        }
+    };
+    summary.run_id = run_id;
+    let steps: Vec<(i64, String, String, String, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT seq, rel_path, before_sha256, after_sha256, backup_sha256, meta_json FROM journal
+             WHERE run_id = ?1 AND state IN ('done', 'pending') AND backup_sha256 IS NOT NULL ORDER BY seq DESC",
+        )?;
+        let rows = st.query_map([target], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let bar = crate::cli::progress_bar(ctx, Some(steps.len() as u64), "restoring");
+    let mut seq: i64 = state.conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
+    for (_, rel, original_sha, applied_sha, backup, meta_json) in steps {
+        bar.inc(1);
+        let done_before: bool = state.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM journal WHERE run_id = ?1 AND rel_path = ?2 AND state != 'pending')",
+            rusqlite::params![run_id, rel],
+            |r| r.get(0),
+        )?;
+        if done_before {
+            continue;
+        }
+        let path = store.join(&rel);
+        let current = std::fs::read(&path)
+            .map(|b| sha256_hex(&b))
+            .unwrap_or_default();
+        let (st, detail) = if current == original_sha {
+            ("done", "already restored".to_string())
+        } else if current != applied_sha && !force {
+            (
+                "skipped",
+                format!("changed after the run (sha256 {current}); use --force to restore anyway"),
+            )
+        } else {
+            seq += 1;
+            state.conn.execute(
+                "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, backup_sha256, meta_json, state)
+                 VALUES (?1, ?2, 'restore', ?3, ?4, ?5, NULL, NULL, 'pending')",
+                rusqlite::params![run_id, seq, rel, current, original_sha],
+            )?;
+            let bytes = backups.get(&backup)?;
+            let meta: SavedMeta = serde_json::from_str(&meta_json)?;
+            restore(&path, &bytes, &meta.to_meta()?)?;
+            summary.written += 1;
+            state.conn.execute(
+                "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
+                rusqlite::params![run_id, seq],
+            )?;
+            continue;
+        };
+        if st == "skipped" {
+            summary.skipped.push((rel.clone(), detail.clone()));
+        }
+        seq += 1;
+        state.conn.execute(
+            "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, state, detail)
+             VALUES (?1, ?2, 'restore', ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![run_id, seq, rel, current, original_sha, st, detail],
+        )?;
+    }
+    bar.finish_and_clear();
+    state.conn.execute(
+        "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
+        rusqlite::params![now_rfc3339(), run_id],
+    )?;
+    Ok(summary)
+}
+
+fn outcome_of(s: RunSummary, what: &str) -> Outcome {
+    let mut human = if s.already_done {
+        format!(
+            "{what}: run {} already finished; nothing to do.\n",
+            s.run_id
+        )
+    } else {
+        format!(
+            "{what} run {}{}: {} resources written, {} already as planned, {} skipped.\n",
+            s.run_id,
+            if s.resumed {
+                " (resumed after an interruption)"
+            } else {
+                ""
+            },
+            s.written,
+            s.unchanged,
+            s.skipped.len()
+        )
+    };
+    for (p, why) in s.skipped.iter().take(20) {
+        human.push_str(&format!("  skipped {p}: {why}\n"));
+    }
+    let status = if s.skipped.is_empty() {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Problems
+    };
+    if !s.skipped.is_empty() {
+        human.push_str("Some resources were skipped: run `principal-reconciler plan` again, review, then apply the new plan.\n");
+    }
+    Outcome {
+        status,
+        human,
+        json: json!({ "run": s }),
+    }
+}
 
 pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
-    let _ = (ctx, args);
-    Err(Error::not_built("apply"))
+    let mut cfg = ctx.config.clone();
+    let rehearsal = args.rehearse.is_some();
+    if let Some(dir) = &args.rehearse {
+        let state_from = cfg.state.path.clone();
+        crate::rehearse::prepare(&mut cfg, dir)?;
+        crate::rehearse::copy_tree(&state_from, &cfg.state.path)
+            .map_err(|e| e.context("cannot copy the state database into the rehearsal"))?;
+    }
+    let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
+    Ok(outcome_of(s, "apply"))
 }
 
 pub fn command_rollback(ctx: &Context, args: &RollbackArgs) -> Result<Outcome> {
-    let _ = (ctx, args);
-    Err(Error::not_built("rollback"))
+    let s = rollback(ctx, &ctx.config, args.run, args.force)?;
+    Ok(outcome_of(s, "rollback"))
 }

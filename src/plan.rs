@@ -382,7 +382,7 @@ impl From<serde_json::Error> for Error {
 }
 
 /// The short terminal summary of a plan.
-pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path) -> String {
+pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: bool) -> String {
     let o = |k: &str| s.by_outcome.get(k).copied().unwrap_or(0);
     let mut out = String::new();
     out.push_str(&format!(
@@ -411,9 +411,9 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path) -> String {
         "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json).\n",
         report_dir.display()
     ));
-    if o("ambiguous") > 0 {
+    if next_step && o("ambiguous") > 0 {
         out.push_str("Next: resolve the ambiguous addresses with [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
-    } else {
+    } else if next_step {
         out.push_str("Next: review the report, then run `principal-reconciler apply` (journaled; `rollback` undoes it).\n");
     }
     out
@@ -432,7 +432,7 @@ pub fn command_plan(ctx: &Context) -> Result<Outcome> {
     };
     Ok(Outcome {
         status,
-        human: human_summary(&summary, &cfg.report.dir),
+        human: human_summary(&summary, &cfg.report.dir, true),
         json: json!({ "plan": summary, "reports": cfg.report.dir }),
     })
 }
@@ -464,19 +464,40 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     let state = State::open(&cfg.state.path)?;
     crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
     steps.push(format!("report: {}", cfg.report.dir.display()));
+    let mut run = None;
     let stop = if args.dry_run {
-        "dry run: stopped after plan; nothing in the store changed."
+        "dry run: stopped after plan; nothing in the store changed.".to_string()
     } else {
-        "stopped after plan: apply and verify are not yet built in this version; nothing in the store changed."
+        let r = crate::journal::apply(ctx, &cfg, Some(summary.plan_id), args.force, false)?;
+        steps.push(format!(
+            "apply run {}: {} resources written, {} skipped",
+            r.run_id,
+            r.written,
+            r.skipped.len()
+        ));
+        let msg = match &args.rehearse {
+            Some(_) => format!(
+                "rehearsal applied to {}; the real store was not touched. Inspect the copy and the reports, then migrate for real.",
+                cfg.store.path.display()
+            ),
+            None => format!(
+                "applied; undo with `principal-reconciler --config {} rollback --run {}`.",
+                ctx.config.source.display(),
+                r.run_id
+            ),
+        };
+        run = Some(r);
+        msg
     };
     let mut human = String::new();
     for s in &steps {
         human.push_str(&format!("• {s}\n"));
     }
-    human.push_str(&human_summary(&summary, &cfg.report.dir));
-    human.push_str(stop);
+    human.push_str(&human_summary(&summary, &cfg.report.dir, args.dry_run));
+    human.push_str(&stop);
     human.push('\n');
-    let status = if summary.ambiguous.is_empty() && summary.problems.is_empty() {
+    let skipped = run.as_ref().is_some_and(|r| !r.skipped.is_empty());
+    let status = if summary.ambiguous.is_empty() && summary.problems.is_empty() && !skipped {
         ExitStatus::Ok
     } else {
         ExitStatus::Problems
@@ -484,6 +505,6 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     Ok(Outcome {
         status,
         human,
-        json: json!({ "steps": steps, "plan": summary, "stopped": stop, "store": cfg.store.path, "reports": cfg.report.dir }),
+        json: json!({ "steps": steps, "plan": summary, "run": run, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir }),
     })
 }

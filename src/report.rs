@@ -490,7 +490,7 @@ code{background:#f0f2f5;padding:0 .3em;border-radius:3px}
 .figures{display:flex;flex-wrap:wrap;gap:.8em}.fig{background:#f5f8fa;border:1px solid #dde;border-radius:6px;padding:.6em 1em;min-width:9em}
 .fig b{display:block;font-size:1.6em}.fig span{color:#5c7080}
 .warning{background:#fff4e5;border-left:4px solid #d9822b;padding:.4em .8em}
-table{border-collapse:collapse;width:100%;margin:.5em 0;font-size:13px}th,td{border:1px solid #dde;padding:.25em .5em;text-align:left;vertical-align:top;word-break:break-all}
+table{border-collapse:collapse;width:100%;margin:.5em 0;font-size:13px}th,td{border:1px solid #dde;padding:.25em .5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#eef1f5;cursor:pointer;user-select:none;white-space:nowrap}th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
 tr.o-ambiguous td:nth-child(3),tr.o-ambiguous td{background:#fff4e5}tr.o-unmatched td{background:#fdecec}tr.o-moved td{background:#eef9f3}
 svg text{font-size:13px;fill:#182026}

@@ -5,7 +5,10 @@ use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_plans.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_plans.sql")),
+    (2, include_str!("../migrations/0002_journal.sql")),
+];
 
 pub const DB_FILE: &str = "state.sqlite";
 

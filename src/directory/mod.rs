@@ -1,12 +1,24 @@
 //! The directory: current records from live LDAP or an LDIF snapshot, old records from exports.
 //!
-//! PLACEHOLDER: the interface below is the contract; the implementation is being written.
+//! Sources: a live LDAP server ([`ldap`]), an LDIF snapshot ([`ldif`]) and, for the old directory,
+//! dsexport / Workgroup Manager exports ([`dsexport`]) or LDIF. Every source yields
+//! [`DirectoryRecord`]s; the preset mapping ([`presets`]) is the same for a server and a snapshot.
+
+pub mod dsexport;
+pub mod entry;
+pub mod ldap;
+pub mod ldif;
+pub mod presets;
 
 use crate::address::{Guid, Principal, RecordType};
 use crate::cli::{Context, Outcome};
-use crate::config::DirectoryConfig;
+use crate::config::{DirectoryConfig, Preset};
 use crate::error::{Error, Result};
+use entry::{classify, norm_dn, to_record, RawEntry, Skip};
+use presets::Mapping;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// One user, group, place or resource, wherever it came from.
@@ -52,24 +64,350 @@ pub struct Directory {
     pub warnings: Vec<String>,
 }
 
+impl Directory {
+    /// Number of records of each type (every type present, zeros included).
+    pub fn counts(&self) -> std::collections::BTreeMap<RecordType, usize> {
+        let mut out: std::collections::BTreeMap<RecordType, usize> =
+            RecordType::ALL.iter().map(|k| (*k, 0)).collect();
+        for r in &self.records {
+            *out.entry(r.kind).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// Gathers records from entries: the GUID duplicate check, skipped-entry warnings and member DN
+/// resolution shared by the live pull and the LDIF reader.
+pub(crate) struct Collector {
+    mapping: Mapping,
+    dir: Directory,
+    by_guid: HashMap<Guid, usize>,
+    member_dns: Vec<(usize, Vec<String>)>,
+}
+
+impl Collector {
+    pub(crate) fn new(mapping: Mapping, origin: String) -> Collector {
+        Collector {
+            mapping,
+            dir: Directory {
+                origin,
+                ..Directory::default()
+            },
+            by_guid: HashMap::new(),
+            member_dns: Vec::new(),
+        }
+    }
+
+    pub(crate) fn warn(&mut self, w: String) {
+        self.dir.warnings.push(w);
+    }
+
+    /// Adds an entry known to be of `kind`.
+    pub(crate) fn add(&mut self, e: &RawEntry, kind: RecordType) {
+        let t = self.mapping.get(kind);
+        match to_record(e, t, self.mapping.guid_form) {
+            Ok(r) => {
+                if let Some(&first) = self.by_guid.get(&r.guid) {
+                    let w = format!(
+                        "skipped {} {}: same GUID {} as {} {}",
+                        r.kind,
+                        r.source,
+                        r.guid,
+                        self.dir.records[first].kind,
+                        self.dir.records[first].source
+                    );
+                    tracing::warn!("{w}");
+                    self.dir.warnings.push(w);
+                    return;
+                }
+                let dns: Vec<String> = t.member_dn.iter().flat_map(|a| e.texts(a)).collect();
+                let idx = self.dir.records.len();
+                if !dns.is_empty() {
+                    self.member_dns.push((idx, dns));
+                }
+                self.by_guid.insert(r.guid.clone(), idx);
+                self.dir.records.push(r);
+            }
+            Err(Skip::NoGuid(w)) => {
+                tracing::warn!("{w}");
+                self.dir.warnings.push(w);
+            }
+            Err(Skip::NotARecord) => {}
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Directory {
+        if !self.member_dns.is_empty() {
+            let by_dn: HashMap<String, Guid> = self
+                .dir
+                .records
+                .iter()
+                .map(|r| (norm_dn(&r.source), r.guid.clone()))
+                .collect();
+            for (idx, dns) in std::mem::take(&mut self.member_dns) {
+                for dn in dns {
+                    if let Some(g) = by_dn.get(&norm_dn(&dn)) {
+                        let rec = &mut self.dir.records[idx];
+                        if !rec.member_guids.contains(g) {
+                            rec.member_guids.push(g.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.dir
+    }
+}
+
 /// Reads the current directory as configured (`url` or `ldif`).
 pub fn load_current(cfg: &DirectoryConfig) -> Result<Directory> {
-    let _ = cfg;
-    Err(Error::not_built("directory"))
+    load_current_with(cfg, &|| {})
+}
+
+/// [`load_current`], calling `on_entry` for every entry received (progress display).
+pub fn load_current_with(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result<Directory> {
+    if let Some(path) = &cfg.ldif {
+        return load_ldif(path, &Mapping::from_config(cfg), cfg.base.as_deref());
+    }
+    if cfg.url.is_none() {
+        return Err(Error::usage(
+            "[directory] needs `url` (a live LDAP server) or `ldif` (a snapshot)",
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::runtime(format!("cannot start the LDAP client runtime: {e}")))?;
+    rt.block_on(ldap::pull(cfg, on_entry))
+}
+
+fn open(path: &Path) -> Result<BufReader<std::fs::File>> {
+    let f = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::usage(format!("{}: file not found", path.display()))
+        } else {
+            Error::io("cannot read", path, e)
+        }
+    })?;
+    Ok(BufReader::with_capacity(1 << 16, f))
+}
+
+/// Reads an LDIF snapshot with a mapping: entries are typed by the mapping's containers and
+/// filters (as a live server would select them), else by their object classes.
+pub fn load_ldif(path: &Path, mapping: &Mapping, base: Option<&str>) -> Result<Directory> {
+    let input = open(path)?;
+    read_ldif(input, &path.display().to_string(), mapping, base)
+}
+
+fn read_ldif(
+    input: impl BufRead,
+    name: &str,
+    mapping: &Mapping,
+    base: Option<&str>,
+) -> Result<Directory> {
+    let mut reader = ldif::LdifReader::new(input, name);
+    let mut out = Collector::new(mapping.clone(), name.to_string());
+    while let Some((e, _line)) = reader.next_entry()? {
+        if let Some(kind) = classify(&e, mapping, base) {
+            out.add(&e, kind);
+        }
+    }
+    Ok(out.finish())
 }
 
 /// Reads the old directory's export files (dsexport / Workgroup Manager / LDIF, detected).
 pub fn load_old(files: &[PathBuf]) -> Result<Directory> {
-    let _ = files;
-    Ok(Directory::default())
+    let mut dir = Directory {
+        origin: files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        ..Directory::default()
+    };
+    let od = Mapping::preset(Preset::OpenDirectory);
+    let mut seen: HashMap<Guid, String> = HashMap::new();
+    for path in files {
+        let name = path.display().to_string();
+        let mut input = open(path)?;
+        // Find the first line that is neither blank nor a comment, keeping what was read.
+        let mut consumed: Vec<u8> = Vec::new();
+        let mut line_no = 0usize;
+        let (first, first_line) = loop {
+            let mut buf = Vec::new();
+            let n = input
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Error::io("cannot read", path, e))?;
+            if n == 0 {
+                break (None, line_no);
+            }
+            line_no += 1;
+            consumed.extend_from_slice(&buf);
+            let text = String::from_utf8_lossy(&buf);
+            let t = text.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            break (Some(text.into_owned()), line_no);
+        };
+        let Some(first) = first else {
+            dir.warnings.push(format!("{name}: empty, no records"));
+            continue;
+        };
+        let part = match dsexport::detect(&first) {
+            Some(dsexport::Format::DsExport) => {
+                let p = dsexport::parse(input, &name, first.trim_end_matches(['\r', '\n']), first_line)?;
+                Directory { records: p.records, origin: name.clone(), warnings: p.warnings }
+            }
+            Some(dsexport::Format::Ldif) => {
+                let whole = std::io::Cursor::new(consumed).chain(input);
+                read_ldif(whole, &name, &od, None)?
+            }
+            None => {
+                return Err(Error::usage(format!(
+                    "{name}:{first_line}: neither a dsexport / Workgroup Manager export (first line like \
+                     `0x0A 0x5C 0x3A 0x2C dsRecTypeStandard:Users 3 RecordName RealName GeneratedUID`) nor LDIF (`dn:`)"
+                )))
+            }
+        };
+        dir.warnings.extend(part.warnings);
+        for r in part.records {
+            if let Some(first) = seen.get(&r.guid) {
+                dir.warnings.push(format!(
+                    "{}: GUID {} already read at {first}; kept the first",
+                    r.source, r.guid
+                ));
+                continue;
+            }
+            seen.insert(r.guid.clone(), r.source.clone());
+            dir.records.push(r);
+        }
+    }
+    Ok(dir)
+}
+
+fn summary_json(d: &Directory) -> serde_json::Value {
+    let counts: serde_json::Map<String, serde_json::Value> = d
+        .counts()
+        .into_iter()
+        .map(|(k, n)| (k.as_str().to_string(), n.into()))
+        .collect();
+    serde_json::json!({ "origin": d.origin, "counts": counts, "records": d.records.len(), "warnings": d.warnings })
+}
+
+fn summary_human(title: &str, d: &Directory, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "{title}: {}", d.origin);
+    for (k, n) in d.counts() {
+        let _ = writeln!(out, "  {:<10} {n:>7}", k.collection());
+    }
+    let _ = writeln!(out, "  {:<10} {:>7}", "total", d.records.len());
+    if !d.warnings.is_empty() {
+        let _ = writeln!(out, "  {} warning(s):", d.warnings.len());
+        for w in d.warnings.iter().take(20) {
+            let _ = writeln!(out, "    {w}");
+        }
+        if d.warnings.len() > 20 {
+            let _ = writeln!(
+                out,
+                "    ... and {} more (see --json)",
+                d.warnings.len() - 20
+            );
+        }
+    }
+}
+
+fn load_current_ctx(ctx: &Context) -> Result<Directory> {
+    let cfg = &ctx.config.directory;
+    if cfg.url.is_some() {
+        let bar = crate::cli::progress_bar(ctx, None, "directory");
+        let tick = || bar.inc(1);
+        let d = load_current_with(cfg, &tick);
+        bar.finish_and_clear();
+        d
+    } else {
+        load_current(cfg)
+    }
 }
 
 pub fn command_pull(ctx: &Context) -> Result<Outcome> {
-    let _ = ctx;
-    Err(Error::not_built("directory pull"))
+    let current = load_current_ctx(ctx)?;
+    let old = if ctx.config.old_directory.files.is_empty() {
+        None
+    } else {
+        Some(load_old(&ctx.config.old_directory.files)?)
+    };
+    let mut human = String::new();
+    summary_human("current directory", &current, &mut human);
+    if let Some(o) = &old {
+        human.push('\n');
+        summary_human("old directory", o, &mut human);
+    }
+    let json = serde_json::json!({
+        "current": summary_json(&current),
+        "old": old.as_ref().map(summary_json),
+    });
+    Ok(Outcome::ok(human, json))
+}
+
+/// Writes records as an LDIF snapshot (temporary file + rename, so a failed run leaves nothing
+/// half-written) readable back as `[directory] ldif` with the same preset.
+pub fn write_snapshot(
+    path: &Path,
+    dir: &Directory,
+    mapping: &Mapping,
+    base: Option<&str>,
+) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot.ldif".into());
+    let tmp = parent.join(format!(".{file_name}.tmp{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(f);
+        ldif::write_records(&mut w, &dir.records, mapping, base, &dir.origin)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io("cannot write LDIF snapshot", path, e));
+    }
+    Ok(())
 }
 
 pub fn command_export(ctx: &Context, ldif: &Path) -> Result<Outcome> {
-    let _ = (ctx, ldif);
-    Err(Error::not_built("directory export"))
+    let cfg = &ctx.config.directory;
+    let current = load_current_ctx(ctx)?;
+    let mapping = Mapping::from_config(cfg);
+    write_snapshot(ldif, &current, &mapping, cfg.base.as_deref())?;
+    let counts: Vec<String> = current
+        .counts()
+        .iter()
+        .map(|(k, n)| format!("{n} {}", k.collection()))
+        .collect();
+    let human = format!(
+        "wrote {} records ({}) from {} to {}\n{}",
+        current.records.len(),
+        counts.join(", "),
+        current.origin,
+        ldif.display(),
+        current
+            .warnings
+            .iter()
+            .map(|w| format!("warning: {w}\n"))
+            .collect::<String>()
+    );
+    let json = serde_json::json!({
+        "ldif": ldif.display().to_string(),
+        "current": summary_json(&current),
+    });
+    Ok(Outcome::ok(human, json))
 }

@@ -1,0 +1,414 @@
+//! Live LDAP pull (ldap3 on tokio): connect (ldaps:// or StartTLS, verified with rustls), bind,
+//! paged streaming searches per record type, and one clear line per failure naming the server,
+//! the step and the LDAP result code.
+
+use super::entry::RawEntry;
+use super::presets::Mapping;
+use super::{Collector, Directory};
+use crate::config::{DirectoryConfig, PASSWORD_ENV};
+use crate::error::{Error, Result};
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::asn1::{StructureTag, PL};
+use ldap3::{LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The bind password: `password_file`, else the environment variable; never argv, never logged.
+pub fn bind_password(cfg: &DirectoryConfig) -> Result<Option<String>> {
+    if let Some(p) = &cfg.password_file {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| Error::usage(format!("cannot read password_file {}: {e}", p.display())))?;
+        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    Ok(std::env::var(PASSWORD_ENV).ok())
+}
+
+/// The standard name of an LDAP result code (RFC 4511 and friends).
+pub fn rc_name(rc: u32) -> &'static str {
+    match rc {
+        0 => "success",
+        1 => "operationsError",
+        2 => "protocolError",
+        3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        7 => "authMethodNotSupported",
+        8 => "strongerAuthRequired",
+        10 => "referral",
+        11 => "adminLimitExceeded",
+        12 => "unavailableCriticalExtension",
+        13 => "confidentialityRequired",
+        14 => "saslBindInProgress",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        48 => "inappropriateAuthentication",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        80 => "other",
+        81 => "serverDown",
+        85 => "timeout",
+        88 => "userCanceled",
+        _ => "unknown",
+    }
+}
+
+fn describe_result(r: &LdapResult) -> String {
+    let text = r.text.trim();
+    if text.is_empty() {
+        format!("LDAP result {} ({})", r.rc, rc_name(r.rc))
+    } else {
+        format!("LDAP result {} ({}): {text}", r.rc, rc_name(r.rc))
+    }
+}
+
+/// Finds a rustls error inside an ldap3 / I/O error.
+fn tls_error(e: &LdapError) -> Option<String> {
+    match e {
+        LdapError::Rustls { source } => Some(source.to_string()),
+        LdapError::DNSName { source } => Some(format!("invalid server name for TLS: {source}")),
+        LdapError::Io { source } => {
+            let inner = source.get_ref()?;
+            if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+                return Some(r.to_string());
+            }
+            let s = inner.to_string();
+            (source.kind() == std::io::ErrorKind::InvalidData).then_some(s)
+        }
+        _ => None,
+    }
+}
+
+fn describe(e: &LdapError) -> String {
+    match e {
+        LdapError::LdapResult { result } => describe_result(result),
+        LdapError::Io { source } => match source.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "connection refused (is the server running, is the port right?)".into()
+            }
+            std::io::ErrorKind::ConnectionReset => "connection reset by the server".into(),
+            std::io::ErrorKind::UnexpectedEof => "the server closed the connection".into(),
+            _ => source.to_string(),
+        },
+        LdapError::Timeout { .. } => {
+            "no answer within the timeout (raise [directory] timeout?)".into()
+        }
+        LdapError::EndOfStream | LdapError::ResultRecv { .. } | LdapError::OpSend { .. } => {
+            "the connection to the server was lost".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn tls_hint(msg: &str) -> &'static str {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("unknownissuer") || m.contains("unknown issuer") || m.contains("certificate") {
+        " (give the CA that signed the server's certificate with [directory] tls_ca_file)"
+    } else {
+        ""
+    }
+}
+
+fn tls_client_config(cfg: &DirectoryConfig) -> Result<Option<Arc<rustls::ClientConfig>>> {
+    let Some(ca) = &cfg.tls_ca_file else {
+        return Ok(None);
+    };
+    let file = std::fs::File::open(ca)
+        .map_err(|e| Error::usage(format!("cannot read tls_ca_file {}: {e}", ca.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reader = std::io::BufReader::new(file);
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.map_err(|e| Error::usage(format!("tls_ca_file {}: {e}", ca.display())))?;
+        roots.add(cert).map_err(|e| {
+            Error::usage(format!(
+                "tls_ca_file {}: unusable certificate: {e}",
+                ca.display()
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(Error::usage(format!(
+            "tls_ca_file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            ca.display()
+        )));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::runtime(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
+/// What stopped a search early, and how to raise it.
+fn limit_advice(rc: u32) -> Option<&'static str> {
+    match rc {
+        4 => Some(
+            "raise the server's size limit for this bind: OpenLDAP `limits dn.exact=\"<bind dn>\" size=unlimited` \
+             (paged searches need `size.prtotal=unlimited`), Open Directory: Server Admin > Open Directory > Settings > \
+             Protocols > \"maximum number of search results\" (default 11000)",
+        ),
+        3 => Some(
+            "raise the server's time limit for this bind: OpenLDAP `limits dn.exact=\"<bind dn>\" time=unlimited`, \
+             Open Directory: Server Admin > Open Directory > Settings > Protocols > \"search times out in\"",
+        ),
+        11 => Some(
+            "raise the server's administrative limit (OpenLDAP `limits ... size.prtotal=unlimited` / \
+             `size.pr=`, Active Directory MaxPageSize / MaxResultSetSize via ntdsutil), or lower [directory] page_size",
+        ),
+        _ => None,
+    }
+}
+
+/// Decodes a SearchResultEntry (RFC 4511 `[APPLICATION 4] { objectName, attributes }`) straight
+/// into a [`RawEntry`]: values stay bytes (text and binary alike, so a 16-byte id is never lost to
+/// the text/binary split), no intermediate maps, and malformed BER is an error, not a panic.
+fn raw_entry(tag: StructureTag) -> Option<RawEntry> {
+    let prim = |t: StructureTag| match t.payload {
+        PL::P(v) => Some(v),
+        PL::C(_) => None,
+    };
+    let cons = |t: StructureTag| match t.payload {
+        PL::C(v) => Some(v),
+        PL::P(_) => None,
+    };
+    let mut parts = cons(tag.match_id(4)?)?.into_iter();
+    let dn = String::from_utf8(prim(parts.next()?)?).ok()?;
+    let mut e = RawEntry::new(dn);
+    for pa in cons(parts.next()?)? {
+        let mut pa = cons(pa)?.into_iter();
+        let name = String::from_utf8(prim(pa.next()?)?).ok()?;
+        let values = cons(pa.next()?)?
+            .into_iter()
+            .map(prim)
+            .collect::<Option<Vec<Vec<u8>>>>()?;
+        e.attrs.push((name, values));
+    }
+    Some(e)
+}
+
+/// Pulls every configured record type from the server.
+pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result<Directory> {
+    let url = cfg.url.clone().unwrap_or_default();
+    let base = cfg.base.clone().unwrap_or_default();
+    let timeout = Duration::from_secs(cfg.timeout.max(1));
+    let mapping = Mapping::from_config(cfg);
+    let fail = |step: &str, msg: String| Error::runtime(format!("{url}: {step} failed: {msg}"));
+
+    let password = match &cfg.bind_dn {
+        Some(dn) => Some(bind_password(cfg)?.ok_or_else(|| {
+            Error::usage(format!(
+                "[directory] bind_dn `{dn}` needs a password: set password_file or the environment variable {PASSWORD_ENV}"
+            ))
+        })?),
+        None => None,
+    };
+
+    let mut settings = LdapConnSettings::new()
+        .set_conn_timeout(timeout)
+        .set_starttls(cfg.starttls);
+    if cfg.tls_insecure {
+        tracing::warn!(
+            "{url}: tls_insecure = true: the server's certificate is NOT checked; anyone on the network path can read the bind password and forge directory data"
+        );
+        settings = settings.set_no_tls_verify(true);
+    } else if let Some(config) = tls_client_config(cfg)? {
+        settings = settings.set_config(config);
+    }
+    let is_ldaps = url.to_ascii_lowercase().starts_with("ldaps://");
+
+    tracing::info!("connecting to {url}");
+    let connected =
+        tokio::time::timeout(timeout, LdapConnAsync::with_settings(settings, &url)).await;
+    let (conn, mut ldap) = match connected {
+        Err(_) => {
+            return Err(fail(
+                "connect",
+                format!("no connection within {}s", timeout.as_secs()),
+            ))
+        }
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            if let Some(t) = tls_error(&e) {
+                let step = if cfg.starttls {
+                    "starttls"
+                } else {
+                    "TLS handshake"
+                };
+                return Err(fail(step, format!("{t}{}", tls_hint(&t))));
+            }
+            if let LdapError::LdapResult { result } = &e {
+                return Err(fail("starttls", describe_result(result)));
+            }
+            let step = if matches!(
+                e,
+                LdapError::Io { .. } | LdapError::Timeout { .. } | LdapError::UrlParsing { .. }
+            ) {
+                "connect"
+            } else if cfg.starttls {
+                "starttls"
+            } else if is_ldaps {
+                "TLS handshake"
+            } else {
+                "connect"
+            };
+            return Err(fail(step, describe(&e)));
+        }
+    };
+    ldap3::drive!(conn);
+
+    if let (Some(dn), Some(pw)) = (&cfg.bind_dn, &password) {
+        tracing::info!("binding as {dn}");
+        let res = ldap.with_timeout(timeout).simple_bind(dn, pw).await;
+        match res {
+            Ok(r) if r.rc == 0 => {}
+            Ok(r) => return Err(fail(&format!("bind as {dn}"), describe_result(&r))),
+            Err(e) => return Err(fail(&format!("bind as {dn}"), describe(&e))),
+        }
+    }
+
+    let mut out = Collector::new(mapping.clone(), format!("{url} (base {base})"));
+    for t in &mapping.types {
+        let Some(filter) = &t.filter else { continue };
+        let search_base = if t.container.is_empty() {
+            base.clone()
+        } else {
+            format!("{},{base}", t.container)
+        };
+        let attrs = t.requested_attributes();
+        let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(cfg.page_size)),
+        ];
+        let step = format!("search of {search_base} for {filter}");
+        tracing::info!("searching {search_base} {filter}");
+        let mut stream = match ldap
+            .with_timeout(timeout)
+            .streaming_search_with(
+                adapters,
+                &search_base,
+                Scope::Subtree,
+                filter,
+                attrs.clone(),
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(LdapError::FilterParsing) => {
+                return Err(Error::usage(format!(
+                    "[directory] {} filter `{filter}` is not a valid LDAP filter",
+                    t.kind
+                )))
+            }
+            Err(e) => return Err(fail(&step, describe(&e))),
+        };
+        let mut count = 0usize;
+        let mut stopped: Option<LdapResult> = None;
+        loop {
+            match stream.next().await {
+                Ok(Some(re)) => {
+                    if re.is_ref() || re.is_intermediate() {
+                        continue;
+                    }
+                    let Some(e) = raw_entry(re.0) else {
+                        return Err(fail(
+                            &step,
+                            format!("malformed search entry after {count} {} entries", t.kind),
+                        ));
+                    };
+                    out.add(&e, t.kind);
+                    count += 1;
+                    on_entry();
+                }
+                Ok(None) => break,
+                Err(LdapError::LdapResult { result }) => {
+                    stopped = Some(result);
+                    break;
+                }
+                Err(e) => {
+                    return Err(fail(
+                        &step,
+                        format!("{} after {count} {} entries", describe(&e), t.kind),
+                    ))
+                }
+            }
+        }
+        let res = match stopped {
+            Some(r) => r,
+            None => stream.finish().await,
+        };
+        match res.rc {
+            0 => {}
+            32 => out.warn(format!(
+                "{url}: {search_base} does not exist (LDAP result 32 noSuchObject): no {} records",
+                t.kind
+            )),
+            rc if limit_advice(rc).is_some() => {
+                let advice = limit_advice(rc).unwrap_or_default();
+                let what = format!(
+                    "{} after {count} {} entries: the server cut the list short",
+                    describe_result(&res),
+                    t.kind
+                );
+                if cfg.allow_partial {
+                    let w = format!(
+                        "{url}: {step}: {what}; continuing because allow_partial = true, so records missing from it will look gone; {advice}"
+                    );
+                    tracing::warn!("{w}");
+                    out.warn(w);
+                } else {
+                    return Err(fail(
+                        &step,
+                        format!("{what}, and a truncated directory would make real users look gone. To fix it, {advice}; or set allow_partial = true to go on anyway"),
+                    ));
+                }
+            }
+            88 => {
+                return Err(fail(
+                    &step,
+                    format!(
+                        "{} after {count} {} entries",
+                        describe(&LdapError::EndOfStream),
+                        t.kind
+                    ),
+                ))
+            }
+            _ => {
+                return Err(fail(
+                    &step,
+                    format!("{} after {count} {} entries", describe_result(&res), t.kind),
+                ))
+            }
+        }
+    }
+    let _ = ldap.unbind().await;
+    Ok(out.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_codes_are_named() {
+        let r = LdapResult {
+            rc: 49,
+            matched: String::new(),
+            text: "bad".into(),
+            refs: vec![],
+            ctrls: vec![],
+        };
+        assert_eq!(
+            describe_result(&r),
+            "LDAP result 49 (invalidCredentials): bad"
+        );
+        assert!(limit_advice(4).unwrap().contains("size.prtotal=unlimited"));
+        assert!(limit_advice(4)
+            .unwrap()
+            .contains("maximum number of search results"));
+        assert!(limit_advice(49).is_none());
+    }
+}
