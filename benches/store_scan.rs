@@ -129,7 +129,8 @@ fn main() {
     let bar = indicatif::ProgressBar::hidden();
     let reset = reset_peak_rss();
     let rss_before = status_kb("VmRSS:");
-    let (mut floor, mut scan, mut full, mut read_bytes) = (f64::MAX, f64::MAX, f64::MAX, 0);
+    let (mut floor, mut scan, mut full, mut bare, mut read_bytes) =
+        (f64::MAX, f64::MAX, f64::MAX, f64::MAX, 0);
     let mut inv = None;
     for _ in 0..ROUNDS {
         let t = Instant::now();
@@ -160,6 +161,23 @@ fn main() {
         .expect("walk");
         full = full.min(t.elapsed().as_secs_f64());
         assert_eq!(count, n);
+        // The walk alone (read, hash, stat, attributes; no parsing): the store module's own cost.
+        let t = Instant::now();
+        let mut count = 0usize;
+        principal_reconciler::store::walk(
+            &cfg,
+            &bar,
+            |_, bytes| bytes.len(),
+            |item| {
+                if let principal_reconciler::store::Item::Resource(..) = item {
+                    count += 1;
+                }
+                Ok(())
+            },
+        )
+        .expect("walk");
+        bare = bare.min(t.elapsed().as_secs_f64());
+        assert_eq!(count, n);
     }
     let inv = inv.expect("one round");
     println!(
@@ -178,6 +196,11 @@ fn main() {
         "full walk (+ every xattr) + ical::scan: {full:.3} s ({:.0} resources/s), {:.2}x the read floor",
         n as f64 / full,
         full / floor
+    );
+    println!(
+        "walk alone (bytes + sha256 + stat + every xattr, no parsing): {bare:.3} s ({:.0} resources/s), {:.2}x the read floor",
+        n as f64 / bare,
+        bare / floor
     );
     println!(
         "peak RSS during scan: {:.1} MB{}  (RSS before: {:.1} MB; goal <= 150 MB, flat in N)",

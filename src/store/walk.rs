@@ -222,6 +222,22 @@ impl<T> Walker<'_, T> {
                         }
                         w.entries(&p2, |w, p3, n3, d3| {
                             if d3 && !n3.starts_with('.') {
+                                let fits = n3.get(0..2).is_some_and(|x| x.eq_ignore_ascii_case(&n1))
+                                    && n3.get(2..4).is_some_and(|x| x.eq_ignore_ascii_case(&n2));
+                                if !fits {
+                                    let want = format!(
+                                        "{}/{}",
+                                        n3.get(0..2).unwrap_or("?"),
+                                        n3.get(2..4).unwrap_or("?")
+                                    );
+                                    w.problem(
+                                        &p3,
+                                        "misplaced-home",
+                                        format!(
+                                            "home {n3} is under {n1}/{n2}/ but the server looks for it under {want}/; its resources are read all the same"
+                                        ),
+                                    )?;
+                                }
                                 w.home(HomeLayout::Hashed, n3, &p3)?;
                             }
                             Ok(())
