@@ -1,0 +1,101 @@
+//! The shipped example (README's first command) migrates on a rehearsal copy, shows every
+//! outcome, and leaves the example itself untouched.
+
+#[path = "support/world.rs"]
+mod world;
+
+use predicates::prelude::*;
+
+#[test]
+fn snow_leopard_example_migrates_on_a_rehearsal() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snow-leopard");
+    let before = world::tree(&example);
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("rehearsal");
+    let out = assert_cmd::Command::cargo_bin("principal-reconciler")
+        .unwrap()
+        .arg("--config")
+        .arg(example.join("principal-reconciler.toml"))
+        .args(["--json", "migrate", "--rehearse"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    // Problems a human must look at remain by design (an ambiguous address, a truncated file).
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = &doc["plan"];
+    for outcome in ["unchanged", "mapped", "ambiguous", "unmatched", "external"] {
+        assert!(
+            plan["by_outcome"][outcome].as_u64().unwrap() >= 1,
+            "no {outcome} address: {plan}"
+        );
+    }
+    for rule in [
+        "same-guid",
+        "old-export-guid",
+        "principal-name",
+        "old-export-mail",
+        "domain-alias",
+        "store-evidence",
+    ] {
+        assert!(
+            plan["by_rule"][rule].as_u64().unwrap_or(0) >= 1,
+            "rule {rule} never used: {plan}"
+        );
+    }
+    assert_eq!(plan["problems"].as_array().unwrap().len(), 1);
+    assert!(plan["problems"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("line 8"));
+    assert_eq!(doc["run"]["skipped"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        world::tree(&example),
+        before,
+        "the example must stay as it is"
+    );
+    // The copy was rewritten: Jane's old GUID is gone from her organizer copy.
+    let copy = dir.join("store");
+    let jane_old = "1229DD2E-77E0-4C2C-838E-B64590F2ED55";
+    let organizer = std::fs::read_to_string(copy.join(format!(
+        "calendars/__uids__/12/29/{jane_old}/calendar/965B42D3-A109-4340-8517-135B2744F44E.ics"
+    )))
+    .unwrap();
+    assert!(
+        !organizer.contains(&format!("urn:uuid:{jane_old}")),
+        "{organizer}"
+    );
+    assert!(organizer.contains("CN=\"Jane Appleseed\""));
+    // A second rehearsal into the same folder replaces the first.
+    assert_cmd::Command::cargo_bin("principal-reconciler")
+        .unwrap()
+        .arg("--config")
+        .arg(example.join("principal-reconciler.toml"))
+        .args(["migrate", "--dry-run", "--rehearse"])
+        .arg(&dir)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("dry run"));
+}
+
+#[test]
+fn a_rehearsal_refuses_a_folder_that_holds_other_things() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snow-leopard");
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("precious.txt"), "x").unwrap();
+    assert_cmd::Command::cargo_bin("principal-reconciler")
+        .unwrap()
+        .arg("--config")
+        .arg(example.join("principal-reconciler.toml"))
+        .args(["migrate", "--rehearse"])
+        .arg(scratch.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not empty"));
+    assert!(scratch.path().join("precious.txt").exists());
+}

@@ -1,0 +1,242 @@
+//! End to end through the CLI: plan, apply, rollback, migrate on generated 10.6 stores.
+
+#[path = "support/world.rs"]
+mod world;
+
+use predicates::prelude::*;
+use world::{resources, tree, World};
+
+fn plan_json(w: &World) -> serde_json::Value {
+    let out = w.cmd().args(["--json", "plan"]).output().unwrap();
+    assert!(
+        out.status.code() == Some(0),
+        "plan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn plan_maps_everyone_and_changes_nothing_in_the_store() {
+    let w = World::new(6, 60, 11);
+    let before = tree(&w.store.root);
+    let doc = plan_json(&w);
+    let plan = &doc["plan"];
+    assert_eq!(plan["resources_scanned"], 60);
+    assert!(plan["resources_changed"].as_u64().unwrap() > 0);
+    assert_eq!(plan["by_outcome"]["ambiguous"], 0);
+    assert_eq!(plan["by_outcome"]["unmatched"], 0);
+    assert!(plan["by_outcome"]["mapped"].as_u64().unwrap() >= 6);
+    assert_eq!(plan["homes"]["moved"], 6, "{plan}");
+    assert_eq!(tree(&w.store.root), before, "plan must not touch the store");
+    // Reports: one changes.csv row per changed property, a mapping row per distinct address.
+    let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
+    assert_eq!(
+        changes.lines().count() as u64 - 1,
+        plan["properties_changed"].as_u64().unwrap()
+    );
+    let mapping = std::fs::read_to_string(w.path("reports/mapping.csv")).unwrap();
+    assert!(mapping.starts_with("old_value,form,outcome,rule,evidence,new_guid"));
+    for (old, new) in &w.new_guid {
+        let row = mapping
+            .lines()
+            .find(|l| l.starts_with(&format!("urn:uuid:{old},")))
+            .unwrap_or_else(|| panic!("no mapping row for {old}"));
+        assert!(row.contains(",mapped,old-export-guid,"), "{row}");
+        assert!(row.contains(new.as_str()), "{row}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("reports/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["plan"]["plan_id"], plan["plan_id"]);
+    assert!(std::fs::read_to_string(w.path("reports/report.html"))
+        .unwrap()
+        .contains("<table id=\"mapping\""));
+}
+
+#[test]
+fn apply_rewrites_to_new_guids_idempotently_and_rollback_restores_every_byte() {
+    let w = World::new(5, 40, 12);
+    let before = tree(&w.store.root);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd()
+        .arg("apply")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("resources written"));
+    let after = resources(&w.store.root);
+    let text: String = after
+        .values()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    for (old, new) in &w.new_guid {
+        assert!(!text.contains(old.as_str()) || text.contains(new.as_str()));
+        assert!(
+            text.contains(new.as_str()),
+            "new GUID {new} missing after apply"
+        );
+    }
+    // Owners and modes kept, MD5 attribute equals the new bytes.
+    for (rel, (_, uid, gid, _, attrs)) in tree(&w.store.root) {
+        assert_eq!((uid, gid), (501, 20), "{rel} changed owner");
+        if rel.ends_with(".ics") {
+            if let Some((_, v)) = attrs.iter().find(|(k, _)| k.contains("getcontentmd5")) {
+                let xml = principal_reconciler::store::xattrs::decode_value(v);
+                let md5 = hex::encode(<md5::Md5 as sha2::Digest>::digest(
+                    std::fs::read(w.store.root.join(&rel)).unwrap(),
+                ));
+                assert!(
+                    String::from_utf8_lossy(&xml).contains(&md5),
+                    "{rel}: stale getcontentmd5"
+                );
+            }
+        }
+    }
+    // Applying again, or planning again, changes nothing.
+    w.cmd()
+        .arg("apply")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("nothing to do"));
+    let again = plan_json(&w);
+    assert_eq!(
+        again["plan"]["resources_changed"], 0,
+        "a fresh plan after apply must be empty"
+    );
+    w.cmd().arg("apply").assert().code(0);
+    assert_eq!(resources(&w.store.root), after);
+    // Rollback of the first run restores the store byte for byte, owners, modes and attributes.
+    w.cmd()
+        .args(["rollback", "--run", "1"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("resources written"));
+    assert_eq!(tree(&w.store.root), before);
+    w.cmd()
+        .args(["rollback", "--run", "1"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("nothing to do"));
+}
+
+#[test]
+fn a_resource_changed_between_plan_and_apply_is_skipped_and_reported() {
+    let w = World::new(3, 20, 13);
+    w.cmd().arg("plan").assert().code(0);
+    let state = rusqlite::Connection::open(w.path("state/state.sqlite")).unwrap();
+    let rel: String = state
+        .query_row(
+            "SELECT rel_path FROM plan_resources ORDER BY rel_path LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let path = w.store.root.join(&rel);
+    let mut edited = std::fs::read(&path).unwrap();
+    edited.extend_from_slice(b"\r\n");
+    std::fs::write(&path, &edited).unwrap();
+    w.cmd()
+        .arg("apply")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(format!(
+            "skipped {rel}: changed since plan"
+        )))
+        .stdout(predicate::str::contains("plan` again"));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        edited,
+        "a concurrent change must never be overwritten"
+    );
+}
+
+#[test]
+fn apply_refuses_while_the_server_runs() {
+    let w = World::new(2, 5, 14);
+    w.cmd().arg("plan").assert().code(0);
+    let pid = w.store.root.join("caldavd.pid");
+    std::fs::write(&pid, format!("{}\n", std::process::id())).unwrap();
+    w.cmd()
+        .arg("apply")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "calendar server seems to be running",
+        ));
+    w.cmd().args(["apply", "--force"]).assert().code(0);
+}
+
+#[test]
+fn apply_and_report_need_a_plan() {
+    let w = World::new(1, 2, 15);
+    w.cmd()
+        .arg("apply")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "run `principal-reconciler plan` first",
+        ));
+    w.cmd().arg("report").assert().code(2);
+}
+
+/// Kill `apply` with SIGKILL at random instants, resume it, and compare with an uninterrupted run.
+#[test]
+fn apply_killed_at_random_points_resumes_to_the_same_store() {
+    let kills: usize = std::env::var("PR_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let reference = World::new(8, 1500, 21);
+    reference.cmd().arg("plan").assert().code(0);
+    let started = std::time::Instant::now();
+    reference.cmd().arg("apply").assert().code(0);
+    let full = started.elapsed().as_micros().max(1000) as u64;
+    let expected = tree(&reference.store.root);
+
+    let mut seed = 0x5eed_u64;
+    let mut interrupted = 0;
+    for round in 0..kills {
+        let w = World::new(8, 1500, 21);
+        w.cmd().arg("plan").assert().code(0);
+        // Kill once or several times, at uniformly random instants within a full run's duration.
+        for _ in 0..(1 + round % 3) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let delay = seed % full;
+            let mut child =
+                std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+                    .arg("--config")
+                    .arg(&w.config)
+                    .args(["--no-progress", "-q", "apply"])
+                    .spawn()
+                    .unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(delay));
+            let _ = child.kill(); // SIGKILL
+            let status = child.wait().unwrap();
+            if status.code().is_none() {
+                interrupted += 1;
+            }
+        }
+        w.cmd().arg("apply").assert().code(0);
+        let got = tree(&w.store.root);
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "round {round}: different set of files"
+        );
+        for (k, v) in &expected {
+            // Temporary names of an interrupted write are dot-files the walker ignores; the
+            // resources, folders and their metadata must be identical.
+            assert_eq!(
+                got.get(k),
+                Some(v),
+                "round {round}: {k} differs from an uninterrupted run"
+            );
+        }
+    }
+    assert!(
+        interrupted >= kills / 2,
+        "only {interrupted} of the kills hit a running apply"
+    );
+}
