@@ -193,6 +193,16 @@ fn rejects_a_folder_that_is_not_a_store() {
         err.exit_status(),
         principal_reconciler::error::ExitStatus::Usage
     );
+    std::fs::create_dir(tmp.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("real"), tmp.path().join("calendars")).unwrap();
+    let err = store::walk(
+        &cfg(tmp.path(), StoreKind::CalendarserverFs),
+        &bar,
+        |_, _| (),
+        |_| Ok(()),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("symbolic link"), "{}", err.message);
     let err = store::walk(
         &cfg(&tmp.path().join("nope"), StoreKind::IcsDir),
         &bar,

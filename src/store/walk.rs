@@ -71,6 +71,15 @@ pub fn check_root(cfg: &StoreConfig) -> Result<()> {
         }
     }
     if cfg.kind == StoreKind::CalendarserverFs && calendars_dir(root).is_none() {
+        let cal = root.join("calendars");
+        if let Ok(target) = fs::read_link(&cal) {
+            return Err(Error::usage(format!(
+                "{} is a symbolic link to {}; symlinks are never followed: give the folder that \
+                 holds the real calendars/ as [store] path",
+                cal.display(),
+                target.display()
+            )));
+        }
         return Err(Error::usage(format!(
             "[store] path {} does not look like a CalendarServer 2.x data root: it has no calendars/ \
              folder (nor __uids__/ or users/); give the Documents folder, or set kind = \"ics-dir\"",
@@ -463,7 +472,7 @@ impl Default for WalkOptions {
     }
 }
 
-/// See [`super::walk`].
+/// See [`super::walk()`].
 pub fn walk<T, M, S>(
     cfg: &StoreConfig,
     progress: &indicatif::ProgressBar,

@@ -310,6 +310,8 @@ pub fn bump_ctag(collection: &Path, prefix: &str) -> Result<String> {
     let name = existing.unwrap_or_else(|| xattrs::attr_name(prefix, &prop));
     xattr::set(collection, &name, &value)
         .map_err(|e| Error::io(&format!("cannot set {name} on"), collection, e))?;
+    // Make the new ctag as durable as the rename before it.
+    fsync_dir(collection)?;
     Ok(ctag)
 }
 
