@@ -17,12 +17,14 @@ CREATE TABLE runs (
 CREATE TABLE journal (
     run_id        INTEGER NOT NULL REFERENCES runs(id),
     seq           INTEGER NOT NULL,               -- order of the steps; rollback walks it backwards
-    action        TEXT    NOT NULL,               -- rewrite | restore
+    action        TEXT    NOT NULL,               -- rewrite | restore | mkdir | move | xattr | rmdir | undo
     rel_path      TEXT    NOT NULL,
-    before_sha256 TEXT    NOT NULL,               -- what the file must hold before the step
-    after_sha256  TEXT    NOT NULL,               -- what it holds after
+    target_path   TEXT,                           -- move: where to; xattr: the attribute name
+    undoes_seq    INTEGER,                        -- rollback: the step of the undone run it reverses
+    before_sha256 TEXT    NOT NULL DEFAULT '',    -- what the file must hold before the step
+    after_sha256  TEXT    NOT NULL DEFAULT '',    -- what it holds after
     backup_sha256 TEXT,                           -- the original bytes, in backups/
-    meta_json     TEXT,                           -- the original owner, group, mode, attributes
+    meta_json     TEXT,                           -- the original owner, group, mode, attributes (or attribute value)
     state         TEXT    NOT NULL,               -- pending | done | skipped
     detail        TEXT    NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, seq)

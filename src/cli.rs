@@ -263,7 +263,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Plan => crate::plan::command_plan(&ctx),
         Command::Apply(args) => crate::journal::command_apply(&ctx, &args),
         Command::Rollback(args) => crate::journal::command_rollback(&ctx, &args),
-        Command::Verify => crate::plan::command_verify(&ctx),
+        Command::Verify => crate::verify::command_verify(&ctx),
         Command::Provision(args) => crate::provision::command_provision(&ctx, &args),
         Command::Doctor(args) => crate::store::command_doctor(&ctx, &args),
         Command::Report(args) => crate::report::command_report(&ctx, &args),

@@ -14,6 +14,7 @@
 use crate::cli::{ApplyArgs, Context, Outcome, RollbackArgs};
 use crate::config::Config;
 use crate::error::{Error, ExitStatus, Result};
+use crate::homes::{self, HomeStep};
 use crate::state::{create_private_dir, now_rfc3339, State};
 use crate::store::write::{restore, write_resource, FileMeta, WriteError, WriteOptions};
 use base64::Engine as _;
@@ -159,6 +160,9 @@ pub struct RunSummary {
     pub written: u64,
     pub unchanged: u64,
     pub skipped: Vec<(String, String)>,
+    pub homes_adopted: u64,
+    /// Things a human should know (merged homes, renamed collections).
+    pub notes: Vec<String>,
 }
 
 /// Looks for a running CalendarServer on the store: a pid file whose process is alive.
@@ -282,7 +286,7 @@ pub fn apply(
     // 1. Steps left pending by a crash.
     let pending: Vec<(i64, String, String, String)> = {
         let mut st = state.conn.prepare(
-            "SELECT seq, rel_path, before_sha256, after_sha256 FROM journal WHERE run_id = ?1 AND state = 'pending' ORDER BY seq",
+            "SELECT seq, rel_path, before_sha256, after_sha256 FROM journal WHERE run_id = ?1 AND state = 'pending' AND action = 'rewrite' ORDER BY seq",
         )?;
         let rows = st.query_map([run_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -463,11 +467,92 @@ pub fn apply(
         tx.commit()?;
     }
     bar.finish_and_clear();
+    adopt_homes(&mut state, run_id, plan_id, &store, &mut summary)?;
     state.conn.execute(
         "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
         rusqlite::params![now_rfc3339(), run_id],
     )?;
     Ok(summary)
+}
+
+/// Records a step as pending (durably), takes it, marks it done.
+fn journaled_home_step(
+    state: &mut State,
+    run_id: i64,
+    store: &Path,
+    step: &HomeStep,
+) -> Result<()> {
+    let seq: i64 = state.conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE run_id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
+    let (rel, target, meta) = step.to_row();
+    state.conn.execute(
+        "INSERT INTO journal (run_id, seq, action, rel_path, target_path, meta_json, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
+        rusqlite::params![run_id, seq, step.action(), rel, target, meta],
+    )?;
+    homes::execute(store, step)?;
+    state.conn.execute(
+        "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
+        rusqlite::params![run_id, seq],
+    )?;
+    Ok(())
+}
+
+/// Moves every home kept under an old id to its current GUID's hashed path (see [`crate::homes`]).
+fn adopt_homes(
+    state: &mut State,
+    run_id: i64,
+    plan_id: i64,
+    store: &Path,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    // Home steps left pending by a crash: each is idempotent, finish it.
+    let pending: Vec<(i64, String, String, Option<String>, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT seq, action, rel_path, target_path, COALESCE(meta_json, '{}') FROM journal
+             WHERE run_id = ?1 AND state = 'pending' AND action IN ('mkdir', 'move', 'xattr', 'rmdir') ORDER BY seq",
+        )?;
+        let rows = st.query_map([run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (seq, action, rel, target, meta) in pending {
+        homes::execute(store, &HomeStep::from_row(&action, rel, target, &meta)?)?;
+        state.conn.execute(
+            "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
+            rusqlite::params![run_id, seq],
+        )?;
+    }
+    let todo: Vec<(String, String, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT rel_path, layout, old_id, new_guid FROM plan_homes
+             WHERE plan_id = ?1 AND new_guid IS NOT NULL AND (outcome = 'moved' OR layout != 'hashed') ORDER BY rel_path",
+        )?;
+        let rows = st.query_map([plan_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (old_rel, layout, old_id, new_guid) in todo {
+        let steps = homes::plan_adoption(store, &old_rel, &new_guid, &mut summary.notes)?;
+        let moved = !steps.is_empty();
+        for step in &steps {
+            journaled_home_step(state, run_id, store, step)?;
+        }
+        let hrefs = homes::old_hrefs(&layout, &old_id);
+        for step in
+            homes::plan_href_updates(store, &homes::hashed_home(&new_guid), &hrefs, &new_guid)?
+        {
+            journaled_home_step(state, run_id, store, &step)?;
+        }
+        if moved {
+            summary.homes_adopted += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Undoes an apply run (the latest when `run` is `None`), newest step first.
@@ -542,10 +627,20 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         }
     };
     summary.run_id = run_id;
-    let steps: Vec<(i64, String, String, String, String, String)> = {
+    type Row = (
+        i64,
+        String,
+        String,
+        Option<String>,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let steps: Vec<Row> = {
         let mut st = state.conn.prepare(
-            "SELECT seq, rel_path, before_sha256, after_sha256, backup_sha256, meta_json FROM journal
-             WHERE run_id = ?1 AND state IN ('done', 'pending') AND backup_sha256 IS NOT NULL ORDER BY seq DESC",
+            "SELECT seq, action, rel_path, target_path, before_sha256, after_sha256, backup_sha256, meta_json FROM journal
+             WHERE run_id = ?1 AND state IN ('done', 'pending') ORDER BY seq DESC",
         )?;
         let rows = st.query_map([target], |r| {
             Ok((
@@ -555,62 +650,75 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
                 r.get(3)?,
                 r.get(4)?,
                 r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
             ))
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let bar = crate::cli::progress_bar(ctx, Some(steps.len() as u64), "restoring");
-    let mut seq: i64 = state.conn.query_row(
-        "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
-        [run_id],
-        |r| r.get(0),
-    )?;
-    for (_, rel, original_sha, applied_sha, backup, meta_json) in steps {
+    for (undone, action, rel, target_path, original_sha, applied_sha, backup, meta_json) in steps {
         bar.inc(1);
-        let done_before: bool = state.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM journal WHERE run_id = ?1 AND rel_path = ?2 AND state != 'pending')",
-            rusqlite::params![run_id, rel],
+        if action == "rewrite" && backup.is_none() {
+            continue; // the file already held the new bytes: nothing of ours to undo
+        }
+        let finished: bool = state.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM journal WHERE run_id = ?1 AND undoes_seq = ?2 AND state != 'pending')",
+            rusqlite::params![run_id, undone],
             |r| r.get(0),
         )?;
-        if done_before {
+        if finished {
             continue;
         }
-        let path = store.join(&rel);
-        let current = std::fs::read(&path)
-            .map(|b| sha256_hex(&b))
-            .unwrap_or_default();
-        let (st, detail) = if current == original_sha {
-            ("done", "already restored".to_string())
-        } else if current != applied_sha && !force {
-            (
-                "skipped",
-                format!("changed after the run (sha256 {current}); use --force to restore anyway"),
-            )
+        let seq: i64 = state.conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE run_id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )?;
+        state.conn.execute(
+            "INSERT INTO journal (run_id, seq, action, rel_path, target_path, undoes_seq, state) VALUES (?1, ?2, 'undo', ?3, ?4, ?5, 'pending')",
+            rusqlite::params![run_id, seq, rel, target_path, undone],
+        )?;
+        let (st, detail) = if action == "rewrite" {
+            let path = store.join(&rel);
+            let current = std::fs::read(&path)
+                .map(|b| sha256_hex(&b))
+                .unwrap_or_default();
+            if current == original_sha {
+                ("done", "already restored".to_string())
+            } else if current != applied_sha && !force {
+                (
+                    "skipped",
+                    format!(
+                        "changed after the run (sha256 {current}); use --force to restore anyway"
+                    ),
+                )
+            } else {
+                let bytes = backups.get(backup.as_deref().unwrap_or_default())?;
+                let meta: SavedMeta = serde_json::from_str(meta_json.as_deref().unwrap_or("{}"))?;
+                restore(&path, &bytes, &meta.to_meta()?)?;
+                summary.written += 1;
+                ("done", String::new())
+            }
         } else {
-            seq += 1;
-            state.conn.execute(
-                "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, backup_sha256, meta_json, state)
-                 VALUES (?1, ?2, 'restore', ?3, ?4, ?5, NULL, NULL, 'pending')",
-                rusqlite::params![run_id, seq, rel, current, original_sha],
+            let step = HomeStep::from_row(
+                &action,
+                rel.clone(),
+                target_path,
+                meta_json.as_deref().unwrap_or("{}"),
             )?;
-            let bytes = backups.get(&backup)?;
-            let meta: SavedMeta = serde_json::from_str(&meta_json)?;
-            restore(&path, &bytes, &meta.to_meta()?)?;
-            summary.written += 1;
-            state.conn.execute(
-                "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
-                rusqlite::params![run_id, seq],
-            )?;
-            continue;
+            homes::undo(&store, &step)?;
+            if matches!(step, HomeStep::Move { .. }) {
+                summary.homes_adopted += 1;
+            }
+            ("done", String::new())
         };
         if st == "skipped" {
             summary.skipped.push((rel.clone(), detail.clone()));
         }
-        seq += 1;
         state.conn.execute(
-            "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, state, detail)
-             VALUES (?1, ?2, 'restore', ?3, ?4, ?5, ?6, ?7)",
-            rusqlite::params![run_id, seq, rel, current, original_sha, st, detail],
+            "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
+            rusqlite::params![st, detail, run_id, seq],
         )?;
     }
     bar.finish_and_clear();
@@ -629,7 +737,7 @@ fn outcome_of(s: RunSummary, what: &str) -> Outcome {
         )
     } else {
         format!(
-            "{what} run {}{}: {} resources written, {} already as planned, {} skipped.\n",
+            "{what} run {}{}: {} resources written, {} already as planned, {} skipped, {} home moves.\n",
             s.run_id,
             if s.resumed {
                 " (resumed after an interruption)"
@@ -638,9 +746,13 @@ fn outcome_of(s: RunSummary, what: &str) -> Outcome {
             },
             s.written,
             s.unchanged,
-            s.skipped.len()
+            s.skipped.len(),
+            s.homes_adopted
         )
     };
+    for n in &s.notes {
+        human.push_str(&format!("  note: {n}\n"));
+    }
     for (p, why) in s.skipped.iter().take(20) {
         human.push_str(&format!("  skipped {p}: {why}\n"));
     }

@@ -437,11 +437,6 @@ pub fn command_plan(ctx: &Context) -> Result<Outcome> {
     })
 }
 
-pub fn command_verify(ctx: &Context) -> Result<Outcome> {
-    let _ = ctx;
-    Err(Error::not_built("verify"))
-}
-
 pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     let mut cfg = ctx.config.clone();
     let mut steps = Vec::new();
@@ -489,6 +484,17 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         run = Some(r);
         msg
     };
+    let mut verified = None;
+    if !args.dry_run {
+        let report = crate::verify::verify(ctx, &cfg, &current)?;
+        let csv = crate::verify::write_csv(&report, &cfg.report.dir)?;
+        steps.push(format!(
+            "verify: {} problems (listed in {})",
+            report.problems.len(),
+            csv.display()
+        ));
+        verified = Some(report);
+    }
     let mut human = String::new();
     for s in &steps {
         human.push_str(&format!("• {s}\n"));
@@ -496,15 +502,20 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     human.push_str(&human_summary(&summary, &cfg.report.dir, args.dry_run));
     human.push_str(&stop);
     human.push('\n');
+    if let Some(v) = &verified {
+        human.push_str(&crate::verify::human(v));
+    }
     let skipped = run.as_ref().is_some_and(|r| !r.skipped.is_empty());
-    let status = if summary.ambiguous.is_empty() && summary.problems.is_empty() && !skipped {
-        ExitStatus::Ok
-    } else {
-        ExitStatus::Problems
-    };
+    let unverified = verified.as_ref().is_some_and(|v| !v.problems.is_empty());
+    let status =
+        if summary.ambiguous.is_empty() && summary.problems.is_empty() && !skipped && !unverified {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Problems
+        };
     Ok(Outcome {
         status,
         human,
-        json: json!({ "steps": steps, "plan": summary, "run": run, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir }),
+        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir }),
     })
 }

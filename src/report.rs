@@ -48,6 +48,20 @@ fn csv_bytes(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result
         .map_err(|e| Error::runtime(format!("CSV: {e}")))
 }
 
+/// Writes a CSV file atomically (header + rows; formula-like cells neutralised).
+pub fn write_csv(
+    path: &Path,
+    header: &[&str],
+    rows: impl Iterator<Item = Vec<String>>,
+) -> Result<PathBuf> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("cannot create report folder", dir, e))?;
+    }
+    write_atomic(path, &csv_bytes(header, rows)?)?;
+    Ok(path.to_path_buf())
+}
+
 /// One row of mapping.csv.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MappingRow {

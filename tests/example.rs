@@ -62,8 +62,15 @@ fn snow_leopard_example_migrates_on_a_rehearsal() {
     // The copy was rewritten: Jane's old GUID is gone from her organizer copy.
     let copy = dir.join("store");
     let jane_old = "1229DD2E-77E0-4C2C-838E-B64590F2ED55";
+    let jane_new = "9891E31A-C4E7-4C6F-8286-E4A8C676CDD6";
+    assert!(
+        !copy
+            .join(format!("calendars/__uids__/12/29/{jane_old}"))
+            .exists(),
+        "old home not adopted"
+    );
     let organizer = std::fs::read_to_string(copy.join(format!(
-        "calendars/__uids__/12/29/{jane_old}/calendar/965B42D3-A109-4340-8517-135B2744F44E.ics"
+        "calendars/__uids__/98/91/{jane_new}/calendar/965B42D3-A109-4340-8517-135B2744F44E.ics"
     )))
     .unwrap();
     assert!(

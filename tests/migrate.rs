@@ -143,8 +143,17 @@ fn a_resource_changed_between_plan_and_apply_is_skipped_and_reported() {
             "skipped {rel}: changed since plan"
         )))
         .stdout(predicate::str::contains("plan` again"));
+    // The home moved to its new GUID; the edited file moved with it, untouched.
+    let parts: Vec<&str> = rel.splitn(6, '/').collect();
+    let new = &w.new_guid[parts[4]];
+    let moved = w.store.root.join(format!(
+        "calendars/__uids__/{}/{}/{new}/{}",
+        &new[0..2],
+        &new[2..4],
+        parts[5]
+    ));
     assert_eq!(
-        std::fs::read(&path).unwrap(),
+        std::fs::read(&moved).unwrap(),
         edited,
         "a concurrent change must never be overwritten"
     );
@@ -195,48 +204,155 @@ fn apply_killed_at_random_points_resumes_to_the_same_store() {
 
     let mut seed = 0x5eed_u64;
     let mut interrupted = 0;
-    for round in 0..kills {
+    let mut attempts = 0;
+    while interrupted < kills {
+        attempts += 1;
+        assert!(
+            attempts <= 4 * kills,
+            "only {interrupted} of {attempts} kills hit a running apply"
+        );
         let w = World::new(8, 1500, 21);
         w.cmd().arg("plan").assert().code(0);
-        // Kill once or several times, at uniformly random instants within a full run's duration.
-        for _ in 0..(1 + round % 3) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let delay = seed % full;
-            let mut child =
-                std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
-                    .arg("--config")
-                    .arg(&w.config)
-                    .args(["--no-progress", "-q", "apply"])
-                    .spawn()
-                    .unwrap();
-            std::thread::sleep(std::time::Duration::from_micros(delay));
-            let _ = child.kill(); // SIGKILL
-            let status = child.wait().unwrap();
-            if status.code().is_none() {
-                interrupted += 1;
-            }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // A uniformly random instant within a full run's duration.
+        let delay = seed % full;
+        let mut child =
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+                .arg("--config")
+                .arg(&w.config)
+                .args(["--no-progress", "-q", "apply"])
+                .spawn()
+                .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(delay));
+        let _ = child.kill(); // SIGKILL
+        if child.wait().unwrap().code().is_some() {
+            continue; // it finished before the kill: not a crash
         }
+        interrupted += 1;
         w.cmd().arg("apply").assert().code(0);
         let got = tree(&w.store.root);
-        assert_eq!(
-            got.len(),
-            expected.len(),
-            "round {round}: different set of files"
-        );
         for (k, v) in &expected {
-            // Temporary names of an interrupted write are dot-files the walker ignores; the
-            // resources, folders and their metadata must be identical.
             assert_eq!(
                 got.get(k),
                 Some(v),
-                "round {round}: {k} differs from an uninterrupted run"
+                "kill {interrupted}: {k} differs from an uninterrupted run"
             );
         }
+        let extra: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
+        assert!(
+            extra
+                .iter()
+                .all(|k| k.rsplit('/').next().is_some_and(|n| n.starts_with('.'))),
+            "kill {interrupted}: unexpected entries {extra:?}"
+        );
     }
-    assert!(
-        interrupted >= kills / 2,
-        "only {interrupted} of the kills hit a running apply"
+}
+
+#[test]
+fn verify_fails_before_and_passes_after_apply() {
+    let w = World::new(3, 25, 16);
+    w.cmd()
+        .arg("verify")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("not-canonical"))
+        .stdout(predicate::str::contains("orphan-home"));
+    assert!(std::fs::read_to_string(w.path("reports/verify.csv"))
+        .unwrap()
+        .starts_with("kind,path,detail"));
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("apply").assert().code(0);
+    w.cmd()
+        .arg("verify")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("no problems"));
+}
+
+#[test]
+fn homes_merge_into_a_new_home_the_server_already_made_and_rollback_separates_them() {
+    let w = World::new(2, 10, 17);
+    let before = tree(&w.store.root);
+    // The first user logged in after the migration: the server made an empty home under the new GUID.
+    let old = &w.store.people[0].guid;
+    let new = &w.new_guid[old];
+    let fresh = w.store.root.join(format!(
+        "calendars/__uids__/{}/{}/{new}",
+        &new[0..2],
+        &new[2..4]
+    ));
+    std::fs::create_dir_all(fresh.join("calendar")).unwrap();
+    std::fs::create_dir_all(fresh.join("inbox")).unwrap();
+    // ... owned by the calendar service account, like everything the server writes.
+    let mut p = fresh.join("inbox");
+    while p != w.store.root.join("calendars/__uids__") {
+        std::os::unix::fs::chown(&p, Some(501), Some(20)).unwrap();
+        p = p.parent().unwrap().to_path_buf();
+    }
+    std::os::unix::fs::chown(fresh.join("calendar"), Some(501), Some(20)).unwrap();
+    let with_fresh = tree(&w.store.root);
+    assert_ne!(before, with_fresh);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd()
+        .arg("apply")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "as calendar-migrated (name clash)",
+        ));
+    let old_home = w.store.root.join(format!(
+        "calendars/__uids__/{}/{}/{old}",
+        &old[0..2],
+        &old[2..4]
+    ));
+    assert!(!old_home.exists(), "the emptied old home is removed");
+    let migrated: Vec<_> = std::fs::read_dir(fresh.join("calendar-migrated"))
+        .unwrap()
+        .collect();
+    assert!(!migrated.is_empty(), "the old calendar moved in");
+    assert!(fresh.join("calendar").is_dir() && fresh.join("inbox-migrated").is_dir());
+    w.cmd().arg("verify").assert().code(0);
+    w.cmd().arg("rollback").assert().code(0);
+    assert_eq!(
+        tree(&w.store.root),
+        with_fresh,
+        "rollback must separate the homes again"
     );
+}
+
+#[test]
+fn rollback_after_a_killed_apply_restores_the_original_store() {
+    let w = World::new(6, 1200, 18);
+    let before = tree(&w.store.root);
+    w.cmd().arg("plan").assert().code(0);
+    let mut child =
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+            .arg("--config")
+            .arg(&w.config)
+            .args(["--no-progress", "-q", "apply"])
+            .spawn()
+            .unwrap();
+    // Wait until some resources were written, then kill.
+    let state = w.path("state/state.sqlite");
+    for _ in 0..2000 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let done: i64 = rusqlite::Connection::open(&state)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM journal WHERE state = 'done'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap_or(0);
+        if done > 0 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    w.cmd().arg("rollback").assert().code(0);
+    assert_eq!(tree(&w.store.root), before);
 }

@@ -54,7 +54,8 @@ pub fn rc_name(rc: u32) -> &'static str {
     }
 }
 
-fn describe_result(r: &LdapResult) -> String {
+/// `LDAP result <rc> (<name>): <server text>`.
+pub fn describe_result(r: &LdapResult) -> String {
     let text = r.text.trim();
     if text.is_empty() {
         format!("LDAP result {} ({})", r.rc, rc_name(r.rc))
@@ -190,12 +191,12 @@ fn raw_entry(tag: StructureTag) -> Option<RawEntry> {
     Some(e)
 }
 
-/// Pulls every configured record type from the server.
-pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result<Directory> {
+/// Opens a connection to the configured server (TLS as configured) and binds as `bind_dn` when
+/// one is set. Errors name the server, the step and the LDAP result code. The connection is
+/// driven on the current tokio runtime.
+pub async fn connect_bound(cfg: &DirectoryConfig) -> Result<ldap3::Ldap> {
     let url = cfg.url.clone().unwrap_or_default();
-    let base = cfg.base.clone().unwrap_or_default();
     let timeout = Duration::from_secs(cfg.timeout.max(1));
-    let mapping = Mapping::from_config(cfg);
     let fail = |step: &str, msg: String| Error::runtime(format!("{url}: {step} failed: {msg}"));
 
     let password = match &cfg.bind_dn {
@@ -269,6 +270,17 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
             Err(e) => return Err(fail(&format!("bind as {dn}"), describe(&e))),
         }
     }
+    Ok(ldap)
+}
+
+/// Pulls every configured record type from the server.
+pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result<Directory> {
+    let url = cfg.url.clone().unwrap_or_default();
+    let base = cfg.base.clone().unwrap_or_default();
+    let timeout = Duration::from_secs(cfg.timeout.max(1));
+    let mapping = Mapping::from_config(cfg);
+    let fail = |step: &str, msg: String| Error::runtime(format!("{url}: {step} failed: {msg}"));
+    let mut ldap = connect_bound(cfg).await?;
 
     let mut out = Collector::new(mapping.clone(), format!("{url} (base {base})"));
     for t in &mapping.types {

@@ -1,0 +1,494 @@
+//! Calendar-home adoption: a home kept under an old GUID (or an old 1.x layout) whose owner maps to
+//! a current record moves to that record's hashed path, `calendars/__uids__/N0N1/N2N3/<NEWGUID>/`.
+//! When the new home already exists (the user logged in after the migration and the server made an
+//! empty one), the old collections move into it, a clashing name becoming `<name>-migrated`.
+//! Properties that name the old home by href (the inbox's `calendar-free-busy-set`,
+//! `schedule-default-calendar-URL`) are pointed at the new one.
+//!
+//! Every step is a journal step ([`HomeStep`]): recorded before it is taken, idempotent when
+//! retried after a crash, and reversible by [`undo`].
+
+use crate::error::{Error, Result};
+use crate::store::xattrs;
+use base64::Engine as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// One filesystem step of an adoption.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HomeStep {
+    /// Create a folder, owned and moded like `like` (a folder relative to the store).
+    Mkdir {
+        rel: String,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+    /// Rename a home or collection folder.
+    Move { from: String, to: String },
+    /// Replace one extended attribute's value (`old` = None when it did not exist).
+    Xattr {
+        rel: String,
+        name: String,
+        old: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+    /// Remove a folder left empty by a merge (its metadata kept for undo).
+    Rmdir {
+        rel: String,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        xattrs: Vec<(String, Vec<u8>)>,
+    },
+}
+
+fn b64(v: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+fn unb64(s: &str) -> Result<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| Error::runtime(format!("journal: bad base64: {e}")))
+}
+
+impl HomeStep {
+    pub fn action(&self) -> &'static str {
+        match self {
+            HomeStep::Mkdir { .. } => "mkdir",
+            HomeStep::Move { .. } => "move",
+            HomeStep::Xattr { .. } => "xattr",
+            HomeStep::Rmdir { .. } => "rmdir",
+        }
+    }
+
+    /// (rel_path, target_path, meta_json) as the journal stores them.
+    pub fn to_row(&self) -> (String, Option<String>, String) {
+        match self {
+            HomeStep::Mkdir {
+                rel,
+                uid,
+                gid,
+                mode,
+            } => (
+                rel.clone(),
+                None,
+                serde_json::json!({ "uid": uid, "gid": gid, "mode": mode }).to_string(),
+            ),
+            HomeStep::Move { from, to } => (from.clone(), Some(to.clone()), "{}".into()),
+            HomeStep::Xattr {
+                rel,
+                name,
+                old,
+                new,
+            } => (
+                rel.clone(),
+                Some(name.clone()),
+                serde_json::json!({ "old": old.as_deref().map(b64), "new": b64(new) }).to_string(),
+            ),
+            HomeStep::Rmdir {
+                rel,
+                uid,
+                gid,
+                mode,
+                xattrs,
+            } => (
+                rel.clone(),
+                None,
+                serde_json::json!({
+                    "uid": uid, "gid": gid, "mode": mode,
+                    "xattrs": xattrs.iter().map(|(n, v)| (n.clone(), b64(v))).collect::<Vec<_>>()
+                })
+                .to_string(),
+            ),
+        }
+    }
+
+    /// Reads a step back from its journal row.
+    pub fn from_row(
+        action: &str,
+        rel: String,
+        target: Option<String>,
+        meta: &str,
+    ) -> Result<HomeStep> {
+        let m: serde_json::Value = serde_json::from_str(meta)
+            .map_err(|e| Error::runtime(format!("journal: bad step metadata: {e}")))?;
+        let num = |k: &str| m[k].as_u64().unwrap_or(0) as u32;
+        Ok(match action {
+            "mkdir" => HomeStep::Mkdir {
+                rel,
+                uid: num("uid"),
+                gid: num("gid"),
+                mode: num("mode"),
+            },
+            "move" => HomeStep::Move {
+                from: rel,
+                to: target.unwrap_or_default(),
+            },
+            "xattr" => HomeStep::Xattr {
+                rel,
+                name: target.unwrap_or_default(),
+                old: m["old"].as_str().map(unb64).transpose()?,
+                new: unb64(m["new"].as_str().unwrap_or_default())?,
+            },
+            "rmdir" => {
+                let mut attrs = Vec::new();
+                for pair in m["xattrs"].as_array().into_iter().flatten() {
+                    attrs.push((
+                        pair[0].as_str().unwrap_or_default().to_string(),
+                        unb64(pair[1].as_str().unwrap_or_default())?,
+                    ));
+                }
+                HomeStep::Rmdir {
+                    rel,
+                    uid: num("uid"),
+                    gid: num("gid"),
+                    mode: num("mode"),
+                    xattrs: attrs,
+                }
+            }
+            other => {
+                return Err(Error::runtime(format!(
+                    "journal: unknown home step `{other}`"
+                )))
+            }
+        })
+    }
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).or_else(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            Ok(())
+        } else {
+            Err(Error::io("cannot set owner of", path, e))
+        }
+    })
+}
+
+fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
+    if !path.is_dir() {
+        std::fs::create_dir(path).map_err(|e| Error::io("cannot create folder", path, e))?;
+    }
+    chown(path, uid, gid)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("cannot set mode of", path, e))
+}
+
+/// Takes a step; safe to repeat after a crash (a step already taken is a no-op).
+pub fn execute(store: &Path, step: &HomeStep) -> Result<()> {
+    match step {
+        HomeStep::Mkdir {
+            rel,
+            uid,
+            gid,
+            mode,
+        } => make_dir(&store.join(rel), *uid, *gid, *mode),
+        HomeStep::Move { from, to } => {
+            let (f, t) = (store.join(from), store.join(to));
+            match (f.exists(), t.exists()) {
+                (true, false) => {
+                    std::fs::rename(&f, &t).map_err(|e| Error::io("cannot move", &f, e))
+                }
+                (false, true) => Ok(()),
+                (true, true) => Err(Error::runtime(format!(
+                    "cannot move {from} to {to}: both exist"
+                ))),
+                (false, false) => Err(Error::runtime(format!("cannot move {from}: it is gone"))),
+            }
+        }
+        HomeStep::Xattr { rel, name, new, .. } => {
+            let p = store.join(rel);
+            xattr::set(&p, name, new)
+                .map_err(|e| Error::io(&format!("cannot set attribute {name} of"), &p, e))
+        }
+        HomeStep::Rmdir { rel, .. } => {
+            let p = store.join(rel);
+            if p.exists() {
+                std::fs::remove_dir(&p).map_err(|e| Error::io("cannot remove folder", &p, e))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reverses a step taken by [`execute`]; safe to repeat.
+pub fn undo(store: &Path, step: &HomeStep) -> Result<()> {
+    match step {
+        HomeStep::Mkdir { rel, .. } => {
+            let p = store.join(rel);
+            if p.is_dir()
+                && std::fs::read_dir(&p)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false)
+            {
+                std::fs::remove_dir(&p).map_err(|e| Error::io("cannot remove folder", &p, e))?;
+            }
+            Ok(())
+        }
+        HomeStep::Move { from, to } => execute(
+            store,
+            &HomeStep::Move {
+                from: to.clone(),
+                to: from.clone(),
+            },
+        ),
+        HomeStep::Xattr { rel, name, old, .. } => {
+            let p = store.join(rel);
+            match old {
+                Some(v) => xattr::set(&p, name, v),
+                None => match xattr::remove(&p, name) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+                    r => r,
+                },
+            }
+            .map_err(|e| Error::io(&format!("cannot restore attribute {name} of"), &p, e))
+        }
+        HomeStep::Rmdir {
+            rel,
+            uid,
+            gid,
+            mode,
+            xattrs,
+        } => {
+            let p = store.join(rel);
+            make_dir(&p, *uid, *gid, *mode)?;
+            for (n, v) in xattrs {
+                xattr::set(&p, n, v)
+                    .map_err(|e| Error::io("cannot restore attribute of", &p, e))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The hashed home path of a GUID, relative to the store.
+pub fn hashed_home(guid: &str) -> String {
+    format!("calendars/__uids__/{}/{}/{guid}", &guid[0..2], &guid[2..4])
+}
+
+/// The steps that adopt the home at `old_rel` into
+/// `new_guid`'s hashed home, given the store as it is now. Empty when nothing is left to do.
+/// Clashing collection names are reported in `notes`.
+pub fn plan_adoption(
+    store: &Path,
+    old_rel: &str,
+    new_guid: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<HomeStep>> {
+    let mut steps = Vec::new();
+    let target_rel = hashed_home(new_guid);
+    let old = store.join(old_rel);
+    if old_rel == target_rel || !old.is_dir() {
+        return Ok(steps);
+    }
+    let uids = store.join("calendars/__uids__");
+    let like = std::fs::metadata(&uids).map_err(|e| Error::io("cannot read", &uids, e))?;
+    let (a, b) = (&new_guid[0..2], &new_guid[2..4]);
+    for rel in [
+        format!("calendars/__uids__/{a}"),
+        format!("calendars/__uids__/{a}/{b}"),
+    ] {
+        if !store.join(&rel).is_dir() {
+            steps.push(HomeStep::Mkdir {
+                rel,
+                uid: like.uid(),
+                gid: like.gid(),
+                mode: like.mode() & 0o7777,
+            });
+        }
+    }
+    let target = store.join(&target_rel);
+    if !target.exists() {
+        steps.push(HomeStep::Move {
+            from: old_rel.to_string(),
+            to: target_rel.clone(),
+        });
+    } else {
+        let mut names: Vec<String> = std::fs::read_dir(&old)
+            .map_err(|e| Error::io("cannot read home", &old, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in &names {
+            let mut dest = name.clone();
+            let mut n = 1;
+            while target.join(&dest).exists() {
+                dest = if n == 1 {
+                    format!("{name}-migrated")
+                } else {
+                    format!("{name}-migrated-{n}")
+                };
+                n += 1;
+            }
+            if &dest != name {
+                notes.push(format!(
+                    "{old_rel}/{name} merged into {target_rel} as {dest} (name clash)"
+                ));
+            }
+            steps.push(HomeStep::Move {
+                from: format!("{old_rel}/{name}"),
+                to: format!("{target_rel}/{dest}"),
+            });
+        }
+        let others = std::fs::read_dir(&old)
+            .map_err(|e| Error::io("cannot read home", &old, e))?
+            .filter_map(|e| e.ok())
+            .any(|e| !e.file_type().map(|t| t.is_dir()).unwrap_or(false));
+        if others {
+            notes.push(format!(
+                "{old_rel} kept: it holds files that are not collections"
+            ));
+        } else {
+            let m = std::fs::metadata(&old).map_err(|e| Error::io("cannot read", &old, e))?;
+            let attrs = xattrs::read_all(&old)
+                .map_err(|e| Error::io("cannot read attributes of", &old, e))?
+                .into_iter()
+                .map(|x| (x.name, x.value))
+                .collect();
+            steps.push(HomeStep::Rmdir {
+                rel: old_rel.to_string(),
+                uid: m.uid(),
+                gid: m.gid(),
+                mode: m.mode() & 0o7777,
+                xattrs: attrs,
+            });
+        }
+    }
+    Ok(steps)
+}
+
+/// Steps that point properties of the (adopted) home at `home_rel` and its collections from the
+/// old home's hrefs to the new GUID's.
+pub fn plan_href_updates(
+    store: &Path,
+    home_rel: &str,
+    old_hrefs: &[String],
+    new_guid: &str,
+) -> Result<Vec<HomeStep>> {
+    let mut steps = Vec::new();
+    let home = store.join(home_rel);
+    if !home.is_dir() {
+        return Ok(steps);
+    }
+    let mut dirs = vec![home_rel.to_string()];
+    for e in std::fs::read_dir(&home)
+        .map_err(|e| Error::io("cannot read home", &home, e))?
+        .flatten()
+    {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            dirs.push(format!("{home_rel}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    dirs.sort();
+    let new_href = format!("/calendars/__uids__/{new_guid}/");
+    for rel in dirs {
+        let p = store.join(&rel);
+        for x in xattrs::read_all(&p).map_err(|e| Error::io("cannot read attributes of", &p, e))? {
+            let plain = xattrs::decode_value(&x.value);
+            let text = String::from_utf8_lossy(&plain);
+            let lower = text.to_ascii_lowercase();
+            if !old_hrefs
+                .iter()
+                .any(|h| lower.contains(&h.to_ascii_lowercase()))
+            {
+                continue;
+            }
+            let mut out = text.into_owned();
+            for h in old_hrefs {
+                out = replace_ci(&out, h, &new_href);
+            }
+            let new = if plain == x.value {
+                out.into_bytes()
+            } else {
+                xattrs::encode_value(out.as_bytes())
+            };
+            steps.push(HomeStep::Xattr {
+                rel: rel.clone(),
+                name: x.name.clone(),
+                old: Some(x.value.clone()),
+                new,
+            });
+        }
+    }
+    Ok(steps)
+}
+
+fn replace_ci(hay: &str, needle: &str, with: &str) -> String {
+    let (lh, ln) = (hay.to_ascii_lowercase(), needle.to_ascii_lowercase());
+    let mut out = String::with_capacity(hay.len());
+    let mut i = 0;
+    while let Some(at) = lh[i..].find(&ln) {
+        out.push_str(&hay[i..i + at]);
+        out.push_str(with);
+        i += at + needle.len();
+    }
+    out.push_str(&hay[i..]);
+    out
+}
+
+/// The hrefs that named a home in its old place.
+pub fn old_hrefs(layout: &str, old_id: &str) -> Vec<String> {
+    match layout {
+        "users" => vec![
+            format!("/calendars/users/{old_id}/"),
+            format!("/calendars/__uids__/{old_id}/"),
+        ],
+        _ => vec![format!("/calendars/__uids__/{old_id}/")],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_ci_keeps_the_rest() {
+        assert_eq!(
+            replace_ci(
+                "<href>/calendars/__uids__/abc/calendar/</href>",
+                "/calendars/__uids__/ABC/",
+                "/x/"
+            ),
+            "<href>/x/calendar/</href>"
+        );
+    }
+
+    #[test]
+    fn rows_round_trip() {
+        for s in [
+            HomeStep::Mkdir {
+                rel: "a".into(),
+                uid: 1,
+                gid: 2,
+                mode: 0o755,
+            },
+            HomeStep::Move {
+                from: "a".into(),
+                to: "b".into(),
+            },
+            HomeStep::Xattr {
+                rel: "a".into(),
+                name: "user.x".into(),
+                old: None,
+                new: vec![1, 2],
+            },
+            HomeStep::Rmdir {
+                rel: "a".into(),
+                uid: 1,
+                gid: 2,
+                mode: 0o700,
+                xattrs: vec![("user.q".into(), vec![9])],
+            },
+        ] {
+            let (rel, target, meta) = s.to_row();
+            assert_eq!(
+                HomeStep::from_row(s.action(), rel, target, &meta).unwrap(),
+                s
+            );
+        }
+    }
+}

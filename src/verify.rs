@@ -1,0 +1,236 @@
+//! verify — a calverify for migrations: checks the store against the current directory and lists
+//! what is still wrong, by kind, with paths. It reports and never deletes.
+//!
+//! Problem kinds:
+//! - `unresolved-address` — an internal address that names no current record (people who left);
+//!   `dark-organizer` when it is an ORGANIZER (scheduling goes nowhere); `ambiguous-address` when it
+//!   names several;
+//! - `not-canonical` — an address of a current record not in the configured form (the server would
+//!   answer 403 `valid-attendee-change` when the event is edited);
+//! - `organizer-mismatch` — copies of one UID that name different organizers;
+//! - `orphan-home` / `home-not-adopted` — a home whose folder names no current record, or an old
+//!   GUID or layout that maps to one;
+//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects;
+//! - from the doctor: `owner`, `mode`, `md5-stale`, `leftover`.
+
+use crate::address::CalAddress;
+use crate::cli::{Context, Outcome};
+use crate::config::{Config, StoreKind};
+use crate::directory::{self, Directory};
+use crate::error::{ExitStatus, Result};
+use crate::ical;
+use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
+use crate::store::{self, HomeLayout, Item};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+
+/// How many problems of one kind the terminal summary lists.
+const LISTED: usize = 8;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Problem {
+    pub kind: String,
+    pub path: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub resources: u64,
+    pub homes: u64,
+    pub by_kind: BTreeMap<String, u64>,
+    pub problems: Vec<Problem>,
+    /// Things worth knowing that are not problems (e.g. resources without an MD5 attribute).
+    pub notes: BTreeMap<String, u64>,
+}
+
+impl VerifyReport {
+    fn add(&mut self, kind: &str, path: &str, detail: String) {
+        *self.by_kind.entry(kind.to_string()).or_default() += 1;
+        self.problems.push(Problem {
+            kind: kind.to_string(),
+            path: path.to_string(),
+            detail,
+        });
+    }
+}
+
+/// Checks the store as configured against the current directory.
+pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
+    let old = Directory::default();
+    let mapper = Mapper::new(cfg, current, &old)?;
+    let mut memo: HashMap<String, (MapOutcome, Option<String>)> = HashMap::new();
+    let mut resolve = |addr: &CalAddress| {
+        memo.entry(addr.key())
+            .or_insert_with(|| {
+                let r = mapper.resolve(addr, &Observed::default());
+                (r.outcome, r.new_value)
+            })
+            .clone()
+    };
+    let mut report = VerifyReport::default();
+    let mut organizers: HashMap<String, (String, String)> = HashMap::new();
+    let bar = crate::cli::progress_bar(ctx, None, "verifying");
+    store::walk(
+        &cfg.store,
+        &bar,
+        |_, bytes| ical::scan(bytes),
+        |item| {
+            match item {
+                Item::Problem(p) => report.add(&p.kind, &p.path, p.detail),
+                Item::Home(h) => {
+                    report.homes += 1;
+                    let addr = match h.layout {
+                        HomeLayout::Users => CalAddress::PrincipalName {
+                            kind: crate::address::RecordType::User,
+                            short: h.id.clone(),
+                            base: None,
+                        },
+                        _ => mapping::parse_found(&format!("urn:uuid:{}", h.id)),
+                    };
+                    match resolve(&addr) {
+                        (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
+                        (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v)) => report.add(
+                            "home-not-adopted",
+                            &h.rel_path,
+                            format!(
+                                "belongs to {v}; `apply` moves it to the hashed home of that GUID"
+                            ),
+                        ),
+                        _ => report.add(
+                            "orphan-home",
+                            &h.rel_path,
+                            format!("{} names no current record", h.id),
+                        ),
+                    }
+                }
+                Item::Resource(res, Err(e)) => {
+                    report.add("malformed", &res.rel_path, e.to_string())
+                }
+                Item::Resource(res, Ok(info)) => {
+                    report.resources += 1;
+                    for f in &info.addresses {
+                        let addr = mapping::parse_found(&f.value);
+                        match &addr {
+                            CalAddress::Other(_) => continue,
+                            CalAddress::Mailto(_)
+                                if !cfg.is_internal_domain(addr.domain().unwrap_or(""))
+                                    && !cfg.rewrite.internal_domains.is_empty() =>
+                            {
+                                continue
+                            }
+                            _ => {}
+                        }
+                        let at = format!("{}:{}", res.rel_path, f.line);
+                        match resolve(&addr) {
+                        (MapOutcome::Unchanged, _) => {}
+                        (MapOutcome::Mapped, Some(v)) => {
+                            report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
+                        }
+                        (MapOutcome::External, _) => {}
+                        (MapOutcome::Ambiguous, _) => report.add(
+                            "ambiguous-address",
+                            &at,
+                            format!("{} {} names several current records; settle it in [rewrite] mapping_file", f.property, f.value),
+                        ),
+                        _ if f.property == "ORGANIZER" => report.add(
+                            "dark-organizer",
+                            &at,
+                            format!("ORGANIZER {} names no current record: scheduling for this event goes nowhere", f.value),
+                        ),
+                        _ => report.add("unresolved-address", &at, format!("{} {} names no current record", f.property, f.value)),
+                    }
+                    }
+                    if let (Some(uid), Some(org)) = (&info.uid, &info.organizer) {
+                        let key = mapping::parse_found(org).key();
+                        match organizers.get(uid) {
+                            Some((first, path)) if *first != key => report.add(
+                                "organizer-mismatch",
+                                &res.rel_path,
+                                format!("UID {uid}: ORGANIZER {org} here, {first} in {path}"),
+                            ),
+                            Some(_) => {}
+                            None => {
+                                organizers.insert(uid.clone(), (key, res.rel_path.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    bar.finish_and_clear();
+    if cfg.store.kind == StoreKind::CalendarserverFs {
+        let doctor = store::doctor::doctor(&cfg.store, false, &indicatif::ProgressBar::hidden())?;
+        for f in doctor.findings {
+            match f.kind.as_str() {
+                // Without the attribute the server falls back to an inode/size/mtime ETag: not an error.
+                "md5-missing" => *report.notes.entry(f.kind).or_default() += 1,
+                // Already reported by the walk above.
+                "symlink" | "unreadable" => {}
+                _ => report.add(&f.kind, &f.path, f.detail),
+            }
+        }
+    }
+    report
+        .problems
+        .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
+    Ok(report)
+}
+
+/// The terminal summary.
+pub fn human(r: &VerifyReport) -> String {
+    let mut out = format!("Verified {} resources in {} homes: ", r.resources, r.homes);
+    if r.problems.is_empty() {
+        out.push_str("no problems.\n");
+    } else {
+        out.push_str(&format!("{} problems.\n", r.problems.len()));
+        for (kind, n) in &r.by_kind {
+            out.push_str(&format!("  {kind}: {n}\n"));
+            for p in r.problems.iter().filter(|p| &p.kind == kind).take(LISTED) {
+                out.push_str(&format!("    {}  {}\n", p.path, p.detail));
+            }
+            if *n as usize > LISTED {
+                out.push_str(&format!(
+                    "    … {} more in verify.csv\n",
+                    *n as usize - LISTED
+                ));
+            }
+        }
+    }
+    for (k, n) in &r.notes {
+        out.push_str(&format!("Note: {n} resources have {k} (the server falls back to another ETag; `doctor --fix` sets it).\n"));
+    }
+    out
+}
+
+/// Writes verify.csv into the report folder.
+pub fn write_csv(r: &VerifyReport, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    crate::report::write_csv(
+        &dir.join("verify.csv"),
+        &["kind", "path", "detail"],
+        r.problems
+            .iter()
+            .map(|p| vec![p.kind.clone(), p.path.clone(), p.detail.clone()]),
+    )
+}
+
+pub fn command_verify(ctx: &Context) -> Result<Outcome> {
+    let cfg = &ctx.config;
+    let current = directory::load_current(&cfg.directory)?;
+    let report = verify(ctx, cfg, &current)?;
+    let csv = write_csv(&report, &cfg.report.dir)?;
+    let status = if report.problems.is_empty() {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Problems
+    };
+    let mut human = human(&report);
+    human.push_str(&format!("List: {}\n", csv.display()));
+    Ok(Outcome {
+        status,
+        human,
+        json: json!({ "verify": report, "csv": csv }),
+    })
+}
