@@ -334,6 +334,15 @@ mod tests {
         assert_eq!(text_of(b"\x80\x02pickle"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn quoting_round_trips(s in "\\PC{0,40}") {
+            let q = quote_property(&s);
+            proptest::prop_assert!(q.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-{}:%".contains(&b)), "{}", q);
+            proptest::prop_assert_eq!(unquote(&q), s);
+        }
+    }
+
     #[test]
     fn reused_compressor_round_trips_any_size() {
         let big: Vec<u8> = (0..200_000u32)
