@@ -194,6 +194,16 @@ fn rejects_a_folder_that_is_not_a_store() {
         err.exit_status(),
         principal_reconciler::error::ExitStatus::Usage
     );
+    std::fs::create_dir(tmp.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("real"), tmp.path().join("calendars")).unwrap();
+    let err = store::walk(
+        &cfg(tmp.path(), StoreKind::CalendarserverFs),
+        &bar,
+        |_, _| (),
+        |_| Ok(()),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("symbolic link"), "{}", err.message);
     let err = store::walk(
         &cfg(&tmp.path().join("nope"), StoreKind::IcsDir),
         &bar,
@@ -374,4 +384,30 @@ fn generator_is_deterministic() {
     };
     assert_eq!(a.people, b.people);
     assert_eq!(list(&a.root), list(&b.root));
+}
+
+#[test]
+fn a_home_under_the_wrong_hash_folders_is_reported_and_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("Documents");
+    let g = StoreBuilder::new(&root)
+        .homes(2)
+        .resources(6)
+        .without_xattrs()
+        .build()
+        .unwrap();
+    let home = &g.homes[0].path;
+    let wrong = root.join("calendars/__uids__/00/00").join(&g.homes[0].id);
+    std::fs::create_dir_all(wrong.parent().unwrap()).unwrap();
+    std::fs::rename(home, &wrong).unwrap();
+    let w = walk_all(&cfg(&root, StoreKind::CalendarserverFs));
+    assert_eq!(w.resources.len(), 6);
+    assert_eq!(w.homes.len(), 2);
+    assert_eq!(w.problems.len(), 1, "{:?}", w.problems);
+    assert_eq!(w.problems[0].kind, "misplaced-home");
+    assert!(
+        w.problems[0].detail.contains("under 00/00/"),
+        "{}",
+        w.problems[0].detail
+    );
 }

@@ -224,7 +224,7 @@ fn write_refuses_a_symlink() {
 fn filemeta_snapshot_and_restore_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let xa = user_xattrs_supported(tmp.path());
-    let (_cal, p) = setup(tmp.path(), xa);
+    let (cal, p) = setup(tmp.path(), xa);
     let bytes = std::fs::read(&p).unwrap();
     let meta = FileMeta::of(&p).unwrap();
     assert_eq!((meta.uid, meta.gid, meta.mode), (501, 20, 0o640));
@@ -237,7 +237,13 @@ fn filemeta_snapshot_and_restore_round_trip() {
     )
     .unwrap();
     std::os::unix::fs::chown(&p, Some(0), Some(0)).unwrap();
+    let ctag_before = attr_map(&cal);
     store::restore(&p, &bytes, &meta).unwrap();
+    if xa {
+        // clients that synced the rewritten bytes must see the collection change again
+        let name = "user.{http:%2F%2Fcalendarserver.org%2Fns%2F}getctag";
+        assert_ne!(attr_map(&cal).get(name), ctag_before.get(name));
+    }
     assert_eq!(std::fs::read(&p).unwrap(), bytes);
     assert_eq!(
         FileMeta::of(&p).unwrap(),

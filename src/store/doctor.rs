@@ -39,6 +39,8 @@ pub struct DoctorReport {
     pub fix: bool,
     pub entries_checked: u64,
     pub resources_checked: u64,
+    /// Resources with no extended attribute at all (a copy that lost them?).
+    pub resources_without_xattrs: u64,
     pub found: BTreeMap<String, u64>,
     pub fixed: BTreeMap<String, u64>,
     /// Problems left after fixing.
@@ -261,6 +263,9 @@ impl Doctor<'_> {
                     }
                     Item::Resource(res, md5) => {
                         self.report.resources_checked += 1;
+                        if res.xattrs.is_empty() {
+                            self.report.resources_without_xattrs += 1;
+                        }
                         if !check_md5 {
                             return Ok(());
                         }
@@ -388,23 +393,37 @@ pub fn render(r: &DoctorReport) -> String {
             let _ = writeln!(s, "  {kind:<12} {n:>8} found");
         }
     }
-    for f in r.findings.iter().take(200) {
-        match &f.fixed {
-            Some(what) => {
-                let _ = writeln!(
-                    s,
-                    "  fixed  {:<11} {}: {} — {what}",
-                    f.kind, f.path, f.detail
-                );
-            }
-            None => {
-                let _ = writeln!(s, "  {:<18} {}: {}", f.kind, f.path, f.detail);
+    // Up to EXAMPLES findings of each kind; --json lists them all (up to MAX_LISTED).
+    const EXAMPLES: usize = 10;
+    for kind in r.found.keys() {
+        let of_kind: Vec<&Finding> = r.findings.iter().filter(|f| &f.kind == kind).collect();
+        let _ = writeln!(s, "{kind}:");
+        for f in of_kind.iter().take(EXAMPLES) {
+            match &f.fixed {
+                Some(what) => {
+                    let _ = writeln!(s, "  {}: {} — fixed: {what}", f.path, f.detail);
+                }
+                None => {
+                    let _ = writeln!(s, "  {}: {}", f.path, f.detail);
+                }
             }
         }
+        let n = r.found[kind];
+        if n > EXAMPLES as u64 {
+            let _ = writeln!(
+                s,
+                "  … and {} more (--json lists them)",
+                n - EXAMPLES as u64
+            );
+        }
     }
-    let total: u64 = r.found.values().sum();
-    if total > 200 {
-        let _ = writeln!(s, "  … {} more (see --json)", total - 200);
+    if r.resources_checked > 0 && r.resources_without_xattrs == r.resources_checked {
+        let _ = writeln!(
+            s,
+            "Note: no resource has any extended attribute. If this is a copy, it was made without them \
+             (cp/rsync/tar without -X/--xattrs): the server's properties (ETags, ctags, resource types) \
+             are lost; copy the store again keeping attributes."
+        );
     }
     if r.remaining == 0 {
         let _ = writeln!(s, "All problems fixed.");

@@ -2,7 +2,7 @@
 //! and the doctor.
 //!
 //! Submodules: [`walk`](mod@walk) (the parallel reader), [`xattrs`] (WebDAV properties in extended
-//! attributes), [`write`] (safe replacement of one resource, snapshots and restores for rollback),
+//! attributes), [`write`](mod@write) (safe replacement of one resource, snapshots and restores for rollback),
 //! [`doctor`], [`scan`] (the inventory command) and [`generate`] (realistic test stores).
 
 pub mod doctor;
@@ -18,7 +18,9 @@ use crate::error::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-pub use self::walk::{calendars_dir, check_root, is_resource_name, rel_path};
+pub use self::walk::{
+    calendars_dir, check_root, is_resource_name, rel_path, walk_with, WalkOptions,
+};
 pub use write::{
     bump_ctag, md5_hex, restore, write_resource, FileMeta, WriteError, WriteOptions, Written,
 };
@@ -31,7 +33,7 @@ pub enum HomeLayout {
     Hashed,
     /// `calendars/__uids__/<GUID>/` (1.x)
     FlatUids,
-    /// `calendars/users/<short>/` (1.x)
+    /// `calendars/users/<short>/` (1.x; also `groups`, `locations`, `resources` beside `users`)
     Users,
 }
 

@@ -80,6 +80,32 @@ fn layout_name(l: HomeLayout) -> &'static str {
     }
 }
 
+/// One distinct address of one resource, counted there.
+struct ResourceAddress {
+    key: String,
+    kind: AddressKind,
+    domain: Option<String>,
+    occurrences: u64,
+}
+
+fn per_resource(info: &CalendarInfo) -> Vec<ResourceAddress> {
+    let mut out: Vec<ResourceAddress> = Vec::new();
+    for a in &info.addresses {
+        let parsed = CalAddress::parse(&a.value);
+        let key = parsed.key();
+        match out.iter_mut().find(|r| r.key == key) {
+            Some(r) => r.occurrences += 1,
+            None => out.push(ResourceAddress {
+                key,
+                kind: parsed.kind(),
+                domain: parsed.domain().map(str::to_string),
+                occurrences: 1,
+            }),
+        }
+    }
+    out
+}
+
 struct AddrStat {
     kind: AddressKind,
     domain: Option<String>,
@@ -106,10 +132,15 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
             inv.problems.push(p);
         }
     };
-    super::walk(
+    // The inventory needs no attributes. Addresses are parsed and counted per resource on the
+    // reader threads; the calling thread only merges.
+    super::walk_with(
         cfg,
+        super::WalkOptions { xattrs: false },
         progress,
-        |_res, bytes| -> std::result::Result<CalendarInfo, IcalError> { crate::ical::scan(bytes) },
+        |_res, bytes| -> std::result::Result<Vec<ResourceAddress>, IcalError> {
+            crate::ical::scan(bytes).map(|info| per_resource(&info))
+        },
         |item| {
             match item {
                 Item::Home(h) => *inv.homes.entry(layout_name(h.layout).into()).or_insert(0) += 1,
@@ -123,22 +154,25 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
                     }
                     match result {
                         Err(e) => note(&mut inv, Problem::malformed(&res, &e)),
-                        Ok(info) => {
-                            let mut seen_here: HashSet<String> = HashSet::new();
-                            for a in &info.addresses {
-                                let parsed = CalAddress::parse(&a.value);
-                                let key = parsed.key();
-                                inv.address_occurrences += 1;
-                                let first_here = seen_here.insert(key.clone());
-                                let st = addrs.entry(key).or_insert_with(|| AddrStat {
-                                    kind: parsed.kind(),
-                                    domain: parsed.domain().map(str::to_string),
-                                    occurrences: 0,
-                                    resources: 0,
-                                });
-                                st.occurrences += 1;
-                                if first_here {
-                                    st.resources += 1;
+                        Ok(found) => {
+                            for a in found {
+                                inv.address_occurrences += a.occurrences;
+                                match addrs.get_mut(&a.key) {
+                                    Some(st) => {
+                                        st.occurrences += a.occurrences;
+                                        st.resources += 1;
+                                    }
+                                    None => {
+                                        addrs.insert(
+                                            a.key,
+                                            AddrStat {
+                                                kind: a.kind,
+                                                domain: a.domain,
+                                                occurrences: a.occurrences,
+                                                resources: 1,
+                                            },
+                                        );
+                                    }
                                 }
                             }
                         }

@@ -15,8 +15,9 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-const JOB_QUEUE: usize = 1024;
-const RESULT_QUEUE: usize = 1024;
+/// Jobs and results travel in batches (fewer wake-ups); at most QUEUE batches wait in each channel.
+const BATCH: usize = 64;
+const QUEUE: usize = 16;
 
 struct Job {
     path: PathBuf,
@@ -70,6 +71,15 @@ pub fn check_root(cfg: &StoreConfig) -> Result<()> {
         }
     }
     if cfg.kind == StoreKind::CalendarserverFs && calendars_dir(root).is_none() {
+        let cal = root.join("calendars");
+        if let Ok(target) = fs::read_link(&cal) {
+            return Err(Error::usage(format!(
+                "{} is a symbolic link to {}; symlinks are never followed: give the folder that \
+                 holds the real calendars/ as [store] path",
+                cal.display(),
+                target.display()
+            )));
+        }
         return Err(Error::usage(format!(
             "[store] path {} does not look like a CalendarServer 2.x data root: it has no calendars/ \
              folder (nor __uids__/ or users/); give the Documents folder, or set kind = \"ics-dir\"",
@@ -140,8 +150,9 @@ pub fn symlink_problem(root: &Path, path: &Path) -> Problem {
 
 struct Walker<'a, T> {
     root: PathBuf,
-    jobs: &'a Sender<Job>,
-    results: &'a Sender<Item<T>>,
+    jobs: &'a Sender<Vec<Job>>,
+    pending: std::cell::RefCell<Vec<Job>>,
+    results: &'a Sender<Vec<Item<T>>>,
 }
 
 /// Stops the walk (the receiving side went away).
@@ -149,7 +160,7 @@ struct Stop;
 
 impl<T> Walker<'_, T> {
     fn send_item(&self, item: Item<T>) -> Result<(), Stop> {
-        self.results.send(item).map_err(|_| Stop)
+        self.results.send(vec![item]).map_err(|_| Stop)
     }
 
     fn problem(&self, path: &Path, kind: &str, detail: String) -> Result<(), Stop> {
@@ -220,6 +231,22 @@ impl<T> Walker<'_, T> {
                         }
                         w.entries(&p2, |w, p3, n3, d3| {
                             if d3 && !n3.starts_with('.') {
+                                let fits = n3.get(0..2).is_some_and(|x| x.eq_ignore_ascii_case(&n1))
+                                    && n3.get(2..4).is_some_and(|x| x.eq_ignore_ascii_case(&n2));
+                                if !fits {
+                                    let want = format!(
+                                        "{}/{}",
+                                        n3.get(0..2).unwrap_or("?"),
+                                        n3.get(2..4).unwrap_or("?")
+                                    );
+                                    w.problem(
+                                        &p3,
+                                        "misplaced-home",
+                                        format!(
+                                            "home {n3} is under {n1}/{n2}/ but the server looks for it under {want}/; its resources are read all the same"
+                                        ),
+                                    )?;
+                                }
                                 w.home(HomeLayout::Hashed, n3, &p3)?;
                             }
                             Ok(())
@@ -295,14 +322,28 @@ impl<T> Walker<'_, T> {
 
     fn job(&self, path: PathBuf, home: Option<Home>, collection: String) -> Result<(), Stop> {
         let rel = rel_path(&self.root, &path);
-        self.jobs
-            .send(Job {
+        let full = {
+            let mut pending = self.pending.borrow_mut();
+            pending.push(Job {
                 path,
                 rel,
                 home,
                 collection,
-            })
-            .map_err(|_| Stop)
+            });
+            pending.len() >= BATCH
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), Stop> {
+        let batch = std::mem::take(&mut *self.pending.borrow_mut());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.jobs.send(batch).map_err(|_| Stop)
     }
 }
 
@@ -317,7 +358,11 @@ pub fn is_resource_name(name: &str) -> bool {
 
 /// Reads one resource: opens without following symlinks (and without blocking on a FIFO), checks it
 /// is a regular file, reads it whole, hashes it and reads its attributes.
-fn read_resource(job: Job, buf: &mut Vec<u8>) -> std::result::Result<Resource, Problem> {
+fn read_resource(
+    job: Job,
+    buf: &mut Vec<u8>,
+    with_xattrs: bool,
+) -> std::result::Result<Resource, Problem> {
     let unreadable = |detail: String| Problem {
         path: job.rel.clone(),
         kind: "unreadable".into(),
@@ -339,12 +384,15 @@ fn read_resource(job: Job, buf: &mut Vec<u8>) -> std::result::Result<Resource, P
         };
         return Err(unreadable(format!("named like a resource but is {what}")));
     }
-    buf.clear();
-    file.read_to_end(buf)
+    read_whole(&mut file, meta.len() as usize, buf)
         .map_err(|e| unreadable(format!("cannot read: {e}")))?;
     let sha256 = hex::encode(Sha256::digest(&buf[..]));
-    let xattrs = xattrs::read_all_fd(&file)
-        .map_err(|e| unreadable(format!("cannot read extended attributes: {e}")))?;
+    let xattrs = if with_xattrs {
+        xattrs::read_all_fd(&file)
+            .map_err(|e| unreadable(format!("cannot read extended attributes: {e}")))?
+    } else {
+        Vec::new()
+    };
     Ok(Resource {
         path: job.path,
         rel_path: job.rel,
@@ -359,36 +407,90 @@ fn read_resource(job: Job, buf: &mut Vec<u8>) -> std::result::Result<Resource, P
     })
 }
 
+/// Reads a file whose size `fstat` gave as `hint` (it may have changed since) into `buf`.
+fn read_whole(file: &mut fs::File, hint: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    buf.resize(hint + 1, 0);
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2 + 4096, 0);
+        }
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(())
+}
+
 fn worker<T, M>(
-    jobs: Receiver<Job>,
-    results: Sender<Item<T>>,
+    jobs: Receiver<Vec<Job>>,
+    results: Sender<Vec<Item<T>>>,
     map: &M,
     progress: &indicatif::ProgressBar,
+    with_xattrs: bool,
 ) where
     M: Fn(&Resource, &[u8]) -> T,
 {
     let mut buf = Vec::with_capacity(64 * 1024);
-    for job in jobs {
-        let item = match read_resource(job, &mut buf) {
-            Ok(res) => {
-                let t = map(&res, &buf);
-                Item::Resource(res, t)
+    for batch in jobs {
+        let mut out = Vec::with_capacity(batch.len());
+        for job in batch {
+            out.push(match read_resource(job, &mut buf, with_xattrs) {
+                Ok(res) => {
+                    let t = map(&res, &buf);
+                    Item::Resource(res, t)
+                }
+                Err(p) => Item::Problem(p),
+            });
+            if buf.capacity() > 16 * 1024 * 1024 {
+                buf = Vec::with_capacity(64 * 1024);
             }
-            Err(p) => Item::Problem(p),
-        };
-        progress.inc(1);
-        if results.send(item).is_err() {
-            return;
         }
-        if buf.capacity() > 16 * 1024 * 1024 {
-            buf = Vec::with_capacity(64 * 1024);
+        progress.inc(out.len() as u64);
+        if results.send(out).is_err() {
+            return;
         }
     }
 }
 
-/// See [`super::walk`].
+/// What a walk reads besides each resource's bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct WalkOptions {
+    /// Read every resource's extended attributes into [`Resource::xattrs`] (left empty when
+    /// false: callers that need no attributes save a few system calls per resource).
+    pub xattrs: bool,
+}
+
+impl Default for WalkOptions {
+    fn default() -> Self {
+        WalkOptions { xattrs: true }
+    }
+}
+
+/// See [`super::walk()`].
 pub fn walk<T, M, S>(
     cfg: &StoreConfig,
+    progress: &indicatif::ProgressBar,
+    map: M,
+    sink: S,
+) -> Result<()>
+where
+    T: Send,
+    M: Fn(&Resource, &[u8]) -> T + Sync,
+    S: FnMut(Item<T>) -> Result<()>,
+{
+    walk_with(cfg, WalkOptions::default(), progress, map, sink)
+}
+
+/// [`walk`] with options.
+pub fn walk_with<T, M, S>(
+    cfg: &StoreConfig,
+    opts: WalkOptions,
     progress: &indicatif::ProgressBar,
     map: M,
     mut sink: S,
@@ -405,8 +507,8 @@ where
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(1, 16);
-    let (job_tx, job_rx) = bounded::<Job>(JOB_QUEUE);
-    let (res_tx, res_rx) = bounded::<Item<T>>(RESULT_QUEUE);
+    let (job_tx, job_rx) = bounded::<Vec<Job>>(QUEUE);
+    let (res_tx, res_rx) = bounded::<Vec<Item<T>>>(QUEUE);
     let map = &map;
     std::thread::scope(move |scope| -> Result<()> {
         {
@@ -418,6 +520,7 @@ where
                     let w = Walker {
                         root: root.clone(),
                         jobs: &job_tx,
+                        pending: Default::default(),
                         results: &res_tx,
                     };
                     let _ = match kind {
@@ -432,7 +535,8 @@ where
                             Some(c) => w.calendarserver(&c),
                             None => Ok(()),
                         },
-                    };
+                    }
+                    .and_then(|()| w.flush());
                 })
                 .map_err(|e| {
                     Error::runtime(format!("cannot start the store walker thread: {e}"))
@@ -443,16 +547,20 @@ where
             let results = res_tx.clone();
             std::thread::Builder::new()
                 .name(format!("store-reader-{i}"))
-                .spawn_scoped(scope, move || worker(jobs, results, map, progress))
+                .spawn_scoped(scope, move || {
+                    worker(jobs, results, map, progress, opts.xattrs)
+                })
                 .map_err(|e| Error::runtime(format!("cannot start a store reader thread: {e}")))?;
         }
         drop(job_rx);
         drop(res_tx);
-        while let Ok(item) = res_rx.recv() {
-            if let Err(e) = sink(item) {
-                // Dropping the receiver makes every thread stop at its next send.
-                drop(res_rx);
-                return Err(e);
+        while let Ok(batch) = res_rx.recv() {
+            for item in batch {
+                if let Err(e) = sink(item) {
+                    // Dropping the receiver makes every thread stop at its next send.
+                    drop(res_rx);
+                    return Err(e);
+                }
             }
         }
         Ok(())

@@ -262,7 +262,9 @@ fn write_temp(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<PathBuf> {
 }
 
 /// Puts `bytes` and `meta` at `path` atomically (temp file, sync, rename, folder sync), whether or
-/// not `path` exists now. Used by rollback.
+/// not `path` exists now. Used by rollback. When `path` is a calendar resource (`*.ics`, not a
+/// dot-name), its collection also gets a new `getctag`, so clients that synced the replaced bytes
+/// fetch the restored ones (the restored `getcontentmd5` is the one saved with the bytes).
 pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
     if let Ok(m) = fs::symlink_metadata(path) {
         if !m.is_file() {
@@ -277,7 +279,18 @@ pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io("cannot rename the temporary file over", path, e));
     }
-    fsync_dir(&parent_of(path))
+    let folder = parent_of(path);
+    fsync_dir(&folder)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if super::is_resource_name(&name) {
+        let prefix = choose_prefix(None, &meta.xattr_list(), Some(&folder));
+        bump_ctag(&folder, &prefix)
+            .map_err(|e| e.context(format!("{} was restored but", path.display())))?;
+    }
+    Ok(())
 }
 
 static CTAG_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -310,6 +323,8 @@ pub fn bump_ctag(collection: &Path, prefix: &str) -> Result<String> {
     let name = existing.unwrap_or_else(|| xattrs::attr_name(prefix, &prop));
     xattr::set(collection, &name, &value)
         .map_err(|e| Error::io(&format!("cannot set {name} on"), collection, e))?;
+    // Make the new ctag as durable as the rename before it.
+    fsync_dir(collection)?;
     Ok(ctag)
 }
 

@@ -119,13 +119,32 @@ pub fn decode_value(raw: &[u8]) -> Vec<u8> {
 
 /// zlib-compresses a value (what the server stores).
 pub fn encode_value(plain: &[u8]) -> Vec<u8> {
-    let mut enc = ZlibEncoder::new(
-        Vec::with_capacity(plain.len()),
-        flate2::Compression::default(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(plain);
-    enc.finish().unwrap_or_default()
+    thread_local! {
+        // A compressor is a few hundred KB of tables: reuse one per thread.
+        static COMPRESS: std::cell::RefCell<flate2::Compress> =
+            std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::default(), true));
+    }
+    COMPRESS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.reset();
+        let mut out = Vec::with_capacity(plain.len() / 2 + 64);
+        loop {
+            let before = c.total_in() as usize;
+            match c.compress_vec(
+                &plain[before.min(plain.len())..],
+                &mut out,
+                flate2::FlushCompress::Finish,
+            ) {
+                Ok(flate2::Status::StreamEnd) => return out,
+                Ok(_) => out.reserve(out.capacity().max(64)),
+                Err(_) => break,
+            }
+        }
+        // Not reachable with a valid compressor; fall back to the one-shot encoder.
+        let mut enc = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = enc.write_all(plain);
+        enc.finish().unwrap_or_default()
+    })
 }
 
 /// The XML document the server writes for a property holding only text:
@@ -313,5 +332,26 @@ mod tests {
         assert_eq!(text_of(b"<a xmlns='x'/>").as_deref(), Some(""));
         assert_eq!(text_of(b"<a><b/></a>"), None);
         assert_eq!(text_of(b"\x80\x02pickle"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn quoting_round_trips(s in "\\PC{0,40}") {
+            let q = quote_property(&s);
+            proptest::prop_assert!(q.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-{}:%".contains(&b)), "{}", q);
+            proptest::prop_assert_eq!(unquote(&q), s);
+        }
+    }
+
+    #[test]
+    fn reused_compressor_round_trips_any_size() {
+        let big: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for v in [&b""[..], b"x", &big[..], b"again"] {
+            let z = encode_value(v);
+            assert!(z.len() >= 2 && z[0] == 0x78, "zlib header");
+            assert_eq!(decode_value(&z), v.to_vec());
+        }
     }
 }
