@@ -69,9 +69,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let homes = (n / 200).clamp(4, 2000);
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let guard = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = guard.path().to_path_buf();
+    // PR_BENCH_KEEP=1 leaves the generated world in place for a closer look.
+    if std::env::var("PR_BENCH_KEEP").is_ok() {
+        let _ = guard.keep();
+        eprintln!("world kept in {}", root.display());
+    }
     let t = Instant::now();
-    let store = StoreBuilder::new(dir.path().join("Documents"))
+    let store = StoreBuilder::new(root.join("Documents"))
         .homes(homes)
         .resources(n)
         .seed(5)
@@ -103,10 +109,10 @@ fn main() {
             tsv.push_str(&format!("{old}\turn:uuid:{new}\n"));
         }
     }
-    std::fs::write(dir.path().join("new.ldif"), ldif).unwrap();
-    std::fs::write(dir.path().join("old.txt"), dsexport).unwrap();
-    std::fs::write(dir.path().join("map.tsv"), tsv).unwrap();
-    let config = dir.path().join("c.toml");
+    std::fs::write(root.join("new.ldif"), ldif).unwrap();
+    std::fs::write(root.join("old.txt"), dsexport).unwrap();
+    std::fs::write(root.join("map.tsv"), tsv).unwrap();
+    let config = root.join("c.toml");
     std::fs::write(
         &config,
         "[directory]\nldif = \"new.ldif\"\n[old_directory]\nfiles = [\"old.txt\"]\n[store]\npath = \"Documents\"\n[rewrite]\ninternal_domains = [\"example.com\"]\n[state]\npath = \"state\"\n[report]\ndir = \"reports\"\n",
@@ -132,26 +138,23 @@ fn main() {
     read_all();
     let floor = read_all();
 
+    if std::env::var("PR_BENCH_GENERATE_ONLY").is_ok() {
+        return;
+    }
     let (plan_s, plan_rss) = run(&config, &["plan"]);
-    let (apply_s, apply_rss) = run(&config, &["apply"]);
     let per = |s: f64| n as f64 / s;
-    println!("resources: {n} in {homes} homes");
-    println!("I/O floor (read every resource): {floor:.2} s");
-    println!("plan:  {plan_s:.2} s, {:.0} resources/s, {:.2}x the I/O floor (goal <= 2x), peak RSS {plan_rss:.0} MB", per(plan_s), plan_s / floor);
-    println!("apply: {apply_s:.2} s, {:.0} resources/s, {:.2}x plan's time (goal <= 3x), peak RSS {apply_rss:.0} MB", per(apply_s), apply_s / plan_s);
-
     // The Python baseline on a sample (it is slow), compared per resource.
     let sample: Vec<String> = paths
         .iter()
         .step_by((paths.len() / 3000).max(1))
         .map(|p| p.display().to_string())
         .collect();
-    std::fs::write(dir.path().join("sample.txt"), sample.join("\n")).unwrap();
+    std::fs::write(root.join("sample.txt"), sample.join("\n")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/icalendar_rewrite.py");
     match Command::new("python3")
         .arg(&script)
-        .arg(dir.path().join("map.tsv"))
-        .arg(dir.path().join("sample.txt"))
+        .arg(root.join("map.tsv"))
+        .arg(root.join("sample.txt"))
         .output()
     {
         Ok(out) if out.status.success() => {
@@ -180,4 +183,9 @@ fn main() {
         ),
         Err(e) => println!("python icalendar: skipped ({e})"),
     }
+    let (apply_s, apply_rss) = run(&config, &["apply"]);
+    println!("resources: {n} in {homes} homes");
+    println!("I/O floor (read every resource): {floor:.2} s");
+    println!("plan:  {plan_s:.2} s, {:.0} resources/s, {:.2}x the I/O floor (goal <= 2x), peak RSS {plan_rss:.0} MB", per(plan_s), plan_s / floor);
+    println!("apply: {apply_s:.2} s, {:.0} resources/s, {:.2}x plan's time (goal <= 3x), peak RSS {apply_rss:.0} MB", per(apply_s), apply_s / plan_s);
 }

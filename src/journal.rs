@@ -16,7 +16,10 @@ use crate::config::Config;
 use crate::error::{Error, ExitStatus, Result};
 use crate::homes::{self, HomeStep};
 use crate::state::{create_private_dir, now_rfc3339, State};
-use crate::store::write::{restore, write_resource, FileMeta, WriteError, WriteOptions};
+use crate::store::write::{
+    bump_ctag, prepare_write, restore, sync_filesystem, write_resource, FileMeta, PreparedWrite,
+    WriteError, WriteOptions,
+};
 use base64::Engine as _;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,7 +28,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Steps made durable together.
-const BATCH: usize = 64;
+const BATCH: usize = 1024;
 
 /// Content-addressed copies of original files, in `<state>/backups/<aa>/<sha256>`.
 pub struct Backups {
@@ -34,12 +37,6 @@ pub struct Backups {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-fn fsync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("cannot sync folder", dir, e))
 }
 
 impl Backups {
@@ -53,14 +50,13 @@ impl Backups {
         self.dir.join(&sha[..2]).join(sha)
     }
 
-    /// Saves bytes (synced to disk, mode 0600) and returns their SHA-256. The caller syncs the
-    /// folders with [`Backups::sync`] before relying on them.
+    /// Saves bytes (mode 0600) and returns their SHA-256. The caller makes them durable with
+    /// [`Backups::sync`] before relying on them.
     pub fn put(&self, bytes: &[u8]) -> Result<String> {
         let sha = sha256_hex(bytes);
+        // Always (re)written, never trusted because it exists: after a crash, a backup left with its
+        // final name may not have reached the disk whole.
         let path = self.path(&sha);
-        if path.exists() {
-            return Ok(sha);
-        }
         let sub = path.parent().unwrap_or(&self.dir);
         create_private_dir(sub)?;
         let tmp = sub.join(format!(".{sha}.tmp"));
@@ -72,22 +68,14 @@ impl Backups {
             .open(&tmp)
             .map_err(|e| Error::io("cannot write backup", &tmp, e))?;
         f.write_all(bytes)
-            .and_then(|_| f.sync_all())
             .map_err(|e| Error::io("cannot write backup", &tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write backup", &path, e))?;
         Ok(sha)
     }
 
-    /// Syncs every backup folder (after a batch of puts).
+    /// Makes every backup written so far durable, files and folders (one `syncfs` per batch).
     pub fn sync(&self) -> Result<()> {
-        fsync_dir(&self.dir)?;
-        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::io("cannot read", &self.dir, e))? {
-            let e = e.map_err(|e| Error::io("cannot read", &self.dir, e))?;
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                fsync_dir(&e.path())?;
-            }
-        }
-        Ok(())
+        sync_filesystem(&self.dir)
     }
 
     /// Reads a backup back, checking its hash.
@@ -101,6 +89,35 @@ impl Backups {
             )));
         }
         Ok(bytes)
+    }
+}
+
+/// One resource step of a batch, before it is recorded.
+#[derive(Default)]
+struct Step {
+    seq: i64,
+    rel: String,
+    old_sha: String,
+    new_sha: String,
+    backup: Option<String>,
+    meta: Option<String>,
+    state: &'static str,
+    detail: String,
+    prepared: Option<PreparedWrite>,
+}
+
+impl Step {
+    fn skip(&mut self, why: String) {
+        self.state = "skipped";
+        self.detail = why;
+    }
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => false,
     }
 }
 
@@ -352,68 +369,60 @@ pub fn apply(
     let bar = crate::cli::progress_bar(ctx, Some(todo.len() as u64), "applying");
     let mut seq = next_seq;
     for chunk in todo.chunks(BATCH) {
-        // a. Save originals and record the steps; durable before any write.
-        let mut steps = Vec::with_capacity(chunk.len());
+        // a. Save each original (bytes in backups/, metadata for the journal) and write the new
+        //    bytes to a temporary file beside it. Nothing in the store is replaced yet.
+        let mut steps: Vec<Step> = Vec::with_capacity(chunk.len());
         for (rel, old_sha, new_sha) in chunk {
             seq += 1;
-            let path = store.join(rel);
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) => {
-                    steps.push((
-                        seq,
-                        rel,
-                        old_sha,
-                        new_sha,
-                        None,
-                        None,
-                        "skipped",
-                        format!("cannot read: {e}"),
-                    ));
-                    continue;
-                }
+            let mut step = Step {
+                seq,
+                rel: rel.clone(),
+                old_sha: old_sha.clone(),
+                new_sha: new_sha.clone(),
+                ..Default::default()
             };
-            let sha = sha256_hex(&bytes);
-            if sha == *new_sha {
-                steps.push((
-                    seq,
-                    rel,
-                    old_sha,
-                    new_sha,
-                    None,
-                    None,
-                    "done",
-                    "already rewritten".into(),
-                ));
-                summary.unchanged += 1;
-            } else if sha != *old_sha {
-                steps.push((
-                    seq,
-                    rel,
-                    old_sha,
-                    new_sha,
-                    None,
-                    None,
-                    "skipped",
-                    "changed since plan".into(),
-                ));
-            } else {
-                let backup = backups.put(&bytes)?;
-                let meta = FileMeta::of(&path)?;
-                let meta_json = serde_json::to_string(&SavedMeta::from_meta(&meta))?;
-                steps.push((
-                    seq,
-                    rel,
-                    old_sha,
-                    new_sha,
-                    Some(backup),
-                    Some(meta_json),
-                    "pending",
-                    String::new(),
-                ));
+            let path = store.join(rel);
+            match std::fs::read(&path) {
+                Err(e) => step.skip(format!("cannot read: {e}")),
+                Ok(bytes) => {
+                    let sha = sha256_hex(&bytes);
+                    if sha == *new_sha {
+                        step.state = "done";
+                        step.detail = "already rewritten".into();
+                        summary.unchanged += 1;
+                    } else if sha != *old_sha {
+                        step.skip("changed since plan".into());
+                    } else {
+                        step.backup = Some(backups.put(&bytes)?);
+                        step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(
+                            &FileMeta::of(&path)?,
+                        ))?);
+                        let new_bytes: Vec<u8> = state.conn.query_row(
+                            "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+                            rusqlite::params![plan_id, rel],
+                            |r| r.get(0),
+                        )?;
+                        match prepare_write(&path, old_sha, &new_bytes, &opts, false) {
+                            Ok(p) => {
+                                step.state = "pending";
+                                step.prepared = Some(p);
+                            }
+                            Err(WriteError::Changed { .. }) => {
+                                step.skip("changed since plan".into())
+                            }
+                            Err(WriteError::Failed(e)) => return Err(e),
+                        }
+                    }
+                }
             }
+            steps.push(step);
         }
+        // b. Backups and temporary files durable (one syncfs per file system), then the steps
+        //    recorded durably: only now may an original be replaced.
         backups.sync()?;
+        if !same_filesystem(&store, &cfg.state.path) {
+            sync_filesystem(&store)?;
+        }
         {
             let tx = state.conn.transaction()?;
             {
@@ -421,43 +430,42 @@ pub fn apply(
                     "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, backup_sha256, meta_json, state, detail)
                      VALUES (?1, ?2, 'rewrite', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?;
-                for (seq, rel, old, new, backup, meta, st, detail) in &steps {
+                for s in &steps {
                     ins.execute(rusqlite::params![
-                        run_id, seq, rel, old, new, backup, meta, st, detail
+                        run_id, s.seq, s.rel, s.old_sha, s.new_sha, s.backup, s.meta, s.state,
+                        s.detail
                     ])?;
                 }
             }
             tx.commit()?;
         }
-        // b. Write, then mark done.
+        // c. The renames, one new ctag per collection, made durable together; then marked done.
         let mut results = Vec::new();
-        for (seq, rel, old_sha, _, _, _, st, detail) in &steps {
-            if *st == "skipped" {
-                summary.skipped.push(((*rel).clone(), detail.clone()));
+        let mut collections = std::collections::BTreeMap::new();
+        for s in steps {
+            if s.state == "skipped" {
+                summary.skipped.push((s.rel.clone(), s.detail.clone()));
             }
-            if *st != "pending" {
-                bar.inc(1);
-                continue;
-            }
-            let bytes: Vec<u8> = state.conn.query_row(
-                "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-                rusqlite::params![plan_id, rel],
-                |r| r.get(0),
-            )?;
-            match write_resource(&store.join(rel), old_sha, &bytes, &opts) {
+            bar.inc(1);
+            let Some(p) = s.prepared else { continue };
+            collections.insert(p.folder.clone(), p.prefix.clone());
+            match p.commit() {
                 Ok(_) => {
                     summary.written += 1;
-                    results.push((*seq, "done", String::new()));
+                    results.push((s.seq, "done", String::new()));
                 }
                 Err(WriteError::Changed { .. }) => {
-                    summary
-                        .skipped
-                        .push(((*rel).clone(), "changed since plan".into()));
-                    results.push((*seq, "skipped", "changed since plan".to_string()));
+                    summary.skipped.push((s.rel, "changed since plan".into()));
+                    results.push((s.seq, "skipped", "changed since plan".to_string()));
                 }
                 Err(WriteError::Failed(e)) => return Err(e),
             }
-            bar.inc(1);
+        }
+        for (folder, prefix) in &collections {
+            bump_ctag(folder, prefix)?;
+        }
+        if !results.is_empty() {
+            sync_filesystem(&store)?;
         }
         let tx = state.conn.transaction()?;
         for (seq, st, detail) in results {

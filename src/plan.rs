@@ -175,7 +175,14 @@ pub fn build(
     old: &Directory,
 ) -> Result<PlanSummary> {
     let mapper = Mapper::new(cfg, current, old)?;
+    let started = std::time::Instant::now();
     let survey = survey(ctx, cfg)?;
+    tracing::info!(
+        "survey: {} resources, {} distinct addresses in {:.2?}",
+        survey.resources,
+        survey.observed.len(),
+        started.elapsed()
+    );
     let mapping = Mapping::build(&mapper, &survey.observed);
     let resolver = mapping.resolver();
     let opts = RewriteOptions {
@@ -309,6 +316,10 @@ pub fn build(
         bar.finish_and_clear();
     }
     problems.sort_by(|a, b| a.path.cmp(&b.path));
+    tracing::info!(
+        "rewrite pass: {changed} resources to change, at {:.2?}",
+        started.elapsed()
+    );
     let databases = plan_databases(&tx, plan_id, cfg, &mapper)?;
     let provision = plan_provision(&tx, plan_id, cfg, current, old)?;
     {
@@ -373,6 +384,7 @@ pub fn build(
         rusqlite::params![serde_json::to_string(&summary)?, plan_id],
     )?;
     tx.commit()?;
+    tracing::info!("plan {plan_id} stored at {:.2?}", started.elapsed());
     Ok(summary)
 }
 

@@ -210,7 +210,7 @@ fn parent_of(path: &Path) -> PathBuf {
 
 /// Writes `bytes` with `meta` to the temporary file of `path`; returns the temp path. The temp
 /// file is removed on any failure.
-fn write_temp(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<PathBuf> {
+fn write_temp(path: &Path, bytes: &[u8], meta: &FileMeta, sync: bool) -> Result<PathBuf> {
     let tmp = temp_path(path);
     // A leftover of ours from an interrupted run: ours to remove.
     match fs::remove_file(&tmp) {
@@ -250,8 +250,10 @@ fn write_temp(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<PathBuf> {
         // After chown (which clears set-id bits).
         f.set_permissions(fs::Permissions::from_mode(meta.mode))
             .map_err(|e| Error::io("cannot set the mode of", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| Error::io("cannot sync", &tmp, e))?;
+        if sync {
+            f.sync_all()
+                .map_err(|e| Error::io("cannot sync", &tmp, e))?;
+        }
         Ok(())
     })();
     if let Err(e) = result {
@@ -274,7 +276,7 @@ pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
             )));
         }
     }
-    let tmp = write_temp(path, bytes, meta)?;
+    let tmp = write_temp(path, bytes, meta, true)?;
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io("cannot rename the temporary file over", path, e));
@@ -351,6 +353,39 @@ pub fn write_resource(
     new_bytes: &[u8],
     opts: &WriteOptions,
 ) -> std::result::Result<Written, WriteError> {
+    let prepared = prepare_write(path, expected_sha256, new_bytes, opts, true)?;
+    let folder = prepared.folder.clone();
+    let prefix = prepared.prefix.clone();
+    let mut written = prepared.commit()?;
+    fsync_dir(&folder)?;
+    written.ctag = bump_ctag(&folder, &prefix)
+        .map_err(|e| e.context(format!("{} was written but", path.display())))?;
+    Ok(written)
+}
+
+/// A write whose temporary file is in place, not yet renamed over the original.
+#[derive(Debug)]
+pub struct PreparedWrite {
+    pub path: PathBuf,
+    pub folder: PathBuf,
+    pub prefix: String,
+    tmp: PathBuf,
+    expected_sha256: String,
+    new_sha256: String,
+    new_md5: String,
+}
+
+/// First half of a write: checks the resource still has `expected_sha256` and writes the new
+/// bytes with the original's owner, mode and attributes (new `getcontentmd5`, no
+/// `scheduling-object-resource`) to the temporary file. With `sync` false the caller makes the
+/// temporary files durable in one go ([`sync_filesystem`]) before committing them.
+pub fn prepare_write(
+    path: &Path,
+    expected_sha256: &str,
+    new_bytes: &[u8],
+    opts: &WriteOptions,
+    sync: bool,
+) -> std::result::Result<PreparedWrite, WriteError> {
     let found = sha256_file(path)?;
     if !found.eq_ignore_ascii_case(expected_sha256) {
         return Err(WriteError::Changed {
@@ -378,37 +413,69 @@ pub fn write_resource(
         .unwrap_or_else(|| xattrs::attr_name(&prefix, &md5_prop));
     meta.set(md5_name, md5_value);
     meta.remove_property(&xattrs::scheduling_object_resource());
-
-    let tmp = write_temp(path, new_bytes, &meta)?;
-    // Last look before the rename: a change made while we wrote the temp file wins.
-    let again = match sha256_file(path) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-    };
-    if !again.eq_ignore_ascii_case(expected_sha256) {
-        let _ = fs::remove_file(&tmp);
-        return Err(WriteError::Changed {
-            path: path.to_path_buf(),
-            expected: expected_sha256.to_string(),
-            found: again,
-        });
-    }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io("cannot rename the temporary file over", path, e).into());
-    }
-    fsync_dir(&folder)?;
-    let ctag = bump_ctag(&folder, &prefix)
-        .map_err(|e| e.context(format!("{} was written but", path.display())))?;
-    Ok(Written {
+    let tmp = write_temp(path, new_bytes, &meta, sync)?;
+    Ok(PreparedWrite {
         path: path.to_path_buf(),
-        old_sha256: found,
+        folder,
+        prefix,
+        tmp,
+        expected_sha256: found,
         new_sha256: hex::encode(Sha256::digest(new_bytes)),
         new_md5: md5,
-        ctag,
-        xattr_prefix: prefix,
     })
+}
+
+impl PreparedWrite {
+    /// Second half: a last look (a change made meanwhile wins), then the rename. The caller
+    /// syncs the folder and gives the collection a new ctag.
+    pub fn commit(self) -> std::result::Result<Written, WriteError> {
+        let again = match sha256_file(&self.path) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_file(&self.tmp);
+                return Err(e.into());
+            }
+        };
+        if !again.eq_ignore_ascii_case(&self.expected_sha256) {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(WriteError::Changed {
+                path: self.path.clone(),
+                expected: self.expected_sha256.clone(),
+                found: again,
+            });
+        }
+        if let Err(e) = fs::rename(&self.tmp, &self.path) {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(Error::io("cannot rename the temporary file over", &self.path, e).into());
+        }
+        Ok(Written {
+            path: self.path,
+            old_sha256: again,
+            new_sha256: self.new_sha256,
+            new_md5: self.new_md5,
+            ctag: String::new(),
+            xattr_prefix: self.prefix,
+        })
+    }
+
+    /// Gives up a prepared write, removing its temporary file.
+    pub fn abandon(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Makes everything written to the file system holding `path` durable (`syncfs`): one call for a
+/// whole batch of writes instead of one `fsync` each.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a valid open file descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(Error::io(
+            "cannot sync the file system of",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
