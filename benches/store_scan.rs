@@ -125,6 +125,7 @@ fn main() {
         path: root.clone(),
         owner: None,
         xattr_prefix: None,
+        data_root: None,
     };
     let bar = indicatif::ProgressBar::hidden();
     let reset = reset_peak_rss();
