@@ -41,6 +41,7 @@ fn files(root: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs the tool; returns (seconds, peak RSS in MB).
+#[allow(clippy::zombie_processes)] // reaped with wait4 below, which also gives its peak RSS
 fn run(config: &Path, args: &[&str]) -> (f64, f64) {
     let start = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_principal-reconciler"))
