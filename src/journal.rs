@@ -214,6 +214,58 @@ pub fn server_running(store: &Path) -> Option<PathBuf> {
     None
 }
 
+/// Refuses to touch a store the calendar server is running on (it caches properties and would
+/// overwrite the changes), unless forced.
+fn refuse_while_server_runs(store: &Path, force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    match server_running(store) {
+        Some(pid) => Err(Error::usage(format!(
+            "the calendar server seems to be running ({} names a live process); stop it first — it caches properties and would overwrite the changes — or pass --force",
+            pid.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The run to carry on with: the unfinished one of the same kind and target, or a new one.
+/// `None` (with `summary.already_done`) when that run already finished.
+fn start_or_resume(state: &State, summary: &mut RunSummary, store: &Path) -> Result<Option<i64>> {
+    let (target_col, target) = match summary.undoes_run {
+        Some(run) => ("undoes_run", run),
+        None => ("plan_id", summary.plan_id.unwrap_or_default()),
+    };
+    let last: Option<(i64, String)> = state
+        .conn
+        .query_row(
+            &format!("SELECT id, status FROM runs WHERE kind = ?1 AND {target_col} = ?2 ORDER BY id DESC LIMIT 1"),
+            rusqlite::params![summary.kind, target],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    let id = match last {
+        Some((id, status)) if status == "done" => {
+            summary.run_id = id;
+            summary.already_done = true;
+            return Ok(None);
+        }
+        Some((id, _)) => {
+            summary.resumed = true;
+            id
+        }
+        None => {
+            state.conn.execute(
+                &format!("INSERT INTO runs (kind, {target_col}, store_path, started_at, status) VALUES (?1, ?2, ?3, ?4, 'running')"),
+                rusqlite::params![summary.kind, target, store.to_string_lossy(), now_rfc3339()],
+            )?;
+            state.conn.last_insert_rowid()
+        }
+    };
+    summary.run_id = id;
+    Ok(Some(id))
+}
+
 fn store_path_of(cfg: &Config) -> PathBuf {
     cfg.store
         .path
@@ -256,46 +308,15 @@ pub fn apply(
             store.display()
         )));
     }
-    if !force {
-        if let Some(pid) = server_running(&store) {
-            return Err(Error::usage(format!(
-                "the calendar server seems to be running ({} names a live process); stop it first — it caches properties and would overwrite the changes — or pass --force",
-                pid.display()
-            )));
-        }
-    }
+    refuse_while_server_runs(&store, force)?;
     let backups = Backups::open(&cfg.state.path)?;
     let mut summary = RunSummary {
         kind: "apply",
         plan_id: Some(plan_id),
         ..Default::default()
     };
-
-    let last: Option<(i64, String)> = state
-        .conn
-        .query_row(
-            "SELECT id, status FROM runs WHERE kind = 'apply' AND plan_id = ?1 ORDER BY id DESC LIMIT 1",
-            [plan_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok();
-    let run_id = match last {
-        Some((id, status)) if status == "done" => {
-            summary.run_id = id;
-            summary.already_done = true;
-            return Ok(summary);
-        }
-        Some((id, _)) => {
-            summary.resumed = true;
-            id
-        }
-        None => {
-            state.conn.execute(
-                "INSERT INTO runs (kind, plan_id, store_path, started_at, status) VALUES ('apply', ?1, ?2, ?3, 'running')",
-                rusqlite::params![plan_id, store.to_string_lossy(), now_rfc3339()],
-            )?;
-            state.conn.last_insert_rowid()
-        }
+    let Some(run_id) = start_or_resume(&state, &mut summary, &store)? else {
+        return Ok(summary);
     };
     summary.run_id = run_id;
     let opts = WriteOptions {
@@ -694,45 +715,15 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         )));
     }
     let store = PathBuf::from(store_path);
-    if !force {
-        if let Some(pid) = server_running(&store) {
-            return Err(Error::usage(format!(
-                "the calendar server seems to be running ({}); stop it first or pass --force",
-                pid.display()
-            )));
-        }
-    }
+    refuse_while_server_runs(&store, force)?;
     let backups = Backups::open(&cfg.state.path)?;
     let mut summary = RunSummary {
         kind: "rollback",
         undoes_run: Some(target),
         ..Default::default()
     };
-    let last: Option<(i64, String)> = state
-        .conn
-        .query_row(
-            "SELECT id, status FROM runs WHERE kind = 'rollback' AND undoes_run = ?1 ORDER BY id DESC LIMIT 1",
-            [target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok();
-    let run_id = match last {
-        Some((id, s)) if s == "done" => {
-            summary.run_id = id;
-            summary.already_done = true;
-            return Ok(summary);
-        }
-        Some((id, _)) => {
-            summary.resumed = true;
-            id
-        }
-        None => {
-            state.conn.execute(
-                "INSERT INTO runs (kind, undoes_run, store_path, started_at, status) VALUES ('rollback', ?1, ?2, ?3, 'running')",
-                rusqlite::params![target, store.to_string_lossy(), now_rfc3339()],
-            )?;
-            state.conn.last_insert_rowid()
-        }
+    let Some(run_id) = start_or_resume(&state, &mut summary, &store)? else {
+        return Ok(summary);
     };
     summary.run_id = run_id;
     type Row = (
@@ -830,6 +821,27 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         )?;
     }
     bar.finish_and_clear();
+    // Temporary files an interrupted apply left beside the resources it was about to replace.
+    let plan_id: Option<i64> =
+        state
+            .conn
+            .query_row("SELECT plan_id FROM runs WHERE id = ?1", [target], |r| {
+                r.get(0)
+            })?;
+    let rels: Vec<String> = {
+        let mut st = state
+            .conn
+            .prepare("SELECT rel_path FROM plan_resources WHERE plan_id = ?1")?;
+        let rows = st.query_map([plan_id], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for rel in rels {
+        let tmp = crate::store::write::temp_path(&store.join(rel));
+        if tmp.exists() {
+            std::fs::remove_file(&tmp)
+                .map_err(|e| Error::io("cannot remove the leftover", &tmp, e))?;
+        }
+    }
     state.conn.execute(
         "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
         rusqlite::params![now_rfc3339(), run_id],

@@ -153,7 +153,7 @@ fn survey(ctx: &Context, cfg: &Config) -> Result<Survey> {
 }
 
 /// The address a home's folder name stands for.
-fn home_address(h: &Home) -> CalAddress {
+pub fn home_address(h: &Home) -> CalAddress {
     match h.layout {
         store::HomeLayout::Users => CalAddress::PrincipalName {
             kind: RecordType::User,

@@ -80,14 +80,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 Item::Problem(p) => report.add(&p.kind, &p.path, p.detail),
                 Item::Home(h) => {
                     report.homes += 1;
-                    let addr = match h.layout {
-                        HomeLayout::Users => CalAddress::PrincipalName {
-                            kind: crate::address::RecordType::User,
-                            short: h.id.clone(),
-                            base: None,
-                        },
-                        _ => mapping::parse_found(&format!("urn:uuid:{}", h.id)),
-                    };
+                    let addr = crate::plan::home_address(&h);
                     match resolve(&addr) {
                         (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
                         (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v)) => report.add(

@@ -4,7 +4,7 @@
 mod world;
 
 use predicates::prelude::*;
-use world::{resources, tree, World};
+use world::{assert_same_tree, resources, tree, World};
 
 fn plan_json(w: &World) -> serde_json::Value {
     let out = w.cmd().args(["--json", "plan"]).output().unwrap();
@@ -28,7 +28,11 @@ fn plan_maps_everyone_and_changes_nothing_in_the_store() {
     assert_eq!(plan["by_outcome"]["unmatched"], 0);
     assert!(plan["by_outcome"]["mapped"].as_u64().unwrap() >= 6);
     assert_eq!(plan["homes"]["moved"], 6, "{plan}");
-    assert_eq!(tree(&w.store.root), before, "plan must not touch the store");
+    assert_same_tree(
+        &tree(&w.store.root),
+        &before,
+        "plan must not touch the store",
+    );
     // Reports: one changes.csv row per changed property, a mapping row per distinct address.
     let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
     assert_eq!(
@@ -111,7 +115,7 @@ fn apply_rewrites_to_new_guids_idempotently_and_rollback_restores_every_byte() {
         .assert()
         .code(0)
         .stdout(predicate::str::contains("resources written"));
-    assert_eq!(tree(&w.store.root), before);
+    assert_same_tree(&tree(&w.store.root), &before, "store");
     w.cmd()
         .args(["rollback", "--run", "1"])
         .assert()
@@ -232,20 +236,11 @@ fn apply_killed_at_random_points_resumes_to_the_same_store() {
         }
         interrupted += 1;
         w.cmd().arg("apply").assert().code(0);
-        let got = tree(&w.store.root);
-        for (k, v) in &expected {
-            assert_eq!(
-                got.get(k),
-                Some(v),
-                "kill {interrupted}: {k} differs from an uninterrupted run"
-            );
-        }
-        let extra: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
-        assert!(
-            extra
-                .iter()
-                .all(|k| k.rsplit('/').next().is_some_and(|n| n.starts_with('.'))),
-            "kill {interrupted}: unexpected entries {extra:?}"
+        // Identical resources, folders and metadata, and no leftover temporary files.
+        assert_same_tree(
+            &tree(&w.store.root),
+            &expected,
+            &format!("kill {interrupted}"),
         );
     }
 }
@@ -315,10 +310,10 @@ fn homes_merge_into_a_new_home_the_server_already_made_and_rollback_separates_th
     assert!(fresh.join("calendar").is_dir() && fresh.join("inbox-migrated").is_dir());
     w.cmd().arg("verify").assert().code(0);
     w.cmd().arg("rollback").assert().code(0);
-    assert_eq!(
-        tree(&w.store.root),
-        with_fresh,
-        "rollback must separate the homes again"
+    assert_same_tree(
+        &tree(&w.store.root),
+        &with_fresh,
+        "rollback must separate the homes again",
     );
 }
 
@@ -354,7 +349,7 @@ fn rollback_after_a_killed_apply_restores_the_original_store() {
     let _ = child.kill();
     let _ = child.wait();
     w.cmd().arg("rollback").assert().code(0);
-    assert_eq!(tree(&w.store.root), before);
+    assert_same_tree(&tree(&w.store.root), &before, "store");
 }
 
 #[test]

@@ -149,3 +149,28 @@ pub fn resources(root: &Path) -> BTreeMap<String, Vec<u8>> {
         })
         .collect()
 }
+
+/// Asserts two trees are equal, naming the paths that differ.
+pub fn assert_same_tree(got: &Tree, want: &Tree, what: &str) {
+    let mut diffs = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => diffs.push(format!("missing {k}")),
+            Some(g) if g != v => diffs.push(format!(
+                "differs {k}: {:?} vs {:?}",
+                (&g.0, g.1, g.2, g.3, g.4.keys().collect::<Vec<_>>()),
+                (&v.0, v.1, v.2, v.3, v.4.keys().collect::<Vec<_>>())
+            )),
+            _ => {}
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        diffs.push(format!("extra {k}"));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences, first: {:#?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)]
+    );
+}
