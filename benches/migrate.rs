@@ -1,7 +1,7 @@
 //! Benchmark of plan and apply on a generated 10.6 store (default 100,000 resources; set
 //! PR_BENCH_N), against the I/O floor (reading every resource's bytes once) and against a short
-//! Python script using the PyPI `icalendar` package (benches/icalendar_rewrite.py), and the
-//! crash-resume check with more kills (PR_BENCH_KILLS, default 0 here; the test suite runs 20).
+//! Python script using the PyPI `icalendar` package (benches/icalendar_rewrite.py). More crash
+//! kills than the test suite's 20: `PR_CRASH_KILLS=200 cargo test --release --test migrate apply_killed`.
 //!
 //! `cargo bench --bench migrate` prints the figures; nothing is asserted.
 
