@@ -94,8 +94,9 @@ fn survey(ctx: &Context, cfg: &Config) -> Result<Survey> {
     let bar = crate::cli::progress_bar(ctx, None, "scanning");
     let mut s = Survey::default();
     let mut seen_problem = BTreeSet::new();
-    store::walk(
+    store::walk_with(
         &cfg.store,
+        store::WalkOptions { xattrs: false },
         &bar,
         |_, bytes| ical::scan(bytes),
         |item| {
@@ -264,8 +265,9 @@ pub fn build(
         )?;
         let bar = crate::cli::progress_bar(ctx, Some(survey.resources), "planning");
         let known: BTreeSet<String> = problems.iter().map(|p| p.path.clone()).collect();
-        store::walk(
+        store::walk_with(
             &cfg.store,
+            store::WalkOptions { xattrs: false },
             &bar,
             |_, bytes| match ical::rewrite(bytes, &resolver, &opts) {
                 Ok(r) if r.changes.is_empty() => Ok(None),

@@ -176,24 +176,33 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
         let mut st = state.conn.prepare(
             "SELECT rel_path, line, property, old_value, new_value FROM plan_changes WHERE plan_id = ?1 ORDER BY rel_path, line",
         )?;
-        let rows: Vec<Vec<String>> = st
-            .query_map([plan_id], |r| {
-                Ok(vec![
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?.to_string(),
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                ])
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        write_atomic(
-            &p,
-            &csv_bytes(
-                &["resource", "line", "property", "old_value", "new_value"],
-                rows.into_iter(),
-            )?,
-        )?;
+        // Streamed row by row: a large store has millions of changed properties.
+        let tmp = p.with_extension("tmp-principal-reconciler");
+        let file =
+            std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write report", &tmp, e))?;
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+        let csv_err = |e: csv::Error| Error::runtime(format!("{}: {e}", tmp.display()));
+        w.write_record(["resource", "line", "property", "old_value", "new_value"])
+            .map_err(csv_err)?;
+        let mut rows = st.query([plan_id])?;
+        while let Some(r) = rows.next()? {
+            let line: i64 = r.get(1)?;
+            let cells = [
+                r.get::<_, String>(0)?,
+                line.to_string(),
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ];
+            w.write_record(cells.iter().map(|c| cell(c)))
+                .map_err(csv_err)?;
+        }
+        let mut inner = w
+            .into_inner()
+            .map_err(|e| Error::runtime(format!("{}: {e}", tmp.display())))?;
+        std::io::Write::flush(&mut inner).map_err(|e| Error::io("cannot write report", &tmp, e))?;
+        drop(inner);
+        std::fs::rename(&tmp, &p).map_err(|e| Error::io("cannot write report", &p, e))?;
     }
     written.push(p);
 

@@ -71,8 +71,9 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     let mut report = VerifyReport::default();
     let mut organizers: HashMap<String, (String, String)> = HashMap::new();
     let bar = crate::cli::progress_bar(ctx, None, "verifying");
-    store::walk(
+    store::walk_with(
         &cfg.store,
+        store::WalkOptions { xattrs: false },
         &bar,
         |_, bytes| ical::scan(bytes),
         |item| {
