@@ -604,6 +604,56 @@ fn apply_databases(
     Ok(())
 }
 
+/// Replaces a whole file (e.g. `augments.xml`) as a journaled run of its own, so `rollback --run N`
+/// restores it: the original saved in backups/, the step durable before the write, owner, mode and
+/// attributes kept. Returns the run id and the backup's SHA-256.
+pub fn journaled_file_write(
+    state_dir: &Path,
+    kind: &'static str,
+    path: &Path,
+    new_bytes: &[u8],
+) -> Result<(i64, String)> {
+    let mut state = State::open(state_dir)?;
+    let backups = Backups::open(state_dir)?;
+    let old = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let backup = backups.put(&old)?;
+    backups.sync()?;
+    let meta = FileMeta::of(path)?;
+    let tx = state.conn.transaction()?;
+    tx.execute(
+        "INSERT INTO runs (kind, store_path, started_at, status) VALUES (?1, ?2, ?3, 'running')",
+        rusqlite::params![
+            kind,
+            path.parent().unwrap_or(Path::new("/")).to_string_lossy(),
+            now_rfc3339()
+        ],
+    )?;
+    let run_id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, backup_sha256, meta_json, state)
+         VALUES (?1, 1, 'file', ?2, ?3, ?4, ?5, ?6, 'pending')",
+        rusqlite::params![
+            run_id,
+            path.to_string_lossy(),
+            backup,
+            sha256_hex(new_bytes),
+            backup,
+            serde_json::to_string(&SavedMeta::from_meta(&meta))?
+        ],
+    )?;
+    tx.commit()?;
+    restore(path, new_bytes, &meta)?;
+    state.conn.execute(
+        "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = 1",
+        [run_id],
+    )?;
+    state.conn.execute(
+        "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
+        rusqlite::params![now_rfc3339(), run_id],
+    )?;
+    Ok((run_id, backup))
+}
+
 /// Records a step as pending (durably), takes it, marks it done.
 fn journaled_home_step(
     state: &mut State,
@@ -691,9 +741,11 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         Some(id) => id,
         None => state
             .conn
-            .query_row("SELECT MAX(id) FROM runs WHERE kind = 'apply'", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })?
+            .query_row(
+                "SELECT MAX(id) FROM runs WHERE kind IN ('apply', 'provision')",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
             .ok_or_else(|| Error::usage("no applied run to roll back"))?,
     };
     let (kind, store_path): (String, String) = state
@@ -709,9 +761,9 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
             }
             e => e.into(),
         })?;
-    if kind != "apply" {
+    if kind != "apply" && kind != "provision" {
         return Err(Error::usage(format!(
-            "run {target} is a {kind}, not an apply run"
+            "run {target} is a {kind}, not an apply or provision run"
         )));
     }
     let store = PathBuf::from(store_path);
@@ -778,7 +830,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
             "INSERT INTO journal (run_id, seq, action, rel_path, target_path, undoes_seq, state) VALUES (?1, ?2, 'undo', ?3, ?4, ?5, 'pending')",
             rusqlite::params![run_id, seq, rel, target_path, undone],
         )?;
-        let (st, detail) = if action == "rewrite" || action == "database" {
+        let (st, detail) = if matches!(action.as_str(), "rewrite" | "database" | "file") {
             let path = store.join(&rel);
             let current = std::fs::read(&path)
                 .map(|b| sha256_hex(&b))

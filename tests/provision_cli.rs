@@ -231,6 +231,22 @@ fn augments_round_trip() {
         r.iter().all(|x| x[5] == "warning" || x[5] == "note"),
         "{r:#?}"
     );
+
+    // The write was journaled: rollback restores the original byte for byte.
+    let out = Command::cargo_bin("principal-reconciler")
+        .unwrap()
+        .arg("--config")
+        .arg(&e.cfg)
+        .args(["--no-progress", "rollback"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
 }
 
 #[test]

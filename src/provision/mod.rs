@@ -722,6 +722,8 @@ pub struct Applied {
     pub augments_file: Option<PathBuf>,
     /// SHA-256 of the original augments.xml saved in the state folder's backups.
     pub augments_backup: Option<String>,
+    /// The journal run that wrote augments.xml (`rollback --run N` restores it).
+    pub augments_run: Option<i64>,
     pub augments_added: usize,
     pub augments_rewritten: usize,
 }
@@ -761,11 +763,13 @@ pub fn apply(cfg: &Config, report: &ProvisionReport) -> Result<Applied> {
         AugmentsFile::parse(new_text.clone(), &plan.path.display().to_string()).map_err(|e| {
             Error::runtime(format!("internal error: the edited augments file is not well-formed ({e}); nothing written"))
         })?;
-        let backups = crate::journal::Backups::open(&cfg.state.path)?;
-        let sha = backups.put(file.text.as_bytes())?;
-        backups.sync()?;
-        let meta = crate::store::write::FileMeta::of(&plan.path)?;
-        crate::store::write::restore(&plan.path, new_text.as_bytes(), &meta)?;
+        let (run, sha) = crate::journal::journaled_file_write(
+            &cfg.state.path,
+            "provision",
+            &plan.path,
+            new_text.as_bytes(),
+        )?;
+        done.augments_run = Some(run);
         done.augments_file = Some(plan.path.clone());
         done.augments_backup = Some(sha);
         done.augments_added = plan.additions.len();
@@ -817,12 +821,13 @@ pub fn command_provision(ctx: &Context, args: &ProvisionArgs) -> Result<Outcome>
     if let (Some(p), Some(sha)) = (&done.augments_file, &done.augments_backup) {
         let _ = writeln!(
             human,
-            "Applied: {}: {} record(s) added, {} uid(s) rewritten; the original is saved as {}/backups/{}/{sha}.",
+            "Applied: {}: {} record(s) added, {} uid(s) rewritten; the original is saved as {}/backups/{}/{sha} (undo with `rollback --run {}`).",
             p.display(),
             done.augments_added,
             done.augments_rewritten,
             cfg.state.path.display(),
-            &sha[..2]
+            &sha[..2],
+            done.augments_run.unwrap_or_default()
         );
     }
     doc["applied"] = json!(done);
