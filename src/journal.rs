@@ -17,8 +17,8 @@ use crate::error::{Error, ExitStatus, Result};
 use crate::homes::{self, HomeStep};
 use crate::state::{create_private_dir, now_rfc3339, State};
 use crate::store::write::{
-    bump_ctag, prepare_write, restore, sync_filesystem, write_resource, FileMeta, PreparedWrite,
-    WriteError, WriteOptions,
+    bump_ctag, prepare_write_checked, restore, sync_filesystem, write_resource, FileMeta,
+    PreparedWrite, WriteError, WriteOptions,
 };
 use base64::Engine as _;
 use serde_json::json;
@@ -54,22 +54,24 @@ impl Backups {
     /// [`Backups::sync`] before relying on them.
     pub fn put(&self, bytes: &[u8]) -> Result<String> {
         let sha = sha256_hex(bytes);
-        // Always (re)written, never trusted because it exists: after a crash, a backup left with its
-        // final name may not have reached the disk whole.
         let path = self.path(&sha);
         let sub = path.parent().unwrap_or(&self.dir);
         create_private_dir(sub)?;
-        let tmp = sub.join(format!(".{sha}.tmp"));
+        // A backup already there is kept when it is whole (it may be referenced by an earlier step:
+        // never truncate it). One left partial by a crash was never referenced (steps refer to
+        // backups only after `sync`) and is written again, in place.
+        if std::fs::read(&path).is_ok_and(|b| sha256_hex(&b) == sha) {
+            return Ok(sha);
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("cannot write backup", &tmp, e))?;
+            .open(&path)
+            .map_err(|e| Error::io("cannot write backup", &path, e))?;
         f.write_all(bytes)
-            .map_err(|e| Error::io("cannot write backup", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write backup", &path, e))?;
+            .map_err(|e| Error::io("cannot write backup", &path, e))?;
         Ok(sha)
     }
 
@@ -423,7 +425,7 @@ pub fn apply(
                             rusqlite::params![plan_id, rel],
                             |r| r.get(0),
                         )?;
-                        match prepare_write(&path, old_sha, &new_bytes, &opts, false) {
+                        match prepare_write_checked(&path, old_sha, &new_bytes, &opts, false) {
                             Ok(p) => {
                                 step.state = "pending";
                                 step.prepared = Some(p);

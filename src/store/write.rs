@@ -394,6 +394,28 @@ pub fn prepare_write(
             found,
         });
     }
+    prepare_checked(path, found, new_bytes, opts, sync)
+}
+
+/// [`prepare_write`] for a caller that has just read the resource and checked its hash itself
+/// (the commit still takes its last look before the rename).
+pub fn prepare_write_checked(
+    path: &Path,
+    checked_sha256: &str,
+    new_bytes: &[u8],
+    opts: &WriteOptions,
+    sync: bool,
+) -> std::result::Result<PreparedWrite, WriteError> {
+    prepare_checked(path, checked_sha256.to_string(), new_bytes, opts, sync)
+}
+
+fn prepare_checked(
+    path: &Path,
+    found: String,
+    new_bytes: &[u8],
+    opts: &WriteOptions,
+    sync: bool,
+) -> std::result::Result<PreparedWrite, WriteError> {
     let mut meta = FileMeta::of(path)?;
     let folder = parent_of(path);
     let prefix = choose_prefix(
