@@ -35,7 +35,7 @@ CREATE TABLE plan_resources (
     rel_path      TEXT    NOT NULL,
     old_sha256    TEXT    NOT NULL,
     new_sha256    TEXT    NOT NULL,
-    new_bytes     BLOB    NOT NULL,
+    new_bytes     BLOB    NOT NULL,               -- zlib-compressed exact new bytes
     changes       INTEGER NOT NULL,
     PRIMARY KEY (plan_id, rel_path)
 );
@@ -48,8 +48,8 @@ CREATE TABLE plan_changes (
     property      TEXT    NOT NULL,
     old_value     TEXT    NOT NULL,
     new_value     TEXT    NOT NULL,
-    old_line      TEXT    NOT NULL,
-    new_line      TEXT    NOT NULL
+    old_line      TEXT    NOT NULL,               -- whole logical lines: kept for the first
+    new_line      TEXT    NOT NULL                -- changed resources only (report diffs), else ''
 );
 CREATE INDEX plan_changes_by_path ON plan_changes(plan_id, rel_path);
 

@@ -344,11 +344,12 @@ pub fn apply(
             summary.written += 1;
             ("done", String::new())
         } else if current == before {
-            let bytes: Vec<u8> = state.conn.query_row(
+            let blob: Vec<u8> = state.conn.query_row(
                 "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
                 rusqlite::params![plan_id, rel],
                 |r| r.get(0),
             )?;
+            let bytes = crate::plan::unpack(&blob, &after)?;
             match write_resource(&path, &before, &bytes, &opts) {
                 Ok(_) => {
                     summary.written += 1;
@@ -420,11 +421,12 @@ pub fn apply(
                         step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(
                             &FileMeta::of(&path)?,
                         ))?);
-                        let new_bytes: Vec<u8> = state.conn.query_row(
+                        let blob: Vec<u8> = state.conn.query_row(
                             "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
                             rusqlite::params![plan_id, rel],
                             |r| r.get(0),
                         )?;
+                        let new_bytes = crate::plan::unpack(&blob, new_sha)?;
                         match prepare_write_checked(&path, old_sha, &new_bytes, &opts, false) {
                             Ok(p) => {
                                 step.state = "pending";

@@ -77,6 +77,39 @@ pub fn load_directories(cfg: &Config) -> Result<(Directory, Directory)> {
     Ok((current, old))
 }
 
+/// How many changed resources keep their whole old and new lines (for the report's diffs).
+const EXAMPLE_LINES: u64 = 50;
+
+/// The planned bytes as stored (zlib: calendar text packs three to four times smaller).
+pub fn pack(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(bytes.len() / 2),
+        flate2::Compression::fast(),
+    );
+    let _ = z.write_all(bytes);
+    z.finish().unwrap_or_default()
+}
+
+/// The planned bytes back, checked against their planned SHA-256.
+pub fn unpack(blob: &[u8], sha256: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(blob.len() * 4);
+    flate2::read::ZlibDecoder::new(blob)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            Error::runtime(format!(
+                "state database: a planned resource is damaged: {e}"
+            ))
+        })?;
+    if sha256_hex(&out) != sha256 {
+        return Err(Error::runtime(
+            "state database: a planned resource does not match its hash; plan again",
+        ));
+    }
+    Ok(out)
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -273,24 +306,27 @@ pub fn build(
                 Ok(r) if r.changes.is_empty() => Ok(None),
                 Ok(r) => {
                     let sha = sha256_hex(&r.bytes);
-                    Ok(Some((r, sha)))
+                    let packed = pack(&r.bytes);
+                    Ok(Some((r.changes, sha, packed)))
                 }
                 Err(e) => Err(e),
             },
             |item| {
                 match item {
-                    Item::Resource(res, Ok(Some((rw, new_sha)))) => {
+                    Item::Resource(res, Ok(Some((changes, new_sha, packed)))) => {
                         changed += 1;
-                        props += rw.changes.len() as u64;
+                        props += changes.len() as u64;
                         ins_res.execute(rusqlite::params![
                             plan_id,
                             res.rel_path,
                             res.sha256,
                             new_sha,
-                            rw.bytes,
-                            rw.changes.len() as i64
+                            packed,
+                            changes.len() as i64
                         ])?;
-                        for c in &rw.changes {
+                        // Whole logical lines are kept for the report's example diffs only.
+                        let keep_lines = changed <= EXAMPLE_LINES;
+                        for c in &changes {
                             ins_chg.execute(rusqlite::params![
                                 plan_id,
                                 res.rel_path,
@@ -298,8 +334,8 @@ pub fn build(
                                 c.property,
                                 c.old_value,
                                 c.new_value,
-                                c.old_line,
-                                c.new_line
+                                if keep_lines { c.old_line.as_str() } else { "" },
+                                if keep_lines { c.new_line.as_str() } else { "" }
                             ])?;
                         }
                     }

@@ -247,7 +247,7 @@ type Diff = (String, Vec<(i64, String, String)>);
 
 fn example_diffs(state: &State, plan_id: i64) -> Result<Vec<Diff>> {
     let mut st = state.conn.prepare(
-        "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 ORDER BY rel_path LIMIT ?2",
+        "SELECT DISTINCT rel_path FROM plan_changes WHERE plan_id = ?1 AND old_line != '' ORDER BY rel_path LIMIT ?2",
     )?;
     let paths: Vec<String> = st
         .query_map(rusqlite::params![plan_id, EXAMPLE_DIFFS as i64], |r| {

@@ -30,6 +30,12 @@ impl State {
                 path.display()
             ))
         })?;
+        // It holds calendar data: readable by its owner only (SQLite gives -wal/-shm the same mode).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("cannot restrict state database", &path, e))?;
+        }
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
         )?;
