@@ -395,53 +395,62 @@ pub fn apply(
     for chunk in todo.chunks(BATCH) {
         // a. Save each original (bytes in backups/, metadata for the journal) and write the new
         //    bytes to a temporary file beside it. Nothing in the store is replaced yet.
-        let mut steps: Vec<Step> = Vec::with_capacity(chunk.len());
+        // The planned bytes come from the database on this thread; the file work runs on every
+        // core (it is mostly system calls).
+        let mut work = Vec::with_capacity(chunk.len());
         for (rel, old_sha, new_sha) in chunk {
             seq += 1;
-            let mut step = Step {
-                seq,
-                rel: rel.clone(),
-                old_sha: old_sha.clone(),
-                new_sha: new_sha.clone(),
-                ..Default::default()
-            };
-            let path = store.join(rel);
-            match std::fs::read(&path) {
-                Err(e) => step.skip(format!("cannot read: {e}")),
-                Ok(bytes) => {
-                    let sha = sha256_hex(&bytes);
-                    if sha == *new_sha {
-                        step.state = "done";
-                        step.detail = "already rewritten".into();
-                        summary.unchanged += 1;
-                    } else if sha != *old_sha {
-                        step.skip("changed since plan".into());
-                    } else {
-                        step.backup = Some(backups.put(&bytes)?);
-                        step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(
-                            &FileMeta::of(&path)?,
-                        ))?);
-                        let blob: Vec<u8> = state.conn.query_row(
-                            "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-                            rusqlite::params![plan_id, rel],
-                            |r| r.get(0),
-                        )?;
-                        let new_bytes = crate::plan::unpack(&blob, new_sha)?;
-                        match prepare_write_checked(&path, old_sha, &new_bytes, &opts, false) {
-                            Ok(p) => {
-                                step.state = "pending";
-                                step.prepared = Some(p);
-                            }
-                            Err(WriteError::Changed { .. }) => {
-                                step.skip("changed since plan".into())
-                            }
-                            Err(WriteError::Failed(e)) => return Err(e),
+            let blob: Vec<u8> = state.conn.query_row(
+                "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+                rusqlite::params![plan_id, rel],
+                |r| r.get(0),
+            )?;
+            work.push((seq, rel, old_sha, new_sha, blob));
+        }
+        use rayon::prelude::*;
+        let steps: Vec<Step> = work
+            .into_par_iter()
+            .map(|(seq, rel, old_sha, new_sha, blob)| -> Result<Step> {
+                let mut step = Step {
+                    seq,
+                    rel: rel.clone(),
+                    old_sha: old_sha.clone(),
+                    new_sha: new_sha.clone(),
+                    ..Default::default()
+                };
+                let path = store.join(rel);
+                let bytes = match std::fs::read(&path) {
+                    Err(e) => {
+                        step.skip(format!("cannot read: {e}"));
+                        return Ok(step);
+                    }
+                    Ok(b) => b,
+                };
+                let sha = sha256_hex(&bytes);
+                if sha == *new_sha {
+                    step.state = "done";
+                    step.detail = "already rewritten".into();
+                } else if sha != *old_sha {
+                    step.skip("changed since plan".into());
+                } else {
+                    step.backup = Some(backups.put(&bytes)?);
+                    step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(
+                        &FileMeta::of(&path)?,
+                    ))?);
+                    let new_bytes = crate::plan::unpack(&blob, new_sha)?;
+                    match prepare_write_checked(&path, old_sha, &new_bytes, &opts, false) {
+                        Ok(p) => {
+                            step.state = "pending";
+                            step.prepared = Some(p);
                         }
+                        Err(WriteError::Changed { .. }) => step.skip("changed since plan".into()),
+                        Err(WriteError::Failed(e)) => return Err(e),
                     }
                 }
-            }
-            steps.push(step);
-        }
+                Ok(step)
+            })
+            .collect::<Result<_>>()?;
+        summary.unchanged += steps.iter().filter(|s| s.state == "done").count() as u64;
         // b. Backups and temporary files durable (one syncfs per file system), then the steps
         //    recorded durably: only now may an original be replaced.
         backups.sync()?;
@@ -465,23 +474,32 @@ pub fn apply(
             tx.commit()?;
         }
         // c. The renames, one new ctag per collection, made durable together; then marked done.
-        let mut results = Vec::new();
         let mut collections = std::collections::BTreeMap::new();
+        let mut prepared = Vec::new();
         for s in steps {
             if s.state == "skipped" {
                 summary.skipped.push((s.rel.clone(), s.detail.clone()));
             }
-            bar.inc(1);
-            let Some(p) = s.prepared else { continue };
-            collections.insert(p.folder.clone(), p.prefix.clone());
-            match p.commit() {
-                Ok(_) => {
+            if let Some(p) = s.prepared {
+                collections.insert(p.folder.clone(), p.prefix.clone());
+                prepared.push((s.seq, s.rel, p));
+            }
+        }
+        bar.inc(chunk.len() as u64);
+        let committed: Vec<(i64, String, std::result::Result<(), WriteError>)> = prepared
+            .into_par_iter()
+            .map(|(seq, rel, p)| (seq, rel, p.commit().map(|_| ())))
+            .collect();
+        let mut results = Vec::with_capacity(committed.len());
+        for (seq, rel, r) in committed {
+            match r {
+                Ok(()) => {
                     summary.written += 1;
-                    results.push((s.seq, "done", String::new()));
+                    results.push((seq, "done", String::new()));
                 }
                 Err(WriteError::Changed { .. }) => {
-                    summary.skipped.push((s.rel, "changed since plan".into()));
-                    results.push((s.seq, "skipped", "changed since plan".to_string()));
+                    summary.skipped.push((rel, "changed since plan".into()));
+                    results.push((seq, "skipped", "changed since plan".to_string()));
                 }
                 Err(WriteError::Failed(e)) => return Err(e),
             }
