@@ -311,6 +311,7 @@ pub fn apply(
         )));
     }
     refuse_while_server_runs(&store, force)?;
+    let started = std::time::Instant::now();
     let backups = Backups::open(&cfg.state.path)?;
     let mut summary = RunSummary {
         kind: "apply",
@@ -520,8 +521,18 @@ pub fn apply(
         tx.commit()?;
     }
     bar.finish_and_clear();
+    tracing::info!(
+        "resources: {} written in {:.2?}",
+        summary.written,
+        started.elapsed()
+    );
     apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
     adopt_homes(&mut state, run_id, plan_id, &store, &mut summary)?;
+    tracing::info!(
+        "homes: {} adopted, run finished at {:.2?}",
+        summary.homes_adopted,
+        started.elapsed()
+    );
     state.conn.execute(
         "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
         rusqlite::params![now_rfc3339(), run_id],
