@@ -284,25 +284,8 @@ pub fn apply(
     rehearsal: bool,
 ) -> Result<RunSummary> {
     let mut state = State::open_existing(&cfg.state.path)?;
-    let plan_id = match plan {
-        Some(id) => id,
-        None => state
-            .latest_plan()?
-            .ok_or_else(|| Error::usage("no plan yet — run `principal-reconciler plan` first"))?,
-    };
-    let planned_store: String = state
-        .conn
-        .query_row(
-            "SELECT store_path FROM plans WHERE id = ?1",
-            [plan_id],
-            |r| r.get(0),
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => {
-                Error::usage(format!("there is no plan {plan_id}"))
-            }
-            e => e.into(),
-        })?;
+    let plan_id = state.plan_or_latest(plan)?;
+    let planned_store = state.plan_text(plan_id, "store_path")?;
     let store = store_path_of(cfg);
     if !rehearsal && Path::new(&planned_store) != store {
         return Err(Error::usage(format!(

@@ -140,19 +140,7 @@ pub fn mapping_rows(state: &State, plan_id: i64) -> Result<Vec<MappingRow>> {
 
 /// The stored summary of a plan.
 pub fn plan_summary(state: &State, plan_id: i64) -> Result<PlanSummary> {
-    let text: String = state
-        .conn
-        .query_row(
-            "SELECT summary_json FROM plans WHERE id = ?1",
-            [plan_id],
-            |r| r.get(0),
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => {
-                Error::usage(format!("there is no plan {plan_id}"))
-            }
-            e => e.into(),
-        })?;
+    let text = state.plan_text(plan_id, "summary_json")?;
     serde_json::from_str(&text)
         .map_err(|e| Error::runtime(format!("plan {plan_id}: stored summary unreadable: {e}")))
 }
@@ -600,12 +588,7 @@ const JS: &str = r#"
 pub fn command_report(ctx: &Context, args: &ReportArgs) -> Result<Outcome> {
     let cfg = &ctx.config;
     let state = State::open_existing(&cfg.state.path)?;
-    let plan_id = match args.plan {
-        Some(id) => id,
-        None => state.latest_plan()?.ok_or_else(|| {
-            Error::usage("the state database holds no plan — run `principal-reconciler plan` first")
-        })?,
-    };
+    let plan_id = state.plan_or_latest(args.plan)?;
     let written = write_reports(&state, plan_id, &cfg.report.dir)?;
     let mut human = format!("Reports of plan {plan_id}:\n");
     for p in &written {

@@ -93,6 +93,32 @@ impl State {
             .conn
             .query_row("SELECT MAX(id) FROM plans", [], |r| r.get(0))?)
     }
+
+    /// The plan asked for, or the newest; a usage error when there is none.
+    pub fn plan_or_latest(&self, plan: Option<i64>) -> Result<i64> {
+        match plan {
+            Some(id) => Ok(id),
+            None => self
+                .latest_plan()?
+                .ok_or_else(|| Error::usage("no plan yet — run `principal-reconciler plan` first")),
+        }
+    }
+
+    /// One text column of a plan's row; a usage error naming the plan when it does not exist.
+    pub fn plan_text(&self, plan_id: i64, column: &str) -> Result<String> {
+        self.conn
+            .query_row(
+                &format!("SELECT {column} FROM plans WHERE id = ?1"),
+                [plan_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => {
+                    Error::usage(format!("there is no plan {plan_id}"))
+                }
+                e => e.into(),
+            })
+    }
 }
 
 /// Creates a folder (and parents) readable by its owner only.
