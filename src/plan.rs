@@ -628,7 +628,13 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
             .iter()
             .filter(|f| f.severity.needs_doing())
             .count();
-        if args.dry_run || needs == 0 {
+        if args.rehearse.is_some() && needs > 0 {
+            // A rehearsal never touches the real directory or augments file.
+            steps.push(format!(
+                "provision: {needs} findings need action (listed in {}); not applied in a rehearsal",
+                csv.display()
+            ));
+        } else if args.dry_run || needs == 0 {
             steps.push(format!(
                 "provision: {needs} records need provisioning (listed in {})",
                 csv.display()

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 /// Marker file that says a folder holds a rehearsal (and may be replaced by the next one).
 pub const MARKER: &str = ".principal-reconciler-rehearsal";
 
-/// Prepares `dir` for a rehearsal: copies the configured store to `dir/store` and points the
-/// configuration's store, state and report folders into `dir`. A previous rehearsal in `dir` is
+/// Prepares `dir` for a rehearsal: copies the configured store to `dir/store` (and the delegate
+/// databases to `dir/Data`) and points the configuration's store, data root, state and report
+/// folders into `dir`. A previous rehearsal in `dir` is
 /// replaced; any other non-empty folder is refused.
 pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     if dir.exists() {
@@ -24,7 +25,7 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
                 dir.display()
             )));
         }
-        for sub in ["store", "state", "reports"] {
+        for sub in ["store", "state", "reports", "Data"] {
             let p = dir.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p)
@@ -40,8 +41,19 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     )
     .map_err(|e| Error::io("cannot write", &dir.join(MARKER), e))?;
     let copy = dir.join("store");
+    // The delegate and auto-accept databases are rehearsed on copies too: a rehearsal must never
+    // write to the real server's files.
+    let databases = cfg.principal_databases();
     copy_tree(&cfg.store.path, &copy)?;
     cfg.store.path = copy.clone();
+    let data = dir.join("Data");
+    std::fs::create_dir_all(&data).map_err(|e| Error::io("cannot create", &data, e))?;
+    for db in databases {
+        let name = db.file_name().map(PathBuf::from).unwrap_or_default();
+        let meta = std::fs::symlink_metadata(&db).map_err(|e| Error::io("cannot read", &db, e))?;
+        copy_entry(&db, &data.join(name), &meta)?;
+    }
+    cfg.store.data_root = Some(data);
     cfg.state.path = dir.join("state");
     cfg.report.dir = dir.join("reports");
     Ok(copy)

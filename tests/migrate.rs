@@ -421,3 +421,46 @@ fn delegates_and_auto_accept_survive_the_guid_change_and_roll_back() {
         before
     );
 }
+
+#[test]
+fn a_rehearsal_never_writes_the_real_store_or_its_databases() {
+    let w = World::new(2, 8, 20);
+    let data = w.path("Data");
+    std::fs::create_dir_all(&data).unwrap();
+    let people: Vec<String> = w.store.people.iter().map(|p| p.guid.clone()).collect();
+    let proxy = rusqlite::Connection::open(data.join("calendaruserproxy.sqlite")).unwrap();
+    proxy
+        .execute_batch("CREATE TABLE GROUPS (GROUPNAME text, MEMBER text);")
+        .unwrap();
+    proxy
+        .execute(
+            "INSERT INTO GROUPS VALUES (?1, ?2)",
+            [
+                format!("{}#calendar-proxy-write", people[0]),
+                people[1].clone(),
+            ],
+        )
+        .unwrap();
+    drop(proxy);
+    let real_db = std::fs::read(data.join("calendaruserproxy.sqlite")).unwrap();
+    let real_store = tree(&w.store.root);
+    let rehearsal = w.path("rehearsal");
+    w.cmd()
+        .args(["migrate", "--rehearse"])
+        .arg(&rehearsal)
+        .assert()
+        .code(0);
+    assert_eq!(
+        std::fs::read(data.join("calendaruserproxy.sqlite")).unwrap(),
+        real_db
+    );
+    assert_same_tree(&tree(&w.store.root), &real_store, "the real store");
+    let copy = rusqlite::Connection::open(rehearsal.join("Data/calendaruserproxy.sqlite")).unwrap();
+    let member: String = copy
+        .query_row("SELECT MEMBER FROM GROUPS", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        member, w.new_guid[&people[1]],
+        "the rehearsal's copy is rewritten"
+    );
+}
