@@ -307,6 +307,7 @@ pub fn apply(
     summary.run_id = run_id;
     let opts = WriteOptions {
         xattr_prefix: cfg.store.xattr_prefix.clone(),
+        plain_files: cfg.store.kind == crate::config::StoreKind::IcsDir,
     };
 
     // 1. Steps left pending by a crash.
@@ -488,8 +489,10 @@ pub fn apply(
                 Err(WriteError::Failed(e)) => return Err(e),
             }
         }
-        for (folder, prefix) in &collections {
-            bump_ctag(folder, prefix)?;
+        if !opts.plain_files {
+            for (folder, prefix) in &collections {
+                bump_ctag(folder, prefix)?;
+            }
         }
         if !results.is_empty() {
             sync_filesystem(&store)?;

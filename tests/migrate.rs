@@ -464,3 +464,35 @@ fn a_rehearsal_never_writes_the_real_store_or_its_databases() {
         "the rehearsal's copy is rewritten"
     );
 }
+
+#[test]
+fn an_ics_folder_is_rewritten_without_calendarserver_properties() {
+    let w = World::with(|root| {
+        principal_reconciler::store::generate::StoreBuilder::ics_dir(root)
+            .homes(3)
+            .resources(12)
+            .seed(22)
+    });
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace("kind = \"calendarserver-fs\"", "kind = \"ics-dir\""),
+    )
+    .unwrap();
+    let before = tree(&w.store.root);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("apply").assert().code(0);
+    let after = tree(&w.store.root);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "no file added, moved or removed"
+    );
+    assert!(
+        after.values().all(|(_, _, _, _, attrs)| attrs.is_empty()),
+        "no attribute added to a plain folder"
+    );
+    assert_ne!(before, after, "the events were rewritten");
+    w.cmd().arg("rollback").assert().code(0);
+    assert_same_tree(&tree(&w.store.root), &before, "ics-dir after rollback");
+}

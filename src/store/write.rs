@@ -136,6 +136,9 @@ impl From<Error> for WriteError {
 pub struct WriteOptions {
     /// `[store] xattr_prefix`; detected from the resource's (or its folder's) attributes when `None`.
     pub xattr_prefix: Option<String>,
+    /// A plain folder of .ics files (`ics-dir`): no CalendarServer properties are added or changed
+    /// (no `getcontentmd5`, no `getctag`); the file's own attributes are still kept.
+    pub plain_files: bool,
 }
 
 /// What a write did.
@@ -287,7 +290,14 @@ pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if super::is_resource_name(&name) {
+    // A CalendarServer collection (one that has a ctag) gets a new one, so clients re-sync.
+    let has_ctag = xattrs::read_all(&folder)
+        .map(|a| {
+            a.iter()
+                .any(|x| x.property().as_deref() == Some(xattrs::getctag().as_str()))
+        })
+        .unwrap_or(false);
+    if super::is_resource_name(&name) && has_ctag {
         let prefix = choose_prefix(None, &meta.xattr_list(), Some(&folder));
         bump_ctag(&folder, &prefix)
             .map_err(|e| e.context(format!("{} was restored but", path.display())))?;
@@ -358,8 +368,10 @@ pub fn write_resource(
     let prefix = prepared.prefix.clone();
     let mut written = prepared.commit()?;
     fsync_dir(&folder)?;
-    written.ctag = bump_ctag(&folder, &prefix)
-        .map_err(|e| e.context(format!("{} was written but", path.display())))?;
+    if !opts.plain_files {
+        written.ctag = bump_ctag(&folder, &prefix)
+            .map_err(|e| e.context(format!("{} was written but", path.display())))?;
+    }
     Ok(written)
 }
 
@@ -433,8 +445,10 @@ fn prepare_checked(
         .find(|(n, _)| xattrs::decode_name(n).map(|(_, p)| p).as_deref() == Some(md5_prop.as_str()))
         .map(|(n, _)| n.clone())
         .unwrap_or_else(|| xattrs::attr_name(&prefix, &md5_prop));
-    meta.set(md5_name, md5_value);
-    meta.remove_property(&xattrs::scheduling_object_resource());
+    if !opts.plain_files {
+        meta.set(md5_name, md5_value);
+        meta.remove_property(&xattrs::scheduling_object_resource());
+    }
     let tmp = write_temp(path, new_bytes, &meta, sync)?;
     Ok(PreparedWrite {
         path: path.to_path_buf(),
