@@ -304,7 +304,6 @@ pub fn apply(
     let Some(run_id) = start_or_resume(&state, &mut summary, &store)? else {
         return Ok(summary);
     };
-    summary.run_id = run_id;
     let opts = WriteOptions {
         xattr_prefix: cfg.store.xattr_prefix.clone(),
         plain_files: cfg.store.kind == crate::config::StoreKind::IcsDir,
@@ -796,7 +795,6 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
     let Some(run_id) = start_or_resume(&state, &mut summary, &store)? else {
         return Ok(summary);
     };
-    summary.run_id = run_id;
     type Row = (
         i64,
         String,
