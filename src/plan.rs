@@ -2,7 +2,7 @@
 //! every line it changes, stored in the state database so `apply` runs exactly what was reviewed.
 //! Nothing in the store changes; nothing is written outside `state.path` and `report.dir`.
 
-use crate::address::{CalAddress, Guid, RecordType};
+use crate::address::{CalAddress, Guid, Principal, RecordType};
 use crate::cli::{Context, MigrateArgs, Outcome};
 use crate::config::Config;
 use crate::directory::{self, Directory};
@@ -13,7 +13,8 @@ use crate::state::{now_rfc3339, State};
 use crate::store::{self, Home, Item};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::RwLock;
 
 /// A problem found while planning (unreadable or malformed resource, symlink, ...).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -123,67 +124,117 @@ struct Survey {
     resources: u64,
 }
 
-fn survey(ctx: &Context, cfg: &Config) -> Result<Survey> {
-    let bar = crate::cli::progress_bar(ctx, None, "scanning");
-    let mut s = Survey::default();
-    let mut seen_problem = BTreeSet::new();
-    store::walk_with(
-        &cfg.store,
-        store::WalkOptions { xattrs: false },
-        &bar,
-        |_, bytes| ical::scan(bytes),
-        |item| {
-            match item {
-                Item::Home(h) => s.homes.push(h),
-                Item::Problem(p) => {
-                    if seen_problem.insert(p.path.clone()) {
-                        s.problems.push(Finding {
-                            path: p.path,
-                            kind: p.kind,
-                            detail: p.detail,
-                        });
-                    }
-                }
-                Item::Resource(res, Err(e)) => {
-                    if seen_problem.insert(res.rel_path.clone()) {
-                        s.problems.push(Finding {
-                            path: res.rel_path,
-                            kind: "malformed".into(),
-                            detail: e.to_string(),
-                        });
-                    }
-                }
-                Item::Resource(_, Ok(info)) => {
-                    s.resources += 1;
-                    let mut here = BTreeSet::new();
-                    for f in &info.addresses {
-                        let addr = mapping::parse_found(&f.value);
-                        let key = addr.key();
-                        let entry = s
-                            .observed
-                            .entry(key.clone())
-                            .or_insert_with(|| (addr, Observed::default()));
-                        if let Some(e) = &f.email {
-                            *entry.1.emails.entry(e.trim().to_lowercase()).or_default() += 1;
-                        }
-                        if here.insert(key) {
-                            entry.1.resources += 1;
-                        }
-                    }
-                }
-            }
-            Ok(())
-        },
-    )?;
-    bar.finish_and_clear();
-    // Home owners are principals too: make sure each one is resolved.
-    for h in &s.homes {
-        let addr = home_address(h);
-        s.observed
-            .entry(addr.key())
+/// Counts one resource's addresses into the observations; returns the keys it holds.
+fn observe(
+    observed: &mut BTreeMap<String, (CalAddress, Observed)>,
+    info: &ical::CalendarInfo,
+) -> BTreeSet<String> {
+    let mut here = BTreeSet::new();
+    for f in &info.addresses {
+        let addr = mapping::parse_found(&f.value);
+        let key = addr.key();
+        let entry = observed
+            .entry(key.clone())
             .or_insert_with(|| (addr, Observed::default()));
+        if let Some(e) = &f.email {
+            *entry.1.emails.entry(e.trim().to_lowercase()).or_default() += 1;
+        }
+        if here.insert(key) {
+            entry.1.resources += 1;
+        }
     }
-    Ok(s)
+    here
+}
+
+/// Resolves addresses as the walk meets them (rules 1–5, which need no view of the whole store),
+/// shared by the worker threads. Rule 6 (store evidence) is settled after the walk.
+struct LazyResolver<'m, 'a> {
+    mapper: &'m Mapper<'a>,
+    principals: Vec<Principal>,
+    by_guid: HashMap<Guid, usize>,
+    memo: RwLock<HashMap<String, Option<usize>>>,
+}
+
+impl<'m, 'a> LazyResolver<'m, 'a> {
+    fn new(mapper: &'m Mapper<'a>, current: &Directory) -> Self {
+        let principals: Vec<Principal> = current.records.iter().map(|r| r.principal()).collect();
+        let by_guid = principals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.guid.clone(), i))
+            .collect();
+        LazyResolver {
+            mapper,
+            principals,
+            by_guid,
+            memo: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the walk left this address unresolved.
+    fn unresolved(&self, key: &str) -> bool {
+        !matches!(
+            self.memo.read().map(|m| m.get(key).copied()),
+            Ok(Some(Some(_)))
+        )
+    }
+}
+
+impl ical::Resolve for LazyResolver<'_, '_> {
+    fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
+        let key = addr.key();
+        if let Some(hit) = self.memo.read().ok().and_then(|m| m.get(&key).copied()) {
+            return hit.map(|i| &self.principals[i]);
+        }
+        let r = self.mapper.resolve(addr, &Observed::default());
+        let idx = match r.outcome {
+            mapping::Outcome::Mapped | mapping::Outcome::Unchanged => {
+                r.target.and_then(|p| self.by_guid.get(&p.guid).copied())
+            }
+            _ => None,
+        };
+        if let Ok(mut m) = self.memo.write() {
+            m.insert(key, idx);
+        }
+        idx.map(|i| &self.principals[i])
+    }
+}
+
+/// Stores one planned resource and its changed properties.
+#[allow(clippy::too_many_arguments)]
+fn insert_resource(
+    ins_res: &mut rusqlite::Statement<'_>,
+    ins_chg: &mut rusqlite::Statement<'_>,
+    plan_id: i64,
+    rel: &str,
+    old_sha: &str,
+    new_sha: &str,
+    packed: &[u8],
+    changes: &[ical::Change],
+    keep_lines: bool,
+) -> Result<()> {
+    ins_res.execute(rusqlite::params![
+        plan_id,
+        rel,
+        old_sha,
+        new_sha,
+        packed,
+        changes.len() as i64
+    ])?;
+    for c in changes {
+        // Whole logical lines are kept for the report's example diffs only.
+        ins_chg.execute(rusqlite::params![
+            plan_id,
+            rel,
+            c.line as i64,
+            c.property,
+            c.old_value,
+            c.new_value,
+            if keep_lines { c.old_line.as_str() } else { "" },
+            if keep_lines { c.new_line.as_str() } else { "" }
+        ])?;
+    }
+    Ok(())
 }
 
 /// The address a home's folder name stands for.
@@ -210,18 +261,10 @@ pub fn build(
 ) -> Result<PlanSummary> {
     let mapper = Mapper::new(cfg, current, old)?;
     let started = std::time::Instant::now();
-    let survey = survey(ctx, cfg)?;
-    tracing::info!(
-        "survey: {} resources, {} distinct addresses in {:.2?}",
-        survey.resources,
-        survey.observed.len(),
-        started.elapsed()
-    );
-    let mapping = Mapping::build(&mapper, &survey.observed);
-    let resolver = mapping.resolver();
     let opts = RewriteOptions {
         form: cfg.rewrite.address_form,
     };
+    let lazy = LazyResolver::new(&mapper, current);
 
     let mut state = State::open(&cfg.state.path)?;
     let created_at = now_rfc3339();
@@ -242,6 +285,164 @@ pub fn build(
         ],
     )?;
     let plan_id = tx.last_insert_rowid();
+
+    // One walk: every resource is read once, its addresses counted and rewritten with what rules
+    // 1–5 resolve. Resources naming a GUID left unresolved are noted: once the whole store is
+    // known, rule 6 (store evidence) may resolve it, and only those are read again.
+    let mut survey = Survey::default();
+    let mut seen_problem = BTreeSet::new();
+    let mut recheck: Vec<(std::path::PathBuf, String, String, BTreeSet<String>)> = Vec::new();
+    let (mut changed, mut props) = (0u64, 0u64);
+    let mapping;
+    {
+        let mut ins_res = tx.prepare(
+            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut ins_chg = tx.prepare(
+            "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let bar = crate::cli::progress_bar(ctx, None, "planning");
+        store::walk_with(
+            &cfg.store,
+            store::WalkOptions { xattrs: false },
+            &bar,
+            |_, bytes| -> std::result::Result<_, ical::IcalError> {
+                let info = ical::scan(bytes)?;
+                let rw = ical::rewrite(bytes, &lazy, &opts)?;
+                let planned = if rw.changes.is_empty() {
+                    None
+                } else {
+                    Some((rw.changes, sha256_hex(&rw.bytes), pack(&rw.bytes)))
+                };
+                Ok((info, planned))
+            },
+            |item| {
+                match item {
+                    Item::Home(h) => survey.homes.push(h),
+                    Item::Problem(p) => {
+                        if seen_problem.insert(p.path.clone()) {
+                            survey.problems.push(Finding {
+                                path: p.path,
+                                kind: p.kind,
+                                detail: p.detail,
+                            });
+                        }
+                    }
+                    Item::Resource(res, Err(e)) => {
+                        if seen_problem.insert(res.rel_path.clone()) {
+                            survey.problems.push(Finding {
+                                path: res.rel_path,
+                                kind: "malformed".into(),
+                                detail: e.to_string(),
+                            });
+                        }
+                    }
+                    Item::Resource(res, Ok((info, planned))) => {
+                        survey.resources += 1;
+                        let keys = observe(&mut survey.observed, &info);
+                        let open: BTreeSet<String> = keys
+                            .into_iter()
+                            .filter(|k| survey.observed[k].0.guid().is_some() && lazy.unresolved(k))
+                            .collect();
+                        if !open.is_empty() {
+                            recheck.push((
+                                res.path.clone(),
+                                res.rel_path.clone(),
+                                res.sha256.clone(),
+                                open,
+                            ));
+                        }
+                        if let Some((changes, new_sha, packed)) = planned {
+                            changed += 1;
+                            props += changes.len() as u64;
+                            insert_resource(
+                                &mut ins_res,
+                                &mut ins_chg,
+                                plan_id,
+                                &res.rel_path,
+                                &res.sha256,
+                                &new_sha,
+                                &packed,
+                                &changes,
+                                changed <= EXAMPLE_LINES,
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+        // Home owners are principals too: make sure each one is resolved.
+        for h in &survey.homes {
+            let addr = home_address(h);
+            survey
+                .observed
+                .entry(addr.key())
+                .or_insert_with(|| (addr, Observed::default()));
+        }
+        mapping = Mapping::build(&mapper, &survey.observed);
+        tracing::info!(
+            "walk: {} resources, {} distinct addresses, {changed} to change, at {:.2?}",
+            survey.resources,
+            survey.observed.len(),
+            started.elapsed()
+        );
+        let resolver = mapping.resolver();
+        let late: BTreeSet<String> = resolver
+            .keys()
+            .filter(|k| lazy.unresolved(k))
+            .cloned()
+            .collect();
+        if !late.is_empty() {
+            for (path, rel, sha, _) in recheck
+                .iter()
+                .filter(|(_, _, _, open)| !open.is_disjoint(&late))
+            {
+                let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+                if sha256_hex(&bytes) != *sha {
+                    return Err(Error::runtime(format!(
+                        "{} changed while it was being planned; plan again with the calendar server stopped",
+                        path.display()
+                    )));
+                }
+                let rw = ical::rewrite(&bytes, &resolver, &opts)
+                    .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
+                let before: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM plan_changes WHERE plan_id = ?1 AND rel_path = ?2",
+                    rusqlite::params![plan_id, rel],
+                    |r| r.get(0),
+                )?;
+                if before > 0 {
+                    changed -= 1;
+                    props -= before as u64;
+                }
+                tx.execute(
+                    "DELETE FROM plan_changes WHERE plan_id = ?1 AND rel_path = ?2",
+                    rusqlite::params![plan_id, rel],
+                )?;
+                tx.execute(
+                    "DELETE FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+                    rusqlite::params![plan_id, rel],
+                )?;
+                if !rw.changes.is_empty() {
+                    changed += 1;
+                    props += rw.changes.len() as u64;
+                    insert_resource(
+                        &mut ins_res,
+                        &mut ins_chg,
+                        plan_id,
+                        rel,
+                        sha,
+                        &sha256_hex(&rw.bytes),
+                        &pack(&rw.bytes),
+                        &rw.changes,
+                        false,
+                    )?;
+                }
+            }
+        }
+    }
 
     {
         let mut ins = tx.prepare(
@@ -288,71 +489,6 @@ pub fn build(
     }
 
     let mut problems = survey.problems.clone();
-    let (mut changed, mut props) = (0u64, 0u64);
-    {
-        let mut ins_res = tx.prepare(
-            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let mut ins_chg = tx.prepare(
-            "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let bar = crate::cli::progress_bar(ctx, Some(survey.resources), "planning");
-        let known: BTreeSet<String> = problems.iter().map(|p| p.path.clone()).collect();
-        store::walk_with(
-            &cfg.store,
-            store::WalkOptions { xattrs: false },
-            &bar,
-            |_, bytes| match ical::rewrite(bytes, &resolver, &opts) {
-                Ok(r) if r.changes.is_empty() => Ok(None),
-                Ok(r) => {
-                    let sha = sha256_hex(&r.bytes);
-                    let packed = pack(&r.bytes);
-                    Ok(Some((r.changes, sha, packed)))
-                }
-                Err(e) => Err(e),
-            },
-            |item| {
-                match item {
-                    Item::Resource(res, Ok(Some((changes, new_sha, packed)))) => {
-                        changed += 1;
-                        props += changes.len() as u64;
-                        ins_res.execute(rusqlite::params![
-                            plan_id,
-                            res.rel_path,
-                            res.sha256,
-                            new_sha,
-                            packed,
-                            changes.len() as i64
-                        ])?;
-                        // Whole logical lines are kept for the report's example diffs only.
-                        let keep_lines = changed <= EXAMPLE_LINES;
-                        for c in &changes {
-                            ins_chg.execute(rusqlite::params![
-                                plan_id,
-                                res.rel_path,
-                                c.line as i64,
-                                c.property,
-                                c.old_value,
-                                c.new_value,
-                                if keep_lines { c.old_line.as_str() } else { "" },
-                                if keep_lines { c.new_line.as_str() } else { "" }
-                            ])?;
-                        }
-                    }
-                    Item::Resource(res, Err(e)) if !known.contains(&res.rel_path) => {
-                        problems.push(Finding {
-                            path: res.rel_path,
-                            kind: "malformed".into(),
-                            detail: e.to_string(),
-                        });
-                    }
-                    _ => {}
-                }
-                Ok(())
-            },
-        )?;
-        bar.finish_and_clear();
-    }
     problems.sort_by(|a, b| a.path.cmp(&b.path));
     tracing::info!(
         "rewrite pass: {changed} resources to change, at {:.2?}",

@@ -54,6 +54,22 @@ fn snow_leopard_example_migrates_on_a_rehearsal() {
         .unwrap()
         .contains("line 8"));
     assert_eq!(doc["run"]["skipped"].as_array().unwrap().len(), 0);
+    // Everything that could be mapped was rewritten, store evidence (rule 6) included: what verify
+    // still finds is only what needs a human (Gina left; sales@ is ambiguous; a truncated file).
+    let kinds: Vec<&str> = doc["verify"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"not-canonical"), "{kinds:?}");
+    assert!(!kinds.contains(&"home-not-adopted"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"dark-organizer")
+            && kinds.contains(&"ambiguous-address")
+            && kinds.contains(&"malformed"),
+        "{kinds:?}"
+    );
     assert_eq!(
         world::tree(&example),
         before,
@@ -78,6 +94,14 @@ fn snow_leopard_example_migrates_on_a_rehearsal() {
         "{organizer}"
     );
     assert!(organizer.contains("CN=\"Jane Appleseed\""));
+    // Frank's old GUID was resolved only by store evidence (rule 6): no event names it any more.
+    let frank_old = "0A6CA719-9A7F-4228-8101-443281247370";
+    for (path, bytes) in world::resources(&copy) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(frank_old),
+            "{path} still names {frank_old}"
+        );
+    }
     // A second rehearsal into the same folder replaces the first.
     assert_cmd::Command::cargo_bin("principal-reconciler")
         .unwrap()
