@@ -307,8 +307,7 @@ pub fn build(
             store::WalkOptions { xattrs: false },
             &bar,
             |_, bytes| -> std::result::Result<_, ical::IcalError> {
-                let info = ical::scan(bytes)?;
-                let rw = ical::rewrite(bytes, &lazy, &opts)?;
+                let (info, rw) = ical::scan_and_rewrite(bytes, &lazy, &opts)?;
                 let planned = if rw.changes.is_empty() {
                     None
                 } else {

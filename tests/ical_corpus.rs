@@ -234,3 +234,34 @@ fn mapping_every_address_changes_only_those_lines() {
     }
     eprintln!("{files_changed} files, {lines_changed} lines rewritten");
 }
+
+#[test]
+fn one_pass_scan_and_rewrite_equals_the_two_separately() {
+    for (name, bytes) in corpus() {
+        let scanned = ical::scan(&bytes);
+        let map = match &scanned {
+            Ok(info) => map_all(info),
+            Err(_) => HashMap::new(),
+        };
+        let o = opts(AddressForm::UrnUuid);
+        let rewritten = ical::rewrite(&bytes, &map, &o);
+        match ical::scan_and_rewrite(&bytes, &map, &o) {
+            Ok((info, rw)) => {
+                assert_eq!(Ok(&info), scanned.as_ref(), "{name}: scan differs");
+                assert_eq!(Ok(&rw), rewritten.as_ref(), "{name}: rewrite differs");
+            }
+            Err(e) => {
+                assert_eq!(
+                    scanned.err().as_ref(),
+                    Some(&e),
+                    "{name}: scan error differs"
+                );
+                assert_eq!(
+                    rewritten.err().as_ref(),
+                    Some(&e),
+                    "{name}: rewrite error differs"
+                );
+            }
+        }
+    }
+}

@@ -373,7 +373,28 @@ fn lossy(b: &[u8]) -> String {
 /// Reads a calendar object (read-only): checks its structure and lists its addresses.
 pub fn scan(bytes: &[u8]) -> Result<CalendarInfo, IcalError> {
     let mut info = CalendarInfo::default();
-    walk(bytes, |prop, li, _content, cl| match prop {
+    walk(bytes, |prop, li, _content, cl| {
+        note(&mut info, prop, li, cl)
+    })?;
+    Ok(info)
+}
+
+/// [`scan`] and [`rewrite`] in one pass over the file.
+pub fn scan_and_rewrite(
+    bytes: &[u8],
+    resolver: &dyn Resolve,
+    opts: &RewriteOptions,
+) -> Result<(CalendarInfo, Rewritten), IcalError> {
+    let mut info = CalendarInfo::default();
+    let rewritten = rewrite_with(bytes, resolver, opts, |prop, li, cl| {
+        note(&mut info, prop, li, cl)
+    })?;
+    Ok((info, rewritten))
+}
+
+/// Records what one property holds for [`scan`].
+fn note(info: &mut CalendarInfo, prop: Prop, li: &line::LineInfo, cl: &line::ContentLine) {
+    match prop {
         Prop::Uid => {
             if info.uid.is_none() {
                 info.uid = Some(lossy(&line::unescape_text(trim(cl.value))));
@@ -430,8 +451,7 @@ pub fn scan(bytes: &[u8]) -> Result<CalendarInfo, IcalError> {
                 cutype: None,
             });
         }
-    })?;
-    Ok(info)
+    }
 }
 
 /// True when a value we are about to write could break the line structure.
@@ -616,10 +636,21 @@ pub fn rewrite(
     resolver: &dyn Resolve,
     opts: &RewriteOptions,
 ) -> Result<Rewritten, IcalError> {
+    rewrite_with(bytes, resolver, opts, |_, _, _| {})
+}
+
+/// [`rewrite`], calling `also` on every property it walks over.
+fn rewrite_with(
+    bytes: &[u8],
+    resolver: &dyn Resolve,
+    opts: &RewriteOptions,
+    mut also: impl FnMut(Prop, &line::LineInfo, &line::ContentLine),
+) -> Result<Rewritten, IcalError> {
     let mut out: Vec<u8> = Vec::new();
     let mut copied = 0;
     let mut changes = Vec::new();
     walk(bytes, |prop, li, content, cl| {
+        also(prop, li, cl);
         let Some((new_line, old_value, new_value)) = rewrite_line(prop, cl, resolver, opts) else {
             return;
         };
