@@ -157,21 +157,11 @@ impl HomeStep {
     }
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).or_else(|e| {
-        if e.raw_os_error() == Some(libc::EPERM) {
-            Ok(())
-        } else {
-            Err(Error::io("cannot set owner of", path, e))
-        }
-    })
-}
-
 fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
     if !path.is_dir() {
         std::fs::create_dir(path).map_err(|e| Error::io("cannot create folder", path, e))?;
     }
-    chown(path, uid, gid)?;
+    crate::store::write::set_owner(path, uid, gid)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("cannot set mode of", path, e))
 }

@@ -17,12 +17,11 @@ use crate::error::{Error, ExitStatus, Result};
 use crate::homes::{self, HomeStep};
 use crate::state::{create_private_dir, now_rfc3339, State};
 use crate::store::write::{
-    bump_ctag, prepare_write_checked, restore, sync_filesystem, write_resource, FileMeta,
-    PreparedWrite, WriteError, WriteOptions,
+    bump_ctag, prepare_write_checked, restore, sha256_hex, sync_filesystem, write_resource,
+    FileMeta, PreparedWrite, WriteError, WriteOptions,
 };
 use base64::Engine as _;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -33,10 +32,6 @@ const BATCH: usize = 1024;
 /// Content-addressed copies of original files, in `<state>/backups/<aa>/<sha256>`.
 pub struct Backups {
     dir: PathBuf,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 impl Backups {

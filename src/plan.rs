@@ -10,9 +10,9 @@ use crate::error::{Error, ExitStatus, Result};
 use crate::ical::{self, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::state::{now_rfc3339, State};
+use crate::store::write::sha256_hex;
 use crate::store::{self, Home, Item};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
 
@@ -109,10 +109,6 @@ pub fn unpack(blob: &[u8], sha256: &str) -> Result<Vec<u8>> {
         ));
     }
     Ok(out)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Observations of the first pass over the store.

@@ -80,7 +80,7 @@ fn copy_entry(from: &Path, to: &Path, meta: &std::fs::Metadata) -> Result<()> {
             std::fs::read_link(from).map_err(|e| Error::io("cannot read link", from, e))?;
         std::os::unix::fs::symlink(&target, to)
             .map_err(|e| Error::io("cannot create link", to, e))?;
-        lchown(to, meta.uid(), meta.gid())?;
+        crate::store::write::set_owner(to, meta.uid(), meta.gid())?;
         return Ok(());
     }
     if ft.is_dir() {
@@ -101,7 +101,7 @@ fn copy_entry(from: &Path, to: &Path, meta: &std::fs::Metadata) -> Result<()> {
         return Ok(()); // sockets, fifos: not part of a calendar store
     }
     copy_xattrs(from, to)?;
-    lchown(to, meta.uid(), meta.gid())?;
+    crate::store::write::set_owner(to, meta.uid(), meta.gid())?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(|e| Error::io("cannot set mode of", to, e))?;
     let mtime = std::time::UNIX_EPOCH
@@ -129,22 +129,6 @@ fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
                     e,
                 )
             })?;
-        }
-    }
-    Ok(())
-}
-
-fn lchown(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::usage(format!("path with NUL byte: {}", path.display())))?;
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    let rc = unsafe { libc::lchown(c.as_ptr(), uid, gid) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        // Without the right to give files away (not root), keep our own ownership.
-        if err.raw_os_error() != Some(libc::EPERM) {
-            return Err(Error::io("cannot set owner of", path, err));
         }
     }
     Ok(())

@@ -640,7 +640,7 @@ pub fn csv_bytes(report: &ProvisionReport) -> Result<Vec<u8>> {
 /// Writes provision.csv into `dir` (atomically); returns its path.
 pub fn write_csv(report: &ProvisionReport, dir: &Path) -> Result<PathBuf> {
     let path = dir.join(CSV_FILE);
-    access::write_atomic(&path, &csv_bytes(report)?)?;
+    crate::report::write_atomic(&path, &csv_bytes(report)?)?;
     Ok(path)
 }
 
@@ -741,7 +741,7 @@ pub fn apply(cfg: &Config, report: &ProvisionReport) -> Result<Applied> {
                 .output
                 .clone()
                 .unwrap_or_else(|| cfg.report.dir.join(DSIMPORT_FILE));
-            access::write_atomic(&path, access::dsimport_text(plan).as_bytes())?;
+            crate::report::write_atomic(&path, access::dsimport_text(plan).as_bytes())?;
             done.dsimport = Some(path);
         }
     }

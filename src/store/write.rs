@@ -174,6 +174,23 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Gives a path (not following a symlink) an owner and group; without the right to give files
+/// away (not root), the path keeps its current owner.
+pub fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).or_else(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            Ok(())
+        } else {
+            Err(Error::io("cannot set owner of", path, e))
+        }
+    })
+}
+
+/// SHA-256 hex of bytes, lower case (how plans and the journal name contents).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// MD5 hex of bytes, lower case (what `getcontentmd5` holds).
 pub fn md5_hex(bytes: &[u8]) -> String {
     hex::encode(Md5::digest(bytes))
