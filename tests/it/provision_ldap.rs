@@ -2,8 +2,7 @@
 //! lists old GUIDs and lacks some new users; the report, `--apply`, a second run, and a bind
 //! without write rights.
 
-#[path = "support/slapd.rs"]
-mod slapd;
+use crate::support::slapd;
 
 use assert_cmd::Command;
 use slapd::{guid, od_user, Slapd, BASE, ROOTDN, ROOTPW};

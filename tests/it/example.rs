@@ -1,8 +1,7 @@
 //! The shipped example (README's first command) migrates on a rehearsal copy, shows every
 //! outcome, and leaves the example itself untouched.
 
-#[path = "support/world.rs"]
-mod world;
+use crate::support::world;
 
 use predicates::prelude::*;
 

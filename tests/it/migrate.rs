@@ -1,7 +1,6 @@
 //! End to end through the CLI: plan, apply, rollback, migrate on generated 10.6 stores.
 
-#[path = "support/world.rs"]
-mod world;
+use crate::support::world;
 
 use predicates::prelude::*;
 use world::{assert_same_tree, resources, tree, World};

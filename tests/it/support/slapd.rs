@@ -149,7 +149,7 @@ impl Builder {
         std::fs::create_dir(d.join("db")).expect("db dir");
         let schema = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/apple-od-test.schema"
+            "/tests/it/fixtures/apple-od-test.schema"
         );
         let mut conf = String::new();
         for s in ["core", "cosine", "inetorgperson", "nis"] {

@@ -1,8 +1,7 @@
 //! report.html opens in a real browser (headless Chromium): tables render, the sorting script runs,
 //! the chart is there, and nothing is fetched from the network.
 
-#[path = "support/world.rs"]
-mod world;
+use crate::support::world;
 
 use std::process::Command;
 use world::World;

@@ -1,7 +1,6 @@
 //! The live LDAP pull against a real slapd started by the test (tests/support/slapd.rs).
 
-#[path = "support/slapd.rs"]
-mod slapd;
+use crate::support::slapd;
 
 use principal_reconciler::address::RecordType;
 use principal_reconciler::config::{Config, DirectoryConfig};

@@ -1,8 +1,7 @@
 //! `principal-reconciler directory pull|export` end to end: a temporary config file, a real slapd
 //! or an LDIF, counts, messages and exit codes.
 
-#[path = "support/slapd.rs"]
-mod slapd;
+use crate::support::slapd;
 
 use assert_cmd::Command;
 use slapd::{od_user, od_users, Slapd, BASE};

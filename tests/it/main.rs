@@ -1,0 +1,19 @@
+//! The integration tests, one binary (one link on a 2-core machine): a module per area.
+
+mod support;
+
+mod cli;
+mod directory_cli;
+mod directory_ldap;
+mod directory_ldif;
+mod example;
+mod ical_corpus;
+mod ical_props;
+mod migrate;
+mod provision_cli;
+mod provision_db;
+mod provision_ldap;
+mod report_html;
+mod store_cli;
+mod store_walk;
+mod store_write;

@@ -1,0 +1,3 @@
+//! Shared test support: a throwaway slapd and generated migration worlds.
+pub mod slapd;
+pub mod world;
