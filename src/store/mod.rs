@@ -7,6 +7,7 @@
 
 pub mod doctor;
 pub mod generate;
+pub mod pg;
 pub mod scan;
 pub mod walk;
 pub mod write;

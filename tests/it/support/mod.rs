@@ -1,3 +1,4 @@
-//! Shared test support: a throwaway slapd and generated migration worlds.
+//! Shared test support: a throwaway slapd, a throwaway PostgreSQL and generated migration worlds.
+pub mod postgres;
 pub mod slapd;
 pub mod world;

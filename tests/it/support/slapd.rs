@@ -244,7 +244,7 @@ impl Builder {
     }
 }
 
-fn make_certs(d: &Path) -> PathBuf {
+pub fn make_certs(d: &Path) -> PathBuf {
     let ssl =
         |args: &[&str], what: &str| run(Command::new("openssl").args(args).current_dir(d), what);
     ssl(
