@@ -278,6 +278,9 @@ pub fn apply(
     force: bool,
     rehearsal: bool,
 ) -> Result<RunSummary> {
+    if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
+        return crate::store::pg::apply(ctx, cfg, plan, force, rehearsal);
+    }
     let mut state = State::open_existing(&cfg.state.path)?;
     let plan_id = state.plan_or_latest(plan)?;
     let planned_store = state.plan_text(plan_id, "store_path")?;
@@ -522,7 +525,7 @@ pub fn apply(
 
 /// Rewrites the delegate and auto-accept databases as planned, each a journaled step with a
 /// backup of the whole file.
-fn apply_databases(
+pub(crate) fn apply_databases(
     state: &mut State,
     run_id: i64,
     plan_id: i64,
@@ -749,6 +752,9 @@ fn adopt_homes(
 
 /// Undoes an apply run (the latest when `run` is `None`), newest step first.
 pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> Result<RunSummary> {
+    if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
+        return crate::store::pg::rollback(ctx, cfg, run, force);
+    }
     let state = State::open_existing(&cfg.state.path)?;
     let target = match run {
         Some(id) => id,

@@ -57,6 +57,9 @@ impl VerifyReport {
 
 /// Checks the store as configured against the current directory.
 pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
+    if cfg.store.kind == StoreKind::CalendarserverPg {
+        return crate::store::pg::verify(ctx, cfg, current);
+    }
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
     let mut memo: HashMap<String, (MapOutcome, Option<String>)> = HashMap::new();

@@ -191,3 +191,185 @@ fn password_from_a_file_or_the_environment_and_tls_when_the_server_offers_it() {
         .unwrap();
     assert!(err.message.contains("tls_ca_file"), "{}", err.message);
 }
+
+fn plan_json(w: &PgWorld) -> serde_json::Value {
+    let out = w.cmd().args(["--json", "plan"]).output().unwrap();
+    assert!(
+        out.status.code() == Some(0),
+        "plan failed ({:?}): {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn client(pg: &Postgres, w: &PgWorld) -> ::postgres::Client {
+    pg.client(&w.db)
+}
+
+/// ICALENDAR_TEXT, MD5, ORGANIZER, MODIFIED and revision of every calendar object, by RESOURCE_ID.
+fn objects(c: &mut ::postgres::Client) -> BTreeMap<i64, (String, String, String, i64)> {
+    c.query(
+        "SELECT o.RESOURCE_ID::bigint, o.ICALENDAR_TEXT, o.MD5, COALESCE(o.ORGANIZER, ''), COALESCE(r.REVISION, -1)::bigint
+         FROM CALENDAR_OBJECT o LEFT JOIN CALENDAR_OBJECT_REVISIONS r ON r.CALENDAR_RESOURCE_ID = o.CALENDAR_RESOURCE_ID AND r.RESOURCE_NAME = o.RESOURCE_NAME",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+    .collect()
+}
+
+/// A dump of the world's database over a connection closed right after (apply refuses to run
+/// while other sessions are connected).
+fn dump(pg: &Postgres, w: &PgWorld, skip: &[&str]) -> BTreeMap<String, Vec<String>> {
+    postgres::dump(&mut client(pg, w), skip)
+}
+
+#[test]
+fn plan_changes_nothing_apply_rewrites_in_place_second_apply_is_a_no_op_and_rollback_is_exact() {
+    let Some(pg) = pg() else { return };
+    for v in VERSIONS {
+        let w = PgWorld::new(&pg, v, 4, 40, 30 + v as u64);
+        let before_all = dump(&pg, &w, &[]);
+        let before_data = dump(&pg, &w, &BOOKKEEPING);
+        let doc = plan_json(&w);
+        let plan = &doc["plan"];
+        assert_eq!(plan["resources_scanned"], 40, "v{v}: {plan}");
+        assert!(plan["resources_changed"].as_u64().unwrap() > 0, "v{v}");
+        assert_eq!(plan["by_outcome"]["ambiguous"], 0, "v{v}");
+        assert_eq!(
+            plan["homes"]["moved"], 12,
+            "v{v}: 4 people × 3 kinds of home: {plan}"
+        );
+        postgres::assert_same_db(
+            &dump(&pg, &w, &[]),
+            &before_all,
+            &format!("v{v}: plan must change nothing"),
+        );
+        let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
+        assert_eq!(
+            changes.lines().count() as u64 - 1,
+            plan["properties_changed"].as_u64().unwrap(),
+            "v{v}"
+        );
+
+        let objs_before = objects(&mut client(&pg, &w));
+        let ranges_before = dump(&pg, &w, &[])["time_range"].clone();
+        w.cmd().arg("apply").assert().code(0);
+        let objs_after = objects(&mut client(&pg, &w));
+        // Same RESOURCE_IDs, their time ranges kept.
+        assert_eq!(
+            objs_before.keys().collect::<Vec<_>>(),
+            objs_after.keys().collect::<Vec<_>>(),
+            "v{v}"
+        );
+        assert_eq!(
+            dump(&pg, &w, &[])["time_range"],
+            ranges_before,
+            "v{v}: TIME_RANGE rows kept"
+        );
+        let max_rev_before = objs_before.values().map(|o| o.3).max().unwrap();
+        for (id, (text, md5, org, rev)) in &objs_after {
+            let (old_text, _, _, old_rev) = &objs_before[id];
+            let tag: Option<String> = client(&pg, &w)
+                .query_one(
+                    "SELECT SCHEDULE_TAG FROM CALENDAR_OBJECT WHERE RESOURCE_ID = $1::bigint",
+                    &[id],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                *md5,
+                postgres::etag(v, text, tag.as_deref()),
+                "v{v} {id}: MD5 follows the text"
+            );
+            let info = principal_reconciler::ical::scan(text.as_bytes()).unwrap();
+            assert_eq!(
+                *org,
+                info.organizer.unwrap_or_default(),
+                "v{v} {id}: ORGANIZER column follows the text"
+            );
+            if text == old_text {
+                assert_eq!(
+                    rev, old_rev,
+                    "v{v} {id}: an unchanged object keeps its revision"
+                );
+            } else {
+                assert!(
+                    *rev > max_rev_before,
+                    "v{v} {id}: a changed object gets a new revision"
+                );
+                for old in w.new_guid.keys() {
+                    assert!(
+                        !text.contains(old.as_str()),
+                        "v{v} {id}: old GUID {old} left in\n{text}"
+                    );
+                }
+            }
+        }
+        // Homes under the new GUIDs, properties re-keyed with them.
+        for (old, new) in &w.new_guid {
+            let n: i64 = client(&pg, &w)
+                .query_one(
+                    "SELECT COUNT(*) FROM CALENDAR_HOME WHERE OWNER_UID = $1",
+                    &[new],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 1, "v{v}: home of {old} renamed to {new}");
+            let props: i64 = client(&pg, &w)
+                .query_one(
+                    "SELECT COUNT(*) FROM RESOURCE_PROPERTY WHERE VIEWER_UID = $1",
+                    &[old],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(props, 0, "v{v}: properties of {old} re-keyed");
+        }
+        let cards: Vec<String> = client(&pg, &w)
+            .query("SELECT VCARD_TEXT FROM ADDRESSBOOK_OBJECT WHERE VCARD_TEXT LIKE '%X-ADDRESSBOOKSERVER-KIND:group%'", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for card in &cards {
+            assert!(
+                card.contains("urn:uuid:local-card-"),
+                "v{v}: local members stay"
+            );
+            for old in w.new_guid.keys() {
+                assert!(
+                    !card.contains(old.as_str()),
+                    "v{v}: group member {old} left in {card}"
+                );
+            }
+        }
+        // A second apply, and a fresh plan, change nothing.
+        let after_apply = dump(&pg, &w, &[]);
+        w.cmd()
+            .arg("apply")
+            .assert()
+            .code(0)
+            .stdout(predicates::str::contains("nothing to do"));
+        let again = plan_json(&w);
+        assert_eq!(
+            again["plan"]["resources_changed"], 0,
+            "v{v}: a fresh plan after apply must be empty"
+        );
+        w.cmd().arg("apply").assert().code(0);
+        postgres::assert_same_db(
+            &dump(&pg, &w, &[]),
+            &after_apply,
+            &format!("v{v}: second apply"),
+        );
+        // Rollback restores every row; only bookkeeping is newer.
+        w.cmd().args(["rollback", "--run", "1"]).assert().code(0);
+        postgres::assert_same_db(
+            &dump(&pg, &w, &BOOKKEEPING),
+            &before_data,
+            &format!("v{v}: rollback"),
+        );
+    }
+}
