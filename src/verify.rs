@@ -45,7 +45,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    fn add(&mut self, kind: &str, path: &str, detail: String) {
+    pub(crate) fn add(&mut self, kind: &str, path: &str, detail: String) {
         *self.by_kind.entry(kind.to_string()).or_default() += 1;
         self.problems.push(Problem {
             kind: kind.to_string(),
@@ -72,7 +72,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
             .clone()
     };
     let mut report = VerifyReport::default();
-    let mut organizers: HashMap<String, (String, String)> = HashMap::new();
+    let mut organizers: Organizers = HashMap::new();
     let bar = crate::cli::progress_bar(ctx, None, "verifying");
     store::walk_with(
         &cfg.store,
@@ -106,52 +106,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 }
                 Item::Resource(res, Ok(info)) => {
                     report.resources += 1;
-                    for f in &info.addresses {
-                        let addr = mapping::parse_found(&f.value);
-                        match &addr {
-                            CalAddress::Other(_) => continue,
-                            CalAddress::Mailto(_)
-                                if !cfg.is_internal_domain(addr.domain().unwrap_or(""))
-                                    && !cfg.rewrite.internal_domains.is_empty() =>
-                            {
-                                continue
-                            }
-                            _ => {}
-                        }
-                        let at = format!("{}:{}", res.rel_path, f.line);
-                        match resolve(&addr) {
-                        (MapOutcome::Unchanged, _) => {}
-                        (MapOutcome::Mapped, Some(v)) => {
-                            report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
-                        }
-                        (MapOutcome::External, _) => {}
-                        (MapOutcome::Ambiguous, _) => report.add(
-                            "ambiguous-address",
-                            &at,
-                            format!("{} {} names several current records; settle it in [rewrite] mapping_file", f.property, f.value),
-                        ),
-                        _ if f.property == "ORGANIZER" => report.add(
-                            "dark-organizer",
-                            &at,
-                            format!("ORGANIZER {} names no current record: scheduling for this event goes nowhere", f.value),
-                        ),
-                        _ => report.add("unresolved-address", &at, format!("{} {} names no current record", f.property, f.value)),
-                    }
-                    }
-                    if let (Some(uid), Some(org)) = (&info.uid, &info.organizer) {
-                        let key = mapping::parse_found(org).key();
-                        match organizers.get(uid) {
-                            Some((first, path)) if *first != key => report.add(
-                                "organizer-mismatch",
-                                &res.rel_path,
-                                format!("UID {uid}: ORGANIZER {org} here, {first} in {path}"),
-                            ),
-                            Some(_) => {}
-                            None => {
-                                organizers.insert(uid.clone(), (key, res.rel_path.clone()));
-                            }
-                        }
-                    }
+                    check_resource(&mut report, cfg, &mut resolve, &mut organizers, &res.rel_path, &info);
                 }
             }
             Ok(())
@@ -174,6 +129,79 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         .problems
         .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
     Ok(report)
+}
+
+/// UIDs seen so far with their ORGANIZER (key) and where: copies must agree.
+pub(crate) type Organizers = HashMap<String, (String, String)>;
+
+/// Checks one calendar object's addresses against the directory, and its ORGANIZER against other
+/// copies of the same UID.
+pub(crate) fn check_resource(
+    report: &mut VerifyReport,
+    cfg: &Config,
+    resolve: &mut dyn FnMut(&CalAddress) -> (MapOutcome, Option<String>),
+    organizers: &mut Organizers,
+    rel_path: &str,
+    info: &ical::CalendarInfo,
+) {
+    for f in &info.addresses {
+        let addr = mapping::parse_found(&f.value);
+        match &addr {
+            CalAddress::Other(_) => continue,
+            CalAddress::Mailto(_)
+                if !cfg.is_internal_domain(addr.domain().unwrap_or(""))
+                    && !cfg.rewrite.internal_domains.is_empty() =>
+            {
+                continue
+            }
+            _ => {}
+        }
+        let at = format!("{rel_path}:{}", f.line);
+        match resolve(&addr) {
+            (MapOutcome::Unchanged, _) => {}
+            (MapOutcome::Mapped, Some(v)) => report.add(
+                "not-canonical",
+                &at,
+                format!("{} {} should be {v}", f.property, f.value),
+            ),
+            (MapOutcome::External, _) => {}
+            (MapOutcome::Ambiguous, _) => report.add(
+                "ambiguous-address",
+                &at,
+                format!(
+                    "{} {} names several current records; settle it in [rewrite] mapping_file",
+                    f.property, f.value
+                ),
+            ),
+            _ if f.property == "ORGANIZER" => report.add(
+                "dark-organizer",
+                &at,
+                format!(
+                    "ORGANIZER {} names no current record: scheduling for this event goes nowhere",
+                    f.value
+                ),
+            ),
+            _ => report.add(
+                "unresolved-address",
+                &at,
+                format!("{} {} names no current record", f.property, f.value),
+            ),
+        }
+    }
+    if let (Some(uid), Some(org)) = (&info.uid, &info.organizer) {
+        let key = mapping::parse_found(org).key();
+        match organizers.get(uid) {
+            Some((first, path)) if *first != key => report.add(
+                "organizer-mismatch",
+                rel_path,
+                format!("UID {uid}: ORGANIZER {org} here, {first} in {path}"),
+            ),
+            Some(_) => {}
+            None => {
+                organizers.insert(uid.clone(), (key, rel_path.to_string()));
+            }
+        }
+    }
 }
 
 /// The terminal summary.
