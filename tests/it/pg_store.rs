@@ -336,6 +336,11 @@ fn plan_changes_nothing_apply_rewrites_in_place_second_apply_is_a_no_op_and_roll
                 .unwrap()
                 .get(0);
             assert_eq!(props, 0, "v{v}: properties of {old} re-keyed");
+            let hrefs: i64 = client(&pg, &w)
+                .query_one("SELECT COUNT(*) FROM RESOURCE_PROPERTY WHERE strpos(VALUE, $1) > 0", &[old])
+                .unwrap()
+                .get(0);
+            assert_eq!(hrefs, 0, "v{v}: hrefs into the home of {old} follow it");
         }
         let cards: Vec<String> = client(&pg, &w)
             .query("SELECT VCARD_TEXT FROM ADDRESSBOOK_OBJECT WHERE VCARD_TEXT LIKE '%X-ADDRESSBOOKSERVER-KIND:group%'", &[])

@@ -630,19 +630,36 @@ fn apply_values(
     };
     for (table, column, old, new) in todo {
         let mut tx = db.client.transaction().map_err(err("begin"))?;
-        let rows = edits::select_rows(&mut tx, &table, &format!("t.{column} = $1"), &[&old])?;
+        // Property values holding hrefs into a moved home change inside; other columns whole.
+        let href = column == "VALUE";
+        let rows = if href {
+            let h = super::plan::href_of(&old);
+            edits::select_rows(&mut tx, &table, "strpos(t.VALUE, $1) > 0", &[&h])?
+        } else {
+            edits::select_rows(&mut tx, &table, &format!("t.{column} = $1"), &[&old])?
+        };
         if rows.is_empty() {
             tx.commit().map_err(err("commit"))?;
             continue;
         }
         let edits: Vec<RowEdit> = rows
             .into_iter()
-            .map(|(ctid, before)| RowEdit {
-                table: table.clone(),
-                ctid,
-                before,
-                set: edits::set1(&column, json!(new)),
-                delete: false,
+            .map(|(ctid, before)| {
+                let value = if href {
+                    let v = edits::field(&before, "value")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    json!(v.replace(&super::plan::href_of(&old), &super::plan::href_of(&new)))
+                } else {
+                    json!(new)
+                };
+                RowEdit {
+                    table: table.clone(),
+                    ctid,
+                    before,
+                    set: edits::set1(&column, value),
+                    delete: false,
+                }
             })
             .collect();
         run_edits(

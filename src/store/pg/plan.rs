@@ -461,6 +461,7 @@ pub fn plan(
 
     // Homes: rename to the new uid, or merge into the home the server already made for it.
     let mut homes_count: BTreeMap<String, usize> = BTreeMap::new();
+    let mut hrefs: Vec<(String, String)> = Vec::new();
     {
         let mut ins = stx.prepare(
             "INSERT INTO plan_homes (plan_id, rel_path, layout, old_id, outcome, new_guid) VALUES (?1, ?2, 'sql', ?3, ?4, ?5)",
@@ -491,6 +492,9 @@ pub fn plan(
             ])?;
             if outcome == "moved" {
                 let new = new.unwrap_or_default();
+                if h.table == "CALENDAR_HOME" {
+                    hrefs.push((h.owner_uid.clone(), new.clone()));
+                }
                 let target = homes
                     .iter()
                     .find(|t| t.table == h.table && t.owner_uid == new && t.status == h.status);
@@ -504,6 +508,24 @@ pub fn plan(
                     action,
                     target.map(|t| t.id)
                 ])?;
+            }
+        }
+    }
+    // Properties holding hrefs into a moved home (the inbox's calendar-free-busy-set, ...).
+    {
+        let mut ins = stx.prepare(
+            "INSERT INTO pg_plan_values (plan_id, table_name, column_name, old_value, new_value, rows) VALUES (?1, 'RESOURCE_PROPERTY', 'VALUE', ?2, ?3, ?4)",
+        )?;
+        for (old_uid, new_uid) in &hrefs {
+            let n: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM RESOURCE_PROPERTY WHERE strpos(VALUE, $1) > 0",
+                    &[&href_of(old_uid)],
+                )
+                .map_err(|e| db_err(&label, "RESOURCE_PROPERTY", &e))?
+                .get(0);
+            if n > 0 {
+                ins.execute(rusqlite::params![plan_id, old_uid, new_uid, n])?;
             }
         }
     }
@@ -588,6 +610,11 @@ pub fn plan(
     stx.commit()?;
     tracing::info!("plan {plan_id} stored at {:.2?}", started.elapsed());
     Ok(summary)
+}
+
+/// The part of an href that names a home: `/__uids__/<uid>/`.
+pub fn href_of(uid: &str) -> String {
+    format!("/__uids__/{uid}/")
 }
 
 fn db_err(label: &str, table: &str, e: &postgres::Error) -> Error {

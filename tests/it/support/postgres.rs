@@ -31,6 +31,8 @@ pub struct Postgres {
     pub bin: PathBuf,
     child: Option<Child>,
     run_as: Option<(u32, u32)>,
+    /// Schema versions whose template database exists.
+    templates: std::sync::Mutex<Vec<u32>>,
 }
 
 /// The newest `/usr/lib/postgresql/*/bin` with an initdb.
@@ -177,6 +179,7 @@ impl Builder {
             bin,
             child: Some(child),
             run_as,
+            templates: Default::default(),
         };
         pg.wait_ready();
         Some(pg)
@@ -255,18 +258,33 @@ impl Postgres {
             .unwrap_or_else(|e| panic!("connect to {db}: {e}\n{}", self.log()))
     }
 
-    /// A fresh database holding one of the real CalendarServer schemas (`vNN_...sql` by version).
+    /// A fresh database holding one of the real CalendarServer schemas (`vNN_...sql` by version),
+    /// copied from a template database loaded once per server and version.
     pub fn create_store(&self, db: &str, version: u32) -> postgres::Client {
+        let template = format!("tmpl_v{version}");
+        {
+            let mut made = self.templates.lock().unwrap();
+            if !made.contains(&version) {
+                let mut admin = self.client("postgres");
+                admin
+                    .batch_execute(&format!(
+                        "CREATE DATABASE {template} TEMPLATE template0 ENCODING 'UTF8'"
+                    ))
+                    .unwrap();
+                let mut c = self.client(&template);
+                c.batch_execute(&schema_sql(version))
+                    .unwrap_or_else(|e| panic!("schema v{version}: {e}"));
+                made.push(version);
+            }
+        }
         let mut admin = self.client("postgres");
+        // One copy at a time: a template must have no other session while it is copied.
+        let _one = self.templates.lock().unwrap();
         admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {db} TEMPLATE template0 ENCODING 'UTF8'"
-            ))
+            .batch_execute(&format!("CREATE DATABASE {db} TEMPLATE {template}"))
             .unwrap();
-        let mut c = self.client(db);
-        c.batch_execute(&schema_sql(version))
-            .unwrap_or_else(|e| panic!("schema v{version}: {e}"));
-        c
+        drop(_one);
+        self.client(db)
     }
 
     pub fn pid(&self) -> Option<u32> {
