@@ -106,7 +106,14 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 }
                 Item::Resource(res, Ok(info)) => {
                     report.resources += 1;
-                    check_resource(&mut report, cfg, &mut resolve, &mut organizers, &res.rel_path, &info);
+                    check_resource(
+                        &mut report,
+                        cfg,
+                        &mut resolve,
+                        &mut organizers,
+                        &res.rel_path,
+                        &info,
+                    );
                 }
             }
             Ok(())

@@ -337,7 +337,10 @@ fn plan_changes_nothing_apply_rewrites_in_place_second_apply_is_a_no_op_and_roll
                 .get(0);
             assert_eq!(props, 0, "v{v}: properties of {old} re-keyed");
             let hrefs: i64 = client(&pg, &w)
-                .query_one("SELECT COUNT(*) FROM RESOURCE_PROPERTY WHERE strpos(VALUE, $1) > 0", &[old])
+                .query_one(
+                    "SELECT COUNT(*) FROM RESOURCE_PROPERTY WHERE strpos(VALUE, $1) > 0",
+                    &[old],
+                )
                 .unwrap()
                 .get(0);
             assert_eq!(hrefs, 0, "v{v}: hrefs into the home of {old} follow it");
@@ -410,7 +413,10 @@ fn an_object_changed_between_plan_and_apply_is_skipped_and_reported_never_overwr
     )
     .unwrap();
     let edited: String = c
-        .query_one("SELECT ICALENDAR_TEXT FROM CALENDAR_OBJECT WHERE RESOURCE_ID = $1::bigint", &[&id])
+        .query_one(
+            "SELECT ICALENDAR_TEXT FROM CALENDAR_OBJECT WHERE RESOURCE_ID = $1::bigint",
+            &[&id],
+        )
         .unwrap()
         .get(0);
     drop(c);
@@ -418,10 +424,15 @@ fn an_object_changed_between_plan_and_apply_is_skipped_and_reported_never_overwr
         .arg("apply")
         .assert()
         .code(1)
-        .stdout(predicates::str::contains(format!("skipped {label}: changed since plan")))
+        .stdout(predicates::str::contains(format!(
+            "skipped {label}: changed since plan"
+        )))
         .stdout(predicates::str::contains("plan` again"));
     let now: String = client(&pg, &w)
-        .query_one("SELECT ICALENDAR_TEXT FROM CALENDAR_OBJECT WHERE RESOURCE_ID = $1::bigint", &[&id])
+        .query_one(
+            "SELECT ICALENDAR_TEXT FROM CALENDAR_OBJECT WHERE RESOURCE_ID = $1::bigint",
+            &[&id],
+        )
         .unwrap()
         .get(0);
     assert_eq!(now, edited, "a concurrent change must never be overwritten");
@@ -441,7 +452,9 @@ fn apply_refuses_while_calendarserver_is_connected_unless_forced() {
         .arg("apply")
         .assert()
         .code(2)
-        .stderr(predicates::str::contains("calendar server seems to be running"));
+        .stderr(predicates::str::contains(
+            "calendar server seems to be running",
+        ));
     w.cmd().args(["apply", "--force"]).assert().code(0);
     drop(server);
 }
@@ -470,7 +483,10 @@ fn apply_killed_at_random_points_resumes_to_the_same_database() {
     let (mut interrupted, mut attempts) = (0, 0);
     while interrupted < kills {
         attempts += 1;
-        assert!(attempts <= 4 * kills, "only {interrupted} of {attempts} kills hit a running apply");
+        assert!(
+            attempts <= 4 * kills,
+            "only {interrupted} of {attempts} kills hit a running apply"
+        );
         let v = VERSIONS[attempts % VERSIONS.len()];
         let w = PgWorld::with_tag(&pg, v, 6, 800, 50, &format!("k{attempts}"));
         w.cmd().arg("plan").assert().code(0);
@@ -480,12 +496,13 @@ fn apply_killed_at_random_points_resumes_to_the_same_database() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let delay = seed % full[&v];
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
-            .arg("--config")
-            .arg(&w.config)
-            .args(["--no-progress", "-q", "apply"])
-            .spawn()
-            .unwrap();
+        let mut child =
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+                .arg("--config")
+                .arg(&w.config)
+                .args(["--no-progress", "-q", "apply"])
+                .spawn()
+                .unwrap();
         std::thread::sleep(std::time::Duration::from_micros(delay));
         let _ = child.kill(); // SIGKILL
         if child.wait().unwrap().code().is_some() {
@@ -508,7 +525,11 @@ fn apply_killed_at_random_points_resumes_to_the_same_database() {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        postgres::assert_same_db(&dump(&pg, &w, &SKIP), &expected[&v], &format!("v{v} kill {interrupted}"));
+        postgres::assert_same_db(
+            &dump(&pg, &w, &SKIP),
+            &expected[&v],
+            &format!("v{v} kill {interrupted}"),
+        );
         // Every changed object got a new revision (newer than any before the run), every other
         // kept its own.
         let after = objects(&mut client(&pg, &w));
@@ -517,10 +538,15 @@ fn apply_killed_at_random_points_resumes_to_the_same_database() {
             if text == old_text {
                 assert_eq!(rev, old_rev, "v{v} kill {interrupted}: {id} untouched");
             } else {
-                assert!(*rev > max_rev, "v{v} kill {interrupted}: {id} has no new revision");
+                assert!(
+                    *rev > max_rev,
+                    "v{v} kill {interrupted}: {id} has no new revision"
+                );
             }
         }
-        pg.client("postgres").batch_execute(&format!("DROP DATABASE {}", w.db)).unwrap();
+        pg.client("postgres")
+            .batch_execute(&format!("DROP DATABASE {}", w.db))
+            .unwrap();
     }
 }
 
@@ -535,17 +561,31 @@ fn a_home_the_server_made_for_the_new_guid_is_merged_into_and_rollback_separates
         // an inbox under the new GUID, and one event in it.
         let mut c = client(&pg, &w);
         let hid: i64 = c
-            .query_one("INSERT INTO CALENDAR_HOME (OWNER_UID) VALUES ($1) RETURNING RESOURCE_ID::bigint", &[&new])
+            .query_one(
+                "INSERT INTO CALENDAR_HOME (OWNER_UID) VALUES ($1) RETURNING RESOURCE_ID::bigint",
+                &[&new],
+            )
             .unwrap()
             .get(0);
-        c.execute("INSERT INTO CALENDAR_HOME_METADATA (RESOURCE_ID) VALUES ($1::bigint)", &[&hid]).unwrap();
+        c.execute(
+            "INSERT INTO CALENDAR_HOME_METADATA (RESOURCE_ID) VALUES ($1::bigint)",
+            &[&hid],
+        )
+        .unwrap();
         for name in ["calendar", "inbox"] {
             let cid: i64 = c
-                .query_one("INSERT INTO CALENDAR DEFAULT VALUES RETURNING RESOURCE_ID::bigint", &[])
+                .query_one(
+                    "INSERT INTO CALENDAR DEFAULT VALUES RETURNING RESOURCE_ID::bigint",
+                    &[],
+                )
                 .unwrap()
                 .get(0);
             if v >= 28 {
-                c.execute("INSERT INTO CALENDAR_METADATA (RESOURCE_ID) VALUES ($1::bigint)", &[&cid]).unwrap();
+                c.execute(
+                    "INSERT INTO CALENDAR_METADATA (RESOURCE_ID) VALUES ($1::bigint)",
+                    &[&cid],
+                )
+                .unwrap();
                 c.execute("INSERT INTO CALENDAR_BIND (CALENDAR_HOME_RESOURCE_ID, CALENDAR_RESOURCE_ID, CALENDAR_RESOURCE_NAME, BIND_MODE, BIND_STATUS) VALUES ($1::bigint, $2::bigint, $3, 0, 1)", &[&hid, &cid, &name]).unwrap();
             } else {
                 c.execute("INSERT INTO CALENDAR_BIND (CALENDAR_HOME_RESOURCE_ID, CALENDAR_RESOURCE_ID, CALENDAR_RESOURCE_NAME, BIND_MODE, BIND_STATUS, SEEN_BY_OWNER, SEEN_BY_SHAREE) VALUES ($1::bigint, $2::bigint, $3, 0, 1, true, true)", &[&hid, &cid, &name]).unwrap();
@@ -565,10 +605,15 @@ fn a_home_the_server_made_for_the_new_guid_is_merged_into_and_rollback_separates
             .arg("apply")
             .assert()
             .code(0)
-            .stdout(predicates::str::contains("as calendar-migrated (name clash)"));
+            .stdout(predicates::str::contains(
+                "as calendar-migrated (name clash)",
+            ));
         let mut c = client(&pg, &w);
         let homes: i64 = c
-            .query_one("SELECT COUNT(*) FROM CALENDAR_HOME WHERE OWNER_UID = $1 OR OWNER_UID = $2", &[&old, &new])
+            .query_one(
+                "SELECT COUNT(*) FROM CALENDAR_HOME WHERE OWNER_UID = $1 OR OWNER_UID = $2",
+                &[&old, &new],
+            )
             .unwrap()
             .get(0);
         assert_eq!(homes, 1, "v{v}: the emptied old home is removed");
@@ -588,7 +633,10 @@ fn a_home_the_server_made_for_the_new_guid_is_merged_into_and_rollback_separates
             )
             .unwrap()
             .get(0);
-        assert!(in_new > 1, "v{v}: the old events moved in beside the fresh one");
+        assert!(
+            in_new > 1,
+            "v{v}: the old events moved in beside the fresh one"
+        );
         let revs_old: i64 = c
             .query_one("SELECT COUNT(*) FROM CALENDAR_OBJECT_REVISIONS WHERE CALENDAR_HOME_RESOURCE_ID = $1::bigint", &[&w.imported.home_ids[&old]])
             .unwrap()
@@ -597,7 +645,11 @@ fn a_home_the_server_made_for_the_new_guid_is_merged_into_and_rollback_separates
         drop(c);
         w.cmd().arg("verify").assert().code(0);
         w.cmd().arg("rollback").assert().code(0);
-        postgres::assert_same_db(&dump(&pg, &w, &BOOKKEEPING), &with_fresh, &format!("v{v}: rollback separates the homes"));
+        postgres::assert_same_db(
+            &dump(&pg, &w, &BOOKKEEPING),
+            &with_fresh,
+            &format!("v{v}: rollback separates the homes"),
+        );
     }
 }
 
@@ -611,7 +663,11 @@ fn verify_fails_before_and_passes_after_apply_and_doctor_checks_md5_and_organize
         .code(1)
         .stdout(predicates::str::contains("not-canonical"))
         .stdout(predicates::str::contains("orphan-home"));
-    w.cmd().arg("doctor").assert().code(0).stdout(predicates::str::contains("no problems"));
+    w.cmd()
+        .arg("doctor")
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("no problems"));
     w.cmd().arg("plan").assert().code(0);
     w.cmd().arg("apply").assert().code(0);
     w.cmd()
@@ -636,8 +692,16 @@ fn verify_fails_before_and_passes_after_apply_and_doctor_checks_md5_and_organize
         .stdout(predicates::str::contains("md5-stale"))
         .stdout(predicates::str::contains("organizer-column"));
     w.cmd().args(["doctor", "--fix"]).assert().code(2);
-    w.cmd().arg("verify").assert().code(1).stdout(predicates::str::contains("md5-stale"));
-    postgres::assert_same_db(&dump(&pg, &w, &[]), &before, "doctor and verify change nothing");
+    w.cmd()
+        .arg("verify")
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("md5-stale"));
+    postgres::assert_same_db(
+        &dump(&pg, &w, &[]),
+        &before,
+        "doctor and verify change nothing",
+    );
 }
 
 #[test]
@@ -653,7 +717,10 @@ fn a_rehearsal_works_on_a_copy_and_never_writes_the_real_database() {
     proxy
         .execute(
             "INSERT INTO GROUPS VALUES (?1, ?2)",
-            [format!("{}#calendar-proxy-write", people[0]), people[1].clone()],
+            [
+                format!("{}#calendar-proxy-write", people[0]),
+                people[1].clone(),
+            ],
         )
         .unwrap();
     drop(proxy);
@@ -661,9 +728,16 @@ fn a_rehearsal_works_on_a_copy_and_never_writes_the_real_database() {
     let real_data = dump(&pg, &w, &BOOKKEEPING);
     let real_proxies = std::fs::read(w.path("Data/proxies.sqlite")).unwrap();
     let rehearsal = w.path("rehearsal");
-    w.cmd().args(["migrate", "--rehearse"]).arg(&rehearsal).assert().code(0);
+    w.cmd()
+        .args(["migrate", "--rehearse"])
+        .arg(&rehearsal)
+        .assert()
+        .code(0);
     postgres::assert_same_db(&dump(&pg, &w, &[]), &real, "the real database");
-    assert_eq!(std::fs::read(w.path("Data/proxies.sqlite")).unwrap(), real_proxies);
+    assert_eq!(
+        std::fs::read(w.path("Data/proxies.sqlite")).unwrap(),
+        real_proxies
+    );
     let mut copy = pg.client(&format!("{}_rehearsal", w.db));
     let owners: Vec<String> = copy
         .query("SELECT OWNER_UID FROM CALENDAR_HOME ORDER BY 1", &[])
@@ -676,20 +750,39 @@ fn a_rehearsal_works_on_a_copy_and_never_writes_the_real_database() {
     assert_eq!(owners, want, "the rehearsal's copy is migrated");
     drop(copy);
     let p = rusqlite::Connection::open(rehearsal.join("Data/proxies.sqlite")).unwrap();
-    let member: String = p.query_row("SELECT MEMBER FROM GROUPS", [], |r| r.get(0)).unwrap();
-    assert_eq!(member, w.new_guid[&people[1]], "the copy of proxies.sqlite is rewritten");
+    let member: String = p
+        .query_row("SELECT MEMBER FROM GROUPS", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        member, w.new_guid[&people[1]],
+        "the copy of proxies.sqlite is rewritten"
+    );
     drop(p);
     // A second rehearsal replaces the copy.
-    w.cmd().args(["migrate", "--rehearse"]).arg(&rehearsal).assert().code(0);
+    w.cmd()
+        .args(["migrate", "--rehearse"])
+        .arg(&rehearsal)
+        .assert()
+        .code(0);
     // And the real migration, with its delegates.
     w.cmd().arg("migrate").assert().code(0);
     let p = rusqlite::Connection::open(w.path("Data/proxies.sqlite")).unwrap();
-    let member: String = p.query_row("SELECT MEMBER FROM GROUPS", [], |r| r.get(0)).unwrap();
+    let member: String = p
+        .query_row("SELECT MEMBER FROM GROUPS", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(member, w.new_guid[&people[1]]);
     drop(p);
     w.cmd().arg("rollback").assert().code(0);
-    postgres::assert_same_db(&dump(&pg, &w, &BOOKKEEPING), &real_data, "rollback of the real migration");
-    assert_eq!(std::fs::read(w.path("Data/proxies.sqlite")).unwrap(), real_proxies, "rollback restores proxies.sqlite");
+    postgres::assert_same_db(
+        &dump(&pg, &w, &BOOKKEEPING),
+        &real_data,
+        "rollback of the real migration",
+    );
+    assert_eq!(
+        std::fs::read(w.path("Data/proxies.sqlite")).unwrap(),
+        real_proxies,
+        "rollback restores proxies.sqlite"
+    );
 }
 
 #[test]
@@ -698,8 +791,16 @@ fn migrate_runs_end_to_end_on_each_schema_over_tcp_with_the_password_from_the_en
     for v in VERSIONS {
         let w = PgWorld::new(&pg, v, 3, 30, 90 + v as u64);
         let text = std::fs::read_to_string(&w.config).unwrap();
-        std::fs::write(&w.config, text.replace(&pg.socket_dsn(&w.db), &pg.tcp_dsn(&w.db))).unwrap();
-        w.cmd().arg("migrate").assert().code(3).stderr(predicates::str::contains("password"));
+        std::fs::write(
+            &w.config,
+            text.replace(&pg.socket_dsn(&w.db), &pg.tcp_dsn(&w.db)),
+        )
+        .unwrap();
+        w.cmd()
+            .arg("migrate")
+            .assert()
+            .code(3)
+            .stderr(predicates::str::contains("password"));
         w.cmd()
             .env("PRINCIPAL_RECONCILER_STORE_PASSWORD", postgres::PASSWORD)
             .arg("migrate")
@@ -707,4 +808,58 @@ fn migrate_runs_end_to_end_on_each_schema_over_tcp_with_the_password_from_the_en
             .code(0)
             .stdout(predicates::str::contains("verify: 0 problems"));
     }
+}
+
+#[test]
+fn rollback_after_a_killed_apply_restores_the_original_database() {
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 28, 6, 1200, 95);
+    let before = dump(&pg, &w, &BOOKKEEPING);
+    w.cmd().arg("plan").assert().code(0);
+    let mut child =
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+            .arg("--config")
+            .arg(&w.config)
+            .args(["--no-progress", "-q", "apply"])
+            .spawn()
+            .unwrap();
+    // Wait until some objects were written, then kill.
+    let state = w.path("state/state.sqlite");
+    for _ in 0..5000 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let done: i64 = rusqlite::Connection::open(&state)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM pg_journal WHERE state = 'done'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap_or(0);
+        if done > 0 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut tries = 0;
+    loop {
+        let out = w.cmd().arg("rollback").output().unwrap();
+        if out.status.code() == Some(0) {
+            break;
+        }
+        tries += 1;
+        assert!(
+            tries < 50 && String::from_utf8_lossy(&out.stderr).contains("seems to be running"),
+            "rollback failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    postgres::assert_same_db(
+        &dump(&pg, &w, &BOOKKEEPING),
+        &before,
+        "database after rollback of a killed apply",
+    );
 }

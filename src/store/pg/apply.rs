@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 /// Objects per transaction.
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 
 fn err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
     super::pg_err(what)
@@ -95,24 +95,61 @@ pub(super) struct PlannedObject {
 }
 
 /// The old columns of an object, as saved before it is written.
-#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct SavedObject {
     pub text: String,
     pub md5: String,
     pub organizer: Option<String>,
 }
 
+/// zlib of: MD5 (32 bytes), the ORGANIZER column's length (4 bytes, big-endian; all ones for
+/// NULL) and bytes, then the text.
 pub(super) fn pack_saved(s: &SavedObject) -> Result<Vec<u8>> {
-    Ok(crate::plan::pack(&serde_json::to_vec(s)?))
+    let mut raw = Vec::with_capacity(s.text.len() + 128);
+    let mut md5 = [b' '; 32];
+    let m = s.md5.as_bytes();
+    md5[..m.len().min(32)].copy_from_slice(&m[..m.len().min(32)]);
+    raw.extend_from_slice(&md5);
+    match &s.organizer {
+        None => raw.extend_from_slice(&u32::MAX.to_be_bytes()),
+        Some(o) => {
+            raw.extend_from_slice(&(o.len() as u32).to_be_bytes());
+            raw.extend_from_slice(o.as_bytes());
+        }
+    }
+    raw.extend_from_slice(s.text.as_bytes());
+    Ok(crate::plan::pack(&raw))
 }
 
 pub(super) fn unpack_saved(blob: &[u8]) -> Result<SavedObject> {
     use std::io::Read;
-    let mut out = Vec::new();
+    let damaged =
+        |why: &str| Error::runtime(format!("state database: a saved row is damaged: {why}"));
+    let mut raw = Vec::new();
     flate2::read::ZlibDecoder::new(blob)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::runtime(format!("state database: a saved row is damaged: {e}")))?;
-    Ok(serde_json::from_slice(&out)?)
+        .read_to_end(&mut raw)
+        .map_err(|e| damaged(&e.to_string()))?;
+    if raw.len() < 36 {
+        return Err(damaged("too short"));
+    }
+    let md5 = String::from_utf8_lossy(&raw[..32]).trim().to_string();
+    let n = u32::from_be_bytes([raw[32], raw[33], raw[34], raw[35]]);
+    let (organizer, rest) = if n == u32::MAX {
+        (None, &raw[36..])
+    } else {
+        let end = 36 + n as usize;
+        if raw.len() < end {
+            return Err(damaged("truncated"));
+        }
+        (
+            Some(String::from_utf8(raw[36..end].to_vec()).map_err(|_| damaged("not UTF-8"))?),
+            &raw[end..],
+        )
+    };
+    Ok(SavedObject {
+        text: String::from_utf8(rest.to_vec()).map_err(|_| damaged("not UTF-8"))?,
+        md5,
+        organizer,
+    })
 }
 
 /// An object write: the row's new columns and the planned values it must still hold.
@@ -261,10 +298,11 @@ pub(super) fn locked_objects(
                     owner: Some(c.owner),
                     collection: "addressbook".into(),
                     name: c.name,
-                    text: c.text,
                     md5: c.md5,
                     organizer: None,
                     schedule_tag: None,
+                    text_md5: md5_hex(c.text.as_bytes()),
+                    text: c.text,
                 },
             )
         })
@@ -439,7 +477,7 @@ fn object_batch(
             final_marks.push((seq, p, "skipped", "deleted since plan".into()));
             continue;
         };
-        let text_md5 = md5_hex(row.text.as_bytes());
+        let text_md5 = row.text_md5.clone();
         if text_md5 == p.new_text_md5 && row.md5 == p.new_md5 {
             let why = if seq > 0 { "" } else { "already as planned" };
             final_marks.push((seq, p, "done", why.into()));
@@ -458,7 +496,7 @@ fn object_batch(
             ical::scan_and_rewrite(row.text.as_bytes(), resolver, opts)
                 .ok()
                 .and_then(|(info, rw)| rewrite_object(schema, row, &info, rw, resolver, opts))
-                .map(|pl| (pl.new_text, pl.new_md5, pl.new_organizer))
+                .map(|pl| (pl.new_text, pl.new_md5, pl.new_organizer, pl.new_text_md5))
         } else {
             let card = read::CardRow {
                 resource_id: row.resource_id,
@@ -469,10 +507,10 @@ fn object_batch(
             };
             rewrite_card(&mut tx, schema, &card, resolver)?.map(|(t, _)| {
                 let m = md5_hex(&t);
-                (t, m, None)
+                (t, m.clone(), None, m)
             })
         };
-        let Some((new_text, new_md5, new_org)) = replayed else {
+        let Some((new_text, new_md5, new_org, new_text_md5)) = replayed else {
             final_marks.push((
                 seq,
                 p,
@@ -481,7 +519,7 @@ fn object_batch(
             ));
             continue;
         };
-        if md5_hex(&new_text) != p.new_text_md5 || new_md5 != p.new_md5 {
+        if new_text_md5 != p.new_text_md5 || new_md5 != p.new_md5 {
             final_marks.push((
                 seq,
                 p,
@@ -689,6 +727,22 @@ fn run_edits(
     let seqs = edits::journal_pending(state, run_id, "row", edits, &[], label)?;
     let mut marks = Vec::new();
     let mut out = Vec::new();
+    // Many rows getting the same new value (a uid column): one statement, unless it clashes.
+    let same = edits.len() > 1
+        && edits.iter().all(|e| {
+            !e.delete && !e.ctid.is_empty() && e.table == edits[0].table && e.set == edits[0].set
+        });
+    if same {
+        if let Some(n) = edits::write_same(tx, edits)? {
+            if n as usize == edits.len() {
+                return Ok(vec![true; edits.len()]);
+            }
+            return Err(Error::runtime(format!(
+                "{label}: {n} of {} locked rows written; nothing committed",
+                edits.len()
+            )));
+        }
+    }
     for (e, seq) in edits.iter().zip(&seqs) {
         let ok = edits::write(tx, e)?;
         if !ok {
@@ -995,4 +1049,26 @@ fn merge_home(
     summary.homes_adopted += 1;
     summary.notes.extend(notes);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_rows_round_trip() {
+        for organizer in [None, Some(String::new()), Some("urn:x-uid:ABC".to_string())] {
+            let s = SavedObject {
+                text: "BEGIN:VCALENDAR\r\nSUMMARY:é\r\nEND:VCALENDAR\r\n".into(),
+                md5: "0123456789abcdef0123456789abcdef".into(),
+                organizer: organizer.clone(),
+            };
+            let back = unpack_saved(&pack_saved(&s).unwrap()).unwrap();
+            assert_eq!(
+                (back.text, back.md5, back.organizer),
+                (s.text, s.md5, organizer)
+            );
+        }
+        assert!(unpack_saved(b"not zlib").is_err());
+    }
 }

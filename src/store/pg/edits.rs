@@ -141,6 +141,39 @@ pub fn write(tx: &mut Transaction<'_>, e: &RowEdit) -> Result<bool> {
     }
 }
 
+/// Writes many updates that set the same columns to the same values in one statement (rows locked
+/// by this transaction); `None` when that hit a unique violation (nothing written: write them one
+/// by one to find which).
+pub fn write_same(tx: &mut Transaction<'_>, edits: &[RowEdit]) -> Result<Option<u64>> {
+    let Some(first) = edits.first() else {
+        return Ok(Some(0));
+    };
+    let cols: Vec<&str> = first.set.iter().map(|(c, _)| c.as_str()).collect();
+    let after = first.after().to_string();
+    let ctids: Vec<&str> = edits.iter().map(|e| e.ctid.as_str()).collect();
+    let mut sp = tx.savepoint("edits").map_err(err(&first.table))?;
+    let r = sp.execute(
+        &format!(
+            "UPDATE {t} SET ({c}) = (SELECT {c} FROM jsonb_populate_record(NULL::{t}, $1::text::jsonb)) WHERE ctid = ANY($2::text[]::tid[])",
+            t = first.table,
+            c = cols.join(", ")
+        ),
+        &[&after, &ctids],
+    );
+    match r {
+        Ok(n) => {
+            sp.commit().map_err(err(&first.table))?;
+            Ok(Some(n))
+        }
+        Err(x) if x.code().map(|c| c.code()) == Some("23505") => Ok(None),
+        Err(x) => Err(Error::runtime(format!(
+            "{}: {}",
+            first.table,
+            super::connect::describe(&x)
+        ))),
+    }
+}
+
 /// Journals edits as pending (durably, before the database is written); returns their seqs.
 pub fn journal_pending(
     state: &mut State,

@@ -45,6 +45,8 @@ pub fn new_uid(resolver: &dyn Resolve, old: &str) -> Option<String> {
 /// One object's planned rewrite.
 pub struct Planned {
     pub new_text: Vec<u8>,
+    /// md5 of the new text.
+    pub new_text_md5: String,
     pub changes: Vec<ical::Change>,
     pub new_md5: String,
     pub new_organizer: Option<String>,
@@ -63,12 +65,25 @@ pub fn rewrite_object(
     if rw.changes.is_empty() {
         return None;
     }
-    let new_md5 = schema.calendar_md5(&rw.bytes, row.schedule_tag.as_deref());
+    let new_text_md5 = md5_hex(&rw.bytes);
+    let new_md5 = match &row.schedule_tag {
+        Some(t) if schema.md5_with_schedule_tag => schema.calendar_md5(&rw.bytes, Some(t)),
+        _ => new_text_md5.clone(),
+    };
     let old_first = info_before.organizer.clone();
-    let new_first = if rw.changes.iter().any(|c| c.property == "ORGANIZER") {
-        ical::scan(&rw.bytes).ok().and_then(|i| i.organizer)
-    } else {
-        old_first.clone()
+    // The first ORGANIZER after the rewrite: the first one's new value when its line changed.
+    let first_line = info_before
+        .addresses
+        .iter()
+        .find(|f| f.property == "ORGANIZER")
+        .map(|f| f.line);
+    let new_first = match rw
+        .changes
+        .iter()
+        .find(|c| c.property == "ORGANIZER" && Some(c.line) == first_line)
+    {
+        Some(c) => Some(c.new_value.clone()),
+        None => old_first.clone(),
     };
     // The column holds the server's reading of the ORGANIZER (first component's); when it agreed
     // with the text it follows the text, else it is mapped on its own.
@@ -86,6 +101,7 @@ pub fn rewrite_object(
     };
     Some(Planned {
         new_text: rw.bytes,
+        new_text_md5,
         changes: rw.changes,
         new_md5,
         new_organizer,
@@ -121,7 +137,7 @@ impl Acc<'_> {
             id,
             label,
             old_text_md5,
-            md5_hex(&p.new_text),
+            p.new_text_md5,
             old_md5,
             p.new_md5,
             old_org,
@@ -230,9 +246,8 @@ pub fn plan(
                 .map(|row| {
                     let r = ical::scan_and_rewrite(row.text.as_bytes(), &lazy, &opts).map(
                         |(info, rw)| {
-                            let old_text_md5 = md5_hex(row.text.as_bytes());
                             let p = rewrite_object(&schema, &row, &info, rw, &lazy, &opts);
-                            (info, p, old_text_md5)
+                            (info, p, row.text_md5.clone())
                         },
                     );
                     (row, r)
@@ -285,10 +300,28 @@ pub fn plan(
             }
             Ok(())
         };
-        for id in cal_homes {
-            read::home_objects(&mut tx, id, &mut sink)?;
+        // The reader fetches the next batches while this thread rewrites and stores the last.
+        {
+            let txr = &mut tx;
+            std::thread::scope(|scope| -> Result<()> {
+                let (send, recv) = crossbeam_channel::bounded::<Vec<ObjectRow>>(4);
+                let reader = scope.spawn(move || -> Result<()> {
+                    let mut forward = |b: Vec<ObjectRow>| -> Result<()> {
+                        send.send(b).map_err(|_| Error::runtime("planning stopped"))
+                    };
+                    for id in cal_homes {
+                        read::home_objects(txr, id, &mut forward)?;
+                    }
+                    read::orphan_objects(txr, &mut forward)
+                });
+                let result = recv.iter().try_for_each(&mut sink);
+                drop(recv);
+                let read = reader
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::runtime("the database reader failed")));
+                result.and(read)
+            })?;
         }
-        read::orphan_objects(&mut tx, &mut sink)?;
         bar.finish_and_clear();
         tracing::info!(
             "objects: {scanned} read, {} to change, at {:.2?}",
@@ -401,7 +434,7 @@ pub fn plan(
                         "calendar",
                         row.resource_id,
                         &label,
-                        &md5_hex(row.text.as_bytes()),
+                        &row.text_md5,
                         &row.md5,
                         row.organizer.as_deref(),
                         &p,
@@ -416,8 +449,10 @@ pub fn plan(
             let cards = read::cards_by_id(&mut tx, &schema, chunk, false)?;
             for c in cards {
                 if let Some((new, changes)) = rewrite_card(&mut tx, &schema, &c, &resolver)? {
+                    let m = md5_hex(&new);
                     let p = Planned {
-                        new_md5: md5_hex(&new),
+                        new_md5: m.clone(),
+                        new_text_md5: m,
                         new_text: new,
                         changes,
                         new_organizer: None,

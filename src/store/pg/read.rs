@@ -32,6 +32,8 @@ pub struct ObjectRow {
     pub md5: String,
     pub organizer: Option<String>,
     pub schedule_tag: Option<String>,
+    /// md5 of the text, computed by the server (`md5(ICALENDAR_TEXT)`).
+    pub text_md5: String,
 }
 
 impl ObjectRow {
@@ -92,7 +94,7 @@ pub fn homes(
         .collect())
 }
 
-const OBJECT_COLUMNS: &str = "o.RESOURCE_ID::bigint, o.CALENDAR_RESOURCE_ID::bigint, h.OWNER_UID, b.CALENDAR_RESOURCE_NAME, o.RESOURCE_NAME, o.ICALENDAR_TEXT, o.MD5, o.ORGANIZER, o.SCHEDULE_TAG";
+const OBJECT_COLUMNS: &str = "o.RESOURCE_ID::bigint, o.CALENDAR_RESOURCE_ID::bigint, h.OWNER_UID, b.CALENDAR_RESOURCE_NAME, o.RESOURCE_NAME, o.ICALENDAR_TEXT, o.MD5, o.ORGANIZER, o.SCHEDULE_TAG, md5(o.ICALENDAR_TEXT)";
 
 fn object(r: &postgres::Row) -> ObjectRow {
     ObjectRow {
@@ -107,6 +109,7 @@ fn object(r: &postgres::Row) -> ObjectRow {
         md5: r.get::<_, String>(6).trim().to_string(),
         organizer: r.get(7),
         schedule_tag: r.get(8),
+        text_md5: r.get(9),
     }
 }
 
@@ -130,7 +133,7 @@ pub fn orphan_objects(
     tx: &mut Transaction<'_>,
     mut each: impl FnMut(Vec<ObjectRow>) -> Result<()>,
 ) -> Result<()> {
-    let sql = "SELECT o.RESOURCE_ID::bigint, o.CALENDAR_RESOURCE_ID::bigint, NULL::varchar, NULL::varchar, o.RESOURCE_NAME, o.ICALENDAR_TEXT, o.MD5, o.ORGANIZER, o.SCHEDULE_TAG
+    let sql = "SELECT o.RESOURCE_ID::bigint, o.CALENDAR_RESOURCE_ID::bigint, NULL::varchar, NULL::varchar, o.RESOURCE_NAME, o.ICALENDAR_TEXT, o.MD5, o.ORGANIZER, o.SCHEDULE_TAG, md5(o.ICALENDAR_TEXT)
                FROM CALENDAR_OBJECT o
                WHERE NOT EXISTS (SELECT 1 FROM CALENDAR_BIND b WHERE b.CALENDAR_RESOURCE_ID = o.CALENDAR_RESOURCE_ID AND b.BIND_MODE = 0)";
     stream(tx, sql, &[], object, &mut each)

@@ -46,7 +46,8 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
         for sub in ["state", "reports", "Data"] {
             let p = dir.join(sub);
             if p.exists() {
-                std::fs::remove_dir_all(&p).map_err(|e| Error::io("cannot clear old rehearsal", &p, e))?;
+                std::fs::remove_dir_all(&p)
+                    .map_err(|e| Error::io("cannot clear old rehearsal", &p, e))?;
             }
         }
     }
@@ -60,7 +61,8 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     let databases = cfg.principal_databases();
     for db in databases {
         let name = db.file_name().map(PathBuf::from).unwrap_or_default();
-        std::fs::copy(&db, dir.join("Data").join(name)).map_err(|e| Error::io("cannot copy", &db, e))?;
+        std::fs::copy(&db, dir.join("Data").join(name))
+            .map_err(|e| Error::io("cannot copy", &db, e))?;
     }
 
     // The copy, made from a maintenance database on the same server.
@@ -86,14 +88,19 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
         }
         None => {}
     }
-    c.batch_execute(&format!("CREATE DATABASE {} TEMPLATE {}", ident(&copy), ident(&source)))
-        .map_err(|e| {
-            let mut err = admin.error(&format!("cannot copy {source} into {copy} on"), &e);
-            if e.code().map(|c| c.code()) == Some("55006") {
-                err.message.push_str(" — the database is in use: stop CalendarServer for the copy");
-            }
-            err
-        })?;
+    c.batch_execute(&format!(
+        "CREATE DATABASE {} TEMPLATE {}",
+        ident(&copy),
+        ident(&source)
+    ))
+    .map_err(|e| {
+        let mut err = admin.error(&format!("cannot copy {source} into {copy} on"), &e);
+        if e.code().map(|c| c.code()) == Some("55006") {
+            err.message
+                .push_str(" — the database is in use: stop CalendarServer for the copy");
+        }
+        err
+    })?;
     c.batch_execute(&format!(
         "COMMENT ON DATABASE {} IS '{COMMENT} of {}'",
         ident(&copy),
@@ -114,13 +121,17 @@ mod tests {
 
     #[test]
     fn dbname_is_overridden_in_both_forms() {
-        let t: postgres::Config = dsn_with_dbname("postgresql://u@h:1/caldav", "x").parse().unwrap();
+        let t: postgres::Config = dsn_with_dbname("postgresql://u@h:1/caldav", "x")
+            .parse()
+            .unwrap();
         assert_eq!(t.get_dbname(), Some("x"));
         let t: postgres::Config = dsn_with_dbname("postgresql://u@h:1/caldav?sslmode=disable", "x")
             .parse()
             .unwrap();
         assert_eq!(t.get_dbname(), Some("x"));
-        let t: postgres::Config = dsn_with_dbname("host=/tmp dbname=caldav", "x").parse().unwrap();
+        let t: postgres::Config = dsn_with_dbname("host=/tmp dbname=caldav", "x")
+            .parse()
+            .unwrap();
         assert_eq!(t.get_dbname(), Some("x"));
     }
 }

@@ -76,7 +76,8 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         let rows = st.query_map([run_id], |r| r.get::<_, i64>(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let steps = edits::steps(&state, target, "'done'", true)?;
+    // Pending steps too: an interrupted apply may have committed them before marking them.
+    let steps = edits::steps(&state, target, "'done', 'pending'", true)?;
     let bar = crate::cli::progress_bar(ctx, None, "restoring");
     for step in steps.into_iter().filter(|s| !undone.contains(&s.seq)) {
         let mut tx = db.client.transaction().map_err(err("begin"))?;
@@ -158,7 +159,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         let page: Vec<Row> = {
             let mut st = state.conn.prepare(
                 "SELECT j.seq, j.table_name, j.key, j.label, j.before_hash, j.after_hash, j.old_row FROM pg_journal j
-                 WHERE j.run_id = ?1 AND j.kind = 'object' AND j.state = 'done' AND j.old_row IS NOT NULL AND j.seq < ?2
+                 WHERE j.run_id = ?1 AND j.kind = 'object' AND j.state IN ('done', 'pending') AND j.old_row IS NOT NULL AND j.seq < ?2
                    AND NOT EXISTS (SELECT 1 FROM pg_journal u WHERE u.run_id = ?3 AND u.undoes_seq = j.seq AND u.state != 'pending')
                  ORDER BY j.seq DESC LIMIT ?4",
             )?;
@@ -202,7 +203,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
                     ));
                     continue;
                 };
-                let cur = md5_hex(row.text.as_bytes());
+                let cur = row.text_md5.clone();
                 if cur == *before {
                     undo_rows.push((
                         *seq,

@@ -119,7 +119,14 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     let bar = crate::cli::progress_bar(ctx, None, "verifying");
     let homes = walk_objects(&mut db, &mut report, |report, row, info| {
         bar.inc(1);
-        check_resource(report, cfg, &mut resolve, &mut organizers, &row.label(), info);
+        check_resource(
+            report,
+            cfg,
+            &mut resolve,
+            &mut organizers,
+            &row.label(),
+            info,
+        );
         check_columns(report, &schema, row, info);
     })?;
     bar.finish_and_clear();
@@ -171,7 +178,11 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 Err(e) => report.add("malformed", &c.label(), e),
                 Ok(info) => {
                     if md5_hex(c.text.as_bytes()) != c.md5 {
-                        report.add("md5-stale", &c.label(), format!("MD5 column {} does not match the card", c.md5));
+                        report.add(
+                            "md5-stale",
+                            &c.label(),
+                            format!("MD5 column {} does not match the card", c.md5),
+                        );
                     }
                     for (line, m) in &info.members {
                         let uid = match super::plan::member_address(m, &local) {
