@@ -7,6 +7,7 @@
 
 pub mod doctor;
 pub mod generate;
+pub mod props;
 pub mod scan;
 pub mod walk;
 pub mod write;
