@@ -16,8 +16,9 @@ use crate::config::Config;
 use crate::error::{Error, ExitStatus, Result};
 use crate::homes::{self, HomeStep};
 use crate::state::{create_private_dir, now_rfc3339, State};
+use crate::store::props::{edits_done, edits_from_json, AttrEdit};
 use crate::store::write::{
-    bump_ctag, prepare_write_checked, restore, sha256_hex, sync_filesystem, write_resource,
+    bump_ctag, prepare_write_with, restore, sha256_hex, sync_filesystem, write_resource_with,
     FileMeta, PreparedWrite, WriteError, WriteOptions,
 };
 use base64::Engine as _;
@@ -319,7 +320,8 @@ pub fn apply(
         let current = std::fs::read(&path)
             .map(|b| sha256_hex(&b))
             .unwrap_or_default();
-        let (st, detail) = if current == after {
+        let edits = planned_edits(&state, plan_id, &rel)?;
+        let (st, detail) = if current == after && edits_done(&path, &edits)? {
             summary.written += 1;
             ("done", String::new())
         } else if current == before {
@@ -329,7 +331,7 @@ pub fn apply(
                 |r| r.get(0),
             )?;
             let bytes = crate::plan::unpack(&blob, &after)?;
-            match write_resource(&path, &before, &bytes, &opts) {
+            match write_resource_with(&path, &before, &bytes, &opts, &edits) {
                 Ok(_) => {
                     summary.written += 1;
                     ("done", String::new())
@@ -379,17 +381,19 @@ pub fn apply(
         let mut work = Vec::with_capacity(chunk.len());
         for (rel, old_sha, new_sha) in chunk {
             seq += 1;
-            let blob: Vec<u8> = state.conn.query_row(
-                "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+            let (blob, edits): (Vec<u8>, Option<String>) = state.conn.query_row(
+                "SELECT new_bytes, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
                 rusqlite::params![plan_id, rel],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            work.push((seq, rel, old_sha, new_sha, blob));
+            let edits = edits_from_json(edits.as_deref())?;
+            work.push((seq, rel, old_sha, new_sha, (blob, edits)));
         }
         use rayon::prelude::*;
         let steps: Vec<Step> = work
             .into_par_iter()
-            .map(|(seq, rel, old_sha, new_sha, blob)| -> Result<Step> {
+            .map(|(seq, rel, old_sha, new_sha, planned)| -> Result<Step> {
+                let (blob, edits) = planned;
                 let mut step = Step {
                     seq,
                     rel: rel.clone(),
@@ -406,7 +410,8 @@ pub fn apply(
                     Ok(b) => b,
                 };
                 let sha = sha256_hex(&bytes);
-                if sha == *new_sha {
+                // (A resource whose only change is an attribute keeps its bytes.)
+                if sha == *new_sha && edits_done(&path, &edits)? {
                     step.state = "done";
                     step.detail = "already rewritten".into();
                 } else if sha != *old_sha {
@@ -417,7 +422,7 @@ pub fn apply(
                         &FileMeta::of(&path)?,
                     ))?);
                     let new_bytes = crate::plan::unpack(&blob, new_sha)?;
-                    match prepare_write_checked(&path, old_sha, &new_bytes, &opts, false) {
+                    match prepare_write_with(&path, old_sha, &new_bytes, &opts, &edits, false) {
                         Ok(p) => {
                             step.state = "pending";
                             step.prepared = Some(p);
@@ -747,6 +752,36 @@ fn adopt_homes(
     Ok(())
 }
 
+/// The attribute edits the plan holds for a resource (none for most).
+fn planned_edits(state: &State, plan_id: i64, rel: &str) -> Result<Vec<AttrEdit>> {
+    let json: Option<String> = state
+        .conn
+        .query_row(
+            "SELECT attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+            rusqlite::params![plan_id, rel],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    edits_from_json(json.as_deref())
+}
+
+/// Whether a file's attributes are those saved in a step (a step that changed only attributes
+/// is undone when they differ, though its bytes are the original ones).
+fn attrs_as_saved(path: &Path, meta_json: Option<&str>) -> Result<bool> {
+    let Some(json) = meta_json else {
+        return Ok(false);
+    };
+    let saved: SavedMeta = serde_json::from_str(json)?;
+    let mut now = FileMeta::of(path)?.xattrs;
+    let mut want = saved.to_meta()?.xattrs;
+    now.sort();
+    want.sort();
+    Ok(now == want)
+}
+
 /// Undoes an apply run (the latest when `run` is `None`), newest step first.
 pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> Result<RunSummary> {
     let state = State::open_existing(&cfg.state.path)?;
@@ -847,7 +882,9 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
             let current = std::fs::read(&path)
                 .map(|b| sha256_hex(&b))
                 .unwrap_or_default();
-            if current == original_sha {
+            if current == original_sha
+                && (current != applied_sha || attrs_as_saved(&path, meta_json.as_deref())?)
+            {
                 ("done", "already restored".to_string())
             } else if current != applied_sha && !force {
                 (

@@ -191,7 +191,8 @@ pub struct PrincipalScan {
     pub hrefs: Vec<String>,
     /// The attribute edits that rewrite them.
     pub edits: Vec<AttrEdit>,
-    /// One per rewritten href, for the reports (`line` 0, `property` the `{ns}name`).
+    /// One per rewritten href, for the reports (`line` 0, `property` the `{ns}name`, the lines
+    /// `{ns}name href <address>`).
     pub changes: Vec<crate::ical::Change>,
 }
 
@@ -219,10 +220,10 @@ pub fn scan_principals(attrs: &[Xattr], rewrite: &dyn Fn(&str) -> Option<String>
                 out.changes.push(crate::ical::Change {
                     line: 0,
                     property: property.clone(),
+                    old_line: format!("{property} href {value}"),
+                    new_line: format!("{property} href {new}"),
                     old_value: value,
                     new_value: new,
-                    old_line: String::new(),
-                    new_line: String::new(),
                 });
             }
         }
