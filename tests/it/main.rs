@@ -10,6 +10,7 @@ mod example;
 mod ical_corpus;
 mod ical_props;
 mod migrate;
+mod props;
 mod provision_cli;
 mod provision_db;
 mod provision_ldap;
