@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod cs_file_store;
 mod directory_cli;
 mod directory_ldap;
 mod directory_ldif;

@@ -99,7 +99,10 @@ fn no_user_xattrs(dir: &Path) -> bool {
             "{} has no user.* extended attributes (CI=true)",
             dir.display()
         );
-        eprintln!("SKIPPED: no user.* extended attributes on {}", dir.display());
+        eprintln!(
+            "SKIPPED: no user.* extended attributes on {}",
+            dir.display()
+        );
     }
     !ok
 }
@@ -155,7 +158,9 @@ fn after_apply_every_etag_list_names_the_current_bytes_and_rollback_restores_eve
                 "{old_rel}"
             );
             for (name, old) in old_attrs {
-                let prop = xattrs::decode_name(name).map(|(_, p)| p).unwrap_or_default();
+                let prop = xattrs::decode_name(name)
+                    .map(|(_, p)| p)
+                    .unwrap_or_default();
                 let new = &now[name];
                 if prop == xattrs::scheduling_match_etags() {
                     let list = props::match_etags(new).unwrap();
@@ -185,11 +190,7 @@ fn after_apply_every_etag_list_names_the_current_bytes_and_rollback_restores_eve
                 }
             }
             assert!(
-                props::stale_match_etags(
-                    &xattrs::read_all(&p).unwrap(),
-                    &md5
-                )
-                .is_none(),
+                props::stale_match_etags(&xattrs::read_all(&p).unwrap(), &md5).is_none(),
                 "{old_rel}"
             );
         }
@@ -232,7 +233,9 @@ fn inbox_originator_and_recipient_are_planned_applied_and_undone() {
             && rows.iter().any(|l| l.contains("}recipient,")),
         "changes.csv lists the properties: {rows:?}"
     );
-    assert!(rows.iter().all(|l| l.contains("/inbox/") && l.contains(",0,")));
+    assert!(rows
+        .iter()
+        .all(|l| l.contains("/inbox/") && l.contains(",0,")));
     assert_eq!(
         changes.lines().count() as u64 - 1,
         plan["plan"]["properties_changed"].as_u64().unwrap()
@@ -565,10 +568,7 @@ fn verify_predicts_what_the_server_refuses() {
     assert!(at("md5-stale", c), "{found:?}");
     assert_eq!(found.len(), 3, "nothing else: {found:?}");
     let detail = |kind: &str| {
-        problems
-            .iter()
-            .find(|p| p["kind"] == kind)
-            .unwrap()["detail"]
+        problems.iter().find(|p| p["kind"] == kind).unwrap()["detail"]
             .as_str()
             .unwrap()
             .to_string()
