@@ -84,6 +84,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                     let addr = crate::plan::home_address(&h);
                     match resolve(&addr) {
                         (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
+                        (MapOutcome::Acknowledged, _) => {}
                         (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v)) => report.add(
                             "home-not-adopted",
                             &h.rel_path,
@@ -121,7 +122,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                         (MapOutcome::Mapped, Some(v)) => {
                             report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
                         }
-                        (MapOutcome::External, _) => {}
+                        (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
                         (MapOutcome::Ambiguous, _) => report.add(
                             "ambiguous-address",
                             &at,
