@@ -535,7 +535,7 @@ fn html(
                     field(f, "guid"),
                     field(f, "short_name"),
                     field(f, "full_name"),
-                    field(f, "kind"),
+                    field(f, "type"),
                     field(f, "problem"),
                     field(f, "severity"),
                     field(f, "detail"),
