@@ -98,7 +98,7 @@ fn real_collections_with_their_attributes_survive_plan_apply_and_rollback() {
     for (i, (owner, tgz, name)) in collections.iter().enumerate() {
         let x = appledouble::extract(&corpus.join(tgz), &tmp.path().join(format!("x{i}")));
         // Every file came with its attributes; the names are CalendarServer's, the values read.
-        let resources: Vec<&(PathBuf, Vec<(String, Vec<u8>)>)> = x
+        let resources: Vec<&(PathBuf, appledouble::Attrs)> = x
             .attributes
             .iter()
             .filter(|(p, _)| p.extension().is_some_and(|e| e == "ics"))

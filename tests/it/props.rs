@@ -168,7 +168,7 @@ fn after_apply_every_etag_list_names_the_current_bytes_and_rollback_restores_eve
                     if new != old {
                         rewritten += 1;
                         multi += usize::from(was.len() > 1);
-                        assert_eq!(list, [md5.clone()], "{old_rel}: {name}");
+                        assert_eq!(list, std::slice::from_ref(&md5), "{old_rel}: {name}");
                         assert_eq!(
                             xattrs::decode_zlib(new).is_some(),
                             xattrs::decode_zlib(old).is_some(),

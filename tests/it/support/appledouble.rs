@@ -93,12 +93,15 @@ pub fn linux_name(mac: &str) -> String {
     }
 }
 
+/// Attribute names and raw values.
+pub type Attrs = Vec<(String, Vec<u8>)>;
+
 /// What [`extract`] did.
 pub struct Extracted {
     /// The top folder of the tarball (`calendar.10`, ...).
     pub root: PathBuf,
     /// Per file or folder given attributes: its path and the (Linux) attributes set.
-    pub attributes: Vec<(PathBuf, Vec<(String, Vec<u8>)>)>,
+    pub attributes: Vec<(PathBuf, Attrs)>,
 }
 
 /// Extracts `tgz` into `into` with the system's tar, turns every `._NAME` member into extended
