@@ -1,5 +1,5 @@
-//! `doctor [--fix]`: ownership, permissions, `getcontentmd5` attributes, leftovers of interrupted
-//! writes, symlinks and unreadable resources.
+//! `doctor [--fix]`: ownership, permissions, `getcontentmd5` and `scheduling-match-etags`
+//! attributes, leftovers of interrupted writes, symlinks and unreadable resources.
 
 use super::write::{
     bump_ctag, choose_prefix, is_leftover_name, md5_hex, set_match_etags_attr, set_md5_attr,

@@ -2,8 +2,9 @@
 //! and the doctor.
 //!
 //! Submodules: [`walk`](mod@walk) (the parallel reader), [`xattrs`] (WebDAV properties in extended
-//! attributes), [`write`](mod@write) (safe replacement of one resource, snapshots and restores for rollback),
-//! [`doctor`], [`scan`] (the inventory command) and [`generate`] (realistic test stores).
+//! attributes), [`props`] (the properties a rewrite changes besides the bytes), [`write`](mod@write)
+//! (safe replacement of one resource, snapshots and restores for rollback), [`doctor`], [`scan`]
+//! (the inventory command) and [`generate`] (realistic test stores).
 
 pub mod doctor;
 pub mod generate;
