@@ -137,12 +137,16 @@ pub struct MigrateArgs {
     /// Stop after plan: change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Copy the store to DIR first and migrate the copy (a rehearsal)
+    /// Copy the store to DIR first and migrate the copy (a rehearsal); DIR/principal-reconciler.toml
+    /// then runs any command on it
     #[arg(long, value_name = "DIR")]
     pub rehearse: Option<PathBuf>,
     /// Run even though the calendar server seems to be running on the store
     #[arg(long)]
     pub force: bool,
+    /// Apply without asking (a real migrate asks on a terminal, and refuses without one)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Subcommand, Debug)]

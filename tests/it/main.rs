@@ -19,3 +19,4 @@ mod report_html;
 mod store_cli;
 mod store_walk;
 mod store_write;
+mod workflow;
