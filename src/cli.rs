@@ -69,6 +69,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Write the reports of a plan or run again
     Report(ReportArgs),
+    /// Show one resource's planned change as a unified diff
+    Diff(DiffArgs),
     /// Pull, scan, plan, apply, verify and report in one go
     Migrate(MigrateArgs),
     /// Read the directory: `pull` shows what it holds, `export --ldif FILE` snapshots it
@@ -128,6 +130,16 @@ pub struct DoctorArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct ReportArgs {
     /// Report on this plan (default: the latest)
+    #[arg(long, value_name = "ID")]
+    pub plan: Option<i64>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DiffArgs {
+    /// The resource: a path in the store (whole, or relative to the store as in changes.csv)
+    #[arg(value_name = "RESOURCE")]
+    pub resource: PathBuf,
+    /// The plan (default: the latest)
     #[arg(long, value_name = "ID")]
     pub plan: Option<i64>,
 }
@@ -319,11 +331,38 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Doctor(args) => crate::store::command_doctor(&ctx, &args),
         Command::Report(args) => crate::report::command_report(&ctx, &args),
         Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
+        Command::Diff(args) => command_diff(&ctx, &args),
         Command::Directory(DirectoryCommand::Pull) => crate::directory::command_pull(&ctx),
         Command::Directory(DirectoryCommand::Export { ldif }) => {
             crate::directory::command_export(&ctx, &ldif)
         }
     }
+}
+
+/// `diff RESOURCE`: exit 0 when the resource still matches its plan or holds the planned bytes,
+/// 1 when it changed since (apply would skip it).
+fn command_diff(ctx: &Context, args: &DiffArgs) -> Result<Outcome> {
+    use crate::diff::Standing;
+    let cfg = &ctx.config;
+    let d =
+        crate::diff::resource_diff(&cfg.state.path, &cfg.store.path, args.plan, &args.resource)?;
+    let note = match d.standing {
+        Standing::Planned => String::new(),
+        Standing::Applied => format!("# plan {} is applied: {} holds these new bytes\n", d.plan_id, d.resource),
+        Standing::ChangedSincePlan => format!(
+            "# {} changed since plan {} (apply skips it; plan again): the diff is from its bytes now to the planned ones\n",
+            d.resource, d.plan_id
+        ),
+    };
+    Ok(Outcome {
+        status: if d.standing == Standing::ChangedSincePlan {
+            ExitStatus::Problems
+        } else {
+            ExitStatus::Ok
+        },
+        human: format!("{note}{}", d.diff),
+        json: serde_json::json!({ "diff": d }),
+    })
 }
 
 /// A progress bar on stderr, hidden when progress is off.

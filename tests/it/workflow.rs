@@ -119,3 +119,80 @@ fn a_real_migrate_on_a_terminal_applies_only_after_yes() {
     assert_eq!(code, Some(0), "{text}");
     assert_ne!(tree(&w.store.root), before, "answered yes: applied");
 }
+
+#[test]
+fn diff_shows_one_resources_planned_change() {
+    let w = World::new(2, 12, 34);
+    w.cmd().arg("plan").assert().code(0);
+    let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
+    let rel = changes
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = w.cmd().args(["diff", &rel]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("--- a/{rel}\n+++ b/{rel}\n@@ ")),
+        "{text}"
+    );
+    let removed = text
+        .lines()
+        .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+        .count();
+    let added = text
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .count();
+    assert!(removed > 0 && added > 0, "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+            .all(|l| ["+ORGANIZER", "+ATTENDEE", "+ ", "+X-CALENDARSERVER"]
+                .iter()
+                .any(|p| l.starts_with(p))),
+        "only address lines change: {text}"
+    );
+    // The whole path works as well as the store-relative one.
+    let whole = w.store.root.join(&rel);
+    w.cmd()
+        .arg("diff")
+        .arg(&whole)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(format!("+++ b/{rel}")));
+    // A resource the plan does not change is a usage error naming it.
+    w.cmd()
+        .args(["diff", "nowhere/x.ics"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("does not change nowhere/x.ics"));
+}
+
+#[test]
+fn diff_says_when_a_resource_changed_since_the_plan() {
+    let w = World::new(2, 12, 35);
+    w.cmd().arg("plan").assert().code(0);
+    let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
+    let rel = changes
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = w.store.root.join(&rel);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"\r\n");
+    std::fs::write(&path, bytes).unwrap();
+    w.cmd()
+        .args(["diff", &rel])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("changed since plan"));
+}
