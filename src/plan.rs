@@ -697,7 +697,7 @@ pub fn command_plan(ctx: &Context) -> Result<Outcome> {
     let (current, old) = load_directories(cfg)?;
     let summary = build(ctx, cfg, &current, &old)?;
     let state = State::open(&cfg.state.path)?;
-    crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
+    crate::report::write_reports(&state, summary.plan_id, &cfg.report)?;
     let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
         ExitStatus::Ok
     } else {
@@ -734,7 +734,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         summary.plan_id, summary.resources_changed
     ));
     let state = State::open(&cfg.state.path)?;
-    crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
+    crate::report::write_reports(&state, summary.plan_id, &cfg.report)?;
     steps.push(format!("report: {}", cfg.report.dir.display()));
     let mut run = None;
     let declined = !args.dry_run
@@ -788,7 +788,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     };
     if cfg.provision.enabled {
         let report = crate::provision::analyse(&cfg, &current, &old)?;
-        let csv = crate::provision::write_csv(&report, &cfg.report.dir)?;
+        let csv = crate::provision::write_csv(&report, &cfg.report)?;
         let needs = report
             .findings
             .iter()
@@ -823,7 +823,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     let mut verified = None;
     if !args.dry_run && !declined {
         let report = crate::verify::verify(ctx, &cfg, &current)?;
-        let csv = crate::verify::write_csv(&report, &cfg.report.dir)?;
+        let csv = crate::verify::write_csv(&report, &cfg.report)?;
         steps.push(format!(
             "verify: {} problems (listed in {})",
             report.problems.len(),

@@ -67,17 +67,33 @@ fn csv_bytes(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result
         .map_err(|e| Error::runtime(format!("CSV: {e}")))
 }
 
-/// Writes a CSV file atomically (header + rows; formula-like cells neutralised).
+/// The UTF-8 byte-order mark `[report] csv_bom` puts before every CSV.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A CSV file's bytes, with the byte-order mark when `[report] csv_bom` asks for it.
+pub fn with_bom(bom: bool, bytes: Vec<u8>) -> Vec<u8> {
+    if bom {
+        let mut out = BOM.to_vec();
+        out.extend(bytes);
+        out
+    } else {
+        bytes
+    }
+}
+
+/// Writes a CSV file atomically (header + rows; formula-like cells neutralised; a byte-order
+/// mark first when `bom`).
 pub fn write_csv(
     path: &Path,
     header: &[&str],
     rows: impl Iterator<Item = Vec<String>>,
+    bom: bool,
 ) -> Result<PathBuf> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("cannot create report folder", dir, e))?;
     }
-    write_atomic(path, &csv_bytes(header, rows)?)?;
+    write_atomic(path, &with_bom(bom, csv_bytes(header, rows)?))?;
     Ok(path.to_path_buf())
 }
 
@@ -199,7 +215,12 @@ pub fn plan_summary(state: &State, plan_id: i64) -> Result<PlanSummary> {
 }
 
 /// Writes every report of a plan into `dir`.
-pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn write_reports(
+    state: &State,
+    plan_id: i64,
+    report: &crate::config::ReportConfig,
+) -> Result<Vec<PathBuf>> {
+    let (dir, bom) = (report.dir.as_path(), report.csv_bom);
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create report folder", dir, e))?;
     let summary = plan_summary(state, plan_id)?;
     let mapping = mapping_rows(state, plan_id)?;
@@ -208,12 +229,15 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
     let p = dir.join("mapping.csv");
     write_atomic(
         &p,
-        &csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+        &with_bom(
+            bom,
+            csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+        ),
     )?;
     written.push(p);
 
     let p = dir.join("mapping-todo.csv");
-    write_atomic(&p, &mapping_todo(&mapping)?)?;
+    write_atomic(&p, &with_bom(bom, mapping_todo(&mapping)?))?;
     written.push(p);
 
     let p = dir.join("changes.csv");
@@ -225,7 +249,12 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
         let tmp = p.with_extension("tmp-principal-reconciler");
         let file =
             std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write report", &tmp, e))?;
-        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+        let mut file = std::io::BufWriter::new(file);
+        if bom {
+            std::io::Write::write_all(&mut file, BOM)
+                .map_err(|e| Error::io("cannot write report", &tmp, e))?;
+        }
+        let mut w = csv::Writer::from_writer(file);
         let csv_err = |e: csv::Error| Error::runtime(format!("{}: {e}", tmp.display()));
         w.write_record(["resource", "line", "property", "old_value", "new_value"])
             .map_err(csv_err)?;
@@ -649,7 +678,7 @@ pub fn command_report(ctx: &Context, args: &ReportArgs) -> Result<Outcome> {
     let cfg = &ctx.config;
     let state = State::open_existing(&cfg.state.path)?;
     let plan_id = state.plan_or_latest(args.plan)?;
-    let written = write_reports(&state, plan_id, &cfg.report.dir)?;
+    let written = write_reports(&state, plan_id, &cfg.report)?;
     let mut human = format!("Reports of plan {plan_id}:\n");
     for p in &written {
         human.push_str(&format!("  {}\n", p.display()));

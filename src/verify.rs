@@ -201,7 +201,10 @@ pub fn human(r: &VerifyReport) -> String {
 }
 
 /// Writes verify.csv into the report folder.
-pub fn write_csv(r: &VerifyReport, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+pub fn write_csv(
+    r: &VerifyReport,
+    report: &crate::config::ReportConfig,
+) -> Result<std::path::PathBuf> {
     // `path:line` as two columns, so a spreadsheet can sort and filter by file.
     let split = |at: &str| match at.rsplit_once(':') {
         Some((path, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => {
@@ -210,12 +213,13 @@ pub fn write_csv(r: &VerifyReport, dir: &std::path::Path) -> Result<std::path::P
         _ => (at.to_string(), String::new()),
     };
     crate::report::write_csv(
-        &dir.join("verify.csv"),
+        &report.dir.join("verify.csv"),
         &["kind", "path", "line", "detail"],
         r.problems.iter().map(|p| {
             let (path, line) = split(&p.path);
             vec![p.kind.clone(), path, line, p.detail.clone()]
         }),
+        report.csv_bom,
     )
 }
 
@@ -223,7 +227,7 @@ pub fn command_verify(ctx: &Context) -> Result<Outcome> {
     let cfg = &ctx.config;
     let current = directory::load_current(&cfg.directory)?;
     let report = verify(ctx, cfg, &current)?;
-    let csv = write_csv(&report, &cfg.report.dir)?;
+    let csv = write_csv(&report, &cfg.report)?;
     let status = if report.problems.is_empty() {
         ExitStatus::Ok
     } else {

@@ -196,3 +196,55 @@ fn diff_says_when_a_resource_changed_since_the_plan() {
         .code(1)
         .stdout(predicate::str::contains("changed since plan"));
 }
+
+#[test]
+fn csv_bom_puts_a_byte_order_mark_before_every_csv() {
+    let w = World::new(2, 12, 36);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("verify").assert().code(1);
+    for name in [
+        "mapping.csv",
+        "changes.csv",
+        "mapping-todo.csv",
+        "verify.csv",
+    ] {
+        let bytes = std::fs::read(w.path("reports").join(name)).unwrap();
+        assert!(
+            !bytes.starts_with(b"\xEF\xBB\xBF"),
+            "{name} has no BOM by default"
+        );
+    }
+    let cfg = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        cfg.replace("[report]\n", "[report]\ncsv_bom = true\n"),
+    )
+    .unwrap();
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("verify").assert().code(1);
+    for name in [
+        "mapping.csv",
+        "changes.csv",
+        "mapping-todo.csv",
+        "verify.csv",
+    ] {
+        let bytes = std::fs::read(w.path("reports").join(name)).unwrap();
+        assert!(
+            bytes.starts_with(b"\xEF\xBB\xBF"),
+            "{name} starts with a BOM"
+        );
+        assert!(!bytes[3..].starts_with(b"\xEF\xBB\xBF"), "{name}: one BOM");
+    }
+    // The todo file with its BOM still reads back as a mapping file.
+    let cfg = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::copy(w.path("reports/mapping-todo.csv"), w.path("todo-copy.csv")).unwrap();
+    std::fs::write(
+        &w.config,
+        cfg.replace(
+            "[rewrite]\n",
+            "[rewrite]\nmapping_file = \"todo-copy.csv\"\n",
+        ),
+    )
+    .unwrap();
+    w.cmd().arg("plan").assert().code(0);
+}
