@@ -222,6 +222,10 @@ fn init_logging(cli: &Cli) {
         .try_init();
 }
 
+/// Version of the `--json` documents' shape: raised when a field changes meaning or goes away
+/// (new fields may appear without it).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
 /// `NO_COLOR` set to anything but the empty string turns colours off (no-color.org).
 pub fn no_color() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
@@ -248,6 +252,7 @@ pub fn main() -> u8 {
                 let mut doc = outcome.json;
                 if let serde_json::Value::Object(map) = &mut doc {
                     map.insert("exit_code".into(), outcome.status.code().into());
+                    map.insert("schema_version".into(), JSON_SCHEMA_VERSION.into());
                 }
                 let _ = writeln!(
                     out,
@@ -265,7 +270,7 @@ pub fn main() -> u8 {
         Err(err) => {
             let status = err.exit_status();
             if json {
-                let doc = serde_json::json!({ "error": err.message, "exit_code": status.code() });
+                let doc = serde_json::json!({ "error": err.message, "exit_code": status.code(), "schema_version": JSON_SCHEMA_VERSION });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
             eprintln!("error: {}", err.message);
