@@ -78,9 +78,9 @@ proptest! {
     ) {
         let text = format!("ATTENDEE;{}", parts.concat());
         if let Ok(cl) = line::split(text.as_bytes()) {
-            let joined: Vec<u8> = line::params(cl.params).flat_map(|p| p.raw.iter().copied()).collect();
+            let joined: Vec<u8> = cl.params().flat_map(|p| p.raw.iter().copied()).collect();
             prop_assert_eq!(joined, cl.params.to_vec());
-            for p in line::params(cl.params) {
+            for p in cl.params() {
                 prop_assert!(p.raw.starts_with(b";"));
                 let _ = p.decoded();
             }
@@ -99,7 +99,7 @@ proptest! {
                     at = info.end;
                     if let Ok(cl) = line::split(text) {
                         // The parameters, as written, add up to the parameter text.
-                        let joined: Vec<u8> = line::params(cl.params).flat_map(|p| p.raw.iter().copied()).collect();
+                        let joined: Vec<u8> = cl.params().flat_map(|p| p.raw.iter().copied()).collect();
                         prop_assert_eq!(joined, cl.params.to_vec());
                     }
                 }
