@@ -6,6 +6,7 @@ mod cli;
 mod directory_cli;
 mod directory_ldap;
 mod directory_ldif;
+mod dropbox;
 mod example;
 mod golden;
 mod ical_corpus;
