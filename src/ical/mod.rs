@@ -559,14 +559,19 @@ fn old_cua_target(
     let Some(p) = cl.params().find(|p| p.is(OLD_CUA_PARAM)) else {
         return Ok(None);
     };
+    // Some(None): it names its record by one of the record's own addresses, nothing to do.
     let resolved = old_cua_address(&p.decoded()).and_then(|old| {
         let addr = CalAddress::parse(&old);
         let principal = resolver.resolve(&addr)?;
-        Some((old, principal.canonical_address(AddressForm::Keep, &addr)))
+        Some(
+            (!principal.owns(&addr))
+                .then(|| principal.canonical_address(AddressForm::Keep, &addr))
+                .filter(|new| !unsafe_value(new)),
+        )
     });
     match resolved {
-        Some((old, new)) if old.trim() == new || unsafe_value(&new) => Ok(None),
-        Some((_, new)) => {
+        Some(None) => Ok(None),
+        Some(Some(new)) => {
             let mut v = b"base64-".to_vec();
             v.extend_from_slice(
                 base64::engine::general_purpose::STANDARD
