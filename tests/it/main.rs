@@ -8,6 +8,7 @@ mod directory_ldap;
 mod directory_ldif;
 mod dropbox;
 mod example;
+mod external_corpus;
 mod golden;
 mod ical_corpus;
 mod ical_props;
