@@ -8,12 +8,14 @@
 pub mod address;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod directory;
 pub mod error;
 pub mod homes;
 pub mod ical;
 pub mod journal;
 pub mod mapping;
+pub mod mapping_file;
 pub mod plan;
 pub mod provision;
 pub mod rehearse;
