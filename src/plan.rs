@@ -7,13 +7,13 @@ use crate::cli::{Context, MigrateArgs, Outcome};
 use crate::config::Config;
 use crate::directory::{self, Directory};
 use crate::error::{Error, ExitStatus, Result};
-use crate::ical::{self, RewriteOptions};
+use crate::ical::{self, dropbox::HomeRef, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::state::{now_rfc3339, State};
 use crate::store::write::sha256_hex;
 use crate::store::{self, Home, Item};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
 
 /// A problem found while planning (unreadable or malformed resource, symlink, ...).
@@ -126,7 +126,12 @@ fn observe(
     info: &ical::CalendarInfo,
 ) -> BTreeSet<String> {
     let mut here = BTreeSet::new();
-    for f in &info.addresses {
+    // Old CUAs too (when they are addresses at all): they name principals the mapping must know.
+    let old_cuas = info
+        .old_cuas
+        .iter()
+        .filter(|f| !matches!(mapping::parse_found(&f.value), CalAddress::Other(_)));
+    for f in info.addresses.iter().chain(old_cuas) {
         let addr = mapping::parse_found(&f.value);
         let key = addr.key();
         let entry = observed
@@ -194,6 +199,109 @@ impl ical::Resolve for LazyResolver<'_, '_> {
         }
         idx.map(|i| &self.principals[i])
     }
+
+    /// While walking, the homes are not all known yet: a home is taken to move when its owner
+    /// resolves to another GUID. [`FinalResolver::moved_home`] decides once they are; resources
+    /// whose links it decides otherwise are read again.
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        let p = ical::Resolve::resolve(self, &home.owner())?;
+        (!home.is_uid_of(&p.guid)).then(|| p.guid.clone())
+    }
+}
+
+/// The `/calendars/...` URL segment that names a home in the store.
+pub fn home_ref(h: &Home) -> HomeRef {
+    match h.layout {
+        store::HomeLayout::Users => HomeRef::Name {
+            kind: h
+                .rel_path
+                .split('/')
+                .nth(1)
+                .and_then(RecordType::from_collection)
+                .unwrap_or(RecordType::User),
+            short: h.id.clone(),
+        },
+        _ => HomeRef::uid(&h.id),
+    }
+}
+
+/// Resolves once the whole store is known: addresses as the finished mapping says (rule 6
+/// included), addresses it never saw (old CUAs that were not addresses, ...) as the walk did;
+/// dropbox links into a home `apply` adopts name the GUID it moves to.
+struct FinalResolver<'r, 'm, 'a> {
+    map: HashMap<String, Principal>,
+    mapping: &'r Mapping,
+    lazy: &'r LazyResolver<'m, 'a>,
+    /// Every home in the store by its URL: the GUID its URL becomes, if it changes.
+    homes: HashMap<HomeRef, Option<Guid>>,
+    /// The GUIDs homes are adopted into.
+    targets: HashSet<Guid>,
+}
+
+impl<'r, 'm, 'a> FinalResolver<'r, 'm, 'a> {
+    fn new(mapping: &'r Mapping, lazy: &'r LazyResolver<'m, 'a>, homes: &[Home]) -> Self {
+        let mut by_ref: HashMap<HomeRef, Option<Guid>> = HashMap::new();
+        let mut targets = HashSet::new();
+        for h in homes {
+            let f = home_finding(mapping, h);
+            let adopted = f
+                .new_guid
+                .as_deref()
+                .filter(|_| f.outcome == "moved" || h.layout != store::HomeLayout::Hashed)
+                .and_then(Guid::from_any);
+            let r = home_ref(h);
+            if let Some(g) = &adopted {
+                targets.insert(g.clone());
+            }
+            let to = adopted.filter(|g| !r.is_uid_of(g));
+            let slot = by_ref.entry(r).or_default();
+            if slot.is_none() {
+                *slot = to;
+            }
+        }
+        FinalResolver {
+            map: mapping.resolver(),
+            mapping,
+            lazy,
+            homes: by_ref,
+            targets,
+        }
+    }
+}
+
+impl ical::Resolve for FinalResolver<'_, '_, '_> {
+    fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
+        let key = addr.key();
+        if self.mapping.entries.contains_key(&key) {
+            self.map.get(&key)
+        } else {
+            self.lazy.resolve(addr)
+        }
+    }
+
+    /// A home in the store: where `apply` moves it. A home the store lacks (a link into a
+    /// home kept under another URL, as a 1.x `/calendars/users/<short>/` one): the home its owner's
+    /// GUID is adopted into, if any.
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        match self.homes.get(home) {
+            Some(to) => to.clone(),
+            None => {
+                let p = self.resolve(&home.owner())?;
+                self.targets.contains(&p.guid).then(|| p.guid.clone())
+            }
+        }
+    }
+}
+
+/// A resource the walk rewrote with what it knew then.
+struct Recheck {
+    path: std::path::PathBuf,
+    rel: String,
+    sha: String,
+    /// GUID-bearing addresses the walk could not resolve.
+    open: BTreeSet<String>,
+    /// Homes its dropbox links name.
+    homes: BTreeSet<HomeRef>,
 }
 
 /// Stores one planned resource and its changed properties.
@@ -287,7 +395,7 @@ pub fn build(
     // known, rule 6 (store evidence) may resolve it, and only those are read again.
     let mut survey = Survey::default();
     let mut seen_problem = BTreeSet::new();
-    let mut recheck: Vec<(std::path::PathBuf, String, String, BTreeSet<String>)> = Vec::new();
+    let mut recheck: Vec<Recheck> = Vec::new();
     let (mut changed, mut props) = (0u64, 0u64);
     let mapping;
     {
@@ -339,13 +447,16 @@ pub fn build(
                             .into_iter()
                             .filter(|k| survey.observed[k].0.guid().is_some() && lazy.unresolved(k))
                             .collect();
-                        if !open.is_empty() {
-                            recheck.push((
-                                res.path.clone(),
-                                res.rel_path.clone(),
-                                res.sha256.clone(),
+                        let homes: BTreeSet<HomeRef> =
+                            info.links.iter().map(|l| l.home.clone()).collect();
+                        if !open.is_empty() || !homes.is_empty() {
+                            recheck.push(Recheck {
+                                path: res.path.clone(),
+                                rel: res.rel_path.clone(),
+                                sha: res.sha256.clone(),
                                 open,
-                            ));
+                                homes,
+                            });
                         }
                         if let Some((changes, new_sha, packed)) = planned {
                             changed += 1;
@@ -383,16 +494,22 @@ pub fn build(
             survey.observed.len(),
             started.elapsed()
         );
-        let resolver = mapping.resolver();
+        let resolver = FinalResolver::new(&mapping, &lazy, &survey.homes);
         let late: BTreeSet<String> = resolver
+            .map
             .keys()
             .filter(|k| lazy.unresolved(k))
             .cloned()
             .collect();
-        if !late.is_empty() {
-            for (path, rel, sha, _) in recheck
+        {
+            let moved_otherwise = |homes: &BTreeSet<HomeRef>| {
+                homes.iter().any(|h| {
+                    ical::Resolve::moved_home(&lazy, h) != ical::Resolve::moved_home(&resolver, h)
+                })
+            };
+            for Recheck { path, rel, sha, .. } in recheck
                 .iter()
-                .filter(|(_, _, _, open)| !open.is_disjoint(&late))
+                .filter(|r| !r.open.is_disjoint(&late) || moved_otherwise(&r.homes))
             {
                 let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
                 if sha256_hex(&bytes) != *sha {
