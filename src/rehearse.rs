@@ -134,48 +134,6 @@ fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copies_modes_links_and_attributes() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(src.join("a/b")).unwrap();
-        std::fs::write(src.join("a/b/x.ics"), b"BEGIN:VCALENDAR\r\n").unwrap();
-        std::fs::set_permissions(
-            src.join("a/b/x.ics"),
-            std::fs::Permissions::from_mode(0o640),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", src.join("a/link.ics")).unwrap();
-        let has_xattr = xattr::set(src.join("a/b/x.ics"), "user.test", b"v").is_ok();
-        let dst = dir.path().join("dst");
-        copy_tree(&src, &dst).unwrap();
-        assert_eq!(
-            std::fs::read(dst.join("a/b/x.ics")).unwrap(),
-            b"BEGIN:VCALENDAR\r\n"
-        );
-        let m = std::fs::metadata(dst.join("a/b/x.ics")).unwrap();
-        assert_eq!(m.permissions().mode() & 0o777, 0o640);
-        assert_eq!(
-            std::fs::read_link(dst.join("a/link.ics")).unwrap(),
-            Path::new("/etc/passwd")
-        );
-        if has_xattr {
-            assert_eq!(
-                xattr::get(dst.join("a/b/x.ics"), "user.test")
-                    .unwrap()
-                    .unwrap(),
-                b"v"
-            );
-        } else {
-            eprintln!("NOTE: this file system has no user.* extended attributes; attribute copy not tested");
-        }
-    }
-}
-
 /// Writes `dir/principal-reconciler.toml`: a configuration for the rehearsal in `dir` (its store
 /// copy, database copies, state and reports), so that `verify`, `doctor`, `report`, `rollback`
 /// and every other command can be run on it. The current directory is frozen as
@@ -243,3 +201,45 @@ pub fn write_config(
 
 /// The configuration file a rehearsal writes into its folder.
 pub const CONFIG_FILE: &str = "principal-reconciler.toml";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_modes_links_and_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("a/b")).unwrap();
+        std::fs::write(src.join("a/b/x.ics"), b"BEGIN:VCALENDAR\r\n").unwrap();
+        std::fs::set_permissions(
+            src.join("a/b/x.ics"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.join("a/link.ics")).unwrap();
+        let has_xattr = xattr::set(src.join("a/b/x.ics"), "user.test", b"v").is_ok();
+        let dst = dir.path().join("dst");
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(
+            std::fs::read(dst.join("a/b/x.ics")).unwrap(),
+            b"BEGIN:VCALENDAR\r\n"
+        );
+        let m = std::fs::metadata(dst.join("a/b/x.ics")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            std::fs::read_link(dst.join("a/link.ics")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        if has_xattr {
+            assert_eq!(
+                xattr::get(dst.join("a/b/x.ics"), "user.test")
+                    .unwrap()
+                    .unwrap(),
+                b"v"
+            );
+        } else {
+            eprintln!("NOTE: this file system has no user.* extended attributes; attribute copy not tested");
+        }
+    }
+}
