@@ -8,6 +8,7 @@
 pub mod address;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod directory;
 pub mod error;
 pub mod homes;

@@ -8,7 +8,7 @@
 //! carrying the real attributes of a corpus event). Everything else must come out byte for byte,
 //! attributes included.
 
-use crate::support::appledouble::{self, corpus_dir};
+use crate::support::appledouble;
 use crate::support::world::{self, assert_same_tree, tree};
 use principal_reconciler::store::generate::{event, Person, Rng};
 use principal_reconciler::store::{md5_hex, xattrs};
@@ -19,19 +19,6 @@ const OWNERS: [&str; 2] = [
     "0B1A7E5C-2E35-4C6B-9F0A-1D2C3B4A5F60",
     "5D4C3B2A-1F0E-4D9C-8B7A-695847362514",
 ];
-
-fn corpus_or_skip() -> Option<PathBuf> {
-    match corpus_dir() {
-        Some(d) => Some(d),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("the CalendarServer file-store corpus (../shared/corpus/cs-file-store) is missing on CI")
-        }
-        None => {
-            eprintln!("\n!!!!! SKIPPED: ../shared/corpus/cs-file-store not found !!!!!\n");
-            None
-        }
-    }
-}
 
 fn hashed(guid: &str) -> String {
     format!("calendars/__uids__/{}/{}/{guid}", &guid[0..2], &guid[2..4])
@@ -48,7 +35,7 @@ fn chown_tree(p: &Path, uid: u32, gid: u32) {
 
 #[test]
 fn real_collections_with_their_attributes_survive_plan_apply_and_rollback() {
-    let Some(corpus) = corpus_or_skip() else {
+    let Some(corpus) = crate::support::corpus::dir("cs-file-store") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

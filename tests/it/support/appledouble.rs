@@ -15,23 +15,6 @@
 
 use std::path::{Path, PathBuf};
 
-/// The `cs-file-store` corpus folder (beside the worktree or beside the crate), if present.
-pub fn corpus_dir() -> Option<PathBuf> {
-    [
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/corpus/cs-file-store"
-        ),
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/corpus/cs-file-store"
-        ),
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_dir())
-}
-
 fn be32(b: &[u8], at: usize) -> Result<u32, String> {
     b.get(at..at + 4)
         .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))

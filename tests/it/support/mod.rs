@@ -1,4 +1,5 @@
 //! Shared test support: a throwaway slapd and generated migration worlds.
 pub mod appledouble;
+pub mod corpus;
 pub mod slapd;
 pub mod world;
