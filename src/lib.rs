@@ -6,6 +6,7 @@
 //! rolls back, [`provision`] enables missing principals, [`report`] writes what a human checks.
 
 pub mod address;
+pub mod addressbooks;
 pub mod cli;
 pub mod config;
 pub mod directory;
@@ -20,4 +21,5 @@ pub mod rehearse;
 pub mod report;
 pub mod state;
 pub mod store;
+pub mod vcard;
 pub mod verify;

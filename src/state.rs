@@ -9,6 +9,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_plans.sql")),
     (2, include_str!("../migrations/0002_journal.sql")),
     (3, include_str!("../migrations/0003_databases.sql")),
+    (4, include_str!("../migrations/0004_addressbooks.sql")),
 ];
 
 pub const DB_FILE: &str = "state.sqlite";

@@ -10,7 +10,10 @@
 //! - `organizer-mismatch` — copies of one UID that name different organizers;
 //! - `orphan-home` / `home-not-adopted` — a home whose folder names no current record, or an old
 //!   GUID or layout that maps to one;
-//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects;
+//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects (or cards);
+//! - address books: the same home kinds for address-book homes, and `member-not-canonical` /
+//!   `unresolved-member` — a group member that names a record by an old GUID, or names no card
+//!   of its address book and no current record;
 //! - from the doctor: `owner`, `mode`, `md5-stale`, `leftover`.
 
 use crate::address::CalAddress;
@@ -45,7 +48,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    fn add(&mut self, kind: &str, path: &str, detail: String) {
+    pub(crate) fn add(&mut self, kind: &str, path: &str, detail: String) {
         *self.by_kind.entry(kind.to_string()).or_default() += 1;
         self.problems.push(Problem {
             kind: kind.to_string(),
@@ -155,6 +158,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         },
     )?;
     bar.finish_and_clear();
+    crate::addressbooks::verify(ctx, cfg, current, &mut report)?;
     if cfg.store.kind == StoreKind::CalendarserverFs {
         let doctor = store::doctor::doctor(&cfg.store, false, &indicatif::ProgressBar::hidden())?;
         for f in doctor.findings {

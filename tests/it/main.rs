@@ -2,6 +2,7 @@
 
 mod support;
 
+mod addressbooks;
 mod cli;
 mod directory_cli;
 mod directory_ldap;
