@@ -8,6 +8,7 @@ mod directory_cli;
 mod directory_ldap;
 mod directory_ldif;
 mod example;
+mod golden;
 mod ical_corpus;
 mod ical_props;
 mod migrate;
