@@ -159,7 +159,7 @@ fn mark_card_members(s: &mut Survey) -> Result<()> {
         .filter_map(|(folder, path)| {
             let bytes = std::fs::read(path).ok()?;
             let uid = vcard::scan(&bytes).ok()?.uid?.to_ascii_uppercase();
-            wanted[folder].contains(&uid).then(|| (*folder, uid))
+            wanted[folder].contains(&uid).then_some((*folder, uid))
         })
         .collect();
     let found: HashSet<(String, String)> =

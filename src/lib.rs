@@ -4,6 +4,8 @@
 //! walks the calendar store, [`ical`] reads and losslessly rewrites calendar objects, [`mapping`]
 //! resolves old addresses to new records, [`plan`] computes every change, [`journal`] applies and
 //! rolls back, [`provision`] enables missing principals, [`report`] writes what a human checks.
+//! Address books: [`vcard`] reads and rewrites cards, [`addressbooks`] plans, adopts and verifies
+//! them ([`store::addressbook`] finds and walks them).
 
 pub mod address;
 pub mod addressbooks;

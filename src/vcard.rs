@@ -576,9 +576,7 @@ mod tests {
 
     #[test]
     fn keeps_group_prefix_params_prefix_case_line_endings_and_folds() {
-        let text = format!(
-            "BEGIN:VCARD\nVERSION:3.0\nitem3.X-ADDRESSBOOKSERVER-MEMBER;X-A=1:URN:UUID:AAAAAAAA-BBBB-CC\n\tCC-DDDD-EEEEEEEEEEEE\nUID:g\r\nEND:VCARD"
-        );
+        let text = "BEGIN:VCARD\nVERSION:3.0\nitem3.X-ADDRESSBOOKSERVER-MEMBER;X-A=1:URN:UUID:AAAAAAAA-BBBB-CC\n\tCC-DDDD-EEEEEEEEEEEE\nUID:g\r\nEND:VCARD";
         let r = rewrite(text.as_bytes(), &map_old).unwrap();
         assert_eq!(
             String::from_utf8(r.bytes).unwrap(),

@@ -625,3 +625,55 @@ fn a_rehearsal_never_writes_the_real_address_books() {
         "the rehearsal's copy is migrated"
     );
 }
+
+/// An apply interrupted with an address-book home step recorded but not taken (the crash window
+/// of every journaled step) resumes it at the address-book root and ends where a whole run ends.
+#[test]
+fn an_interrupted_address_book_home_move_is_finished_by_the_next_apply() {
+    let a = AbWorld::new(Layout::Separate, 3, 9, 40, false);
+    a.w.cmd().arg("plan").assert().code(0);
+    a.w.cmd().arg("apply").assert().code(0);
+    let done = a.trees();
+    let state = rusqlite::Connection::open(a.w.path("state/state.sqlite")).unwrap();
+    let (seq, from, to): (i64, String, String) = state
+        .query_row(
+            "SELECT seq, rel_path, target_path FROM journal WHERE run_id = 1 AND action = 'move' AND rel_path LIKE 'addressbooks/%' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    // Put the store back as it was just before that step, and the journal as the crash left it.
+    let later: i64 = state
+        .query_row(
+            "SELECT COUNT(*) FROM journal WHERE run_id = 1 AND seq > ?1",
+            [seq],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        later, 0,
+        "the last address-book move is the run's last step"
+    );
+    std::fs::rename(a.ab.root.join(&to), a.ab.root.join(&from)).unwrap();
+    state
+        .execute(
+            "UPDATE journal SET state = 'pending' WHERE run_id = 1 AND seq = ?1",
+            [seq],
+        )
+        .unwrap();
+    state
+        .execute(
+            "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    drop(state);
+    a.w.cmd()
+        .arg("apply")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("resumed after an interruption"));
+    let now = a.trees();
+    assert_same_tree(&now.1, &done.1, "address books after the resumed apply");
+    assert_same_tree(&now.0, &done.0, "calendar store after the resumed apply");
+}
