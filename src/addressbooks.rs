@@ -141,29 +141,39 @@ fn mark_card_members(s: &mut Survey) -> Result<()> {
                 .filter_map(|m| m.uid().map(str::to_ascii_uppercase)),
         );
     }
-    let mut files = Vec::new();
-    for folder in wanted.keys() {
+    // (address book, uid) of every card a member names, one address book at a time (memory
+    // bounded by the largest one). Unreadable or malformed cards were reported by the walk and
+    // name nothing; symlinks are never followed.
+    let mut found: HashSet<(String, String)> = HashSet::new();
+    for (folder, uids) in &wanted {
         let dir = s.root.join(folder);
         let rd = std::fs::read_dir(&dir).map_err(|e| Error::io("cannot list", &dir, e))?;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if layout::is_card_name(&name) && e.file_type().is_ok_and(|t| t.is_file()) {
-                files.push((*folder, e.path()));
-            }
-        }
+        let files: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| {
+                layout::is_card_name(&e.file_name().to_string_lossy())
+                    && e.file_type().is_ok_and(|t| t.is_file())
+            })
+            .map(|e| e.path())
+            .collect();
+        let here: Vec<String> = files
+            .par_iter()
+            .filter_map(|path| {
+                use std::io::Read as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(path)
+                    .ok()?;
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes).ok()?;
+                let uid = vcard::scan(&bytes).ok()?.uid?.to_ascii_uppercase();
+                uids.contains(&uid).then_some(uid)
+            })
+            .collect();
+        found.extend(here.into_iter().map(|u| (folder.to_string(), u)));
     }
-    // (address book, uid) of every card a member may name; unreadable or malformed cards were
-    // reported by the walk and name nothing.
-    let found: HashSet<(&str, String)> = files
-        .par_iter()
-        .filter_map(|(folder, path)| {
-            let bytes = std::fs::read(path).ok()?;
-            let uid = vcard::scan(&bytes).ok()?.uid?.to_ascii_uppercase();
-            wanted[folder].contains(&uid).then_some((*folder, uid))
-        })
-        .collect();
-    let found: HashSet<(String, String)> =
-        found.into_iter().map(|(f, u)| (f.to_string(), u)).collect();
     for g in &mut s.groups {
         for (i, m) in g.members.iter().enumerate() {
             if let Some(uid) = m.uid() {
