@@ -76,6 +76,16 @@ pub enum Command {
     Directory(DirectoryCommand),
     /// Print a commented example configuration
     Config,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Install, e.g. for bash:\n  principal-reconciler completions bash > /etc/bash_completion.d/principal-reconciler"
+    )]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `principal-reconciler man | man -l -`
+    Man,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -190,10 +200,15 @@ fn init_logging(cli: &Cli) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !no_color())
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+/// `NO_COLOR` set to anything but the empty string turns colours off (no-color.org).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 /// Runs the tool with the process arguments and returns the exit code.
@@ -245,11 +260,41 @@ pub fn main() -> u8 {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<Outcome> {
-    if let Command::Config = cli.command {
-        return Ok(Outcome::ok(
-            crate::config::EXAMPLE,
-            serde_json::json!({ "config": crate::config::EXAMPLE }),
-        ));
+    match &cli.command {
+        Command::Config => {
+            return Ok(Outcome::ok(
+                crate::config::EXAMPLE,
+                serde_json::json!({ "config": crate::config::EXAMPLE }),
+            ))
+        }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "principal-reconciler",
+                &mut out,
+            );
+            let text = String::from_utf8_lossy(&out).into_owned();
+            return Ok(Outcome::ok(
+                text.clone(),
+                serde_json::json!({ "completions": text }),
+            ));
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .map_err(|e| {
+                    crate::error::Error::runtime(format!("cannot render the manual page: {e}"))
+                })?;
+            let text = String::from_utf8_lossy(&out).into_owned();
+            return Ok(Outcome::ok(
+                text.clone(),
+                serde_json::json!({ "man": text }),
+            ));
+        }
+        _ => {}
     }
     let config = Config::load(&cli.config)?;
     let ctx = Context {
@@ -258,7 +303,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         progress: !cli.no_progress && !cli.quiet && std::io::stderr().is_terminal(),
     };
     match cli.command {
-        Command::Config => unreachable!("handled above"),
+        Command::Config | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
         Command::Scan => crate::store::command_scan(&ctx),
         Command::Plan => crate::plan::command_plan(&ctx),
         Command::Apply(args) => crate::journal::command_apply(&ctx, &args),
@@ -280,17 +327,23 @@ pub fn progress_bar(ctx: &Context, len: Option<u64>, what: &str) -> indicatif::P
     if !ctx.progress {
         return indicatif::ProgressBar::hidden();
     }
+    // Whole resources per second: indicatif's own {per_sec} prints four decimals.
+    let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.0}/s", s.per_sec());
+    };
     let bar = match len {
         Some(n) => indicatif::ProgressBar::new(n).with_style(
             indicatif::ProgressStyle::with_template(
-                "{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+                "{msg:>10} [{bar:40}] {human_pos}/{human_len} {rate} eta {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key("rate", rate)
             .progress_chars("=> "),
         ),
         None => indicatif::ProgressBar::new_spinner().with_style(
-            indicatif::ProgressStyle::with_template("{msg:>10} {spinner} {pos} {per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            indicatif::ProgressStyle::with_template("{msg:>10} {spinner} {human_pos} {rate}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+                .with_key("rate", rate),
         ),
     };
     bar.set_message(what.to_string());

@@ -141,10 +141,13 @@ pub struct RewriteConfig {
     /// Mail domains of the organisation: addresses outside them are never touched.
     #[serde(default)]
     pub internal_domains: Vec<String>,
-    /// CSV of `old,new` pairs that win over every rule.
+    /// CSV of `old,new` rows that win over every rule (format: [`crate::mapping_file`]).
     pub mapping_file: Option<PathBuf>,
     #[serde(default)]
     pub domain_alias: Vec<DomainAlias>,
+    /// Addresses or GUIDs of people who left: left as they are, not reported as problems.
+    #[serde(default)]
+    pub leavers: Vec<String>,
 }
 
 impl Default for RewriteConfig {
@@ -154,6 +157,7 @@ impl Default for RewriteConfig {
             internal_domains: Vec::new(),
             mapping_file: None,
             domain_alias: Vec::new(),
+            leavers: Vec::new(),
         }
     }
 }

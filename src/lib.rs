@@ -17,6 +17,7 @@ pub mod homes;
 pub mod ical;
 pub mod journal;
 pub mod mapping;
+pub mod mapping_file;
 pub mod plan;
 pub mod provision;
 pub mod rehearse;

@@ -549,6 +549,8 @@ pub fn build(
     }
     let mut warnings = current.warnings.clone();
     warnings.extend(old.warnings.iter().cloned());
+    warnings.extend(mapper.warnings.iter().cloned());
+    warnings.extend(mapper.unused_overrides(&mapping));
     let summary = PlanSummary {
         plan_id,
         created_at,
@@ -699,12 +701,16 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
         s.plan_id, s.resources_scanned, s.resources_changed, s.properties_changed
     ));
     out.push_str(&format!(
-        "Addresses: {} mapped, {} unchanged, {} ambiguous, {} unmatched, {} external.\n",
+        "Addresses: {} mapped, {} unchanged, {} ambiguous, {} unmatched, {} external{}.\n",
         o("mapped"),
         o("unchanged"),
         o("ambiguous"),
         o("unmatched"),
-        o("external")
+        o("external"),
+        match o("acknowledged") {
+            0 => String::new(),
+            n => format!(", {n} acknowledged (people who left)"),
+        }
     ));
     if !s.homes.is_empty() {
         let h: Vec<String> = s.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
@@ -730,11 +736,11 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
         out.push_str(&format!("Warning: {w}\n"));
     }
     out.push_str(&format!(
-        "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json).\n",
+        "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json, mapping-todo.csv).\n",
         report_dir.display()
     ));
     if next_step && o("ambiguous") > 0 {
-        out.push_str("Next: resolve the ambiguous addresses with [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
+        out.push_str("Next: decide the ambiguous addresses: copy mapping-todo.csv, fill in its last column, name the copy in [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
     } else if next_step {
         out.push_str("Next: review the report, then run `principal-reconciler apply` (journaled; `rollback` undoes it).\n");
     }

@@ -87,6 +87,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                     let addr = crate::plan::home_address(&h);
                     match resolve(&addr) {
                         (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
+                        (MapOutcome::Acknowledged, _) => {}
                         (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v)) => report.add(
                             "home-not-adopted",
                             &h.rel_path,
@@ -124,7 +125,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                         (MapOutcome::Mapped, Some(v)) => {
                             report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
                         }
-                        (MapOutcome::External, _) => {}
+                        (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
                         (MapOutcome::Ambiguous, _) => report.add(
                             "ambiguous-address",
                             &at,
@@ -205,12 +206,20 @@ pub fn human(r: &VerifyReport) -> String {
 
 /// Writes verify.csv into the report folder.
 pub fn write_csv(r: &VerifyReport, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    // `path:line` as two columns, so a spreadsheet can sort and filter by file.
+    let split = |at: &str| match at.rsplit_once(':') {
+        Some((path, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => {
+            (path.to_string(), line.to_string())
+        }
+        _ => (at.to_string(), String::new()),
+    };
     crate::report::write_csv(
         &dir.join("verify.csv"),
-        &["kind", "path", "detail"],
-        r.problems
-            .iter()
-            .map(|p| vec![p.kind.clone(), p.path.clone(), p.detail.clone()]),
+        &["kind", "path", "line", "detail"],
+        r.problems.iter().map(|p| {
+            let (path, line) = split(&p.path);
+            vec![p.kind.clone(), path, line, p.detail.clone()]
+        }),
     )
 }
 

@@ -11,6 +11,7 @@ mod example;
 mod golden;
 mod ical_corpus;
 mod ical_props;
+mod mapping_file;
 mod migrate;
 mod provision_cli;
 mod provision_db;
