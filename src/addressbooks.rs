@@ -193,8 +193,8 @@ fn principal_candidate(m: &Member, is_card: bool) -> Option<CalAddress> {
 }
 
 /// Adds to the plan's observations the owners of the address-book homes and the members that
-/// may be principals (those the mapper resolves to one or more records: ordinary cards' uids
-/// stay out of the mapping). Each group card counts once per member it names.
+/// may be principals (those the mapper resolves to one or more records, or that the mapping file
+/// acknowledges as people who left: ordinary cards' uids stay out of the mapping). Each group card counts once per member it names.
 pub fn observe(
     s: &Survey,
     mapper: &Mapper<'_>,
@@ -224,7 +224,7 @@ pub fn observe(
             let r = mapper.resolve(&addr, &Observed::default());
             if matches!(
                 r.outcome,
-                Outcome::Mapped | Outcome::Unchanged | Outcome::Ambiguous
+                Outcome::Mapped | Outcome::Unchanged | Outcome::Ambiguous | Outcome::Acknowledged
             ) {
                 observed.insert(
                     key,
@@ -257,6 +257,9 @@ pub struct AddressBookSummary {
     pub card_members: u64,
     /// Members naming a directory record.
     pub principal_members: u64,
+    /// Members naming people who left, as the mapping file or `[rewrite] leavers` acknowledge them.
+    #[serde(default)]
+    pub acknowledged_members: u64,
     /// Members naming neither a card of their address book nor a record.
     pub unresolved_members: u64,
     pub cards_changed: u64,
@@ -335,13 +338,13 @@ pub fn plan(
                 sum.card_members += 1;
                 continue;
             }
-            let resolved = principal_candidate(m, false)
+            let outcome = principal_candidate(m, false)
                 .and_then(|a| mapping.entries.get(&a.key()))
-                .is_some_and(|r| matches!(r.outcome, Outcome::Mapped | Outcome::Unchanged));
-            if resolved {
-                sum.principal_members += 1;
-            } else {
-                sum.unresolved_members += 1;
+                .map(|r| r.outcome);
+            match outcome {
+                Some(Outcome::Mapped | Outcome::Unchanged) => sum.principal_members += 1,
+                Some(Outcome::Acknowledged) => sum.acknowledged_members += 1,
+                _ => sum.unresolved_members += 1,
             }
         }
         let cards = g.card_uids();
@@ -508,6 +511,7 @@ pub fn verify(
         let r = resolve(&crate::plan::home_address(h));
         let current_guid = Guid::parse(&h.id);
         match (&r.target, r.outcome) {
+            (_, Outcome::Acknowledged) => {}
             (Some(p), Outcome::Mapped | Outcome::Unchanged)
                 if h.layout == HomeLayout::Hashed && current_guid.as_ref() == Some(&p.guid) => {}
             (Some(p), Outcome::Mapped | Outcome::Unchanged) => report.add(
@@ -543,6 +547,7 @@ pub fn verify(
                     &at,
                     format!("X-ADDRESSBOOKSERVER-MEMBER {} names {}, whose GUID is now {}", m.value, p.short_name, p.guid),
                 ),
+                Some((Outcome::Acknowledged, _)) => {}
                 Some((Outcome::Ambiguous, _)) => report.add(
                     "unresolved-member",
                     &at,

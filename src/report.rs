@@ -507,7 +507,7 @@ fn html(
     if let Some(ab) = &summary.addressbooks {
         let _ = write!(
             body,
-            "<section id=\"addressbooks\"><h2>Address books ({} homes)</h2><p>Root <code>{}</code>: {} cards, {} group cards naming {} members — {} cards of their own address book (never changed), {} directory records, {} nobody. {} members to rewrite in {} cards.</p>{}</section>",
+            "<section id=\"addressbooks\"><h2>Address books ({} homes)</h2><p>Root <code>{}</code>: {} cards, {} group cards naming {} members — {} cards of their own address book (never changed), {} directory records, {} people who left (acknowledged), {} nobody. {} members to rewrite in {} cards.</p>{}</section>",
             ab_homes.len(),
             esc(&ab.root),
             ab.cards,
@@ -515,6 +515,7 @@ fn html(
             ab.members,
             ab.card_members,
             ab.principal_members,
+            ab.acknowledged_members,
             ab.unresolved_members,
             ab.members_changed,
             ab.cards_changed,

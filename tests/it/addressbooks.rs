@@ -677,3 +677,38 @@ fn an_interrupted_address_book_home_move_is_finished_by_the_next_apply() {
     assert_same_tree(&now.1, &done.1, "address books after the resumed apply");
     assert_same_tree(&now.0, &done.0, "calendar store after the resumed apply");
 }
+
+#[test]
+fn a_member_acknowledged_as_someone_who_left_is_kept_and_not_a_problem() {
+    let a = AbWorld::new(Layout::Separate, 2, 6, 41, true);
+    a.w.cmd().arg("plan").assert().code(0);
+    a.w.cmd().arg("apply").assert().code(0);
+    a.w.cmd()
+        .arg("verify")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("unresolved-member"));
+    let text = std::fs::read_to_string(&a.w.config).unwrap();
+    let text = text.replace(
+        "[rewrite]\n",
+        &format!("[rewrite]\nleavers = [\"{DEPARTED}\"]\n"),
+    );
+    std::fs::write(&a.w.config, text).unwrap();
+    a.w.cmd()
+        .arg("verify")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("no problems"));
+    let (_, doc) = json(&a.w, &["plan"]);
+    let ab = &doc["plan"]["addressbooks"];
+    assert_eq!(ab["acknowledged_members"], a.ab.groups.len(), "{ab}");
+    assert_eq!(ab["unresolved_members"], 0, "{ab}");
+    assert_eq!(ab["members_changed"], 0, "{ab}");
+    let mapping = std::fs::read_to_string(a.w.path("reports/mapping.csv")).unwrap();
+    assert!(
+        mapping.lines().any(
+            |l| l.starts_with(&format!("urn:uuid:{DEPARTED},")) && l.contains(",acknowledged,")
+        ),
+        "{mapping}"
+    );
+}
