@@ -423,7 +423,7 @@ pub fn rewrite(
         }
         out.extend_from_slice(&bytes[copied..li.text_start]);
         let old_physical = &bytes[li.text_start..li.end - li.eol.as_bytes().len()];
-        if li.physical_lines == 1 || !refold_like(old_physical, &new_line, &mut out) {
+        if !refold_like(old_physical, &new_line, &mut out) {
             line::fold(&new_line, li.fold_eol, &mut out);
         }
         out.extend_from_slice(li.eol.as_bytes());

@@ -20,3 +20,4 @@ mod report_html;
 mod store_cli;
 mod store_walk;
 mod store_write;
+mod vcard_props;
