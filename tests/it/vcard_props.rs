@@ -118,3 +118,37 @@ proptest! {
         prop_assert_eq!(again.bytes, card);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// Whatever the bytes, scan and rewrite never panic, agree on what is malformed, and a
+    /// rewrite that changes nothing gives the input back.
+    #[test]
+    fn scan_and_rewrite_are_total(
+        pieces in prop::collection::vec(prop_oneof![
+            Just(b"BEGIN:VCARD\r\n".to_vec()),
+            Just(b"END:VCARD\r\n".to_vec()),
+            Just(b"X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:".to_vec()),
+            Just(b"item1.X-ADDRESSBOOKSERVER-MEMBER;A;B=\"x:y\":URN:UUID:".to_vec()),
+            Just(b"AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE".to_vec()),
+            Just(b"\r\n ".to_vec()),
+            Just(b"\n\t".to_vec()),
+            Just(b"\r\n".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ], 0..24),
+    ) {
+        let data = pieces.concat();
+        let scanned = vcard::scan(&data);
+        let same = vcard::rewrite(&data, &|_| None);
+        match (&scanned, &same) {
+            (Ok(_), Ok(r)) => prop_assert_eq!(&r.bytes, &data),
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            _ => prop_assert!(false, "scan and rewrite disagree"),
+        }
+        if let Ok(r) = vcard::rewrite(&data, &|u| Some(format!("{u}-NEW"))) {
+            let info = vcard::scan(&r.bytes).unwrap();
+            prop_assert_eq!(info.members.len(), scanned.unwrap().members.len());
+        }
+    }
+}
