@@ -69,6 +69,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Write the reports of a plan or run again
     Report(ReportArgs),
+    /// Show one resource's planned change as a unified diff
+    Diff(DiffArgs),
     /// Pull, scan, plan, apply, verify and report in one go
     Migrate(MigrateArgs),
     /// Read the directory: `pull` shows what it holds, `export --ldif FILE` snapshots it
@@ -133,16 +135,30 @@ pub struct ReportArgs {
 }
 
 #[derive(Args, Debug, Clone, Default)]
+pub struct DiffArgs {
+    /// The resource: a path in the store (whole, or relative to the store as in changes.csv)
+    #[arg(value_name = "RESOURCE")]
+    pub resource: PathBuf,
+    /// The plan (default: the latest)
+    #[arg(long, value_name = "ID")]
+    pub plan: Option<i64>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
 pub struct MigrateArgs {
     /// Stop after plan: change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Copy the store to DIR first and migrate the copy (a rehearsal)
+    /// Copy the store to DIR first and migrate the copy (a rehearsal); DIR/principal-reconciler.toml
+    /// then runs any command on it
     #[arg(long, value_name = "DIR")]
     pub rehearse: Option<PathBuf>,
     /// Run even though the calendar server seems to be running on the store
     #[arg(long)]
     pub force: bool,
+    /// Apply without asking (a real migrate asks on a terminal, and refuses without one)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -206,6 +222,10 @@ fn init_logging(cli: &Cli) {
         .try_init();
 }
 
+/// Version of the `--json` documents' shape: raised when a field changes meaning or goes away
+/// (new fields may appear without it).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
 /// `NO_COLOR` set to anything but the empty string turns colours off (no-color.org).
 pub fn no_color() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
@@ -232,6 +252,7 @@ pub fn main() -> u8 {
                 let mut doc = outcome.json;
                 if let serde_json::Value::Object(map) = &mut doc {
                     map.insert("exit_code".into(), outcome.status.code().into());
+                    map.insert("schema_version".into(), JSON_SCHEMA_VERSION.into());
                 }
                 let _ = writeln!(
                     out,
@@ -249,7 +270,7 @@ pub fn main() -> u8 {
         Err(err) => {
             let status = err.exit_status();
             if json {
-                let doc = serde_json::json!({ "error": err.message, "exit_code": status.code() });
+                let doc = serde_json::json!({ "error": err.message, "exit_code": status.code(), "schema_version": JSON_SCHEMA_VERSION });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
             eprintln!("error: {}", err.message);
@@ -315,11 +336,38 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Doctor(args) => crate::store::command_doctor(&ctx, &args),
         Command::Report(args) => crate::report::command_report(&ctx, &args),
         Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
+        Command::Diff(args) => command_diff(&ctx, &args),
         Command::Directory(DirectoryCommand::Pull) => crate::directory::command_pull(&ctx),
         Command::Directory(DirectoryCommand::Export { ldif }) => {
             crate::directory::command_export(&ctx, &ldif)
         }
     }
+}
+
+/// `diff RESOURCE`: exit 0 when the resource still matches its plan or holds the planned bytes,
+/// 1 when it changed since (apply would skip it).
+fn command_diff(ctx: &Context, args: &DiffArgs) -> Result<Outcome> {
+    use crate::diff::Standing;
+    let cfg = &ctx.config;
+    let d =
+        crate::diff::resource_diff(&cfg.state.path, &cfg.store.path, args.plan, &args.resource)?;
+    let note = match d.standing {
+        Standing::Planned => String::new(),
+        Standing::Applied => format!("# plan {} is applied: {} holds these new bytes\n", d.plan_id, d.resource),
+        Standing::ChangedSincePlan => format!(
+            "# {} changed since plan {} (apply skips it; plan again): the diff is from its bytes now to the planned ones\n",
+            d.resource, d.plan_id
+        ),
+    };
+    Ok(Outcome {
+        status: if d.standing == Standing::ChangedSincePlan {
+            ExitStatus::Problems
+        } else {
+            ExitStatus::Ok
+        },
+        human: format!("{note}{}", d.diff),
+        json: serde_json::json!({ "diff": d }),
+    })
 }
 
 /// A progress bar on stderr, hidden when progress is off.

@@ -194,12 +194,16 @@ fn default_state_path() -> PathBuf {
 pub struct ReportConfig {
     #[serde(default = "default_report_dir")]
     pub dir: PathBuf,
+    /// Start every CSV with a UTF-8 byte-order mark (spreadsheets then read accented names right).
+    #[serde(default)]
+    pub csv_bom: bool,
 }
 
 impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
             dir: default_report_dir(),
+            csv_bom: false,
         }
     }
 }

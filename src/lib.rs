@@ -11,6 +11,7 @@ pub mod address;
 pub mod addressbooks;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod directory;
 pub mod error;
 pub mod homes;

@@ -7,13 +7,13 @@ use crate::cli::{Context, MigrateArgs, Outcome};
 use crate::config::Config;
 use crate::directory::{self, Directory};
 use crate::error::{Error, ExitStatus, Result};
-use crate::ical::{self, RewriteOptions};
+use crate::ical::{self, dropbox::HomeRef, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::state::{now_rfc3339, State};
 use crate::store::write::sha256_hex;
 use crate::store::{self, Home, Item};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
 
 /// A problem found while planning (unreadable or malformed resource, symlink, ...).
@@ -129,7 +129,12 @@ fn observe(
     info: &ical::CalendarInfo,
 ) -> BTreeSet<String> {
     let mut here = BTreeSet::new();
-    for f in &info.addresses {
+    // Old CUAs too (when they are addresses at all): they name principals the mapping must know.
+    let old_cuas = info
+        .old_cuas
+        .iter()
+        .filter(|f| !matches!(mapping::parse_found(&f.value), CalAddress::Other(_)));
+    for f in info.addresses.iter().chain(old_cuas) {
         let addr = mapping::parse_found(&f.value);
         let key = addr.key();
         let entry = observed
@@ -197,6 +202,109 @@ impl ical::Resolve for LazyResolver<'_, '_> {
         }
         idx.map(|i| &self.principals[i])
     }
+
+    /// While walking, the homes are not all known yet: a home is taken to move when its owner
+    /// resolves to another GUID. [`FinalResolver::moved_home`] decides once they are; resources
+    /// whose links it decides otherwise are read again.
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        let p = ical::Resolve::resolve(self, &home.owner())?;
+        (!home.is_uid_of(&p.guid)).then(|| p.guid.clone())
+    }
+}
+
+/// The `/calendars/...` URL segment that names a home in the store.
+pub fn home_ref(h: &Home) -> HomeRef {
+    match h.layout {
+        store::HomeLayout::Users => HomeRef::Name {
+            kind: h
+                .rel_path
+                .split('/')
+                .nth(1)
+                .and_then(RecordType::from_collection)
+                .unwrap_or(RecordType::User),
+            short: h.id.clone(),
+        },
+        _ => HomeRef::uid(&h.id),
+    }
+}
+
+/// Resolves once the whole store is known: addresses as the finished mapping says (rule 6
+/// included), addresses it never saw (old CUAs that were not addresses, ...) as the walk did;
+/// dropbox links into a home `apply` adopts name the GUID it moves to.
+struct FinalResolver<'r, 'm, 'a> {
+    map: HashMap<String, Principal>,
+    mapping: &'r Mapping,
+    lazy: &'r LazyResolver<'m, 'a>,
+    /// Every home in the store by its URL: the GUID its URL becomes, if it changes.
+    homes: HashMap<HomeRef, Option<Guid>>,
+    /// The GUIDs homes are adopted into.
+    targets: HashSet<Guid>,
+}
+
+impl<'r, 'm, 'a> FinalResolver<'r, 'm, 'a> {
+    fn new(mapping: &'r Mapping, lazy: &'r LazyResolver<'m, 'a>, homes: &[Home]) -> Self {
+        let mut by_ref: HashMap<HomeRef, Option<Guid>> = HashMap::new();
+        let mut targets = HashSet::new();
+        for h in homes {
+            let f = home_finding(mapping, h);
+            let adopted = f
+                .new_guid
+                .as_deref()
+                .filter(|_| f.outcome == "moved" || h.layout != store::HomeLayout::Hashed)
+                .and_then(Guid::from_any);
+            let r = home_ref(h);
+            if let Some(g) = &adopted {
+                targets.insert(g.clone());
+            }
+            let to = adopted.filter(|g| !r.is_uid_of(g));
+            let slot = by_ref.entry(r).or_default();
+            if slot.is_none() {
+                *slot = to;
+            }
+        }
+        FinalResolver {
+            map: mapping.resolver(),
+            mapping,
+            lazy,
+            homes: by_ref,
+            targets,
+        }
+    }
+}
+
+impl ical::Resolve for FinalResolver<'_, '_, '_> {
+    fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
+        let key = addr.key();
+        if self.mapping.entries.contains_key(&key) {
+            self.map.get(&key)
+        } else {
+            self.lazy.resolve(addr)
+        }
+    }
+
+    /// A home in the store: where `apply` moves it. A home the store lacks (a link into a
+    /// home kept under another URL, as a 1.x `/calendars/users/<short>/` one): the home its owner's
+    /// GUID is adopted into, if any.
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        match self.homes.get(home) {
+            Some(to) => to.clone(),
+            None => {
+                let p = self.resolve(&home.owner())?;
+                self.targets.contains(&p.guid).then(|| p.guid.clone())
+            }
+        }
+    }
+}
+
+/// A resource the walk rewrote with what it knew then.
+struct Recheck {
+    path: std::path::PathBuf,
+    rel: String,
+    sha: String,
+    /// GUID-bearing addresses the walk could not resolve.
+    open: BTreeSet<String>,
+    /// Homes its dropbox links name.
+    homes: BTreeSet<HomeRef>,
 }
 
 /// Stores one planned resource and its changed properties.
@@ -290,7 +398,7 @@ pub fn build(
     // known, rule 6 (store evidence) may resolve it, and only those are read again.
     let mut survey = Survey::default();
     let mut seen_problem = BTreeSet::new();
-    let mut recheck: Vec<(std::path::PathBuf, String, String, BTreeSet<String>)> = Vec::new();
+    let mut recheck: Vec<Recheck> = Vec::new();
     let (mut changed, mut props) = (0u64, 0u64);
     let mapping;
     let mut ab_summary = None;
@@ -343,13 +451,16 @@ pub fn build(
                             .into_iter()
                             .filter(|k| survey.observed[k].0.guid().is_some() && lazy.unresolved(k))
                             .collect();
-                        if !open.is_empty() {
-                            recheck.push((
-                                res.path.clone(),
-                                res.rel_path.clone(),
-                                res.sha256.clone(),
+                        let homes: BTreeSet<HomeRef> =
+                            info.links.iter().map(|l| l.home.clone()).collect();
+                        if !open.is_empty() || !homes.is_empty() {
+                            recheck.push(Recheck {
+                                path: res.path.clone(),
+                                rel: res.rel_path.clone(),
+                                sha: res.sha256.clone(),
                                 open,
-                            ));
+                                homes,
+                            });
                         }
                         if let Some((changes, new_sha, packed)) = planned {
                             changed += 1;
@@ -409,16 +520,22 @@ pub fn build(
             survey.observed.len(),
             started.elapsed()
         );
-        let resolver = mapping.resolver();
+        let resolver = FinalResolver::new(&mapping, &lazy, &survey.homes);
         let late: BTreeSet<String> = resolver
+            .map
             .keys()
             .filter(|k| lazy.unresolved(k))
             .cloned()
             .collect();
-        if !late.is_empty() {
-            for (path, rel, sha, _) in recheck
+        {
+            let moved_otherwise = |homes: &BTreeSet<HomeRef>| {
+                homes.iter().any(|h| {
+                    ical::Resolve::moved_home(&lazy, h) != ical::Resolve::moved_home(&resolver, h)
+                })
+            };
+            for Recheck { path, rel, sha, .. } in recheck
                 .iter()
-                .filter(|(_, _, _, open)| !open.is_disjoint(&late))
+                .filter(|r| !r.open.is_disjoint(&late) || moved_otherwise(&r.homes))
             {
                 let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
                 if sha256_hex(&bytes) != *sha {
@@ -752,7 +869,7 @@ pub fn command_plan(ctx: &Context) -> Result<Outcome> {
     let (current, old) = load_directories(cfg)?;
     let summary = build(ctx, cfg, &current, &old)?;
     let state = State::open(&cfg.state.path)?;
-    crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
+    crate::report::write_reports(&state, summary.plan_id, &cfg.report)?;
     let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
         ExitStatus::Ok
     } else {
@@ -773,6 +890,10 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         steps.push(format!("rehearsal: store copied to {}", copy.display()));
     }
     let (current, old) = load_directories(&cfg)?;
+    let rehearsal_config = match &args.rehearse {
+        Some(dir) => Some(crate::rehearse::write_config(&cfg, dir, &current)?),
+        None => None,
+    };
     steps.push(format!(
         "pull: {} current records from {}, {} old records",
         current.records.len(),
@@ -785,11 +906,35 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         summary.plan_id, summary.resources_changed
     ));
     let state = State::open(&cfg.state.path)?;
-    crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
+    crate::report::write_reports(&state, summary.plan_id, &cfg.report)?;
     steps.push(format!("report: {}", cfg.report.dir.display()));
     let mut run = None;
+    let declined = !args.dry_run
+        && args.rehearse.is_none()
+        && !args.yes
+        && {
+            let question = format!(
+            "{}Apply plan {} to {} now ({} resources)? It is journaled and `rollback` undoes it. [y/N] ",
+            human_summary(&summary, &cfg.report.dir, false),
+            summary.plan_id,
+            cfg.store.path.display(),
+            summary.resources_changed
+        );
+            !confirm(&question).map_err(|e| {
+                e.context(format!(
+                    "plan {} is recorded and its reports are in {}",
+                    summary.plan_id,
+                    cfg.report.dir.display()
+                ))
+            })?
+        };
     let stop = if args.dry_run {
         "dry run: stopped after plan; nothing in the store changed.".to_string()
+    } else if declined {
+        format!(
+            "not applied: nothing in the store changed. Plan {} is kept: review its reports, then `principal-reconciler apply --plan {}`.",
+            summary.plan_id, summary.plan_id
+        )
     } else {
         let r = crate::journal::apply(ctx, &cfg, Some(summary.plan_id), args.force, false)?;
         steps.push(format!(
@@ -798,10 +943,11 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
             r.written,
             r.skipped.len()
         ));
-        let msg = match &args.rehearse {
-            Some(_) => format!(
-                "rehearsal applied to {}; the real store was not touched. Inspect the copy and the reports, then migrate for real.",
-                cfg.store.path.display()
+        let msg = match &rehearsal_config {
+            Some(file) => format!(
+                "rehearsal applied to {}; the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback), then migrate for real.",
+                cfg.store.path.display(),
+                file.display()
             ),
             None => format!(
                 "applied; undo with `principal-reconciler --config {} rollback --run {}`.",
@@ -814,7 +960,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     };
     if cfg.provision.enabled {
         let report = crate::provision::analyse(&cfg, &current, &old)?;
-        let csv = crate::provision::write_csv(&report, &cfg.report.dir)?;
+        let csv = crate::provision::write_csv(&report, &cfg.report)?;
         let needs = report
             .findings
             .iter()
@@ -847,9 +993,9 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         }
     }
     let mut verified = None;
-    if !args.dry_run {
+    if !args.dry_run && !declined {
         let report = crate::verify::verify(ctx, &cfg, &current)?;
-        let csv = crate::verify::write_csv(&report, &cfg.report.dir)?;
+        let csv = crate::verify::write_csv(&report, &cfg.report)?;
         steps.push(format!(
             "verify: {} problems (listed in {})",
             report.problems.len(),
@@ -867,7 +1013,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     if let Some(v) = &verified {
         human.push_str(&crate::verify::human(v));
     }
-    let skipped = run.as_ref().is_some_and(|r| !r.skipped.is_empty());
+    let skipped = declined || run.as_ref().is_some_and(|r| !r.skipped.is_empty());
     let unverified = verified.as_ref().is_some_and(|v| !v.problems.is_empty());
     let status =
         if summary.ambiguous.is_empty() && summary.problems.is_empty() && !skipped && !unverified {
@@ -878,6 +1024,29 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     Ok(Outcome {
         status,
         human,
-        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir }),
+        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir, "rehearsal_config": rehearsal_config }),
     })
+}
+
+/// Asks a yes/no question on the terminal (the question on stderr, the answer from stdin).
+/// Without a terminal nothing can be asked: an error that names `--yes`.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::usage(
+            "migrate changes the real store with a plan nobody reviewed: pass --yes to do so without a terminal, or review the plan and run `principal-reconciler apply`",
+        ));
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{question}");
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::runtime(format!("cannot read the answer: {e}")))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }

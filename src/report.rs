@@ -67,17 +67,33 @@ fn csv_bytes(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result
         .map_err(|e| Error::runtime(format!("CSV: {e}")))
 }
 
-/// Writes a CSV file atomically (header + rows; formula-like cells neutralised).
+/// The UTF-8 byte-order mark `[report] csv_bom` puts before every CSV.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A CSV file's bytes, with the byte-order mark when `[report] csv_bom` asks for it.
+pub fn with_bom(bom: bool, bytes: Vec<u8>) -> Vec<u8> {
+    if bom {
+        let mut out = BOM.to_vec();
+        out.extend(bytes);
+        out
+    } else {
+        bytes
+    }
+}
+
+/// Writes a CSV file atomically (header + rows; formula-like cells neutralised; a byte-order
+/// mark first when `bom`).
 pub fn write_csv(
     path: &Path,
     header: &[&str],
     rows: impl Iterator<Item = Vec<String>>,
+    bom: bool,
 ) -> Result<PathBuf> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("cannot create report folder", dir, e))?;
     }
-    write_atomic(path, &csv_bytes(header, rows)?)?;
+    write_atomic(path, &with_bom(bom, csv_bytes(header, rows)?))?;
     Ok(path.to_path_buf())
 }
 
@@ -199,7 +215,12 @@ pub fn plan_summary(state: &State, plan_id: i64) -> Result<PlanSummary> {
 }
 
 /// Writes every report of a plan into `dir`.
-pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn write_reports(
+    state: &State,
+    plan_id: i64,
+    report: &crate::config::ReportConfig,
+) -> Result<Vec<PathBuf>> {
+    let (dir, bom) = (report.dir.as_path(), report.csv_bom);
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create report folder", dir, e))?;
     let summary = plan_summary(state, plan_id)?;
     let mapping = mapping_rows(state, plan_id)?;
@@ -208,12 +229,15 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
     let p = dir.join("mapping.csv");
     write_atomic(
         &p,
-        &csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+        &with_bom(
+            bom,
+            csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+        ),
     )?;
     written.push(p);
 
     let p = dir.join("mapping-todo.csv");
-    write_atomic(&p, &mapping_todo(&mapping)?)?;
+    write_atomic(&p, &with_bom(bom, mapping_todo(&mapping)?))?;
     written.push(p);
 
     let p = dir.join("changes.csv");
@@ -225,7 +249,12 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
         let tmp = p.with_extension("tmp-principal-reconciler");
         let file =
             std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write report", &tmp, e))?;
-        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+        let mut file = std::io::BufWriter::new(file);
+        if bom {
+            std::io::Write::write_all(&mut file, BOM)
+                .map_err(|e| Error::io("cannot write report", &tmp, e))?;
+        }
+        let mut w = csv::Writer::from_writer(file);
         let csv_err = |e: csv::Error| Error::runtime(format!("{}: {e}", tmp.display()));
         w.write_record(["resource", "line", "property", "old_value", "new_value"])
             .map_err(csv_err)?;
@@ -269,9 +298,13 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
         Some(text) => serde_json::from_str(&text)?,
         None => Vec::new(),
     };
+    let links = link_rows(state, plan_id)?;
     write_atomic(
         &p,
-        html(&summary, &mapping, &homes, &ab_homes, &diffs, &provision).as_bytes(),
+        html(
+            &summary, &mapping, &homes, &ab_homes, &diffs, &provision, &links,
+        )
+        .as_bytes(),
     )?;
     written.push(p);
     Ok(written)
@@ -286,6 +319,31 @@ fn home_rows(state: &State, plan_id: i64) -> Result<Vec<[String; 4]>> {
         Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?])
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// How many dropbox link changes the HTML report lists (changes.csv has them all).
+const LINK_ROWS: i64 = 500;
+
+/// (total, first rows) of the planned X-APPLE-DROPBOX / ATTACH changes: resource, line, old, new.
+fn link_rows(state: &State, plan_id: i64) -> Result<(i64, Vec<Vec<String>>)> {
+    let total: i64 = state.conn.query_row(
+        "SELECT COUNT(*) FROM plan_changes WHERE plan_id = ?1 AND property IN ('X-APPLE-DROPBOX', 'ATTACH')",
+        [plan_id],
+        |r| r.get(0),
+    )?;
+    let mut st = state.conn.prepare(
+        "SELECT rel_path, line, old_value, new_value FROM plan_changes
+         WHERE plan_id = ?1 AND property IN ('X-APPLE-DROPBOX', 'ATTACH') ORDER BY rel_path, line LIMIT ?2",
+    )?;
+    let rows = st.query_map(rusqlite::params![plan_id, LINK_ROWS], |r| {
+        Ok(vec![
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?.to_string(),
+            r.get(2)?,
+            r.get(3)?,
+        ])
+    })?;
+    Ok((total, rows.collect::<rusqlite::Result<_>>()?))
 }
 
 /// (resource, [(line, old logical line, new logical line)]) for the first few changed resources.
@@ -410,6 +468,7 @@ fn html(
     ab_homes: &[[String; 4]],
     diffs: &[Diff],
     provision: &[serde_json::Value],
+    links: &(i64, Vec<Vec<String>>),
 ) -> String {
     let o = |k: &str| summary.by_outcome.get(k).copied().unwrap_or(0);
     let mut body = String::new();
@@ -524,6 +583,24 @@ fn html(
                 &["home", "layout", "owner", "new GUID"],
                 ab_homes.iter().map(|h| h.to_vec()),
                 Some(2)
+            )
+        );
+    }
+    if links.0 > 0 {
+        let _ = write!(
+            body,
+            "<section><h2>Dropbox links ({})</h2><p>Attachments follow their home to its new GUID: the X-APPLE-DROPBOX and ATTACH values that name a moved home are pointed at the new one{}.</p>{}</section>",
+            links.0,
+            if links.0 as usize > links.1.len() {
+                format!(" (the first {} here, all in changes.csv)", links.1.len())
+            } else {
+                String::new()
+            },
+            table(
+                "links",
+                &["resource", "line", "old value", "new value"],
+                links.1.iter().cloned(),
+                None
             )
         );
     }
@@ -674,7 +751,7 @@ pub fn command_report(ctx: &Context, args: &ReportArgs) -> Result<Outcome> {
     let cfg = &ctx.config;
     let state = State::open_existing(&cfg.state.path)?;
     let plan_id = state.plan_or_latest(args.plan)?;
-    let written = write_reports(&state, plan_id, &cfg.report.dir)?;
+    let written = write_reports(&state, plan_id, &cfg.report)?;
     let mut human = format!("Reports of plan {plan_id}:\n");
     for p in &written {
         human.push_str(&format!("  {}\n", p.display()));

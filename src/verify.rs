@@ -10,6 +10,8 @@
 //! - `organizer-mismatch` — copies of one UID that name different organizers;
 //! - `orphan-home` / `home-not-adopted` — a home whose folder names no current record, or an old
 //!   GUID or layout that maps to one;
+//! - `dropbox-home-missing` — an X-APPLE-DROPBOX or ATTACH link into `/calendars/.../dropbox/` (path
+//!   or URL of any host) naming a home the store does not have: the attachment answers 404;
 //! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects (or cards);
 //! - address books: the same home kinds for address-book homes, and `member-not-canonical` /
 //!   `unresolved-member` — a group member that names a record by an old GUID, or names no card
@@ -21,11 +23,11 @@ use crate::cli::{Context, Outcome};
 use crate::config::{Config, StoreKind};
 use crate::directory::{self, Directory};
 use crate::error::{ExitStatus, Result};
-use crate::ical;
+use crate::ical::{self, dropbox::HomeRef};
 use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
 use crate::store::{self, HomeLayout, Item};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How many problems of one kind the terminal summary lists.
 const LISTED: usize = 8;
@@ -73,6 +75,8 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     };
     let mut report = VerifyReport::default();
     let mut organizers: HashMap<String, (String, String)> = HashMap::new();
+    let mut homes_present: HashSet<HomeRef> = HashSet::new();
+    let mut links: Vec<(String, ical::FoundLink)> = Vec::new();
     let bar = crate::cli::progress_bar(ctx, None, "verifying");
     store::walk_with(
         &cfg.store,
@@ -84,6 +88,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 Item::Problem(p) => report.add(&p.kind, &p.path, p.detail),
                 Item::Home(h) => {
                     report.homes += 1;
+                    homes_present.insert(crate::plan::home_ref(&h));
                     let addr = crate::plan::home_address(&h);
                     match resolve(&addr) {
                         (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
@@ -107,6 +112,9 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 }
                 Item::Resource(res, Ok(info)) => {
                     report.resources += 1;
+                    for l in &info.links {
+                        links.push((format!("{}:{}", res.rel_path, l.line), l.clone()));
+                    }
                     for f in &info.addresses {
                         let addr = mapping::parse_found(&f.value);
                         match &addr {
@@ -159,6 +167,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         },
     )?;
     bar.finish_and_clear();
+    dropbox_links(&mut report, &links, &homes_present, &mapper);
     crate::addressbooks::verify(ctx, cfg, current, &mut report)?;
     if cfg.store.kind == StoreKind::CalendarserverFs {
         let doctor = store::doctor::doctor(&cfg.store, false, &indicatif::ProgressBar::hidden())?;
@@ -176,6 +185,50 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         .problems
         .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
     Ok(report)
+}
+
+/// Reports the dropbox links that name a home the store does not have. A home counts under
+/// either of its URLs: `/calendars/__uids__/<GUID>/` and, for a current record, the 1.x
+/// `/calendars/<type>/<short>/` one.
+fn dropbox_links(
+    report: &mut VerifyReport,
+    links: &[(String, ical::FoundLink)],
+    present: &HashSet<HomeRef>,
+    mapper: &Mapper<'_>,
+) {
+    let mut known: HashMap<&HomeRef, bool> = HashMap::new();
+    for (at, link) in links {
+        let exists = *known.entry(&link.home).or_insert_with(|| {
+            present.contains(&link.home) || {
+                let r = mapper.resolve(&link.home.owner(), &Observed::default());
+                match (r.outcome, r.target) {
+                    (MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)) => {
+                        let other = match &link.home {
+                            HomeRef::Uid(_) => HomeRef::Name {
+                                kind: p.kind,
+                                short: p.short_name.clone(),
+                            },
+                            HomeRef::Name { .. } => HomeRef::Uid(p.guid.to_string()),
+                        };
+                        // The other URL names the same home only when it is this record's.
+                        (link.home.is_uid_of(&p.guid) || matches!(link.home, HomeRef::Name { .. }))
+                            && present.contains(&other)
+                    }
+                    _ => false,
+                }
+            }
+        });
+        if !exists {
+            report.add(
+                "dropbox-home-missing",
+                at,
+                format!(
+                    "{} {} points into {}, a home this store does not have",
+                    link.property, link.value, link.home
+                ),
+            );
+        }
+    }
 }
 
 /// The terminal summary.
@@ -205,7 +258,10 @@ pub fn human(r: &VerifyReport) -> String {
 }
 
 /// Writes verify.csv into the report folder.
-pub fn write_csv(r: &VerifyReport, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+pub fn write_csv(
+    r: &VerifyReport,
+    report: &crate::config::ReportConfig,
+) -> Result<std::path::PathBuf> {
     // `path:line` as two columns, so a spreadsheet can sort and filter by file.
     let split = |at: &str| match at.rsplit_once(':') {
         Some((path, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => {
@@ -214,12 +270,13 @@ pub fn write_csv(r: &VerifyReport, dir: &std::path::Path) -> Result<std::path::P
         _ => (at.to_string(), String::new()),
     };
     crate::report::write_csv(
-        &dir.join("verify.csv"),
+        &report.dir.join("verify.csv"),
         &["kind", "path", "line", "detail"],
         r.problems.iter().map(|p| {
             let (path, line) = split(&p.path);
             vec![p.kind.clone(), path, line, p.detail.clone()]
         }),
+        report.csv_bom,
     )
 }
 
@@ -227,7 +284,7 @@ pub fn command_verify(ctx: &Context) -> Result<Outcome> {
     let cfg = &ctx.config;
     let current = directory::load_current(&cfg.directory)?;
     let report = verify(ctx, cfg, &current)?;
-    let csv = write_csv(&report, &cfg.report.dir)?;
+    let csv = write_csv(&report, &cfg.report)?;
     let status = if report.problems.is_empty() {
         ExitStatus::Ok
     } else {

@@ -624,6 +624,29 @@ fn a_rehearsal_never_writes_the_real_address_books() {
         expected_group(&a, 0),
         "the rehearsal's copy is migrated"
     );
+    // The rehearsal's own configuration names the copy: commands run with it stay in the copy.
+    let cfg = rehearsal.join("principal-reconciler.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let want = format!("addressbook_root = \"{}\"", copy.display());
+    assert!(text.contains(&want), "{text}");
+    let run = |args: &[&str]| {
+        assert_cmd::Command::cargo_bin("principal-reconciler")
+            .unwrap()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--no-progress")
+            .args(args)
+            .assert()
+    };
+    run(&["verify"]).code(0);
+    run(&["rollback"]).code(0);
+    let now = a.trees();
+    assert_same_tree(
+        &now.1,
+        &real.1,
+        "the real address books after the rehearsal's rollback",
+    );
+    assert_same_tree(&tree(&copy), &real.1, "the copy rolled back");
 }
 
 /// An apply interrupted with an address-book home step recorded but not taken (the crash window

@@ -81,7 +81,10 @@ fn bad_usage_exits_2_with_a_clear_message() {
         .args(["--json", "plan"])
         .assert()
         .code(2)
-        .stdout(predicate::str::contains("\"exit_code\": 2"))
+        .stdout(
+            predicate::str::contains("\"exit_code\": 2")
+                .and(predicate::str::contains("\"schema_version\": 1")),
+        )
         .stderr(
             predicate::str::contains("bad.toml:7:")
                 .and(predicate::str::contains("internal_domain")),
