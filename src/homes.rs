@@ -258,7 +258,12 @@ pub fn undo(store: &Path, step: &HomeStep) -> Result<()> {
 
 /// The hashed home path of a GUID, relative to the store.
 pub fn hashed_home(guid: &str) -> String {
-    format!("calendars/__uids__/{}/{}/{guid}", &guid[0..2], &guid[2..4])
+    hashed_home_in("calendars", guid)
+}
+
+/// The hashed home path of a GUID in `top` (`calendars` or `addressbooks`), relative to its root.
+pub fn hashed_home_in(top: &str, guid: &str) -> String {
+    format!("{top}/__uids__/{}/{}/{guid}", &guid[0..2], &guid[2..4])
 }
 
 /// The steps that adopt the home at `old_rel` into
@@ -270,18 +275,30 @@ pub fn plan_adoption(
     new_guid: &str,
     notes: &mut Vec<String>,
 ) -> Result<Vec<HomeStep>> {
+    plan_adoption_in(store, "calendars", old_rel, new_guid, notes)
+}
+
+/// [`plan_adoption`] for the homes in `top` (`calendars`, or `addressbooks` of an address-book
+/// root `root`).
+pub fn plan_adoption_in(
+    store: &Path,
+    top: &str,
+    old_rel: &str,
+    new_guid: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<HomeStep>> {
     let mut steps = Vec::new();
-    let target_rel = hashed_home(new_guid);
+    let target_rel = hashed_home_in(top, new_guid);
     let old = store.join(old_rel);
     if old_rel == target_rel || !old.is_dir() {
         return Ok(steps);
     }
-    let uids = store.join("calendars/__uids__");
+    let uids = store.join(format!("{top}/__uids__"));
     let like = std::fs::metadata(&uids).map_err(|e| Error::io("cannot read", &uids, e))?;
     let (a, b) = (&new_guid[0..2], &new_guid[2..4]);
     for rel in [
-        format!("calendars/__uids__/{a}"),
-        format!("calendars/__uids__/{a}/{b}"),
+        format!("{top}/__uids__/{a}"),
+        format!("{top}/__uids__/{a}/{b}"),
     ] {
         if !store.join(&rel).is_dir() {
             steps.push(HomeStep::Mkdir {

@@ -289,7 +289,10 @@ pub fn apply(
             store.display()
         )));
     }
-    refuse_while_server_runs(&store, force)?;
+    let roots = crate::addressbooks::apply_roots(&state, plan_id, cfg, rehearsal)?;
+    for root in roots.all() {
+        refuse_while_server_runs(root, force)?;
+    }
     let started = std::time::Instant::now();
     let backups = Backups::open(&cfg.state.path)?;
     let mut summary = RunSummary {
@@ -300,6 +303,7 @@ pub fn apply(
     let Some(run_id) = start_or_resume(&state, &mut summary, &store)? else {
         return Ok(summary);
     };
+    crate::addressbooks::record_run_root(&state, run_id, &roots)?;
     let opts = WriteOptions {
         xattr_prefix: cfg.store.xattr_prefix.clone(),
         plain_files: cfg.store.kind == crate::config::StoreKind::IcsDir,
@@ -316,7 +320,7 @@ pub fn apply(
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (seq, rel, before, after) in pending {
-        let path = store.join(&rel);
+        let path = roots.join(&rel);
         let current = std::fs::read(&path)
             .map(|b| sha256_hex(&b))
             .unwrap_or_default();
@@ -401,7 +405,7 @@ pub fn apply(
                     new_sha: new_sha.clone(),
                     ..Default::default()
                 };
-                let path = store.join(rel);
+                let path = roots.join(rel);
                 let bytes = match std::fs::read(&path) {
                     Err(e) => {
                         step.skip(format!("cannot read: {e}"));
@@ -438,8 +442,10 @@ pub fn apply(
         // b. Backups and temporary files durable (one syncfs per file system), then the steps
         //    recorded durably: only now may an original be replaced.
         backups.sync()?;
-        if !same_filesystem(&store, &cfg.state.path) {
-            sync_filesystem(&store)?;
+        for root in roots.all() {
+            if !same_filesystem(root, &cfg.state.path) {
+                sync_filesystem(root)?;
+            }
         }
         {
             let tx = state.conn.transaction()?;
@@ -494,7 +500,9 @@ pub fn apply(
             }
         }
         if !results.is_empty() {
-            sync_filesystem(&store)?;
+            for root in roots.all() {
+                sync_filesystem(root)?;
+            }
         }
         let tx = state.conn.transaction()?;
         for (seq, st, detail) in results {
@@ -512,7 +520,15 @@ pub fn apply(
         started.elapsed()
     );
     apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
-    adopt_homes(&mut state, run_id, plan_id, &store, &mut summary)?;
+    adopt_homes(&mut state, run_id, plan_id, &roots, &mut summary)?;
+    crate::addressbooks::adopt_homes(
+        &mut state,
+        run_id,
+        plan_id,
+        &roots,
+        &mut summary.homes_adopted,
+        &mut summary.notes,
+    )?;
     tracing::info!(
         "homes: {} adopted, run finished at {:.2?}",
         summary.homes_adopted,
@@ -673,7 +689,7 @@ pub fn journaled_file_write(
 }
 
 /// Records a step as pending (durably), takes it, marks it done.
-fn journaled_home_step(
+pub(crate) fn journaled_home_step(
     state: &mut State,
     run_id: i64,
     store: &Path,
@@ -702,9 +718,10 @@ fn adopt_homes(
     state: &mut State,
     run_id: i64,
     plan_id: i64,
-    store: &Path,
+    roots: &crate::store::addressbook::Roots,
     summary: &mut RunSummary,
 ) -> Result<()> {
+    let store = roots.store.as_path();
     // Home steps left pending by a crash: each is idempotent, finish it.
     let pending: Vec<(i64, String, String, Option<String>, String)> = {
         let mut st = state.conn.prepare(
@@ -717,7 +734,8 @@ fn adopt_homes(
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (seq, action, rel, target, meta) in pending {
-        homes::execute(store, &HomeStep::from_row(&action, rel, target, &meta)?)?;
+        let root = roots.root_for(&rel).to_path_buf();
+        homes::execute(&root, &HomeStep::from_row(&action, rel, target, &meta)?)?;
         state.conn.execute(
             "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
             rusqlite::params![run_id, seq],
@@ -815,7 +833,10 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         )));
     }
     let store = PathBuf::from(store_path);
-    refuse_while_server_runs(&store, force)?;
+    let roots = crate::addressbooks::run_roots(&state, target, store.clone())?;
+    for root in roots.all() {
+        refuse_while_server_runs(root, force)?;
+    }
     let backups = Backups::open(&cfg.state.path)?;
     let mut summary = RunSummary {
         kind: "rollback",
@@ -878,7 +899,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
             rusqlite::params![run_id, seq, rel, target_path, undone],
         )?;
         let (st, detail) = if matches!(action.as_str(), "rewrite" | "database" | "file") {
-            let path = store.join(&rel);
+            let path = roots.join(&rel);
             let current = std::fs::read(&path)
                 .map(|b| sha256_hex(&b))
                 .unwrap_or_default();
@@ -907,7 +928,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
                 target_path,
                 meta_json.as_deref().unwrap_or("{}"),
             )?;
-            homes::undo(&store, &step)?;
+            homes::undo(roots.root_for(&rel), &step)?;
             if matches!(step, HomeStep::Move { .. }) {
                 summary.homes_adopted += 1;
             }
@@ -937,7 +958,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         rows.collect::<rusqlite::Result<_>>()?
     };
     for rel in rels {
-        let tmp = crate::store::write::temp_path(&store.join(rel));
+        let tmp = crate::store::write::temp_path(&roots.join(&rel));
         if tmp.exists() {
             std::fs::remove_file(&tmp)
                 .map_err(|e| Error::io("cannot remove the leftover", &tmp, e))?;

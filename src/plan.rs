@@ -58,6 +58,9 @@ pub struct PlanSummary {
     /// Provisioning findings by problem (when `[provision]` names an access group or augments).
     #[serde(default)]
     pub provision: BTreeMap<String, usize>,
+    /// The address books, when the store has some (`[store] addressbook_root`, or 3.x).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressbooks: Option<crate::addressbooks::AddressBookSummary>,
 }
 
 /// What a plan changes in one principal database.
@@ -325,7 +328,7 @@ struct Recheck {
 
 /// Stores one planned resource and its changed properties.
 #[allow(clippy::too_many_arguments)]
-fn insert_resource(
+pub(crate) fn insert_resource(
     ins_res: &mut rusqlite::Statement<'_>,
     ins_chg: &mut rusqlite::Statement<'_>,
     plan_id: i64,
@@ -474,6 +477,7 @@ pub fn build(
     let mut recheck: Vec<Recheck> = Vec::new();
     let (mut changed, mut props) = (0u64, 0u64);
     let mapping;
+    let mut ab_summary = None;
     {
         let mut ins_res = tx.prepare(
             "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes, attr_edits) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -567,6 +571,28 @@ pub fn build(
             },
         )?;
         bar.finish_and_clear();
+        // Address books: their home owners and the group members that may be principals are
+        // resolved with the rest.
+        let addressbooks = match store::addressbook::locate(&cfg.store)? {
+            Some(root) => {
+                let bar = crate::cli::progress_bar(ctx, None, "planning address books");
+                let ab = crate::addressbooks::survey(&root, &bar)?;
+                bar.finish_and_clear();
+                crate::addressbooks::observe(&ab, &mapper, &mut survey.observed);
+                for p in &ab.problems {
+                    if seen_problem.insert(p.path.clone()) {
+                        survey.problems.push(Finding {
+                            path: p.path.clone(),
+                            kind: p.kind.clone(),
+                            detail: p.detail.clone(),
+                        });
+                    }
+                }
+                survey.resources += ab.cards;
+                Some(ab)
+            }
+            None => None,
+        };
         // Home owners are principals too: make sure each one is resolved.
         for h in &survey.homes {
             let addr = home_address(h);
@@ -644,6 +670,21 @@ pub fn build(
                     )?;
                 }
             }
+        }
+        if let Some(ab) = &addressbooks {
+            ab_summary = Some(crate::addressbooks::plan(
+                &tx,
+                plan_id,
+                ab,
+                &mapping,
+                &mut crate::addressbooks::Inserts {
+                    resources: &mut ins_res,
+                    changes: &mut ins_chg,
+                },
+                &mut changed,
+                &mut props,
+                EXAMPLE_LINES,
+            )?);
         }
     }
 
@@ -757,6 +798,7 @@ pub fn build(
         problems,
         databases,
         provision,
+        addressbooks: ab_summary,
     };
     tx.execute(
         "UPDATE plans SET summary_json = ?1 WHERE id = ?2",
@@ -832,7 +874,7 @@ fn plan_provision(
     Ok(counts)
 }
 
-fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
+pub(crate) fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
     let key = home_address(h).key();
     let (outcome, new_guid) = match mapping.entries.get(&key) {
         Some(r) => match (&r.target, r.outcome) {
@@ -881,6 +923,19 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
     if !s.homes.is_empty() {
         let h: Vec<String> = s.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
         out.push_str(&format!("Homes: {}.\n", h.join(", ")));
+    }
+    if let Some(ab) = &s.addressbooks {
+        let h: Vec<String> = ab.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        out.push_str(&format!(
+            "Address books: {} cards in {} homes ({}); {} group members of {} name directory records, {} to rewrite in {} cards.\n",
+            ab.cards,
+            ab.homes.values().sum::<usize>(),
+            if h.is_empty() { "none".to_string() } else { h.join(", ") },
+            ab.principal_members,
+            ab.members,
+            ab.members_changed,
+            ab.cards_changed
+        ));
     }
     if !s.problems.is_empty() {
         out.push_str(&format!("Problems: {} resources could not be read as calendar objects (listed in the report).\n", s.problems.len()));

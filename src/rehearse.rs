@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 /// Marker file that says a folder holds a rehearsal (and may be replaced by the next one).
 pub const MARKER: &str = ".principal-reconciler-rehearsal";
 
-/// Prepares `dir` for a rehearsal: copies the configured store to `dir/store` (and the delegate
-/// databases to `dir/Data`) and points the configuration's store, data root, state and report
-/// folders into `dir`. A previous rehearsal in `dir` is
-/// replaced; any other non-empty folder is refused.
+/// Prepares `dir` for a rehearsal: copies the configured store to `dir/store` (the delegate
+/// databases to `dir/Data`, a separate address-book root to `dir/AddressBook`) and points the
+/// configuration's store, address-book root, data root, state and report folders into `dir`. A
+/// previous rehearsal in `dir` is replaced; any other non-empty folder is refused.
 pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     if dir.exists() {
         let non_empty = std::fs::read_dir(dir)
@@ -25,7 +25,7 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
                 dir.display()
             )));
         }
-        for sub in ["store", "state", "reports", "Data"] {
+        for sub in ["store", "state", "reports", "Data", "AddressBook"] {
             let p = dir.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p)
@@ -44,8 +44,19 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     // The delegate and auto-accept databases are rehearsed on copies too: a rehearsal must never
     // write to the real server's files.
     let databases = cfg.principal_databases();
+    let addressbooks = crate::store::addressbook::Roots::of(&cfg.store)?;
     copy_tree(&cfg.store.path, &copy)?;
     cfg.store.path = copy.clone();
+    // Address books under the store (3.x) came with it; a separate root (10.6) is copied too.
+    cfg.store.addressbook_root = None;
+    if let Some(ab) = addressbooks
+        .addressbooks
+        .filter(|ab| *ab != addressbooks.store)
+    {
+        let ab_copy = dir.join("AddressBook");
+        copy_tree(&ab, &ab_copy)?;
+        cfg.store.addressbook_root = Some(ab_copy);
+    }
     let data = dir.join("Data");
     std::fs::create_dir_all(&data).map_err(|e| Error::io("cannot create", &data, e))?;
     for db in databases {
@@ -176,6 +187,7 @@ pub fn write_config(
         r.directory.ldif.as_mut(),
         Some(&mut r.store.path),
         r.store.data_root.as_mut(),
+        r.store.addressbook_root.as_mut(),
         r.rewrite.mapping_file.as_mut(),
         Some(&mut r.state.path),
         Some(&mut r.report.dir),

@@ -287,6 +287,7 @@ pub fn write_reports(
 
     let p = dir.join("report.html");
     let homes = home_rows(state, plan_id)?;
+    let ab_homes = crate::addressbooks::home_rows(state, plan_id)?;
     let diffs = example_diffs(state, plan_id)?;
     let provision: Option<String> = state.conn.query_row(
         "SELECT provision_json FROM plans WHERE id = ?1",
@@ -300,7 +301,10 @@ pub fn write_reports(
     let links = link_rows(state, plan_id)?;
     write_atomic(
         &p,
-        html(&summary, &mapping, &homes, &diffs, &provision, &links).as_bytes(),
+        html(
+            &summary, &mapping, &homes, &ab_homes, &diffs, &provision, &links,
+        )
+        .as_bytes(),
     )?;
     written.push(p);
     Ok(written)
@@ -461,6 +465,7 @@ fn html(
     summary: &PlanSummary,
     mapping: &[MappingRow],
     homes: &[[String; 4]],
+    ab_homes: &[[String; 4]],
     diffs: &[Diff],
     provision: &[serde_json::Value],
     links: &(i64, Vec<Vec<String>>),
@@ -554,6 +559,29 @@ fn html(
                 "homes",
                 &["home", "layout", "owner", "new GUID"],
                 homes.iter().map(|h| h.to_vec()),
+                Some(2)
+            )
+        );
+    }
+    if let Some(ab) = &summary.addressbooks {
+        let _ = write!(
+            body,
+            "<section id=\"addressbooks\"><h2>Address books ({} homes)</h2><p>Root <code>{}</code>: {} cards, {} group cards naming {} members — {} cards of their own address book (never changed), {} directory records, {} people who left (acknowledged), {} nobody. {} members to rewrite in {} cards.</p>{}</section>",
+            ab_homes.len(),
+            esc(&ab.root),
+            ab.cards,
+            ab.groups,
+            ab.members,
+            ab.card_members,
+            ab.principal_members,
+            ab.acknowledged_members,
+            ab.unresolved_members,
+            ab.members_changed,
+            ab.cards_changed,
+            table(
+                "addressbook-homes",
+                &["home", "layout", "owner", "new GUID"],
+                ab_homes.iter().map(|h| h.to_vec()),
                 Some(2)
             )
         );

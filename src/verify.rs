@@ -13,7 +13,10 @@
 //!   GUID or layout that maps to one;
 //! - `dropbox-home-missing` — an X-APPLE-DROPBOX or ATTACH link into `/calendars/.../dropbox/` (path
 //!   or URL of any host) naming a home the store does not have: the attachment answers 404;
-//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects;
+//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects (or cards);
+//! - address books: the same home kinds for address-book homes, and `member-not-canonical` /
+//!   `unresolved-member` — a group member that names a record by an old GUID, or names no card
+//!   of its address book and no current record;
 //! - from the doctor: `owner`, `mode`, `md5-stale` (every `getcontentmd5` attribute, long or short
 //!   name), `match-etags-stale` (a `scheduling-match-etags` that does not name the current ETag:
 //!   CalendarServer 2.5 refuses every edit with 412), `leftover`.
@@ -50,7 +53,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    fn add(&mut self, kind: &str, path: &str, detail: String) {
+    pub(crate) fn add(&mut self, kind: &str, path: &str, detail: String) {
         *self.by_kind.entry(kind.to_string()).or_default() += 1;
         self.problems.push(Problem {
             kind: kind.to_string(),
@@ -173,6 +176,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     )?;
     bar.finish_and_clear();
     dropbox_links(&mut report, &links, &homes_present, &mapper);
+    crate::addressbooks::verify(ctx, cfg, current, &mut report)?;
     if cfg.store.kind == StoreKind::CalendarserverFs {
         let doctor = store::doctor::doctor(&cfg.store, false, &indicatif::ProgressBar::hidden())?;
         for f in doctor.findings {

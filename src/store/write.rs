@@ -292,8 +292,8 @@ fn write_temp(path: &Path, bytes: &[u8], meta: &FileMeta, sync: bool) -> Result<
 }
 
 /// Puts `bytes` and `meta` at `path` atomically (temp file, sync, rename, folder sync), whether or
-/// not `path` exists now. Used by rollback. When `path` is a calendar resource (`*.ics`, not a
-/// dot-name), its collection also gets a new `getctag`, so clients that synced the replaced bytes
+/// not `path` exists now. Used by rollback. When `path` is a calendar resource or a card (`*.ics`,
+/// `*.vcf`, not a dot-name), its collection also gets a new `getctag`, so clients that synced the replaced bytes
 /// fetch the restored ones (the restored `getcontentmd5` is the one saved with the bytes).
 pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
     if let Ok(m) = fs::symlink_metadata(path) {
@@ -322,7 +322,7 @@ pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
                 .any(|x| x.property().as_deref() == Some(xattrs::getctag().as_str()))
         })
         .unwrap_or(false);
-    if super::is_resource_name(&name) && has_ctag {
+    if (super::is_resource_name(&name) || super::addressbook::is_card_name(&name)) && has_ctag {
         let prefix = choose_prefix(None, &meta.xattr_list(), Some(&folder));
         bump_ctag(&folder, &prefix)
             .map_err(|e| e.context(format!("{} was restored but", path.display())))?;

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod addressbooks;
 mod cli;
 mod cs_file_store;
 mod directory_cli;
@@ -23,4 +24,5 @@ mod report_html;
 mod store_cli;
 mod store_walk;
 mod store_write;
+mod vcard_props;
 mod workflow;
