@@ -131,6 +131,9 @@ pub struct StoreConfig {
     /// The server's data root holding `calendaruserproxy.sqlite` and `resourceinfo.sqlite`
     /// (`/Library/CalendarServer/Data`); looked for beside the store (`../Data`) when unset.
     pub data_root: Option<PathBuf>,
+    /// The Address Book Server's document root (10.6: `/Library/AddressBookServer/Documents`,
+    /// holding `addressbooks/`). Unset: `addressbooks/` under `path` (3.x) is used when it exists.
+    pub addressbook_root: Option<PathBuf>,
     /// `calendarserver-pg`: the database, as a libpq URL (`postgresql://USER@HOST:PORT/DB`) or
     /// `key=value` string; a host starting with `/` is a Unix-socket folder. No password in it.
     pub dsn: Option<String>,
@@ -150,10 +153,13 @@ pub struct RewriteConfig {
     /// Mail domains of the organisation: addresses outside them are never touched.
     #[serde(default)]
     pub internal_domains: Vec<String>,
-    /// CSV of `old,new` pairs that win over every rule.
+    /// CSV of `old,new` rows that win over every rule (format: [`crate::mapping_file`]).
     pub mapping_file: Option<PathBuf>,
     #[serde(default)]
     pub domain_alias: Vec<DomainAlias>,
+    /// Addresses or GUIDs of people who left: left as they are, not reported as problems.
+    #[serde(default)]
+    pub leavers: Vec<String>,
 }
 
 impl Default for RewriteConfig {
@@ -163,6 +169,7 @@ impl Default for RewriteConfig {
             internal_domains: Vec::new(),
             mapping_file: None,
             domain_alias: Vec::new(),
+            leavers: Vec::new(),
         }
     }
 }
@@ -199,12 +206,16 @@ fn default_state_path() -> PathBuf {
 pub struct ReportConfig {
     #[serde(default = "default_report_dir")]
     pub dir: PathBuf,
+    /// Start every CSV with a UTF-8 byte-order mark (spreadsheets then read accented names right).
+    #[serde(default)]
+    pub csv_bom: bool,
 }
 
 impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
             dir: default_report_dir(),
+            csv_bom: false,
         }
     }
 }
@@ -308,6 +319,7 @@ impl Config {
             fix(&mut self.store.path);
         }
         fix_opt(&mut self.store.data_root);
+        fix_opt(&mut self.store.addressbook_root);
         fix_opt(&mut self.store.password_file);
         fix_opt(&mut self.store.tls_ca_file);
         fix_opt(&mut self.rewrite.mapping_file);
@@ -469,6 +481,26 @@ mod tests {
         assert!(err.message.starts_with("c.toml:6:"), "{}", err.message);
         assert!(err.message.contains("colour"), "{}", err.message);
         assert_eq!(err.exit_status(), crate::error::ExitStatus::Usage);
+    }
+
+    #[test]
+    fn addressbook_root_is_read_from_the_config_folder() {
+        let text = "[directory]\nldif = \"x.ldif\"\n\n[store]\npath = \"Documents\"\naddressbook_root = \"../AddressBookServer/Documents\"\n";
+        let cfg = Config::parse(text, Path::new("/srv/pr/c.toml")).unwrap();
+        assert_eq!(
+            cfg.store.addressbook_root,
+            Some(PathBuf::from("/srv/pr/../AddressBookServer/Documents"))
+        );
+        let cfg = Config::parse(EXAMPLE, Path::new("/etc/pr/c.toml")).unwrap();
+        assert_eq!(cfg.store.addressbook_root, None);
+        assert!(EXAMPLE.contains("# addressbook_root = \"/Library/AddressBookServer/Documents\""));
+        let err = Config::parse(
+            &text.replace("addressbook_root", "adressbook_root"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(err.message.starts_with("c.toml:6:"), "{}", err.message);
+        assert!(err.message.contains("adressbook_root"), "{}", err.message);
     }
 
     #[test]

@@ -16,8 +16,9 @@ use crate::config::Config;
 use crate::error::{Error, ExitStatus, Result};
 use crate::homes::{self, HomeStep};
 use crate::state::{create_private_dir, now_rfc3339, State};
+use crate::store::props::{edits_done, edits_from_json, AttrEdit};
 use crate::store::write::{
-    bump_ctag, prepare_write_checked, restore, sha256_hex, sync_filesystem, write_resource,
+    bump_ctag, prepare_write_with, restore, sha256_hex, sync_filesystem, write_resource_with,
     FileMeta, PreparedWrite, WriteError, WriteOptions,
 };
 use base64::Engine as _;
@@ -291,7 +292,10 @@ pub fn apply(
             store.display()
         )));
     }
-    refuse_while_server_runs(&store, force)?;
+    let roots = crate::addressbooks::apply_roots(&state, plan_id, cfg, rehearsal)?;
+    for root in roots.all() {
+        refuse_while_server_runs(root, force)?;
+    }
     let started = std::time::Instant::now();
     let backups = Backups::open(&cfg.state.path)?;
     let mut summary = RunSummary {
@@ -302,6 +306,7 @@ pub fn apply(
     let Some(run_id) = start_or_resume(&state, &mut summary, &store)? else {
         return Ok(summary);
     };
+    crate::addressbooks::record_run_root(&state, run_id, &roots)?;
     let opts = WriteOptions {
         xattr_prefix: cfg.store.xattr_prefix.clone(),
         plain_files: cfg.store.kind == crate::config::StoreKind::IcsDir,
@@ -318,11 +323,12 @@ pub fn apply(
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (seq, rel, before, after) in pending {
-        let path = store.join(&rel);
+        let path = roots.join(&rel);
         let current = std::fs::read(&path)
             .map(|b| sha256_hex(&b))
             .unwrap_or_default();
-        let (st, detail) = if current == after {
+        let edits = planned_edits(&state, plan_id, &rel)?;
+        let (st, detail) = if current == after && edits_done(&path, &edits)? {
             summary.written += 1;
             ("done", String::new())
         } else if current == before {
@@ -332,7 +338,7 @@ pub fn apply(
                 |r| r.get(0),
             )?;
             let bytes = crate::plan::unpack(&blob, &after)?;
-            match write_resource(&path, &before, &bytes, &opts) {
+            match write_resource_with(&path, &before, &bytes, &opts, &edits) {
                 Ok(_) => {
                     summary.written += 1;
                     ("done", String::new())
@@ -382,17 +388,19 @@ pub fn apply(
         let mut work = Vec::with_capacity(chunk.len());
         for (rel, old_sha, new_sha) in chunk {
             seq += 1;
-            let blob: Vec<u8> = state.conn.query_row(
-                "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+            let (blob, edits): (Vec<u8>, Option<String>) = state.conn.query_row(
+                "SELECT new_bytes, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
                 rusqlite::params![plan_id, rel],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            work.push((seq, rel, old_sha, new_sha, blob));
+            let edits = edits_from_json(edits.as_deref())?;
+            work.push((seq, rel, old_sha, new_sha, (blob, edits)));
         }
         use rayon::prelude::*;
         let steps: Vec<Step> = work
             .into_par_iter()
-            .map(|(seq, rel, old_sha, new_sha, blob)| -> Result<Step> {
+            .map(|(seq, rel, old_sha, new_sha, planned)| -> Result<Step> {
+                let (blob, edits) = planned;
                 let mut step = Step {
                     seq,
                     rel: rel.clone(),
@@ -400,7 +408,7 @@ pub fn apply(
                     new_sha: new_sha.clone(),
                     ..Default::default()
                 };
-                let path = store.join(rel);
+                let path = roots.join(rel);
                 let bytes = match std::fs::read(&path) {
                     Err(e) => {
                         step.skip(format!("cannot read: {e}"));
@@ -409,7 +417,8 @@ pub fn apply(
                     Ok(b) => b,
                 };
                 let sha = sha256_hex(&bytes);
-                if sha == *new_sha {
+                // (A resource whose only change is an attribute keeps its bytes.)
+                if sha == *new_sha && edits_done(&path, &edits)? {
                     step.state = "done";
                     step.detail = "already rewritten".into();
                 } else if sha != *old_sha {
@@ -420,7 +429,7 @@ pub fn apply(
                         &FileMeta::of(&path)?,
                     ))?);
                     let new_bytes = crate::plan::unpack(&blob, new_sha)?;
-                    match prepare_write_checked(&path, old_sha, &new_bytes, &opts, false) {
+                    match prepare_write_with(&path, old_sha, &new_bytes, &opts, &edits, false) {
                         Ok(p) => {
                             step.state = "pending";
                             step.prepared = Some(p);
@@ -436,8 +445,10 @@ pub fn apply(
         // b. Backups and temporary files durable (one syncfs per file system), then the steps
         //    recorded durably: only now may an original be replaced.
         backups.sync()?;
-        if !same_filesystem(&store, &cfg.state.path) {
-            sync_filesystem(&store)?;
+        for root in roots.all() {
+            if !same_filesystem(root, &cfg.state.path) {
+                sync_filesystem(root)?;
+            }
         }
         {
             let tx = state.conn.transaction()?;
@@ -492,7 +503,9 @@ pub fn apply(
             }
         }
         if !results.is_empty() {
-            sync_filesystem(&store)?;
+            for root in roots.all() {
+                sync_filesystem(root)?;
+            }
         }
         let tx = state.conn.transaction()?;
         for (seq, st, detail) in results {
@@ -510,7 +523,15 @@ pub fn apply(
         started.elapsed()
     );
     apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
-    adopt_homes(&mut state, run_id, plan_id, &store, &mut summary)?;
+    adopt_homes(&mut state, run_id, plan_id, &roots, &mut summary)?;
+    crate::addressbooks::adopt_homes(
+        &mut state,
+        run_id,
+        plan_id,
+        &roots,
+        &mut summary.homes_adopted,
+        &mut summary.notes,
+    )?;
     tracing::info!(
         "homes: {} adopted, run finished at {:.2?}",
         summary.homes_adopted,
@@ -671,7 +692,7 @@ pub fn journaled_file_write(
 }
 
 /// Records a step as pending (durably), takes it, marks it done.
-fn journaled_home_step(
+pub(crate) fn journaled_home_step(
     state: &mut State,
     run_id: i64,
     store: &Path,
@@ -700,9 +721,10 @@ fn adopt_homes(
     state: &mut State,
     run_id: i64,
     plan_id: i64,
-    store: &Path,
+    roots: &crate::store::addressbook::Roots,
     summary: &mut RunSummary,
 ) -> Result<()> {
+    let store = roots.store.as_path();
     // Home steps left pending by a crash: each is idempotent, finish it.
     let pending: Vec<(i64, String, String, Option<String>, String)> = {
         let mut st = state.conn.prepare(
@@ -715,7 +737,8 @@ fn adopt_homes(
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (seq, action, rel, target, meta) in pending {
-        homes::execute(store, &HomeStep::from_row(&action, rel, target, &meta)?)?;
+        let root = roots.root_for(&rel).to_path_buf();
+        homes::execute(&root, &HomeStep::from_row(&action, rel, target, &meta)?)?;
         state.conn.execute(
             "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
             rusqlite::params![run_id, seq],
@@ -748,6 +771,36 @@ fn adopt_homes(
         }
     }
     Ok(())
+}
+
+/// The attribute edits the plan holds for a resource (none for most).
+fn planned_edits(state: &State, plan_id: i64, rel: &str) -> Result<Vec<AttrEdit>> {
+    let json: Option<String> = state
+        .conn
+        .query_row(
+            "SELECT attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+            rusqlite::params![plan_id, rel],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    edits_from_json(json.as_deref())
+}
+
+/// Whether a file's attributes are those saved in a step (a step that changed only attributes
+/// is undone when they differ, though its bytes are the original ones).
+fn attrs_as_saved(path: &Path, meta_json: Option<&str>) -> Result<bool> {
+    let Some(json) = meta_json else {
+        return Ok(false);
+    };
+    let saved: SavedMeta = serde_json::from_str(json)?;
+    let mut now = FileMeta::of(path)?.xattrs;
+    let mut want = saved.to_meta()?.xattrs;
+    now.sort();
+    want.sort();
+    Ok(now == want)
 }
 
 /// Undoes an apply run (the latest when `run` is `None`), newest step first.
@@ -786,7 +839,10 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         )));
     }
     let store = PathBuf::from(store_path);
-    refuse_while_server_runs(&store, force)?;
+    let roots = crate::addressbooks::run_roots(&state, target, store.clone())?;
+    for root in roots.all() {
+        refuse_while_server_runs(root, force)?;
+    }
     let backups = Backups::open(&cfg.state.path)?;
     let mut summary = RunSummary {
         kind: "rollback",
@@ -849,11 +905,13 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
             rusqlite::params![run_id, seq, rel, target_path, undone],
         )?;
         let (st, detail) = if matches!(action.as_str(), "rewrite" | "database" | "file") {
-            let path = store.join(&rel);
+            let path = roots.join(&rel);
             let current = std::fs::read(&path)
                 .map(|b| sha256_hex(&b))
                 .unwrap_or_default();
-            if current == original_sha {
+            if current == original_sha
+                && (current != applied_sha || attrs_as_saved(&path, meta_json.as_deref())?)
+            {
                 ("done", "already restored".to_string())
             } else if current != applied_sha && !force {
                 (
@@ -876,7 +934,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
                 target_path,
                 meta_json.as_deref().unwrap_or("{}"),
             )?;
-            homes::undo(&store, &step)?;
+            homes::undo(roots.root_for(&rel), &step)?;
             if matches!(step, HomeStep::Move { .. }) {
                 summary.homes_adopted += 1;
             }
@@ -906,7 +964,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         rows.collect::<rusqlite::Result<_>>()?
     };
     for rel in rels {
-        let tmp = crate::store::write::temp_path(&store.join(rel));
+        let tmp = crate::store::write::temp_path(&roots.join(&rel));
         if tmp.exists() {
             std::fs::remove_file(&tmp)
                 .map_err(|e| Error::io("cannot remove the leftover", &tmp, e))?;
@@ -969,6 +1027,16 @@ pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
         crate::rehearse::prepare(&mut cfg, dir)?;
         crate::rehearse::copy_tree(&state_from, &cfg.state.path)
             .map_err(|e| e.context("cannot copy the state database into the rehearsal"))?;
+        let current = crate::directory::load_current(&cfg.directory)?;
+        let file = crate::rehearse::write_config(&cfg, dir, &current)?;
+        let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
+        let mut out = outcome_of(s, "apply");
+        out.human.push_str(&format!(
+            "Rehearsal in {}: the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback).\n",
+            dir.display(),
+            file.display()
+        ));
+        return Ok(out);
     }
     let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
     Ok(outcome_of(s, "apply"))

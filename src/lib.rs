@@ -4,20 +4,26 @@
 //! walks the calendar store, [`ical`] reads and losslessly rewrites calendar objects, [`mapping`]
 //! resolves old addresses to new records, [`plan`] computes every change, [`journal`] applies and
 //! rolls back, [`provision`] enables missing principals, [`report`] writes what a human checks.
+//! Address books: [`vcard`] reads and rewrites cards, [`addressbooks`] plans, adopts and verifies
+//! them ([`store::addressbook`] finds and walks them).
 
 pub mod address;
+pub mod addressbooks;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod directory;
 pub mod error;
 pub mod homes;
 pub mod ical;
 pub mod journal;
 pub mod mapping;
+pub mod mapping_file;
 pub mod plan;
 pub mod provision;
 pub mod rehearse;
 pub mod report;
 pub mod state;
 pub mod store;
+pub mod vcard;
 pub mod verify;

@@ -7,13 +7,13 @@ use crate::cli::{Context, MigrateArgs, Outcome};
 use crate::config::Config;
 use crate::directory::{self, Directory};
 use crate::error::{Error, ExitStatus, Result};
-use crate::ical::{self, RewriteOptions};
+use crate::ical::{self, dropbox::HomeRef, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::state::{now_rfc3339, State};
 use crate::store::write::sha256_hex;
 use crate::store::{self, Home, Item};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
 
 /// A problem found while planning (unreadable or malformed resource, symlink, ...).
@@ -58,6 +58,9 @@ pub struct PlanSummary {
     /// Provisioning findings by problem (when `[provision]` names an access group or augments).
     #[serde(default)]
     pub provision: BTreeMap<String, usize>,
+    /// The address books, when the store has some (`[store] addressbook_root`, or 3.x).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressbooks: Option<crate::addressbooks::AddressBookSummary>,
 }
 
 /// What a plan changes in one principal database.
@@ -126,7 +129,12 @@ pub(crate) fn observe(
     info: &ical::CalendarInfo,
 ) -> BTreeSet<String> {
     let mut here = BTreeSet::new();
-    for f in &info.addresses {
+    // Old CUAs too (when they are addresses at all): they name principals the mapping must know.
+    let old_cuas = info
+        .old_cuas
+        .iter()
+        .filter(|f| !matches!(mapping::parse_found(&f.value), CalAddress::Other(_)));
+    for f in info.addresses.iter().chain(old_cuas) {
         let addr = mapping::parse_found(&f.value);
         let key = addr.key();
         let entry = observed
@@ -140,6 +148,25 @@ pub(crate) fn observe(
         }
     }
     here
+}
+
+/// Counts the addresses found in a resource's principal properties (inbox `originator` /
+/// `recipient` hrefs) into the observations, like those of its calendar data.
+fn observe_hrefs(
+    observed: &mut BTreeMap<String, (CalAddress, Observed)>,
+    hrefs: &[String],
+    here: &mut BTreeSet<String>,
+) {
+    for h in hrefs {
+        let addr = mapping::parse_found(h);
+        let key = addr.key();
+        let entry = observed
+            .entry(key.clone())
+            .or_insert_with(|| (addr, Observed::default()));
+        if here.insert(key) {
+            entry.1.resources += 1;
+        }
+    }
 }
 
 /// Resolves addresses as the walk meets them (rules 1–5, which need no view of the whole store),
@@ -194,11 +221,114 @@ impl ical::Resolve for LazyResolver<'_, '_> {
         }
         idx.map(|i| &self.principals[i])
     }
+
+    /// While walking, the homes are not all known yet: a home is taken to move when its owner
+    /// resolves to another GUID. [`FinalResolver::moved_home`] decides once they are; resources
+    /// whose links it decides otherwise are read again.
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        let p = ical::Resolve::resolve(self, &home.owner())?;
+        (!home.is_uid_of(&p.guid)).then(|| p.guid.clone())
+    }
+}
+
+/// The `/calendars/...` URL segment that names a home in the store.
+pub fn home_ref(h: &Home) -> HomeRef {
+    match h.layout {
+        store::HomeLayout::Users => HomeRef::Name {
+            kind: h
+                .rel_path
+                .split('/')
+                .nth(1)
+                .and_then(RecordType::from_collection)
+                .unwrap_or(RecordType::User),
+            short: h.id.clone(),
+        },
+        _ => HomeRef::uid(&h.id),
+    }
+}
+
+/// Resolves once the whole store is known: addresses as the finished mapping says (rule 6
+/// included), addresses it never saw (old CUAs that were not addresses, ...) as the walk did;
+/// dropbox links into a home `apply` adopts name the GUID it moves to.
+struct FinalResolver<'r, 'm, 'a> {
+    map: HashMap<String, Principal>,
+    mapping: &'r Mapping,
+    lazy: &'r LazyResolver<'m, 'a>,
+    /// Every home in the store by its URL: the GUID its URL becomes, if it changes.
+    homes: HashMap<HomeRef, Option<Guid>>,
+    /// The GUIDs homes are adopted into.
+    targets: HashSet<Guid>,
+}
+
+impl<'r, 'm, 'a> FinalResolver<'r, 'm, 'a> {
+    fn new(mapping: &'r Mapping, lazy: &'r LazyResolver<'m, 'a>, homes: &[Home]) -> Self {
+        let mut by_ref: HashMap<HomeRef, Option<Guid>> = HashMap::new();
+        let mut targets = HashSet::new();
+        for h in homes {
+            let f = home_finding(mapping, h);
+            let adopted = f
+                .new_guid
+                .as_deref()
+                .filter(|_| f.outcome == "moved" || h.layout != store::HomeLayout::Hashed)
+                .and_then(Guid::from_any);
+            let r = home_ref(h);
+            if let Some(g) = &adopted {
+                targets.insert(g.clone());
+            }
+            let to = adopted.filter(|g| !r.is_uid_of(g));
+            let slot = by_ref.entry(r).or_default();
+            if slot.is_none() {
+                *slot = to;
+            }
+        }
+        FinalResolver {
+            map: mapping.resolver(),
+            mapping,
+            lazy,
+            homes: by_ref,
+            targets,
+        }
+    }
+}
+
+impl ical::Resolve for FinalResolver<'_, '_, '_> {
+    fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
+        let key = addr.key();
+        if self.mapping.entries.contains_key(&key) {
+            self.map.get(&key)
+        } else {
+            self.lazy.resolve(addr)
+        }
+    }
+
+    /// A home in the store: where `apply` moves it. A home the store lacks (a link into a
+    /// home kept under another URL, as a 1.x `/calendars/users/<short>/` one): the home its owner's
+    /// GUID is adopted into, if any.
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        match self.homes.get(home) {
+            Some(to) => to.clone(),
+            None => {
+                let p = self.resolve(&home.owner())?;
+                self.targets.contains(&p.guid).then(|| p.guid.clone())
+            }
+        }
+    }
+}
+
+/// A resource the walk rewrote with what it knew then.
+struct Recheck {
+    path: std::path::PathBuf,
+    rel: String,
+    sha: String,
+    /// GUID-bearing addresses the walk could not resolve.
+    open: BTreeSet<String>,
+    /// Homes its dropbox links name.
+    homes: BTreeSet<HomeRef>,
 }
 
 /// Stores one planned resource and its changed properties.
 #[allow(clippy::too_many_arguments)]
-fn insert_resource(
+pub(crate) fn insert_resource(
     ins_res: &mut rusqlite::Statement<'_>,
     ins_chg: &mut rusqlite::Statement<'_>,
     plan_id: i64,
@@ -208,6 +338,7 @@ fn insert_resource(
     packed: &[u8],
     changes: &[ical::Change],
     keep_lines: bool,
+    attr_edits: Option<&str>,
 ) -> Result<()> {
     ins_res.execute(rusqlite::params![
         plan_id,
@@ -215,7 +346,8 @@ fn insert_resource(
         old_sha,
         new_sha,
         packed,
-        changes.len() as i64
+        changes.len() as i64,
+        attr_edits
     ])?;
     for c in changes {
         // Whole logical lines are kept for the report's example diffs only.
@@ -246,6 +378,61 @@ pub fn home_address(h: &Home) -> CalAddress {
             None => CalAddress::UrnXUid(h.id.clone()),
         },
     }
+}
+
+/// A resource the plan changes: its changed properties (lines and attributes), new bytes and
+/// attribute edits.
+struct Planned {
+    changes: Vec<ical::Change>,
+    new_sha: String,
+    packed: Vec<u8>,
+    attr_edits: Option<String>,
+}
+
+impl Planned {
+    /// `None` when neither the bytes nor an attribute change.
+    fn of(rw: ical::Rewritten, attrs: store::props::PrincipalScan) -> Option<Planned> {
+        if rw.changes.is_empty() && attrs.edits.is_empty() {
+            return None;
+        }
+        let mut changes = rw.changes;
+        changes.extend(attrs.changes);
+        Some(Planned {
+            changes,
+            new_sha: sha256_hex(&rw.bytes),
+            packed: pack(&rw.bytes),
+            attr_edits: store::props::edits_json(&attrs.edits),
+        })
+    }
+}
+
+/// The principal properties (`originator`, `recipient`) of a resource, planned with `resolver`:
+/// read only for inbox items of a CalendarServer file store (see [`store::props`]).
+fn plan_attributes(
+    cfg: &Config,
+    path: &std::path::Path,
+    collection: &str,
+    resolver: &dyn ical::Resolve,
+    opts: &RewriteOptions,
+) -> std::result::Result<store::props::PrincipalScan, String> {
+    if cfg.store.kind != crate::config::StoreKind::CalendarserverFs
+        || !store::props::reads_attributes(collection)
+    {
+        return Ok(Default::default());
+    }
+    let attrs = store::xattrs::read_all(path)
+        .map_err(|e| format!("cannot read extended attributes: {e}"))?;
+    Ok(store::props::scan_principals(&attrs, &|value| {
+        let addr = CalAddress::parse(value);
+        resolver
+            .resolve(&addr)
+            .map(|p| p.canonical_address(opts.form, &addr))
+    }))
+}
+
+/// The collection folder of a resource's relative path (`.../inbox/x.ics` → `inbox`).
+fn collection_of(rel: &str) -> &str {
+    rel.rsplit('/').nth(1).unwrap_or("")
 }
 
 /// Builds a plan: survey, mapping, rewrite of every resource, stored in the state database.
@@ -290,12 +477,13 @@ pub fn build(
     // known, rule 6 (store evidence) may resolve it, and only those are read again.
     let mut survey = Survey::default();
     let mut seen_problem = BTreeSet::new();
-    let mut recheck: Vec<(std::path::PathBuf, String, String, BTreeSet<String>)> = Vec::new();
+    let mut recheck: Vec<Recheck> = Vec::new();
     let (mut changed, mut props) = (0u64, 0u64);
     let mapping;
+    let mut ab_summary = None;
     {
         let mut ins_res = tx.prepare(
-            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes, attr_edits) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut ins_chg = tx.prepare(
             "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -305,14 +493,15 @@ pub fn build(
             &cfg.store,
             store::WalkOptions { xattrs: false },
             &bar,
-            |_, bytes| -> std::result::Result<_, ical::IcalError> {
+            |res, bytes| -> std::result::Result<_, ical::IcalError> {
                 let (info, rw) = ical::scan_and_rewrite(bytes, &lazy, &opts)?;
-                let planned = if rw.changes.is_empty() {
-                    None
-                } else {
-                    Some((rw.changes, sha256_hex(&rw.bytes), pack(&rw.bytes)))
-                };
-                Ok((info, planned))
+                let (attrs, unreadable) =
+                    match plan_attributes(cfg, &res.path, &res.collection, &lazy, &opts) {
+                        Ok(a) => (a, None),
+                        Err(e) => (Default::default(), Some(e)),
+                    };
+                let hrefs = attrs.hrefs.clone();
+                Ok((info, Planned::of(rw, attrs), hrefs, unreadable))
             },
             |item| {
                 match item {
@@ -335,34 +524,48 @@ pub fn build(
                             });
                         }
                     }
-                    Item::Resource(res, Ok((info, planned))) => {
+                    Item::Resource(res, Ok((info, planned, hrefs, unreadable))) => {
                         survey.resources += 1;
-                        let keys = observe(&mut survey.observed, &info);
+                        if let Some(detail) = unreadable {
+                            if seen_problem.insert(res.rel_path.clone()) {
+                                survey.problems.push(Finding {
+                                    path: res.rel_path.clone(),
+                                    kind: "unreadable".into(),
+                                    detail,
+                                });
+                            }
+                        }
+                        let mut keys = observe(&mut survey.observed, &info);
+                        observe_hrefs(&mut survey.observed, &hrefs, &mut keys);
                         let open: BTreeSet<String> = keys
                             .into_iter()
                             .filter(|k| survey.observed[k].0.guid().is_some() && lazy.unresolved(k))
                             .collect();
-                        if !open.is_empty() {
-                            recheck.push((
-                                res.path.clone(),
-                                res.rel_path.clone(),
-                                res.sha256.clone(),
+                        let homes: BTreeSet<HomeRef> =
+                            info.links.iter().map(|l| l.home.clone()).collect();
+                        if !open.is_empty() || !homes.is_empty() {
+                            recheck.push(Recheck {
+                                path: res.path.clone(),
+                                rel: res.rel_path.clone(),
+                                sha: res.sha256.clone(),
                                 open,
-                            ));
+                                homes,
+                            });
                         }
-                        if let Some((changes, new_sha, packed)) = planned {
+                        if let Some(p) = planned {
                             changed += 1;
-                            props += changes.len() as u64;
+                            props += p.changes.len() as u64;
                             insert_resource(
                                 &mut ins_res,
                                 &mut ins_chg,
                                 plan_id,
                                 &res.rel_path,
                                 &res.sha256,
-                                &new_sha,
-                                &packed,
-                                &changes,
+                                &p.new_sha,
+                                &p.packed,
+                                &p.changes,
                                 changed <= EXAMPLE_LINES,
+                                p.attr_edits.as_deref(),
                             )?;
                         }
                     }
@@ -371,6 +574,28 @@ pub fn build(
             },
         )?;
         bar.finish_and_clear();
+        // Address books: their home owners and the group members that may be principals are
+        // resolved with the rest.
+        let addressbooks = match store::addressbook::locate(&cfg.store)? {
+            Some(root) => {
+                let bar = crate::cli::progress_bar(ctx, None, "planning address books");
+                let ab = crate::addressbooks::survey(&root, &bar)?;
+                bar.finish_and_clear();
+                crate::addressbooks::observe(&ab, &mapper, &mut survey.observed);
+                for p in &ab.problems {
+                    if seen_problem.insert(p.path.clone()) {
+                        survey.problems.push(Finding {
+                            path: p.path.clone(),
+                            kind: p.kind.clone(),
+                            detail: p.detail.clone(),
+                        });
+                    }
+                }
+                survey.resources += ab.cards;
+                Some(ab)
+            }
+            None => None,
+        };
         // Home owners are principals too: make sure each one is resolved.
         for h in &survey.homes {
             let addr = home_address(h);
@@ -386,16 +611,22 @@ pub fn build(
             survey.observed.len(),
             started.elapsed()
         );
-        let resolver = mapping.resolver();
+        let resolver = FinalResolver::new(&mapping, &lazy, &survey.homes);
         let late: BTreeSet<String> = resolver
+            .map
             .keys()
             .filter(|k| lazy.unresolved(k))
             .cloned()
             .collect();
-        if !late.is_empty() {
-            for (path, rel, sha, _) in recheck
+        {
+            let moved_otherwise = |homes: &BTreeSet<HomeRef>| {
+                homes.iter().any(|h| {
+                    ical::Resolve::moved_home(&lazy, h) != ical::Resolve::moved_home(&resolver, h)
+                })
+            };
+            for Recheck { path, rel, sha, .. } in recheck
                 .iter()
-                .filter(|(_, _, _, open)| !open.is_disjoint(&late))
+                .filter(|r| !r.open.is_disjoint(&late) || moved_otherwise(&r.homes))
             {
                 let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
                 if sha256_hex(&bytes) != *sha {
@@ -405,6 +636,8 @@ pub fn build(
                     )));
                 }
                 let rw = ical::rewrite(&bytes, &resolver, &opts)
+                    .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
+                let attrs = plan_attributes(cfg, path, collection_of(rel), &resolver, &opts)
                     .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
                 let before: i64 = tx.query_row(
                     "SELECT COUNT(*) FROM plan_changes WHERE plan_id = ?1 AND rel_path = ?2",
@@ -423,22 +656,38 @@ pub fn build(
                     "DELETE FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
                     rusqlite::params![plan_id, rel],
                 )?;
-                if !rw.changes.is_empty() {
+                if let Some(p) = Planned::of(rw, attrs) {
                     changed += 1;
-                    props += rw.changes.len() as u64;
+                    props += p.changes.len() as u64;
                     insert_resource(
                         &mut ins_res,
                         &mut ins_chg,
                         plan_id,
                         rel,
                         sha,
-                        &sha256_hex(&rw.bytes),
-                        &pack(&rw.bytes),
-                        &rw.changes,
+                        &p.new_sha,
+                        &p.packed,
+                        &p.changes,
                         false,
+                        p.attr_edits.as_deref(),
                     )?;
                 }
             }
+        }
+        if let Some(ab) = &addressbooks {
+            ab_summary = Some(crate::addressbooks::plan(
+                &tx,
+                plan_id,
+                ab,
+                &mapping,
+                &mut crate::addressbooks::Inserts {
+                    resources: &mut ins_res,
+                    changes: &mut ins_chg,
+                },
+                &mut changed,
+                &mut props,
+                EXAMPLE_LINES,
+            )?);
         }
     }
 
@@ -488,6 +737,8 @@ pub fn build(
     }
     let mut warnings = current.warnings.clone();
     warnings.extend(old.warnings.iter().cloned());
+    warnings.extend(mapper.warnings.iter().cloned());
+    warnings.extend(mapper.unused_overrides(&mapping));
     let summary = PlanSummary {
         plan_id,
         created_at,
@@ -527,6 +778,7 @@ pub fn build(
         problems,
         databases,
         provision,
+        addressbooks: ab_summary,
     };
     tx.execute(
         "UPDATE plans SET summary_json = ?1 WHERE id = ?2",
@@ -633,7 +885,7 @@ pub(crate) fn plan_provision(
     Ok(counts)
 }
 
-fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
+pub(crate) fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
     let key = home_address(h).key();
     let (outcome, new_guid) = match mapping.entries.get(&key) {
         Some(r) => match (&r.target, r.outcome) {
@@ -668,16 +920,33 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
         s.plan_id, s.resources_scanned, s.resources_changed, s.properties_changed
     ));
     out.push_str(&format!(
-        "Addresses: {} mapped, {} unchanged, {} ambiguous, {} unmatched, {} external.\n",
+        "Addresses: {} mapped, {} unchanged, {} ambiguous, {} unmatched, {} external{}.\n",
         o("mapped"),
         o("unchanged"),
         o("ambiguous"),
         o("unmatched"),
-        o("external")
+        o("external"),
+        match o("acknowledged") {
+            0 => String::new(),
+            n => format!(", {n} acknowledged (people who left)"),
+        }
     ));
     if !s.homes.is_empty() {
         let h: Vec<String> = s.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
         out.push_str(&format!("Homes: {}.\n", h.join(", ")));
+    }
+    if let Some(ab) = &s.addressbooks {
+        let h: Vec<String> = ab.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        out.push_str(&format!(
+            "Address books: {} cards in {} homes ({}); {} group members of {} name directory records, {} to rewrite in {} cards.\n",
+            ab.cards,
+            ab.homes.values().sum::<usize>(),
+            if h.is_empty() { "none".to_string() } else { h.join(", ") },
+            ab.principal_members,
+            ab.members,
+            ab.members_changed,
+            ab.cards_changed
+        ));
     }
     if !s.problems.is_empty() {
         out.push_str(&format!("Problems: {} resources could not be read as calendar objects (listed in the report).\n", s.problems.len()));
@@ -686,11 +955,11 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
         out.push_str(&format!("Warning: {w}\n"));
     }
     out.push_str(&format!(
-        "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json).\n",
+        "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json, mapping-todo.csv).\n",
         report_dir.display()
     ));
     if next_step && o("ambiguous") > 0 {
-        out.push_str("Next: resolve the ambiguous addresses with [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
+        out.push_str("Next: decide the ambiguous addresses: copy mapping-todo.csv, fill in its last column, name the copy in [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
     } else if next_step {
         out.push_str("Next: review the report, then run `principal-reconciler apply` (journaled; `rollback` undoes it).\n");
     }
@@ -702,7 +971,7 @@ pub fn command_plan(ctx: &Context) -> Result<Outcome> {
     let (current, old) = load_directories(cfg)?;
     let summary = build(ctx, cfg, &current, &old)?;
     let state = State::open(&cfg.state.path)?;
-    crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
+    crate::report::write_reports(&state, summary.plan_id, &cfg.report)?;
     let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
         ExitStatus::Ok
     } else {
@@ -723,6 +992,10 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         steps.push(format!("rehearsal: store copied to {}", copy.display()));
     }
     let (current, old) = load_directories(&cfg)?;
+    let rehearsal_config = match &args.rehearse {
+        Some(dir) => Some(crate::rehearse::write_config(&cfg, dir, &current)?),
+        None => None,
+    };
     steps.push(format!(
         "pull: {} current records from {}, {} old records",
         current.records.len(),
@@ -735,11 +1008,35 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         summary.plan_id, summary.resources_changed
     ));
     let state = State::open(&cfg.state.path)?;
-    crate::report::write_reports(&state, summary.plan_id, &cfg.report.dir)?;
+    crate::report::write_reports(&state, summary.plan_id, &cfg.report)?;
     steps.push(format!("report: {}", cfg.report.dir.display()));
     let mut run = None;
+    let declined = !args.dry_run
+        && args.rehearse.is_none()
+        && !args.yes
+        && {
+            let question = format!(
+            "{}Apply plan {} to {} now ({} resources)? It is journaled and `rollback` undoes it. [y/N] ",
+            human_summary(&summary, &cfg.report.dir, false),
+            summary.plan_id,
+            cfg.store.path.display(),
+            summary.resources_changed
+        );
+            !confirm(&question).map_err(|e| {
+                e.context(format!(
+                    "plan {} is recorded and its reports are in {}",
+                    summary.plan_id,
+                    cfg.report.dir.display()
+                ))
+            })?
+        };
     let stop = if args.dry_run {
         "dry run: stopped after plan; nothing in the store changed.".to_string()
+    } else if declined {
+        format!(
+            "not applied: nothing in the store changed. Plan {} is kept: review its reports, then `principal-reconciler apply --plan {}`.",
+            summary.plan_id, summary.plan_id
+        )
     } else {
         let r = crate::journal::apply(ctx, &cfg, Some(summary.plan_id), args.force, false)?;
         steps.push(format!(
@@ -748,10 +1045,11 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
             r.written,
             r.skipped.len()
         ));
-        let msg = match &args.rehearse {
-            Some(_) => format!(
-                "rehearsal applied to {}; the real store was not touched. Inspect the copy and the reports, then migrate for real.",
-                cfg.store.path.display()
+        let msg = match &rehearsal_config {
+            Some(file) => format!(
+                "rehearsal applied to {}; the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback), then migrate for real.",
+                cfg.store.path.display(),
+                file.display()
             ),
             None => format!(
                 "applied; undo with `principal-reconciler --config {} rollback --run {}`.",
@@ -764,7 +1062,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     };
     if cfg.provision.enabled {
         let report = crate::provision::analyse(&cfg, &current, &old)?;
-        let csv = crate::provision::write_csv(&report, &cfg.report.dir)?;
+        let csv = crate::provision::write_csv(&report, &cfg.report)?;
         let needs = report
             .findings
             .iter()
@@ -797,9 +1095,9 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         }
     }
     let mut verified = None;
-    if !args.dry_run {
+    if !args.dry_run && !declined {
         let report = crate::verify::verify(ctx, &cfg, &current)?;
-        let csv = crate::verify::write_csv(&report, &cfg.report.dir)?;
+        let csv = crate::verify::write_csv(&report, &cfg.report)?;
         steps.push(format!(
             "verify: {} problems (listed in {})",
             report.problems.len(),
@@ -817,7 +1115,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     if let Some(v) = &verified {
         human.push_str(&crate::verify::human(v));
     }
-    let skipped = run.as_ref().is_some_and(|r| !r.skipped.is_empty());
+    let skipped = declined || run.as_ref().is_some_and(|r| !r.skipped.is_empty());
     let unverified = verified.as_ref().is_some_and(|v| !v.problems.is_empty());
     let status =
         if summary.ambiguous.is_empty() && summary.problems.is_empty() && !skipped && !unverified {
@@ -828,6 +1126,29 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     Ok(Outcome {
         status,
         human,
-        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir }),
+        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir, "rehearsal_config": rehearsal_config }),
     })
+}
+
+/// Asks a yes/no question on the terminal (the question on stderr, the answer from stdin).
+/// Without a terminal nothing can be asked: an error that names `--yes`.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::usage(
+            "migrate changes the real store with a plan nobody reviewed: pass --yes to do so without a terminal, or review the plan and run `principal-reconciler apply`",
+        ));
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{question}");
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::runtime(format!("cannot read the answer: {e}")))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 /// Marker file that says a folder holds a rehearsal (and may be replaced by the next one).
 pub const MARKER: &str = ".principal-reconciler-rehearsal";
 
-/// Prepares `dir` for a rehearsal: copies the configured store to `dir/store` (and the delegate
-/// databases to `dir/Data`) and points the configuration's store, data root, state and report
-/// folders into `dir`. A previous rehearsal in `dir` is
-/// replaced; any other non-empty folder is refused.
+/// Prepares `dir` for a rehearsal: copies the configured store to `dir/store` (the delegate
+/// databases to `dir/Data`, a separate address-book root to `dir/AddressBook`) and points the
+/// configuration's store, address-book root, data root, state and report folders into `dir`. A
+/// previous rehearsal in `dir` is replaced; any other non-empty folder is refused.
 pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
         return crate::store::pg::rehearse::prepare(cfg, dir);
@@ -28,7 +28,7 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
                 dir.display()
             )));
         }
-        for sub in ["store", "state", "reports", "Data"] {
+        for sub in ["store", "state", "reports", "Data", "AddressBook"] {
             let p = dir.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p)
@@ -47,8 +47,19 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     // The delegate and auto-accept databases are rehearsed on copies too: a rehearsal must never
     // write to the real server's files.
     let databases = cfg.principal_databases();
+    let addressbooks = crate::store::addressbook::Roots::of(&cfg.store)?;
     copy_tree(&cfg.store.path, &copy)?;
     cfg.store.path = copy.clone();
+    // Address books under the store (3.x) came with it; a separate root (10.6) is copied too.
+    cfg.store.addressbook_root = None;
+    if let Some(ab) = addressbooks
+        .addressbooks
+        .filter(|ab| *ab != addressbooks.store)
+    {
+        let ab_copy = dir.join("AddressBook");
+        copy_tree(&ab, &ab_copy)?;
+        cfg.store.addressbook_root = Some(ab_copy);
+    }
     let data = dir.join("Data");
     std::fs::create_dir_all(&data).map_err(|e| Error::io("cannot create", &data, e))?;
     for db in databases {
@@ -136,6 +147,75 @@ fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes `dir/principal-reconciler.toml`: a configuration for the rehearsal in `dir` (its store
+/// copy, database copies, state and reports), so that `verify`, `doctor`, `report`, `rollback`
+/// and every other command can be run on it. The current directory is frozen as
+/// `dir/directory.ldif` and provisioning writes only into `dir` (a dsimport file, a copy of the
+/// augments file): nothing run with this file reaches the real server or directory. Returns its
+/// path.
+pub fn write_config(
+    cfg: &Config,
+    dir: &Path,
+    current: &crate::directory::Directory,
+) -> Result<PathBuf> {
+    let mut r = cfg.clone();
+    let ldif = dir.join("directory.ldif");
+    let mapping = crate::directory::presets::Mapping::from_config(&cfg.directory);
+    crate::directory::write_snapshot(&ldif, current, &mapping, cfg.directory.base.as_deref())?;
+    r.directory.url = None;
+    r.directory.ldif = Some(ldif);
+    r.directory.bind_dn = None;
+    r.directory.password_file = None;
+    r.directory.starttls = false;
+    r.directory.tls_ca_file = None;
+    if let Some(aug) = &cfg.provision.augments_file {
+        let copy = dir.join("augments.xml");
+        if aug.exists() {
+            std::fs::copy(aug, &copy).map_err(|e| Error::io("cannot copy", aug, e))?;
+        }
+        r.provision.augments_file = Some(copy);
+    }
+    r.provision.output = Some(dir.join("provision.dsimport.txt"));
+    // Relative paths were read from the working folder: the file in `dir` names them whole.
+    let whole = |p: &mut PathBuf| {
+        if let Ok(a) = std::path::absolute(&*p) {
+            *p = a;
+        }
+    };
+    for p in r.old_directory.files.iter_mut() {
+        whole(p);
+    }
+    for p in [
+        r.directory.ldif.as_mut(),
+        Some(&mut r.store.path),
+        r.store.data_root.as_mut(),
+        r.store.addressbook_root.as_mut(),
+        r.rewrite.mapping_file.as_mut(),
+        Some(&mut r.state.path),
+        Some(&mut r.report.dir),
+        r.provision.augments_file.as_mut(),
+        r.provision.output.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        whole(p);
+    }
+    let body = toml::to_string_pretty(&r)
+        .map_err(|e| Error::runtime(format!("cannot write the rehearsal configuration: {e}")))?;
+    let text = format!(
+        "# The rehearsal in this folder, as a configuration: run any command on it with\n#   principal-reconciler --config {} COMMAND\n# It names the copy of the store, its state and reports, and a snapshot of the directory\n# (directory.ldif); provisioning writes only into this folder. Written by the rehearsal; the\n# next rehearsal here replaces it. Made from {}.\n\n{body}",
+        std::path::absolute(dir.join(CONFIG_FILE)).unwrap_or_else(|_| dir.join(CONFIG_FILE)).display(),
+        std::path::absolute(&cfg.source).unwrap_or_else(|_| cfg.source.clone()).display()
+    );
+    let path = dir.join(CONFIG_FILE);
+    crate::report::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// The configuration file a rehearsal writes into its folder.
+pub const CONFIG_FILE: &str = "principal-reconciler.toml";
 
 #[cfg(test)]
 mod tests {

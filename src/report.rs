@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 const EXAMPLE_DIFFS: usize = 12;
 /// Outcome order in every report: what needs a human first.
 const OUTCOME_ORDER: &str =
-    "CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'mapped' THEN 2 WHEN 'unchanged' THEN 3 ELSE 4 END";
+    "CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'mapped' THEN 2 WHEN 'unchanged' THEN 3 WHEN 'acknowledged' THEN 5 ELSE 4 END";
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -67,17 +67,33 @@ fn csv_bytes(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result
         .map_err(|e| Error::runtime(format!("CSV: {e}")))
 }
 
-/// Writes a CSV file atomically (header + rows; formula-like cells neutralised).
+/// The UTF-8 byte-order mark `[report] csv_bom` puts before every CSV.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A CSV file's bytes, with the byte-order mark when `[report] csv_bom` asks for it.
+pub fn with_bom(bom: bool, bytes: Vec<u8>) -> Vec<u8> {
+    if bom {
+        let mut out = BOM.to_vec();
+        out.extend(bytes);
+        out
+    } else {
+        bytes
+    }
+}
+
+/// Writes a CSV file atomically (header + rows; formula-like cells neutralised; a byte-order
+/// mark first when `bom`).
 pub fn write_csv(
     path: &Path,
     header: &[&str],
     rows: impl Iterator<Item = Vec<String>>,
+    bom: bool,
 ) -> Result<PathBuf> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("cannot create report folder", dir, e))?;
     }
-    write_atomic(path, &csv_bytes(header, rows)?)?;
+    write_atomic(path, &with_bom(bom, csv_bytes(header, rows)?))?;
     Ok(path.to_path_buf())
 }
 
@@ -157,6 +173,40 @@ pub fn mapping_rows(state: &State, plan_id: i64) -> Result<Vec<MappingRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// `mapping-todo.csv`: one ready-to-edit row per ambiguous or unmatched address. The admin fills
+/// in the last column and points `[rewrite] mapping_file` at the file (see [`crate::mapping_file`]:
+/// its header row names the `old` and `new` columns, the comment line is skipped, rows left empty
+/// are skipped).
+pub fn mapping_todo(mapping: &[MappingRow]) -> Result<Vec<u8>> {
+    let mut out = b"# Copy this file beside your configuration and fill in the last column: a GUID or short name (see candidates) or - for a person who left. Then name the copy in [rewrite] mapping_file and run plan again (plan rewrites this one).\n".to_vec();
+    out.extend(csv_bytes(
+        &[
+            "old",
+            "form",
+            "outcome",
+            "resources",
+            "candidates",
+            "evidence",
+            "new",
+        ],
+        mapping
+            .iter()
+            .filter(|r| r.outcome == "ambiguous" || r.outcome == "unmatched")
+            .map(|r| {
+                vec![
+                    r.old_value.clone(),
+                    r.form.clone(),
+                    r.outcome.clone(),
+                    r.resources.to_string(),
+                    r.candidates.clone(),
+                    r.evidence.clone(),
+                    String::new(),
+                ]
+            }),
+    )?);
+    Ok(out)
+}
+
 /// The stored summary of a plan.
 pub fn plan_summary(state: &State, plan_id: i64) -> Result<PlanSummary> {
     let text = state.plan_text(plan_id, "summary_json")?;
@@ -165,7 +215,12 @@ pub fn plan_summary(state: &State, plan_id: i64) -> Result<PlanSummary> {
 }
 
 /// Writes every report of a plan into `dir`.
-pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn write_reports(
+    state: &State,
+    plan_id: i64,
+    report: &crate::config::ReportConfig,
+) -> Result<Vec<PathBuf>> {
+    let (dir, bom) = (report.dir.as_path(), report.csv_bom);
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create report folder", dir, e))?;
     let summary = plan_summary(state, plan_id)?;
     let mapping = mapping_rows(state, plan_id)?;
@@ -174,8 +229,15 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
     let p = dir.join("mapping.csv");
     write_atomic(
         &p,
-        &csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+        &with_bom(
+            bom,
+            csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+        ),
     )?;
+    written.push(p);
+
+    let p = dir.join("mapping-todo.csv");
+    write_atomic(&p, &with_bom(bom, mapping_todo(&mapping)?))?;
     written.push(p);
 
     let p = dir.join("changes.csv");
@@ -187,7 +249,12 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
         let tmp = p.with_extension("tmp-principal-reconciler");
         let file =
             std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write report", &tmp, e))?;
-        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+        let mut file = std::io::BufWriter::new(file);
+        if bom {
+            std::io::Write::write_all(&mut file, BOM)
+                .map_err(|e| Error::io("cannot write report", &tmp, e))?;
+        }
+        let mut w = csv::Writer::from_writer(file);
         let csv_err = |e: csv::Error| Error::runtime(format!("{}: {e}", tmp.display()));
         w.write_record(["resource", "line", "property", "old_value", "new_value"])
             .map_err(csv_err)?;
@@ -220,6 +287,7 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
 
     let p = dir.join("report.html");
     let homes = home_rows(state, plan_id)?;
+    let ab_homes = crate::addressbooks::home_rows(state, plan_id)?;
     let diffs = example_diffs(state, plan_id)?;
     let provision: Option<String> = state.conn.query_row(
         "SELECT provision_json FROM plans WHERE id = ?1",
@@ -230,9 +298,13 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
         Some(text) => serde_json::from_str(&text)?,
         None => Vec::new(),
     };
+    let links = link_rows(state, plan_id)?;
     write_atomic(
         &p,
-        html(&summary, &mapping, &homes, &diffs, &provision).as_bytes(),
+        html(
+            &summary, &mapping, &homes, &ab_homes, &diffs, &provision, &links,
+        )
+        .as_bytes(),
     )?;
     written.push(p);
     Ok(written)
@@ -247,6 +319,31 @@ fn home_rows(state: &State, plan_id: i64) -> Result<Vec<[String; 4]>> {
         Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?])
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// How many dropbox link changes the HTML report lists (changes.csv has them all).
+const LINK_ROWS: i64 = 500;
+
+/// (total, first rows) of the planned X-APPLE-DROPBOX / ATTACH changes: resource, line, old, new.
+fn link_rows(state: &State, plan_id: i64) -> Result<(i64, Vec<Vec<String>>)> {
+    let total: i64 = state.conn.query_row(
+        "SELECT COUNT(*) FROM plan_changes WHERE plan_id = ?1 AND property IN ('X-APPLE-DROPBOX', 'ATTACH')",
+        [plan_id],
+        |r| r.get(0),
+    )?;
+    let mut st = state.conn.prepare(
+        "SELECT rel_path, line, old_value, new_value FROM plan_changes
+         WHERE plan_id = ?1 AND property IN ('X-APPLE-DROPBOX', 'ATTACH') ORDER BY rel_path, line LIMIT ?2",
+    )?;
+    let rows = st.query_map(rusqlite::params![plan_id, LINK_ROWS], |r| {
+        Ok(vec![
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?.to_string(),
+            r.get(2)?,
+            r.get(3)?,
+        ])
+    })?;
+    Ok((total, rows.collect::<rusqlite::Result<_>>()?))
 }
 
 /// (resource, [(line, old logical line, new logical line)]) for the first few changed resources.
@@ -291,12 +388,13 @@ fn esc(s: &str) -> String {
     o
 }
 
-const OUTCOME_COLOURS: [(&str, &str); 5] = [
+const OUTCOME_COLOURS: [(&str, &str); 6] = [
     ("ambiguous", "#d9822b"),
     ("unmatched", "#c23030"),
     ("mapped", "#0f9960"),
     ("unchanged", "#5c7080"),
     ("external", "#8a9ba8"),
+    ("acknowledged", "#b3a369"),
 ];
 
 fn chart(summary: &PlanSummary) -> String {
@@ -307,8 +405,10 @@ fn chart(summary: &PlanSummary) -> String {
         .max()
         .unwrap_or(0)
         .max(1) as f64;
-    let mut svg = String::from(
-        r#"<svg id="outcome-chart" role="img" aria-label="Addresses by outcome" width="520" height="170" viewBox="0 0 520 170">"#,
+    // One 30-pixel row per outcome, 10 pixels of margin at both ends.
+    let height = 20 + 30 * OUTCOME_COLOURS.len();
+    let mut svg = format!(
+        r#"<svg id="outcome-chart" role="img" aria-label="Addresses by outcome" width="520" height="{height}" viewBox="0 0 520 {height}">"#,
     );
     for (i, (name, colour)) in OUTCOME_COLOURS.iter().enumerate() {
         let n = summary.by_outcome.get(*name).copied().unwrap_or(0);
@@ -365,8 +465,10 @@ fn html(
     summary: &PlanSummary,
     mapping: &[MappingRow],
     homes: &[[String; 4]],
+    ab_homes: &[[String; 4]],
     diffs: &[Diff],
     provision: &[serde_json::Value],
+    links: &(i64, Vec<Vec<String>>),
 ) -> String {
     let o = |k: &str| summary.by_outcome.get(k).copied().unwrap_or(0);
     let mut body = String::new();
@@ -414,7 +516,7 @@ fn html(
         .collect();
     let _ = write!(
         body,
-        "<section><h2>Needs a decision ({})</h2><p>Ambiguous addresses are never rewritten: settle them in <code>[rewrite] mapping_file</code>. Unmatched ones stay as they are (people who left, typos).</p>{}</section>",
+        "<section><h2>Needs a decision ({})</h2><p>Ambiguous addresses are never rewritten: settle them in <code>[rewrite] mapping_file</code> (<code>mapping-todo.csv</code> beside this page has a row for each, ready to fill in). Unmatched ones stay as they are (people who left, typos): a <code>-</code> in the file acknowledges a person who left.</p>{}</section>",
         needs.len(),
         table(
             "needs-decision",
@@ -461,6 +563,47 @@ fn html(
             )
         );
     }
+    if let Some(ab) = &summary.addressbooks {
+        let _ = write!(
+            body,
+            "<section id=\"addressbooks\"><h2>Address books ({} homes)</h2><p>Root <code>{}</code>: {} cards, {} group cards naming {} members — {} cards of their own address book (never changed), {} directory records, {} people who left (acknowledged), {} nobody. {} members to rewrite in {} cards.</p>{}</section>",
+            ab_homes.len(),
+            esc(&ab.root),
+            ab.cards,
+            ab.groups,
+            ab.members,
+            ab.card_members,
+            ab.principal_members,
+            ab.acknowledged_members,
+            ab.unresolved_members,
+            ab.members_changed,
+            ab.cards_changed,
+            table(
+                "addressbook-homes",
+                &["home", "layout", "owner", "new GUID"],
+                ab_homes.iter().map(|h| h.to_vec()),
+                Some(2)
+            )
+        );
+    }
+    if links.0 > 0 {
+        let _ = write!(
+            body,
+            "<section><h2>Dropbox links ({})</h2><p>Attachments follow their home to its new GUID: the X-APPLE-DROPBOX and ATTACH values that name a moved home are pointed at the new one{}.</p>{}</section>",
+            links.0,
+            if links.0 as usize > links.1.len() {
+                format!(" (the first {} here, all in changes.csv)", links.1.len())
+            } else {
+                String::new()
+            },
+            table(
+                "links",
+                &["resource", "line", "old value", "new value"],
+                links.1.iter().cloned(),
+                None
+            )
+        );
+    }
     if !summary.databases.is_empty() {
         let _ = write!(
             body,
@@ -494,7 +637,7 @@ fn html(
                     field(f, "guid"),
                     field(f, "short_name"),
                     field(f, "full_name"),
-                    field(f, "kind"),
+                    field(f, "type"),
                     field(f, "problem"),
                     field(f, "severity"),
                     field(f, "detail"),
@@ -544,6 +687,12 @@ fn html(
     for (path, lines) in diffs {
         let _ = write!(body, r#"<div class="diff"><h3>{}</h3><pre>"#, esc(path));
         for (line, old, new) in lines {
+            // Line 0: a server property (extended attribute) of the resource, not a line of it.
+            let line = if *line == 0 {
+                "attr".to_string()
+            } else {
+                line.to_string()
+            };
             let _ = write!(
                 body,
                 "<span class=\"ln\">{line}</span><del>- {}</del>\n<span class=\"ln\"></span><ins>+ {}</ins>\n",
@@ -608,7 +757,7 @@ pub fn command_report(ctx: &Context, args: &ReportArgs) -> Result<Outcome> {
     let cfg = &ctx.config;
     let state = State::open_existing(&cfg.state.path)?;
     let plan_id = state.plan_or_latest(args.plan)?;
-    let written = write_reports(&state, plan_id, &cfg.report.dir)?;
+    let written = write_reports(&state, plan_id, &cfg.report)?;
     let mut human = format!("Reports of plan {plan_id}:\n");
     for p in &written {
         human.push_str(&format!("  {}\n", p.display()));

@@ -5,24 +5,32 @@
 //! - `unresolved-address` — an internal address that names no current record (people who left);
 //!   `dark-organizer` when it is an ORGANIZER (scheduling goes nowhere); `ambiguous-address` when it
 //!   names several;
-//! - `not-canonical` — an address of a current record not in the configured form (the server would
-//!   answer 403 `valid-attendee-change` when the event is edited);
+//! - `not-canonical` — an address of a current record not in the configured form, compared
+//!   exactly, case included, for ORGANIZER / ATTENDEE / VOTER (the server would answer 403
+//!   `valid-attendee-change` when the event is edited);
 //! - `organizer-mismatch` — copies of one UID that name different organizers;
 //! - `orphan-home` / `home-not-adopted` — a home whose folder names no current record, or an old
 //!   GUID or layout that maps to one;
-//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects;
-//! - from the doctor: `owner`, `mode`, `md5-stale`, `leftover`.
+//! - `dropbox-home-missing` — an X-APPLE-DROPBOX or ATTACH link into `/calendars/.../dropbox/` (path
+//!   or URL of any host) naming a home the store does not have: the attachment answers 404;
+//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects (or cards);
+//! - address books: the same home kinds for address-book homes, and `member-not-canonical` /
+//!   `unresolved-member` — a group member that names a record by an old GUID, or names no card
+//!   of its address book and no current record;
+//! - from the doctor: `owner`, `mode`, `md5-stale` (every `getcontentmd5` attribute, long or short
+//!   name), `match-etags-stale` (a `scheduling-match-etags` that does not name the current ETag:
+//!   CalendarServer 2.5 refuses every edit with 412), `leftover`.
 
 use crate::address::CalAddress;
 use crate::cli::{Context, Outcome};
 use crate::config::{Config, StoreKind};
 use crate::directory::{self, Directory};
 use crate::error::{ExitStatus, Result};
-use crate::ical;
+use crate::ical::{self, dropbox::HomeRef};
 use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
 use crate::store::{self, HomeLayout, Item};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How many problems of one kind the terminal summary lists.
 const LISTED: usize = 8;
@@ -73,6 +81,8 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     };
     let mut report = VerifyReport::default();
     let mut organizers: Organizers = HashMap::new();
+    let mut homes_present: HashSet<HomeRef> = HashSet::new();
+    let mut links: Vec<(String, ical::FoundLink)> = Vec::new();
     let bar = crate::cli::progress_bar(ctx, None, "verifying");
     store::walk_with(
         &cfg.store,
@@ -84,9 +94,11 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 Item::Problem(p) => report.add(&p.kind, &p.path, p.detail),
                 Item::Home(h) => {
                     report.homes += 1;
+                    homes_present.insert(crate::plan::home_ref(&h));
                     let addr = crate::plan::home_address(&h);
                     match resolve(&addr) {
                         (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
+                        (MapOutcome::Acknowledged, _) => {}
                         (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v)) => report.add(
                             "home-not-adopted",
                             &h.rel_path,
@@ -106,6 +118,9 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 }
                 Item::Resource(res, Ok(info)) => {
                     report.resources += 1;
+                    for l in &info.links {
+                        links.push((format!("{}:{}", res.rel_path, l.line), l.clone()));
+                    }
                     check_resource(
                         &mut report,
                         cfg,
@@ -120,6 +135,8 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         },
     )?;
     bar.finish_and_clear();
+    dropbox_links(&mut report, &links, &homes_present, &mapper);
+    crate::addressbooks::verify(ctx, cfg, current, &mut report)?;
     if cfg.store.kind == StoreKind::CalendarserverFs {
         let doctor = store::doctor::doctor(&cfg.store, false, &indicatif::ProgressBar::hidden())?;
         for f in doctor.findings {
@@ -142,7 +159,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
 pub(crate) type Organizers = HashMap<String, (String, String)>;
 
 /// Checks one calendar object's addresses against the directory, and its ORGANIZER against other
-/// copies of the same UID.
+/// copies of the same UID (shared by the file and the database stores).
 pub(crate) fn check_resource(
     report: &mut VerifyReport,
     cfg: &Config,
@@ -165,35 +182,28 @@ pub(crate) fn check_resource(
         }
         let at = format!("{rel_path}:{}", f.line);
         match resolve(&addr) {
-            (MapOutcome::Unchanged, _) => {}
-            (MapOutcome::Mapped, Some(v)) => report.add(
-                "not-canonical",
-                &at,
-                format!("{} {} should be {v}", f.property, f.value),
-            ),
-            (MapOutcome::External, _) => {}
-            (MapOutcome::Ambiguous, _) => report.add(
-                "ambiguous-address",
-                &at,
-                format!(
-                    "{} {} names several current records; settle it in [rewrite] mapping_file",
-                    f.property, f.value
-                ),
-            ),
-            _ if f.property == "ORGANIZER" => report.add(
-                "dark-organizer",
-                &at,
-                format!(
-                    "ORGANIZER {} names no current record: scheduling for this event goes nowhere",
-                    f.value
-                ),
-            ),
-            _ => report.add(
-                "unresolved-address",
-                &at,
-                format!("{} {} names no current record", f.property, f.value),
-            ),
+        (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v))
+            if compared_exactly(&f.property) && v != f.value =>
+        {
+            report.add("not-canonical", &at, not_canonical(&f.property, &f.value, &v))
         }
+        (MapOutcome::Unchanged, _) => {}
+        (MapOutcome::Mapped, Some(v)) => {
+            report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
+        }
+        (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
+        (MapOutcome::Ambiguous, _) => report.add(
+            "ambiguous-address",
+            &at,
+            format!("{} {} names several current records; settle it in [rewrite] mapping_file", f.property, f.value),
+        ),
+        _ if f.property == "ORGANIZER" => report.add(
+            "dark-organizer",
+            &at,
+            format!("ORGANIZER {} names no current record: scheduling for this event goes nowhere", f.value),
+        ),
+        _ => report.add("unresolved-address", &at, format!("{} {} names no current record", f.property, f.value)),
+    }
     }
     if let (Some(uid), Some(org)) = (&info.uid, &info.organizer) {
         let key = mapping::parse_found(org).key();
@@ -207,6 +217,66 @@ pub(crate) fn check_resource(
             None => {
                 organizers.insert(uid.clone(), (key, rel_path.to_string()));
             }
+        }
+    }
+}
+
+/// Properties whose value CalendarServer compares as a string with the one it would write
+/// (`urn:uuid:` + the GUID as the directory spells it, upper case for Open Directory): any other
+/// spelling of the same principal, case included, gets 403 `valid-attendee-change` or a
+/// CANCEL + REQUEST pair when the event is edited.
+fn compared_exactly(property: &str) -> bool {
+    matches!(property, "ORGANIZER" | "ATTENDEE" | "VOTER")
+}
+
+fn not_canonical(property: &str, value: &str, canonical: &str) -> String {
+    if value.eq_ignore_ascii_case(canonical) {
+        format!("{property} {value} should be {canonical} (the server compares the value exactly, case included)")
+    } else {
+        format!("{property} {value} should be {canonical}")
+    }
+}
+
+/// Reports the dropbox links that name a home the store does not have. A home counts under
+/// either of its URLs: `/calendars/__uids__/<GUID>/` and, for a current record, the 1.x
+/// `/calendars/<type>/<short>/` one.
+fn dropbox_links(
+    report: &mut VerifyReport,
+    links: &[(String, ical::FoundLink)],
+    present: &HashSet<HomeRef>,
+    mapper: &Mapper<'_>,
+) {
+    let mut known: HashMap<&HomeRef, bool> = HashMap::new();
+    for (at, link) in links {
+        let exists = *known.entry(&link.home).or_insert_with(|| {
+            present.contains(&link.home) || {
+                let r = mapper.resolve(&link.home.owner(), &Observed::default());
+                match (r.outcome, r.target) {
+                    (MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)) => {
+                        let other = match &link.home {
+                            HomeRef::Uid(_) => HomeRef::Name {
+                                kind: p.kind,
+                                short: p.short_name.clone(),
+                            },
+                            HomeRef::Name { .. } => HomeRef::Uid(p.guid.to_string()),
+                        };
+                        // The other URL names the same home only when it is this record's.
+                        (link.home.is_uid_of(&p.guid) || matches!(link.home, HomeRef::Name { .. }))
+                            && present.contains(&other)
+                    }
+                    _ => false,
+                }
+            }
+        });
+        if !exists {
+            report.add(
+                "dropbox-home-missing",
+                at,
+                format!(
+                    "{} {} points into {}, a home this store does not have",
+                    link.property, link.value, link.home
+                ),
+            );
         }
     }
 }
@@ -238,13 +308,25 @@ pub fn human(r: &VerifyReport) -> String {
 }
 
 /// Writes verify.csv into the report folder.
-pub fn write_csv(r: &VerifyReport, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+pub fn write_csv(
+    r: &VerifyReport,
+    report: &crate::config::ReportConfig,
+) -> Result<std::path::PathBuf> {
+    // `path:line` as two columns, so a spreadsheet can sort and filter by file.
+    let split = |at: &str| match at.rsplit_once(':') {
+        Some((path, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => {
+            (path.to_string(), line.to_string())
+        }
+        _ => (at.to_string(), String::new()),
+    };
     crate::report::write_csv(
-        &dir.join("verify.csv"),
-        &["kind", "path", "detail"],
-        r.problems
-            .iter()
-            .map(|p| vec![p.kind.clone(), p.path.clone(), p.detail.clone()]),
+        &report.dir.join("verify.csv"),
+        &["kind", "path", "line", "detail"],
+        r.problems.iter().map(|p| {
+            let (path, line) = split(&p.path);
+            vec![p.kind.clone(), path, line, p.detail.clone()]
+        }),
+        report.csv_bom,
     )
 }
 
@@ -252,7 +334,7 @@ pub fn command_verify(ctx: &Context) -> Result<Outcome> {
     let cfg = &ctx.config;
     let current = directory::load_current(&cfg.directory)?;
     let report = verify(ctx, cfg, &current)?;
-    let csv = write_csv(&report, &cfg.report.dir)?;
+    let csv = write_csv(&report, &cfg.report)?;
     let status = if report.problems.is_empty() {
         ExitStatus::Ok
     } else {

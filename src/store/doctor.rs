@@ -1,7 +1,9 @@
-//! `doctor [--fix]`: ownership, permissions, `getcontentmd5` attributes, leftovers of interrupted
-//! writes, symlinks and unreadable resources.
+//! `doctor [--fix]`: ownership, permissions, `getcontentmd5` and `scheduling-match-etags`
+//! attributes, leftovers of interrupted writes, symlinks and unreadable resources.
 
-use super::write::{bump_ctag, choose_prefix, is_leftover_name, md5_hex, set_md5_attr};
+use super::write::{
+    bump_ctag, choose_prefix, is_leftover_name, md5_hex, set_match_etags_attr, set_md5_attr,
+};
 use super::{xattrs, Item};
 use crate::cli::{progress_bar, Context, DoctorArgs, Outcome};
 use crate::config::{StoreConfig, StoreKind};
@@ -22,7 +24,8 @@ pub const MAX_LISTED: usize = 10_000;
 pub struct Finding {
     /// Relative to the store root.
     pub path: String,
-    /// `owner`, `mode`, `md5-stale`, `md5-missing`, `leftover`, `symlink`, `unreadable`.
+    /// `owner`, `mode`, `md5-stale`, `md5-missing`, `match-etags-stale`, `leftover`, `symlink`,
+    /// `unreadable`.
     pub kind: String,
     pub detail: String,
     /// What `--fix` did about it, if anything.
@@ -235,15 +238,21 @@ impl Doctor<'_> {
         }
     }
 
-    /// Pass 2: every resource read through the walker: unreadable ones, and `getcontentmd5`.
-    fn resource_pass(&mut self, progress: &indicatif::ProgressBar) -> Result<()> {
+    /// Pass 2: every resource (or, with `cards`, every card of that address-book root) read
+    /// through the walker: unreadable ones, and `getcontentmd5`.
+    fn resource_pass(
+        &mut self,
+        progress: &indicatif::ProgressBar,
+        cards: Option<&Path>,
+    ) -> Result<()> {
         let check_md5 = self.cfg.kind == StoreKind::CalendarserverFs;
         let md5_prop = xattrs::getcontentmd5();
         let mut bump: BTreeSet<PathBuf> = BTreeSet::new();
         let cfg = self.cfg;
         let prefix_cfg = cfg.xattr_prefix.clone();
-        super::walk(
+        walk_resources(
             cfg,
+            cards,
             progress,
             |_, bytes| {
                 if check_md5 {
@@ -269,38 +278,62 @@ impl Doctor<'_> {
                         if !check_md5 {
                             return Ok(());
                         }
-                        let (kind, detail) = match xattrs::property_text(&res.xattrs, &md5_prop) {
-                            Some(Some(v)) if v.eq_ignore_ascii_case(&md5) => return Ok(()),
-                            Some(Some(v)) => ("md5-stale", format!("getcontentmd5 says {v}, the bytes' MD5 is {md5} (clients see a stale ETag)")),
-                            Some(None) => ("md5-stale", format!("getcontentmd5 is not a readable XML value; the bytes' MD5 is {md5}")),
-                            None => ("md5-missing", format!("no getcontentmd5 attribute; the bytes' MD5 is {md5}")),
-                        };
-                        let fixed = if self.fix {
-                            let folder =
-                                res.path.parent().map(Path::to_path_buf).unwrap_or_default();
-                            let prefix =
-                                choose_prefix(prefix_cfg.as_deref(), &res.xattrs, Some(&folder));
-                            match set_md5_attr(&res.path, &md5, &prefix) {
-                                Ok(()) => {
-                                    bump.insert(folder);
-                                    Some(format!("getcontentmd5 set to {md5}"))
+                        let folder = res.path.parent().map(Path::to_path_buf).unwrap_or_default();
+                        if let Some((kind, detail)) = md5_finding(&res.xattrs, &md5_prop, &md5) {
+                            let fixed = if self.fix {
+                                let prefix = choose_prefix(
+                                    prefix_cfg.as_deref(),
+                                    &res.xattrs,
+                                    Some(&folder),
+                                );
+                                match set_md5_attr(&res.path, &md5, &prefix) {
+                                    Ok(()) => {
+                                        bump.insert(folder.clone());
+                                        Ok(format!("getcontentmd5 set to {md5}"))
+                                    }
+                                    Err(e) => Err(e),
                                 }
-                                Err(e) => {
-                                    let path = res.path.clone();
-                                    self.finding(
+                                .map(Some)
+                            } else {
+                                Ok(None)
+                            };
+                            let path = res.path.clone();
+                            match fixed {
+                                Ok(fixed) => self.finding(&path, kind, detail, fixed),
+                                Err(e) => self.finding(
+                                    &path,
+                                    kind,
+                                    format!("{detail}; could not fix: {e}"),
+                                    None,
+                                ),
+                            }
+                        }
+                        // The ETag list of the schedule-tag compatibility mode must name the
+                        // current ETag (the bytes' MD5), or 2.5 refuses every edit with 412.
+                        if let Some(detail) = super::props::stale_match_etags(&res.xattrs, &md5) {
+                            let path = res.path.clone();
+                            if self.fix {
+                                match set_match_etags_attr(&res.path, &md5) {
+                                    Ok(()) => {
+                                        bump.insert(folder);
+                                        self.finding(
+                                            &path,
+                                            "match-etags-stale",
+                                            detail,
+                                            Some(format!("scheduling-match-etags set to {md5}")),
+                                        );
+                                    }
+                                    Err(e) => self.finding(
                                         &path,
-                                        kind,
+                                        "match-etags-stale",
                                         format!("{detail}; could not fix: {e}"),
                                         None,
-                                    );
-                                    return Ok(());
+                                    ),
                                 }
+                            } else {
+                                self.finding(&path, "match-etags-stale", detail, None);
                             }
-                        } else {
-                            None
-                        };
-                        let path = res.path.clone();
-                        self.finding(&path, kind, detail, fixed);
+                        }
                     }
                 }
                 Ok(())
@@ -322,7 +355,49 @@ impl Doctor<'_> {
     }
 }
 
-/// Runs the doctor over a store (`fix`: repair what can be repaired).
+/// What is wrong with a resource's `getcontentmd5` given its bytes' MD5, judged on every attribute
+/// that holds it (2.x reads the long name, 3.x the short one): `md5-stale` or `md5-missing`.
+fn md5_finding(
+    attrs: &[super::Xattr],
+    md5_prop: &str,
+    md5: &str,
+) -> Option<(&'static str, String)> {
+    let mut any = false;
+    for a in xattrs::holding(attrs, md5_prop) {
+        any = true;
+        match xattrs::text_of(&a.decoded_value()) {
+            Some(v) if v.eq_ignore_ascii_case(md5) => {}
+            Some(v) => return Some(("md5-stale", format!("getcontentmd5 ({}) says {v}, the bytes' MD5 is {md5} (clients see a stale ETag)", a.name))),
+            None => return Some(("md5-stale", format!("getcontentmd5 ({}) is not a readable XML value; the bytes' MD5 is {md5}", a.name))),
+        }
+    }
+    (!any).then(|| {
+        (
+            "md5-missing",
+            format!("no getcontentmd5 attribute; the bytes' MD5 is {md5}"),
+        )
+    })
+}
+
+/// The walk of the resource pass: the store's calendars, or the cards of an address-book root.
+fn walk_resources<M, S>(
+    cfg: &StoreConfig,
+    cards: Option<&Path>,
+    progress: &indicatif::ProgressBar,
+    map: M,
+    sink: S,
+) -> Result<()>
+where
+    M: Fn(&super::Resource, &[u8]) -> String + Sync,
+    S: FnMut(Item<String>) -> Result<()>,
+{
+    match cards {
+        None => super::walk(cfg, progress, map, sink),
+        Some(root) => super::addressbook::walk(root, Default::default(), progress, map, sink),
+    }
+}
+
+/// Runs the doctor over a store (`fix`: repair what can be repaired), its address books included.
 pub fn doctor(
     cfg: &StoreConfig,
     fix: bool,
@@ -360,7 +435,22 @@ pub fn doctor(
         },
     };
     d.metadata_pass(&root);
-    d.resource_pass(progress)?;
+    d.resource_pass(progress, None)?;
+    if let Some(ab) = super::addressbook::locate(cfg)? {
+        // A separate root (10.6): its own files, owned like its addressbooks/ folder unless
+        // [store] owner says otherwise; paths relative to it (addressbooks/...).
+        if ab != root {
+            if cfg.owner.is_none() {
+                let top = ab.join(super::addressbook::DIR);
+                let m = fs::metadata(&top).map_err(|e| Error::io("cannot stat", &top, e))?;
+                d.owner = (m.uid(), m.gid());
+            }
+            d.root = ab.clone();
+            d.metadata_pass(&ab);
+        }
+        d.root = ab.clone();
+        d.resource_pass(progress, Some(&ab))?;
+    }
     d.report
         .findings
         .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));

@@ -76,17 +76,20 @@ impl FileMeta {
             .collect()
     }
 
-    fn set(&mut self, name: String, value: Vec<u8>) {
-        match self.xattrs.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => self.xattrs.push((name, value)),
+    /// Sets `property` to `value` in every attribute that holds it (any prefix, long or short
+    /// name: 2.x reads the one, 3.x the other), or adds it under `prefix` (long name) when none does.
+    fn set_property(&mut self, property: &str, value: &[u8], prefix: &str) {
+        let mut found = false;
+        for (n, v) in self.xattrs.iter_mut() {
+            if xattrs::decode_name(n).map(|(_, p)| p).as_deref() == Some(property) {
+                *v = value.to_vec();
+                found = true;
+            }
         }
-    }
-
-    /// Removes the attribute(s) holding `property`, under any prefix.
-    fn remove_property(&mut self, property: &str) {
-        self.xattrs
-            .retain(|(n, _)| xattrs::decode_name(n).map(|(_, p)| p).as_deref() != Some(property));
+        if !found {
+            self.xattrs
+                .push((xattrs::attr_name(prefix, property), value.to_vec()));
+        }
     }
 }
 
@@ -106,9 +109,14 @@ pub enum WriteError {
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriteError::Changed { path, expected, found } => write!(
+            WriteError::Changed { path, expected, found } if expected.len() == 64 => write!(
                 f,
                 "changed since it was planned: {} (sha256 was {expected}, is now {found}); not written — re-run plan",
+                path.display()
+            ),
+            WriteError::Changed { path, expected, found } => write!(
+                f,
+                "changed since it was planned: {} ({expected} expected, found {found}); not written — re-run plan",
                 path.display()
             ),
             WriteError::Failed(e) => write!(f, "{e}"),
@@ -284,8 +292,8 @@ fn write_temp(path: &Path, bytes: &[u8], meta: &FileMeta, sync: bool) -> Result<
 }
 
 /// Puts `bytes` and `meta` at `path` atomically (temp file, sync, rename, folder sync), whether or
-/// not `path` exists now. Used by rollback. When `path` is a calendar resource (`*.ics`, not a
-/// dot-name), its collection also gets a new `getctag`, so clients that synced the replaced bytes
+/// not `path` exists now. Used by rollback. When `path` is a calendar resource or a card (`*.ics`,
+/// `*.vcf`, not a dot-name), its collection also gets a new `getctag`, so clients that synced the replaced bytes
 /// fetch the restored ones (the restored `getcontentmd5` is the one saved with the bytes).
 pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
     if let Ok(m) = fs::symlink_metadata(path) {
@@ -314,7 +322,7 @@ pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
                 .any(|x| x.property().as_deref() == Some(xattrs::getctag().as_str()))
         })
         .unwrap_or(false);
-    if super::is_resource_name(&name) && has_ctag {
+    if (super::is_resource_name(&name) || super::addressbook::is_card_name(&name)) && has_ctag {
         let prefix = choose_prefix(None, &meta.xattr_list(), Some(&folder));
         bump_ctag(&folder, &prefix)
             .map_err(|e| e.context(format!("{} was restored but", path.display())))?;
@@ -343,44 +351,106 @@ pub fn bump_ctag(collection: &Path, prefix: &str) -> Result<String> {
     let ctag = new_ctag();
     let prop = xattrs::getctag();
     let value = xattrs::text_property_value(&prop, &ctag);
-    // Replace it under whatever prefix it already has, else under `prefix`.
-    let existing = xattrs::read_all(collection)
+    // Replace it under every name it already has (any prefix, long or short), else add it under
+    // `prefix`.
+    let mut names: Vec<String> = xattrs::read_all(collection)
         .map_err(|e| Error::io("cannot read extended attributes of", collection, e))?
         .into_iter()
-        .find(|a| a.property().as_deref() == Some(prop.as_str()))
-        .map(|a| a.name);
-    let name = existing.unwrap_or_else(|| xattrs::attr_name(prefix, &prop));
-    xattr::set(collection, &name, &value)
-        .map_err(|e| Error::io(&format!("cannot set {name} on"), collection, e))?;
+        .filter(|a| a.property().as_deref() == Some(prop.as_str()))
+        .map(|a| a.name)
+        .collect();
+    if names.is_empty() {
+        names.push(xattrs::attr_name(prefix, &prop));
+    }
+    for name in names {
+        xattr::set(collection, &name, &value)
+            .map_err(|e| Error::io(&format!("cannot set {name} on"), collection, e))?;
+    }
     // Make the new ctag as durable as the rename before it.
     fsync_dir(collection)?;
     Ok(ctag)
 }
 
-/// Sets a resource's `getcontentmd5` attribute to `md5` (under the name it already has, else under
-/// `prefix`).
+/// Sets a resource's `getcontentmd5` attribute to `md5` (under every name it already has, else
+/// under `prefix`).
 pub fn set_md5_attr(path: &Path, md5: &str, prefix: &str) -> Result<()> {
     let prop = xattrs::getcontentmd5();
-    let existing = xattrs::read_all(path)
+    set_attrs(
+        path,
+        &prop,
+        &xattrs::text_property_value(&prop, md5),
+        prefix,
+    )
+}
+
+/// Sets `property` to `value` on a file in every attribute that holds it, else under `prefix`.
+fn set_attrs(path: &Path, property: &str, value: &[u8], prefix: &str) -> Result<()> {
+    let mut names: Vec<String> = xattrs::read_all(path)
         .map_err(|e| Error::io("cannot read extended attributes of", path, e))?
         .into_iter()
-        .find(|a| a.property().as_deref() == Some(prop.as_str()))
-        .map(|a| a.name);
-    let name = existing.unwrap_or_else(|| xattrs::attr_name(prefix, &prop));
-    xattr::set(path, &name, &xattrs::text_property_value(&prop, md5))
-        .map_err(|e| Error::io(&format!("cannot set {name} on"), path, e))
+        .filter(|a| a.property().as_deref() == Some(property))
+        .map(|a| a.name)
+        .collect();
+    if names.is_empty() {
+        names.push(xattrs::attr_name(prefix, property));
+    }
+    for name in names {
+        xattr::set(path, &name, value)
+            .map_err(|e| Error::io(&format!("cannot set {name} on"), path, e))?;
+    }
+    Ok(())
+}
+
+/// Gives a resource's `scheduling-match-etags` (when it has one) the single entry `etag`.
+pub fn set_match_etags_attr(path: &Path, etag: &str) -> Result<()> {
+    let mut attrs: Vec<(String, Vec<u8>)> = xattrs::read_all(path)
+        .map_err(|e| Error::io("cannot read extended attributes of", path, e))?
+        .into_iter()
+        .map(|a| (a.name, a.value))
+        .collect();
+    let before = attrs.clone();
+    super::props::refresh_match_etags(&mut attrs, etag);
+    for ((name, new), (_, old)) in attrs.iter().zip(&before) {
+        if new != old {
+            xattr::set(path, name, new)
+                .map_err(|e| Error::io(&format!("cannot set {name} on"), path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Replaces one resource with `new_bytes` if it still has `expected_sha256`; keeps owner, group,
-/// mode and every attribute, writes the new `getcontentmd5`, drops `scheduling-object-resource`,
-/// and gives the collection a new `getctag`. The `.db.sqlite` index is left as it is.
+/// mode and every attribute, writes the new `getcontentmd5` and `scheduling-match-etags` (see
+/// [`super::props`]), and gives the collection a new `getctag`. `scheduling-object-resource` and
+/// `schedule-tag` are kept. The `.db.sqlite` index is left as it is.
 pub fn write_resource(
     path: &Path,
     expected_sha256: &str,
     new_bytes: &[u8],
     opts: &WriteOptions,
 ) -> std::result::Result<Written, WriteError> {
-    let prepared = prepare_write(path, expected_sha256, new_bytes, opts, true)?;
+    write_resource_with(path, expected_sha256, new_bytes, opts, &[])
+}
+
+/// [`write_resource`] that also makes the planned attribute `edits` (a resource may have only
+/// those: its bytes stay). An attribute that no longer holds its planned value is a
+/// [`WriteError::Changed`].
+pub fn write_resource_with(
+    path: &Path,
+    expected_sha256: &str,
+    new_bytes: &[u8],
+    opts: &WriteOptions,
+    edits: &[super::props::AttrEdit],
+) -> std::result::Result<Written, WriteError> {
+    let found = sha256_file(path)?;
+    if !found.eq_ignore_ascii_case(expected_sha256) {
+        return Err(WriteError::Changed {
+            path: path.to_path_buf(),
+            expected: expected_sha256.to_string(),
+            found,
+        });
+    }
+    let prepared = prepare_checked(path, found, new_bytes, opts, edits, true)?;
     let folder = prepared.folder.clone();
     let prefix = prepared.prefix.clone();
     let mut written = prepared.commit()?;
@@ -405,8 +475,8 @@ pub struct PreparedWrite {
 }
 
 /// First half of a write: checks the resource still has `expected_sha256` and writes the new
-/// bytes with the original's owner, mode and attributes (new `getcontentmd5`, no
-/// `scheduling-object-resource`) to the temporary file. With `sync` false the caller makes the
+/// bytes with the original's owner, mode and attributes (new `getcontentmd5` and
+/// `scheduling-match-etags` when the bytes change) to the temporary file. With `sync` false the caller makes the
 /// temporary files durable in one go ([`sync_filesystem`]) before committing them.
 pub fn prepare_write(
     path: &Path,
@@ -423,7 +493,7 @@ pub fn prepare_write(
             found,
         });
     }
-    prepare_checked(path, found, new_bytes, opts, sync)
+    prepare_checked(path, found, new_bytes, opts, &[], sync)
 }
 
 /// [`prepare_write`] for a caller that has just read the resource and checked its hash itself
@@ -435,7 +505,26 @@ pub fn prepare_write_checked(
     opts: &WriteOptions,
     sync: bool,
 ) -> std::result::Result<PreparedWrite, WriteError> {
-    prepare_checked(path, checked_sha256.to_string(), new_bytes, opts, sync)
+    prepare_checked(path, checked_sha256.to_string(), new_bytes, opts, &[], sync)
+}
+
+/// [`prepare_write_checked`] with the planned attribute `edits`.
+pub fn prepare_write_with(
+    path: &Path,
+    checked_sha256: &str,
+    new_bytes: &[u8],
+    opts: &WriteOptions,
+    edits: &[super::props::AttrEdit],
+    sync: bool,
+) -> std::result::Result<PreparedWrite, WriteError> {
+    prepare_checked(
+        path,
+        checked_sha256.to_string(),
+        new_bytes,
+        opts,
+        edits,
+        sync,
+    )
 }
 
 fn prepare_checked(
@@ -443,28 +532,35 @@ fn prepare_checked(
     found: String,
     new_bytes: &[u8],
     opts: &WriteOptions,
+    edits: &[super::props::AttrEdit],
     sync: bool,
 ) -> std::result::Result<PreparedWrite, WriteError> {
     let mut meta = FileMeta::of(path)?;
+    if let Err(which) = super::props::apply_edits(&mut meta.xattrs, edits) {
+        return Err(WriteError::Changed {
+            path: path.to_path_buf(),
+            expected: "its planned attributes".to_string(),
+            found: which,
+        });
+    }
     let folder = parent_of(path);
     let prefix = choose_prefix(
         opts.xattr_prefix.as_deref(),
         &meta.xattr_list(),
         Some(&folder),
     );
-    let md5_prop = xattrs::getcontentmd5();
     let md5 = md5_hex(new_bytes);
-    let md5_value = xattrs::text_property_value(&md5_prop, &md5);
-    // Keep the attribute's own name when it exists (whatever prefix), else add it under `prefix`.
-    let md5_name = meta
-        .xattrs
-        .iter()
-        .find(|(n, _)| xattrs::decode_name(n).map(|(_, p)| p).as_deref() == Some(md5_prop.as_str()))
-        .map(|(n, _)| n.clone())
-        .unwrap_or_else(|| xattrs::attr_name(&prefix, &md5_prop));
-    if !opts.plain_files {
-        meta.set(md5_name, md5_value);
-        meta.remove_property(&xattrs::scheduling_object_resource());
+    let new_sha256 = hex::encode(Sha256::digest(new_bytes));
+    // The ETag follows the bytes: getcontentmd5 (every name it has) and the ETag list. A resource
+    // whose only change is an attribute keeps both as they are.
+    if !opts.plain_files && !new_sha256.eq_ignore_ascii_case(&found) {
+        let md5_prop = xattrs::getcontentmd5();
+        meta.set_property(
+            &md5_prop,
+            &xattrs::text_property_value(&md5_prop, &md5),
+            &prefix,
+        );
+        super::props::refresh_match_etags(&mut meta.xattrs, &md5);
     }
     let tmp = write_temp(path, new_bytes, &meta, sync)?;
     Ok(PreparedWrite {
@@ -473,7 +569,7 @@ fn prepare_checked(
         prefix,
         tmp,
         expected_sha256: found,
-        new_sha256: hex::encode(Sha256::digest(new_bytes)),
+        new_sha256,
         new_md5: md5,
     })
 }

@@ -2,15 +2,22 @@
 
 mod support;
 
+mod addressbooks;
 mod cli;
+mod cs_file_store;
 mod directory_cli;
 mod directory_ldap;
 mod directory_ldif;
+mod dropbox;
 mod example;
+mod external_corpus;
+mod golden;
 mod ical_corpus;
 mod ical_props;
+mod mapping_file;
 mod migrate;
 mod pg_store;
+mod props;
 mod provision_cli;
 mod provision_db;
 mod provision_ldap;
@@ -18,3 +25,5 @@ mod report_html;
 mod store_cli;
 mod store_walk;
 mod store_write;
+mod vcard_props;
+mod workflow;

@@ -296,13 +296,8 @@ mod tests {
     fn store(dsn: &str) -> StoreConfig {
         StoreConfig {
             kind: StoreKind::CalendarserverPg,
-            path: Default::default(),
-            owner: None,
-            xattr_prefix: None,
-            data_root: None,
             dsn: Some(dsn.into()),
-            password_file: None,
-            tls_ca_file: None,
+            ..Default::default()
         }
     }
 

@@ -20,7 +20,6 @@ pub mod read;
 pub mod rehearse;
 pub mod rollback;
 pub mod schema;
-pub mod vcard;
 pub mod verify;
 
 use crate::config::Config;

@@ -10,7 +10,8 @@
 
 use super::read::{self, CardRow, HomeRow, ObjectRow};
 use super::schema::{md5_hex, Schema, ValueKind};
-use super::{vcard, Db};
+use super::Db;
+use crate::vcard;
 use crate::address::{CalAddress, Guid, Principal};
 use crate::cli::Context;
 use crate::config::Config;
@@ -345,12 +346,12 @@ pub fn plan(
                     Err(e) => problems.push(Finding {
                         path: c.label(),
                         kind: "malformed".into(),
-                        detail: e,
+                        detail: e.to_string(),
                     }),
                     Ok(info) => {
                         let mut foreign = false;
-                        for (_, m) in &info.members {
-                            if let Some(addr) = member_address(m, &local) {
+                        for m in &info.members {
+                            if let Some(addr) = member_address(&m.value, &local) {
                                 let e = observed
                                     .entry(addr.key())
                                     .or_insert_with(|| (addr, Observed::default()));
@@ -636,6 +637,8 @@ pub fn plan(
         problems,
         databases,
         provision,
+        // Cards of the database's address books are counted with the objects.
+        addressbooks: None,
     };
     drop(acc);
     stx.execute(
@@ -693,12 +696,14 @@ pub fn rewrite_card(
     resolver: &dyn Resolve,
 ) -> Result<Option<(Vec<u8>, Vec<ical::Change>)>> {
     let local = local_card_uids(tx, schema, c.resource_id)?;
-    let (new, changes) = vcard::rewrite_members(c.text.as_bytes(), &|m| {
-        member_address(m, &local)?;
-        member_value(m, resolver)
+    let rw = vcard::rewrite(c.text.as_bytes(), &|uid| {
+        let value = format!("urn:uuid:{uid}");
+        member_address(&value, &local)?;
+        let new = member_value(&value, resolver)?;
+        vcard::member_uid(&new).map(str::to_string)
     })
     .map_err(|e| Error::runtime(format!("{}: {e}", c.label())))?;
-    Ok((!changes.is_empty()).then_some((new, changes)))
+    Ok((!rw.changes.is_empty()).then_some((rw.bytes, rw.changes)))
 }
 
 /// UIDs of the cards in the same address book as card `id`.

@@ -134,6 +134,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     let uid_state = |uid: &str| -> std::result::Result<(), Option<String>> {
         let r = mapper.resolve(&super::plan::uid_address(uid), &Observed::default());
         match (r.outcome, r.target) {
+            (MapOutcome::Acknowledged, _) => Ok(()),
             (MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)) => {
                 if p.guid.as_str().eq_ignore_ascii_case(uid) {
                     Ok(())
@@ -171,11 +172,11 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         })?;
         let local: HashSet<String> = cards
             .iter()
-            .filter_map(|c| super::vcard::scan(c.text.as_bytes()).ok()?.uid)
+            .filter_map(|c| crate::vcard::scan(c.text.as_bytes()).ok()?.uid)
             .collect();
         for c in &cards {
-            match super::vcard::scan(c.text.as_bytes()) {
-                Err(e) => report.add("malformed", &c.label(), e),
+            match crate::vcard::scan(c.text.as_bytes()) {
+                Err(e) => report.add("malformed", &c.label(), e.to_string()),
                 Ok(info) => {
                     if md5_hex(c.text.as_bytes()) != c.md5 {
                         report.add(
@@ -184,7 +185,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                             format!("MD5 column {} does not match the card", c.md5),
                         );
                     }
-                    for (line, m) in &info.members {
+                    for crate::vcard::Member { line, value: m } in &info.members {
                         let uid = match super::plan::member_address(m, &local) {
                             Some(CalAddress::UrnUuid(g)) => Some(g.to_string()),
                             Some(CalAddress::UrnXUid(u)) => Some(u),
