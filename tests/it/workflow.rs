@@ -248,3 +248,36 @@ fn csv_bom_puts_a_byte_order_mark_before_every_csv() {
     .unwrap();
     w.cmd().arg("plan").assert().code(0);
 }
+
+#[test]
+fn changes_csv_names_the_path_after_adoption_and_diff_follows_it() {
+    let w = World::new(2, 12, 37);
+    w.cmd().arg("plan").assert().code(0);
+    let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
+    let mut lines = changes.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "resource,line,property,old_value,new_value,resource_after_adoption"
+    );
+    let row = lines.next().unwrap();
+    let rel = row.split(',').next().unwrap().to_string();
+    let after = row.rsplit(',').next().unwrap().to_string();
+    assert_ne!(rel, after, "every home of this world moves to its new GUID");
+    let new_guid = w
+        .new_guid
+        .iter()
+        .find(|(old, _)| rel.contains(old.as_str()))
+        .map(|(_, new)| new.clone())
+        .unwrap();
+    assert!(after.contains(&new_guid), "{after}");
+    w.cmd().arg("apply").assert().code(0);
+    assert!(
+        w.store.root.join(&after).is_file(),
+        "{after} exists after apply"
+    );
+    assert!(!w.store.root.join(&rel).exists());
+    w.cmd().args(["diff", &after]).assert().code(0).stdout(
+        predicate::str::contains("is applied")
+            .and(predicate::str::contains(format!("--- a/{rel}"))),
+    );
+}
