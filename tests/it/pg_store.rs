@@ -765,7 +765,7 @@ fn a_rehearsal_works_on_a_copy_and_never_writes_the_real_database() {
         .assert()
         .code(0);
     // And the real migration, with its delegates.
-    w.cmd().arg("migrate").assert().code(0);
+    w.cmd().args(["migrate", "--yes"]).assert().code(0);
     let p = rusqlite::Connection::open(w.path("Data/proxies.sqlite")).unwrap();
     let member: String = p
         .query_row("SELECT MEMBER FROM GROUPS", [], |r| r.get(0))
@@ -797,13 +797,13 @@ fn migrate_runs_end_to_end_on_each_schema_over_tcp_with_the_password_from_the_en
         )
         .unwrap();
         w.cmd()
-            .arg("migrate")
+            .args(["migrate", "--yes"])
             .assert()
             .code(3)
             .stderr(predicates::str::contains("password"));
         w.cmd()
             .env("PRINCIPAL_RECONCILER_STORE_PASSWORD", postgres::PASSWORD)
-            .arg("migrate")
+            .args(["migrate", "--yes"])
             .assert()
             .code(0)
             .stdout(predicates::str::contains("verify: 0 problems"));
