@@ -10,7 +10,6 @@
 #[path = "../tests/it/support/postgres.rs"]
 mod postgres;
 #[path = "../tests/it/support/slapd.rs"]
-#[allow(dead_code)]
 mod slapd;
 #[path = "../tests/it/support/world.rs"]
 mod world;

@@ -182,28 +182,44 @@ pub(crate) fn check_resource(
         }
         let at = format!("{rel_path}:{}", f.line);
         match resolve(&addr) {
-        (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v))
-            if compared_exactly(&f.property) && v != f.value =>
-        {
-            report.add("not-canonical", &at, not_canonical(&f.property, &f.value, &v))
+            (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v))
+                if compared_exactly(&f.property) && v != f.value =>
+            {
+                report.add(
+                    "not-canonical",
+                    &at,
+                    not_canonical(&f.property, &f.value, &v),
+                )
+            }
+            (MapOutcome::Unchanged, _) => {}
+            (MapOutcome::Mapped, Some(v)) => report.add(
+                "not-canonical",
+                &at,
+                format!("{} {} should be {v}", f.property, f.value),
+            ),
+            (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
+            (MapOutcome::Ambiguous, _) => report.add(
+                "ambiguous-address",
+                &at,
+                format!(
+                    "{} {} names several current records; settle it in [rewrite] mapping_file",
+                    f.property, f.value
+                ),
+            ),
+            _ if f.property == "ORGANIZER" => report.add(
+                "dark-organizer",
+                &at,
+                format!(
+                    "ORGANIZER {} names no current record: scheduling for this event goes nowhere",
+                    f.value
+                ),
+            ),
+            _ => report.add(
+                "unresolved-address",
+                &at,
+                format!("{} {} names no current record", f.property, f.value),
+            ),
         }
-        (MapOutcome::Unchanged, _) => {}
-        (MapOutcome::Mapped, Some(v)) => {
-            report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
-        }
-        (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
-        (MapOutcome::Ambiguous, _) => report.add(
-            "ambiguous-address",
-            &at,
-            format!("{} {} names several current records; settle it in [rewrite] mapping_file", f.property, f.value),
-        ),
-        _ if f.property == "ORGANIZER" => report.add(
-            "dark-organizer",
-            &at,
-            format!("ORGANIZER {} names no current record: scheduling for this event goes nowhere", f.value),
-        ),
-        _ => report.add("unresolved-address", &at, format!("{} {} names no current record", f.property, f.value)),
-    }
     }
     if let (Some(uid), Some(org)) = (&info.uid, &info.organizer) {
         let key = mapping::parse_found(org).key();

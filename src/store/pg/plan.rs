@@ -11,7 +11,6 @@
 use super::read::{self, CardRow, HomeRow, ObjectRow};
 use super::schema::{md5_hex, Schema, ValueKind};
 use super::Db;
-use crate::vcard;
 use crate::address::{CalAddress, Guid, Principal};
 use crate::cli::Context;
 use crate::config::Config;
@@ -21,6 +20,7 @@ use crate::ical::{self, Resolve, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::plan::{Finding, LazyResolver, PlanSummary};
 use crate::state::{now_rfc3339, State};
+use crate::vcard;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
