@@ -2,7 +2,7 @@
 //! the library (paged, 500 per page) and with `ldapsearch -x -LLL -E pr=500/noprompt` on the same
 //! query. Prints records/s for both and the ratio (goal: the library within 1.3x of ldapsearch).
 
-#[path = "../tests/support/slapd.rs"]
+#[path = "../tests/it/support/slapd.rs"]
 mod slapd;
 
 use principal_reconciler::config::Config;

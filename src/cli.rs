@@ -252,6 +252,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         ));
     }
     let config = Config::load(&cli.config)?;
+    // Held until the command ends (dropped after the match below).
+    let _lock = take_locks(&cli.command, &config)?;
     let ctx = Context {
         config,
         json: cli.json,
@@ -273,6 +275,37 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             crate::directory::command_export(&ctx, &ldif)
         }
     }
+}
+
+/// The locks a command holds for its whole run ([`crate::lock`]): every command that writes the
+/// store, the state folder, the reports, the directory or the server's databases. A second such
+/// command is refused at once (exit 3), naming the holder.
+fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
+    let mut lock = crate::lock::RunLock::default();
+    // (locks the state folder, creates it when missing, locks the store, rehearsal folder)
+    let (state, creates_state, store, rehearsal) = match command {
+        Command::Config | Command::Scan | Command::Directory(_) => (false, false, false, None),
+        Command::Doctor(a) => (a.fix, false, a.fix, None),
+        Command::Report(_) => (true, false, false, None),
+        Command::Verify => (true, false, true, None),
+        Command::Provision(_) => (true, true, false, None),
+        Command::Plan => (true, true, true, None),
+        Command::Apply(a) => (true, false, true, a.rehearse.as_ref()),
+        Command::Rollback(_) => (true, false, true, None),
+        Command::Migrate(a) => (true, a.rehearse.is_none(), true, a.rehearse.as_ref()),
+    };
+    if state && (creates_state || cfg.state.path.is_dir()) {
+        lock.state(&cfg.state.path)?;
+    }
+    if store {
+        lock.folder(&cfg.store.path, "the store")?;
+    }
+    if let Some(dir) = rehearsal {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| crate::error::Error::io("cannot create rehearsal folder", dir, e))?;
+        lock.folder(dir, "the rehearsal folder")?;
+    }
+    Ok(lock)
 }
 
 /// A progress bar on stderr, hidden when progress is off.

@@ -1,7 +1,10 @@
 //! `doctor [--fix]`: ownership, permissions, `getcontentmd5` attributes, leftovers of interrupted
 //! writes, symlinks and unreadable resources.
 
-use super::write::{bump_ctag, choose_prefix, is_leftover_name, md5_hex, set_md5_attr};
+use super::confined::{fchown_tolerant, fstat, split_rel, Dir, Stat};
+use super::write::{
+    bump_ctag_dir, choose_prefix_dir, is_leftover_name, md5_hex, set_md5_attr_file,
+};
 use super::{xattrs, Item};
 use crate::cli::{progress_bar, Context, DoctorArgs, Outcome};
 use crate::config::{StoreConfig, StoreKind};
@@ -22,7 +25,8 @@ pub const MAX_LISTED: usize = 10_000;
 pub struct Finding {
     /// Relative to the store root.
     pub path: String,
-    /// `owner`, `mode`, `md5-stale`, `md5-missing`, `leftover`, `symlink`, `unreadable`.
+    /// `owner`, `mode`, `md5-stale`, `md5-missing`, `leftover`, `symlink`, `unreadable`,
+    /// `hardlink` (a file --fix leaves alone: another name for it may be outside the store).
     pub kind: String,
     pub detail: String,
     /// What `--fix` did about it, if anything.
@@ -129,28 +133,57 @@ impl Doctor<'_> {
         });
     }
 
-    /// Pass 1: every file and folder's metadata, without following any symlink.
-    fn metadata_pass(&mut self, path: &Path) {
-        let m = match fs::symlink_metadata(path) {
-            Ok(m) => m,
+    /// Pass 1: every file and folder's metadata, without following any symlink: folders are
+    /// opened one component at a time from the root (never through a link) and every change is
+    /// made through an open descriptor, so nothing outside the store is ever changed.
+    fn metadata_pass(&mut self, root: &Path) {
+        match Dir::open(root) {
+            Ok(dir) => self.visit_dir(&dir, root),
+            Err(e) => self.finding(root, "unreadable", format!("cannot open: {e}"), None),
+        }
+    }
+
+    fn visit_dir(&mut self, dir: &Dir, path: &Path) {
+        self.report.entries_checked += 1;
+        match dir.stat_self() {
+            Ok(st) => self.check_owner_mode(path, st, |uid, gid| dir.chown(uid, gid)),
             Err(e) => {
                 self.finding(path, "unreadable", format!("cannot stat: {e}"), None);
                 return;
             }
-        };
-        self.report.entries_checked += 1;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if m.file_type().is_symlink() {
-            let p = super::walk::symlink_problem(&self.root, path);
-            self.finding(path, "symlink", p.detail, None);
-            return;
         }
-        if path != self.root && m.is_file() && is_leftover_name(&name) {
+        let entries = match dir.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                self.finding(path, "unreadable", format!("cannot list folder: {e}"), None);
+                return;
+            }
+        };
+        for (name, st) in entries {
+            let p = path.join(&name);
+            if st.is_symlink() {
+                self.report.entries_checked += 1;
+                let problem = super::walk::symlink_problem(&self.root, &p);
+                self.finding(&p, "symlink", problem.detail, None);
+            } else if st.is_dir() {
+                match dir.sub(&name) {
+                    Ok(sub) => self.visit_dir(&sub, &p),
+                    Err(e) => {
+                        self.report.entries_checked += 1;
+                        self.finding(&p, "unreadable", format!("cannot open folder: {e}"), None);
+                    }
+                }
+            } else {
+                self.report.entries_checked += 1;
+                self.visit_file(dir, &name, &p, st);
+            }
+        }
+    }
+
+    fn visit_file(&mut self, dir: &Dir, name: &str, path: &Path, st: Stat) {
+        if st.is_file() && is_leftover_name(name) {
             let fixed = if self.fix {
-                match fs::remove_file(path) {
+                match dir.unlink(name) {
                     Ok(()) => Some("removed".to_string()),
                     Err(e) => {
                         self.finding(path, "leftover", format!("could not remove it: {e}"), None);
@@ -168,14 +201,51 @@ impl Doctor<'_> {
             );
             return;
         }
-        let (uid, gid) = (m.uid(), m.gid());
+        if !st.is_file() {
+            // Sockets, fifos, devices: reported, never changed.
+            self.check_owner_mode(path, st, |_, _| {
+                Err(std::io::Error::other("not a regular file"))
+            });
+            return;
+        }
+        self.check_owner_mode(path, st, |uid, gid| {
+            // The file itself, opened without following a link, checked to be the one seen.
+            let f = dir.open_file(name)?;
+            let now = fstat(&f)?;
+            if now.ino != st.ino || now.dev != st.dev || now.nlink > 1 {
+                return Err(std::io::Error::other(
+                    "it changed while the doctor looked at it",
+                ));
+            }
+            fchown_tolerant(&f, uid, gid)
+        });
+    }
+
+    /// Owner and mode of one entry; `chown` changes the owner (through a descriptor) with --fix.
+    /// A file with more than one hard link is never changed: another name for it may be outside
+    /// the store.
+    fn check_owner_mode(
+        &mut self,
+        path: &Path,
+        st: Stat,
+        chown: impl FnOnce(u32, u32) -> std::io::Result<()>,
+    ) {
+        let (uid, gid) = (st.uid, st.gid);
         if (uid, gid) != self.owner {
             let detail = format!(
                 "owned by {uid}:{gid}, expected {}:{}",
                 self.owner.0, self.owner.1
             );
-            if self.fix {
-                match std::os::unix::fs::lchown(path, Some(self.owner.0), Some(self.owner.1)) {
+            if self.fix && st.is_file() && st.nlink > 1 {
+                self.hard_linked(path, st.nlink);
+                self.finding(
+                    path,
+                    "owner",
+                    format!("{detail}; not changed: hard-linked"),
+                    None,
+                );
+            } else if self.fix {
+                match chown(self.owner.0, self.owner.1) {
                     Ok(()) => {
                         let done = format!("now owned by {}:{}", self.owner.0, self.owner.1);
                         self.finding(path, "owner", detail, Some(done));
@@ -191,7 +261,7 @@ impl Doctor<'_> {
                 self.finding(path, "owner", detail, None);
             }
         }
-        let mode = m.mode() & 0o7777;
+        let mode = st.perm();
         if mode & 0o022 != 0 {
             let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
                 (true, true) => "group- and world-writable",
@@ -205,41 +275,33 @@ impl Doctor<'_> {
                 None,
             );
         }
-        if m.is_dir() {
-            match fs::read_dir(path) {
-                Ok(rd) => {
-                    let mut children: Vec<PathBuf> = Vec::new();
-                    for e in rd {
-                        match e {
-                            Ok(e) => children.push(e.path()),
-                            Err(e) => {
-                                self.finding(
-                                    path,
-                                    "unreadable",
-                                    format!("cannot list folder: {e}"),
-                                    None,
-                                );
-                                break;
-                            }
-                        }
-                    }
-                    children.sort();
-                    for c in children {
-                        self.metadata_pass(&c);
-                    }
-                }
-                Err(e) => {
-                    self.finding(path, "unreadable", format!("cannot list folder: {e}"), None)
-                }
-            }
+    }
+
+    /// Reports (once) a file --fix leaves alone because it has several hard links.
+    fn hard_linked(&mut self, path: &Path, links: u64) {
+        let rel = self.rel(path);
+        if self
+            .report
+            .findings
+            .iter()
+            .any(|f| f.kind == "hardlink" && f.path == rel)
+        {
+            return;
         }
+        self.finding(
+            path,
+            "hardlink",
+            format!("has {links} hard links: another name for it may be outside the store, so --fix does not change it; check by hand"),
+            None,
+        );
     }
 
     /// Pass 2: every resource read through the walker: unreadable ones, and `getcontentmd5`.
     fn resource_pass(&mut self, progress: &indicatif::ProgressBar) -> Result<()> {
         let check_md5 = self.cfg.kind == StoreKind::CalendarserverFs;
         let md5_prop = xattrs::getcontentmd5();
-        let mut bump: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut bump: BTreeSet<String> = BTreeSet::new();
+        let root = Dir::open(&self.root);
         let cfg = self.cfg;
         let prefix_cfg = cfg.xattr_prefix.clone();
         super::walk(
@@ -276,14 +338,43 @@ impl Doctor<'_> {
                             None => ("md5-missing", format!("no getcontentmd5 attribute; the bytes' MD5 is {md5}")),
                         };
                         let fixed = if self.fix {
-                            let folder =
-                                res.path.parent().map(Path::to_path_buf).unwrap_or_default();
-                            let prefix =
-                                choose_prefix(prefix_cfg.as_deref(), &res.xattrs, Some(&folder));
-                            match set_md5_attr(&res.path, &md5, &prefix) {
-                                Ok(()) => {
-                                    bump.insert(folder);
+                            let (folder, name) = split_rel(&res.rel_path);
+                            let set = root
+                                .as_ref()
+                                .map_err(|e| Error::runtime(e.to_string()))
+                                .and_then(|r| {
+                                    let dir = r
+                                        .walk(folder)
+                                        .map_err(|e| Error::io("cannot open", &res.path, e))?;
+                                    let f = dir
+                                        .open_file(name)
+                                        .map_err(|e| Error::io("cannot open", &res.path, e))?;
+                                    let st = fstat(&f)
+                                        .map_err(|e| Error::io("cannot stat", &res.path, e))?;
+                                    // Another name for a hard-linked file may be outside
+                                    // the store: never changed.
+                                    if st.nlink > 1 {
+                                        return Ok(Err(st.nlink));
+                                    }
+                                    let prefix =
+                                        choose_prefix_dir(prefix_cfg.as_deref(), &res.xattrs, &dir);
+                                    set_md5_attr_file(&f, &res.path, &md5, &prefix).map(Ok)
+                                });
+                            match set {
+                                Ok(Ok(())) => {
+                                    bump.insert(folder.to_string());
                                     Some(format!("getcontentmd5 set to {md5}"))
+                                }
+                                Ok(Err(links)) => {
+                                    let path = res.path.clone();
+                                    self.hard_linked(&path, links);
+                                    self.finding(
+                                        &path,
+                                        kind,
+                                        format!("{detail}; not fixed: hard-linked"),
+                                        None,
+                                    );
+                                    return Ok(());
                                 }
                                 Err(e) => {
                                     let path = res.path.clone();
@@ -308,10 +399,21 @@ impl Doctor<'_> {
         )?;
         // Clients learn of a new ETag through the collection's ctag.
         for folder in bump {
-            let prefix = choose_prefix(self.cfg.xattr_prefix.as_deref(), &[], Some(&folder));
-            if let Err(e) = bump_ctag(&folder, &prefix) {
+            let path = self.root.join(&folder);
+            let done = root
+                .as_ref()
+                .map_err(|e| Error::runtime(e.to_string()))
+                .and_then(|r| {
+                    r.walk(&folder)
+                        .map_err(|e| Error::io("cannot open", &path, e))
+                })
+                .and_then(|dir| {
+                    let prefix = choose_prefix_dir(self.cfg.xattr_prefix.as_deref(), &[], &dir);
+                    bump_ctag_dir(&dir, &prefix)
+                });
+            if let Err(e) = done {
                 self.finding(
-                    &folder,
+                    &path,
                     "ctag",
                     format!("could not give the collection a new getctag: {e}"),
                     None,

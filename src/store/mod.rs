@@ -5,6 +5,7 @@
 //! attributes), [`write`](mod@write) (safe replacement of one resource, snapshots and restores for rollback),
 //! [`doctor`], [`scan`] (the inventory command) and [`generate`] (realistic test stores).
 
+pub mod confined;
 pub mod doctor;
 pub mod generate;
 pub mod scan;

@@ -95,12 +95,12 @@ fn apply_rewrites_to_new_guids_idempotently_and_rollback_restores_every_byte() {
             }
         }
     }
-    // Applying again, or planning again, changes nothing.
+    // Applying again, or planning again, changes nothing (and says what it checked).
     w.cmd()
         .arg("apply")
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("nothing to do"));
+        .stdout(predicate::str::contains("Nothing is left to apply"));
     let again = plan_json(&w);
     assert_eq!(
         again["plan"]["resources_changed"], 0,
@@ -109,17 +109,25 @@ fn apply_rewrites_to_new_guids_idempotently_and_rollback_restores_every_byte() {
     w.cmd().arg("apply").assert().code(0);
     assert_eq!(resources(&w.store.root), after);
     // Rollback of the first run restores the store byte for byte, owners, modes and attributes.
+    // The empty apply of the second plan (run 2) came after run 1 on the same store: it is
+    // undone first, then run 1.
     w.cmd()
         .args(["rollback", "--run", "1"])
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("resources written"));
+        .stdout(predicate::str::contains("rollback run 3 of run 2"))
+        .stdout(predicate::str::contains(
+            "rollback run 4 of run 1: 40 files restored",
+        ));
     assert_same_tree(&tree(&w.store.root), &before, "store");
     w.cmd()
         .args(["rollback", "--run", "1"])
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("nothing to do"));
+        .stdout(predicate::str::contains(
+            "run 1 was already rolled back by run",
+        ))
+        .stdout(predicate::str::contains("Nothing is left to undo"));
 }
 
 #[test]
