@@ -241,9 +241,12 @@ pub fn execute(root: &Dir, step: &HomeStep) -> Result<()> {
 pub fn undo(root: &Dir, step: &HomeStep) -> Result<()> {
     match step {
         HomeStep::Mkdir { rel, .. } => {
-            let (parent, name) = root
-                .split(rel)
-                .map_err(|e| io_err("cannot remove folder", root, rel, e))?;
+            let (parent, name) = match root.split(rel) {
+                Ok(x) => x,
+                // Its parent is gone, so is the folder.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err("cannot remove folder", root, rel, e)),
+            };
             let empty = parent
                 .sub(name)
                 .and_then(|d| d.names())

@@ -1163,9 +1163,7 @@ fn undo_detail_changed() -> String {
 
 /// The bytes of a backup, or why not (a damaged or missing backup).
 fn backup_bytes(backups: &Backups, item: &UndoItem) -> Result<Vec<u8>> {
-    backups
-        .get(item.backup.as_deref().unwrap_or_default())
-        .map_err(|e| e.context(&item.rel))
+    backups.get(item.backup.as_deref().unwrap_or_default())
 }
 
 fn prepare_undo(cache: &DirCache, backups: &Backups, force: bool, item: UndoItem) -> Result<Undo> {
@@ -1209,13 +1207,13 @@ fn prepare_undo(cache: &DirCache, backups: &Backups, force: bool, item: UndoItem
         Ok(b) => b,
         Err(e) if force => {
             u.state = StepState::Skipped;
-            u.detail = format!("not restored: {}", e.message);
+            u.detail = e.message;
             return Ok(u);
         }
         Err(e) => {
             return Err(Error::runtime(format!(
-                "{}; nothing of this batch was restored. `rollback --force` skips this file (reporting it) and restores the rest",
-                e.message
+                "{}: {}; nothing of this batch was restored. `rollback --force` skips this file (reporting it) and restores the rest",
+                u.item.rel, e.message
             )))
         }
     };
@@ -1362,11 +1360,11 @@ fn undo_single(
             (StepState::Skipped, undo_detail_changed())
         } else {
             match backup_bytes(backups, &item) {
-                Err(e) if force => (StepState::Skipped, format!("not restored: {}", e.message)),
+                Err(e) if force => (StepState::Skipped, e.message),
                 Err(e) => {
                     return Err(Error::runtime(format!(
-                    "{}; `rollback --force` skips this file (reporting it) and restores the rest",
-                    e.message
+                    "{}: {}; `rollback --force` skips this file (reporting it) and restores the rest",
+                    item.rel, e.message
                 )))
                 }
                 Ok(bytes) => {
@@ -1628,10 +1626,16 @@ fn rollback_one(
         }
         Ok(())
     };
+    // A forced second rollback of a rolled-back run puts back files only: its home steps were
+    // undone by the first rollback.
+    let files_only = current == RunState::RolledBack;
     for (undone_seq, action, rel, target_path, original_sha, applied_sha, backup, meta) in steps {
         bar.inc(1);
         if action == Action::Rewrite && backup.is_none() {
             continue; // the file already held the new bytes: nothing of ours to undo
+        }
+        if files_only && !action.is_file() {
+            continue;
         }
         let existing = match undone.get(&undone_seq) {
             Some((_, StepState::Done | StepState::Skipped)) => continue,
@@ -1830,7 +1834,7 @@ fn rollback_outcome(runs: Vec<RunSummary>) -> Outcome {
             let damaged = s
                 .skipped
                 .iter()
-                .filter(|(_, d)| d.contains("its backup"))
+                .filter(|(_, d)| d.starts_with("its backup"))
                 .count();
             if damaged > 0 {
                 human.push_str(&format!(

@@ -9,6 +9,7 @@ mod directory_ldif;
 mod example;
 mod ical_corpus;
 mod ical_props;
+mod lifecycle;
 mod migrate;
 mod provision_cli;
 mod provision_db;

@@ -1,3 +1,5 @@
-//! Shared test support: a throwaway slapd and generated migration worlds.
+//! Shared test support: a throwaway slapd, generated migration worlds, processes paused at an
+//! exact instant.
+pub mod child;
 pub mod slapd;
 pub mod world;
