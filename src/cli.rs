@@ -18,7 +18,8 @@ Or all in one go, on a scratch copy first:
   principal-reconciler migrate --rehearse /tmp/rehearsal
 
 Exit codes: 0 ok, 1 problems found, 2 usage/configuration/input error, 3 runtime failure
-(unreachable server, I/O error). Logs go to stderr; --json prints one JSON document on stdout.";
+(unreachable server, I/O error, another run holds the lock), 130 apply/rollback interrupted by
+Ctrl-C (run it again to resume). Logs go to stderr; --json prints one JSON document on stdout.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -288,7 +289,7 @@ fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
         Command::Doctor(a) => (a.fix, false, a.fix, None),
         Command::Report(_) => (true, false, false, None),
         Command::Verify => (true, false, true, None),
-        Command::Provision(_) => (true, true, false, None),
+        Command::Provision(a) => (true, a.apply, false, None),
         Command::Plan => (true, true, true, None),
         Command::Apply(a) => (true, false, true, a.rehearse.as_ref()),
         Command::Rollback(_) => (true, false, true, None),

@@ -331,7 +331,7 @@ fn describe_found(found: &Option<String>) -> String {
 
 /// Checks the files a finished run's rewrite steps name: after an apply they must hold what it
 /// wrote (at their place after its home moves), after a rollback their original bytes.
-fn check_run(state: &State, root: &Dir, run_id: i64, originals: bool) -> Result<Checked> {
+fn check_run(state: &State, root: Option<&Dir>, run_id: i64, originals: bool) -> Result<Checked> {
     let moves: Vec<(String, String)> = if originals {
         Vec::new()
     } else {
@@ -341,22 +341,32 @@ fn check_run(state: &State, root: &Dir, run_id: i64, originals: bool) -> Result<
         let rows = st.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let steps: Vec<(String, String, String)> = {
+    let steps: Vec<(Action, String, String, String)> = {
         let mut st = state.conn.prepare(
-            "SELECT rel_path, before_sha256, after_sha256 FROM journal
-              WHERE run_id = ?1 AND action = 'rewrite' AND state = 'done' AND backup_sha256 IS NOT NULL ORDER BY seq",
+            "SELECT action, rel_path, before_sha256, after_sha256 FROM journal
+              WHERE run_id = ?1 AND action IN ('rewrite', 'database', 'file') AND state = 'done'
+                AND backup_sha256 IS NOT NULL ORDER BY seq",
         )?;
-        let rows = st.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let rows = st.query_map([run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let mut out = Checked::default();
-    for (rel, before, after) in steps {
+    for (action, rel, before, after) in steps {
         out.files += 1;
-        let at = moved(&rel, &moves);
         let want = if originals { before } else { after };
-        let found = match root.split(&at) {
-            Ok((dir, name)) => sha256_at(&dir, name).unwrap_or(None),
-            Err(_) => None,
+        let (at, found) = if action == Action::Rewrite {
+            let at = moved(&rel, &moves);
+            let found = match root.map(|r| r.split(&at)) {
+                Some(Ok((dir, name))) => sha256_at(&dir, name).unwrap_or(None),
+                _ => None,
+            };
+            (at, found)
+        } else {
+            // A delegate database or augments.xml: outside the store, named by its path.
+            let found = std::fs::read(&rel).ok().map(|b| sha256_hex(&b));
+            (rel, found)
         };
         if found.as_deref() == Some(want.as_str()) {
             out.holding += 1;
@@ -674,11 +684,12 @@ fn interrupted(state: &State, summary: &mut RunSummary, sig: i32) -> Result<()> 
     totals(state, summary)
 }
 
-/// The latest apply run of a plan: id, lifecycle state, process status, signal that stopped it.
-fn latest_apply_run(
-    state: &State,
-    plan_id: i64,
-) -> Result<Option<(i64, RunState, RunStatus, Option<String>, Option<String>)>> {
+/// A run as `apply` looks at it: id, lifecycle state, process status, the signal that stopped it,
+/// when it finished.
+type RunRow = (i64, RunState, RunStatus, Option<String>, Option<String>);
+
+/// The latest apply run of a plan.
+fn latest_apply_run(state: &State, plan_id: i64) -> Result<Option<RunRow>> {
     let row = state.conn.query_row(
         "SELECT id, COALESCE(state, 'applying'), status, stopped_by, finished_at FROM runs
           WHERE kind = 'apply' AND plan_id = ?1 ORDER BY id DESC LIMIT 1",
@@ -764,7 +775,7 @@ pub fn apply(
             summary.already_done = true;
             summary.state = Some(RunState::Applied);
             summary.finished_at = finished;
-            summary.checked = Some(check_run(&state, &root, id, false)?);
+            summary.checked = Some(check_run(&state, Some(&root), id, false)?);
             totals(&state, &mut summary)?;
             return Ok(summary);
         }
@@ -1277,13 +1288,15 @@ fn undo_batch(
             prepared.push((seq, u.item.rel, p));
         }
     }
-    let committed: Vec<(
+    // (seq, file, its folder, attribute prefix, how the rename went)
+    type Committed = (
         i64,
         String,
         Arc<Dir>,
         String,
         std::result::Result<(), WriteError>,
-    )> = prepared
+    );
+    let committed: Vec<Committed> = prepared
         .into_par_iter()
         .map(|(seq, rel, p)| {
             let dir = p.dir().clone();
@@ -1509,10 +1522,7 @@ fn rollback_one(
         )
         .ok();
     if current == RunState::RolledBack {
-        let checked = match &root {
-            Some(r) => check_run(state, r, target, true)?,
-            None => Checked::default(),
-        };
+        let checked = check_run(state, root.as_ref(), target, true)?;
         if checked.differing.is_empty() || !force {
             let (rb, at) = previous.unwrap_or((0, finished));
             summary.run_id = rb;

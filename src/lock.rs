@@ -144,6 +144,7 @@ fn process_alive(pid: i32) -> bool {
 }
 
 /// Who holds a `flock` on this file (Linux: `/proc/locks`), with its command line.
+#[allow(clippy::unnecessary_cast)] // major/minor are not u32 everywhere
 fn holder_of(f: &File) -> Option<(u32, String)> {
     let m = f.metadata().ok()?;
     let dev = m.dev() as libc::dev_t;

@@ -58,6 +58,8 @@ pub struct Stat {
     pub ino: u64,
 }
 
+// The field types of `struct stat` differ between platforms: the casts are needed elsewhere.
+#[allow(clippy::unnecessary_cast)]
 impl Stat {
     fn from(st: &libc::stat) -> Stat {
         Stat {

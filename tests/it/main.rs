@@ -15,6 +15,7 @@ mod provision_cli;
 mod provision_db;
 mod provision_ldap;
 mod report_html;
+mod safety;
 mod store_cli;
 mod store_walk;
 mod store_write;

@@ -252,6 +252,58 @@ fn apply_killed_at_random_points_resumes_to_the_same_store() {
     }
 }
 
+/// Kill `rollback` with SIGKILL at random instants, resume it, and compare with the original store.
+/// One world: after each rollback the plan is applied again (a new run) for the next kill.
+#[test]
+fn rollback_killed_at_random_points_resumes_to_the_original_store() {
+    let kills: usize = std::env::var("PR_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let w = World::new(8, 1500, 23);
+    let original = tree(&w.store.root);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("apply").assert().code(0);
+    let started = std::time::Instant::now();
+    w.cmd().arg("rollback").assert().code(0);
+    let full = started.elapsed().as_micros().max(1000) as u64;
+    assert_same_tree(&tree(&w.store.root), &original, "uninterrupted rollback");
+    let mut seed = 0x0b5e_55ed_u64;
+    let mut interrupted = 0;
+    let mut attempts = 0;
+    while interrupted < kills {
+        attempts += 1;
+        assert!(
+            attempts <= 4 * kills,
+            "only {interrupted} of {attempts} kills hit a running rollback"
+        );
+        w.cmd().arg("apply").assert().code(0);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = seed % full;
+        let mut child =
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+                .arg("--config")
+                .arg(&w.config)
+                .args(["--no-progress", "-q", "rollback"])
+                .spawn()
+                .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(delay));
+        let _ = child.kill(); // SIGKILL
+        if child.wait().unwrap().code().is_some() {
+            continue; // it finished before the kill: the store is rolled back already
+        }
+        interrupted += 1;
+        w.cmd().arg("rollback").assert().code(0);
+        assert_same_tree(
+            &tree(&w.store.root),
+            &original,
+            &format!("rollback kill {interrupted}"),
+        );
+    }
+}
+
 #[test]
 fn verify_fails_before_and_passes_after_apply() {
     let w = World::new(3, 25, 16);
