@@ -70,6 +70,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Write the reports of a plan or run again
     Report(ReportArgs),
+    /// Show one resource's planned change as a unified diff
+    Diff(DiffArgs),
     /// Pull, scan, plan, apply, verify and report in one go
     Migrate(MigrateArgs),
     /// Read the directory: `pull` shows what it holds, `export --ldif FILE` snapshots it
@@ -77,6 +79,16 @@ pub enum Command {
     Directory(DirectoryCommand),
     /// Print a commented example configuration
     Config,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Install, e.g. for bash:\n  principal-reconciler completions bash > /etc/bash_completion.d/principal-reconciler"
+    )]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `principal-reconciler man | man -l -`
+    Man,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -124,16 +136,30 @@ pub struct ReportArgs {
 }
 
 #[derive(Args, Debug, Clone, Default)]
+pub struct DiffArgs {
+    /// The resource: a path in the store (whole, or relative to the store as in changes.csv)
+    #[arg(value_name = "RESOURCE")]
+    pub resource: PathBuf,
+    /// The plan (default: the latest)
+    #[arg(long, value_name = "ID")]
+    pub plan: Option<i64>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
 pub struct MigrateArgs {
     /// Stop after plan: change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Copy the store to DIR first and migrate the copy (a rehearsal)
+    /// Copy the store to DIR first and migrate the copy (a rehearsal); DIR/principal-reconciler.toml
+    /// then runs any command on it
     #[arg(long, value_name = "DIR")]
     pub rehearse: Option<PathBuf>,
     /// Run even though the calendar server seems to be running on the store
     #[arg(long)]
     pub force: bool,
+    /// Apply without asking (a real migrate asks on a terminal, and refuses without one)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,10 +217,19 @@ fn init_logging(cli: &Cli) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !no_color())
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+/// Version of the `--json` documents' shape: raised when a field changes meaning or goes away
+/// (new fields may appear without it).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// `NO_COLOR` set to anything but the empty string turns colours off (no-color.org).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 /// Runs the tool with the process arguments and returns the exit code.
@@ -218,6 +253,7 @@ pub fn main() -> u8 {
                 let mut doc = outcome.json;
                 if let serde_json::Value::Object(map) = &mut doc {
                     map.insert("exit_code".into(), outcome.status.code().into());
+                    map.insert("schema_version".into(), JSON_SCHEMA_VERSION.into());
                 }
                 let _ = writeln!(
                     out,
@@ -235,7 +271,7 @@ pub fn main() -> u8 {
         Err(err) => {
             let status = err.exit_status();
             if json {
-                let doc = serde_json::json!({ "error": err.message, "exit_code": status.code() });
+                let doc = serde_json::json!({ "error": err.message, "exit_code": status.code(), "schema_version": JSON_SCHEMA_VERSION });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
             eprintln!("error: {}", err.message);
@@ -246,11 +282,41 @@ pub fn main() -> u8 {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<Outcome> {
-    if let Command::Config = cli.command {
-        return Ok(Outcome::ok(
-            crate::config::EXAMPLE,
-            serde_json::json!({ "config": crate::config::EXAMPLE }),
-        ));
+    match &cli.command {
+        Command::Config => {
+            return Ok(Outcome::ok(
+                crate::config::EXAMPLE,
+                serde_json::json!({ "config": crate::config::EXAMPLE }),
+            ))
+        }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "principal-reconciler",
+                &mut out,
+            );
+            let text = String::from_utf8_lossy(&out).into_owned();
+            return Ok(Outcome::ok(
+                text.clone(),
+                serde_json::json!({ "completions": text }),
+            ));
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .map_err(|e| {
+                    crate::error::Error::runtime(format!("cannot render the manual page: {e}"))
+                })?;
+            let text = String::from_utf8_lossy(&out).into_owned();
+            return Ok(Outcome::ok(
+                text.clone(),
+                serde_json::json!({ "man": text }),
+            ));
+        }
+        _ => {}
     }
     let config = Config::load(&cli.config)?;
     // Held until the command ends (dropped after the match below).
@@ -261,7 +327,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         progress: !cli.no_progress && !cli.quiet && std::io::stderr().is_terminal(),
     };
     match cli.command {
-        Command::Config => unreachable!("handled above"),
+        Command::Config | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
         Command::Scan => crate::store::command_scan(&ctx),
         Command::Plan => crate::plan::command_plan(&ctx),
         Command::Apply(args) => crate::journal::command_apply(&ctx, &args),
@@ -271,6 +339,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Doctor(args) => crate::store::command_doctor(&ctx, &args),
         Command::Report(args) => crate::report::command_report(&ctx, &args),
         Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
+        Command::Diff(args) => command_diff(&ctx, &args),
         Command::Directory(DirectoryCommand::Pull) => crate::directory::command_pull(&ctx),
         Command::Directory(DirectoryCommand::Export { ldif }) => {
             crate::directory::command_export(&ctx, &ldif)
@@ -285,7 +354,12 @@ fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
     let mut lock = crate::lock::RunLock::default();
     // (locks the state folder, creates it when missing, locks the store, rehearsal folder)
     let (state, creates_state, store, rehearsal) = match command {
-        Command::Config | Command::Scan | Command::Directory(_) => (false, false, false, None),
+        Command::Config
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Scan
+        | Command::Diff(_)
+        | Command::Directory(_) => (false, false, false, None),
         Command::Doctor(a) => (a.fix, false, a.fix, None),
         Command::Report(_) => (true, false, false, None),
         Command::Verify => (true, false, true, None),
@@ -309,22 +383,54 @@ fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
     Ok(lock)
 }
 
+/// `diff RESOURCE`: exit 0 when the resource still matches its plan or holds the planned bytes,
+/// 1 when it changed since (apply would skip it).
+fn command_diff(ctx: &Context, args: &DiffArgs) -> Result<Outcome> {
+    use crate::diff::Standing;
+    let cfg = &ctx.config;
+    let d =
+        crate::diff::resource_diff(&cfg.state.path, &cfg.store.path, args.plan, &args.resource)?;
+    let note = match d.standing {
+        Standing::Planned => String::new(),
+        Standing::Applied => format!("# plan {} is applied: {} holds these new bytes\n", d.plan_id, d.resource),
+        Standing::ChangedSincePlan => format!(
+            "# {} changed since plan {} (apply skips it; plan again): the diff is from its bytes now to the planned ones\n",
+            d.resource, d.plan_id
+        ),
+    };
+    Ok(Outcome {
+        status: if d.standing == Standing::ChangedSincePlan {
+            ExitStatus::Problems
+        } else {
+            ExitStatus::Ok
+        },
+        human: format!("{note}{}", d.diff),
+        json: serde_json::json!({ "diff": d }),
+    })
+}
+
 /// A progress bar on stderr, hidden when progress is off.
 pub fn progress_bar(ctx: &Context, len: Option<u64>, what: &str) -> indicatif::ProgressBar {
     if !ctx.progress {
         return indicatif::ProgressBar::hidden();
     }
+    // Whole resources per second: indicatif's own {per_sec} prints four decimals.
+    let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.0}/s", s.per_sec());
+    };
     let bar = match len {
         Some(n) => indicatif::ProgressBar::new(n).with_style(
             indicatif::ProgressStyle::with_template(
-                "{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+                "{msg:>10} [{bar:40}] {human_pos}/{human_len} {rate} eta {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key("rate", rate)
             .progress_chars("=> "),
         ),
         None => indicatif::ProgressBar::new_spinner().with_style(
-            indicatif::ProgressStyle::with_template("{msg:>10} {spinner} {pos} {per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            indicatif::ProgressStyle::with_template("{msg:>10} {spinner} {human_pos} {rate}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+                .with_key("rate", rate),
         ),
     };
     bar.set_message(what.to_string());

@@ -146,10 +146,13 @@ pub struct RewriteConfig {
     /// Mail domains of the organisation: addresses outside them are never touched.
     #[serde(default)]
     pub internal_domains: Vec<String>,
-    /// CSV of `old,new` pairs that win over every rule.
+    /// CSV of `old,new` rows that win over every rule (format: [`crate::mapping_file`]).
     pub mapping_file: Option<PathBuf>,
     #[serde(default)]
     pub domain_alias: Vec<DomainAlias>,
+    /// Addresses or GUIDs of people who left: left as they are, not reported as problems.
+    #[serde(default)]
+    pub leavers: Vec<String>,
 }
 
 impl Default for RewriteConfig {
@@ -159,6 +162,7 @@ impl Default for RewriteConfig {
             internal_domains: Vec::new(),
             mapping_file: None,
             domain_alias: Vec::new(),
+            leavers: Vec::new(),
         }
     }
 }
@@ -195,12 +199,16 @@ fn default_state_path() -> PathBuf {
 pub struct ReportConfig {
     #[serde(default = "default_report_dir")]
     pub dir: PathBuf,
+    /// Start every CSV with a UTF-8 byte-order mark (spreadsheets then read accented names right).
+    #[serde(default)]
+    pub csv_bom: bool,
 }
 
 impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
             dir: default_report_dir(),
+            csv_bom: false,
         }
     }
 }

@@ -1874,6 +1874,16 @@ pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
         crate::rehearse::prepare(&mut cfg, dir)?;
         crate::rehearse::copy_tree(&state_from, &cfg.state.path)
             .map_err(|e| e.context("cannot copy the state database into the rehearsal"))?;
+        let current = crate::directory::load_current(&cfg.directory)?;
+        let file = crate::rehearse::write_config(&cfg, dir, &current)?;
+        let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
+        let mut out = apply_outcome(s);
+        out.human.push_str(&format!(
+            "Rehearsal in {}: the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback).\n",
+            dir.display(),
+            file.display()
+        ));
+        return Ok(out);
     }
     let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
     Ok(apply_outcome(s))

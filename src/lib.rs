@@ -8,6 +8,7 @@
 pub mod address;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod directory;
 pub mod error;
 pub mod homes;
@@ -16,6 +17,7 @@ pub mod interrupt;
 pub mod journal;
 pub mod lock;
 pub mod mapping;
+pub mod mapping_file;
 pub mod plan;
 pub mod provision;
 pub mod rehearse;

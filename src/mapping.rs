@@ -2,7 +2,8 @@
 //!
 //! Each address is resolved through fixed rules, in order, and the rule and its evidence are kept
 //! for the reports:
-//! 1. `override` — `[rewrite] mapping_file` (CSV `old,new`) wins over everything;
+//! 1. `override` — `[rewrite] mapping_file` (see [`crate::mapping_file`]) wins over everything;
+//!    its `-` rows and `[rewrite] leavers` acknowledge people who left (`acknowledged`);
 //! 2. `same-guid` — the GUID still exists in the current directory;
 //! 3. `old-export-guid` — old GUID → old export record → its short names → current record;
 //! 4. `principal-name` — principal URL with a short name → current record with that short name;
@@ -11,7 +12,8 @@
 //! 6. `store-evidence` — a GUID value whose lines unanimously carry one EMAIL parameter.
 //!
 //! Outcomes: `unchanged` (already canonical), `mapped`, `ambiguous` (several candidates; never
-//! rewritten), `unmatched` (internal, no candidate), `external` (never touched). Deterministic:
+//! rewritten), `unmatched` (internal, no candidate), `external` (never touched), `acknowledged`
+//! (a person who left, said so by the admin: never touched, not a problem). Deterministic:
 //! the same inputs give the same mapping.
 
 use crate::address::{AddressForm, CalAddress, Guid, Principal, RecordType};
@@ -20,7 +22,6 @@ use crate::directory::{Directory, DirectoryRecord};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,15 +31,17 @@ pub enum Outcome {
     Ambiguous,
     Unmatched,
     External,
+    Acknowledged,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Self::Unchanged,
         Self::Mapped,
         Self::Ambiguous,
         Self::Unmatched,
         Self::External,
+        Self::Acknowledged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Outcome {
             Self::Ambiguous => "ambiguous",
             Self::Unmatched => "unmatched",
             Self::External => "external",
+            Self::Acknowledged => "acknowledged",
         }
     }
 }
@@ -66,6 +70,7 @@ pub enum Rule {
     OutsideDomains,
     NotAPrincipal,
     NoCandidate,
+    Leaver,
 }
 
 impl Rule {
@@ -82,6 +87,7 @@ impl Rule {
             Self::OutsideDomains => "outside-domains",
             Self::NotAPrincipal => "not-a-principal",
             Self::NoCandidate => "no-candidate",
+            Self::Leaver => "leaver",
         }
     }
 }
@@ -112,13 +118,14 @@ pub struct Resolution {
     pub resources: usize,
 }
 
-/// One line of the override file.
+/// One line of the override file, or one `[rewrite] leavers` entry.
 #[derive(Clone, Debug)]
 struct Override {
     /// Matches addresses with this key, or any address naming this GUID.
     old_key: Option<String>,
     old_guid: Option<Guid>,
-    target: usize,
+    /// The current record it becomes; `None`: a person who left (leave it as it is).
+    target: Option<usize>,
     at: String,
 }
 
@@ -156,6 +163,13 @@ fn require_internal_domains(cfg: &Config, current: &Directory, old: &Directory) 
     )))
 }
 
+impl Override {
+    fn matches(&self, key: &str, guid: Option<&Guid>) -> bool {
+        self.old_key.as_deref() == Some(key)
+            || (self.old_guid.is_some() && self.old_guid.as_ref() == guid)
+    }
+}
+
 /// Indices over the current and old directories; resolves addresses.
 pub struct Mapper<'a> {
     current: &'a [DirectoryRecord],
@@ -164,6 +178,8 @@ pub struct Mapper<'a> {
     internal: Vec<String>,
     aliases: Vec<(String, String)>,
     overrides: Vec<Override>,
+    /// Mapping-file rows skipped (no target, repeated): shown with the plan.
+    pub warnings: Vec<String>,
     cur_by_guid: HashMap<&'a Guid, usize>,
     cur_by_short: HashMap<String, Vec<usize>>,
     cur_by_mail: HashMap<&'a str, Vec<usize>>,
@@ -175,6 +191,8 @@ pub struct Mapper<'a> {
 enum Found {
     One(usize, Rule, String),
     Many(Vec<usize>, Rule, String),
+    /// Acknowledged as a person who left (where it was said).
+    Leaver(String),
     None,
 }
 
@@ -204,6 +222,7 @@ impl<'a> Mapper<'a> {
                 .map(|a| (a.from.to_ascii_lowercase(), a.to.to_ascii_lowercase()))
                 .collect(),
             overrides: Vec::new(),
+            warnings: Vec::new(),
             cur_by_guid: HashMap::new(),
             cur_by_short: HashMap::new(),
             cur_by_mail: HashMap::new(),
@@ -226,67 +245,92 @@ impl<'a> Mapper<'a> {
             }
         }
         if let Some(path) = &cfg.rewrite.mapping_file {
-            m.overrides = m.read_overrides(path)?;
+            let file = crate::mapping_file::read(path)?;
+            m.warnings = file.warnings.clone();
+            m.overrides = m.resolve_overrides(&file)?;
+        }
+        for (i, l) in cfg.rewrite.leavers.iter().enumerate() {
+            let old = crate::mapping_file::old_address(l);
+            let (old_key, old_guid) = Self::override_key(&old);
+            m.overrides.push(Override {
+                old_key,
+                old_guid,
+                target: None,
+                at: format!("[rewrite] leavers entry {}", i + 1),
+            });
         }
         Ok(m)
     }
 
-    fn read_overrides(&self, path: &Path) -> Result<Vec<Override>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::usage(format!("cannot read mapping_file {}: {e}", path.display()))
-        })?;
+    fn override_key(old: &str) -> (Option<String>, Option<Guid>) {
+        let old_guid = Guid::parse(old);
+        let old_key = if old_guid.is_some() {
+            None
+        } else {
+            Some(CalAddress::parse(old).key())
+        };
+        (old_key, old_guid)
+    }
+
+    /// The mapping file's targets resolved against the current directory.
+    fn resolve_overrides(&self, file: &crate::mapping_file::MappingFile) -> Result<Vec<Override>> {
+        use crate::mapping_file::Target;
         let mut out = Vec::new();
-        for (n, raw) in text.lines().enumerate() {
-            let at = format!("{}:{}", path.display(), n + 1);
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((old, new)) = line.split_once(',') else {
-                return Err(Error::usage(format!(
-                    "{at}: expected `old,new`, found `{line}`"
-                )));
+        for row in &file.rows {
+            let at = &row.at;
+            let target = match &row.target {
+                Target::Leaver => None,
+                Target::Record(new) => Some(
+                    match Guid::parse(new).and_then(|g| self.cur_by_guid.get(&g).copied()) {
+                        Some(i) => i,
+                        None => match self.cur_by_short.get(&new.to_lowercase()).map(Vec::as_slice) {
+                            Some([i]) => *i,
+                            Some(many) => {
+                                return Err(Error::usage(format!(
+                                    "{at}: `{new}` names {} current records; use the GUID",
+                                    many.len()
+                                )))
+                            }
+                            None => {
+                                return Err(Error::usage(format!(
+                                    "{at}: `{new}` is neither the GUID nor the short name of a current directory record"
+                                )))
+                            }
+                        },
+                    },
+                ),
             };
-            let (old, new) = (old.trim().trim_matches('"'), new.trim().trim_matches('"'));
-            if n == 0 && old.eq_ignore_ascii_case("old") && new.eq_ignore_ascii_case("new") {
-                continue;
-            }
-            if new.contains(',') {
-                return Err(Error::usage(format!(
-                    "{at}: expected two fields `old,new`, found more"
-                )));
-            }
-            let target = match Guid::parse(new).and_then(|g| self.cur_by_guid.get(&g).copied()) {
-                Some(i) => i,
-                None => match self.cur_by_short.get(&new.to_lowercase()).map(Vec::as_slice) {
-                    Some([i]) => *i,
-                    Some(many) => {
-                        return Err(Error::usage(format!(
-                            "{at}: `{new}` names {} current records; use the GUID",
-                            many.len()
-                        )))
-                    }
-                    None => {
-                        return Err(Error::usage(format!(
-                            "{at}: `{new}` is neither the GUID nor the short name of a current directory record"
-                        )))
-                    }
-                },
-            };
-            let old_guid = Guid::parse(old);
-            let old_key = if old_guid.is_some() {
-                None
-            } else {
-                Some(CalAddress::parse(old).key())
-            };
+            let (old_key, old_guid) = Self::override_key(&row.old);
             out.push(Override {
                 old_key,
                 old_guid,
                 target,
-                at,
+                at: at.clone(),
             });
         }
         Ok(out)
+    }
+
+    /// Mapping-file rows and leavers entries that name no address of `mapping` (typos, people
+    /// with nothing in the store): warnings for the plan.
+    pub fn unused_overrides(&self, mapping: &Mapping) -> Vec<String> {
+        let keys: Vec<(&str, Option<Guid>)> = mapping
+            .entries
+            .values()
+            .map(|r| (r.old_value.as_str(), parse_found(&r.old_value).guid()))
+            .collect();
+        self.overrides
+            .iter()
+            .filter(|o| !keys.iter().any(|(k, g)| o.matches(k, g.as_ref())))
+            .map(|o| {
+                let what = o
+                    .old_key
+                    .clone()
+                    .or_else(|| o.old_guid.as_ref().map(|g| g.to_string()))
+                    .unwrap_or_default();
+                format!("{}: {what} matches no address in the store", o.at)
+            })
+            .collect()
     }
 
     /// Whether a mail domain is the organisation's (`[rewrite] internal_domains`, or the old
@@ -411,10 +455,11 @@ impl<'a> Mapper<'a> {
         let key = addr.key();
         let guid = addr.guid();
         for o in &self.overrides {
-            let hit = o.old_key.as_deref() == Some(key.as_str())
-                || (o.old_guid.is_some() && o.old_guid == guid);
-            if hit {
-                return Found::One(o.target, Rule::Override, format!("mapping_file {}", o.at));
+            if o.matches(&key, guid.as_ref()) {
+                return match o.target {
+                    Some(t) => Found::One(t, Rule::Override, format!("mapping_file {}", o.at)),
+                    None => Found::Leaver(o.at.clone()),
+                };
             }
         }
         if let Some(g) = &guid {
@@ -465,7 +510,7 @@ impl<'a> Mapper<'a> {
                             Rule::StoreEvidence,
                             format!("EMAIL={mail} on {n} line(s), then {}: {ev}", r.as_str()),
                         ),
-                        Found::None => Found::None,
+                        other => other,
                     };
                 }
             }
@@ -487,10 +532,11 @@ impl<'a> Mapper<'a> {
             candidates: Vec::new(),
             resources: seen.resources,
         };
-        let overridden = self.overrides.iter().any(|o| {
-            o.old_key.as_deref() == Some(key.as_str())
-                || (o.old_guid.is_some() && o.old_guid == addr.guid())
-        });
+        let guid = addr.guid();
+        let overridden = self
+            .overrides
+            .iter()
+            .any(|o| o.matches(&key, guid.as_ref()));
         if !overridden {
             match addr {
                 CalAddress::Other(_) => {
@@ -531,6 +577,11 @@ impl<'a> Mapper<'a> {
                 res.rule = rule;
                 res.evidence = evidence;
                 res.candidates = c.iter().map(|&i| self.describe(i)).collect();
+            }
+            Found::Leaver(at) => {
+                res.outcome = Outcome::Acknowledged;
+                res.rule = Rule::Leaver;
+                res.evidence = format!("a person who left ({at}): left as it is");
             }
             Found::None => {
                 res.evidence = match addr {
@@ -618,6 +669,7 @@ pub fn parse_found(value: &str) -> CalAddress {
 mod tests {
     use super::*;
     use crate::config::{Config, DomainAlias};
+    use std::path::Path;
 
     fn rec(
         kind: RecordType,

@@ -508,6 +508,8 @@ pub fn build(
     }
     let mut warnings = current.warnings.clone();
     warnings.extend(old.warnings.iter().cloned());
+    warnings.extend(mapper.warnings.iter().cloned());
+    warnings.extend(mapper.unused_overrides(&mapping));
     let summary = PlanSummary {
         plan_id,
         created_at,
@@ -657,12 +659,16 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
         s.plan_id, s.resources_scanned, s.resources_changed, s.properties_changed
     ));
     out.push_str(&format!(
-        "Addresses: {} mapped, {} unchanged, {} ambiguous, {} unmatched, {} external.\n",
+        "Addresses: {} mapped, {} unchanged, {} ambiguous, {} unmatched, {} external{}.\n",
         o("mapped"),
         o("unchanged"),
         o("ambiguous"),
         o("unmatched"),
-        o("external")
+        o("external"),
+        match o("acknowledged") {
+            0 => String::new(),
+            n => format!(", {n} acknowledged (people who left)"),
+        }
     ));
     if !s.homes.is_empty() {
         let h: Vec<String> = s.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
@@ -675,11 +681,11 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
         out.push_str(&format!("Warning: {w}\n"));
     }
     out.push_str(&format!(
-        "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json).\n",
+        "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json, mapping-todo.csv).\n",
         report_dir.display()
     ));
     if next_step && o("ambiguous") > 0 {
-        out.push_str("Next: resolve the ambiguous addresses with [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
+        out.push_str("Next: decide the ambiguous addresses: copy mapping-todo.csv, fill in its last column, name the copy in [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
     } else if next_step {
         out.push_str("Next: review the report, then run `principal-reconciler apply` (journaled; `rollback` undoes it).\n");
     }
@@ -688,9 +694,9 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
 
 /// Writes a stored plan's reports; only then is the plan complete (appliable). A plan whose
 /// reports could not be written is marked failed, with the reason, and can never be applied.
-fn finish_plan(state: &State, plan_id: i64, report_dir: &std::path::Path) -> Result<()> {
+fn finish_plan(state: &State, plan_id: i64, report: &crate::config::ReportConfig) -> Result<()> {
     use crate::state::PlanStatus;
-    match crate::report::write_reports(state, plan_id, report_dir) {
+    match crate::report::write_reports(state, plan_id, report) {
         Ok(_) => state.set_plan_status(plan_id, PlanStatus::Complete, ""),
         Err(e) => {
             let _ = state.set_plan_status(plan_id, PlanStatus::Failed, &e.message);
@@ -706,7 +712,7 @@ pub fn command_plan(ctx: &Context) -> Result<Outcome> {
     let (current, old) = load_directories(cfg)?;
     let summary = build(ctx, cfg, &current, &old)?;
     let state = State::open(&cfg.state.path)?;
-    finish_plan(&state, summary.plan_id, &cfg.report.dir)?;
+    finish_plan(&state, summary.plan_id, &cfg.report)?;
     let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
         ExitStatus::Ok
     } else {
@@ -727,6 +733,10 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         steps.push(format!("rehearsal: store copied to {}", copy.display()));
     }
     let (current, old) = load_directories(&cfg)?;
+    let rehearsal_config = match &args.rehearse {
+        Some(dir) => Some(crate::rehearse::write_config(&cfg, dir, &current)?),
+        None => None,
+    };
     steps.push(format!(
         "pull: {} current records from {}, {} old records",
         current.records.len(),
@@ -739,11 +749,35 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         summary.plan_id, summary.resources_changed
     ));
     let state = State::open(&cfg.state.path)?;
-    finish_plan(&state, summary.plan_id, &cfg.report.dir)?;
+    finish_plan(&state, summary.plan_id, &cfg.report)?;
     steps.push(format!("report: {}", cfg.report.dir.display()));
     let mut run = None;
+    let declined = !args.dry_run
+        && args.rehearse.is_none()
+        && !args.yes
+        && {
+            let question = format!(
+            "{}Apply plan {} to {} now ({} resources)? It is journaled and `rollback` undoes it. [y/N] ",
+            human_summary(&summary, &cfg.report.dir, false),
+            summary.plan_id,
+            cfg.store.path.display(),
+            summary.resources_changed
+        );
+            !confirm(&question).map_err(|e| {
+                e.context(format!(
+                    "plan {} is recorded and its reports are in {}",
+                    summary.plan_id,
+                    cfg.report.dir.display()
+                ))
+            })?
+        };
     let stop = if args.dry_run {
         "dry run: stopped after plan; nothing in the store changed.".to_string()
+    } else if declined {
+        format!(
+            "not applied: nothing in the store changed. Plan {} is kept: review its reports, then `principal-reconciler apply --plan {}`.",
+            summary.plan_id, summary.plan_id
+        )
     } else {
         let r = crate::journal::apply(ctx, &cfg, Some(summary.plan_id), args.force, false)?;
         if let Some(sig) = &r.interrupted {
@@ -762,10 +796,11 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
             r.written,
             r.skipped.len()
         ));
-        let msg = match &args.rehearse {
-            Some(_) => format!(
-                "rehearsal applied to {}; the real store was not touched. Inspect the copy and the reports, then migrate for real.",
-                cfg.store.path.display()
+        let msg = match &rehearsal_config {
+            Some(file) => format!(
+                "rehearsal applied to {}; the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback), then migrate for real.",
+                cfg.store.path.display(),
+                file.display()
             ),
             None => format!(
                 "applied; undo with `principal-reconciler --config {} rollback --run {}`.",
@@ -778,7 +813,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     };
     if cfg.provision.enabled {
         let report = crate::provision::analyse(&cfg, &current, &old)?;
-        let csv = crate::provision::write_csv(&report, &cfg.report.dir)?;
+        let csv = crate::provision::write_csv(&report, &cfg.report)?;
         let needs = report
             .findings
             .iter()
@@ -811,9 +846,9 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         }
     }
     let mut verified = None;
-    if !args.dry_run {
+    if !args.dry_run && !declined {
         let report = crate::verify::verify(ctx, &cfg, &current)?;
-        let csv = crate::verify::write_csv(&report, &cfg.report.dir)?;
+        let csv = crate::verify::write_csv(&report, &cfg.report)?;
         steps.push(format!(
             "verify: {} problems (listed in {})",
             report.problems.len(),
@@ -831,7 +866,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     if let Some(v) = &verified {
         human.push_str(&crate::verify::human(v));
     }
-    let skipped = run.as_ref().is_some_and(|r| !r.skipped.is_empty());
+    let skipped = declined || run.as_ref().is_some_and(|r| !r.skipped.is_empty());
     let unverified = verified.as_ref().is_some_and(|v| !v.problems.is_empty());
     let status =
         if summary.ambiguous.is_empty() && summary.problems.is_empty() && !skipped && !unverified {
@@ -842,6 +877,29 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     Ok(Outcome {
         status,
         human,
-        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir }),
+        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir, "rehearsal_config": rehearsal_config }),
     })
+}
+
+/// Asks a yes/no question on the terminal (the question on stderr, the answer from stdin).
+/// Without a terminal nothing can be asked: an error that names `--yes`.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::usage(
+            "migrate changes the real store with a plan nobody reviewed: pass --yes to do so without a terminal, or review the plan and run `principal-reconciler apply`",
+        ));
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{question}");
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::runtime(format!("cannot read the answer: {e}")))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }

@@ -175,3 +175,71 @@ mod tests {
         }
     }
 }
+
+/// Writes `dir/principal-reconciler.toml`: a configuration for the rehearsal in `dir` (its store
+/// copy, database copies, state and reports), so that `verify`, `doctor`, `report`, `rollback`
+/// and every other command can be run on it. The current directory is frozen as
+/// `dir/directory.ldif` and provisioning writes only into `dir` (a dsimport file, a copy of the
+/// augments file): nothing run with this file reaches the real server or directory. Returns its
+/// path.
+pub fn write_config(
+    cfg: &Config,
+    dir: &Path,
+    current: &crate::directory::Directory,
+) -> Result<PathBuf> {
+    let mut r = cfg.clone();
+    let ldif = dir.join("directory.ldif");
+    let mapping = crate::directory::presets::Mapping::from_config(&cfg.directory);
+    crate::directory::write_snapshot(&ldif, current, &mapping, cfg.directory.base.as_deref())?;
+    r.directory.url = None;
+    r.directory.ldif = Some(ldif);
+    r.directory.bind_dn = None;
+    r.directory.password_file = None;
+    r.directory.starttls = false;
+    r.directory.tls_ca_file = None;
+    if let Some(aug) = &cfg.provision.augments_file {
+        let copy = dir.join("augments.xml");
+        if aug.exists() {
+            std::fs::copy(aug, &copy).map_err(|e| Error::io("cannot copy", aug, e))?;
+        }
+        r.provision.augments_file = Some(copy);
+    }
+    r.provision.output = Some(dir.join("provision.dsimport.txt"));
+    // Relative paths were read from the working folder: the file in `dir` names them whole.
+    let whole = |p: &mut PathBuf| {
+        if let Ok(a) = std::path::absolute(&*p) {
+            *p = a;
+        }
+    };
+    for p in r.old_directory.files.iter_mut() {
+        whole(p);
+    }
+    for p in [
+        r.directory.ldif.as_mut(),
+        Some(&mut r.store.path),
+        r.store.data_root.as_mut(),
+        r.rewrite.mapping_file.as_mut(),
+        Some(&mut r.state.path),
+        Some(&mut r.report.dir),
+        r.provision.augments_file.as_mut(),
+        r.provision.output.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        whole(p);
+    }
+    let body = toml::to_string_pretty(&r)
+        .map_err(|e| Error::runtime(format!("cannot write the rehearsal configuration: {e}")))?;
+    let text = format!(
+        "# The rehearsal in this folder, as a configuration: run any command on it with\n#   principal-reconciler --config {} COMMAND\n# It names the copy of the store, its state and reports, and a snapshot of the directory\n# (directory.ldif); provisioning writes only into this folder. Written by the rehearsal; the\n# next rehearsal here replaces it. Made from {}.\n\n{body}",
+        std::path::absolute(dir.join(CONFIG_FILE)).unwrap_or_else(|_| dir.join(CONFIG_FILE)).display(),
+        std::path::absolute(&cfg.source).unwrap_or_else(|_| cfg.source.clone()).display()
+    );
+    let path = dir.join(CONFIG_FILE);
+    crate::report::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// The configuration file a rehearsal writes into its folder.
+pub const CONFIG_FILE: &str = "principal-reconciler.toml";

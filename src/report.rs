@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 const EXAMPLE_DIFFS: usize = 12;
 /// Outcome order in every report: what needs a human first.
 const OUTCOME_ORDER: &str =
-    "CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'mapped' THEN 2 WHEN 'unchanged' THEN 3 ELSE 4 END";
+    "CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'mapped' THEN 2 WHEN 'unchanged' THEN 3 WHEN 'acknowledged' THEN 5 ELSE 4 END";
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -67,17 +67,33 @@ fn csv_bytes(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result
         .map_err(|e| Error::runtime(format!("CSV: {e}")))
 }
 
-/// Writes a CSV file atomically (header + rows; formula-like cells neutralised).
+/// The UTF-8 byte-order mark `[report] csv_bom` puts before every CSV.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A CSV file's bytes, with the byte-order mark when `[report] csv_bom` asks for it.
+pub fn with_bom(bom: bool, bytes: Vec<u8>) -> Vec<u8> {
+    if bom {
+        let mut out = BOM.to_vec();
+        out.extend(bytes);
+        out
+    } else {
+        bytes
+    }
+}
+
+/// Writes a CSV file atomically (header + rows; formula-like cells neutralised; a byte-order
+/// mark first when `bom`).
 pub fn write_csv(
     path: &Path,
     header: &[&str],
     rows: impl Iterator<Item = Vec<String>>,
+    bom: bool,
 ) -> Result<PathBuf> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("cannot create report folder", dir, e))?;
     }
-    write_atomic(path, &csv_bytes(header, rows)?)?;
+    write_atomic(path, &with_bom(bom, csv_bytes(header, rows)?))?;
     Ok(path.to_path_buf())
 }
 
@@ -157,6 +173,40 @@ pub fn mapping_rows(state: &State, plan_id: i64) -> Result<Vec<MappingRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// `mapping-todo.csv`: one ready-to-edit row per ambiguous or unmatched address. The admin fills
+/// in the last column and points `[rewrite] mapping_file` at the file (see [`crate::mapping_file`]:
+/// its header row names the `old` and `new` columns, the comment line is skipped, rows left empty
+/// are skipped).
+pub fn mapping_todo(mapping: &[MappingRow]) -> Result<Vec<u8>> {
+    let mut out = b"# Copy this file beside your configuration and fill in the last column: a GUID or short name (see candidates) or - for a person who left. Then name the copy in [rewrite] mapping_file and run plan again (plan rewrites this one).\n".to_vec();
+    out.extend(csv_bytes(
+        &[
+            "old",
+            "form",
+            "outcome",
+            "resources",
+            "candidates",
+            "evidence",
+            "new",
+        ],
+        mapping
+            .iter()
+            .filter(|r| r.outcome == "ambiguous" || r.outcome == "unmatched")
+            .map(|r| {
+                vec![
+                    r.old_value.clone(),
+                    r.form.clone(),
+                    r.outcome.clone(),
+                    r.resources.to_string(),
+                    r.candidates.clone(),
+                    r.evidence.clone(),
+                    String::new(),
+                ]
+            }),
+    )?);
+    Ok(out)
+}
+
 /// The stored summary of a plan.
 pub fn plan_summary(state: &State, plan_id: i64) -> Result<PlanSummary> {
     let text = state.plan_text(plan_id, "summary_json")?;
@@ -165,7 +215,12 @@ pub fn plan_summary(state: &State, plan_id: i64) -> Result<PlanSummary> {
 }
 
 /// Writes every report of a plan into `dir`.
-pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn write_reports(
+    state: &State,
+    plan_id: i64,
+    report: &crate::config::ReportConfig,
+) -> Result<Vec<PathBuf>> {
+    let (dir, bom) = (report.dir.as_path(), report.csv_bom);
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create report folder", dir, e))?;
     let summary = plan_summary(state, plan_id)?;
     let mapping = mapping_rows(state, plan_id)?;
@@ -174,8 +229,15 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
     let p = dir.join("mapping.csv");
     write_atomic(
         &p,
-        &csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+        &with_bom(
+            bom,
+            csv_bytes(&MappingRow::HEADER, mapping.iter().map(MappingRow::cells))?,
+        ),
     )?;
+    written.push(p);
+
+    let p = dir.join("mapping-todo.csv");
+    write_atomic(&p, &with_bom(bom, mapping_todo(&mapping)?))?;
     written.push(p);
 
     let p = dir.join("changes.csv");
@@ -187,7 +249,12 @@ pub fn write_reports(state: &State, plan_id: i64, dir: &Path) -> Result<Vec<Path
         let tmp = p.with_extension("tmp-principal-reconciler");
         let file =
             std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write report", &tmp, e))?;
-        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+        let mut file = std::io::BufWriter::new(file);
+        if bom {
+            std::io::Write::write_all(&mut file, BOM)
+                .map_err(|e| Error::io("cannot write report", &tmp, e))?;
+        }
+        let mut w = csv::Writer::from_writer(file);
         let csv_err = |e: csv::Error| Error::runtime(format!("{}: {e}", tmp.display()));
         w.write_record(["resource", "line", "property", "old_value", "new_value"])
             .map_err(csv_err)?;
@@ -291,12 +358,13 @@ fn esc(s: &str) -> String {
     o
 }
 
-const OUTCOME_COLOURS: [(&str, &str); 5] = [
+const OUTCOME_COLOURS: [(&str, &str); 6] = [
     ("ambiguous", "#d9822b"),
     ("unmatched", "#c23030"),
     ("mapped", "#0f9960"),
     ("unchanged", "#5c7080"),
     ("external", "#8a9ba8"),
+    ("acknowledged", "#b3a369"),
 ];
 
 fn chart(summary: &PlanSummary) -> String {
@@ -307,8 +375,10 @@ fn chart(summary: &PlanSummary) -> String {
         .max()
         .unwrap_or(0)
         .max(1) as f64;
-    let mut svg = String::from(
-        r#"<svg id="outcome-chart" role="img" aria-label="Addresses by outcome" width="520" height="170" viewBox="0 0 520 170">"#,
+    // One 30-pixel row per outcome, 10 pixels of margin at both ends.
+    let height = 20 + 30 * OUTCOME_COLOURS.len();
+    let mut svg = format!(
+        r#"<svg id="outcome-chart" role="img" aria-label="Addresses by outcome" width="520" height="{height}" viewBox="0 0 520 {height}">"#,
     );
     for (i, (name, colour)) in OUTCOME_COLOURS.iter().enumerate() {
         let n = summary.by_outcome.get(*name).copied().unwrap_or(0);
@@ -414,7 +484,7 @@ fn html(
         .collect();
     let _ = write!(
         body,
-        "<section><h2>Needs a decision ({})</h2><p>Ambiguous addresses are never rewritten: settle them in <code>[rewrite] mapping_file</code>. Unmatched ones stay as they are (people who left, typos).</p>{}</section>",
+        "<section><h2>Needs a decision ({})</h2><p>Ambiguous addresses are never rewritten: settle them in <code>[rewrite] mapping_file</code> (<code>mapping-todo.csv</code> beside this page has a row for each, ready to fill in). Unmatched ones stay as they are (people who left, typos): a <code>-</code> in the file acknowledges a person who left.</p>{}</section>",
         needs.len(),
         table(
             "needs-decision",
@@ -494,7 +564,7 @@ fn html(
                     field(f, "guid"),
                     field(f, "short_name"),
                     field(f, "full_name"),
-                    field(f, "kind"),
+                    field(f, "type"),
                     field(f, "problem"),
                     field(f, "severity"),
                     field(f, "detail"),
@@ -608,7 +678,7 @@ pub fn command_report(ctx: &Context, args: &ReportArgs) -> Result<Outcome> {
     let cfg = &ctx.config;
     let state = State::open_existing(&cfg.state.path)?;
     let plan_id = state.plan_or_latest(args.plan)?;
-    let written = write_reports(&state, plan_id, &cfg.report.dir)?;
+    let written = write_reports(&state, plan_id, &cfg.report)?;
     let mut human = format!("Reports of plan {plan_id}:\n");
     for p in &written {
         human.push_str(&format!("  {}\n", p.display()));

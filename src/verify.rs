@@ -84,6 +84,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                     let addr = crate::plan::home_address(&h);
                     match resolve(&addr) {
                         (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
+                        (MapOutcome::Acknowledged, _) => {}
                         (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v)) => report.add(
                             "home-not-adopted",
                             &h.rel_path,
@@ -120,7 +121,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                         (MapOutcome::Mapped, Some(v)) => {
                             report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
                         }
-                        (MapOutcome::External, _) => {}
+                        (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
                         (MapOutcome::Ambiguous, _) => report.add(
                             "ambiguous-address",
                             &at,
@@ -199,13 +200,25 @@ pub fn human(r: &VerifyReport) -> String {
 }
 
 /// Writes verify.csv into the report folder.
-pub fn write_csv(r: &VerifyReport, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+pub fn write_csv(
+    r: &VerifyReport,
+    report: &crate::config::ReportConfig,
+) -> Result<std::path::PathBuf> {
+    // `path:line` as two columns, so a spreadsheet can sort and filter by file.
+    let split = |at: &str| match at.rsplit_once(':') {
+        Some((path, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => {
+            (path.to_string(), line.to_string())
+        }
+        _ => (at.to_string(), String::new()),
+    };
     crate::report::write_csv(
-        &dir.join("verify.csv"),
-        &["kind", "path", "detail"],
-        r.problems
-            .iter()
-            .map(|p| vec![p.kind.clone(), p.path.clone(), p.detail.clone()]),
+        &report.dir.join("verify.csv"),
+        &["kind", "path", "line", "detail"],
+        r.problems.iter().map(|p| {
+            let (path, line) = split(&p.path);
+            vec![p.kind.clone(), path, line, p.detail.clone()]
+        }),
+        report.csv_bom,
     )
 }
 
@@ -213,7 +226,7 @@ pub fn command_verify(ctx: &Context) -> Result<Outcome> {
     let cfg = &ctx.config;
     let current = directory::load_current(&cfg.directory)?;
     let report = verify(ctx, cfg, &current)?;
-    let csv = write_csv(&report, &cfg.report.dir)?;
+    let csv = write_csv(&report, &cfg.report)?;
     let status = if report.problems.is_empty() {
         ExitStatus::Ok
     } else {

@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The report file name in `[report] dir`.
 pub const CSV_FILE: &str = "provision.csv";
@@ -638,9 +638,12 @@ pub fn csv_bytes(report: &ProvisionReport) -> Result<Vec<u8>> {
 }
 
 /// Writes provision.csv into `dir` (atomically); returns its path.
-pub fn write_csv(report: &ProvisionReport, dir: &Path) -> Result<PathBuf> {
-    let path = dir.join(CSV_FILE);
-    crate::report::write_atomic(&path, &csv_bytes(report)?)?;
+pub fn write_csv(report: &ProvisionReport, out: &crate::config::ReportConfig) -> Result<PathBuf> {
+    let path = out.dir.join(CSV_FILE);
+    crate::report::write_atomic(
+        &path,
+        &crate::report::with_bom(out.csv_bom, csv_bytes(report)?),
+    )?;
     Ok(path)
 }
 
@@ -781,7 +784,7 @@ pub fn apply(cfg: &Config, report: &ProvisionReport) -> Result<Applied> {
 pub fn command_provision(ctx: &Context, args: &ProvisionArgs) -> Result<Outcome> {
     let cfg = &ctx.config;
     let report = findings(cfg)?;
-    let csv = write_csv(&report, &cfg.report.dir)?;
+    let csv = write_csv(&report, &cfg.report)?;
     let mut human = human_summary(&report);
     let mut doc = report_json(&report);
     doc["report"] = json!(csv);

@@ -81,9 +81,28 @@ fn bad_usage_exits_2_with_a_clear_message() {
         .args(["--json", "plan"])
         .assert()
         .code(2)
-        .stdout(predicate::str::contains("\"exit_code\": 2"))
+        .stdout(
+            predicate::str::contains("\"exit_code\": 2")
+                .and(predicate::str::contains("\"schema_version\": 1")),
+        )
         .stderr(
             predicate::str::contains("bad.toml:7:")
                 .and(predicate::str::contains("internal_domain")),
         );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_same_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        cmd()
+            .args(["completions", shell])
+            .assert()
+            .code(0)
+            .stdout(predicate::str::contains("rollback").and(predicate::str::contains("rehearse")));
+    }
+    cmd().args(["completions", "tcsh"]).assert().code(2);
+    cmd().arg("man").assert().code(0).stdout(
+        predicate::str::starts_with(".ie")
+            .and(predicate::str::contains(".TH principal-reconciler 1")),
+    );
 }

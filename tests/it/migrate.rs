@@ -313,9 +313,17 @@ fn verify_fails_before_and_passes_after_apply() {
         .code(1)
         .stdout(predicate::str::contains("not-canonical"))
         .stdout(predicate::str::contains("orphan-home"));
-    assert!(std::fs::read_to_string(w.path("reports/verify.csv"))
-        .unwrap()
-        .starts_with("kind,path,detail"));
+    let csv = std::fs::read_to_string(w.path("reports/verify.csv")).unwrap();
+    assert!(csv.starts_with("kind,path,line,detail\n"), "{csv}");
+    // A resource's line number stands in its own column, the path without it.
+    assert!(
+        csv.lines().any(|l| l.starts_with("not-canonical,")
+            && l.contains(".ics,")
+            && l.split(',')
+                .nth(2)
+                .is_some_and(|n| n.parse::<u32>().is_ok())),
+        "{csv}"
+    );
     w.cmd().arg("plan").assert().code(0);
     w.cmd().arg("apply").assert().code(0);
     w.cmd()

@@ -2,7 +2,8 @@
 //! directory as LDIF, the old directory as a dsexport file, and a configuration file.
 #![allow(dead_code)]
 
-use principal_reconciler::store::generate::{GeneratedStore, Person, StoreBuilder};
+pub use principal_reconciler::store::generate::Person;
+use principal_reconciler::store::generate::{GeneratedStore, StoreBuilder};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,109 @@
+//! `diff RESOURCE`: one resource's planned change as a unified diff, read from the stored plan
+//! and the resource as it is now.
+
+use crate::error::{Error, Result};
+use crate::state::State;
+use crate::store::write::sha256_hex;
+use std::path::{Path, PathBuf};
+
+/// Where a resource stands against its plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Standing {
+    /// It still holds the bytes the plan was made from: applying changes it as shown.
+    Planned,
+    /// It already holds the planned bytes (the plan was applied).
+    Applied,
+    /// It holds other bytes: `apply` would skip it; plan again.
+    ChangedSincePlan,
+}
+
+/// One resource's planned change.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ResourceDiff {
+    pub plan_id: i64,
+    /// Path relative to the store root.
+    pub resource: String,
+    pub standing: Standing,
+    /// The unified diff (3 lines of context), `a/` the planned-from bytes, `b/` the planned ones.
+    pub diff: String,
+}
+
+/// The path of `resource` relative to `store`: `resource` may be whole, relative to the working
+/// folder, or already relative to the store.
+pub fn store_relative(store: &Path, resource: &Path) -> String {
+    let store = store.canonicalize().unwrap_or_else(|_| store.to_path_buf());
+    let candidates: [Option<PathBuf>; 2] = [
+        Some(resource.to_path_buf()),
+        std::env::current_dir().ok().map(|d| d.join(resource)),
+    ];
+    for c in candidates.into_iter().flatten() {
+        let whole = c
+            .parent()
+            .and_then(|p| p.canonicalize().ok())
+            .map(|p| p.join(c.file_name().unwrap_or_default()));
+        if let Some(rel) = whole.as_deref().and_then(|w| w.strip_prefix(&store).ok()) {
+            return rel.to_string_lossy().into_owned();
+        }
+    }
+    resource
+        .to_string_lossy()
+        .trim_start_matches("./")
+        .to_string()
+}
+
+/// The planned change of `resource` in plan `plan` (default: the latest).
+pub fn resource_diff(
+    state_dir: &Path,
+    store: &Path,
+    plan: Option<i64>,
+    resource: &Path,
+) -> Result<ResourceDiff> {
+    let state = State::open_existing(state_dir)?;
+    let plan_id = state.plan_or_latest(plan)?;
+    let rel = store_relative(store, resource);
+    let row: Option<(String, String, Vec<u8>)> = state
+        .conn
+        .query_row(
+            "SELECT old_sha256, new_sha256, new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+            rusqlite::params![plan_id, rel],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let Some((old_sha, new_sha, blob)) = row else {
+        return Err(Error::usage(format!(
+            "plan {plan_id} does not change {rel} (a path relative to the store, as in changes.csv)"
+        )));
+    };
+    let new = crate::plan::unpack(&blob, &new_sha)?;
+    let path = store.join(&rel);
+    let now = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+    let now_sha = sha256_hex(&now);
+    let (standing, old) = if now_sha == old_sha {
+        (Standing::Planned, now)
+    } else if now_sha == new_sha {
+        // Applied: the planned-from bytes are in the journal's backups.
+        let backup = state_dir.join("backups").join(&old_sha[..2]).join(&old_sha);
+        let old = std::fs::read(&backup).unwrap_or_default();
+        (Standing::Applied, old)
+    } else {
+        (Standing::ChangedSincePlan, now)
+    };
+    let old_text = String::from_utf8_lossy(&old);
+    let new_text = String::from_utf8_lossy(&new);
+    let diff = similar::TextDiff::from_lines(old_text.as_ref(), new_text.as_ref())
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{rel}"), &format!("b/{rel}"))
+        .to_string();
+    Ok(ResourceDiff {
+        plan_id,
+        resource: rel,
+        standing,
+        diff,
+    })
+}
