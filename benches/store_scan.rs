@@ -126,6 +126,7 @@ fn main() {
         owner: None,
         xattr_prefix: None,
         data_root: None,
+        addressbook_root: None,
     };
     let bar = indicatif::ProgressBar::hidden();
     let reset = reset_peak_rss();

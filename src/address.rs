@@ -227,6 +227,12 @@ impl CalAddress {
         } else {
             (None, v)
         };
+        if base.is_none() && is_bare_email(v) {
+            // `user@example.com` without its scheme: calverify (CalendarServer 5) reports it as
+            // "missing mailto:" and repairs it by adding one; the server's own lookup misses it,
+            // so such an event can be neither scheduled nor edited until it is repaired.
+            return CalAddress::Mailto(v.to_lowercase());
+        }
         if let Some(p) = path.strip_prefix("/principals/") {
             let p = p.trim_end_matches('/');
             let mut parts = p.split('/');
@@ -309,6 +315,21 @@ impl fmt::Display for CalAddress {
             }
             _ => f.write_str(&self.key()),
         }
+    }
+}
+
+/// `local@domain` with nothing that makes it another kind of address (calverify's test: an `@`,
+/// no `:` and no `/`), and no white space.
+fn is_bare_email(v: &str) -> bool {
+    match v.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !v.contains([':', '/'])
+                && !v.chars().any(char::is_whitespace)
+        }
+        None => false,
     }
 }
 
@@ -472,6 +493,18 @@ mod tests {
             AddressKind::Other
         );
         assert_eq!(CalAddress::parse("mailto:").kind(), AddressKind::Other);
+        // A bare address is a mailto: without its scheme (calverify's fix).
+        assert_eq!(
+            CalAddress::parse("Example1@Example.com"),
+            CalAddress::Mailto("example1@example.com".into())
+        );
+        for other in ["a@b@c", "@x", "x@", "a b@c", "x@y/z", "sip:x@y"] {
+            assert_eq!(
+                CalAddress::parse(other).kind(),
+                AddressKind::Other,
+                "{other}"
+            );
+        }
         assert_eq!(
             CalAddress::parse("http://other.example.com/cal/").kind(),
             AddressKind::Other

@@ -136,6 +136,9 @@ pub struct StoreConfig {
     /// The server's data root holding `calendaruserproxy.sqlite` and `resourceinfo.sqlite`
     /// (`/Library/CalendarServer/Data`); looked for beside the store (`../Data`) when unset.
     pub data_root: Option<PathBuf>,
+    /// The Address Book Server's document root (10.6: `/Library/AddressBookServer/Documents`,
+    /// holding `addressbooks/`). Unset: `addressbooks/` under `path` (3.x) is used when it exists.
+    pub addressbook_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -309,6 +312,7 @@ impl Config {
         self.old_directory.files.iter_mut().for_each(fix);
         fix(&mut self.store.path);
         fix_opt(&mut self.store.data_root);
+        fix_opt(&mut self.store.addressbook_root);
         fix_opt(&mut self.rewrite.mapping_file);
         fix(&mut self.state.path);
         fix(&mut self.report.dir);
@@ -478,6 +482,26 @@ mod tests {
         assert!(err.message.starts_with("c.toml:6:"), "{}", err.message);
         assert!(err.message.contains("colour"), "{}", err.message);
         assert_eq!(err.exit_status(), crate::error::ExitStatus::Usage);
+    }
+
+    #[test]
+    fn addressbook_root_is_read_from_the_config_folder() {
+        let text = "[directory]\nldif = \"x.ldif\"\n\n[store]\npath = \"Documents\"\naddressbook_root = \"../AddressBookServer/Documents\"\n";
+        let cfg = Config::parse(text, Path::new("/srv/pr/c.toml")).unwrap();
+        assert_eq!(
+            cfg.store.addressbook_root,
+            Some(PathBuf::from("/srv/pr/../AddressBookServer/Documents"))
+        );
+        let cfg = Config::parse(EXAMPLE, Path::new("/etc/pr/c.toml")).unwrap();
+        assert_eq!(cfg.store.addressbook_root, None);
+        assert!(EXAMPLE.contains("# addressbook_root = \"/Library/AddressBookServer/Documents\""));
+        let err = Config::parse(
+            &text.replace("addressbook_root", "adressbook_root"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(err.message.starts_with("c.toml:6:"), "{}", err.message);
+        assert!(err.message.contains("adressbook_root"), "{}", err.message);
     }
 
     #[test]

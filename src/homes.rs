@@ -1,7 +1,10 @@
 //! Calendar-home adoption: a home kept under an old GUID (or an old 1.x layout) whose owner maps to
 //! a current record moves to that record's hashed path, `calendars/__uids__/N0N1/N2N3/<NEWGUID>/`.
 //! When the new home already exists (the user logged in after the migration and the server made an
-//! empty one), the old collections move into it, a clashing name becoming `<name>-migrated`.
+//! empty one), the old collections move into it, a clashing name becoming `<name>-migrated` —
+//! except `dropbox`: the plan points the events' dropbox links at
+//! `/calendars/__uids__/<NEWGUID>/dropbox/<x>.dropbox/...`, so the old dropbox's folders are merged
+//! into the new home's `dropbox` (an entry whose name is taken there stays where it was, noted).
 //! Properties that name the old home by href (the inbox's `calendar-free-busy-set`,
 //! `schedule-default-calendar-URL`) are pointed at the new one.
 //!
@@ -190,17 +193,27 @@ fn make_dir(root: &Dir, rel: &str, uid: u32, gid: u32, mode: u32) -> Result<()> 
         .map_err(|e| io_err("cannot set mode of", root, rel, e))
 }
 
+/// Whether `rel` exists (its folder missing means no); a link on the way is an error.
+fn exists(root: &Dir, rel: &str) -> Result<bool> {
+    match root.split(rel) {
+        Ok((d, n)) => Ok(d.exists(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("cannot open", root, rel, e)),
+    }
+}
+
 fn rename(root: &Dir, from: &str, to: &str) -> Result<()> {
-    let (fd, fname) = root
-        .split(from)
-        .map_err(|e| io_err("cannot move", root, from, e))?;
-    let (td, tname) = root
-        .split(to)
-        .map_err(|e| io_err("cannot move to", root, to, e))?;
-    match (fd.exists(fname), td.exists(tname)) {
-        (true, false) => fd
-            .rename(fname, &td, tname)
-            .map_err(|e| io_err("cannot move", root, from, e)),
+    match (exists(root, from)?, exists(root, to)?) {
+        (true, false) => {
+            let (fd, fname) = root
+                .split(from)
+                .map_err(|e| io_err("cannot move", root, from, e))?;
+            let (td, tname) = root
+                .split(to)
+                .map_err(|e| io_err("cannot move to", root, to, e))?;
+            fd.rename(fname, &td, tname)
+                .map_err(|e| io_err("cannot move", root, from, e))
+        }
         (false, true) => Ok(()),
         (true, true) => Err(Error::runtime(format!(
             "cannot move {from} to {to}: both exist"
@@ -224,9 +237,12 @@ pub fn execute(root: &Dir, step: &HomeStep) -> Result<()> {
             .and_then(|d| d.set_xattr(name, new))
             .map_err(|e| io_err(&format!("cannot set attribute {name} of"), root, rel, e)),
         HomeStep::Rmdir { rel, .. } => {
-            let (parent, name) = root
-                .split(rel)
-                .map_err(|e| io_err("cannot remove folder", root, rel, e))?;
+            let (parent, name) = match root.split(rel) {
+                Ok(x) => x,
+                // Its parent is gone (removed by a later step), so is the folder.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err("cannot remove folder", root, rel, e)),
+            };
             if parent.exists(name) {
                 parent
                     .rmdir(name)
@@ -289,7 +305,12 @@ pub fn undo(root: &Dir, step: &HomeStep) -> Result<()> {
 
 /// The hashed home path of a GUID, relative to the store.
 pub fn hashed_home(guid: &str) -> String {
-    format!("calendars/__uids__/{}/{}/{guid}", &guid[0..2], &guid[2..4])
+    hashed_home_in("calendars", guid)
+}
+
+/// The hashed home path of a GUID in `top` (`calendars` or `addressbooks`), relative to its root.
+pub fn hashed_home_in(top: &str, guid: &str) -> String {
+    format!("{top}/__uids__/{}/{}/{guid}", &guid[0..2], &guid[2..4])
 }
 
 /// The steps that adopt the home at `old_rel` into
@@ -301,19 +322,31 @@ pub fn plan_adoption(
     new_guid: &str,
     notes: &mut Vec<String>,
 ) -> Result<Vec<HomeStep>> {
+    plan_adoption_in(store, "calendars", old_rel, new_guid, notes)
+}
+
+/// [`plan_adoption`] for the homes in `top` (`calendars`, or `addressbooks` of an address-book
+/// root `root`).
+pub fn plan_adoption_in(
+    store: &Path,
+    top: &str,
+    old_rel: &str,
+    new_guid: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<HomeStep>> {
     let mut steps = Vec::new();
-    let target_rel = hashed_home(new_guid);
+    let target_rel = hashed_home_in(top, new_guid);
     let old = store.join(old_rel);
     // A home replaced by a link is not adopted (nothing is ever done through a link).
     if old_rel == target_rel || !std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
         return Ok(steps);
     }
-    let uids = store.join("calendars/__uids__");
+    let uids = store.join(format!("{top}/__uids__"));
     let like = std::fs::metadata(&uids).map_err(|e| Error::io("cannot read", &uids, e))?;
     let (a, b) = (&new_guid[0..2], &new_guid[2..4]);
     for rel in [
-        format!("calendars/__uids__/{a}"),
-        format!("calendars/__uids__/{a}/{b}"),
+        format!("{top}/__uids__/{a}"),
+        format!("{top}/__uids__/{a}/{b}"),
     ] {
         if !store.join(&rel).is_dir() {
             steps.push(HomeStep::Mkdir {
@@ -338,7 +371,16 @@ pub fn plan_adoption(
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
+        let mut kept = false;
         for name in &names {
+            if name == "dropbox" && target.join(name).is_dir() {
+                let (from, to) = (
+                    format!("{old_rel}/dropbox"),
+                    format!("{target_rel}/dropbox"),
+                );
+                kept |= !merge_into(store, &from, &to, &mut steps, notes)?;
+                continue;
+            }
             let mut dest = name.clone();
             let mut n = 1;
             while target.join(&dest).exists() {
@@ -367,23 +409,72 @@ pub fn plan_adoption(
             notes.push(format!(
                 "{old_rel} kept: it holds files that are not collections"
             ));
+        } else if kept {
+            notes.push(format!(
+                "{old_rel} kept: part of its dropbox could not be merged"
+            ));
         } else {
-            let m = std::fs::metadata(&old).map_err(|e| Error::io("cannot read", &old, e))?;
-            let attrs = xattrs::read_all(&old)
-                .map_err(|e| Error::io("cannot read attributes of", &old, e))?
-                .into_iter()
-                .map(|x| (x.name, x.value))
-                .collect();
-            steps.push(HomeStep::Rmdir {
-                rel: old_rel.to_string(),
-                uid: m.uid(),
-                gid: m.gid(),
-                mode: m.mode() & 0o7777,
-                xattrs: attrs,
-            });
+            steps.push(rmdir_step(store, old_rel)?);
         }
     }
     Ok(steps)
+}
+
+/// The step that removes the folder `rel` once it is empty, keeping what undo needs to make it
+/// again.
+fn rmdir_step(store: &Path, rel: &str) -> Result<HomeStep> {
+    let p = store.join(rel);
+    let m = std::fs::metadata(&p).map_err(|e| Error::io("cannot read", &p, e))?;
+    let attrs = xattrs::read_all(&p)
+        .map_err(|e| Error::io("cannot read attributes of", &p, e))?
+        .into_iter()
+        .map(|x| (x.name, x.value))
+        .collect();
+    Ok(HomeStep::Rmdir {
+        rel: rel.to_string(),
+        uid: m.uid(),
+        gid: m.gid(),
+        mode: m.mode() & 0o7777,
+        xattrs: attrs,
+    })
+}
+
+/// Steps that move every entry of the folder `from_rel` into the existing folder `to_rel`,
+/// descending into folders both have; an entry whose name is taken by a file there stays where
+/// it is (noted). True when everything moves (the emptied folder is then removed too).
+fn merge_into(
+    store: &Path,
+    from_rel: &str,
+    to_rel: &str,
+    steps: &mut Vec<HomeStep>,
+    notes: &mut Vec<String>,
+) -> Result<bool> {
+    let from = store.join(from_rel);
+    let mut entries: Vec<(String, bool)> = std::fs::read_dir(&from)
+        .map_err(|e| Error::io("cannot read", &from, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            (e.file_name().to_string_lossy().into_owned(), dir)
+        })
+        .collect();
+    entries.sort();
+    let mut all = true;
+    for (name, is_dir) in entries {
+        let (src, dst) = (format!("{from_rel}/{name}"), format!("{to_rel}/{name}"));
+        match std::fs::symlink_metadata(store.join(&dst)) {
+            Err(_) => steps.push(HomeStep::Move { from: src, to: dst }),
+            Ok(m) if is_dir && m.is_dir() => all &= merge_into(store, &src, &dst, steps, notes)?,
+            Ok(_) => {
+                notes.push(format!("{src} kept: {dst} already exists"));
+                all = false;
+            }
+        }
+    }
+    if all {
+        steps.push(rmdir_step(store, from_rel)?);
+    }
+    Ok(all)
 }
 
 /// Steps that point properties of the (adopted) home at `home_rel` and its collections from the
@@ -480,6 +571,100 @@ mod tests {
             ),
             "<href>/x/calendar/</href>"
         );
+    }
+
+    /// Every path under `root` with the file contents ("" for folders).
+    fn listing(root: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let e = e.unwrap().path();
+                let rel = e.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                if e.is_dir() {
+                    stack.push(e);
+                    out.push((rel, String::new()));
+                } else {
+                    out.push((rel, std::fs::read_to_string(&e).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn put(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn a_dropbox_merges_into_the_new_homes_dropbox() {
+        const OLD: &str = "AAAAAAAA-0000-4000-8000-000000000001";
+        const NEW: &str = "BBBBBBBB-0000-4000-8000-000000000002";
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path();
+        let (old, new) = (hashed_home(OLD), hashed_home(NEW));
+        put(store, &format!("{old}/calendar/e1.ics"), "event");
+        put(store, &format!("{old}/dropbox/E1.dropbox/f.pdf"), "f");
+        put(store, &format!("{old}/dropbox/E2.dropbox/g.pdf"), "g");
+        std::fs::create_dir_all(store.join(format!("{new}/calendar"))).unwrap();
+        put(store, &format!("{new}/dropbox/E2.dropbox/h.pdf"), "h");
+        let before = listing(store);
+        let mut notes = Vec::new();
+        let steps = plan_adoption(store, &old, NEW, &mut notes).unwrap();
+        for s in &steps {
+            execute(&Dir::open(store).unwrap(), s).unwrap();
+        }
+        // Everything reachable under the new home's dropbox, where the rewritten links point.
+        for (rel, text) in [
+            ("dropbox/E1.dropbox/f.pdf", "f"),
+            ("dropbox/E2.dropbox/g.pdf", "g"),
+            ("dropbox/E2.dropbox/h.pdf", "h"),
+            ("calendar-migrated/e1.ics", "event"),
+        ] {
+            assert_eq!(
+                std::fs::read_to_string(store.join(format!("{new}/{rel}"))).unwrap(),
+                text,
+                "{rel}"
+            );
+        }
+        assert!(!store.join(&new).join("dropbox-migrated").exists());
+        assert!(!store.join(&old).exists(), "{notes:?}");
+        // Steps taken again after a crash are no-ops; undo, newest first, restores the tree.
+        for s in &steps {
+            execute(&Dir::open(store).unwrap(), s).unwrap();
+        }
+        for s in steps.iter().rev() {
+            undo(&Dir::open(store).unwrap(), s).unwrap();
+        }
+        assert_eq!(listing(store), before);
+
+        // A file name taken in the new dropbox: that file stays, and so does the old home.
+        put(store, &format!("{new}/dropbox/E2.dropbox/g.pdf"), "other g");
+        let mut notes = Vec::new();
+        let steps = plan_adoption(store, &old, NEW, &mut notes).unwrap();
+        for s in &steps {
+            execute(&Dir::open(store).unwrap(), s).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(store.join(format!("{old}/dropbox/E2.dropbox/g.pdf"))).unwrap(),
+            "g"
+        );
+        assert!(store
+            .join(format!("{new}/dropbox/E1.dropbox/f.pdf"))
+            .is_file());
+        assert!(notes.iter().any(|n| n.contains("g.pdf kept")), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("dropbox could not be merged")),
+            "{notes:?}"
+        );
+        assert!(!steps
+            .iter()
+            .any(|s| matches!(s, HomeStep::Rmdir { rel, .. } if rel == &old)));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::state::{
     create_private_dir, now_rfc3339, Action, RunEvent, RunKind, RunState, RunStatus, State,
     StepState,
 };
+use crate::store::addressbook::{is_addressbook_path, Roots};
 use crate::store::confined::{split_rel, Dir, DirCache};
 use crate::store::write::{
     bump_ctag_dir, choose_prefix_dir, is_leftover_name, prepare_restore, prepare_write_at,
@@ -257,8 +258,70 @@ fn store_path_of(cfg: &Config) -> PathBuf {
         .unwrap_or_else(|_| cfg.store.path.clone())
 }
 
-fn open_root(store: &Path) -> Result<Dir> {
-    Dir::open(store).map_err(|e| Error::io("cannot open the store", store, e))
+/// The roots of a run opened for confined access: the calendar store and, when there is one,
+/// the address-book root (paths beginning with `addressbooks/` are relative to it).
+struct RootDirs {
+    roots: Roots,
+    store: Dir,
+    addressbooks: Option<Dir>,
+}
+
+impl RootDirs {
+    fn open(roots: Roots) -> Result<RootDirs> {
+        let open = |p: &Path| Dir::open(p).map_err(|e| Error::io("cannot open the store", p, e));
+        let store = open(&roots.store)?;
+        let addressbooks = match &roots.addressbooks {
+            Some(p) => Some(open(p)?),
+            None => None,
+        };
+        Ok(RootDirs {
+            roots,
+            store,
+            addressbooks,
+        })
+    }
+
+    /// The root `rel` is relative to (as [`Roots::root_for`]).
+    fn for_rel(&self, rel: &str) -> &Dir {
+        match &self.addressbooks {
+            Some(ab) if is_addressbook_path(rel) => ab,
+            _ => &self.store,
+        }
+    }
+
+    /// Makes everything written under every root durable.
+    fn sync(&self) -> Result<()> {
+        for root in self.roots.all() {
+            sync_filesystem(root)?;
+        }
+        Ok(())
+    }
+}
+
+/// One batch's open folders under each root.
+struct Caches {
+    store: DirCache,
+    addressbooks: Option<DirCache>,
+}
+
+impl Caches {
+    fn new(dirs: &RootDirs) -> Result<Caches> {
+        let cache = |d: &Dir| DirCache::new(d).map_err(|e| Error::io("cannot open", d.path(), e));
+        Ok(Caches {
+            store: cache(&dirs.store)?,
+            addressbooks: match &dirs.addressbooks {
+                Some(d) => Some(cache(d)?),
+                None => None,
+            },
+        })
+    }
+
+    fn parent<'a>(&self, rel: &'a str) -> std::io::Result<(Arc<Dir>, &'a str)> {
+        match &self.addressbooks {
+            Some(ab) if is_addressbook_path(rel) => ab.parent(rel),
+            _ => self.store.parent(rel),
+        }
+    }
 }
 
 /// The whole run's counts, from its journal.
@@ -331,7 +394,12 @@ fn describe_found(found: &Option<String>) -> String {
 
 /// Checks the files a finished run's rewrite steps name: after an apply they must hold what it
 /// wrote (at their place after its home moves), after a rollback their original bytes.
-fn check_run(state: &State, root: Option<&Dir>, run_id: i64, originals: bool) -> Result<Checked> {
+fn check_run(
+    state: &State,
+    dirs: Option<&RootDirs>,
+    run_id: i64,
+    originals: bool,
+) -> Result<Checked> {
     let moves: Vec<(String, String)> = if originals {
         Vec::new()
     } else {
@@ -358,7 +426,7 @@ fn check_run(state: &State, root: Option<&Dir>, run_id: i64, originals: bool) ->
         let want = if originals { before } else { after };
         let (at, found) = if action == Action::Rewrite {
             let at = moved(&rel, &moves);
-            let found = match root.map(|r| r.split(&at)) {
+            let found = match dirs.map(|d| d.for_rel(&at).split(&at)) {
                 Some(Ok((dir, name))) => sha256_at(&dir, name).unwrap_or(None),
                 _ => None,
             };
@@ -379,7 +447,7 @@ fn check_run(state: &State, root: Option<&Dir>, run_id: i64, originals: bool) ->
 
 /// Before a plan whose run was rolled back is applied again: the store must hold what the plan
 /// was made from (or, for a resource, what it would write).
-fn check_store_matches_plan(state: &State, root: &Dir, plan_id: i64) -> Result<()> {
+fn check_store_matches_plan(state: &State, dirs: &RootDirs, plan_id: i64) -> Result<()> {
     let rows: Vec<(String, String, String)> = {
         let mut st = state.conn.prepare(
             "SELECT rel_path, old_sha256, new_sha256 FROM plan_resources WHERE plan_id = ?1 ORDER BY rel_path",
@@ -390,7 +458,7 @@ fn check_store_matches_plan(state: &State, root: &Dir, plan_id: i64) -> Result<(
     let total = rows.len();
     let mut differing = Vec::new();
     for (rel, old, new) in rows {
-        let found = match root.split(&rel) {
+        let found = match dirs.for_rel(&rel).split(&rel) {
             Ok((dir, name)) => sha256_at(&dir, name).unwrap_or(None),
             Err(_) => None,
         };
@@ -424,13 +492,13 @@ fn check_store_matches_plan(state: &State, root: &Dir, plan_id: i64) -> Result<(
 
 /// Removes the temporary files (`.NAME.principal-reconciler.tmp`) that an interrupted run left in
 /// the folders of these resources; returns how many.
-fn remove_leftovers(root: &Dir, rels: &[String]) -> Result<u64> {
+fn remove_leftovers(dirs: &RootDirs, rels: &[String]) -> Result<u64> {
     let mut folders: Vec<&str> = rels.iter().map(|r| split_rel(r).0).collect();
     folders.sort_unstable();
     folders.dedup();
     let mut removed = 0;
     for folder in folders {
-        let Ok(dir) = root.walk(folder) else {
+        let Ok(dir) = dirs.for_rel(folder).walk(folder) else {
             continue; // gone, moved, or a link: nothing of ours in it
         };
         let Ok(names) = dir.names() else { continue };
@@ -508,12 +576,7 @@ impl Step {
     }
 }
 
-fn prepare_step(
-    cache: &DirCache,
-    backups: &Backups,
-    opts: &WriteOptions,
-    it: Item,
-) -> Result<Step> {
+fn prepare_step(cache: &Caches, backups: &Backups, opts: &WriteOptions, it: Item) -> Result<Step> {
     let mut step = Step {
         seq: it.seq,
         rel: it.rel.clone(),
@@ -576,8 +639,7 @@ fn prepare_step(
 /// Everything a batch needs besides its items.
 struct Batch<'a> {
     run_id: i64,
-    root: &'a Dir,
-    store: &'a Path,
+    dirs: &'a RootDirs,
     state_dir: &'a Path,
     backups: &'a Backups,
     opts: &'a WriteOptions,
@@ -589,15 +651,17 @@ struct Batch<'a> {
 /// interruption left pending), made durable together, then marked done.
 fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) -> Result<()> {
     use rayon::prelude::*;
-    let cache = DirCache::new(b.root).map_err(|e| Error::io("cannot open", b.store, e))?;
+    let cache = Caches::new(b.dirs)?;
     let steps: Vec<Step> = items
         .into_par_iter()
         .map(|it| prepare_step(&cache, b.backups, b.opts, it))
         .collect::<Result<_>>()?;
     interrupt::test_pause("apply-prepared");
     b.backups.sync()?;
-    if !same_filesystem(b.store, b.state_dir) {
-        sync_filesystem(b.store)?;
+    for root in b.dirs.roots.all() {
+        if !same_filesystem(root, b.state_dir) {
+            sync_filesystem(root)?;
+        }
     }
     {
         let tx = state.conn.transaction()?;
@@ -659,7 +723,7 @@ fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) -> Result<()>
         }
     }
     if !results.is_empty() {
-        sync_filesystem(b.store)?;
+        b.dirs.sync()?;
     }
     let tx = state.conn.transaction()?;
     for (seq, st, detail) in results {
@@ -744,10 +808,13 @@ pub fn apply(
             store.display()
         )));
     }
-    refuse_while_server_runs(&store, force)?;
+    let roots = crate::addressbooks::apply_roots(&state, plan_id, cfg, rehearsal)?;
+    for root in roots.all() {
+        refuse_while_server_runs(root, force)?;
+    }
     let started = std::time::Instant::now();
     let backups = Backups::open(&cfg.state.path)?;
-    let root = open_root(&store)?;
+    let dirs = RootDirs::open(roots.clone())?;
     let mut summary = RunSummary {
         kind: "apply",
         plan_id: Some(plan_id),
@@ -775,7 +842,7 @@ pub fn apply(
             summary.already_done = true;
             summary.state = Some(RunState::Applied);
             summary.finished_at = finished;
-            summary.checked = Some(check_run(&state, Some(&root), id, false)?);
+            summary.checked = Some(check_run(&state, Some(&dirs), id, false)?);
             totals(&state, &mut summary)?;
             return Ok(summary);
         }
@@ -785,7 +852,7 @@ pub fn apply(
             )))
         }
         Some((id, RunState::RolledBack, ..)) => {
-            check_store_matches_plan(&state, &root, plan_id)?;
+            check_store_matches_plan(&state, &dirs, plan_id)?;
             summary.notes.push(format!(
                 "plan {plan_id} was applied by run {id} and rolled back; the store holds what the plan was made from again, so it is applied again by a new run"
             ));
@@ -794,8 +861,9 @@ pub fn apply(
     };
     summary.run_id = run_id;
     state.advance_run(run_id, RunEvent::StartApply)?;
+    crate::addressbooks::record_run_root(&state, run_id, &roots)?;
     let _signals = interrupt::install();
-    let removed = remove_leftovers(&root, &plan_rels(&state, plan_id)?)?;
+    let removed = remove_leftovers(&dirs, &plan_rels(&state, plan_id)?)?;
     if removed > 0 {
         summary.notes.push(format!(
             "removed {removed} temporary file(s) an interrupted run had left in the store"
@@ -807,8 +875,7 @@ pub fn apply(
     };
     let batch = Batch {
         run_id,
-        root: &root,
-        store: &store,
+        dirs: &dirs,
         state_dir: &cfg.state.path,
         backups: &backups,
         opts: &opts,
@@ -894,7 +961,7 @@ pub fn apply(
         return Ok(summary);
     }
     apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
-    if !adopt_homes(&mut state, run_id, plan_id, &root, &store, &mut summary)? {
+    if !adopt_homes(&mut state, run_id, plan_id, &dirs, &mut summary)? {
         let sig = interrupt::pending().unwrap_or(libc::SIGINT);
         interrupted(&state, &mut summary, sig)?;
         return Ok(summary);
@@ -1058,7 +1125,18 @@ pub fn journaled_file_write(
 
 /// Records a step as pending (durably), takes it, marks it done. `home` names the home it adopts
 /// (counted in the run's summary).
-fn journaled_home_step(
+pub(crate) fn journaled_home_step(
+    state: &mut State,
+    run_id: i64,
+    root: &Path,
+    step: &HomeStep,
+    home: &str,
+) -> Result<()> {
+    let dir = Dir::open(root).map_err(|e| Error::io("cannot open", root, e))?;
+    journaled_home_step_at(state, run_id, &dir, step, home)
+}
+
+fn journaled_home_step_at(
     state: &mut State,
     run_id: i64,
     root: &Dir,
@@ -1089,10 +1167,10 @@ fn adopt_homes(
     state: &mut State,
     run_id: i64,
     plan_id: i64,
-    root: &Dir,
-    store: &Path,
+    dirs: &RootDirs,
     summary: &mut RunSummary,
 ) -> Result<bool> {
+    let (root, store) = (&dirs.store, dirs.roots.store.as_path());
     // Home steps left pending by a crash: each is idempotent, finish it.
     let pending: Vec<(i64, String, String, Option<String>, String)> = {
         let mut st = state.conn.prepare(
@@ -1105,6 +1183,7 @@ fn adopt_homes(
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (seq, action, rel, target, meta) in pending {
+        let root = dirs.for_rel(&rel);
         homes::execute(root, &HomeStep::from_row(&action, rel, target, &meta)?)?;
         state.conn.execute(
             "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
@@ -1127,15 +1206,26 @@ fn adopt_homes(
         }
         let steps = homes::plan_adoption(store, &old_rel, &new_guid, &mut summary.notes)?;
         for step in &steps {
-            journaled_home_step(state, run_id, root, step, &old_rel)?;
+            journaled_home_step_at(state, run_id, root, step, &old_rel)?;
         }
         let hrefs = homes::old_hrefs(&layout, &old_id);
         for step in
             homes::plan_href_updates(store, &homes::hashed_home(&new_guid), &hrefs, &new_guid)?
         {
-            journaled_home_step(state, run_id, root, &step, &old_rel)?;
+            journaled_home_step_at(state, run_id, root, &step, &old_rel)?;
         }
     }
+    if interrupt::pending().is_some() {
+        return Ok(false);
+    }
+    crate::addressbooks::adopt_homes(
+        state,
+        run_id,
+        plan_id,
+        &dirs.roots,
+        &mut summary.homes_adopted,
+        &mut summary.notes,
+    )?;
     Ok(true)
 }
 
@@ -1177,7 +1267,7 @@ fn backup_bytes(backups: &Backups, item: &UndoItem) -> Result<Vec<u8>> {
     backups.get(item.backup.as_deref().unwrap_or_default())
 }
 
-fn prepare_undo(cache: &DirCache, backups: &Backups, force: bool, item: UndoItem) -> Result<Undo> {
+fn prepare_undo(cache: &Caches, backups: &Backups, force: bool, item: UndoItem) -> Result<Undo> {
     let mut u = Undo {
         item,
         state: StepState::Done,
@@ -1242,20 +1332,19 @@ fn prepare_undo(cache: &DirCache, backups: &Backups, force: bool, item: UndoItem
 fn undo_batch(
     state: &mut State,
     rb: i64,
-    root: &Dir,
-    store: &Path,
+    dirs: &RootDirs,
     backups: &Backups,
     force: bool,
     items: Vec<UndoItem>,
 ) -> Result<()> {
     use rayon::prelude::*;
-    let cache = DirCache::new(root).map_err(|e| Error::io("cannot open", store, e))?;
+    let cache = Caches::new(dirs)?;
     let undos: Vec<Undo> = items
         .into_par_iter()
         .map(|it| prepare_undo(&cache, backups, force, it))
         .collect::<Result<_>>()?;
     if undos.iter().any(|u| u.prepared.is_some()) {
-        sync_filesystem(store)?;
+        dirs.sync()?;
     }
     {
         let tx = state.conn.transaction()?;
@@ -1327,7 +1416,7 @@ fn undo_batch(
         bump_ctag_dir(dir, prefix)?;
     }
     if !results.is_empty() {
-        sync_filesystem(store)?;
+        dirs.sync()?;
     }
     let tx = state.conn.transaction()?;
     for (seq, st, detail) in results {
@@ -1346,7 +1435,7 @@ fn undo_batch(
 fn undo_single(
     state: &mut State,
     rb: i64,
-    root: Option<&Dir>,
+    dirs: Option<&RootDirs>,
     backups: &Backups,
     force: bool,
     item: UndoItem,
@@ -1389,7 +1478,9 @@ fn undo_single(
             }
         }
     } else {
-        let root = root.ok_or_else(|| Error::runtime("the store of this run cannot be opened"))?;
+        let root = dirs
+            .ok_or_else(|| Error::runtime("the store of this run cannot be opened"))?
+            .for_rel(&item.rel);
         let step = HomeStep::from_row(
             item.action.as_str(),
             item.rel.clone(),
@@ -1461,7 +1552,10 @@ pub fn rollback(
         )));
     }
     let store = PathBuf::from(&store_path);
-    refuse_while_server_runs(&store, force)?;
+    let roots = crate::addressbooks::run_roots(&state, target, store)?;
+    for root in roots.all() {
+        refuse_while_server_runs(root, force)?;
+    }
     let mut order: Vec<i64> = Vec::new();
     if kind == RunKind::Apply {
         let mut st = state.conn.prepare(
@@ -1505,7 +1599,12 @@ fn rollback_one(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
     let store = PathBuf::from(&store_path);
-    let root = Dir::open(&store).ok();
+    let dirs = RootDirs::open(crate::addressbooks::run_roots(
+        state,
+        target,
+        store.clone(),
+    )?)
+    .ok();
     let mut summary = RunSummary {
         kind: "rollback",
         undoes_run: Some(target),
@@ -1522,7 +1621,7 @@ fn rollback_one(
         )
         .ok();
     if current == RunState::RolledBack {
-        let checked = check_run(state, root.as_ref(), target, true)?;
+        let checked = check_run(state, dirs.as_ref(), target, true)?;
         if checked.differing.is_empty() || !force {
             let (rb, at) = previous.unwrap_or((0, finished));
             summary.run_id = rb;
@@ -1572,7 +1671,7 @@ fn rollback_one(
         state.advance_run(target, RunEvent::StartRollback)?;
     }
     // Temporary files an interrupted apply (or rollback) left beside the resources.
-    if let (Some(r), Some(p)) = (&root, plan_id) {
+    if let (Some(r), Some(p)) = (&dirs, plan_id) {
         let removed = remove_leftovers(r, &plan_rels(state, p)?)?;
         if removed > 0 {
             summary.notes.push(format!(
@@ -1628,11 +1727,11 @@ fn rollback_one(
             return Ok(());
         }
         let items = std::mem::take(batch);
-        let root = root
+        let dirs = dirs
             .as_ref()
             .ok_or_else(|| Error::runtime(format!("cannot open the store {}", store.display())))?;
         for part in batches(items, |i| &i.rel) {
-            undo_batch(state, rb, root, &store, backups, force, part)?;
+            undo_batch(state, rb, dirs, backups, force, part)?;
         }
         Ok(())
     };
@@ -1678,7 +1777,7 @@ fn rollback_one(
             }
         } else {
             flush(state, &mut batch)?;
-            undo_single(state, rb, root.as_ref(), backups, force, item)?;
+            undo_single(state, rb, dirs.as_ref(), backups, force, item)?;
         }
         if batch.is_empty() {
             if let Some(sig) = interrupt::pending() {

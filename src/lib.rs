@@ -4,8 +4,11 @@
 //! walks the calendar store, [`ical`] reads and losslessly rewrites calendar objects, [`mapping`]
 //! resolves old addresses to new records, [`plan`] computes every change, [`journal`] applies and
 //! rolls back, [`provision`] enables missing principals, [`report`] writes what a human checks.
+//! Address books: [`vcard`] reads and rewrites cards, [`addressbooks`] plans, adopts and verifies
+//! them ([`store::addressbook`] finds and walks them).
 
 pub mod address;
+pub mod addressbooks;
 pub mod cli;
 pub mod config;
 pub mod diff;
@@ -24,4 +27,5 @@ pub mod rehearse;
 pub mod report;
 pub mod state;
 pub mod store;
+pub mod vcard;
 pub mod verify;

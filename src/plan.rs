@@ -7,13 +7,13 @@ use crate::cli::{Context, MigrateArgs, Outcome};
 use crate::config::Config;
 use crate::directory::{self, Directory};
 use crate::error::{Error, ExitStatus, Result};
-use crate::ical::{self, RewriteOptions};
+use crate::ical::{self, dropbox::HomeRef, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::state::{now_rfc3339, State};
 use crate::store::write::sha256_hex;
 use crate::store::{self, Home, Item};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
 
 /// A problem found while planning (unreadable or malformed resource, symlink, ...).
@@ -58,6 +58,9 @@ pub struct PlanSummary {
     /// Provisioning findings by problem (when `[provision]` names an access group or augments).
     #[serde(default)]
     pub provision: BTreeMap<String, usize>,
+    /// The address books, when the store has some (`[store] addressbook_root`, or 3.x).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressbooks: Option<crate::addressbooks::AddressBookSummary>,
 }
 
 /// What a plan changes in one principal database.
@@ -126,7 +129,12 @@ fn observe(
     info: &ical::CalendarInfo,
 ) -> BTreeSet<String> {
     let mut here = BTreeSet::new();
-    for f in &info.addresses {
+    // Old CUAs too (when they are addresses at all): they name principals the mapping must know.
+    let old_cuas = info
+        .old_cuas
+        .iter()
+        .filter(|f| !matches!(mapping::parse_found(&f.value), CalAddress::Other(_)));
+    for f in info.addresses.iter().chain(old_cuas) {
         let addr = mapping::parse_found(&f.value);
         let key = addr.key();
         let entry = observed
@@ -194,11 +202,114 @@ impl ical::Resolve for LazyResolver<'_, '_> {
         }
         idx.map(|i| &self.principals[i])
     }
+
+    /// While walking, the homes are not all known yet: a home is taken to move when its owner
+    /// resolves to another GUID. [`FinalResolver::moved_home`] decides once they are; resources
+    /// whose links it decides otherwise are read again.
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        let p = ical::Resolve::resolve(self, &home.owner())?;
+        (!home.is_uid_of(&p.guid)).then(|| p.guid.clone())
+    }
+}
+
+/// The `/calendars/...` URL segment that names a home in the store.
+pub fn home_ref(h: &Home) -> HomeRef {
+    match h.layout {
+        store::HomeLayout::Users => HomeRef::Name {
+            kind: h
+                .rel_path
+                .split('/')
+                .nth(1)
+                .and_then(RecordType::from_collection)
+                .unwrap_or(RecordType::User),
+            short: h.id.clone(),
+        },
+        _ => HomeRef::uid(&h.id),
+    }
+}
+
+/// Resolves once the whole store is known: addresses as the finished mapping says (rule 6
+/// included), addresses it never saw (old CUAs that were not addresses, ...) as the walk did;
+/// dropbox links into a home `apply` adopts name the GUID it moves to.
+struct FinalResolver<'r, 'm, 'a> {
+    map: HashMap<String, Principal>,
+    mapping: &'r Mapping,
+    lazy: &'r LazyResolver<'m, 'a>,
+    /// Every home in the store by its URL: the GUID its URL becomes, if it changes.
+    homes: HashMap<HomeRef, Option<Guid>>,
+    /// The GUIDs homes are adopted into.
+    targets: HashSet<Guid>,
+}
+
+impl<'r, 'm, 'a> FinalResolver<'r, 'm, 'a> {
+    fn new(mapping: &'r Mapping, lazy: &'r LazyResolver<'m, 'a>, homes: &[Home]) -> Self {
+        let mut by_ref: HashMap<HomeRef, Option<Guid>> = HashMap::new();
+        let mut targets = HashSet::new();
+        for h in homes {
+            let f = home_finding(mapping, h);
+            let adopted = f
+                .new_guid
+                .as_deref()
+                .filter(|_| f.outcome == "moved" || h.layout != store::HomeLayout::Hashed)
+                .and_then(Guid::from_any);
+            let r = home_ref(h);
+            if let Some(g) = &adopted {
+                targets.insert(g.clone());
+            }
+            let to = adopted.filter(|g| !r.is_uid_of(g));
+            let slot = by_ref.entry(r).or_default();
+            if slot.is_none() {
+                *slot = to;
+            }
+        }
+        FinalResolver {
+            map: mapping.resolver(),
+            mapping,
+            lazy,
+            homes: by_ref,
+            targets,
+        }
+    }
+}
+
+impl ical::Resolve for FinalResolver<'_, '_, '_> {
+    fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
+        let key = addr.key();
+        if self.mapping.entries.contains_key(&key) {
+            self.map.get(&key)
+        } else {
+            self.lazy.resolve(addr)
+        }
+    }
+
+    /// A home in the store: where `apply` moves it. A home the store lacks (a link into a
+    /// home kept under another URL, as a 1.x `/calendars/users/<short>/` one): the home its owner's
+    /// GUID is adopted into, if any.
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        match self.homes.get(home) {
+            Some(to) => to.clone(),
+            None => {
+                let p = self.resolve(&home.owner())?;
+                self.targets.contains(&p.guid).then(|| p.guid.clone())
+            }
+        }
+    }
+}
+
+/// A resource the walk rewrote with what it knew then.
+struct Recheck {
+    path: std::path::PathBuf,
+    rel: String,
+    sha: String,
+    /// GUID-bearing addresses the walk could not resolve.
+    open: BTreeSet<String>,
+    /// Homes its dropbox links name.
+    homes: BTreeSet<HomeRef>,
 }
 
 /// Stores one planned resource and its changed properties.
 #[allow(clippy::too_many_arguments)]
-fn insert_resource(
+pub(crate) fn insert_resource(
     ins_res: &mut rusqlite::Statement<'_>,
     ins_chg: &mut rusqlite::Statement<'_>,
     plan_id: i64,
@@ -287,9 +398,10 @@ pub fn build(
     // known, rule 6 (store evidence) may resolve it, and only those are read again.
     let mut survey = Survey::default();
     let mut seen_problem = BTreeSet::new();
-    let mut recheck: Vec<(std::path::PathBuf, String, String, BTreeSet<String>)> = Vec::new();
+    let mut recheck: Vec<Recheck> = Vec::new();
     let (mut changed, mut props) = (0u64, 0u64);
     let mapping;
+    let mut ab_summary = None;
     {
         let mut ins_res = tx.prepare(
             "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -339,13 +451,16 @@ pub fn build(
                             .into_iter()
                             .filter(|k| survey.observed[k].0.guid().is_some() && lazy.unresolved(k))
                             .collect();
-                        if !open.is_empty() {
-                            recheck.push((
-                                res.path.clone(),
-                                res.rel_path.clone(),
-                                res.sha256.clone(),
+                        let homes: BTreeSet<HomeRef> =
+                            info.links.iter().map(|l| l.home.clone()).collect();
+                        if !open.is_empty() || !homes.is_empty() {
+                            recheck.push(Recheck {
+                                path: res.path.clone(),
+                                rel: res.rel_path.clone(),
+                                sha: res.sha256.clone(),
                                 open,
-                            ));
+                                homes,
+                            });
                         }
                         if let Some((changes, new_sha, packed)) = planned {
                             changed += 1;
@@ -368,6 +483,28 @@ pub fn build(
             },
         )?;
         bar.finish_and_clear();
+        // Address books: their home owners and the group members that may be principals are
+        // resolved with the rest.
+        let addressbooks = match store::addressbook::locate(&cfg.store)? {
+            Some(root) => {
+                let bar = crate::cli::progress_bar(ctx, None, "planning address books");
+                let ab = crate::addressbooks::survey(&root, &bar)?;
+                bar.finish_and_clear();
+                crate::addressbooks::observe(&ab, &mapper, &mut survey.observed);
+                for p in &ab.problems {
+                    if seen_problem.insert(p.path.clone()) {
+                        survey.problems.push(Finding {
+                            path: p.path.clone(),
+                            kind: p.kind.clone(),
+                            detail: p.detail.clone(),
+                        });
+                    }
+                }
+                survey.resources += ab.cards;
+                Some(ab)
+            }
+            None => None,
+        };
         // Home owners are principals too: make sure each one is resolved.
         for h in &survey.homes {
             let addr = home_address(h);
@@ -383,16 +520,22 @@ pub fn build(
             survey.observed.len(),
             started.elapsed()
         );
-        let resolver = mapping.resolver();
+        let resolver = FinalResolver::new(&mapping, &lazy, &survey.homes);
         let late: BTreeSet<String> = resolver
+            .map
             .keys()
             .filter(|k| lazy.unresolved(k))
             .cloned()
             .collect();
-        if !late.is_empty() {
-            for (path, rel, sha, _) in recheck
+        {
+            let moved_otherwise = |homes: &BTreeSet<HomeRef>| {
+                homes.iter().any(|h| {
+                    ical::Resolve::moved_home(&lazy, h) != ical::Resolve::moved_home(&resolver, h)
+                })
+            };
+            for Recheck { path, rel, sha, .. } in recheck
                 .iter()
-                .filter(|(_, _, _, open)| !open.is_disjoint(&late))
+                .filter(|r| !r.open.is_disjoint(&late) || moved_otherwise(&r.homes))
             {
                 let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
                 if sha256_hex(&bytes) != *sha {
@@ -436,6 +579,21 @@ pub fn build(
                     )?;
                 }
             }
+        }
+        if let Some(ab) = &addressbooks {
+            ab_summary = Some(crate::addressbooks::plan(
+                &tx,
+                plan_id,
+                ab,
+                &mapping,
+                &mut crate::addressbooks::Inserts {
+                    resources: &mut ins_res,
+                    changes: &mut ins_chg,
+                },
+                &mut changed,
+                &mut props,
+                EXAMPLE_LINES,
+            )?);
         }
     }
 
@@ -549,6 +707,7 @@ pub fn build(
         problems,
         databases,
         provision,
+        addressbooks: ab_summary,
     };
     tx.execute(
         "UPDATE plans SET summary_json = ?1 WHERE id = ?2",
@@ -624,7 +783,7 @@ fn plan_provision(
     Ok(counts)
 }
 
-fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
+pub(crate) fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
     let key = home_address(h).key();
     let (outcome, new_guid) = match mapping.entries.get(&key) {
         Some(r) => match (&r.target, r.outcome) {
@@ -673,6 +832,19 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
     if !s.homes.is_empty() {
         let h: Vec<String> = s.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
         out.push_str(&format!("Homes: {}.\n", h.join(", ")));
+    }
+    if let Some(ab) = &s.addressbooks {
+        let h: Vec<String> = ab.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        out.push_str(&format!(
+            "Address books: {} cards in {} homes ({}); {} group members of {} name directory records, {} to rewrite in {} cards.\n",
+            ab.cards,
+            ab.homes.values().sum::<usize>(),
+            if h.is_empty() { "none".to_string() } else { h.join(", ") },
+            ab.principal_members,
+            ab.members,
+            ab.members_changed,
+            ab.cards_changed
+        ));
     }
     if !s.problems.is_empty() {
         out.push_str(&format!("Problems: {} resources could not be read as calendar objects (listed in the report).\n", s.problems.len()));

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 /// Marker file that says a folder holds a rehearsal (and may be replaced by the next one).
 pub const MARKER: &str = ".principal-reconciler-rehearsal";
 
-/// Prepares `dir` for a rehearsal: copies the configured store to `dir/store` (and the delegate
-/// databases to `dir/Data`) and points the configuration's store, data root, state and report
-/// folders into `dir`. A previous rehearsal in `dir` is
-/// replaced; any other non-empty folder is refused.
+/// Prepares `dir` for a rehearsal: copies the configured store to `dir/store` (the delegate
+/// databases to `dir/Data`, a separate address-book root to `dir/AddressBook`) and points the
+/// configuration's store, address-book root, data root, state and report folders into `dir`. A
+/// previous rehearsal in `dir` is replaced; any other non-empty folder is refused.
 pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     if dir.exists() {
         let non_empty = std::fs::read_dir(dir)
@@ -25,7 +25,7 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
                 dir.display()
             )));
         }
-        for sub in ["store", "state", "reports", "Data"] {
+        for sub in ["store", "state", "reports", "Data", "AddressBook"] {
             let p = dir.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p)
@@ -44,8 +44,19 @@ pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     // The delegate and auto-accept databases are rehearsed on copies too: a rehearsal must never
     // write to the real server's files.
     let databases = cfg.principal_databases();
+    let addressbooks = crate::store::addressbook::Roots::of(&cfg.store)?;
     copy_tree(&cfg.store.path, &copy)?;
     cfg.store.path = copy.clone();
+    // Address books under the store (3.x) came with it; a separate root (10.6) is copied too.
+    cfg.store.addressbook_root = None;
+    if let Some(ab) = addressbooks
+        .addressbooks
+        .filter(|ab| *ab != addressbooks.store)
+    {
+        let ab_copy = dir.join("AddressBook");
+        copy_tree(&ab, &ab_copy)?;
+        cfg.store.addressbook_root = Some(ab_copy);
+    }
     let data = dir.join("Data");
     std::fs::create_dir_all(&data).map_err(|e| Error::io("cannot create", &data, e))?;
     for db in databases {
@@ -134,48 +145,6 @@ fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copies_modes_links_and_attributes() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(src.join("a/b")).unwrap();
-        std::fs::write(src.join("a/b/x.ics"), b"BEGIN:VCALENDAR\r\n").unwrap();
-        std::fs::set_permissions(
-            src.join("a/b/x.ics"),
-            std::fs::Permissions::from_mode(0o640),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", src.join("a/link.ics")).unwrap();
-        let has_xattr = xattr::set(src.join("a/b/x.ics"), "user.test", b"v").is_ok();
-        let dst = dir.path().join("dst");
-        copy_tree(&src, &dst).unwrap();
-        assert_eq!(
-            std::fs::read(dst.join("a/b/x.ics")).unwrap(),
-            b"BEGIN:VCALENDAR\r\n"
-        );
-        let m = std::fs::metadata(dst.join("a/b/x.ics")).unwrap();
-        assert_eq!(m.permissions().mode() & 0o777, 0o640);
-        assert_eq!(
-            std::fs::read_link(dst.join("a/link.ics")).unwrap(),
-            Path::new("/etc/passwd")
-        );
-        if has_xattr {
-            assert_eq!(
-                xattr::get(dst.join("a/b/x.ics"), "user.test")
-                    .unwrap()
-                    .unwrap(),
-                b"v"
-            );
-        } else {
-            eprintln!("NOTE: this file system has no user.* extended attributes; attribute copy not tested");
-        }
-    }
-}
-
 /// Writes `dir/principal-reconciler.toml`: a configuration for the rehearsal in `dir` (its store
 /// copy, database copies, state and reports), so that `verify`, `doctor`, `report`, `rollback`
 /// and every other command can be run on it. The current directory is frozen as
@@ -218,6 +187,7 @@ pub fn write_config(
         r.directory.ldif.as_mut(),
         Some(&mut r.store.path),
         r.store.data_root.as_mut(),
+        r.store.addressbook_root.as_mut(),
         r.rewrite.mapping_file.as_mut(),
         Some(&mut r.state.path),
         Some(&mut r.report.dir),
@@ -243,3 +213,45 @@ pub fn write_config(
 
 /// The configuration file a rehearsal writes into its folder.
 pub const CONFIG_FILE: &str = "principal-reconciler.toml";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_modes_links_and_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("a/b")).unwrap();
+        std::fs::write(src.join("a/b/x.ics"), b"BEGIN:VCALENDAR\r\n").unwrap();
+        std::fs::set_permissions(
+            src.join("a/b/x.ics"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.join("a/link.ics")).unwrap();
+        let has_xattr = xattr::set(src.join("a/b/x.ics"), "user.test", b"v").is_ok();
+        let dst = dir.path().join("dst");
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(
+            std::fs::read(dst.join("a/b/x.ics")).unwrap(),
+            b"BEGIN:VCALENDAR\r\n"
+        );
+        let m = std::fs::metadata(dst.join("a/b/x.ics")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            std::fs::read_link(dst.join("a/link.ics")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        if has_xattr {
+            assert_eq!(
+                xattr::get(dst.join("a/b/x.ics"), "user.test")
+                    .unwrap()
+                    .unwrap(),
+                b"v"
+            );
+        } else {
+            eprintln!("NOTE: this file system has no user.* extended attributes; attribute copy not tested");
+        }
+    }
+}

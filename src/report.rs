@@ -287,6 +287,7 @@ pub fn write_reports(
 
     let p = dir.join("report.html");
     let homes = home_rows(state, plan_id)?;
+    let ab_homes = crate::addressbooks::home_rows(state, plan_id)?;
     let diffs = example_diffs(state, plan_id)?;
     let provision: Option<String> = state.conn.query_row(
         "SELECT provision_json FROM plans WHERE id = ?1",
@@ -297,9 +298,13 @@ pub fn write_reports(
         Some(text) => serde_json::from_str(&text)?,
         None => Vec::new(),
     };
+    let links = link_rows(state, plan_id)?;
     write_atomic(
         &p,
-        html(&summary, &mapping, &homes, &diffs, &provision).as_bytes(),
+        html(
+            &summary, &mapping, &homes, &ab_homes, &diffs, &provision, &links,
+        )
+        .as_bytes(),
     )?;
     written.push(p);
     Ok(written)
@@ -314,6 +319,31 @@ fn home_rows(state: &State, plan_id: i64) -> Result<Vec<[String; 4]>> {
         Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?])
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// How many dropbox link changes the HTML report lists (changes.csv has them all).
+const LINK_ROWS: i64 = 500;
+
+/// (total, first rows) of the planned X-APPLE-DROPBOX / ATTACH changes: resource, line, old, new.
+fn link_rows(state: &State, plan_id: i64) -> Result<(i64, Vec<Vec<String>>)> {
+    let total: i64 = state.conn.query_row(
+        "SELECT COUNT(*) FROM plan_changes WHERE plan_id = ?1 AND property IN ('X-APPLE-DROPBOX', 'ATTACH')",
+        [plan_id],
+        |r| r.get(0),
+    )?;
+    let mut st = state.conn.prepare(
+        "SELECT rel_path, line, old_value, new_value FROM plan_changes
+         WHERE plan_id = ?1 AND property IN ('X-APPLE-DROPBOX', 'ATTACH') ORDER BY rel_path, line LIMIT ?2",
+    )?;
+    let rows = st.query_map(rusqlite::params![plan_id, LINK_ROWS], |r| {
+        Ok(vec![
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?.to_string(),
+            r.get(2)?,
+            r.get(3)?,
+        ])
+    })?;
+    Ok((total, rows.collect::<rusqlite::Result<_>>()?))
 }
 
 /// (resource, [(line, old logical line, new logical line)]) for the first few changed resources.
@@ -435,8 +465,10 @@ fn html(
     summary: &PlanSummary,
     mapping: &[MappingRow],
     homes: &[[String; 4]],
+    ab_homes: &[[String; 4]],
     diffs: &[Diff],
     provision: &[serde_json::Value],
+    links: &(i64, Vec<Vec<String>>),
 ) -> String {
     let o = |k: &str| summary.by_outcome.get(k).copied().unwrap_or(0);
     let mut body = String::new();
@@ -528,6 +560,47 @@ fn html(
                 &["home", "layout", "owner", "new GUID"],
                 homes.iter().map(|h| h.to_vec()),
                 Some(2)
+            )
+        );
+    }
+    if let Some(ab) = &summary.addressbooks {
+        let _ = write!(
+            body,
+            "<section id=\"addressbooks\"><h2>Address books ({} homes)</h2><p>Root <code>{}</code>: {} cards, {} group cards naming {} members — {} cards of their own address book (never changed), {} directory records, {} people who left (acknowledged), {} nobody. {} members to rewrite in {} cards.</p>{}</section>",
+            ab_homes.len(),
+            esc(&ab.root),
+            ab.cards,
+            ab.groups,
+            ab.members,
+            ab.card_members,
+            ab.principal_members,
+            ab.acknowledged_members,
+            ab.unresolved_members,
+            ab.members_changed,
+            ab.cards_changed,
+            table(
+                "addressbook-homes",
+                &["home", "layout", "owner", "new GUID"],
+                ab_homes.iter().map(|h| h.to_vec()),
+                Some(2)
+            )
+        );
+    }
+    if links.0 > 0 {
+        let _ = write!(
+            body,
+            "<section><h2>Dropbox links ({})</h2><p>Attachments follow their home to its new GUID: the X-APPLE-DROPBOX and ATTACH values that name a moved home are pointed at the new one{}.</p>{}</section>",
+            links.0,
+            if links.0 as usize > links.1.len() {
+                format!(" (the first {} here, all in changes.csv)", links.1.len())
+            } else {
+                String::new()
+            },
+            table(
+                "links",
+                &["resource", "line", "old value", "new value"],
+                links.1.iter().cloned(),
+                None
             )
         );
     }

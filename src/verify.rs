@@ -10,7 +10,12 @@
 //! - `organizer-mismatch` — copies of one UID that name different organizers;
 //! - `orphan-home` / `home-not-adopted` — a home whose folder names no current record, or an old
 //!   GUID or layout that maps to one;
-//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects;
+//! - `dropbox-home-missing` — an X-APPLE-DROPBOX or ATTACH link into `/calendars/.../dropbox/` (path
+//!   or URL of any host) naming a home the store does not have: the attachment answers 404;
+//! - `malformed`, `unreadable`, `symlink` — resources that are not calendar objects (or cards);
+//! - address books: the same home kinds for address-book homes, and `member-not-canonical` /
+//!   `unresolved-member` — a group member that names a record by an old GUID, or names no card
+//!   of its address book and no current record;
 //! - from the doctor: `owner`, `mode`, `md5-stale`, `leftover`.
 
 use crate::address::CalAddress;
@@ -18,11 +23,11 @@ use crate::cli::{Context, Outcome};
 use crate::config::{Config, StoreKind};
 use crate::directory::{self, Directory};
 use crate::error::{ExitStatus, Result};
-use crate::ical;
+use crate::ical::{self, dropbox::HomeRef};
 use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
 use crate::store::{self, HomeLayout, Item};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How many problems of one kind the terminal summary lists.
 const LISTED: usize = 8;
@@ -45,7 +50,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    fn add(&mut self, kind: &str, path: &str, detail: String) {
+    pub(crate) fn add(&mut self, kind: &str, path: &str, detail: String) {
         *self.by_kind.entry(kind.to_string()).or_default() += 1;
         self.problems.push(Problem {
             kind: kind.to_string(),
@@ -70,6 +75,8 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     };
     let mut report = VerifyReport::default();
     let mut organizers: HashMap<String, (String, String)> = HashMap::new();
+    let mut homes_present: HashSet<HomeRef> = HashSet::new();
+    let mut links: Vec<(String, ical::FoundLink)> = Vec::new();
     let bar = crate::cli::progress_bar(ctx, None, "verifying");
     store::walk_with(
         &cfg.store,
@@ -81,6 +88,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 Item::Problem(p) => report.add(&p.kind, &p.path, p.detail),
                 Item::Home(h) => {
                     report.homes += 1;
+                    homes_present.insert(crate::plan::home_ref(&h));
                     let addr = crate::plan::home_address(&h);
                     match resolve(&addr) {
                         (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
@@ -104,6 +112,9 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                 }
                 Item::Resource(res, Ok(info)) => {
                     report.resources += 1;
+                    for l in &info.links {
+                        links.push((format!("{}:{}", res.rel_path, l.line), l.clone()));
+                    }
                     for f in &info.addresses {
                         let addr = mapping::parse_found(&f.value);
                         match &addr {
@@ -155,6 +166,8 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         },
     )?;
     bar.finish_and_clear();
+    dropbox_links(&mut report, &links, &homes_present, &mapper);
+    crate::addressbooks::verify(ctx, cfg, current, &mut report)?;
     if cfg.store.kind == StoreKind::CalendarserverFs {
         let doctor = store::doctor::doctor(&cfg.store, false, &indicatif::ProgressBar::hidden())?;
         for f in doctor.findings {
@@ -171,6 +184,50 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         .problems
         .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
     Ok(report)
+}
+
+/// Reports the dropbox links that name a home the store does not have. A home counts under
+/// either of its URLs: `/calendars/__uids__/<GUID>/` and, for a current record, the 1.x
+/// `/calendars/<type>/<short>/` one.
+fn dropbox_links(
+    report: &mut VerifyReport,
+    links: &[(String, ical::FoundLink)],
+    present: &HashSet<HomeRef>,
+    mapper: &Mapper<'_>,
+) {
+    let mut known: HashMap<&HomeRef, bool> = HashMap::new();
+    for (at, link) in links {
+        let exists = *known.entry(&link.home).or_insert_with(|| {
+            present.contains(&link.home) || {
+                let r = mapper.resolve(&link.home.owner(), &Observed::default());
+                match (r.outcome, r.target) {
+                    (MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)) => {
+                        let other = match &link.home {
+                            HomeRef::Uid(_) => HomeRef::Name {
+                                kind: p.kind,
+                                short: p.short_name.clone(),
+                            },
+                            HomeRef::Name { .. } => HomeRef::Uid(p.guid.to_string()),
+                        };
+                        // The other URL names the same home only when it is this record's.
+                        (link.home.is_uid_of(&p.guid) || matches!(link.home, HomeRef::Name { .. }))
+                            && present.contains(&other)
+                    }
+                    _ => false,
+                }
+            }
+        });
+        if !exists {
+            report.add(
+                "dropbox-home-missing",
+                at,
+                format!(
+                    "{} {} points into {}, a home this store does not have",
+                    link.property, link.value, link.home
+                ),
+            );
+        }
+    }
 }
 
 /// The terminal summary.

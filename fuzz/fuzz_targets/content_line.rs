@@ -25,11 +25,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(info.start, at);
             at = info.end;
             if let Ok(cl) = line::split(text) {
-                let joined: Vec<u8> = line::params(cl.params)
+                let joined: Vec<u8> = cl.params()
                     .flat_map(|p| p.raw.iter().copied())
                     .collect();
                 assert_eq!(joined, cl.params);
-                for p in line::params(cl.params) {
+                for p in cl.params() {
                     let _ = p.decoded();
                 }
             }

@@ -281,6 +281,18 @@ impl fmt::Display for SplitError {
     }
 }
 
+/// How a quoted parameter value ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Quoting {
+    /// RFC 5545: at the next `"` (what vobject, CalendarServer 2.x's parser, reads).
+    #[default]
+    Rfc,
+    /// At the next `"` not escaped by a backslash: inside quotes `\` takes the next character
+    /// literally (what pycalendar, CalendarServer 3 and later, reads). Used for a line only when
+    /// the RFC reading fails, so where both parsers accept a line they agree on its parts.
+    Backslash,
+}
+
 /// A logical line split into its parts, all borrowed from the line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ContentLine<'a> {
@@ -290,17 +302,60 @@ pub struct ContentLine<'a> {
     pub params: &'a [u8],
     /// Everything after the colon.
     pub value: &'a [u8],
+    /// How the quoted parameter values of this line end.
+    pub quoting: Quoting,
 }
 
+impl<'a> ContentLine<'a> {
+    /// The parameters, read the way [`split`] read them.
+    pub fn params(&self) -> Params<'a> {
+        params_quoted(self.params, self.quoting)
+    }
+}
+
+/// Letters, digits, `-` (RFC 5545) and `_`, which vobject and pycalendar accept in property and
+/// parameter names and CalendarServer's own data holds (`DTSTART;_TZID=...`).
 #[inline]
 fn is_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-'
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// The offset just past the `"` that closes the quoted value opened at `open`.
+#[inline]
+fn closing_quote(line: &[u8], open: usize, quoting: Quoting) -> Option<usize> {
+    match quoting {
+        Quoting::Rfc => memchr::memchr(b'"', &line[open + 1..]).map(|j| open + 1 + j + 1),
+        Quoting::Backslash => {
+            let mut i = open + 1;
+            while i < line.len() {
+                match line[i] {
+                    b'\\' => i += 2,
+                    b'"' => return Some(i + 1),
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+    }
 }
 
 /// Splits a logical line into name, parameters and value (RFC 5545 §3.1), checking that it is
-/// well formed: a name of letters, digits and `-`; parameters `;NAME=value[,value...]` with quoted
-/// values allowed to hold `:;,`; then `:`.
+/// well formed: a name of letters, digits, `-` and `_`; parameters `;NAME=value[,value...]` with
+/// quoted values allowed to hold `:;,`; then `:`. A line that is not well formed this way but is
+/// when a backslash escapes a `"` inside quotes (as pycalendar reads it, and CalendarServer's own
+/// data has it: `CN="A \"B\""`) is split that way ([`Quoting::Backslash`]); otherwise the error
+/// is the RFC reading's.
 pub fn split(line: &[u8]) -> Result<ContentLine<'_>, SplitError> {
+    match split_quoted(line, Quoting::Rfc) {
+        Err(e) if memchr::memmem::find(line, b"\\\"").is_some() => {
+            split_quoted(line, Quoting::Backslash).map_err(|_| e)
+        }
+        r => r,
+    }
+}
+
+/// [`split`] with one way of reading quoted values.
+pub fn split_quoted(line: &[u8], quoting: Quoting) -> Result<ContentLine<'_>, SplitError> {
     let mut i = 0;
     while i < line.len() && is_name_byte(line[i]) {
         i += 1;
@@ -319,6 +374,7 @@ pub fn split(line: &[u8]) -> Result<ContentLine<'_>, SplitError> {
                 name: &line[..i],
                 params: &[],
                 value: &line[i + 1..],
+                quoting,
             });
         }
         b';' => {}
@@ -355,8 +411,8 @@ pub fn split(line: &[u8]) -> Result<ContentLine<'_>, SplitError> {
         loop {
             if i < line.len() && line[i] == b'"' {
                 let open = i;
-                match memchr::memchr(b'"', &line[i + 1..]) {
-                    Some(j) => i = i + 1 + j + 1,
+                match closing_quote(line, open, quoting) {
+                    Some(j) => i = j,
                     None => return Err(SplitError::UnterminatedQuote(open)),
                 }
                 if i < line.len() && !matches!(line[i], b',' | b';' | b':') {
@@ -382,6 +438,7 @@ pub fn split(line: &[u8]) -> Result<ContentLine<'_>, SplitError> {
                         name: &line[..name_end],
                         params: &line[name_end..i],
                         value: &line[i + 1..],
+                        quoting,
                     });
                 }
             }
@@ -397,12 +454,20 @@ pub struct Param<'a> {
     pub name: &'a [u8],
     /// Everything after `=`: one or more values, each possibly quoted.
     pub value: &'a [u8],
+    /// How its quoted values end.
+    pub quoting: Quoting,
 }
 
 impl Param<'_> {
-    /// The value(s), unquoted and RFC 6868-decoded; several values are joined with `,`.
+    /// The value(s), unquoted and RFC 6868-decoded; several values are joined with `,`. A
+    /// backslash inside quotes stays as written (pycalendar keeps it too).
     pub fn decoded(&self) -> Cow<'_, [u8]> {
-        decode_param(self.value)
+        decode_param_quoted(self.value, self.quoting)
+    }
+
+    /// The values as written (quotes kept), split at the commas outside quotes.
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        param_values_quoted(self.value, self.quoting)
     }
 
     pub fn is(&self, name: &str) -> bool {
@@ -410,14 +475,25 @@ impl Param<'_> {
     }
 }
 
-/// Iterates the parameters of [`ContentLine::params`].
+/// Iterates the parameters of [`ContentLine::params`] read with [`Quoting::Rfc`] (use
+/// [`ContentLine::params`] for a line [`split`] returned).
 pub fn params(raw: &[u8]) -> Params<'_> {
-    Params { raw, pos: 0 }
+    params_quoted(raw, Quoting::Rfc)
+}
+
+/// Iterates parameters whose quoted values end as `quoting` says.
+pub fn params_quoted(raw: &[u8], quoting: Quoting) -> Params<'_> {
+    Params {
+        raw,
+        pos: 0,
+        quoting,
+    }
 }
 
 pub struct Params<'a> {
     raw: &'a [u8],
     pos: usize,
+    quoting: Quoting,
 }
 
 impl<'a> Iterator for Params<'a> {
@@ -444,7 +520,7 @@ impl<'a> Iterator for Params<'a> {
         i = value_start;
         // Values as `split` reads them: a value is quoted when it starts with `"`.
         while i < raw.len() && raw[i] != b';' {
-            i = value_end(raw, i);
+            i = value_end(raw, i, self.quoting);
             if i < raw.len() && raw[i] == b',' {
                 i += 1;
             }
@@ -454,12 +530,18 @@ impl<'a> Iterator for Params<'a> {
             raw: &raw[start..i],
             name,
             value: &raw[value_start..i],
+            quoting: self.quoting,
         })
     }
 }
 
-/// Splits a parameter's value text at the commas that are not inside quotes.
+/// Splits a parameter's value text at the commas that are not inside quotes ([`Quoting::Rfc`]).
 pub fn param_values(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    param_values_quoted(value, Quoting::Rfc)
+}
+
+/// [`param_values`] with quoted values ending as `quoting` says.
+pub fn param_values_quoted(value: &[u8], quoting: Quoting) -> impl Iterator<Item = &[u8]> {
     let mut pos = 0;
     let mut done = false;
     std::iter::from_fn(move || {
@@ -467,7 +549,7 @@ pub fn param_values(value: &[u8]) -> impl Iterator<Item = &[u8]> {
             return None;
         }
         let start = pos;
-        pos = value_end(value, pos);
+        pos = value_end(value, pos, quoting);
         if pos < value.len() && value[pos] == b',' {
             pos += 1;
             Some(&value[start..pos - 1])
@@ -480,12 +562,9 @@ pub fn param_values(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// The end of one parameter value starting at `i`: past its closing quote when it starts with
 /// `"`, then up to the next `,` or `;` (or the end).
-fn value_end(raw: &[u8], mut i: usize) -> usize {
+fn value_end(raw: &[u8], mut i: usize, quoting: Quoting) -> usize {
     if i < raw.len() && raw[i] == b'"' {
-        i = match memchr::memchr(b'"', &raw[i + 1..]) {
-            Some(j) => i + 1 + j + 1,
-            None => raw.len(),
-        };
+        i = closing_quote(raw, i, quoting).unwrap_or(raw.len());
     }
     while i < raw.len() && !matches!(raw[i], b',' | b';') {
         i += 1;
@@ -526,9 +605,14 @@ pub fn decode_value(v: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// All values of a parameter, decoded and joined with `,`.
+/// All values of a parameter, decoded and joined with `,` ([`Quoting::Rfc`]).
 pub fn decode_param(value: &[u8]) -> Cow<'_, [u8]> {
-    let mut vals = param_values(value);
+    decode_param_quoted(value, Quoting::Rfc)
+}
+
+/// [`decode_param`] with quoted values ending as `quoting` says.
+pub fn decode_param_quoted(value: &[u8], quoting: Quoting) -> Cow<'_, [u8]> {
+    let mut vals = param_values_quoted(value, quoting);
     let first = vals.next().unwrap_or_default();
     match vals.next() {
         None => decode_value(first),
@@ -746,6 +830,45 @@ mod tests {
         assert_eq!(&*ps[2].decoded(), b"q;,,w");
         // Empty values are allowed.
         assert_eq!(split(b"X-A;P=:").unwrap().value, b"");
+    }
+
+    #[test]
+    fn underscore_names_and_backslash_escaped_quotes() {
+        // CalendarServer's own test data: a parameter name with `_`.
+        let c = split(b"DTSTART;_TZID=US/Pacific:20071114T080000Z").unwrap();
+        assert_eq!(c.quoting, Quoting::Rfc);
+        assert_eq!(c.params().next().unwrap().name, b"_TZID");
+        assert_eq!(split(b"X_A;B_=1:v").unwrap().name, b"X_A");
+        // `\"` inside quotes: the RFC reading fails, pycalendar's succeeds.
+        let line = b"ATTENDEE;X=\"a\\\";b:c\\\"\";CN=\"A \\\"B\\\"\";ROLE=CHAIR:mailto:a@b";
+        assert!(split_quoted(line, Quoting::Rfc).is_err());
+        let c = split(line).unwrap();
+        assert_eq!(c.quoting, Quoting::Backslash);
+        assert_eq!(c.value, b"mailto:a@b");
+        let ps: Vec<_> = c.params().collect();
+        assert_eq!(
+            ps.iter().map(|p| p.raw).collect::<Vec<_>>(),
+            vec![
+                &b";X=\"a\\\";b:c\\\"\""[..],
+                b";CN=\"A \\\"B\\\"\"",
+                b";ROLE=CHAIR"
+            ]
+        );
+        // The backslashes stay in the decoded value, as pycalendar keeps them.
+        assert_eq!(&*ps[1].decoded(), b"A \\\"B\\\"");
+        // An escaped backslash before the closing quote.
+        let c = split(b"X;P=\"a\\\\\";Q=\"\\\"\":v").unwrap();
+        assert_eq!(c.params().count(), 2);
+        // Where the RFC reading works it wins, even with a backslash before a quote.
+        let c = split(b"X;P=\"a\\\";Q=1:v").unwrap();
+        assert_eq!(c.quoting, Quoting::Rfc);
+        assert_eq!(c.params().count(), 2);
+        // Still broken either way: the error is the RFC reading's.
+        assert_eq!(split(b"A;B=\"x\\\"y\"z:v"), Err(SplitError::AfterQuote(8)));
+        assert_eq!(
+            split(b"A;B=\"x\\\";C:v"),
+            Err(SplitError::ParamWithoutValue(8))
+        );
     }
 
     #[test]

@@ -7,12 +7,18 @@
 //!
 //! What is a calendar object here: optional UTF-8 BOM and blank lines, `BEGIN:VCALENDAR`,
 //! well-formed content lines (RFC 5545 §3.1) with balanced `BEGIN`/`END`, `END:VCALENDAR`, then
-//! nothing but white space. Blank lines anywhere are tolerated. Everything else is an
+//! nothing but white space. Blank lines anywhere are tolerated. "Well formed" is what
+//! CalendarServer's own parsers accept (vobject in 2.x, pycalendar later): `_` in names, and a
+//! backslash-escaped `"` inside a quoted parameter value (see [`line::split`]). Everything else
+//! (NUL bytes, truncated files, unbalanced components, lines neither parser reads) is an
 //! [`IcalError`] naming the physical line.
 
+pub mod dropbox;
 pub mod line;
 
 use crate::address::{AddressForm, CalAddress, Guid, Principal};
+use base64::Engine as _;
+use dropbox::HomeRef;
 use std::collections::HashMap;
 
 /// A resource that is not a calendar object, with the line where that shows.
@@ -63,6 +69,19 @@ pub struct FoundAddress {
     pub cutype: Option<String>,
 }
 
+/// One dropbox link (see [`dropbox`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FoundLink {
+    /// 1-based physical line where the content line starts.
+    pub line: usize,
+    /// X-APPLE-DROPBOX or ATTACH.
+    pub property: String,
+    /// The value as written.
+    pub value: String,
+    /// The home it names.
+    pub home: HomeRef,
+}
+
 /// What a calendar object holds that the reconciler cares about.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CalendarInfo {
@@ -71,11 +90,23 @@ pub struct CalendarInfo {
     /// Value of the first ORGANIZER.
     pub organizer: Option<String>,
     pub addresses: Vec<FoundAddress>,
+    /// `CALENDARSERVER-OLD-CUA` parameters of ORGANIZER/ATTENDEE/VOTER lines, decoded (`base64-`
+    /// undone): the address a client sent, which CalendarServer 4 restores on output. `property`
+    /// is the line's property. Not counted among `addresses`: they are not where the server looks.
+    pub old_cuas: Vec<FoundAddress>,
+    /// X-APPLE-DROPBOX and ATTACH values that name a calendar home.
+    pub links: Vec<FoundLink>,
 }
 
-/// Finds the principal an address resolves to.
+/// Finds the principal an address resolves to, and where a calendar home went.
 pub trait Resolve {
     fn resolve(&self, addr: &CalAddress) -> Option<&Principal>;
+
+    /// The GUID whose home now holds what the home `home` held, when that home moves (its
+    /// dropbox links then name `/calendars/__uids__/<GUID>/`); `None` leaves links as written.
+    fn moved_home(&self, _home: &HomeRef) -> Option<Guid> {
+        None
+    }
 }
 
 /// A map keyed by [`CalAddress::key`].
@@ -121,6 +152,8 @@ enum Prop {
     PerUserUid,
     ModifiedBy,
     Uid,
+    Dropbox,
+    Attach,
 }
 
 impl Prop {
@@ -133,6 +166,8 @@ impl Prop {
             Prop::PerUserUid => "X-CALENDARSERVER-PERUSER-UID",
             Prop::ModifiedBy => "X-CALENDARSERVER-MODIFIED-BY",
             Prop::Uid => "UID",
+            Prop::Dropbox => "X-APPLE-DROPBOX",
+            Prop::Attach => "ATTACH",
         }
     }
 
@@ -141,10 +176,11 @@ impl Prop {
         // Cheap reject: every name we want starts with A, O, U, V or X.
         let first = name.first()?.to_ascii_uppercase();
         let candidates: &[Prop] = match first {
-            b'A' => &[Prop::Attendee],
+            b'A' => &[Prop::Attendee, Prop::Attach],
             b'O' => &[Prop::Organizer],
             b'U' => &[Prop::Uid],
             b'V' => &[Prop::Voter],
+            b'X' if name.len() == 15 => &[Prop::Dropbox],
             b'X' if name.len() > 17 => &[Prop::AttendeeComment, Prop::PerUserUid, Prop::ModifiedBy],
             _ => return None,
         };
@@ -156,6 +192,7 @@ impl Prop {
 }
 
 const REF_PARAM: &str = "X-CALENDARSERVER-ATTENDEE-REF";
+const OLD_CUA_PARAM: &str = "CALENDARSERVER-OLD-CUA";
 
 /// A short, printable excerpt of a line for error messages.
 fn excerpt(b: &[u8]) -> String {
@@ -270,10 +307,19 @@ fn walk(
                 ));
             }
             Err(e) => {
+                // calverify (CalendarServer 5) knows this one: a whole content line pasted into
+                // the parameter, with unescaped quotes. pycalendar cannot read it either.
+                let hint = if memchr::memmem::find(content, b"CALENDARSERVER-OLD-CUA=\"//")
+                    .is_some()
+                {
+                    " (a CALENDARSERVER-OLD-CUA parameter holding a whole line with unescaped quotes, which CalendarServer cannot parse either; `calverify --badcua --fix` repairs it)"
+                } else {
+                    ""
+                };
                 return Err(IcalError::at(
                     info.line,
-                    format!("{e}: `{}`", excerpt(content)),
-                ))
+                    format!("{e}: `{}`{hint}", excerpt(content)),
+                ));
             }
         };
         let is_begin = cl.name.eq_ignore_ascii_case(b"BEGIN");
@@ -402,7 +448,20 @@ fn note(info: &mut CalendarInfo, prop: Prop, li: &line::LineInfo, cl: &line::Con
         }
         Prop::Organizer | Prop::Attendee | Prop::Voter => {
             let (mut cn, mut email, mut cutype) = (None, None, None);
-            for p in line::params(cl.params) {
+            for p in cl.params() {
+                if p.is(OLD_CUA_PARAM) {
+                    if let Some(old) = old_cua_address(&p.decoded()) {
+                        info.old_cuas.push(FoundAddress {
+                            line: li.line,
+                            property: prop.name().to_string(),
+                            value: old,
+                            cn: None,
+                            email: None,
+                            cutype: None,
+                        });
+                    }
+                    continue;
+                }
                 let slot = if p.is("CN") {
                     &mut cn
                 } else if p.is("EMAIL") {
@@ -430,7 +489,7 @@ fn note(info: &mut CalendarInfo, prop: Prop, li: &line::LineInfo, cl: &line::Con
             });
         }
         Prop::AttendeeComment => {
-            for p in line::params(cl.params).filter(|p| p.is(REF_PARAM)) {
+            for p in cl.params().filter(|p| p.is(REF_PARAM)) {
                 info.addresses.push(FoundAddress {
                     line: li.line,
                     property: prop.name().to_string(),
@@ -451,6 +510,78 @@ fn note(info: &mut CalendarInfo, prop: Prop, li: &line::LineInfo, cl: &line::Con
                 cutype: None,
             });
         }
+        Prop::Dropbox | Prop::Attach => {
+            if let Some(link) = dropbox_link(prop, cl) {
+                info.links.push(FoundLink {
+                    line: li.line,
+                    property: prop.name().to_string(),
+                    value: lossy(cl.value),
+                    home: link.home,
+                });
+            }
+        }
+    }
+}
+
+/// The dropbox link an X-APPLE-DROPBOX or ATTACH line holds. An ATTACH counts only when its value
+/// is a URI (no `VALUE` other than `URI`, no `ENCODING`): inline data is never a link.
+fn dropbox_link(prop: Prop, cl: &line::ContentLine) -> Option<dropbox::Link> {
+    if prop == Prop::Attach
+        && cl.params().any(|p| {
+            p.is("ENCODING") || (p.is("VALUE") && !p.decoded().eq_ignore_ascii_case(b"URI"))
+        })
+    {
+        return None;
+    }
+    dropbox::parse(cl.value)
+}
+
+/// The address a `CALENDARSERVER-OLD-CUA` value holds: `base64-` + base64 of it (what
+/// CalendarServer writes) or the address as is. `None` when it is empty or not UTF-8.
+fn old_cua_address(decoded: &[u8]) -> Option<String> {
+    let bytes = match decoded.strip_prefix(b"base64-") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim_ascii())
+            .ok()?,
+        None => decoded.to_vec(),
+    };
+    let s = String::from_utf8(bytes).ok()?;
+    (!s.trim().is_empty()).then_some(s)
+}
+
+/// What to do with the `CALENDARSERVER-OLD-CUA` of a line whose value resolves (see
+/// [`rewrite`]). `Ok(Some(bytes))` sets it to `bytes`; `Ok(None)` keeps it; `Err(())` drops it.
+fn old_cua_target(
+    cl: &line::ContentLine,
+    resolver: &dyn Resolve,
+    value_changes: bool,
+) -> Result<Option<Vec<u8>>, ()> {
+    let Some(p) = cl.params().find(|p| p.is(OLD_CUA_PARAM)) else {
+        return Ok(None);
+    };
+    // Some(None): it names its record by one of the record's own addresses, nothing to do.
+    let resolved = old_cua_address(&p.decoded()).and_then(|old| {
+        let addr = CalAddress::parse(&old);
+        let principal = resolver.resolve(&addr)?;
+        Some(
+            (!principal.owns(&addr))
+                .then(|| principal.canonical_address(AddressForm::Keep, &addr))
+                .filter(|new| !unsafe_value(new)),
+        )
+    });
+    match resolved {
+        Some(None) => Ok(None),
+        Some(Some(new)) => {
+            let mut v = b"base64-".to_vec();
+            v.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(new.as_bytes())
+                    .as_bytes(),
+            );
+            Ok(Some(v))
+        }
+        None if value_changes => Err(()),
+        None => Ok(None),
     }
 }
 
@@ -524,11 +655,11 @@ fn email_target<'p>(
     Target::Set(principal.emails[0].as_bytes())
 }
 
-/// Rebuilds the parameters of `params`, applying `targets` (upper-case name → what to do) and
+/// Rebuilds the parameters of `cl`, applying `targets` (upper-case name → what to do) and
 /// appending the ones set but absent, in the order given.
-fn rebuild_params(params: &[u8], targets: &[(&str, Target)], out: &mut Vec<u8>) {
+fn rebuild_params(cl: &line::ContentLine, targets: &[(&str, Target)], out: &mut Vec<u8>) {
     let mut done = [false; 4];
-    for p in line::params(params) {
+    for p in cl.params() {
         let Some(i) = targets.iter().position(|(n, _)| p.is(n)) else {
             out.extend_from_slice(p.raw);
             continue;
@@ -580,18 +711,30 @@ fn rewrite_line(
                     Some(n) if !n.trim().is_empty() => Target::Set(n.as_bytes()),
                     _ => Target::Remove,
                 };
-                let old_email = line::params(cl.params)
+                let old_email = cl
+                    .params()
                     .find(|p| p.is("EMAIL"))
                     .map(|p| p.decoded().into_owned());
                 let email = email_target(principal, &old_addr, old_email.as_deref());
-                rebuild_params(cl.params, &[("CN", cn), ("EMAIL", email)], &mut new);
+                let value_changes = new_value.as_bytes() != trim(cl.value);
+                let old_cua = old_cua_target(cl, resolver, value_changes);
+                let old_cua = match &old_cua {
+                    Ok(Some(v)) => Target::Set(v),
+                    Ok(None) => Target::Keep,
+                    Err(()) => Target::Remove,
+                };
+                rebuild_params(
+                    cl,
+                    &[("CN", cn), ("EMAIL", email), (OLD_CUA_PARAM, old_cua)],
+                    &mut new,
+                );
             }
             new.push(b':');
             new.extend_from_slice(new_value.as_bytes());
             Some((new, old_value, new_value))
         }
         Prop::AttendeeComment => {
-            let reference = line::params(cl.params).find(|p| p.is(REF_PARAM))?;
+            let reference = cl.params().find(|p| p.is(REF_PARAM))?;
             let old_value = lossy(&reference.decoded());
             let old_addr = CalAddress::parse(&old_value);
             let principal = resolver.resolve(&old_addr)?;
@@ -600,7 +743,7 @@ fn rewrite_line(
                 return None;
             }
             rebuild_params(
-                cl.params,
+                cl,
                 &[(REF_PARAM, Target::Set(new_value.as_bytes()))],
                 &mut new,
             );
@@ -617,6 +760,15 @@ fn rewrite_line(
             new.extend_from_slice(new_value.as_bytes());
             Some((new, lossy(cl.value), new_value))
         }
+        Prop::Dropbox | Prop::Attach => {
+            let link = dropbox_link(prop, cl)?;
+            let guid = resolver.moved_home(&link.home)?;
+            let new_value = dropbox::rewrite(cl.value, &link, &guid);
+            new.extend_from_slice(cl.params);
+            new.push(b':');
+            new.extend_from_slice(&new_value);
+            Some((new, lossy(cl.value), lossy(&new_value)))
+        }
         Prop::Uid => None,
     }
 }
@@ -627,8 +779,14 @@ fn rewrite_line(
 /// [`Principal::canonical_address`]; CN the record's full name (removed when it has none); EMAIL
 /// is kept when it is still one of the record's addresses, else set to the old `mailto:` value
 /// when that is the record's, else to the record's first address (removed when it has none). No
-/// other parameter is touched. X-CALENDARSERVER-ATTENDEE-REF and X-CALENDARSERVER-MODIFIED-BY get
-/// the canonical address, X-CALENDARSERVER-PERUSER-UID the bare GUID. A changed line keeps its
+/// other parameter is touched, except `CALENDARSERVER-OLD-CUA` (the address the client sent, which
+/// CalendarServer 4 restores on output): when it resolves, it is pointed at its record in its own
+/// form (`base64-` encoded, as the server writes it; kept as written when that changes nothing);
+/// when it does not resolve and the value changes, it is dropped (the server then answers with
+/// the EMAIL address, as for any line without one). X-CALENDARSERVER-ATTENDEE-REF and
+/// X-CALENDARSERVER-MODIFIED-BY get the canonical address, X-CALENDARSERVER-PERUSER-UID the bare
+/// GUID. X-APPLE-DROPBOX and ATTACH links into a home that [`Resolve::moved_home`] says moved name
+/// the new home (only the `/calendars/.../<id>/` segment changes). A changed line keeps its
 /// other parameters as written, its line ending, and is folded at 75 octets only when longer; a
 /// line whose new form equals the old is left as it was. Nothing inside VTIMEZONE is touched.
 pub fn rewrite(
@@ -1087,6 +1245,247 @@ mod tests {
         let twice = rw(&once.bytes, &m);
         assert!(twice.changes.is_empty());
         assert_eq!(twice.bytes, once.bytes);
+    }
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn old_cua_follows_the_value() {
+        let old_url = format!("/principals/__uids__/{OLD}/");
+        let m = map(
+            &[
+                &format!("urn:uuid:{OLD}"),
+                &old_url,
+                "https://cal.example.com:8443/principals/users/jdoe-old/",
+            ],
+            jane(),
+        );
+        let run = |line: &str| {
+            let r = rw(cal(&format!("{line}\r\n")).as_bytes(), &m);
+            r.changes.first().map(|c| c.new_line.clone())
+        };
+        // base64 (what CalendarServer writes) naming the old principal: pointed at the new one.
+        assert_eq!(
+            run(&format!(
+                "ATTENDEE;CALENDARSERVER-OLD-CUA=base64-{};CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{OLD}",
+                b64(&old_url)
+            )),
+            Some(format!(
+                "ATTENDEE;CALENDARSERVER-OLD-CUA=base64-{};CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}",
+                b64(&format!("/principals/__uids__/{NEW}/"))
+            ))
+        );
+        // Plain, quoted, an absolute URL by short name: its own form, for the new record.
+        assert_eq!(
+            run(&format!(
+                "ORGANIZER;CALENDARSERVER-OLD-CUA=\"https://cal.example.com:8443/principals/users/jdoe-old/\";CN=Jane Doe:urn:uuid:{OLD}"
+            )),
+            Some(format!(
+                "ORGANIZER;CALENDARSERVER-OLD-CUA=base64-{};CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}",
+                b64("https://cal.example.com:8443/principals/users/jdoe/")
+            ))
+        );
+        // Naming nobody while the value changes: dropped with it.
+        assert_eq!(
+            run(&format!(
+                "ATTENDEE;CALENDARSERVER-OLD-CUA=base64-{};CN=Jane Doe:urn:uuid:{OLD}",
+                b64("/principals/users/gone/")
+            )),
+            Some(format!(
+                "ATTENDEE;CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}"
+            ))
+        );
+        // Already right, or naming nobody on a line that is already canonical: left alone.
+        let m2 = map(
+            &[
+                &format!("urn:uuid:{NEW}"),
+                &format!("/principals/__uids__/{NEW}/"),
+            ],
+            jane(),
+        );
+        for line in [
+            format!(
+                "ATTENDEE;CALENDARSERVER-OLD-CUA=base64-{};CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}",
+                b64(&format!("/principals/__uids__/{NEW}/"))
+            ),
+            format!(
+                "ATTENDEE;CALENDARSERVER-OLD-CUA=\"/principals/__uids__/{NEW}/\";CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}"
+            ),
+            format!(
+                "ATTENDEE;CALENDARSERVER-OLD-CUA=base64-{};CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}",
+                b64("/principals/users/gone/")
+            ),
+            format!(
+                "ATTENDEE;CALENDARSERVER-OLD-CUA=base64-!!;CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}"
+            ),
+        ] {
+            let text = cal(&format!("{line}\r\n"));
+            let r = rw(text.as_bytes(), &m2);
+            assert!(r.changes.is_empty(), "{line}: {:?}", r.changes);
+            assert_eq!(r.bytes, text.as_bytes());
+        }
+        // An old CUA that still names an old principal on an otherwise canonical line.
+        let mut m3 = m2.clone();
+        m3.extend(map(&[&old_url], jane()));
+        let line = format!(
+            "ATTENDEE;CALENDARSERVER-OLD-CUA=base64-{};CN=Jane Doe;EMAIL=jane@example.com:urn:uuid:{NEW}",
+            b64(&old_url)
+        );
+        let r = rw(cal(&format!("{line}\r\n")).as_bytes(), &m3);
+        assert_eq!(r.changes.len(), 1);
+        assert_eq!(r.changes[0].old_value, r.changes[0].new_value);
+        // scan lists them decoded, apart from the addresses.
+        let info = scan(cal(&format!("{line}\r\n")).as_bytes()).unwrap();
+        assert_eq!(info.addresses.len(), 1);
+        assert_eq!(info.old_cuas.len(), 1);
+        assert_eq!(info.old_cuas[0].value, old_url);
+        assert_eq!(info.old_cuas[0].property, "ATTENDEE");
+    }
+
+    #[test]
+    fn backslash_escaped_quotes_are_read_and_kept() {
+        // calverify's BAD9 shape: a whole line inside OLD-CUA, its quotes escaped with `\`.
+        let garbage = format!(
+            "CALENDARSERVER-OLD-CUA=\"//example.com\\:8443/principals/users/jd/;CN=\\\"Jane Doe\\\";EMAIL=\\\"jd@example.com\\\":urn:uuid:{OLD}\""
+        );
+        let text = cal(&format!(
+            "ATTENDEE;{garbage};CN=Jane;X-Q=\"say \\\"hi\\\"\";RSVP=TRUE:urn:uuid:{OLD}\r\nSUMMARY:x\r\n"
+        ));
+        let info = scan(text.as_bytes()).unwrap();
+        assert_eq!(info.addresses[0].value, format!("urn:uuid:{OLD}"));
+        assert_eq!(info.addresses[0].cn.as_deref(), Some("Jane"));
+        let m = map(&[&format!("urn:uuid:{OLD}")], jane());
+        let r = rw(text.as_bytes(), &m);
+        // The value changes, the unreadable OLD-CUA goes with it, X-Q stays byte for byte.
+        assert_eq!(
+            r.changes[0].new_line,
+            format!(
+                "ATTENDEE;CN=Jane Doe;X-Q=\"say \\\"hi\\\"\";RSVP=TRUE;EMAIL=jane@example.com:urn:uuid:{NEW}"
+            )
+        );
+        assert_eq!(logical(&r.bytes)[5], "SUMMARY:x");
+        // A CN written with escaped quotes reads (as pycalendar reads it) with its backslashes.
+        let text = cal("ATTENDEE;CN=\"A \\\"B\\\"\";X-Q=\"p\\\"q\":mailto:jd@example.com\r\n");
+        let info = scan(text.as_bytes()).unwrap();
+        assert_eq!(info.addresses[0].cn.as_deref(), Some("A \\\"B\\\""));
+        let mut p = jane();
+        p.full_name = Some("A \"B\"".into());
+        let r = rw(text.as_bytes(), &map(&["mailto:jd@example.com"], p));
+        assert_eq!(
+            r.changes[0].new_line,
+            format!("ATTENDEE;CN=A ^'B^';X-Q=\"p\\\"q\";EMAIL=jd@example.com:urn:uuid:{NEW}")
+        );
+        assert_eq!(
+            scan(&r.bytes).unwrap().addresses[0].cn.as_deref(),
+            Some("A \"B\"")
+        );
+    }
+
+    #[test]
+    fn a_broken_old_cua_is_malformed_with_a_hint() {
+        let text = cal(&format!(
+            "ATTENDEE;CALENDARSERVER-OLD-CUA=\"//example.com\\:8443/principals/users/cyrus/;CN=\"Cyrus Daboo\";EMAIL=\"c@x\":urn:uuid:{OLD}\";CN=C:urn:uuid:{OLD}\r\n"
+        ));
+        let e = err(text.as_bytes());
+        assert_eq!(e.line, 5);
+        assert!(e.reason.contains("calverify --badcua"), "{e}");
+    }
+
+    /// Resolves through a map and moves the homes it lists.
+    struct Moves(HashMap<String, Principal>, Vec<(HomeRef, Guid)>);
+
+    impl Resolve for Moves {
+        fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
+            self.0.resolve(addr)
+        }
+        fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+            self.1
+                .iter()
+                .find(|(h, _)| h == home)
+                .map(|(_, g)| g.clone())
+        }
+    }
+
+    #[test]
+    fn dropbox_links_follow_the_home() {
+        let new = Guid::parse(NEW).unwrap();
+        let moves = Moves(
+            HashMap::new(),
+            vec![
+                (HomeRef::Uid(OLD.into()), new.clone()),
+                (
+                    HomeRef::Name {
+                        kind: crate::address::RecordType::User,
+                        short: "jdoe".into(),
+                    },
+                    new.clone(),
+                ),
+            ],
+        );
+        let text = format!(
+            "BEGIN:VCALENDAR\nBEGIN:VEVENT\nUID:u\n\
+             ATTACH;VALUE=URI:http://cal.example.com:8008/calendars/__uids__/{low}/dropbox/E1.dropbox/\n caldavd.plist\n\
+             X-APPLE-DROPBOX:/calendars/__uids__/{low}/dropbox/E1.dropbox\n\
+             ATTACH;VALUE=BINARY;ENCODING=BASE64;FMTTYPE=text/plain:L2NhbGVuZGFycy9fX3VpZHNfXy9BQUFBQUFBQS1CQkJCLUNDQ0MtRERERC1FRUVFRUVFRUVFRUUvZHJvcGJveC8=\n\
+             ATTACH:https://cal:8443/calendars/users/jdoe/dropbox/E1.dropbox/a%20b.pdf\n\
+             ATTACH;FMTTYPE=image/png:http://elsewhere.example.com/calendars/__uids__/OTHER/dropbox/x/y.png\n\
+             END:VEVENT\nEND:VCALENDAR\n",
+            low = OLD.to_lowercase()
+        );
+        let info = scan(text.as_bytes()).unwrap();
+        assert_eq!(info.links.len(), 4, "{:#?}", info.links);
+        assert_eq!(info.links[0].home, HomeRef::Uid(OLD.into()));
+        assert_eq!(info.links[0].line, 4);
+        let r = rewrite(text.as_bytes(), &moves, &opts()).unwrap();
+        let got: Vec<_> = r
+            .changes
+            .iter()
+            .map(|c| (c.line, c.property.as_str(), c.new_value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    4,
+                    "ATTACH",
+                    format!("http://cal.example.com:8008/calendars/__uids__/{NEW}/dropbox/E1.dropbox/caldavd.plist")
+                ),
+                (
+                    6,
+                    "X-APPLE-DROPBOX",
+                    format!("/calendars/__uids__/{NEW}/dropbox/E1.dropbox")
+                ),
+                (
+                    8,
+                    "ATTACH",
+                    format!("https://cal:8443/calendars/__uids__/{NEW}/dropbox/E1.dropbox/a%20b.pdf")
+                ),
+            ]
+        );
+        // The attachment still contains the dropbox value (how the server pairs them), LF kept,
+        // the long line folded, the rest byte for byte.
+        assert!(r.changes[0].new_value.contains(&r.changes[1].new_value));
+        assert!(!r.bytes.contains(&b'\r'));
+        let before = line::unfold(text.as_bytes()).unwrap();
+        let after = line::unfold(&r.bytes).unwrap();
+        assert_eq!(before.len(), after.len());
+        for ((bi, bl), (ai, al)) in before.iter().zip(&after) {
+            if [4, 6, 8].contains(&bi.line) {
+                assert!(r.bytes[ai.start..ai.end]
+                    .split(|&b| b == b'\n')
+                    .all(|l| l.len() <= 75));
+            } else {
+                assert_eq!(bl, al);
+                assert_eq!(text.as_bytes()[bi.start..bi.end], r.bytes[ai.start..ai.end]);
+            }
+        }
+        // Again: nothing left to do.
+        let again = rewrite(&r.bytes, &moves, &opts()).unwrap();
+        assert!(again.changes.is_empty(), "{:?}", again.changes);
+        // A resolver that moves nothing leaves the links.
+        assert!(rw(text.as_bytes(), &HashMap::new()).changes.is_empty());
     }
 
     #[test]

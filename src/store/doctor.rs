@@ -296,16 +296,22 @@ impl Doctor<'_> {
         );
     }
 
-    /// Pass 2: every resource read through the walker: unreadable ones, and `getcontentmd5`.
-    fn resource_pass(&mut self, progress: &indicatif::ProgressBar) -> Result<()> {
+    /// Pass 2: every resource (or, with `cards`, every card of that address-book root) read
+    /// through the walker: unreadable ones, and `getcontentmd5`.
+    fn resource_pass(
+        &mut self,
+        progress: &indicatif::ProgressBar,
+        cards: Option<&Path>,
+    ) -> Result<()> {
         let check_md5 = self.cfg.kind == StoreKind::CalendarserverFs;
         let md5_prop = xattrs::getcontentmd5();
         let mut bump: BTreeSet<String> = BTreeSet::new();
         let root = Dir::open(&self.root);
         let cfg = self.cfg;
         let prefix_cfg = cfg.xattr_prefix.clone();
-        super::walk(
+        walk_resources(
             cfg,
+            cards,
             progress,
             |_, bytes| {
                 if check_md5 {
@@ -424,7 +430,25 @@ impl Doctor<'_> {
     }
 }
 
-/// Runs the doctor over a store (`fix`: repair what can be repaired).
+/// The walk of the resource pass: the store's calendars, or the cards of an address-book root.
+fn walk_resources<M, S>(
+    cfg: &StoreConfig,
+    cards: Option<&Path>,
+    progress: &indicatif::ProgressBar,
+    map: M,
+    sink: S,
+) -> Result<()>
+where
+    M: Fn(&super::Resource, &[u8]) -> String + Sync,
+    S: FnMut(Item<String>) -> Result<()>,
+{
+    match cards {
+        None => super::walk(cfg, progress, map, sink),
+        Some(root) => super::addressbook::walk(root, Default::default(), progress, map, sink),
+    }
+}
+
+/// Runs the doctor over a store (`fix`: repair what can be repaired), its address books included.
 pub fn doctor(
     cfg: &StoreConfig,
     fix: bool,
@@ -462,7 +486,22 @@ pub fn doctor(
         },
     };
     d.metadata_pass(&root);
-    d.resource_pass(progress)?;
+    d.resource_pass(progress, None)?;
+    if let Some(ab) = super::addressbook::locate(cfg)? {
+        // A separate root (10.6): its own files, owned like its addressbooks/ folder unless
+        // [store] owner says otherwise; paths relative to it (addressbooks/...).
+        if ab != root {
+            if cfg.owner.is_none() {
+                let top = ab.join(super::addressbook::DIR);
+                let m = fs::metadata(&top).map_err(|e| Error::io("cannot stat", &top, e))?;
+                d.owner = (m.uid(), m.gid());
+            }
+            d.root = ab.clone();
+            d.metadata_pass(&ab);
+        }
+        d.root = ab.clone();
+        d.resource_pass(progress, Some(&ab))?;
+    }
     d.report
         .findings
         .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));

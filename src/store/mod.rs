@@ -3,11 +3,14 @@
 //!
 //! Submodules: [`walk`](mod@walk) (the parallel reader), [`xattrs`] (WebDAV properties in extended
 //! attributes), [`write`](mod@write) (safe replacement of one resource, snapshots and restores for rollback),
-//! [`doctor`], [`scan`] (the inventory command) and [`generate`] (realistic test stores).
+//! [`doctor`], [`scan`] (the inventory command) and [`generate`] (realistic test stores);
+//! [`addressbook`] and [`generate_addressbooks`]: the same for address books.
 
+pub mod addressbook;
 pub mod confined;
 pub mod doctor;
 pub mod generate;
+pub mod generate_addressbooks;
 pub mod scan;
 pub mod walk;
 pub mod write;

@@ -60,8 +60,11 @@ pub struct Inventory {
     pub top_addresses: Vec<AddressCount>,
     /// Problems per kind (`unreadable`, `malformed`, `symlink`).
     pub problem_counts: BTreeMap<String, u64>,
-    /// The problems, up to [`MAX_LISTED_PROBLEMS`].
+    /// The problems, up to [`MAX_LISTED_PROBLEMS`] (address-book ones relative to their root).
     pub problems: Vec<Problem>,
+    /// The address books, when the store has some (`[store] addressbook_root`, or 3.x).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addressbooks: Option<crate::addressbooks::Inventory>,
 }
 
 impl Inventory {
@@ -182,6 +185,12 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
             Ok(())
         },
     )?;
+    if let Some((ab, problems)) = crate::addressbooks::inventory(cfg, progress)? {
+        for p in problems {
+            note(&mut inv, p);
+        }
+        inv.addressbooks = Some(ab);
+    }
     inv.collections = collections.len();
     inv.distinct_addresses = addrs.len();
     let mut domains: HashMap<String, DomainCount> = HashMap::new();
@@ -301,6 +310,24 @@ pub fn render(inv: &Inventory) -> String {
                 a.address
             );
         }
+    }
+    if let Some(ab) = &inv.addressbooks {
+        let total: usize = ab.homes.values().sum();
+        let parts: Vec<String> = ab.homes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "Address books: {}", ab.root);
+        let _ = writeln!(s, "  Homes:        {total} ({})", parts.join(", "));
+        let _ = writeln!(
+            s,
+            "  Cards:        {} ({}) in {} address books",
+            ab.cards,
+            human_bytes(ab.bytes),
+            ab.collections
+        );
+        let _ = writeln!(
+            s,
+            "  Groups:       {} naming {} members ({} cards of their own address book, {} other: directory records or cards that are gone)",
+            ab.groups, ab.members, ab.card_members, ab.other_members
+        );
     }
     let total_problems: u64 = inv.problem_counts.values().sum();
     if total_problems == 0 {

@@ -150,6 +150,8 @@ pub fn symlink_problem(root: &Path, path: &Path) -> Problem {
 
 struct Walker<'a, T> {
     root: PathBuf,
+    /// Which entries of a home's collections are resources (`.ics`, or `.vcf` in address books).
+    resource: fn(&str) -> bool,
     jobs: &'a Sender<Vec<Job>>,
     pending: std::cell::RefCell<Vec<Job>>,
     results: &'a Sender<Vec<Item<T>>>,
@@ -297,7 +299,7 @@ impl<T> Walker<'_, T> {
 
     fn collection(&self, home: &Home, name: &str, dir: &Path) -> Result<(), Stop> {
         self.entries(dir, |w, p, n, _is_dir| {
-            if is_resource_name(&n) {
+            if (self.resource)(&n) {
                 // A folder named x.ics is queued too: the worker reports it as unreadable.
                 w.job(p, Some(home.clone()), name.to_string())?;
             }
@@ -493,7 +495,7 @@ pub fn walk_with<T, M, S>(
     opts: WalkOptions,
     progress: &indicatif::ProgressBar,
     map: M,
-    mut sink: S,
+    sink: S,
 ) -> Result<()>
 where
     T: Send,
@@ -501,8 +503,49 @@ where
     S: FnMut(Item<T>) -> Result<()>,
 {
     check_root(cfg)?;
-    let root = cfg.path.clone();
-    let kind = cfg.kind;
+    let top = match cfg.kind {
+        StoreKind::IcsDir => Top::IcsDir,
+        _ => Top::Homes {
+            dir: calendars_dir(&cfg.path),
+            resource: is_resource_name,
+        },
+    };
+    walk_tree(&cfg.path, top, opts, progress, map, sink)
+}
+
+/// What [`walk_tree`] descends into below its root.
+#[derive(Clone, Debug)]
+pub enum Top {
+    /// Every folder, every `.ics` file (a plain folder tree).
+    IcsDir,
+    /// CalendarServer homes in `dir` (`calendars/` or `addressbooks/`: `__uids__/XX/YY/<GUID>/`,
+    /// `__uids__/<GUID>/`, `users/<short>/`); the entries of their collections that `resource`
+    /// accepts. Nothing when `dir` is `None`.
+    Homes {
+        dir: Option<PathBuf>,
+        resource: fn(&str) -> bool,
+    },
+}
+
+/// The walk of [`walk_with`] over any tree: paths are relative to `root`.
+pub fn walk_tree<T, M, S>(
+    root: &Path,
+    top: Top,
+    opts: WalkOptions,
+    progress: &indicatif::ProgressBar,
+    map: M,
+    mut sink: S,
+) -> Result<()>
+where
+    T: Send,
+    M: Fn(&Resource, &[u8]) -> T + Sync,
+    S: FnMut(Item<T>) -> Result<()>,
+{
+    let root = root.to_path_buf();
+    let resource = match &top {
+        Top::Homes { resource, .. } => *resource,
+        Top::IcsDir => is_resource_name,
+    };
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -519,22 +562,21 @@ where
                 .spawn_scoped(scope, move || {
                     let w = Walker {
                         root: root.clone(),
+                        resource,
                         jobs: &job_tx,
                         pending: Default::default(),
                         results: &res_tx,
                     };
-                    let _ = match kind {
-                        StoreKind::IcsDir => {
+                    let _ = match &top {
+                        Top::IcsDir => {
                             let name = root
                                 .file_name()
                                 .map(|n| n.to_string_lossy().into_owned())
                                 .unwrap_or_default();
                             w.ics_dir(&root, &name)
                         }
-                        _ => match calendars_dir(&root) {
-                            Some(c) => w.calendarserver(&c),
-                            None => Ok(()),
-                        },
+                        Top::Homes { dir: Some(c), .. } => w.calendarserver(c),
+                        Top::Homes { dir: None, .. } => Ok(()),
                     }
                     .and_then(|()| w.flush());
                 })

@@ -338,8 +338,8 @@ fn write_temp_at(
 }
 
 /// Puts `bytes` and `meta` at `path` atomically (temp file, sync, rename, folder sync), whether or
-/// not `path` exists now. Used by rollback. When `path` is a calendar resource (`*.ics`, not a
-/// dot-name), its collection also gets a new `getctag`, so clients that synced the replaced bytes
+/// not `path` exists now. Used by rollback. When `path` is a calendar resource or a card (`*.ics`,
+/// `*.vcf`, not a dot-name), its collection also gets a new `getctag`, so clients that synced the replaced bytes
 /// fetch the restored ones (the restored `getcontentmd5` is the one saved with the bytes).
 pub fn restore(path: &Path, bytes: &[u8], meta: &FileMeta) -> Result<()> {
     let (dir, name) = open_parent(path)?;
@@ -361,10 +361,10 @@ pub fn restore_at(dir: &Arc<Dir>, name: &str, bytes: &[u8], meta: &FileMeta) -> 
     Ok(())
 }
 
-/// Whether putting back `name` must give its folder a new `getctag`: a calendar resource in a
-/// CalendarServer collection (one that has a ctag), so clients re-sync.
+/// Whether putting back `name` must give its folder a new `getctag`: a calendar resource or a
+/// card in a CalendarServer collection (one that has a ctag), so clients re-sync.
 pub fn renews_ctag(dir: &Dir, name: &str) -> bool {
-    super::is_resource_name(name)
+    (super::is_resource_name(name) || super::addressbook::is_card_name(name))
         && dir
             .xattrs()
             .map(|a| {

@@ -5,30 +5,9 @@
 use principal_reconciler::address::{AddressForm, CalAddress, Guid, Principal, RecordType};
 use principal_reconciler::ical::{self, line, RewriteOptions};
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
-
-/// The corpus beside the repository (CI layout), or beside the worktree folder (local layout).
-fn corpus_dir() -> Option<PathBuf> {
-    [
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/ical-calcard"),
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/corpus/ical-calcard"
-        ),
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_dir())
-}
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let Some(dir) = corpus_dir() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("the iCalendar corpus (../shared/corpus/ical-calcard) is missing on CI");
-        }
-        eprintln!(
-            "\n!!!!! SKIPPED: iCalendar corpus ../shared/corpus/ical-calcard not found !!!!!\n"
-        );
+    let Some(dir) = crate::support::corpus::dir("ical-calcard") else {
         return Vec::new();
     };
     let mut files: Vec<_> = std::fs::read_dir(&dir)

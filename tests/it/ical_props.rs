@@ -78,9 +78,9 @@ proptest! {
     ) {
         let text = format!("ATTENDEE;{}", parts.concat());
         if let Ok(cl) = line::split(text.as_bytes()) {
-            let joined: Vec<u8> = line::params(cl.params).flat_map(|p| p.raw.iter().copied()).collect();
+            let joined: Vec<u8> = cl.params().flat_map(|p| p.raw.iter().copied()).collect();
             prop_assert_eq!(joined, cl.params.to_vec());
-            for p in line::params(cl.params) {
+            for p in cl.params() {
                 prop_assert!(p.raw.starts_with(b";"));
                 let _ = p.decoded();
             }
@@ -99,7 +99,7 @@ proptest! {
                     at = info.end;
                     if let Ok(cl) = line::split(text) {
                         // The parameters, as written, add up to the parameter text.
-                        let joined: Vec<u8> = line::params(cl.params).flat_map(|p| p.raw.iter().copied()).collect();
+                        let joined: Vec<u8> = cl.params().flat_map(|p| p.raw.iter().copied()).collect();
                         prop_assert_eq!(joined, cl.params.to_vec());
                     }
                 }
@@ -142,13 +142,31 @@ fn param_value() -> impl Strategy<Value = Vec<u8>> {
         Just(b"alice@x.test".to_vec()),
         Just(b"ROOM".to_vec()),
         Just(b"\"mailto:a@x.test\",\"mailto:b@x.test\"".to_vec()),
+        // What pycalendar reads and CalendarServer's own data holds: escaped quotes in quotes.
+        Just(b"\"say \\\"hi\\\"; then: go\"".to_vec()),
+        // CALENDARSERVER-OLD-CUA values: base64 (as the server writes them) and plain.
+        Just(b"base64-L3ByaW5jaXBhbHMvdXNlcnMvY2Fyb2wv".to_vec()),
+        Just(
+            b"\"http://cal.x.test:8008/principals/__uids__/0F1E2D3C-4B5A-4968-8776-655443322110/\""
+                .to_vec()
+        ),
     ]
 }
 
 fn params() -> impl Strategy<Value = Vec<u8>> {
     let name = prop::sample::select(
         &[
-            "CN", "cn", "EMAIL", "Email", "CUTYPE", "ROLE", "PARTSTAT", "X-ODD", "MEMBER",
+            "CN",
+            "cn",
+            "EMAIL",
+            "Email",
+            "CUTYPE",
+            "ROLE",
+            "PARTSTAT",
+            "X-ODD",
+            "MEMBER",
+            "_TZID",
+            "CALENDARSERVER-OLD-CUA",
         ][..],
     );
     prop::collection::vec((name, param_value()), 0..5).prop_map(|ps| {
@@ -184,6 +202,12 @@ fn prop_line() -> impl Strategy<Value = Vec<u8>> {
         }),
         1 => prop::sample::select(&["5e0a4c31-7d3b-4b6e-9f43-1a2b3c4d5e6f", "ABCDEF01-2345-4678-9ABC-DEF012345678", "carol"][..])
             .prop_map(|u| format!("X-CALENDARSERVER-PERUSER-UID:{u}").into_bytes()),
+        // Dropbox links: a map-only resolver moves no home, so they never change here.
+        1 => prop::sample::select(&[
+            "X-APPLE-DROPBOX:/calendars/__uids__/5E0A4C31-7D3B-4B6E-9F43-1A2B3C4D5E6F/dropbox/E.dropbox",
+            "ATTACH;VALUE=URI:http://cal.x.test:8008/calendars/__uids__/5E0A4C31-7D3B-4B6E-9F43-1A2B3C4D5E6F/dropbox/E.dropbox/f%20g.pdf",
+            "ATTACH:https://cal.x.test:8443/calendars/users/carol/dropbox/E.dropbox/x",
+        ][..]).prop_map(|l| l.as_bytes().to_vec()),
     ]
 }
 

@@ -2,11 +2,14 @@
 
 mod support;
 
+mod addressbooks;
 mod cli;
 mod directory_cli;
 mod directory_ldap;
 mod directory_ldif;
+mod dropbox;
 mod example;
+mod external_corpus;
 mod golden;
 mod ical_corpus;
 mod ical_props;
@@ -21,4 +24,5 @@ mod safety;
 mod store_cli;
 mod store_walk;
 mod store_write;
+mod vcard_props;
 mod workflow;

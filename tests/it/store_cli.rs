@@ -243,32 +243,40 @@ END:VEVENT\r\nEND:VCALENDAR\r\n"
 /// complete, and count every file as a resource or a problem.
 #[test]
 fn scan_of_the_real_corpus_completes() {
-    let corpus = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/corpus/ical-calcard"
-    ));
-    if !corpus.is_dir() {
-        eprintln!("!!! corpus {} missing: test SKIPPED", corpus.display());
+    let Some(corpus) = crate::support::corpus::dir("ical-calcard") else {
         return;
-    }
-    let n = std::fs::read_dir(corpus)
+    };
+    let corpus = corpus.as_path();
+    let files: Vec<PathBuf> = std::fs::read_dir(corpus)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
                 .unwrap()
-                .file_name()
                 .to_string_lossy()
                 .to_lowercase()
                 .ends_with(".ics")
         })
+        .collect();
+    let rejected = files
+        .iter()
+        .filter(|p| principal_reconciler::ical::scan(&std::fs::read(p).unwrap()).is_err())
         .count() as u64;
+    assert!(rejected > 0, "the corpus holds broken files on purpose");
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), corpus, "ics-dir", None);
     let (code, doc) = run_json(&cfg, &["scan"]);
-    assert!(code == 0 || code == 1, "{doc}");
-    let malformed = doc["problem_counts"]["malformed"].as_u64().unwrap_or(0);
-    assert_eq!(doc["resources"].as_u64().unwrap(), n, "{doc}");
-    assert!(malformed <= n);
+    assert_eq!(code, 1, "malformed resources are problems: {doc}");
+    assert_eq!(
+        doc["resources"].as_u64().unwrap(),
+        files.len() as u64,
+        "{doc}"
+    );
+    assert_eq!(
+        doc["problem_counts"]["malformed"].as_u64(),
+        Some(rejected),
+        "{doc}"
+    );
 }
 
 fn doctor_store(

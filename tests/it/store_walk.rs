@@ -15,6 +15,7 @@ fn cfg(root: &Path, kind: StoreKind) -> StoreConfig {
         owner: None,
         xattr_prefix: None,
         data_root: None,
+        addressbook_root: None,
     }
 }
 

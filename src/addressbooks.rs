@@ -1,0 +1,615 @@
+//! Address books in a migration: what the plan finds and changes in them, how `apply` adopts
+//! their homes, what `verify` and `scan` report.
+//!
+//! - Homes (`addressbooks/__uids__/XX/YY/<GUID>/`) kept under an old GUID are adopted like
+//!   calendar homes ([`crate::homes`]): moved to the new GUID's hashed path, or merged into a
+//!   home the server already made for it (a clashing collection becoming `<name>-migrated`).
+//! - Group cards name their members as `X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:<uid>`. CalendarServer
+//!   resolves the uid against the cards of the same address book (`ABO_MEMBERS` in the SQL store
+//!   of 5.x); a uid that is no card there is kept as a "foreign member". Directory records appear
+//!   as members that way (the directory gateway of 3.x gives a record's card the record's GUID as
+//!   UID), so a member is rewritten only when it names no card of its address book and its uid is
+//!   a GUID the mapping resolves to a record with another GUID. Card UIDs are never changed.
+//! - A rewritten card gets a new `getcontentmd5` and its collection a new `getctag`
+//!   ([`crate::store::write`]), exactly like a calendar resource; rollback restores it.
+
+use crate::address::{CalAddress, Guid};
+use crate::cli::Context;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::error::{Error, Result};
+use crate::mapping::{self, Mapper, Mapping, Observed, Outcome};
+use crate::store::addressbook::{self as layout, Roots};
+use crate::store::write::sha256_hex;
+use crate::store::{Home, HomeLayout, Item, Problem, WalkOptions};
+use crate::vcard::{self, Member};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// A card that names members.
+#[derive(Clone, Debug)]
+pub struct GroupCard {
+    pub path: PathBuf,
+    /// Relative to the address-book root.
+    pub rel_path: String,
+    pub sha256: String,
+    /// The address book (folder) it is in, relative to the root.
+    pub collection: String,
+    pub members: Vec<Member>,
+    /// Per member: it names a card of the same address book.
+    pub is_card: Vec<bool>,
+}
+
+impl GroupCard {
+    /// The member uids that name cards of the same address book, upper-cased.
+    fn card_uids(&self) -> HashSet<String> {
+        self.members
+            .iter()
+            .zip(&self.is_card)
+            .filter(|(_, c)| **c)
+            .filter_map(|(m, _)| m.uid().map(str::to_ascii_uppercase))
+            .collect()
+    }
+}
+
+/// What one walk over an address-book root found.
+#[derive(Clone, Debug, Default)]
+pub struct Survey {
+    pub root: PathBuf,
+    pub homes: Vec<Home>,
+    pub problems: Vec<Problem>,
+    pub cards: u64,
+    pub bytes: u64,
+    /// Folders holding at least one card.
+    pub collections: usize,
+    pub groups: Vec<GroupCard>,
+}
+
+impl Survey {
+    pub fn members(&self) -> u64 {
+        self.groups.iter().map(|g| g.members.len() as u64).sum()
+    }
+}
+
+fn folder_of(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// Walks the address books under `root`: homes, cards (checked to be one vCard each), and the
+/// group cards with their members; then tells, for every member, whether it is a card of its
+/// address book. Memory grows with homes, collections and group memberships, not with cards:
+/// only the address books that hold a group card are read a second time (for their UIDs).
+pub fn survey(root: &Path, progress: &indicatif::ProgressBar) -> Result<Survey> {
+    let mut s = Survey {
+        root: root.to_path_buf(),
+        ..Default::default()
+    };
+    let mut folders: HashSet<String> = HashSet::new();
+    layout::walk(
+        root,
+        WalkOptions { xattrs: false },
+        progress,
+        |_, bytes| vcard::scan(bytes).map(|info| info.members),
+        |item| {
+            match item {
+                Item::Home(h) => s.homes.push(h),
+                Item::Problem(p) => s.problems.push(p),
+                Item::Resource(res, Err(e)) => s.problems.push(Problem {
+                    path: res.rel_path,
+                    kind: "malformed".into(),
+                    detail: e.to_string(),
+                }),
+                Item::Resource(res, Ok(members)) => {
+                    s.cards += 1;
+                    s.bytes += res.size;
+                    let folder = folder_of(&res.rel_path);
+                    if !folders.contains(folder) {
+                        folders.insert(folder.to_string());
+                    }
+                    if !members.is_empty() {
+                        s.groups.push(GroupCard {
+                            collection: folder.to_string(),
+                            is_card: vec![false; members.len()],
+                            path: res.path,
+                            rel_path: res.rel_path,
+                            sha256: res.sha256,
+                            members,
+                        });
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    s.collections = folders.len();
+    mark_card_members(&mut s)?;
+    s.homes.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+    s.groups.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+    s.problems.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(s)
+}
+
+/// Sets [`GroupCard::is_card`]: reads the UIDs of the cards of every address book holding a group.
+fn mark_card_members(s: &mut Survey) -> Result<()> {
+    let mut wanted: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
+    for g in &s.groups {
+        let set = wanted.entry(g.collection.as_str()).or_default();
+        set.extend(
+            g.members
+                .iter()
+                .filter_map(|m| m.uid().map(str::to_ascii_uppercase)),
+        );
+    }
+    // (address book, uid) of every card a member names, one address book at a time (memory
+    // bounded by the largest one). Unreadable or malformed cards were reported by the walk and
+    // name nothing; symlinks are never followed.
+    let mut found: HashSet<(String, String)> = HashSet::new();
+    for (folder, uids) in &wanted {
+        let dir = s.root.join(folder);
+        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io("cannot list", &dir, e))?;
+        let files: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| {
+                layout::is_card_name(&e.file_name().to_string_lossy())
+                    && e.file_type().is_ok_and(|t| t.is_file())
+            })
+            .map(|e| e.path())
+            .collect();
+        let here: Vec<String> = files
+            .par_iter()
+            .filter_map(|path| {
+                use std::io::Read as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(path)
+                    .ok()?;
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes).ok()?;
+                let uid = vcard::scan(&bytes).ok()?.uid?.to_ascii_uppercase();
+                uids.contains(&uid).then_some(uid)
+            })
+            .collect();
+        found.extend(here.into_iter().map(|u| (folder.to_string(), u)));
+    }
+    for g in &mut s.groups {
+        for (i, m) in g.members.iter().enumerate() {
+            if let Some(uid) = m.uid() {
+                g.is_card[i] = found.contains(&(g.collection.clone(), uid.to_ascii_uppercase()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The address a member that may be a principal stands for: a `urn:uuid:` GUID that is no card.
+fn principal_candidate(m: &Member, is_card: bool) -> Option<CalAddress> {
+    if is_card {
+        return None;
+    }
+    Guid::parse(m.uid()?).map(CalAddress::UrnUuid)
+}
+
+/// Adds to the plan's observations the owners of the address-book homes and the members that
+/// may be principals (those the mapper resolves to one or more records, or that the mapping file
+/// acknowledges as people who left: ordinary cards' uids stay out of the mapping). Each group card counts once per member it names.
+pub fn observe(
+    s: &Survey,
+    mapper: &Mapper<'_>,
+    observed: &mut BTreeMap<String, (CalAddress, Observed)>,
+) {
+    for h in &s.homes {
+        let addr = crate::plan::home_address(h);
+        observed
+            .entry(addr.key())
+            .or_insert_with(|| (addr, Observed::default()));
+    }
+    let mut nobody: HashSet<String> = HashSet::new();
+    for g in &s.groups {
+        let mut here = HashSet::new();
+        for (m, c) in g.members.iter().zip(&g.is_card) {
+            let Some(addr) = principal_candidate(m, *c) else {
+                continue;
+            };
+            let key = addr.key();
+            if !here.insert(key.clone()) || nobody.contains(&key) {
+                continue;
+            }
+            if let Some(entry) = observed.get_mut(&key) {
+                entry.1.resources += 1;
+                continue;
+            }
+            let r = mapper.resolve(&addr, &Observed::default());
+            if matches!(
+                r.outcome,
+                Outcome::Mapped | Outcome::Unchanged | Outcome::Ambiguous | Outcome::Acknowledged
+            ) {
+                observed.insert(
+                    key,
+                    (
+                        addr,
+                        Observed {
+                            resources: 1,
+                            ..Default::default()
+                        },
+                    ),
+                );
+            } else {
+                nobody.insert(key);
+            }
+        }
+    }
+}
+
+/// What a plan found and changes in the address books.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct AddressBookSummary {
+    /// The address-book root (absolute).
+    pub root: String,
+    /// Homes by outcome (`current`, `moved`, `unmatched`, `ambiguous`).
+    pub homes: BTreeMap<String, usize>,
+    pub cards: u64,
+    pub groups: u64,
+    pub members: u64,
+    /// Members naming cards of their own address book (never changed).
+    pub card_members: u64,
+    /// Members naming a directory record.
+    pub principal_members: u64,
+    /// Members naming people who left, as the mapping file or `[rewrite] leavers` acknowledge them.
+    #[serde(default)]
+    pub acknowledged_members: u64,
+    /// Members naming neither a card of their address book nor a record.
+    pub unresolved_members: u64,
+    pub cards_changed: u64,
+    pub members_changed: u64,
+}
+
+/// The uid a member of `g` is rewritten to, if any (see the module documentation).
+fn new_member_uid(cards: &HashSet<String>, mapping: &Mapping, uid: &str) -> Option<String> {
+    if cards.contains(&uid.to_ascii_uppercase()) {
+        return None;
+    }
+    let guid = Guid::parse(uid)?;
+    let r = mapping
+        .entries
+        .get(&CalAddress::UrnUuid(guid.clone()).key())?;
+    if !matches!(r.outcome, Outcome::Mapped | Outcome::Unchanged) {
+        return None;
+    }
+    let target = r.target.as_ref()?;
+    (target.guid != guid).then(|| target.guid.to_string())
+}
+
+/// Statements that store a plan's changed resources (see `plan::insert_resource`).
+pub struct Inserts<'a, 'c> {
+    pub resources: &'a mut rusqlite::Statement<'c>,
+    pub changes: &'a mut rusqlite::Statement<'c>,
+}
+
+/// Plans the address books: homes into `plan_addressbook_homes`, rewritten group cards into
+/// `plan_resources`/`plan_changes` (paths relative to the address-book root, `addressbooks/...`).
+/// `changed`/`props` are the plan's running counts (the first changed resources keep their whole
+/// lines for the report's diffs).
+#[allow(clippy::too_many_arguments)]
+pub fn plan(
+    tx: &rusqlite::Transaction<'_>,
+    plan_id: i64,
+    s: &Survey,
+    mapping: &Mapping,
+    ins: &mut Inserts<'_, '_>,
+    changed: &mut u64,
+    props: &mut u64,
+    example_lines: u64,
+) -> Result<AddressBookSummary> {
+    let root = s.root.canonicalize().unwrap_or_else(|_| s.root.clone());
+    tx.execute(
+        "UPDATE plans SET addressbook_path = ?1 WHERE id = ?2",
+        rusqlite::params![root.to_string_lossy(), plan_id],
+    )?;
+    let mut sum = AddressBookSummary {
+        root: root.to_string_lossy().into_owned(),
+        cards: s.cards,
+        groups: s.groups.len() as u64,
+        members: s.members(),
+        ..Default::default()
+    };
+    {
+        let mut st = tx.prepare(
+            "INSERT OR REPLACE INTO plan_addressbook_homes (plan_id, rel_path, layout, old_id, outcome, new_guid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for h in &s.homes {
+            let f = crate::plan::home_finding(mapping, h);
+            *sum.homes.entry(f.outcome.to_string()).or_default() += 1;
+            st.execute(rusqlite::params![
+                plan_id,
+                h.rel_path,
+                serde_json::to_value(h.layout)?.as_str().unwrap_or_default(),
+                h.id,
+                f.outcome,
+                f.new_guid
+            ])?;
+        }
+    }
+    for g in &s.groups {
+        for (m, c) in g.members.iter().zip(&g.is_card) {
+            if *c {
+                sum.card_members += 1;
+                continue;
+            }
+            let outcome = principal_candidate(m, false)
+                .and_then(|a| mapping.entries.get(&a.key()))
+                .map(|r| r.outcome);
+            match outcome {
+                Some(Outcome::Mapped | Outcome::Unchanged) => sum.principal_members += 1,
+                Some(Outcome::Acknowledged) => sum.acknowledged_members += 1,
+                _ => sum.unresolved_members += 1,
+            }
+        }
+        let cards = g.card_uids();
+        let bytes = std::fs::read(&g.path).map_err(|e| Error::io("cannot read", &g.path, e))?;
+        if sha256_hex(&bytes) != g.sha256 {
+            return Err(Error::runtime(format!(
+                "{} changed while it was being planned; plan again with the address book server stopped",
+                g.path.display()
+            )));
+        }
+        let rw = vcard::rewrite(&bytes, &|uid| new_member_uid(&cards, mapping, uid))
+            .map_err(|e| Error::runtime(format!("{}: {e}", g.path.display())))?;
+        if rw.changes.is_empty() {
+            continue;
+        }
+        *changed += 1;
+        *props += rw.changes.len() as u64;
+        sum.cards_changed += 1;
+        sum.members_changed += rw.changes.len() as u64;
+        crate::plan::insert_resource(
+            ins.resources,
+            ins.changes,
+            plan_id,
+            &g.rel_path,
+            &g.sha256,
+            &sha256_hex(&rw.bytes),
+            &crate::plan::pack(&rw.bytes),
+            &rw.changes,
+            *changed <= example_lines,
+        )?;
+    }
+    Ok(sum)
+}
+
+/// The address-book homes of a plan: (home, layout, owner outcome, new GUID), what needs a human first.
+pub fn home_rows(state: &crate::state::State, plan_id: i64) -> Result<Vec<[String; 4]>> {
+    let mut st = state.conn.prepare(
+        "SELECT rel_path, layout, outcome, COALESCE(new_guid,'') FROM plan_addressbook_homes WHERE plan_id = ?1
+         ORDER BY CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'moved' THEN 2 ELSE 3 END, rel_path",
+    )?;
+    let rows = st.query_map([plan_id], |r| {
+        Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?])
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The roots `apply` writes: the configured ones. Refuses a plan made for other address books (or
+/// with address books this configuration no longer names), except in a rehearsal (a copy).
+pub fn apply_roots(
+    state: &crate::state::State,
+    plan_id: i64,
+    cfg: &Config,
+    rehearsal: bool,
+) -> Result<Roots> {
+    let roots = Roots::of(&cfg.store)?;
+    let planned: Option<String> = state.conn.query_row(
+        "SELECT addressbook_path FROM plans WHERE id = ?1",
+        [plan_id],
+        |r| r.get(0),
+    )?;
+    let has_work: bool = state.conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM plan_resources WHERE plan_id = ?1 AND rel_path LIKE 'addressbooks/%')
+             OR EXISTS (SELECT 1 FROM plan_addressbook_homes WHERE plan_id = ?1 AND new_guid IS NOT NULL)",
+        [plan_id],
+        |r| r.get(0),
+    )?;
+    match (&planned, &roots.addressbooks) {
+        (Some(p), None) if has_work => Err(Error::usage(format!(
+            "plan {plan_id} changes the address books in {p}, but this configuration finds no address books; set [store] addressbook_root or plan again"
+        ))),
+        (Some(p), Some(now)) if !rehearsal && Path::new(p) != now => Err(Error::usage(format!(
+            "plan {plan_id} was made for the address books in {p}, not {}; plan again for these",
+            now.display()
+        ))),
+        _ => Ok(roots),
+    }
+}
+
+/// Records the address-book root a run writes (read back by [`run_roots`] for rollback).
+pub fn record_run_root(state: &crate::state::State, run_id: i64, roots: &Roots) -> Result<()> {
+    if let Some(ab) = &roots.addressbooks {
+        state.conn.execute(
+            "UPDATE runs SET addressbook_path = ?1 WHERE id = ?2",
+            rusqlite::params![ab.to_string_lossy(), run_id],
+        )?;
+    }
+    Ok(())
+}
+
+/// The roots a run wrote.
+pub fn run_roots(state: &crate::state::State, run_id: i64, store: PathBuf) -> Result<Roots> {
+    let ab: Option<String> = state.conn.query_row(
+        "SELECT addressbook_path FROM runs WHERE id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
+    Ok(Roots {
+        store,
+        addressbooks: ab.map(PathBuf::from),
+    })
+}
+
+/// Adopts the address-book homes a plan found under old GUIDs (after the calendar homes; the
+/// steps are journaled like theirs, with paths relative to the address-book root).
+pub fn adopt_homes(
+    state: &mut crate::state::State,
+    run_id: i64,
+    plan_id: i64,
+    roots: &Roots,
+    adopted: &mut u64,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let Some(root) = roots.addressbooks.as_deref() else {
+        return Ok(());
+    };
+    let todo: Vec<(String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT rel_path, new_guid FROM plan_addressbook_homes
+             WHERE plan_id = ?1 AND new_guid IS NOT NULL AND (outcome = 'moved' OR layout != 'hashed') ORDER BY rel_path",
+        )?;
+        let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (old_rel, new_guid) in todo {
+        let steps = crate::homes::plan_adoption_in(root, layout::DIR, &old_rel, &new_guid, notes)?;
+        for step in &steps {
+            crate::journal::journaled_home_step(state, run_id, root, step, &old_rel)?;
+        }
+        if !steps.is_empty() {
+            *adopted += 1;
+        }
+    }
+    Ok(())
+}
+
+/// `verify` over the address books: homes kept under an old GUID (or naming nobody), members
+/// that name an old GUID or resolve to nobody, cards that are not one vCard. Adds to `report`.
+pub fn verify(
+    ctx: &Context,
+    cfg: &Config,
+    current: &Directory,
+    report: &mut crate::verify::VerifyReport,
+) -> Result<()> {
+    let Some(root) = layout::locate(&cfg.store)? else {
+        return Ok(());
+    };
+    let bar = crate::cli::progress_bar(ctx, None, "verifying address books");
+    let s = survey(&root, &bar)?;
+    bar.finish_and_clear();
+    let old = Directory::default();
+    let mapper = Mapper::new(cfg, current, &old)?;
+    let mut memo: HashMap<String, mapping::Resolution> = HashMap::new();
+    let mut resolve = |addr: &CalAddress| {
+        memo.entry(addr.key())
+            .or_insert_with(|| mapper.resolve(addr, &Observed::default()))
+            .clone()
+    };
+    for p in &s.problems {
+        report.add(&p.kind, &p.path, p.detail.clone());
+    }
+    report.resources += s.cards;
+    report.homes += s.homes.len() as u64;
+    for h in &s.homes {
+        let r = resolve(&crate::plan::home_address(h));
+        let current_guid = Guid::parse(&h.id);
+        match (&r.target, r.outcome) {
+            (_, Outcome::Acknowledged) => {}
+            (Some(p), Outcome::Mapped | Outcome::Unchanged)
+                if h.layout == HomeLayout::Hashed && current_guid.as_ref() == Some(&p.guid) => {}
+            (Some(p), Outcome::Mapped | Outcome::Unchanged) => report.add(
+                "home-not-adopted",
+                &h.rel_path,
+                format!(
+                    "address-book home of {}; `apply` moves it to that GUID's hashed home",
+                    p.guid
+                ),
+            ),
+            _ => report.add(
+                "orphan-home",
+                &h.rel_path,
+                format!("address-book home {} names no current record", h.id),
+            ),
+        }
+    }
+    for g in &s.groups {
+        for (m, c) in g.members.iter().zip(&g.is_card) {
+            if *c {
+                continue;
+            }
+            let Some(uid) = m.uid() else {
+                continue; // not a urn:uuid: member: nothing this tool reads
+            };
+            let at = format!("{}:{}", g.rel_path, m.line);
+            let r = Guid::parse(uid).map(|g| resolve(&CalAddress::UrnUuid(g)));
+            match r.as_ref().map(|r| (r.outcome, r.target.as_ref())) {
+                Some((Outcome::Mapped | Outcome::Unchanged, Some(p)))
+                    if Guid::parse(uid).as_ref() == Some(&p.guid) => {}
+                Some((Outcome::Mapped | Outcome::Unchanged, Some(p))) => report.add(
+                    "member-not-canonical",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names {}, whose GUID is now {}", m.value, p.short_name, p.guid),
+                ),
+                Some((Outcome::Acknowledged, _)) => {}
+                Some((Outcome::Ambiguous, _)) => report.add(
+                    "unresolved-member",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names several current records", m.value),
+                ),
+                _ => report.add(
+                    "unresolved-member",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names no card of this address book and no current record", m.value),
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `scan` lists of the address books.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Inventory {
+    pub root: String,
+    /// Homes per layout (`hashed`, `flat-uids`, `users`).
+    pub homes: BTreeMap<String, usize>,
+    pub collections: usize,
+    pub cards: u64,
+    pub bytes: u64,
+    pub groups: u64,
+    pub members: u64,
+    /// Members naming cards of their own address book.
+    pub card_members: u64,
+    /// Members naming something else (a directory GUID, or a card that is gone), by form.
+    pub other_members: u64,
+}
+
+/// The address-book part of `scan`, with the problems found (paths relative to its root).
+pub fn inventory(
+    cfg: &crate::config::StoreConfig,
+    progress: &indicatif::ProgressBar,
+) -> Result<Option<(Inventory, Vec<Problem>)>> {
+    let Some(root) = layout::locate(cfg)? else {
+        return Ok(None);
+    };
+    let s = survey(&root, progress)?;
+    let mut inv = Inventory {
+        root: root.display().to_string(),
+        collections: s.collections,
+        cards: s.cards,
+        bytes: s.bytes,
+        groups: s.groups.len() as u64,
+        members: s.members(),
+        ..Default::default()
+    };
+    for h in &s.homes {
+        let l = serde_json::to_value(h.layout)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *inv.homes.entry(l).or_default() += 1;
+    }
+    for g in &s.groups {
+        let cards = g.is_card.iter().filter(|c| **c).count() as u64;
+        inv.card_members += cards;
+        inv.other_members += g.members.len() as u64 - cards;
+    }
+    Ok(Some((inv, s.problems)))
+}
