@@ -374,6 +374,7 @@ pub fn plan(
             &crate::plan::pack(&rw.bytes),
             &rw.changes,
             *changed <= example_lines,
+            None,
         )?;
     }
     Ok(sum)

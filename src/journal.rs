@@ -31,6 +31,7 @@ use crate::state::{
 };
 use crate::store::addressbook::{is_addressbook_path, Roots};
 use crate::store::confined::{split_rel, Dir, DirCache};
+use crate::store::props::{edits_from_json, AttrEdit};
 use crate::store::write::{
     bump_ctag_dir, choose_prefix_dir, is_leftover_name, prepare_restore, prepare_write_at,
     renews_ctag, restore, sha256_at, sha256_hex, sync_filesystem, FileMeta, PreparedWrite,
@@ -548,7 +549,34 @@ struct Item {
     old_sha: String,
     new_sha: String,
     blob: Vec<u8>,
+    /// Planned attribute edits (server properties that change besides the bytes).
+    edits: Vec<AttrEdit>,
     resumed: bool,
+}
+
+/// Whether a file's attributes hold every planned edit.
+fn edits_hold(attrs: &[(String, Vec<u8>)], edits: &[AttrEdit]) -> Result<bool> {
+    for e in edits {
+        let new = e.new_value()?;
+        if !attrs.iter().any(|(n, v)| *n == e.name && *v == new) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether a file's attributes are those saved in a step (a step that changed only attributes
+/// is undone when they differ, though its bytes are the original ones).
+fn attrs_as_saved(now: &FileMeta, meta_json: Option<&str>) -> Result<bool> {
+    let Some(json) = meta_json else {
+        return Ok(false);
+    };
+    let saved: SavedMeta = serde_json::from_str(json)?;
+    let mut now = now.xattrs.clone();
+    let mut want = saved.to_meta()?.xattrs;
+    now.sort();
+    want.sort();
+    Ok(now == want)
 }
 
 /// One resource step of a batch, before it is recorded.
@@ -600,7 +628,10 @@ fn prepare_step(cache: &Caches, backups: &Backups, opts: &WriteOptions, it: Item
         Ok(b) => b,
     };
     let sha = sha256_hex(&bytes);
-    if sha == it.new_sha {
+    // (A resource whose only change is an attribute keeps its bytes.)
+    let done = sha == it.new_sha
+        && (it.edits.is_empty() || edits_hold(&FileMeta::of_at(&dir, name)?.xattrs, &it.edits)?);
+    if done {
         step.state = Some(StepState::Done);
         if it.resumed {
             // Renamed before the interruption; its ctag may not have been renewed.
@@ -624,7 +655,15 @@ fn prepare_step(cache: &Caches, backups: &Backups, opts: &WriteOptions, it: Item
             ))?);
         }
         let new_bytes = crate::plan::unpack(&it.blob, &it.new_sha)?;
-        match prepare_write_at(dir.clone(), name, &it.old_sha, &new_bytes, opts, false) {
+        match prepare_write_at(
+            dir.clone(),
+            name,
+            &it.old_sha,
+            &new_bytes,
+            opts,
+            &it.edits,
+            false,
+        ) {
             Ok(p) => {
                 step.state = Some(StepState::Pending);
                 step.prepared = Some(p);
@@ -880,12 +919,13 @@ pub fn apply(
         backups: &backups,
         opts: &opts,
     };
-    let blob_of = |state: &State, rel: &str| -> Result<Vec<u8>> {
-        Ok(state.conn.query_row(
-            "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+    let blob_of = |state: &State, rel: &str| -> Result<(Vec<u8>, Vec<AttrEdit>)> {
+        let (blob, edits): (Vec<u8>, Option<String>) = state.conn.query_row(
+            "SELECT new_bytes, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
             rusqlite::params![plan_id, rel],
-            |r| r.get(0),
-        )?)
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((blob, edits_from_json(edits.as_deref())?))
     };
 
     // 1. Steps an interruption left pending (the last batch), then 2. the plan's resources not
@@ -901,8 +941,9 @@ pub fn apply(
     };
     let mut resumed_items = Vec::with_capacity(pending.len());
     for (seq, rel, old_sha, new_sha) in pending {
-        let blob = blob_of(&state, &rel)?;
+        let (blob, edits) = blob_of(&state, &rel)?;
         resumed_items.push(Item {
+            edits,
             seq,
             rel,
             old_sha,
@@ -941,8 +982,9 @@ pub fn apply(
         let mut items = Vec::with_capacity(chunk.len());
         for (rel, old_sha, new_sha) in chunk {
             seq += 1;
-            let blob = blob_of(&state, &rel)?;
+            let (blob, edits) = blob_of(&state, &rel)?;
             items.push(Item {
+                edits,
                 seq,
                 rel,
                 old_sha,
@@ -1284,7 +1326,12 @@ fn prepare_undo(cache: &Caches, backups: &Backups, force: bool, item: UndoItem) 
         }
     };
     let current = sha256_at(&dir, name)?;
-    if current.as_deref() == Some(u.item.original_sha.as_str()) {
+    // A step that changed only attributes left the bytes as they were: it is undone unless the
+    // attributes are back too.
+    let restored = current.as_deref() == Some(u.item.original_sha.as_str())
+        && (u.item.original_sha != u.item.applied_sha
+            || attrs_as_saved(&FileMeta::of_at(&dir, name)?, u.item.meta.as_deref())?);
+    if restored {
         u.detail = "already restored".into();
         if u.item.existing.is_some() && renews_ctag(&dir, name) {
             let prefix = choose_prefix_dir(None, &[], &dir);

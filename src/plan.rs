@@ -150,6 +150,25 @@ fn observe(
     here
 }
 
+/// Counts the addresses found in a resource's principal properties (inbox `originator` /
+/// `recipient` hrefs) into the observations, like those of its calendar data.
+fn observe_hrefs(
+    observed: &mut BTreeMap<String, (CalAddress, Observed)>,
+    hrefs: &[String],
+    here: &mut BTreeSet<String>,
+) {
+    for h in hrefs {
+        let addr = mapping::parse_found(h);
+        let key = addr.key();
+        let entry = observed
+            .entry(key.clone())
+            .or_insert_with(|| (addr, Observed::default()));
+        if here.insert(key) {
+            entry.1.resources += 1;
+        }
+    }
+}
+
 /// Resolves addresses as the walk meets them (rules 1–5, which need no view of the whole store),
 /// shared by the worker threads. Rule 6 (store evidence) is settled after the walk.
 struct LazyResolver<'m, 'a> {
@@ -319,6 +338,7 @@ pub(crate) fn insert_resource(
     packed: &[u8],
     changes: &[ical::Change],
     keep_lines: bool,
+    attr_edits: Option<&str>,
 ) -> Result<()> {
     ins_res.execute(rusqlite::params![
         plan_id,
@@ -326,7 +346,8 @@ pub(crate) fn insert_resource(
         old_sha,
         new_sha,
         packed,
-        changes.len() as i64
+        changes.len() as i64,
+        attr_edits
     ])?;
     for c in changes {
         // Whole logical lines are kept for the report's example diffs only.
@@ -357,6 +378,61 @@ pub fn home_address(h: &Home) -> CalAddress {
             None => CalAddress::UrnXUid(h.id.clone()),
         },
     }
+}
+
+/// A resource the plan changes: its changed properties (lines and attributes), new bytes and
+/// attribute edits.
+struct Planned {
+    changes: Vec<ical::Change>,
+    new_sha: String,
+    packed: Vec<u8>,
+    attr_edits: Option<String>,
+}
+
+impl Planned {
+    /// `None` when neither the bytes nor an attribute change.
+    fn of(rw: ical::Rewritten, attrs: store::props::PrincipalScan) -> Option<Planned> {
+        if rw.changes.is_empty() && attrs.edits.is_empty() {
+            return None;
+        }
+        let mut changes = rw.changes;
+        changes.extend(attrs.changes);
+        Some(Planned {
+            changes,
+            new_sha: sha256_hex(&rw.bytes),
+            packed: pack(&rw.bytes),
+            attr_edits: store::props::edits_json(&attrs.edits),
+        })
+    }
+}
+
+/// The principal properties (`originator`, `recipient`) of a resource, planned with `resolver`:
+/// read only for inbox items of a CalendarServer file store (see [`store::props`]).
+fn plan_attributes(
+    cfg: &Config,
+    path: &std::path::Path,
+    collection: &str,
+    resolver: &dyn ical::Resolve,
+    opts: &RewriteOptions,
+) -> std::result::Result<store::props::PrincipalScan, String> {
+    if cfg.store.kind != crate::config::StoreKind::CalendarserverFs
+        || !store::props::reads_attributes(collection)
+    {
+        return Ok(Default::default());
+    }
+    let attrs = store::xattrs::read_all(path)
+        .map_err(|e| format!("cannot read extended attributes: {e}"))?;
+    Ok(store::props::scan_principals(&attrs, &|value| {
+        let addr = CalAddress::parse(value);
+        resolver
+            .resolve(&addr)
+            .map(|p| p.canonical_address(opts.form, &addr))
+    }))
+}
+
+/// The collection folder of a resource's relative path (`.../inbox/x.ics` → `inbox`).
+fn collection_of(rel: &str) -> &str {
+    rel.rsplit('/').nth(1).unwrap_or("")
 }
 
 /// Builds a plan: survey, mapping, rewrite of every resource, stored in the state database.
@@ -404,7 +480,7 @@ pub fn build(
     let mut ab_summary = None;
     {
         let mut ins_res = tx.prepare(
-            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes, attr_edits) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut ins_chg = tx.prepare(
             "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -414,14 +490,15 @@ pub fn build(
             &cfg.store,
             store::WalkOptions { xattrs: false },
             &bar,
-            |_, bytes| -> std::result::Result<_, ical::IcalError> {
+            |res, bytes| -> std::result::Result<_, ical::IcalError> {
                 let (info, rw) = ical::scan_and_rewrite(bytes, &lazy, &opts)?;
-                let planned = if rw.changes.is_empty() {
-                    None
-                } else {
-                    Some((rw.changes, sha256_hex(&rw.bytes), pack(&rw.bytes)))
-                };
-                Ok((info, planned))
+                let (attrs, unreadable) =
+                    match plan_attributes(cfg, &res.path, &res.collection, &lazy, &opts) {
+                        Ok(a) => (a, None),
+                        Err(e) => (Default::default(), Some(e)),
+                    };
+                let hrefs = attrs.hrefs.clone();
+                Ok((info, Planned::of(rw, attrs), hrefs, unreadable))
             },
             |item| {
                 match item {
@@ -444,9 +521,19 @@ pub fn build(
                             });
                         }
                     }
-                    Item::Resource(res, Ok((info, planned))) => {
+                    Item::Resource(res, Ok((info, planned, hrefs, unreadable))) => {
                         survey.resources += 1;
-                        let keys = observe(&mut survey.observed, &info);
+                        if let Some(detail) = unreadable {
+                            if seen_problem.insert(res.rel_path.clone()) {
+                                survey.problems.push(Finding {
+                                    path: res.rel_path.clone(),
+                                    kind: "unreadable".into(),
+                                    detail,
+                                });
+                            }
+                        }
+                        let mut keys = observe(&mut survey.observed, &info);
+                        observe_hrefs(&mut survey.observed, &hrefs, &mut keys);
                         let open: BTreeSet<String> = keys
                             .into_iter()
                             .filter(|k| survey.observed[k].0.guid().is_some() && lazy.unresolved(k))
@@ -462,19 +549,20 @@ pub fn build(
                                 homes,
                             });
                         }
-                        if let Some((changes, new_sha, packed)) = planned {
+                        if let Some(p) = planned {
                             changed += 1;
-                            props += changes.len() as u64;
+                            props += p.changes.len() as u64;
                             insert_resource(
                                 &mut ins_res,
                                 &mut ins_chg,
                                 plan_id,
                                 &res.rel_path,
                                 &res.sha256,
-                                &new_sha,
-                                &packed,
-                                &changes,
+                                &p.new_sha,
+                                &p.packed,
+                                &p.changes,
                                 changed <= EXAMPLE_LINES,
+                                p.attr_edits.as_deref(),
                             )?;
                         }
                     }
@@ -546,6 +634,8 @@ pub fn build(
                 }
                 let rw = ical::rewrite(&bytes, &resolver, &opts)
                     .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
+                let attrs = plan_attributes(cfg, path, collection_of(rel), &resolver, &opts)
+                    .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
                 let before: i64 = tx.query_row(
                     "SELECT COUNT(*) FROM plan_changes WHERE plan_id = ?1 AND rel_path = ?2",
                     rusqlite::params![plan_id, rel],
@@ -563,19 +653,20 @@ pub fn build(
                     "DELETE FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
                     rusqlite::params![plan_id, rel],
                 )?;
-                if !rw.changes.is_empty() {
+                if let Some(p) = Planned::of(rw, attrs) {
                     changed += 1;
-                    props += rw.changes.len() as u64;
+                    props += p.changes.len() as u64;
                     insert_resource(
                         &mut ins_res,
                         &mut ins_chg,
                         plan_id,
                         rel,
                         sha,
-                        &sha256_hex(&rw.bytes),
-                        &pack(&rw.bytes),
-                        &rw.changes,
+                        &p.new_sha,
+                        &p.packed,
+                        &p.changes,
                         false,
+                        p.attr_edits.as_deref(),
                     )?;
                 }
             }

@@ -687,6 +687,12 @@ fn html(
     for (path, lines) in diffs {
         let _ = write!(body, r#"<div class="diff"><h3>{}</h3><pre>"#, esc(path));
         for (line, old, new) in lines {
+            // Line 0: a server property (extended attribute) of the resource, not a line of it.
+            let line = if *line == 0 {
+                "attr".to_string()
+            } else {
+                line.to_string()
+            };
             let _ = write!(
                 body,
                 "<span class=\"ln\">{line}</span><del>- {}</del>\n<span class=\"ln\"></span><ins>+ {}</ins>\n",

@@ -13,7 +13,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_journal.sql")),
     (3, include_str!("../migrations/0003_databases.sql")),
     (4, include_str!("../migrations/0004_addressbooks.sql")),
-    (5, include_str!("../migrations/0005_lifecycle.sql")),
+    (5, include_str!("../migrations/0005_attr_edits.sql")),
+    (6, include_str!("../migrations/0006_lifecycle.sql")),
 ];
 
 pub const DB_FILE: &str = "state.sqlite";

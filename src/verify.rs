@@ -5,8 +5,9 @@
 //! - `unresolved-address` — an internal address that names no current record (people who left);
 //!   `dark-organizer` when it is an ORGANIZER (scheduling goes nowhere); `ambiguous-address` when it
 //!   names several;
-//! - `not-canonical` — an address of a current record not in the configured form (the server would
-//!   answer 403 `valid-attendee-change` when the event is edited);
+//! - `not-canonical` — an address of a current record not in the configured form, compared
+//!   exactly, case included, for ORGANIZER / ATTENDEE / VOTER (the server would answer 403
+//!   `valid-attendee-change` when the event is edited);
 //! - `organizer-mismatch` — copies of one UID that name different organizers;
 //! - `orphan-home` / `home-not-adopted` — a home whose folder names no current record, or an old
 //!   GUID or layout that maps to one;
@@ -16,7 +17,9 @@
 //! - address books: the same home kinds for address-book homes, and `member-not-canonical` /
 //!   `unresolved-member` — a group member that names a record by an old GUID, or names no card
 //!   of its address book and no current record;
-//! - from the doctor: `owner`, `mode`, `md5-stale`, `leftover`.
+//! - from the doctor: `owner`, `mode`, `md5-stale` (every `getcontentmd5` attribute, long or short
+//!   name), `match-etags-stale` (a `scheduling-match-etags` that does not name the current ETag:
+//!   CalendarServer 2.5 refuses every edit with 412), `leftover`.
 
 use crate::address::CalAddress;
 use crate::cli::{Context, Outcome};
@@ -128,6 +131,11 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                         }
                         let at = format!("{}:{}", res.rel_path, f.line);
                         match resolve(&addr) {
+                        (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v))
+                            if compared_exactly(&f.property) && v != f.value =>
+                        {
+                            report.add("not-canonical", &at, not_canonical(&f.property, &f.value, &v))
+                        }
                         (MapOutcome::Unchanged, _) => {}
                         (MapOutcome::Mapped, Some(v)) => {
                             report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
@@ -184,6 +192,22 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         .problems
         .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
     Ok(report)
+}
+
+/// Properties whose value CalendarServer compares as a string with the one it would write
+/// (`urn:uuid:` + the GUID as the directory spells it, upper case for Open Directory): any other
+/// spelling of the same principal, case included, gets 403 `valid-attendee-change` or a
+/// CANCEL + REQUEST pair when the event is edited.
+fn compared_exactly(property: &str) -> bool {
+    matches!(property, "ORGANIZER" | "ATTENDEE" | "VOTER")
+}
+
+fn not_canonical(property: &str, value: &str, canonical: &str) -> String {
+    if value.eq_ignore_ascii_case(canonical) {
+        format!("{property} {value} should be {canonical} (the server compares the value exactly, case included)")
+    } else {
+        format!("{property} {value} should be {canonical}")
+    }
 }
 
 /// Reports the dropbox links that name a home the store does not have. A home counts under

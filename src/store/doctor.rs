@@ -1,9 +1,10 @@
-//! `doctor [--fix]`: ownership, permissions, `getcontentmd5` attributes, leftovers of interrupted
-//! writes, symlinks and unreadable resources.
+//! `doctor [--fix]`: ownership, permissions, `getcontentmd5` and `scheduling-match-etags`
+//! attributes, leftovers of interrupted writes, symlinks and unreadable resources.
 
-use super::confined::{fchown_tolerant, fstat, split_rel, Dir, Stat};
+use super::confined::{fchown_tolerant, fstat, Dir, Stat};
 use super::write::{
-    bump_ctag_dir, choose_prefix_dir, is_leftover_name, md5_hex, set_md5_attr_file,
+    bump_ctag_dir, choose_prefix_dir, is_leftover_name, md5_hex, set_match_etags_attr_file,
+    set_md5_attr_file,
 };
 use super::{xattrs, Item};
 use crate::cli::{progress_bar, Context, DoctorArgs, Outcome};
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs;
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -25,8 +27,9 @@ pub const MAX_LISTED: usize = 10_000;
 pub struct Finding {
     /// Relative to the store root.
     pub path: String,
-    /// `owner`, `mode`, `md5-stale`, `md5-missing`, `leftover`, `symlink`, `unreadable`,
-    /// `hardlink` (a file --fix leaves alone: another name for it may be outside the store).
+    /// `owner`, `mode`, `md5-stale`, `md5-missing`, `match-etags-stale`, `leftover`, `symlink`,
+    /// `unreadable`, `hardlink` (a file --fix leaves alone: another name for it may be outside
+    /// the store).
     pub kind: String,
     pub detail: String,
     /// What `--fix` did about it, if anything.
@@ -305,10 +308,12 @@ impl Doctor<'_> {
     ) -> Result<()> {
         let check_md5 = self.cfg.kind == StoreKind::CalendarserverFs;
         let md5_prop = xattrs::getcontentmd5();
-        let mut bump: BTreeSet<String> = BTreeSet::new();
-        let root = Dir::open(&self.root);
+        let mut bump: BTreeSet<PathBuf> = BTreeSet::new();
         let cfg = self.cfg;
         let prefix_cfg = cfg.xattr_prefix.clone();
+        // Fixes open files and folders from this root, one component at a time, never through a
+        // link.
+        let base = cards.unwrap_or(&self.root).to_path_buf();
         walk_resources(
             cfg,
             cards,
@@ -337,67 +342,78 @@ impl Doctor<'_> {
                         if !check_md5 {
                             return Ok(());
                         }
-                        let (kind, detail) = match xattrs::property_text(&res.xattrs, &md5_prop) {
-                            Some(Some(v)) if v.eq_ignore_ascii_case(&md5) => return Ok(()),
-                            Some(Some(v)) => ("md5-stale", format!("getcontentmd5 says {v}, the bytes' MD5 is {md5} (clients see a stale ETag)")),
-                            Some(None) => ("md5-stale", format!("getcontentmd5 is not a readable XML value; the bytes' MD5 is {md5}")),
-                            None => ("md5-missing", format!("no getcontentmd5 attribute; the bytes' MD5 is {md5}")),
-                        };
-                        let fixed = if self.fix {
-                            let (folder, name) = split_rel(&res.rel_path);
-                            let set = root
-                                .as_ref()
-                                .map_err(|e| Error::runtime(e.to_string()))
-                                .and_then(|r| {
-                                    let dir = r
-                                        .walk(folder)
-                                        .map_err(|e| Error::io("cannot open", &res.path, e))?;
-                                    let f = dir
-                                        .open_file(name)
-                                        .map_err(|e| Error::io("cannot open", &res.path, e))?;
-                                    let st = fstat(&f)
-                                        .map_err(|e| Error::io("cannot stat", &res.path, e))?;
-                                    // Another name for a hard-linked file may be outside
-                                    // the store: never changed.
-                                    if st.nlink > 1 {
-                                        return Ok(Err(st.nlink));
+                        let folder = res.path.parent().map(Path::to_path_buf).unwrap_or_default();
+                        if let Some((kind, detail)) = md5_finding(&res.xattrs, &md5_prop, &md5) {
+                            let fixed = if self.fix {
+                                match open_for_fix(&base, &res.path) {
+                                    Ok(Ok((dir, f))) => {
+                                        let prefix = choose_prefix_dir(
+                                            prefix_cfg.as_deref(),
+                                            &res.xattrs,
+                                            &dir,
+                                        );
+                                        set_md5_attr_file(&f, &res.path, &md5, &prefix).map(|()| {
+                                            bump.insert(folder.clone());
+                                            Some(format!("getcontentmd5 set to {md5}"))
+                                        })
                                     }
-                                    let prefix =
-                                        choose_prefix_dir(prefix_cfg.as_deref(), &res.xattrs, &dir);
-                                    set_md5_attr_file(&f, &res.path, &md5, &prefix).map(Ok)
-                                });
-                            match set {
-                                Ok(Ok(())) => {
-                                    bump.insert(folder.to_string());
-                                    Some(format!("getcontentmd5 set to {md5}"))
+                                    Ok(Err(links)) => {
+                                        let path = res.path.clone();
+                                        self.hard_linked(&path, links);
+                                        Err(Error::runtime("not changed: hard-linked"))
+                                    }
+                                    Err(e) => Err(e),
                                 }
-                                Ok(Err(links)) => {
-                                    let path = res.path.clone();
-                                    self.hard_linked(&path, links);
-                                    self.finding(
+                            } else {
+                                Ok(None)
+                            };
+                            let path = res.path.clone();
+                            match fixed {
+                                Ok(fixed) => self.finding(&path, kind, detail, fixed),
+                                Err(e) => self.finding(
+                                    &path,
+                                    kind,
+                                    format!("{detail}; could not fix: {e}"),
+                                    None,
+                                ),
+                            }
+                        }
+                        // The ETag list of the schedule-tag compatibility mode must name the
+                        // current ETag (the bytes' MD5), or 2.5 refuses every edit with 412.
+                        if let Some(detail) = super::props::stale_match_etags(&res.xattrs, &md5) {
+                            let path = res.path.clone();
+                            if self.fix {
+                                let set = match open_for_fix(&base, &res.path) {
+                                    Ok(Ok((_, f))) => {
+                                        set_match_etags_attr_file(&f, &res.path, &md5)
+                                    }
+                                    Ok(Err(links)) => {
+                                        self.hard_linked(&path, links);
+                                        Err(Error::runtime("not changed: hard-linked"))
+                                    }
+                                    Err(e) => Err(e),
+                                };
+                                match set {
+                                    Ok(()) => {
+                                        bump.insert(folder);
+                                        self.finding(
+                                            &path,
+                                            "match-etags-stale",
+                                            detail,
+                                            Some(format!("scheduling-match-etags set to {md5}")),
+                                        );
+                                    }
+                                    Err(e) => self.finding(
                                         &path,
-                                        kind,
-                                        format!("{detail}; not fixed: hard-linked"),
-                                        None,
-                                    );
-                                    return Ok(());
-                                }
-                                Err(e) => {
-                                    let path = res.path.clone();
-                                    self.finding(
-                                        &path,
-                                        kind,
+                                        "match-etags-stale",
                                         format!("{detail}; could not fix: {e}"),
                                         None,
-                                    );
-                                    return Ok(());
+                                    ),
                                 }
+                            } else {
+                                self.finding(&path, "match-etags-stale", detail, None);
                             }
-                        } else {
-                            None
-                        };
-                        let path = res.path.clone();
-                        self.finding(&path, kind, detail, fixed);
+                        }
                     }
                 }
                 Ok(())
@@ -405,21 +421,13 @@ impl Doctor<'_> {
         )?;
         // Clients learn of a new ETag through the collection's ctag.
         for folder in bump {
-            let path = self.root.join(&folder);
-            let done = root
-                .as_ref()
-                .map_err(|e| Error::runtime(e.to_string()))
-                .and_then(|r| {
-                    r.walk(&folder)
-                        .map_err(|e| Error::io("cannot open", &path, e))
-                })
-                .and_then(|dir| {
-                    let prefix = choose_prefix_dir(self.cfg.xattr_prefix.as_deref(), &[], &dir);
-                    bump_ctag_dir(&dir, &prefix)
-                });
+            let done = open_confined(&base, &folder).and_then(|dir| {
+                let prefix = choose_prefix_dir(self.cfg.xattr_prefix.as_deref(), &[], &dir);
+                bump_ctag_dir(&dir, &prefix)
+            });
             if let Err(e) = done {
                 self.finding(
-                    &path,
+                    &folder,
                     "ctag",
                     format!("could not give the collection a new getctag: {e}"),
                     None,
@@ -428,6 +436,61 @@ impl Doctor<'_> {
         }
         Ok(())
     }
+}
+
+/// The folder `path` (below `base`), opened from `base` one component at a time without following
+/// a link.
+fn open_confined(base: &Path, path: &Path) -> Result<Dir> {
+    let rel = path
+        .strip_prefix(base)
+        .map_err(|_| Error::runtime(format!("{} is outside {}", path.display(), base.display())))?;
+    Dir::open(base)
+        .and_then(|root| root.walk(&rel.to_string_lossy()))
+        .map_err(|e| Error::io("cannot open", path, e))
+}
+
+/// A resource opened for a fix, with its folder: never through a link, and `Ok(Err(links))` for
+/// a file with more than one hard link (another name for it may be outside the store: never
+/// changed).
+fn open_for_fix(base: &Path, file: &Path) -> Result<std::result::Result<(Dir, File), u64>> {
+    let folder = file.parent().unwrap_or(base);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = open_confined(base, folder)?;
+    let f = dir
+        .open_file(&name)
+        .map_err(|e| Error::io("cannot open", file, e))?;
+    let st = fstat(&f).map_err(|e| Error::io("cannot stat", file, e))?;
+    if st.nlink > 1 {
+        return Ok(Err(st.nlink));
+    }
+    Ok(Ok((dir, f)))
+}
+
+/// What is wrong with a resource's `getcontentmd5` given its bytes' MD5, judged on every attribute
+/// that holds it (2.x reads the long name, 3.x the short one): `md5-stale` or `md5-missing`.
+fn md5_finding(
+    attrs: &[super::Xattr],
+    md5_prop: &str,
+    md5: &str,
+) -> Option<(&'static str, String)> {
+    let mut any = false;
+    for a in xattrs::holding(attrs, md5_prop) {
+        any = true;
+        match xattrs::text_of(&a.decoded_value()) {
+            Some(v) if v.eq_ignore_ascii_case(md5) => {}
+            Some(v) => return Some(("md5-stale", format!("getcontentmd5 ({}) says {v}, the bytes' MD5 is {md5} (clients see a stale ETag)", a.name))),
+            None => return Some(("md5-stale", format!("getcontentmd5 ({}) is not a readable XML value; the bytes' MD5 is {md5}", a.name))),
+        }
+    }
+    (!any).then(|| {
+        (
+            "md5-missing",
+            format!("no getcontentmd5 attribute; the bytes' MD5 is {md5}"),
+        )
+    })
 }
 
 /// The walk of the resource pass: the store's calendars, or the cards of an address-book root.

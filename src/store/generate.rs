@@ -8,7 +8,7 @@
 //! println!("{} resources under {}", store.resources, store.root.display());
 //! ```
 
-use super::xattrs::{self, attr_name, encode_value, text_property_value};
+use super::xattrs::{self, attr_name, attr_name_short, encode_value};
 use super::HomeLayout;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -104,6 +104,7 @@ pub struct StoreBuilder {
     unreadable: bool,
     ics_dir: bool,
     xattrs: bool,
+    style: PropertyStyle,
 }
 
 /// Where a generated home's resource count goes.
@@ -157,6 +158,7 @@ impl StoreBuilder {
             unreadable: false,
             ics_dir: false,
             xattrs: true,
+            style: PropertyStyle::Cs25,
         }
     }
 
@@ -197,6 +199,11 @@ impl StoreBuilder {
     }
     pub fn xattr_prefix(mut self, prefix: &str) -> Self {
         self.prefix = prefix.to_string();
+        self
+    }
+    /// How the WebDAV properties are written (default: as CalendarServer 2.5 writes them).
+    pub fn property_style(mut self, style: PropertyStyle) -> Self {
+        self.style = style;
         self
     }
     /// Write no extended attributes at all.
@@ -319,7 +326,7 @@ impl StoreBuilder {
         for i in 0..self.malformed {
             let p = first_cal.join(format!("malformed-{i}.ics"));
             let text = format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:malformed-{i}\r\nDTSTART:20100101T100000Z\r\n");
-            self.write_file(&p, text.as_bytes(), true)?;
+            self.write_file(&p, text.as_bytes(), self.style(&mut Rng::new(i as u64)))?;
             out.malformed.push(p);
         }
         if self.symlinks {
@@ -375,45 +382,68 @@ impl StoreBuilder {
         self.chown(p)
     }
 
-    fn set(&self, p: &Path, property: &str, value: &[u8]) -> Result<()> {
+    /// The style of one resource or collection (`Mixed` decides by `rng`).
+    fn style(&self, rng: &mut Rng) -> PropertyStyle {
+        match self.style {
+            PropertyStyle::Mixed if rng.chance(50) => PropertyStyle::Cs33,
+            PropertyStyle::Mixed => PropertyStyle::Cs25,
+            s => s,
+        }
+    }
+
+    /// Sets a property whose value is the XML document `xml`, compressed, named as `style` names it.
+    fn set(&self, p: &Path, style: PropertyStyle, property: &str, xml: &str) -> Result<()> {
         if self.xattrs {
-            let name = attr_name(&self.prefix, property);
-            xattr::set(p, &name, value)
+            let name = match style {
+                PropertyStyle::Cs33 => attr_name_short(&self.prefix, property),
+                _ => attr_name(&self.prefix, property),
+            };
+            xattr::set(p, &name, &encode_value(xml.as_bytes()))
                 .map_err(|e| Error::io(&format!("cannot set {name} on"), p, e))?;
         }
         Ok(())
     }
 
-    fn write_file(&self, p: &Path, bytes: &[u8], resource: bool) -> Result<()> {
+    fn write_file(&self, p: &Path, bytes: &[u8], style: PropertyStyle) -> Result<()> {
         fs::write(p, bytes).map_err(|e| Error::io("cannot write", p, e))?;
-        if resource {
-            let md5 = super::md5_hex(bytes);
-            self.set(
-                p,
-                &xattrs::getcontentmd5(),
-                &text_property_value(&xattrs::getcontentmd5(), &md5),
-            )?;
-        }
+        let md5 = super::md5_hex(bytes);
+        let prop = xattrs::getcontentmd5();
+        self.set(p, style, &prop, &text_xml(style, &prop, &md5))?;
         self.chown(p)
     }
 
-    fn collection(&self, dir: &Path, types: &str, rng: &mut Rng) -> Result<()> {
+    fn collection(
+        &self,
+        dir: &Path,
+        kind: Option<(&str, &str)>,
+        rng: &mut Rng,
+    ) -> Result<PropertyStyle> {
         self.mkdir(dir)?;
-        let rt = format!("<?xml version='1.0' encoding='UTF-8'?>\r\n<resourcetype xmlns='DAV:'><collection/>{types}</resourcetype>\r\n");
-        self.set(dir, "{DAV:}resourcetype", &encode_value(rt.as_bytes()))?;
-        let ctag = format!(
-            "2010-0{}-1{} 10:{:02}:{:02}.{:06}",
-            1 + rng.below(9),
-            rng.below(10),
-            rng.below(60),
-            rng.below(60),
-            rng.below(1_000_000)
-        );
+        let style = self.style(rng);
+        let mut types = vec![("DAV:", "collection", None)];
+        if let Some((ns, name)) = kind {
+            types.push((ns, name, None));
+        }
         self.set(
             dir,
-            &xattrs::getctag(),
-            &text_property_value(&xattrs::getctag(), &ctag),
+            style,
+            "{DAV:}resourcetype",
+            &children_xml(style, "{DAV:}resourcetype", &types),
         )?;
+        let ctag = match style {
+            // 2.x: the time of the change; 3.x: a UUID and a counter.
+            PropertyStyle::Cs33 => format!("{}#{}", rng.uuid().to_lowercase(), rng.below(50)),
+            _ => format!(
+                "2010-0{}-1{} 10:{:02}:{:02}.{:06}",
+                1 + rng.below(9),
+                rng.below(10),
+                rng.below(60),
+                rng.below(60),
+                rng.below(1_000_000)
+            ),
+        };
+        let prop = xattrs::getctag();
+        self.set(dir, style, &prop, &text_xml(style, &prop, &ctag))?;
         if !self.ics_dir {
             // A few bytes standing for the SQLite index the server rebuilds at will.
             let db = dir.join(".db.sqlite");
@@ -421,7 +451,7 @@ impl StoreBuilder {
                 .map_err(|e| Error::io("cannot write", &db, e))?;
             self.chown(&db)?;
         }
-        Ok(())
+        Ok(style)
     }
 
     fn write_home(
@@ -438,37 +468,31 @@ impl StoreBuilder {
         );
         let me = &people[index];
         self.mkdir(&home.path)?;
-        let caldav = "urn:ietf:params:xml:ns:caldav";
+        let caldav = xattrs::CALDAV_NS;
         let calendar = home.path.join("calendar");
-        self.collection(
-            &calendar,
-            &format!("<calendar xmlns='{caldav}'/>"),
-            &mut rng,
-        )?;
+        self.collection(&calendar, Some((caldav, "calendar")), &mut rng)?;
         let mut second = None;
         if !self.ics_dir {
             let inbox = home.path.join("inbox");
-            self.collection(
-                &inbox,
-                &format!("<schedule-inbox xmlns='{caldav}'/>"),
-                &mut rng,
-            )?;
-            let fb = format!("<?xml version='1.0' encoding='UTF-8'?>\r\n<calendar-free-busy-set xmlns='{caldav}'><href xmlns='DAV:'>/calendars/__uids__/{}/calendar/</href></calendar-free-busy-set>\r\n", me.guid);
+            let style = self.collection(&inbox, Some((caldav, "schedule-inbox")), &mut rng)?;
+            let fb = format!("{{{caldav}}}calendar-free-busy-set");
+            let href = format!("/calendars/__uids__/{}/calendar/", me.guid);
             self.set(
                 &inbox,
-                &format!("{{{caldav}}}calendar-free-busy-set"),
-                &encode_value(fb.as_bytes()),
+                style,
+                &fb,
+                &children_xml(style, &fb, &[("DAV:", "href", Some(&href))]),
             )?;
             self.collection(
                 &home.path.join("outbox"),
-                &format!("<schedule-outbox xmlns='{caldav}'/>"),
+                Some((caldav, "schedule-outbox")),
                 &mut rng,
             )?;
             self.mkdir(&home.path.join("dropbox"))?;
             self.mkdir(&home.path.join("freebusy"))?;
             if index % 3 == 0 {
                 let d = home.path.join(rng.uuid());
-                self.collection(&d, &format!("<calendar xmlns='{caldav}'/>"), &mut rng)?;
+                self.collection(&d, Some((caldav, "calendar")), &mut rng)?;
                 second = Some(d);
             }
             for (n, inbox_item) in (0..count).map(|n| (n, n % 10 == 1)) {
@@ -479,16 +503,23 @@ impl StoreBuilder {
                 } else {
                     calendar.clone()
                 };
-                self.write_event(&dir, index, n, people, &mut rng)?;
+                self.write_event(&dir, index, n, people, &mut rng, inbox_item)?;
             }
         } else {
             for n in 0..count {
-                self.write_event(&calendar, index, n, people, &mut rng)?;
+                self.write_event(&calendar, index, n, people, &mut rng, false)?;
             }
         }
         Ok(())
     }
 
+    /// One event, with the properties CalendarServer 2.5 writes on a PUT: `getcontentmd5`,
+    /// `getcontenttype`, and for a scheduling object (every event in a calendar: they all have an
+    /// organizer and attendees) `scheduling-object-resource` "true", a `schedule-tag` and a
+    /// `scheduling-match-etags` of 1–4 entries ending with the current ETag (earlier ones stay
+    /// while the server processes replies without changing the schedule tag). An inbox item is
+    /// no scheduling object ("false", neither of the other two) and has `originator` and
+    /// `recipient` hrefs instead.
     fn write_event(
         &self,
         dir: &Path,
@@ -496,23 +527,151 @@ impl StoreBuilder {
         n: usize,
         people: &[Person],
         rng: &mut Rng,
+        inbox_item: bool,
     ) -> Result<()> {
         let uid = rng.uuid();
-        let text = event(rng, &uid, home, people, &self.domain);
+        let (text, organizer) = event_by(rng, &uid, home, people, &self.domain);
         let p = dir.join(format!("{uid}.ics"));
-        self.write_file(&p, text.as_bytes(), true)?;
-        if self.xattrs && n % 7 == 0 {
+        // The properties draw from their own generator: the events stay what they were.
+        let mut prng = Rng::new(uid_seed(&uid));
+        let style = self.style(&mut prng);
+        self.write_file(&p, text.as_bytes(), style)?;
+        if !self.xattrs {
+            return Ok(());
+        }
+        if n % 7 == 0 {
             // An attribute that is neither a WebDAV property nor zlib: must survive every write.
             let name = format!("{}principal-reconciler-test.raw", self.prefix);
             xattr::set(&p, &name, b"\x80\x02raw, not zlib")
                 .map_err(|e| Error::io("cannot set xattr on", &p, e))?;
         }
-        if self.xattrs && n % 5 == 0 {
-            let prop = xattrs::scheduling_object_resource();
-            self.set(&p, &prop, &text_property_value(&prop, "true"))?;
+        if self.ics_dir {
+            return Ok(());
         }
+        let ctype = "{DAV:}getcontenttype";
+        let mime = if inbox_item {
+            "text/calendar;charset=utf-8"
+        } else {
+            "text/calendar"
+        };
+        self.set(&p, style, ctype, &text_xml(style, ctype, mime))?;
+        let sched = xattrs::scheduling_object_resource();
+        let is_sched = if inbox_item { "false" } else { "true" };
+        self.set(&p, style, &sched, &text_xml(style, &sched, is_sched))?;
+        if inbox_item {
+            let from = address_of(&mut prng, &people[organizer]);
+            let from = if prng.chance(10) {
+                "mailto:partner@outside.example.net".to_string()
+            } else {
+                from
+            };
+            let to = address_of(&mut prng, &people[home]);
+            for (prop, href) in [(xattrs::originator(), from), (xattrs::recipient(), to)] {
+                let xml = children_xml(style, &prop, &[("DAV:", "href", Some(&href))]);
+                self.set(&p, style, &prop, &xml)?;
+            }
+            return Ok(());
+        }
+        let tag = xattrs::schedule_tag();
+        self.set(
+            &p,
+            style,
+            &tag,
+            &text_xml(style, &tag, &prng.uuid().to_lowercase()),
+        )?;
+        let md5 = super::md5_hex(text.as_bytes());
+        let mut etags: Vec<String> = (0..prng.below(4))
+            .map(|_| format!("{:016x}{:016x}", prng.next_u64(), prng.next_u64()))
+            .collect();
+        etags.push(md5);
+        let entries: Vec<(&str, &str, Option<&str>)> = etags
+            .iter()
+            .map(|e| ("DAV:", "getetag", Some(e.as_str())))
+            .collect();
+        let list = xattrs::scheduling_match_etags();
+        self.set(&p, style, &list, &children_xml(style, &list, &entries))?;
         Ok(())
     }
+}
+
+/// A seed for a resource's own generator.
+fn uid_seed(uid: &str) -> u64 {
+    uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// How a generated store's WebDAV properties are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PropertyStyle {
+    /// CalendarServer 2.5 (Mac OS X Server 10.6): long attribute names
+    /// (`{http:%2F%2Ftwistedmatrix.com%2Fxml_namespace%2Fdav%2Fprivate%2F}…`), zlib-compressed XML:
+    /// declaration and CRLF, the element on one line, CRLF.
+    #[default]
+    Cs25,
+    /// CalendarServer 3.3 on a file store (`txdav/base/propertystore/xattr.py`): short names
+    /// (`{TDP:}`, `{CALDAV:}`, `{CS:}`, `{TD:}`), zlib-compressed XML as its pretty writer makes it:
+    /// declaration and LF, child elements each on a CRLF-ended line indented by two spaces.
+    Cs33,
+    /// Each resource and collection in one of the two (a 2.5 store partly served by 3.3 since).
+    Mixed,
+}
+
+/// The document of a property holding only text, as `style` writes it.
+pub fn text_xml(style: PropertyStyle, property: &str, text: &str) -> String {
+    match style {
+        PropertyStyle::Cs33 => {
+            let (ns, name) = xattrs::split_property(property);
+            format!(
+                "<?xml version='1.0' encoding='UTF-8'?>\n<{name} xmlns='{ns}'>{}</{name}>",
+                escape(text)
+            )
+        }
+        _ => xattrs::text_property_xml(property, text),
+    }
+}
+
+/// The document of a property holding elements (`(namespace, name, text)`), as `style` writes it.
+pub fn children_xml(
+    style: PropertyStyle,
+    property: &str,
+    children: &[(&str, &str, Option<&str>)],
+) -> String {
+    let (ns, name) = xattrs::split_property(property);
+    let child = |(cns, cname, text): &(&str, &str, Option<&str>)| {
+        let xmlns = if *cns == ns {
+            String::new()
+        } else {
+            format!(" xmlns='{cns}'")
+        };
+        match text {
+            Some(t) => format!("<{cname}{xmlns}>{}</{cname}>", escape(t)),
+            None => format!("<{cname}{xmlns}/>"),
+        }
+    };
+    match style {
+        PropertyStyle::Cs33 => {
+            let mut s =
+                format!("<?xml version='1.0' encoding='UTF-8'?>\n<{name} xmlns='{ns}'>\r\n");
+            for c in children {
+                s.push_str("  ");
+                s.push_str(&child(c));
+                s.push_str("\r\n");
+            }
+            s.push_str(&format!("</{name}>"));
+            s
+        }
+        _ => {
+            let inner: String = children.iter().map(child).collect();
+            format!("<?xml version='1.0' encoding='UTF-8'?>\r\n<{name} xmlns='{ns}'>{inner}</{name}>\r\n")
+        }
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Folds a content line at 75 octets (RFC 5545 3.1), never inside a UTF-8 sequence, and ends it
@@ -569,6 +728,17 @@ fn cal_address_line(rng: &mut Rng, prop: &str, p: &Person, extra: &str) -> Strin
 /// `urn:uuid:`, `mailto:` and principal-URL forms, sometimes an outside attendee and a recurrence
 /// with an overridden instance.
 pub fn event(rng: &mut Rng, uid: &str, home: usize, people: &[Person], domain: &str) -> String {
+    event_by(rng, uid, home, people, domain).0
+}
+
+/// [`event`], and the index of its organizer in `people`.
+fn event_by(
+    rng: &mut Rng,
+    uid: &str,
+    home: usize,
+    people: &[Person],
+    domain: &str,
+) -> (String, usize) {
     let ical4 = rng.chance(60);
     let mut s = String::with_capacity(2048);
     s.push_str("BEGIN:VCALENDAR\r\n");
@@ -655,7 +825,7 @@ pub fn event(rng: &mut Rng, uid: &str, home: usize, people: &[Person], domain: &
         body(&mut s, rng, Some(&r));
     }
     s.push_str("END:VCALENDAR\r\n");
-    s
+    (s, organizer)
 }
 
 #[cfg(test)]

@@ -2,15 +2,17 @@
 //! and the doctor.
 //!
 //! Submodules: [`walk`](mod@walk) (the parallel reader), [`xattrs`] (WebDAV properties in extended
-//! attributes), [`write`](mod@write) (safe replacement of one resource, snapshots and restores for rollback),
-//! [`doctor`], [`scan`] (the inventory command) and [`generate`] (realistic test stores);
-//! [`addressbook`] and [`generate_addressbooks`]: the same for address books.
+//! attributes), [`props`] (the properties a rewrite changes besides the bytes), [`write`](mod@write)
+//! (safe replacement of one resource, snapshots and restores for rollback), [`doctor`], [`scan`]
+//! (the inventory command) and [`generate`] (realistic test stores); [`addressbook`] and
+//! [`generate_addressbooks`]: the same for address books.
 
 pub mod addressbook;
 pub mod confined;
 pub mod doctor;
 pub mod generate;
 pub mod generate_addressbooks;
+pub mod props;
 pub mod scan;
 pub mod walk;
 pub mod write;

@@ -107,17 +107,20 @@ impl FileMeta {
             .collect()
     }
 
-    fn set(&mut self, name: String, value: Vec<u8>) {
-        match self.xattrs.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => self.xattrs.push((name, value)),
+    /// Sets `property` to `value` in every attribute that holds it (any prefix, long or short
+    /// name: 2.x reads the one, 3.x the other), or adds it under `prefix` (long name) when none does.
+    fn set_property(&mut self, property: &str, value: &[u8], prefix: &str) {
+        let mut found = false;
+        for (n, v) in self.xattrs.iter_mut() {
+            if xattrs::decode_name(n).map(|(_, p)| p).as_deref() == Some(property) {
+                *v = value.to_vec();
+                found = true;
+            }
         }
-    }
-
-    /// Removes the attribute(s) holding `property`, under any prefix.
-    fn remove_property(&mut self, property: &str) {
-        self.xattrs
-            .retain(|(n, _)| xattrs::decode_name(n).map(|(_, p)| p).as_deref() != Some(property));
+        if !found {
+            self.xattrs
+                .push((xattrs::attr_name(prefix, property), value.to_vec()));
+        }
     }
 }
 
@@ -137,9 +140,14 @@ pub enum WriteError {
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriteError::Changed { path, expected, found } => write!(
+            WriteError::Changed { path, expected, found } if expected.len() == 64 => write!(
                 f,
                 "changed since it was planned: {} (sha256 was {expected}, is now {found}); not written — re-run plan",
+                path.display()
+            ),
+            WriteError::Changed { path, expected, found } => write!(
+                f,
+                "changed since it was planned: {} ({expected} expected, found {found}); not written — re-run plan",
                 path.display()
             ),
             WriteError::Failed(e) => write!(f, "{e}"),
@@ -434,17 +442,23 @@ pub fn bump_ctag_dir(collection: &Dir, prefix: &str) -> Result<String> {
     let prop = xattrs::getctag();
     let value = xattrs::text_property_value(&prop, &ctag);
     let shown = collection.path();
-    // Replace it under whatever prefix it already has, else under `prefix`.
-    let existing = collection
+    // Replace it under every name it already has (any prefix, long or short), else add it under
+    // `prefix`.
+    let mut names: Vec<String> = collection
         .xattrs()
         .map_err(|e| Error::io("cannot read extended attributes of", shown, e))?
         .into_iter()
-        .find(|a| a.property().as_deref() == Some(prop.as_str()))
-        .map(|a| a.name);
-    let name = existing.unwrap_or_else(|| xattrs::attr_name(prefix, &prop));
-    collection
-        .set_xattr(&name, &value)
-        .map_err(|e| Error::io(&format!("cannot set {name} on"), shown, e))?;
+        .filter(|a| a.property().as_deref() == Some(prop.as_str()))
+        .map(|a| a.name)
+        .collect();
+    if names.is_empty() {
+        names.push(xattrs::attr_name(prefix, &prop));
+    }
+    for name in names {
+        collection
+            .set_xattr(&name, &value)
+            .map_err(|e| Error::io(&format!("cannot set {name} on"), shown, e))?;
+    }
     // Make the new ctag as durable as the rename before it.
     collection
         .sync()
@@ -452,51 +466,117 @@ pub fn bump_ctag_dir(collection: &Dir, prefix: &str) -> Result<String> {
     Ok(ctag)
 }
 
-/// Sets a resource's `getcontentmd5` attribute to `md5` (under the name it already has, else under
-/// `prefix`).
-pub fn set_md5_attr(path: &Path, md5: &str, prefix: &str) -> Result<()> {
-    let f = fs::OpenOptions::new()
+fn open_nofollow(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| Error::io("cannot open", path, e))?;
-    set_md5_attr_file(&f, path, md5, prefix)
+        .map_err(|e| Error::io("cannot open", path, e))
+}
+
+/// Sets a resource's `getcontentmd5` attribute to `md5` (under every name it already has, else
+/// under `prefix`).
+pub fn set_md5_attr(path: &Path, md5: &str, prefix: &str) -> Result<()> {
+    set_md5_attr_file(&open_nofollow(path)?, path, md5, prefix)
 }
 
 /// [`set_md5_attr`] on an open file (`shown` names it in messages).
 pub fn set_md5_attr_file(f: &File, shown: &Path, md5: &str, prefix: &str) -> Result<()> {
-    use xattr::FileExt;
     let prop = xattrs::getcontentmd5();
-    let existing = xattrs::read_all_fd(f)
+    set_attrs_file(
+        f,
+        shown,
+        &prop,
+        &xattrs::text_property_value(&prop, md5),
+        prefix,
+    )
+}
+
+/// Sets `property` to `value` on an open file in every attribute that holds it, else under
+/// `prefix`.
+fn set_attrs_file(
+    f: &File,
+    shown: &Path,
+    property: &str,
+    value: &[u8],
+    prefix: &str,
+) -> Result<()> {
+    use xattr::FileExt;
+    let mut names: Vec<String> = xattrs::read_all_fd(f)
         .map_err(|e| Error::io("cannot read extended attributes of", shown, e))?
         .into_iter()
-        .find(|a| a.property().as_deref() == Some(prop.as_str()))
-        .map(|a| a.name);
-    let name = existing.unwrap_or_else(|| xattrs::attr_name(prefix, &prop));
-    f.set_xattr(&name, &xattrs::text_property_value(&prop, md5))
-        .map_err(|e| Error::io(&format!("cannot set {name} on"), shown, e))
+        .filter(|a| a.property().as_deref() == Some(property))
+        .map(|a| a.name)
+        .collect();
+    if names.is_empty() {
+        names.push(xattrs::attr_name(prefix, property));
+    }
+    for name in names {
+        f.set_xattr(&name, value)
+            .map_err(|e| Error::io(&format!("cannot set {name} on"), shown, e))?;
+    }
+    Ok(())
+}
+
+/// Gives a resource's `scheduling-match-etags` (when it has one) the single entry `etag`.
+pub fn set_match_etags_attr(path: &Path, etag: &str) -> Result<()> {
+    set_match_etags_attr_file(&open_nofollow(path)?, path, etag)
+}
+
+/// [`set_match_etags_attr`] on an open file (`shown` names it in messages).
+pub fn set_match_etags_attr_file(f: &File, shown: &Path, etag: &str) -> Result<()> {
+    use xattr::FileExt;
+    let mut attrs: Vec<(String, Vec<u8>)> = xattrs::read_all_fd(f)
+        .map_err(|e| Error::io("cannot read extended attributes of", shown, e))?
+        .into_iter()
+        .map(|a| (a.name, a.value))
+        .collect();
+    let before = attrs.clone();
+    super::props::refresh_match_etags(&mut attrs, etag);
+    for ((name, new), (_, old)) in attrs.iter().zip(&before) {
+        if new != old {
+            f.set_xattr(name, new)
+                .map_err(|e| Error::io(&format!("cannot set {name} on"), shown, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Replaces one resource with `new_bytes` if it still has `expected_sha256`; keeps owner, group,
-/// mode and every attribute, writes the new `getcontentmd5`, drops `scheduling-object-resource`,
-/// and gives the collection a new `getctag`. The `.db.sqlite` index is left as it is.
+/// mode and every attribute, writes the new `getcontentmd5` and `scheduling-match-etags` (see
+/// [`super::props`]), and gives the collection a new `getctag`. `scheduling-object-resource` and
+/// `schedule-tag` are kept. The `.db.sqlite` index is left as it is.
 pub fn write_resource(
     path: &Path,
     expected_sha256: &str,
     new_bytes: &[u8],
     opts: &WriteOptions,
 ) -> std::result::Result<Written, WriteError> {
-    let (dir, name) = open_parent(path)?;
-    write_resource_at(dir, &name, expected_sha256, new_bytes, opts)
+    write_resource_with(path, expected_sha256, new_bytes, opts, &[])
 }
 
-/// [`write_resource`] of the file `name` in a confined folder.
+/// [`write_resource`] that also makes the planned attribute `edits` (a resource may have only
+/// those: its bytes stay). An attribute that no longer holds its planned value is a
+/// [`WriteError::Changed`].
+pub fn write_resource_with(
+    path: &Path,
+    expected_sha256: &str,
+    new_bytes: &[u8],
+    opts: &WriteOptions,
+    edits: &[super::props::AttrEdit],
+) -> std::result::Result<Written, WriteError> {
+    let (dir, name) = open_parent(path)?;
+    write_resource_at(dir, &name, expected_sha256, new_bytes, opts, edits)
+}
+
+/// [`write_resource_with`] of the file `name` in a confined folder.
 pub fn write_resource_at(
     dir: Arc<Dir>,
     name: &str,
     expected_sha256: &str,
     new_bytes: &[u8],
     opts: &WriteOptions,
+    edits: &[super::props::AttrEdit],
 ) -> std::result::Result<Written, WriteError> {
     let found = current_sha(&dir, name)?;
     if !found.eq_ignore_ascii_case(expected_sha256) {
@@ -506,7 +586,7 @@ pub fn write_resource_at(
             found,
         });
     }
-    let prepared = prepare_write_at(dir.clone(), name, &found, new_bytes, opts, true)?;
+    let prepared = prepare_write_at(dir.clone(), name, &found, new_bytes, opts, edits, true)?;
     let prefix = prepared.prefix.clone();
     let mut written = prepared.commit()?;
     dir.sync()
@@ -545,9 +625,9 @@ pub struct PreparedWrite {
 }
 
 /// First half of a write: checks the resource still has `expected_sha256` and writes the new
-/// bytes with the original's owner, mode and attributes (new `getcontentmd5`, no
-/// `scheduling-object-resource`) to the temporary file. With `sync` false the caller makes the
-/// temporary files durable in one go ([`sync_filesystem`]) before committing them.
+/// bytes with the original's owner, mode and attributes (new `getcontentmd5` and
+/// `scheduling-match-etags` when the bytes change) to the temporary file. With `sync` false the
+/// caller makes the temporary files durable in one go ([`sync_filesystem`]) before committing them.
 pub fn prepare_write(
     path: &Path,
     expected_sha256: &str,
@@ -564,7 +644,7 @@ pub fn prepare_write(
             found,
         });
     }
-    prepare_write_at(dir, &name, &found, new_bytes, opts, sync)
+    prepare_write_at(dir, &name, &found, new_bytes, opts, &[], sync)
 }
 
 /// [`prepare_write`] for a caller that has just read the resource and checked its hash itself
@@ -577,33 +657,53 @@ pub fn prepare_write_checked(
     sync: bool,
 ) -> std::result::Result<PreparedWrite, WriteError> {
     let (dir, name) = open_parent(path)?;
-    prepare_write_at(dir, &name, checked_sha256, new_bytes, opts, sync)
+    prepare_write_at(dir, &name, checked_sha256, new_bytes, opts, &[], sync)
 }
 
-/// [`prepare_write_checked`] of the file `name` in a confined folder.
+/// [`prepare_write_checked`] with the planned attribute `edits`.
+pub fn prepare_write_with(
+    path: &Path,
+    checked_sha256: &str,
+    new_bytes: &[u8],
+    opts: &WriteOptions,
+    edits: &[super::props::AttrEdit],
+    sync: bool,
+) -> std::result::Result<PreparedWrite, WriteError> {
+    let (dir, name) = open_parent(path)?;
+    prepare_write_at(dir, &name, checked_sha256, new_bytes, opts, edits, sync)
+}
+
+/// [`prepare_write_with`] of the file `name` in a confined folder.
 pub fn prepare_write_at(
     dir: Arc<Dir>,
     name: &str,
     checked_sha256: &str,
     new_bytes: &[u8],
     opts: &WriteOptions,
+    edits: &[super::props::AttrEdit],
     sync: bool,
 ) -> std::result::Result<PreparedWrite, WriteError> {
     let mut meta = FileMeta::of_at(&dir, name)?;
+    if let Err(which) = super::props::apply_edits(&mut meta.xattrs, edits) {
+        return Err(WriteError::Changed {
+            path: dir.child(name),
+            expected: "its planned attributes".to_string(),
+            found: which,
+        });
+    }
     let prefix = choose_prefix_dir(opts.xattr_prefix.as_deref(), &meta.xattr_list(), &dir);
-    let md5_prop = xattrs::getcontentmd5();
     let md5 = md5_hex(new_bytes);
-    let md5_value = xattrs::text_property_value(&md5_prop, &md5);
-    // Keep the attribute's own name when it exists (whatever prefix), else add it under `prefix`.
-    let md5_name = meta
-        .xattrs
-        .iter()
-        .find(|(n, _)| xattrs::decode_name(n).map(|(_, p)| p).as_deref() == Some(md5_prop.as_str()))
-        .map(|(n, _)| n.clone())
-        .unwrap_or_else(|| xattrs::attr_name(&prefix, &md5_prop));
-    if !opts.plain_files {
-        meta.set(md5_name, md5_value);
-        meta.remove_property(&xattrs::scheduling_object_resource());
+    let new_sha256 = hex::encode(Sha256::digest(new_bytes));
+    // The ETag follows the bytes: getcontentmd5 (every name it has) and the ETag list. A resource
+    // whose only change is an attribute keeps both as they are.
+    if !opts.plain_files && !new_sha256.eq_ignore_ascii_case(checked_sha256) {
+        let md5_prop = xattrs::getcontentmd5();
+        meta.set_property(
+            &md5_prop,
+            &xattrs::text_property_value(&md5_prop, &md5),
+            &prefix,
+        );
+        super::props::refresh_match_etags(&mut meta.xattrs, &md5);
     }
     let tmp = write_temp_at(&dir, name, new_bytes, &meta, sync)?;
     Ok(PreparedWrite {
@@ -613,7 +713,7 @@ pub fn prepare_write_at(
         name: name.to_string(),
         tmp,
         expected_sha256: checked_sha256.to_string(),
-        new_sha256: hex::encode(Sha256::digest(new_bytes)),
+        new_sha256,
         new_md5: md5,
         dir,
     })

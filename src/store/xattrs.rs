@@ -16,10 +16,43 @@ pub const PREFIX_LINUX: &str = "user.";
 /// Prefix on Mac OS X.
 pub const PREFIX_MACOS: &str = "WebDAV:";
 
-/// Namespace of `getcontentmd5` (twisted's private DAV namespace).
+/// Namespace of `getcontentmd5` (twisted's DAV namespace).
 pub const TWISTED_DAV_NS: &str = "http://twistedmatrix.com/xml_namespace/dav/";
-/// CalendarServer's namespace (`getctag`, `scheduling-object-resource`).
+/// Twisted's private DAV namespace: `scheduling-object-resource`, `scheduling-match-etags`.
+pub const TWISTED_PRIVATE_NS: &str = "http://twistedmatrix.com/xml_namespace/dav/private/";
+/// CalendarServer's namespace (`getctag`).
 pub const CALENDARSERVER_NS: &str = "http://calendarserver.org/ns/";
+/// CalDAV's namespace (`schedule-tag`, `originator`, `recipient`, `calendar-free-busy-set`).
+pub const CALDAV_NS: &str = "urn:ietf:params:xml:ns:caldav";
+
+/// The short namespace aliases CalendarServer 3.x writes in attribute names (`{TDP:}name` for
+/// `{http://twistedmatrix.com/xml_namespace/dav/private/}name`), to stay under the 127-byte
+/// limit of attribute names; it reads the long form too (and renames it to the short one when it
+/// does). 2.x writes and reads the long form only. `DAV:` has no alias.
+pub const SHORT_NAMESPACES: [(&str, &str); 6] = [
+    ("CALDAV:", CALDAV_NS),
+    ("CARDDAV:", "urn:ietf:params:xml:ns:carddav"),
+    ("CS:", CALENDARSERVER_NS),
+    ("ME:", "http://cal.me.com/_namespace/"),
+    ("TD:", TWISTED_DAV_NS),
+    ("TDP:", TWISTED_PRIVATE_NS),
+];
+
+/// The namespace a 3.x short alias stands for (`TDP:` → twisted's private namespace).
+pub fn expand_namespace(ns: &str) -> Option<&'static str> {
+    SHORT_NAMESPACES
+        .iter()
+        .find(|(short, _)| *short == ns)
+        .map(|(_, long)| *long)
+}
+
+/// The 3.x short alias of a namespace, if it has one.
+pub fn short_namespace(ns: &str) -> Option<&'static str> {
+    SHORT_NAMESPACES
+        .iter()
+        .find(|(_, long)| *long == ns)
+        .map(|(short, _)| *short)
+}
 
 /// `{http://twistedmatrix.com/xml_namespace/dav/}getcontentmd5`
 pub fn getcontentmd5() -> String {
@@ -31,9 +64,31 @@ pub fn getctag() -> String {
     format!("{{{CALENDARSERVER_NS}}}getctag")
 }
 
-/// `{http://calendarserver.org/ns/}scheduling-object-resource`
+/// `{http://twistedmatrix.com/xml_namespace/dav/private/}scheduling-object-resource`: "true" on a
+/// scheduling object resource (kept by every rewrite: the server relies on it).
 pub fn scheduling_object_resource() -> String {
-    format!("{{{CALENDARSERVER_NS}}}scheduling-object-resource")
+    format!("{{{TWISTED_PRIVATE_NS}}}scheduling-object-resource")
+}
+
+/// `{http://twistedmatrix.com/xml_namespace/dav/private/}scheduling-match-etags`: the ETags an
+/// `If-Match` may name in the server's schedule-tag compatibility mode.
+pub fn scheduling_match_etags() -> String {
+    format!("{{{TWISTED_PRIVATE_NS}}}scheduling-match-etags")
+}
+
+/// `{urn:ietf:params:xml:ns:caldav}schedule-tag`
+pub fn schedule_tag() -> String {
+    format!("{{{CALDAV_NS}}}schedule-tag")
+}
+
+/// `{urn:ietf:params:xml:ns:caldav}originator` (inbox items: who sent the message)
+pub fn originator() -> String {
+    format!("{{{CALDAV_NS}}}originator")
+}
+
+/// `{urn:ietf:params:xml:ns:caldav}recipient` (inbox items: whom it was delivered to)
+pub fn recipient() -> String {
+    format!("{{{CALDAV_NS}}}recipient")
 }
 
 /// The prefix the platform's CalendarServer uses.
@@ -83,19 +138,36 @@ pub fn unquote(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The attribute name of a property under `prefix`.
+/// The attribute name of a property under `prefix` (the long form, as 2.x writes it).
 pub fn attr_name(prefix: &str, property: &str) -> String {
     format!("{prefix}{}", quote_property(property))
 }
 
-/// Splits an attribute name into its known prefix and the decoded `{namespace}name` property.
-/// `None` when the name has neither prefix or is not a `{namespace}name` property.
+/// The attribute name 3.x writes: the namespace replaced by its short alias when it has one
+/// (`user.{TDP:}scheduling-match-etags`), else the long form.
+pub fn attr_name_short(prefix: &str, property: &str) -> String {
+    let (ns, name) = split_property(property);
+    match short_namespace(ns) {
+        Some(short) if property.starts_with('{') => {
+            format!("{prefix}{}", quote_property(&format!("{{{short}}}{name}")))
+        }
+        _ => attr_name(prefix, property),
+    }
+}
+
+/// Splits an attribute name into its known prefix and the decoded `{namespace}name` property, a
+/// 3.x short namespace alias expanded (`{TDP:}x` → `{http://twistedmatrix.com/xml_namespace/dav/private/}x`).
+/// `None` when the name has neither prefix or is not a `{namespace}name` property (3.x per-user
+/// properties, `<uid>{namespace}name`, are not: they are kept as they are).
 pub fn decode_name(attr: &str) -> Option<(&'static str, String)> {
     for prefix in [PREFIX_LINUX, PREFIX_MACOS] {
         if let Some(rest) = attr.strip_prefix(prefix) {
             let prop = unquote(rest);
-            if prop.starts_with('{') && prop.contains('}') {
-                return Some((prefix, prop));
+            if let Some((ns, name)) = prop.strip_prefix('{').and_then(|r| r.split_once('}')) {
+                return Some(match expand_namespace(ns) {
+                    Some(long) => (prefix, format!("{{{long}}}{name}")),
+                    None => (prefix, prop),
+                });
             }
         }
     }
@@ -104,6 +176,12 @@ pub fn decode_name(attr: &str) -> Option<(&'static str, String)> {
 
 /// zlib-decompresses a value; returns it raw when it is not zlib data.
 pub fn decode_value(raw: &[u8]) -> Vec<u8> {
+    decode_zlib(raw).unwrap_or_else(|| raw.to_vec())
+}
+
+/// The decompressed value when it is zlib data (what the server writes since 2.x), `None` when
+/// it is stored plain (older values: plain XML or a pickle).
+pub fn decode_zlib(raw: &[u8]) -> Option<Vec<u8>> {
     // zlib header: CM = 8 and the 16-bit header divisible by 31.
     if raw.len() >= 2
         && raw[0] & 0x0f == 8
@@ -111,10 +189,10 @@ pub fn decode_value(raw: &[u8]) -> Vec<u8> {
     {
         let mut out = Vec::new();
         if ZlibDecoder::new(raw).read_to_end(&mut out).is_ok() {
-            return out;
+            return Some(out);
         }
     }
-    raw.to_vec()
+    None
 }
 
 /// zlib-compresses a value (what the server stores).
@@ -277,12 +355,21 @@ pub fn prefix_in(attrs: &[Xattr]) -> Option<&'static str> {
     found
 }
 
-/// Finds the attribute holding `property` (under either prefix) and returns its decoded text.
+/// Finds the attribute holding `property` (under either prefix, long or short name) and returns
+/// its decoded text.
 pub fn property_text(attrs: &[Xattr], property: &str) -> Option<Option<String>> {
     attrs
         .iter()
         .find(|a| a.property().as_deref() == Some(property))
         .map(|a| text_of(&a.decoded_value()))
+}
+
+/// Every attribute holding `property`: a store served by 2.x and then 3.x may hold both the long
+/// and the short name of one property, each read by one of them.
+pub fn holding<'a>(attrs: &'a [Xattr], property: &'a str) -> impl Iterator<Item = &'a Xattr> + 'a {
+    attrs
+        .iter()
+        .filter(move |a| a.property().as_deref() == Some(property))
 }
 
 #[cfg(test)]
@@ -313,6 +400,56 @@ mod tests {
         assert_eq!(decode_name("user.com.apple.FinderInfo"), None);
         assert_eq!(unquote("a%2"), "a%2");
         assert_eq!(unquote("%7e%"), "~%");
+    }
+
+    #[test]
+    fn reads_the_long_and_the_short_names_of_private_properties() {
+        let sched = scheduling_match_etags();
+        // 2.5 writes the long form, 3.3 the short one; both decode to the same property.
+        let long = attr_name("user.", &sched);
+        assert_eq!(
+            long,
+            "user.{http:%2F%2Ftwistedmatrix.com%2Fxml_namespace%2Fdav%2Fprivate%2F}scheduling-match-etags"
+        );
+        let short = attr_name_short("user.", &sched);
+        assert_eq!(short, "user.{TDP:}scheduling-match-etags");
+        for n in [&long, &short] {
+            assert_eq!(decode_name(n), Some(("user.", sched.clone())), "{n}");
+        }
+        assert_eq!(
+            decode_name("WebDAV:{TDP:}scheduling-object-resource"),
+            Some(("WebDAV:", scheduling_object_resource()))
+        );
+        assert_eq!(
+            decode_name("user.{CALDAV:}schedule-tag"),
+            Some(("user.", schedule_tag()))
+        );
+        assert_eq!(
+            decode_name("user.{TD:}getcontentmd5"),
+            Some(("user.", getcontentmd5()))
+        );
+        assert_eq!(decode_name("user.{CS:}getctag"), Some(("user.", getctag())));
+        assert_eq!(attr_name_short("user.", &getctag()), "user.{CS:}getctag");
+        // DAV: has no alias; an unknown short-looking namespace stays as written.
+        assert_eq!(
+            attr_name_short("user.", "{DAV:}getcontenttype"),
+            "user.{DAV:}getcontenttype"
+        );
+        assert_eq!(
+            decode_name("user.{X:}y"),
+            Some(("user.", "{X:}y".to_string()))
+        );
+        // 3.x per-user properties (`<uid>{ns}name`) are not ours to interpret.
+        assert_eq!(
+            decode_name("user.10000000-0000-0000-0000-000000000001{CS:}x"),
+            None
+        );
+        // The old, wrong namespace is a different property.
+        assert_ne!(
+            decode_name("user.{http:%2F%2Fcalendarserver.org%2Fns%2F}scheduling-object-resource")
+                .map(|(_, p)| p),
+            Some(scheduling_object_resource())
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod support;
 
 mod addressbooks;
 mod cli;
+mod cs_file_store;
 mod directory_cli;
 mod directory_ldap;
 mod directory_ldif;
@@ -16,6 +17,7 @@ mod ical_props;
 mod lifecycle;
 mod mapping_file;
 mod migrate;
+mod props;
 mod provision_cli;
 mod provision_db;
 mod provision_ldap;

@@ -25,8 +25,8 @@ fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-/// A generated store owned by 501:20, and one resource in it with a raw attribute and a
-/// scheduling-object-resource attribute (the generator puts both on the first event of a home).
+/// A generated store owned by 501:20, and one resource in it with a raw attribute besides the
+/// properties 2.5 writes (the generator puts it on the first event of a home).
 fn setup(tmp: &Path, xattrs: bool) -> (PathBuf, PathBuf) {
     let root = tmp.join("Documents");
     let mut b = StoreBuilder::new(&root)
@@ -126,11 +126,29 @@ fn write_keeps_owner_mode_attributes_and_updates_md5_and_ctag() {
     }
     let after = attr_map(&p);
     let md5_name = "user.{http:%2F%2Ftwistedmatrix.com%2Fxml_namespace%2Fdav%2F}getcontentmd5";
-    let sched = "user.{http:%2F%2Fcalendarserver.org%2Fns%2F}scheduling-object-resource";
-    assert!(before.contains_key(sched) && before.contains_key(md5_name));
+    let private = "user.{http:%2F%2Ftwistedmatrix.com%2Fxml_namespace%2Fdav%2Fprivate%2F}";
+    let sched = format!("{private}scheduling-object-resource");
+    let etags = format!("{private}scheduling-match-etags");
+    let tag = "user.{urn:ietf:params:xml:ns:caldav}schedule-tag";
+    for k in [&sched, &etags, &md5_name.to_string(), &tag.to_string()] {
+        assert!(before.contains_key(k), "the generator writes {k}");
+    }
+    assert_eq!(
+        after[&sched], before[&sched],
+        "scheduling-object-resource kept"
+    );
+    assert_eq!(after[tag], before[tag], "schedule-tag kept");
+    // The ETag list names the new bytes alone, in the encoding and shape it had.
+    let list = String::from_utf8(xattrs::decode_value(&after[&etags])).unwrap();
+    let old_list = String::from_utf8(xattrs::decode_value(&before[&etags])).unwrap();
+    assert_eq!(
+        principal_reconciler::store::props::match_etags(&after[&etags]).unwrap(),
+        [store::md5_hex(new.as_bytes())]
+    );
+    assert!(old_list.starts_with(&list[..list.find("<getetag").unwrap()]));
     assert!(
-        !after.contains_key(sched),
-        "scheduling-object-resource removed"
+        list.ends_with("</getetag></scheduling-match-etags>\r\n"),
+        "{list}"
     );
     let md5_xml = String::from_utf8(xattrs::decode_value(&after[md5_name])).unwrap();
     assert_eq!(
@@ -143,11 +161,11 @@ fn write_keeps_owner_mode_attributes_and_updates_md5_and_ctag() {
     assert_eq!(w.new_md5, store::md5_hex(new.as_bytes()));
     // Every other attribute byte for byte, the raw non-zlib one included.
     for (k, v) in &before {
-        if k != md5_name && k != sched {
+        if k != md5_name && *k != etags {
             assert_eq!(after.get(k), Some(v), "attribute {k} kept");
         }
     }
-    assert_eq!(after.len(), before.len() - 1);
+    assert_eq!(after.len(), before.len());
     assert!(after.keys().any(|k| k.ends_with("test.raw")));
     // ctag changed, same attribute name, and it is what the write said
     let ctag_name = "user.{http:%2F%2Fcalendarserver.org%2Fns%2F}getctag";

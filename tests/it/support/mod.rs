@@ -1,5 +1,6 @@
 //! Shared test support: a throwaway slapd, generated migration worlds, the shared corpora,
-//! processes paused at an exact instant.
+//! AppleDouble members, processes paused at an exact instant.
+pub mod appledouble;
 pub mod child;
 pub mod corpus;
 pub mod slapd;
