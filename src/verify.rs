@@ -123,8 +123,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                         match &addr {
                             CalAddress::Other(_) => continue,
                             CalAddress::Mailto(_)
-                                if !cfg.is_internal_domain(addr.domain().unwrap_or(""))
-                                    && !cfg.rewrite.internal_domains.is_empty() =>
+                                if !mapper.is_internal(addr.domain().unwrap_or("")) =>
                             {
                                 continue
                             }
