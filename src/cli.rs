@@ -369,6 +369,7 @@ fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
         | Command::Man
         | Command::Scan
         | Command::Diff(_)
+        | Command::Runs
         | Command::Directory(_) => (false, false, false, None),
         Command::Doctor(a) => (a.fix, false, a.fix, None),
         Command::Report(_) => (true, false, false, None),
