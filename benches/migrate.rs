@@ -1,4 +1,4 @@
-//! Benchmark of plan and apply on a generated 10.6 store (default 100,000 resources; set
+//! Benchmark of plan, apply and rollback on a generated 10.6 store (default 100,000 resources; set
 //! PR_BENCH_N), against the I/O floor (reading every resource's bytes once) and against a short
 //! Python script using the PyPI `icalendar` package (benches/icalendar_rewrite.py). More crash
 //! kills than the test suite's 20: `PR_CRASH_KILLS=200 cargo test --release --test migrate apply_killed`.
@@ -185,8 +185,10 @@ fn main() {
         Err(e) => println!("python icalendar: skipped ({e})"),
     }
     let (apply_s, apply_rss) = run(&config, &["apply"]);
+    let (rollback_s, rollback_rss) = run(&config, &["rollback"]);
     println!("resources: {n} in {homes} homes");
     println!("I/O floor (read every resource): {floor:.2} s");
     println!("plan:  {plan_s:.2} s, {:.0} resources/s, {:.2}x the I/O floor (goal <= 2x), peak RSS {plan_rss:.0} MB", per(plan_s), plan_s / floor);
     println!("apply: {apply_s:.2} s, {:.0} resources/s, {:.2}x plan's time (goal <= 3x), peak RSS {apply_rss:.0} MB", per(apply_s), apply_s / plan_s);
+    println!("rollback: {rollback_s:.2} s, {:.0} resources/s, {:.2}x apply's time, peak RSS {rollback_rss:.0} MB", per(rollback_s), rollback_s / apply_s);
 }

@@ -472,7 +472,7 @@ pub fn adopt_homes(
     for (old_rel, new_guid) in todo {
         let steps = crate::homes::plan_adoption_in(root, layout::DIR, &old_rel, &new_guid, notes)?;
         for step in &steps {
-            crate::journal::journaled_home_step(state, run_id, root, step)?;
+            crate::journal::journaled_home_step(state, run_id, root, step, &old_rel)?;
         }
         if !steps.is_empty() {
             *adopted += 1;

@@ -18,7 +18,8 @@ Or all in one go, on a scratch copy first:
   principal-reconciler migrate --rehearse /tmp/rehearsal
 
 Exit codes: 0 ok, 1 problems found, 2 usage/configuration/input error, 3 runtime failure
-(unreachable server, I/O error). Logs go to stderr; --json prints one JSON document on stdout.";
+(unreachable server, I/O error, another run holds the lock), 130 apply/rollback interrupted by
+Ctrl-C (run it again to resume). Logs go to stderr; --json prints one JSON document on stdout.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,6 +72,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Show one resource's planned change as a unified diff
     Diff(DiffArgs),
+    /// List every plan and run: id, time, state, counts, and what `rollback` would undo now
+    Runs,
     /// Pull, scan, plan, apply, verify and report in one go
     Migrate(MigrateArgs),
     /// Read the directory: `pull` shows what it holds, `export --ldif FILE` snapshots it
@@ -318,6 +321,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         _ => {}
     }
     let config = Config::load(&cli.config)?;
+    // Held until the command ends (dropped after the match below).
+    let _lock = take_locks(&cli.command, &config)?;
     let ctx = Context {
         config,
         json: cli.json,
@@ -337,11 +342,69 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Report(args) => crate::report::command_report(&ctx, &args),
         Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
         Command::Diff(args) => command_diff(&ctx, &args),
+        Command::Runs => {
+            let state = crate::state::State::open_existing(&ctx.config.state.path)?;
+            let h = crate::history::history(&state)?;
+            Ok(Outcome::ok(
+                crate::history::human(&h),
+                serde_json::json!({ "history": h }),
+            ))
+        }
         Command::Directory(DirectoryCommand::Pull) => crate::directory::command_pull(&ctx),
         Command::Directory(DirectoryCommand::Export { ldif }) => {
             crate::directory::command_export(&ctx, &ldif)
         }
     }
+}
+
+/// The locks a command holds for its whole run ([`crate::lock`]): every command that writes the
+/// store, the state folder, the reports, the directory or the server's databases. A second such
+/// command is refused at once (exit 3), naming the holder.
+fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
+    let mut lock = crate::lock::RunLock::default();
+    // (locks the state folder, creates it when missing, locks the store, rehearsal folder)
+    let (state, creates_state, store, rehearsal) = match command {
+        Command::Config
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Scan
+        | Command::Diff(_)
+        | Command::Runs
+        | Command::Directory(_) => (false, false, false, None),
+        Command::Doctor(a) => (a.fix, false, a.fix, None),
+        Command::Report(_) => (true, false, false, None),
+        Command::Verify => (true, false, true, None),
+        Command::Provision(a) => (true, a.apply, false, None),
+        Command::Plan => (true, true, true, None),
+        Command::Apply(a) => (true, false, true, a.rehearse.as_ref()),
+        Command::Rollback(_) => (true, false, true, None),
+        Command::Migrate(a) => (true, a.rehearse.is_none(), true, a.rehearse.as_ref()),
+    };
+    if state && (creates_state || cfg.state.path.is_dir()) {
+        lock.state(&cfg.state.path)?;
+    }
+    // A database store has no folder; two runs on it are kept apart by the state folder's lock,
+    // and apply refuses while other sessions use the database.
+    if store && cfg.store.kind != crate::config::StoreKind::CalendarserverPg {
+        lock.folder(&cfg.store.path, "the store")?;
+        // A separate address-book root (10.6's Address Book Server) is written too.
+        if let Some(ab) = &cfg.store.addressbook_root {
+            let same = |a: &std::path::Path, b: &std::path::Path| {
+                a.canonicalize()
+                    .ok()
+                    .is_some_and(|x| b.canonicalize().ok() == Some(x))
+            };
+            if !same(ab, &cfg.store.path) {
+                lock.folder(ab, "the address-book root")?;
+            }
+        }
+    }
+    if let Some(dir) = rehearsal {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| crate::error::Error::io("cannot create rehearsal folder", dir, e))?;
+        lock.folder(dir, "the rehearsal folder")?;
+    }
+    Ok(lock)
 }
 
 /// `diff RESOURCE`: exit 0 when the resource still matches its plan or holds the planned bytes,

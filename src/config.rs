@@ -72,12 +72,20 @@ pub struct DirectoryConfig {
     pub tls_insecure: bool,
     #[serde(default = "default_page_size")]
     pub page_size: i32,
-    /// Seconds for connecting and for each operation.
+    /// Seconds for connecting and for each operation (at least 1).
     #[serde(default = "default_timeout")]
     pub timeout: u64,
     /// Accept a directory that stopped early (size/time/admin limit) with a warning.
     #[serde(default)]
     pub allow_partial: bool,
+    /// Accept a simple bind over `ldap://` without StartTLS: the bind password crosses the
+    /// network in clear. Unsafe; for a test server on an isolated network only.
+    #[serde(default)]
+    pub allow_cleartext_bind: bool,
+    /// Accept a current directory that holds no records at all (otherwise an error: a typo in the
+    /// base, a container or the GUID attribute must not make everyone look gone).
+    #[serde(default)]
+    pub allow_empty: bool,
     /// Attribute overrides: guid, short_name, full_name, email, member_guid, member_uid, nested_guid.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
@@ -360,6 +368,24 @@ impl Config {
                     "{at}: [directory] url needs `base` (the search base)"
                 )));
             }
+        }
+        if let Some(url) = &d.url {
+            let lower = url.to_ascii_lowercase();
+            if lower.starts_with("ldap://")
+                && d.bind_dn.is_some()
+                && !d.starttls
+                && !d.allow_cleartext_bind
+            {
+                return Err(Error::usage(format!(
+                    "{at}: [directory] a bind as `{}` over `{url}` without StartTLS would send the password in clear; use an ldaps:// url, or set starttls = true, or (unsafe, test networks only) allow_cleartext_bind = true",
+                    d.bind_dn.as_deref().unwrap_or_default()
+                )));
+            }
+        }
+        if d.timeout == 0 {
+            return Err(Error::usage(format!(
+                "{at}: [directory] timeout must be at least 1 (seconds); there is no \"no timeout\" setting — give a large value instead"
+            )));
         }
         if d.page_size < 1 {
             return Err(Error::usage(format!(

@@ -1,7 +1,8 @@
 //! One error type for the whole tool, carrying the exit code it should end the process with.
 //!
 //! Exit codes (documented in the README): 0 ok, 1 problems found, 2 usage / configuration / input
-//! error, 3 runtime failure (unreachable server, I/O failure, ...).
+//! error, 3 runtime failure (unreachable server, I/O failure, ...), 130 interrupted by a signal
+//! (apply and rollback stop after a whole batch and resume later).
 
 use std::fmt;
 
@@ -17,6 +18,8 @@ pub enum ExitStatus {
     Usage = 2,
     /// 3: the run could not be carried out (server unreachable, I/O failure); nothing half-written.
     Runtime = 3,
+    /// 130: stopped by SIGINT / SIGTERM after a whole batch; the run resumes where it stopped.
+    Interrupted = 130,
 }
 
 impl ExitStatus {

@@ -12,9 +12,10 @@
 //! retried after a crash, and reversible by [`undo`].
 
 use crate::error::{Error, Result};
+use crate::store::confined::Dir;
 use crate::store::xattrs;
 use base64::Engine as _;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// One filesystem step of an adoption.
@@ -160,46 +161,92 @@ impl HomeStep {
     }
 }
 
-fn make_dir(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
-    if !path.is_dir() {
-        std::fs::create_dir(path).map_err(|e| Error::io("cannot create folder", path, e))?;
+/// Every step opens its folders from the store root one component at a time without following a
+/// link ([`Dir`]): a home or collection replaced by a symbolic link is refused, never written
+/// through.
+fn io_err(what: &str, root: &Dir, rel: &str, e: std::io::Error) -> Error {
+    Error::io(what, &root.child(rel), e)
+}
+
+fn make_dir(root: &Dir, rel: &str, uid: u32, gid: u32, mode: u32) -> Result<()> {
+    let (parent, name) = root
+        .split(rel)
+        .map_err(|e| io_err("cannot create folder", root, rel, e))?;
+    match parent.stat(name) {
+        Ok(st) if st.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::runtime(format!(
+                "{} exists and is not a folder (or is a link); not replaced",
+                root.child(rel).display()
+            )))
+        }
+        Err(_) => parent
+            .mkdir(name, 0o700)
+            .map_err(|e| io_err("cannot create folder", root, rel, e))?,
     }
-    crate::store::write::set_owner(path, uid, gid)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("cannot set mode of", path, e))
+    let dir = parent
+        .sub(name)
+        .map_err(|e| io_err("cannot open folder", root, rel, e))?;
+    dir.chown(uid, gid)
+        .map_err(|e| io_err("cannot set owner of", root, rel, e))?;
+    dir.chmod(mode)
+        .map_err(|e| io_err("cannot set mode of", root, rel, e))
+}
+
+/// Whether `rel` exists (its folder missing means no); a link on the way is an error.
+fn exists(root: &Dir, rel: &str) -> Result<bool> {
+    match root.split(rel) {
+        Ok((d, n)) => Ok(d.exists(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("cannot open", root, rel, e)),
+    }
+}
+
+fn rename(root: &Dir, from: &str, to: &str) -> Result<()> {
+    match (exists(root, from)?, exists(root, to)?) {
+        (true, false) => {
+            let (fd, fname) = root
+                .split(from)
+                .map_err(|e| io_err("cannot move", root, from, e))?;
+            let (td, tname) = root
+                .split(to)
+                .map_err(|e| io_err("cannot move to", root, to, e))?;
+            fd.rename(fname, &td, tname)
+                .map_err(|e| io_err("cannot move", root, from, e))
+        }
+        (false, true) => Ok(()),
+        (true, true) => Err(Error::runtime(format!(
+            "cannot move {from} to {to}: both exist"
+        ))),
+        (false, false) => Err(Error::runtime(format!("cannot move {from}: it is gone"))),
+    }
 }
 
 /// Takes a step; safe to repeat after a crash (a step already taken is a no-op).
-pub fn execute(store: &Path, step: &HomeStep) -> Result<()> {
+pub fn execute(root: &Dir, step: &HomeStep) -> Result<()> {
     match step {
         HomeStep::Mkdir {
             rel,
             uid,
             gid,
             mode,
-        } => make_dir(&store.join(rel), *uid, *gid, *mode),
-        HomeStep::Move { from, to } => {
-            let (f, t) = (store.join(from), store.join(to));
-            match (f.exists(), t.exists()) {
-                (true, false) => {
-                    std::fs::rename(&f, &t).map_err(|e| Error::io("cannot move", &f, e))
-                }
-                (false, true) => Ok(()),
-                (true, true) => Err(Error::runtime(format!(
-                    "cannot move {from} to {to}: both exist"
-                ))),
-                (false, false) => Err(Error::runtime(format!("cannot move {from}: it is gone"))),
-            }
-        }
-        HomeStep::Xattr { rel, name, new, .. } => {
-            let p = store.join(rel);
-            xattr::set(&p, name, new)
-                .map_err(|e| Error::io(&format!("cannot set attribute {name} of"), &p, e))
-        }
+        } => make_dir(root, rel, *uid, *gid, *mode),
+        HomeStep::Move { from, to } => rename(root, from, to),
+        HomeStep::Xattr { rel, name, new, .. } => root
+            .walk(rel)
+            .and_then(|d| d.set_xattr(name, new))
+            .map_err(|e| io_err(&format!("cannot set attribute {name} of"), root, rel, e)),
         HomeStep::Rmdir { rel, .. } => {
-            let p = store.join(rel);
-            if p.exists() {
-                std::fs::remove_dir(&p).map_err(|e| Error::io("cannot remove folder", &p, e))?;
+            let (parent, name) = match root.split(rel) {
+                Ok(x) => x,
+                // Its parent is gone (removed by a later step), so is the folder.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err("cannot remove folder", root, rel, e)),
+            };
+            if parent.exists(name) {
+                parent
+                    .rmdir(name)
+                    .map_err(|e| io_err("cannot remove folder", root, rel, e))?;
             }
             Ok(())
         }
@@ -207,37 +254,35 @@ pub fn execute(store: &Path, step: &HomeStep) -> Result<()> {
 }
 
 /// Reverses a step taken by [`execute`]; safe to repeat.
-pub fn undo(store: &Path, step: &HomeStep) -> Result<()> {
+pub fn undo(root: &Dir, step: &HomeStep) -> Result<()> {
     match step {
         HomeStep::Mkdir { rel, .. } => {
-            let p = store.join(rel);
-            if p.is_dir()
-                && std::fs::read_dir(&p)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false)
-            {
-                std::fs::remove_dir(&p).map_err(|e| Error::io("cannot remove folder", &p, e))?;
+            let (parent, name) = match root.split(rel) {
+                Ok(x) => x,
+                // Its parent is gone, so is the folder.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err("cannot remove folder", root, rel, e)),
+            };
+            let empty = parent
+                .sub(name)
+                .and_then(|d| d.names())
+                .map(|n| n.is_empty())
+                .unwrap_or(false);
+            if empty {
+                parent
+                    .rmdir(name)
+                    .map_err(|e| io_err("cannot remove folder", root, rel, e))?;
             }
             Ok(())
         }
-        HomeStep::Move { from, to } => execute(
-            store,
-            &HomeStep::Move {
-                from: to.clone(),
-                to: from.clone(),
-            },
-        ),
-        HomeStep::Xattr { rel, name, old, .. } => {
-            let p = store.join(rel);
-            match old {
-                Some(v) => xattr::set(&p, name, v),
-                None => match xattr::remove(&p, name) {
-                    Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
-                    r => r,
-                },
-            }
-            .map_err(|e| Error::io(&format!("cannot restore attribute {name} of"), &p, e))
-        }
+        HomeStep::Move { from, to } => rename(root, to, from),
+        HomeStep::Xattr { rel, name, old, .. } => root
+            .walk(rel)
+            .and_then(|d| match old {
+                Some(v) => d.set_xattr(name, v),
+                None => d.remove_xattr(name),
+            })
+            .map_err(|e| io_err(&format!("cannot restore attribute {name} of"), root, rel, e)),
         HomeStep::Rmdir {
             rel,
             uid,
@@ -245,11 +290,13 @@ pub fn undo(store: &Path, step: &HomeStep) -> Result<()> {
             mode,
             xattrs,
         } => {
-            let p = store.join(rel);
-            make_dir(&p, *uid, *gid, *mode)?;
+            make_dir(root, rel, *uid, *gid, *mode)?;
+            let d = root
+                .walk(rel)
+                .map_err(|e| io_err("cannot open folder", root, rel, e))?;
             for (n, v) in xattrs {
-                xattr::set(&p, n, v)
-                    .map_err(|e| Error::io("cannot restore attribute of", &p, e))?;
+                d.set_xattr(n, v)
+                    .map_err(|e| io_err("cannot restore attribute of", root, rel, e))?;
             }
             Ok(())
         }
@@ -290,7 +337,8 @@ pub fn plan_adoption_in(
     let mut steps = Vec::new();
     let target_rel = hashed_home_in(top, new_guid);
     let old = store.join(old_rel);
-    if old_rel == target_rel || !old.is_dir() {
+    // A home replaced by a link is not adopted (nothing is ever done through a link).
+    if old_rel == target_rel || !std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
         return Ok(steps);
     }
     let uids = store.join(format!("{top}/__uids__"));
@@ -439,7 +487,7 @@ pub fn plan_href_updates(
 ) -> Result<Vec<HomeStep>> {
     let mut steps = Vec::new();
     let home = store.join(home_rel);
-    if !home.is_dir() {
+    if !std::fs::symlink_metadata(&home).is_ok_and(|m| m.is_dir()) {
         return Ok(steps);
     }
     let mut dirs = vec![home_rel.to_string()];
@@ -567,7 +615,7 @@ mod tests {
         let mut notes = Vec::new();
         let steps = plan_adoption(store, &old, NEW, &mut notes).unwrap();
         for s in &steps {
-            execute(store, s).unwrap();
+            execute(&Dir::open(store).unwrap(), s).unwrap();
         }
         // Everything reachable under the new home's dropbox, where the rewritten links point.
         for (rel, text) in [
@@ -586,10 +634,10 @@ mod tests {
         assert!(!store.join(&old).exists(), "{notes:?}");
         // Steps taken again after a crash are no-ops; undo, newest first, restores the tree.
         for s in &steps {
-            execute(store, s).unwrap();
+            execute(&Dir::open(store).unwrap(), s).unwrap();
         }
         for s in steps.iter().rev() {
-            undo(store, s).unwrap();
+            undo(&Dir::open(store).unwrap(), s).unwrap();
         }
         assert_eq!(listing(store), before);
 
@@ -598,7 +646,7 @@ mod tests {
         let mut notes = Vec::new();
         let steps = plan_adoption(store, &old, NEW, &mut notes).unwrap();
         for s in &steps {
-            execute(store, s).unwrap();
+            execute(&Dir::open(store).unwrap(), s).unwrap();
         }
         assert_eq!(
             std::fs::read_to_string(store.join(format!("{old}/dropbox/E2.dropbox/g.pdf"))).unwrap(),

@@ -4,31 +4,51 @@
 //! (`backups/`, content-addressed, files 0600 in folders 0700) and the step is recorded as
 //! `pending` with the original owner, mode and extended attributes; the record is durable before the
 //! store is touched. After the write the step is marked `done`. Steps are made durable in batches,
-//! so the cost of syncing stays bounded, and no batch is written before it is durable.
+//! so the cost of syncing stays bounded, and no batch is written before it is durable. Rollback
+//! works the same way, in batches, newest step first.
 //!
-//! After a crash (`kill -9` at any instant) the next `apply` finds the run still `running` and
+//! After a crash (`kill -9` at any instant) the next `apply` finds the run still `applying` and
 //! resumes it: a pending step whose file already holds the new bytes is done, one that still holds
-//! the old bytes is redone, anything else is someone else's change and is skipped. The store ends
-//! byte for byte as an uninterrupted run leaves it.
+//! the old bytes is redone, anything else is someone else's change and is skipped. Every
+//! collection of a step not known to be finished gets a new `getctag`, so clients re-fetch. The
+//! store ends byte for byte as an uninterrupted run leaves it.
+//!
+//! Every file and folder in the store is reached from the store root one component at a time,
+//! never through a symbolic link ([`crate::store::confined`]).
+//!
+//! A run's lifecycle ([`RunState`]): applying → applied → rolling back → rolled back; a plan whose
+//! run was rolled back is applied again by a new run. SIGINT / SIGTERM stop a run after its current
+//! batch ([`crate::interrupt`]).
 
 use crate::cli::{ApplyArgs, Context, Outcome, RollbackArgs};
 use crate::config::Config;
 use crate::error::{Error, ExitStatus, Result};
 use crate::homes::{self, HomeStep};
-use crate::state::{create_private_dir, now_rfc3339, State};
-use crate::store::props::{edits_done, edits_from_json, AttrEdit};
+use crate::interrupt;
+use crate::state::{
+    create_private_dir, now_rfc3339, Action, RunEvent, RunKind, RunState, RunStatus, State,
+    StepState,
+};
+use crate::store::addressbook::{is_addressbook_path, Roots};
+use crate::store::confined::{split_rel, Dir, DirCache};
+use crate::store::props::{edits_from_json, AttrEdit};
 use crate::store::write::{
-    bump_ctag, prepare_write_with, restore, sha256_hex, sync_filesystem, write_resource_with,
-    FileMeta, PreparedWrite, WriteError, WriteOptions,
+    bump_ctag_dir, choose_prefix_dir, is_leftover_name, prepare_restore, prepare_write_at,
+    renews_ctag, restore, sha256_at, sha256_hex, sync_filesystem, FileMeta, PreparedWrite,
+    WriteError, WriteOptions,
 };
 use base64::Engine as _;
 use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Steps made durable together.
 const BATCH: usize = 1024;
+/// Folders one batch may hold open (each is a descriptor until the batch ends).
+const BATCH_FOLDERS: usize = 256;
 
 /// Content-addressed copies of original files, in `<state>/backups/<aa>/<sha256>`.
 pub struct Backups {
@@ -78,44 +98,20 @@ impl Backups {
 
     /// Reads a backup back, checking its hash.
     pub fn get(&self, sha: &str) -> Result<Vec<u8>> {
+        if sha.len() < 2 {
+            return Err(Error::runtime("the journal names no backup for this file"));
+        }
         let path = self.path(sha);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read backup", &path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::runtime(format!("its backup {} cannot be read: {e}", path.display()))
+        })?;
         if sha256_hex(&bytes) != sha {
             return Err(Error::runtime(format!(
-                "backup {} is damaged (hash mismatch)",
+                "its backup {} is damaged (its bytes no longer match their SHA-256)",
                 path.display()
             )));
         }
         Ok(bytes)
-    }
-}
-
-/// One resource step of a batch, before it is recorded.
-#[derive(Default)]
-struct Step {
-    seq: i64,
-    rel: String,
-    old_sha: String,
-    new_sha: String,
-    backup: Option<String>,
-    meta: Option<String>,
-    state: &'static str,
-    detail: String,
-    prepared: Option<PreparedWrite>,
-}
-
-impl Step {
-    fn skip(&mut self, why: String) {
-        self.state = "skipped";
-        self.detail = why;
-    }
-}
-
-fn same_filesystem(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev(),
-        _ => false,
     }
 }
 
@@ -163,22 +159,43 @@ impl SavedMeta {
     }
 }
 
-/// How a run ended.
+/// What a check of the store against a finished run found.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Checked {
+    /// Files the run's steps name.
+    pub files: u64,
+    /// How many hold what they should (the run's bytes after an apply, the originals after a
+    /// rollback).
+    pub holding: u64,
+    /// The others: path and what is there instead.
+    pub differing: Vec<(String, String)>,
+}
+
+/// How a run ended (the counts are the whole run's, however many invocations it took).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RunSummary {
     pub run_id: i64,
     pub kind: &'static str,
     pub plan_id: Option<i64>,
     pub undoes_run: Option<i64>,
+    /// The lifecycle state of the apply run concerned, after this command.
+    pub state: Option<RunState>,
     pub resumed: bool,
+    /// Nothing was left to do: the run had finished before (see `checked`).
     pub already_done: bool,
+    /// When the run finished (for `already_done`).
+    pub finished_at: Option<String>,
+    /// `already_done`: the store checked against what the run left.
+    pub checked: Option<Checked>,
+    /// The signal that stopped this invocation after a whole batch (resumable).
+    pub interrupted: Option<String>,
     pub written: u64,
     pub unchanged: u64,
     pub skipped: Vec<(String, String)>,
     pub homes_adopted: u64,
     /// Delegate / auto-accept databases rewritten.
     pub databases: u64,
-    /// Things a human should know (merged homes, renamed collections).
+    /// Things a human should know (merged homes, renamed collections, resumed runs).
     pub notes: Vec<String>,
 }
 
@@ -227,41 +244,12 @@ fn refuse_while_server_runs(store: &Path, force: bool) -> Result<()> {
     }
 }
 
-/// The run to carry on with: the unfinished one of the same kind and target, or a new one.
-/// `None` (with `summary.already_done`) when that run already finished.
-fn start_or_resume(state: &State, summary: &mut RunSummary, store: &Path) -> Result<Option<i64>> {
-    let (target_col, target) = match summary.undoes_run {
-        Some(run) => ("undoes_run", run),
-        None => ("plan_id", summary.plan_id.unwrap_or_default()),
-    };
-    let last: Option<(i64, String)> = state
-        .conn
-        .query_row(
-            &format!("SELECT id, status FROM runs WHERE kind = ?1 AND {target_col} = ?2 ORDER BY id DESC LIMIT 1"),
-            rusqlite::params![summary.kind, target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok();
-    let id = match last {
-        Some((id, status)) if status == "done" => {
-            summary.run_id = id;
-            summary.already_done = true;
-            return Ok(None);
-        }
-        Some((id, _)) => {
-            summary.resumed = true;
-            id
-        }
-        None => {
-            state.conn.execute(
-                &format!("INSERT INTO runs (kind, {target_col}, store_path, started_at, status) VALUES (?1, ?2, ?3, ?4, 'running')"),
-                rusqlite::params![summary.kind, target, store.to_string_lossy(), now_rfc3339()],
-            )?;
-            state.conn.last_insert_rowid()
-        }
-    };
-    summary.run_id = id;
-    Ok(Some(id))
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => false,
+    }
 }
 
 fn store_path_of(cfg: &Config) -> PathBuf {
@@ -271,7 +259,577 @@ fn store_path_of(cfg: &Config) -> PathBuf {
         .unwrap_or_else(|_| cfg.store.path.clone())
 }
 
-/// Carries out a stored plan (the latest when `plan` is `None`).
+/// The roots of a run opened for confined access: the calendar store and, when there is one,
+/// the address-book root (paths beginning with `addressbooks/` are relative to it).
+struct RootDirs {
+    roots: Roots,
+    store: Dir,
+    addressbooks: Option<Dir>,
+}
+
+impl RootDirs {
+    fn open(roots: Roots) -> Result<RootDirs> {
+        let open = |p: &Path| Dir::open(p).map_err(|e| Error::io("cannot open the store", p, e));
+        let store = open(&roots.store)?;
+        let addressbooks = match &roots.addressbooks {
+            Some(p) => Some(open(p)?),
+            None => None,
+        };
+        Ok(RootDirs {
+            roots,
+            store,
+            addressbooks,
+        })
+    }
+
+    /// The root `rel` is relative to (as [`Roots::root_for`]).
+    fn for_rel(&self, rel: &str) -> &Dir {
+        match &self.addressbooks {
+            Some(ab) if is_addressbook_path(rel) => ab,
+            _ => &self.store,
+        }
+    }
+
+    /// Makes everything written under every root durable.
+    fn sync(&self) -> Result<()> {
+        for root in self.roots.all() {
+            sync_filesystem(root)?;
+        }
+        Ok(())
+    }
+}
+
+/// One batch's open folders under each root.
+struct Caches {
+    store: DirCache,
+    addressbooks: Option<DirCache>,
+}
+
+impl Caches {
+    fn new(dirs: &RootDirs) -> Result<Caches> {
+        let cache = |d: &Dir| DirCache::new(d).map_err(|e| Error::io("cannot open", d.path(), e));
+        Ok(Caches {
+            store: cache(&dirs.store)?,
+            addressbooks: match &dirs.addressbooks {
+                Some(d) => Some(cache(d)?),
+                None => None,
+            },
+        })
+    }
+
+    fn parent<'a>(&self, rel: &'a str) -> std::io::Result<(Arc<Dir>, &'a str)> {
+        match &self.addressbooks {
+            Some(ab) if is_addressbook_path(rel) => ab.parent(rel),
+            _ => self.store.parent(rel),
+        }
+    }
+}
+
+/// The whole run's counts, from its journal.
+fn totals(state: &State, summary: &mut RunSummary) -> Result<()> {
+    let run_id = summary.run_id;
+    let count = |sql: &str| -> Result<u64> {
+        Ok(state
+            .conn
+            .query_row(sql, [run_id], |r| r.get::<_, i64>(0))? as u64)
+    };
+    summary.skipped = {
+        let mut st = state.conn.prepare(
+            "SELECT rel_path, detail FROM journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
+        )?;
+        let rows = st.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    if summary.kind == "rollback" {
+        summary.written = count(
+            "SELECT COUNT(*) FROM journal u JOIN runs r ON r.id = u.run_id
+               JOIN journal j ON j.run_id = r.undoes_run AND j.seq = u.undoes_seq
+              WHERE u.run_id = ?1 AND u.state = 'done' AND u.detail = ''
+                AND j.action IN ('rewrite', 'database', 'file')",
+        )?;
+        summary.unchanged = count(
+            "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND state = 'done' AND detail = 'already restored'",
+        )?;
+        summary.homes_adopted = count(
+            "SELECT COUNT(*) FROM journal u JOIN runs r ON r.id = u.run_id
+               JOIN journal j ON j.run_id = r.undoes_run AND j.seq = u.undoes_seq
+              WHERE u.run_id = ?1 AND u.state = 'done' AND j.action = 'move'",
+        )?;
+    } else {
+        summary.written = count(
+            "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND action = 'rewrite' AND state = 'done' AND backup_sha256 IS NOT NULL",
+        )?;
+        summary.unchanged = count(
+            "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND action = 'rewrite' AND state = 'done' AND backup_sha256 IS NULL",
+        )?;
+        summary.homes_adopted = count(
+            "SELECT COUNT(DISTINCT detail) FROM journal WHERE run_id = ?1 AND action = 'move' AND state = 'done' AND detail LIKE 'home:%'",
+        )?;
+        summary.databases = count(
+            "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND action = 'database' AND state = 'done'",
+        )?;
+    }
+    Ok(())
+}
+
+/// Where a path of the store is after the run's home moves (`from` → `to`, in order).
+fn moved(rel: &str, moves: &[(String, String)]) -> String {
+    let mut p = rel.to_string();
+    for (from, to) in moves {
+        if p == *from {
+            p = to.clone();
+        } else if let Some(rest) = p.strip_prefix(&format!("{from}/")) {
+            p = format!("{to}/{rest}");
+        }
+    }
+    p
+}
+
+/// What a file holds now, in words for a report (`missing`, or its hash).
+fn describe_found(found: &Option<String>) -> String {
+    match found {
+        None => "missing".to_string(),
+        Some(s) => format!("holds other bytes (sha256 {s})"),
+    }
+}
+
+/// Checks the files a finished run's rewrite steps name: after an apply they must hold what it
+/// wrote (at their place after its home moves), after a rollback their original bytes.
+fn check_run(
+    state: &State,
+    dirs: Option<&RootDirs>,
+    run_id: i64,
+    originals: bool,
+) -> Result<Checked> {
+    let moves: Vec<(String, String)> = if originals {
+        Vec::new()
+    } else {
+        let mut st = state.conn.prepare(
+            "SELECT rel_path, target_path FROM journal WHERE run_id = ?1 AND action = 'move' AND state = 'done' ORDER BY seq",
+        )?;
+        let rows = st.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let steps: Vec<(Action, String, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT action, rel_path, before_sha256, after_sha256 FROM journal
+              WHERE run_id = ?1 AND action IN ('rewrite', 'database', 'file') AND state = 'done'
+                AND backup_sha256 IS NOT NULL ORDER BY seq",
+        )?;
+        let rows = st.query_map([run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut out = Checked::default();
+    for (action, rel, before, after) in steps {
+        out.files += 1;
+        let want = if originals { before } else { after };
+        let (at, found) = if action == Action::Rewrite {
+            let at = moved(&rel, &moves);
+            let found = match dirs.map(|d| d.for_rel(&at).split(&at)) {
+                Some(Ok((dir, name))) => sha256_at(&dir, name).unwrap_or(None),
+                _ => None,
+            };
+            (at, found)
+        } else {
+            // A delegate database or augments.xml: outside the store, named by its path.
+            let found = std::fs::read(&rel).ok().map(|b| sha256_hex(&b));
+            (rel, found)
+        };
+        if found.as_deref() == Some(want.as_str()) {
+            out.holding += 1;
+        } else {
+            out.differing.push((at, describe_found(&found)));
+        }
+    }
+    Ok(out)
+}
+
+/// Before a plan whose run was rolled back is applied again: the store must hold what the plan
+/// was made from (or, for a resource, what it would write).
+fn check_store_matches_plan(state: &State, dirs: &RootDirs, plan_id: i64) -> Result<()> {
+    let rows: Vec<(String, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT rel_path, old_sha256, new_sha256 FROM plan_resources WHERE plan_id = ?1 ORDER BY rel_path",
+        )?;
+        let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let total = rows.len();
+    let mut differing = Vec::new();
+    for (rel, old, new) in rows {
+        let found = match dirs.for_rel(&rel).split(&rel) {
+            Ok((dir, name)) => sha256_at(&dir, name).unwrap_or(None),
+            Err(_) => None,
+        };
+        if found.as_deref() != Some(old.as_str()) && found.as_deref() != Some(new.as_str()) {
+            differing.push(format!("{rel} ({})", describe_found(&found)));
+        }
+    }
+    let dbs: Vec<(String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT path, old_sha256 FROM plan_databases WHERE plan_id = ?1 AND changes + dropped > 0",
+        )?;
+        let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (path, old) in dbs {
+        let found = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
+        if found.as_deref() != Some(old.as_str()) {
+            differing.push(format!("{path} ({})", describe_found(&found)));
+        }
+    }
+    if differing.is_empty() {
+        return Ok(());
+    }
+    let n = differing.len();
+    differing.truncate(5);
+    Err(Error::usage(format!(
+        "plan {plan_id} cannot be applied again: {n} of the {total} resources it changes no longer hold what it was made from (first: {}). Run `principal-reconciler plan` for a plan of the store as it is, review the reports, then `apply` it",
+        differing.join("; ")
+    )))
+}
+
+/// Removes the temporary files (`.NAME.principal-reconciler.tmp`) that an interrupted run left in
+/// the folders of these resources; returns how many.
+fn remove_leftovers(dirs: &RootDirs, rels: &[String]) -> Result<u64> {
+    let mut folders: Vec<&str> = rels.iter().map(|r| split_rel(r).0).collect();
+    folders.sort_unstable();
+    folders.dedup();
+    let mut removed = 0;
+    for folder in folders {
+        let Ok(dir) = dirs.for_rel(folder).walk(folder) else {
+            continue; // gone, moved, or a link: nothing of ours in it
+        };
+        let Ok(names) = dir.names() else { continue };
+        for name in names.into_iter().filter(|n| is_leftover_name(n)) {
+            if dir.stat(&name).is_ok_and(|s| s.is_file()) {
+                dir.unlink(&name)
+                    .map_err(|e| Error::io("cannot remove the leftover", &dir.child(&name), e))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn plan_rels(state: &State, plan_id: i64) -> Result<Vec<String>> {
+    let mut st = state
+        .conn
+        .prepare("SELECT rel_path FROM plan_resources WHERE plan_id = ?1")?;
+    let rows = st.query_map([plan_id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Splits work into batches of at most [`BATCH`] steps and [`BATCH_FOLDERS`] folders.
+fn batches<T>(items: Vec<T>, rel: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<T> = Vec::new();
+    let mut folders: std::collections::HashSet<String> = Default::default();
+    for it in items {
+        let folder = split_rel(rel(&it)).0.to_string();
+        if cur.len() >= BATCH || (!folders.contains(&folder) && folders.len() >= BATCH_FOLDERS) {
+            out.push(std::mem::take(&mut cur));
+            folders.clear();
+        }
+        folders.insert(folder);
+        cur.push(it);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// One resource of the plan to carry out (`resumed`: its step is already journaled as pending).
+struct Item {
+    seq: i64,
+    rel: String,
+    old_sha: String,
+    new_sha: String,
+    blob: Vec<u8>,
+    /// Planned attribute edits (server properties that change besides the bytes).
+    edits: Vec<AttrEdit>,
+    resumed: bool,
+}
+
+/// Whether a file's attributes hold every planned edit.
+fn edits_hold(attrs: &[(String, Vec<u8>)], edits: &[AttrEdit]) -> Result<bool> {
+    for e in edits {
+        let new = e.new_value()?;
+        if !attrs.iter().any(|(n, v)| *n == e.name && *v == new) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether a file's attributes are those saved in a step (a step that changed only attributes
+/// is undone when they differ, though its bytes are the original ones).
+fn attrs_as_saved(now: &FileMeta, meta_json: Option<&str>) -> Result<bool> {
+    let Some(json) = meta_json else {
+        return Ok(false);
+    };
+    let saved: SavedMeta = serde_json::from_str(json)?;
+    let mut now = now.xattrs.clone();
+    let mut want = saved.to_meta()?.xattrs;
+    now.sort();
+    want.sort();
+    Ok(now == want)
+}
+
+/// One resource step of a batch, before it is recorded.
+#[derive(Default)]
+struct Step {
+    seq: i64,
+    rel: String,
+    old_sha: String,
+    new_sha: String,
+    backup: Option<String>,
+    meta: Option<String>,
+    state: Option<StepState>,
+    detail: String,
+    resumed: bool,
+    prepared: Option<PreparedWrite>,
+    /// A collection whose ctag must be renewed although nothing is renamed now (a step of an
+    /// interrupted batch whose file already holds the new bytes).
+    renew: Option<(String, Arc<Dir>, String)>,
+}
+
+impl Step {
+    fn skip(&mut self, why: String) {
+        self.state = Some(StepState::Skipped);
+        self.detail = why;
+    }
+}
+
+fn prepare_step(cache: &Caches, backups: &Backups, opts: &WriteOptions, it: Item) -> Result<Step> {
+    let mut step = Step {
+        seq: it.seq,
+        rel: it.rel.clone(),
+        old_sha: it.old_sha.clone(),
+        new_sha: it.new_sha.clone(),
+        resumed: it.resumed,
+        ..Default::default()
+    };
+    let (dir, name) = match cache.parent(&it.rel) {
+        Ok(x) => x,
+        Err(e) => {
+            step.skip(format!("not written: {e}"));
+            return Ok(step);
+        }
+    };
+    let bytes = match dir.read(name) {
+        Err(e) => {
+            step.skip(format!("cannot read: {e}"));
+            return Ok(step);
+        }
+        Ok(b) => b,
+    };
+    let sha = sha256_hex(&bytes);
+    // (A resource whose only change is an attribute keeps its bytes.)
+    let done = sha == it.new_sha
+        && (it.edits.is_empty() || edits_hold(&FileMeta::of_at(&dir, name)?.xattrs, &it.edits)?);
+    if done {
+        step.state = Some(StepState::Done);
+        if it.resumed {
+            // Renamed before the interruption; its ctag may not have been renewed.
+            let own = FileMeta::of_at(&dir, name)?.xattr_list();
+            let prefix = choose_prefix_dir(opts.xattr_prefix.as_deref(), &own, &dir);
+            step.renew = Some((split_rel(&it.rel).0.to_string(), dir, prefix));
+        } else {
+            step.detail = "already rewritten".into();
+        }
+    } else if sha != it.old_sha {
+        step.skip(if it.resumed {
+            "changed since plan (found after an interrupted run)".into()
+        } else {
+            "changed since plan".into()
+        });
+    } else {
+        if !it.resumed {
+            step.backup = Some(backups.put(&bytes)?);
+            step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(
+                &FileMeta::of_at(&dir, name)?,
+            ))?);
+        }
+        let new_bytes = crate::plan::unpack(&it.blob, &it.new_sha)?;
+        match prepare_write_at(
+            dir.clone(),
+            name,
+            &it.old_sha,
+            &new_bytes,
+            opts,
+            &it.edits,
+            false,
+        ) {
+            Ok(p) => {
+                step.state = Some(StepState::Pending);
+                step.prepared = Some(p);
+            }
+            Err(WriteError::Changed { .. }) => step.skip("changed since plan".into()),
+            Err(WriteError::Failed(e)) => return Err(e),
+        }
+    }
+    Ok(step)
+}
+
+/// Everything a batch needs besides its items.
+struct Batch<'a> {
+    run_id: i64,
+    dirs: &'a RootDirs,
+    state_dir: &'a Path,
+    backups: &'a Backups,
+    opts: &'a WriteOptions,
+}
+
+/// One batch: (a) originals saved and new bytes in temporary files beside them, in parallel;
+/// (b) backups and temporary files durable, then the steps recorded durably; (c) the renames,
+/// one new ctag per collection (every collection of the batch, including those of steps an
+/// interruption left pending), made durable together, then marked done.
+fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) -> Result<()> {
+    use rayon::prelude::*;
+    let cache = Caches::new(b.dirs)?;
+    let steps: Vec<Step> = items
+        .into_par_iter()
+        .map(|it| prepare_step(&cache, b.backups, b.opts, it))
+        .collect::<Result<_>>()?;
+    interrupt::test_pause("apply-prepared");
+    b.backups.sync()?;
+    for root in b.dirs.roots.all() {
+        if !same_filesystem(root, b.state_dir) {
+            sync_filesystem(root)?;
+        }
+    }
+    {
+        let tx = state.conn.transaction()?;
+        {
+            let mut ins = tx.prepare(
+                "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, backup_sha256, meta_json, state, detail)
+                 VALUES (?1, ?2, 'rewrite', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for s in steps.iter().filter(|s| !s.resumed) {
+                ins.execute(rusqlite::params![
+                    b.run_id, s.seq, s.rel, s.old_sha, s.new_sha, s.backup, s.meta, s.state,
+                    s.detail
+                ])?;
+            }
+        }
+        tx.commit()?;
+    }
+    let mut collections: BTreeMap<String, (Arc<Dir>, String)> = BTreeMap::new();
+    let mut prepared = Vec::new();
+    let mut results: Vec<(i64, StepState, String)> = Vec::new();
+    for s in steps {
+        if let Some((folder, dir, prefix)) = s.renew {
+            collections.entry(folder).or_insert((dir, prefix));
+        }
+        match s.prepared {
+            Some(p) => {
+                let folder = split_rel(&s.rel).0.to_string();
+                collections
+                    .entry(folder)
+                    .or_insert_with(|| (p.dir().clone(), p.prefix.clone()));
+                prepared.push((s.seq, p));
+            }
+            None if s.resumed => {
+                results.push((s.seq, s.state.unwrap_or(StepState::Skipped), s.detail));
+            }
+            None => {}
+        }
+    }
+    let committed: Vec<(i64, std::result::Result<(), WriteError>)> = prepared
+        .into_par_iter()
+        .map(|(seq, p)| (seq, p.commit().map(|_| ())))
+        .collect();
+    interrupt::test_pause("apply-rename");
+    for (seq, r) in committed {
+        match r {
+            Ok(()) => results.push((seq, StepState::Done, String::new())),
+            Err(WriteError::Changed { .. }) => {
+                results.push((seq, StepState::Skipped, "changed since plan".to_string()))
+            }
+            Err(WriteError::Failed(e)) => return Err(e),
+        }
+    }
+    if !b.opts.plain_files {
+        for (i, (dir, prefix)) in collections.values().enumerate() {
+            bump_ctag_dir(dir, prefix)?;
+            if i == 0 {
+                interrupt::test_pause("apply-ctag");
+            }
+        }
+    }
+    if !results.is_empty() {
+        b.dirs.sync()?;
+    }
+    let tx = state.conn.transaction()?;
+    for (seq, st, detail) in results {
+        tx.execute(
+            "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
+            rusqlite::params![st, detail, b.run_id, seq],
+        )?;
+    }
+    tx.commit()?;
+    interrupt::test_pause("apply-batch");
+    Ok(())
+}
+
+/// Marks a run interrupted by a signal (resumable) and says so in the summary.
+fn interrupted(state: &State, summary: &mut RunSummary, sig: i32) -> Result<()> {
+    let name = interrupt::name(sig);
+    state.conn.execute(
+        "UPDATE runs SET status = ?1, stopped_by = ?2 WHERE id = ?3",
+        rusqlite::params![RunStatus::Interrupted, name, summary.run_id],
+    )?;
+    summary.interrupted = Some(name);
+    totals(state, summary)
+}
+
+/// A run as `apply` looks at it: id, lifecycle state, process status, the signal that stopped it,
+/// when it finished.
+type RunRow = (i64, RunState, RunStatus, Option<String>, Option<String>);
+
+/// The latest apply run of a plan.
+fn latest_apply_run(state: &State, plan_id: i64) -> Result<Option<RunRow>> {
+    let row = state.conn.query_row(
+        "SELECT id, COALESCE(state, 'applying'), status, stopped_by, finished_at FROM runs
+          WHERE kind = 'apply' AND plan_id = ?1 ORDER BY id DESC LIMIT 1",
+        [plan_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    );
+    match row {
+        Ok(r) => Ok(Some(r)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn new_run(
+    state: &State,
+    kind: RunKind,
+    plan_id: Option<i64>,
+    undoes: Option<i64>,
+    store: &Path,
+) -> Result<i64> {
+    let run_state = (kind != RunKind::Rollback).then_some(RunState::Applying);
+    state.conn.execute(
+        "INSERT INTO runs (kind, plan_id, undoes_run, store_path, started_at, status, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        rusqlite::params![
+            kind,
+            plan_id,
+            undoes,
+            store.to_string_lossy(),
+            now_rfc3339(),
+            RunStatus::Running,
+            run_state
+        ],
+    )?;
+    Ok(state.conn.last_insert_rowid())
+}
+
+/// Carries out a stored plan (the latest complete one when `plan` is `None`).
 pub fn apply(
     ctx: &Context,
     cfg: &Config,
@@ -283,7 +841,7 @@ pub fn apply(
         return crate::store::pg::apply(ctx, cfg, plan, force, rehearsal);
     }
     let mut state = State::open_existing(&cfg.state.path)?;
-    let plan_id = state.plan_or_latest(plan)?;
+    let (plan_id, passed_over) = state.plan_to_apply(plan)?;
     let planned_store = state.plan_text(plan_id, "store_path")?;
     let store = store_path_of(cfg);
     if !rehearsal && Path::new(&planned_store) != store {
@@ -298,21 +856,83 @@ pub fn apply(
     }
     let started = std::time::Instant::now();
     let backups = Backups::open(&cfg.state.path)?;
+    let dirs = RootDirs::open(roots.clone())?;
     let mut summary = RunSummary {
         kind: "apply",
         plan_id: Some(plan_id),
         ..Default::default()
     };
-    let Some(run_id) = start_or_resume(&state, &mut summary, &store)? else {
-        return Ok(summary);
+    summary.notes.extend(passed_over);
+    let run_id = match latest_apply_run(&state, plan_id)? {
+        None => new_run(&state, RunKind::Apply, Some(plan_id), None, &store)?,
+        Some((id, RunState::Applying | RunState::Planned, status, stopped, _)) => {
+            summary.resumed = true;
+            summary.notes.push(match (status, stopped) {
+                (RunStatus::Interrupted, Some(sig)) => {
+                    format!("run {id} was stopped by {sig}; resuming it")
+                }
+                _ => format!("run {id} did not finish (its process ended without finishing: a crash or kill); resuming it"),
+            });
+            state.conn.execute(
+                "UPDATE runs SET status = 'running', stopped_by = NULL, state = 'applying' WHERE id = ?1",
+                [id],
+            )?;
+            id
+        }
+        Some((id, RunState::Applied, _, _, finished)) => {
+            summary.run_id = id;
+            summary.already_done = true;
+            summary.state = Some(RunState::Applied);
+            summary.finished_at = finished;
+            summary.checked = Some(check_run(&state, Some(&dirs), id, false)?);
+            totals(&state, &mut summary)?;
+            return Ok(summary);
+        }
+        Some((id, RunState::RollingBack, ..)) => {
+            return Err(Error::usage(format!(
+                "plan {plan_id} cannot be applied now: its run {id} is partly rolled back (the rollback was interrupted). Finish the rollback with `principal-reconciler rollback --run {id}`; then `apply` applies plan {plan_id} again"
+            )))
+        }
+        Some((id, RunState::RolledBack, ..)) => {
+            check_store_matches_plan(&state, &dirs, plan_id)?;
+            summary.notes.push(format!(
+                "plan {plan_id} was applied by run {id} and rolled back; the store holds what the plan was made from again, so it is applied again by a new run"
+            ));
+            new_run(&state, RunKind::Apply, Some(plan_id), None, &store)?
+        }
     };
+    summary.run_id = run_id;
+    state.advance_run(run_id, RunEvent::StartApply)?;
     crate::addressbooks::record_run_root(&state, run_id, &roots)?;
+    let _signals = interrupt::install();
+    let removed = remove_leftovers(&dirs, &plan_rels(&state, plan_id)?)?;
+    if removed > 0 {
+        summary.notes.push(format!(
+            "removed {removed} temporary file(s) an interrupted run had left in the store"
+        ));
+    }
     let opts = WriteOptions {
         xattr_prefix: cfg.store.xattr_prefix.clone(),
         plain_files: cfg.store.kind == crate::config::StoreKind::IcsDir,
     };
+    let batch = Batch {
+        run_id,
+        dirs: &dirs,
+        state_dir: &cfg.state.path,
+        backups: &backups,
+        opts: &opts,
+    };
+    let blob_of = |state: &State, rel: &str| -> Result<(Vec<u8>, Vec<AttrEdit>)> {
+        let (blob, edits): (Vec<u8>, Option<String>) = state.conn.query_row(
+            "SELECT new_bytes, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+            rusqlite::params![plan_id, rel],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((blob, edits_from_json(edits.as_deref())?))
+    };
 
-    // 1. Steps left pending by a crash.
+    // 1. Steps an interruption left pending (the last batch), then 2. the plan's resources not
+    //    yet journaled, in batches.
     let pending: Vec<(i64, String, String, String)> = {
         let mut st = state.conn.prepare(
             "SELECT seq, rel_path, before_sha256, after_sha256 FROM journal WHERE run_id = ?1 AND state = 'pending' AND action = 'rewrite' ORDER BY seq",
@@ -322,47 +942,23 @@ pub fn apply(
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    for (seq, rel, before, after) in pending {
-        let path = roots.join(&rel);
-        let current = std::fs::read(&path)
-            .map(|b| sha256_hex(&b))
-            .unwrap_or_default();
-        let edits = planned_edits(&state, plan_id, &rel)?;
-        let (st, detail) = if current == after && edits_done(&path, &edits)? {
-            summary.written += 1;
-            ("done", String::new())
-        } else if current == before {
-            let blob: Vec<u8> = state.conn.query_row(
-                "SELECT new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-                rusqlite::params![plan_id, rel],
-                |r| r.get(0),
-            )?;
-            let bytes = crate::plan::unpack(&blob, &after)?;
-            match write_resource_with(&path, &before, &bytes, &opts, &edits) {
-                Ok(_) => {
-                    summary.written += 1;
-                    ("done", String::new())
-                }
-                Err(WriteError::Changed { .. }) => ("skipped", "changed since plan".to_string()),
-                Err(WriteError::Failed(e)) => return Err(e),
-            }
-        } else {
-            (
-                "skipped",
-                "changed since plan (found after an interrupted run)".to_string(),
-            )
-        };
-        if st == "skipped" {
-            summary.skipped.push((rel.clone(), detail.clone()));
-        }
-        state.conn.execute(
-            "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-            rusqlite::params![st, detail, run_id, seq],
-        )?;
+    let mut resumed_items = Vec::with_capacity(pending.len());
+    for (seq, rel, old_sha, new_sha) in pending {
+        let (blob, edits) = blob_of(&state, &rel)?;
+        resumed_items.push(Item {
+            edits,
+            seq,
+            rel,
+            old_sha,
+            new_sha,
+            blob,
+            resumed: true,
+        });
     }
-
-    // 2. The plan's resources not yet journaled, in batches.
-    let next_seq: i64 = state.conn.query_row(
+    for items in batches(resumed_items, |i| &i.rel) {
+        apply_batch(&mut state, &batch, items)?;
+    }
+    let mut seq: i64 = state.conn.query_row(
         "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
         [run_id],
         |r| r.get(0),
@@ -379,168 +975,49 @@ pub fn apply(
         rows.collect::<rusqlite::Result<_>>()?
     };
     let bar = crate::cli::progress_bar(ctx, Some(todo.len() as u64), "applying");
-    let mut seq = next_seq;
-    for chunk in todo.chunks(BATCH) {
-        // a. Save each original (bytes in backups/, metadata for the journal) and write the new
-        //    bytes to a temporary file beside it. Nothing in the store is replaced yet.
-        // The planned bytes come from the database on this thread; the file work runs on every
-        // core (it is mostly system calls).
-        let mut work = Vec::with_capacity(chunk.len());
+    for chunk in batches(todo, |t| &t.0) {
+        if let Some(sig) = interrupt::pending() {
+            bar.finish_and_clear();
+            interrupted(&state, &mut summary, sig)?;
+            return Ok(summary);
+        }
+        let n = chunk.len() as u64;
+        let mut items = Vec::with_capacity(chunk.len());
         for (rel, old_sha, new_sha) in chunk {
             seq += 1;
-            let (blob, edits): (Vec<u8>, Option<String>) = state.conn.query_row(
-                "SELECT new_bytes, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-                rusqlite::params![plan_id, rel],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let edits = edits_from_json(edits.as_deref())?;
-            work.push((seq, rel, old_sha, new_sha, (blob, edits)));
+            let (blob, edits) = blob_of(&state, &rel)?;
+            items.push(Item {
+                edits,
+                seq,
+                rel,
+                old_sha,
+                new_sha,
+                blob,
+                resumed: false,
+            });
         }
-        use rayon::prelude::*;
-        let steps: Vec<Step> = work
-            .into_par_iter()
-            .map(|(seq, rel, old_sha, new_sha, planned)| -> Result<Step> {
-                let (blob, edits) = planned;
-                let mut step = Step {
-                    seq,
-                    rel: rel.clone(),
-                    old_sha: old_sha.clone(),
-                    new_sha: new_sha.clone(),
-                    ..Default::default()
-                };
-                let path = roots.join(rel);
-                let bytes = match std::fs::read(&path) {
-                    Err(e) => {
-                        step.skip(format!("cannot read: {e}"));
-                        return Ok(step);
-                    }
-                    Ok(b) => b,
-                };
-                let sha = sha256_hex(&bytes);
-                // (A resource whose only change is an attribute keeps its bytes.)
-                if sha == *new_sha && edits_done(&path, &edits)? {
-                    step.state = "done";
-                    step.detail = "already rewritten".into();
-                } else if sha != *old_sha {
-                    step.skip("changed since plan".into());
-                } else {
-                    step.backup = Some(backups.put(&bytes)?);
-                    step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(
-                        &FileMeta::of(&path)?,
-                    ))?);
-                    let new_bytes = crate::plan::unpack(&blob, new_sha)?;
-                    match prepare_write_with(&path, old_sha, &new_bytes, &opts, &edits, false) {
-                        Ok(p) => {
-                            step.state = "pending";
-                            step.prepared = Some(p);
-                        }
-                        Err(WriteError::Changed { .. }) => step.skip("changed since plan".into()),
-                        Err(WriteError::Failed(e)) => return Err(e),
-                    }
-                }
-                Ok(step)
-            })
-            .collect::<Result<_>>()?;
-        summary.unchanged += steps.iter().filter(|s| s.state == "done").count() as u64;
-        // b. Backups and temporary files durable (one syncfs per file system), then the steps
-        //    recorded durably: only now may an original be replaced.
-        backups.sync()?;
-        for root in roots.all() {
-            if !same_filesystem(root, &cfg.state.path) {
-                sync_filesystem(root)?;
-            }
-        }
-        {
-            let tx = state.conn.transaction()?;
-            {
-                let mut ins = tx.prepare(
-                    "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, backup_sha256, meta_json, state, detail)
-                     VALUES (?1, ?2, 'rewrite', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?;
-                for s in &steps {
-                    ins.execute(rusqlite::params![
-                        run_id, s.seq, s.rel, s.old_sha, s.new_sha, s.backup, s.meta, s.state,
-                        s.detail
-                    ])?;
-                }
-            }
-            tx.commit()?;
-        }
-        // c. The renames, one new ctag per collection, made durable together; then marked done.
-        let mut collections = std::collections::BTreeMap::new();
-        let mut prepared = Vec::new();
-        for s in steps {
-            if s.state == "skipped" {
-                summary.skipped.push((s.rel.clone(), s.detail.clone()));
-            }
-            if let Some(p) = s.prepared {
-                collections.insert(p.folder.clone(), p.prefix.clone());
-                prepared.push((s.seq, s.rel, p));
-            }
-        }
-        bar.inc(chunk.len() as u64);
-        let committed: Vec<(i64, String, std::result::Result<(), WriteError>)> = prepared
-            .into_par_iter()
-            .map(|(seq, rel, p)| (seq, rel, p.commit().map(|_| ())))
-            .collect();
-        let mut results = Vec::with_capacity(committed.len());
-        for (seq, rel, r) in committed {
-            match r {
-                Ok(()) => {
-                    summary.written += 1;
-                    results.push((seq, "done", String::new()));
-                }
-                Err(WriteError::Changed { .. }) => {
-                    summary.skipped.push((rel, "changed since plan".into()));
-                    results.push((seq, "skipped", "changed since plan".to_string()));
-                }
-                Err(WriteError::Failed(e)) => return Err(e),
-            }
-        }
-        if !opts.plain_files {
-            for (folder, prefix) in &collections {
-                bump_ctag(folder, prefix)?;
-            }
-        }
-        if !results.is_empty() {
-            for root in roots.all() {
-                sync_filesystem(root)?;
-            }
-        }
-        let tx = state.conn.transaction()?;
-        for (seq, st, detail) in results {
-            tx.execute(
-                "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-                rusqlite::params![st, detail, run_id, seq],
-            )?;
-        }
-        tx.commit()?;
+        apply_batch(&mut state, &batch, items)?;
+        bar.inc(n);
     }
     bar.finish_and_clear();
-    tracing::info!(
-        "resources: {} written in {:.2?}",
-        summary.written,
-        started.elapsed()
-    );
+    tracing::info!("resources: done at {:.2?}", started.elapsed());
+    if let Some(sig) = interrupt::pending() {
+        interrupted(&state, &mut summary, sig)?;
+        return Ok(summary);
+    }
     apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
-    adopt_homes(&mut state, run_id, plan_id, &roots, &mut summary)?;
-    crate::addressbooks::adopt_homes(
-        &mut state,
-        run_id,
-        plan_id,
-        &roots,
-        &mut summary.homes_adopted,
-        &mut summary.notes,
-    )?;
-    tracing::info!(
-        "homes: {} adopted, run finished at {:.2?}",
-        summary.homes_adopted,
-        started.elapsed()
-    );
+    if !adopt_homes(&mut state, run_id, plan_id, &dirs, &mut summary)? {
+        let sig = interrupt::pending().unwrap_or(libc::SIGINT);
+        interrupted(&state, &mut summary, sig)?;
+        return Ok(summary);
+    }
+    tracing::info!("homes adopted, run finished at {:.2?}", started.elapsed());
     state.conn.execute(
         "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
         rusqlite::params![now_rfc3339(), run_id],
     )?;
+    summary.state = Some(state.advance_run(run_id, RunEvent::FinishApply)?);
+    totals(&state, &mut summary)?;
     Ok(summary)
 }
 
@@ -658,7 +1135,7 @@ pub fn journaled_file_write(
     let meta = FileMeta::of(path)?;
     let tx = state.conn.transaction()?;
     tx.execute(
-        "INSERT INTO runs (kind, store_path, started_at, status) VALUES (?1, ?2, ?3, 'running')",
+        "INSERT INTO runs (kind, store_path, started_at, status, state) VALUES (?1, ?2, ?3, 'running', 'applying')",
         rusqlite::params![
             kind,
             path.parent().unwrap_or(Path::new("/")).to_string_lossy(),
@@ -685,18 +1162,31 @@ pub fn journaled_file_write(
         [run_id],
     )?;
     state.conn.execute(
-        "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
+        "UPDATE runs SET status = 'done', state = 'applied', finished_at = ?1 WHERE id = ?2",
         rusqlite::params![now_rfc3339(), run_id],
     )?;
     Ok((run_id, backup))
 }
 
-/// Records a step as pending (durably), takes it, marks it done.
+/// Records a step as pending (durably), takes it, marks it done. `home` names the home it adopts
+/// (counted in the run's summary).
 pub(crate) fn journaled_home_step(
     state: &mut State,
     run_id: i64,
-    store: &Path,
+    root: &Path,
     step: &HomeStep,
+    home: &str,
+) -> Result<()> {
+    let dir = Dir::open(root).map_err(|e| Error::io("cannot open", root, e))?;
+    journaled_home_step_at(state, run_id, &dir, step, home)
+}
+
+fn journaled_home_step_at(
+    state: &mut State,
+    run_id: i64,
+    root: &Dir,
+    step: &HomeStep,
+    home: &str,
 ) -> Result<()> {
     let seq: i64 = state.conn.query_row(
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE run_id = ?1",
@@ -705,10 +1195,10 @@ pub(crate) fn journaled_home_step(
     )?;
     let (rel, target, meta) = step.to_row();
     state.conn.execute(
-        "INSERT INTO journal (run_id, seq, action, rel_path, target_path, meta_json, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
-        rusqlite::params![run_id, seq, step.action(), rel, target, meta],
+        "INSERT INTO journal (run_id, seq, action, rel_path, target_path, meta_json, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
+        rusqlite::params![run_id, seq, step.action(), rel, target, meta, format!("home:{home}")],
     )?;
-    homes::execute(store, step)?;
+    homes::execute(root, step)?;
     state.conn.execute(
         "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
         rusqlite::params![run_id, seq],
@@ -717,14 +1207,15 @@ pub(crate) fn journaled_home_step(
 }
 
 /// Moves every home kept under an old id to its current GUID's hashed path (see [`crate::homes`]).
+/// `false` when a signal stopped it between two homes.
 fn adopt_homes(
     state: &mut State,
     run_id: i64,
     plan_id: i64,
-    roots: &crate::store::addressbook::Roots,
+    dirs: &RootDirs,
     summary: &mut RunSummary,
-) -> Result<()> {
-    let store = roots.store.as_path();
+) -> Result<bool> {
+    let (root, store) = (&dirs.store, dirs.roots.store.as_path());
     // Home steps left pending by a crash: each is idempotent, finish it.
     let pending: Vec<(i64, String, String, Option<String>, String)> = {
         let mut st = state.conn.prepare(
@@ -737,8 +1228,8 @@ fn adopt_homes(
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (seq, action, rel, target, meta) in pending {
-        let root = roots.root_for(&rel).to_path_buf();
-        homes::execute(&root, &HomeStep::from_row(&action, rel, target, &meta)?)?;
+        let root = dirs.for_rel(&rel);
+        homes::execute(root, &HomeStep::from_row(&action, rel, target, &meta)?)?;
         state.conn.execute(
             "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
             rusqlite::params![run_id, seq],
@@ -755,77 +1246,351 @@ fn adopt_homes(
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (old_rel, layout, old_id, new_guid) in todo {
+        if interrupt::pending().is_some() {
+            return Ok(false);
+        }
         let steps = homes::plan_adoption(store, &old_rel, &new_guid, &mut summary.notes)?;
-        let moved = !steps.is_empty();
         for step in &steps {
-            journaled_home_step(state, run_id, store, step)?;
+            journaled_home_step_at(state, run_id, root, step, &old_rel)?;
         }
         let hrefs = homes::old_hrefs(&layout, &old_id);
         for step in
             homes::plan_href_updates(store, &homes::hashed_home(&new_guid), &hrefs, &new_guid)?
         {
-            journaled_home_step(state, run_id, store, &step)?;
-        }
-        if moved {
-            summary.homes_adopted += 1;
+            journaled_home_step_at(state, run_id, root, &step, &old_rel)?;
         }
     }
+    if interrupt::pending().is_some() {
+        return Ok(false);
+    }
+    crate::addressbooks::adopt_homes(
+        state,
+        run_id,
+        plan_id,
+        &dirs.roots,
+        &mut summary.homes_adopted,
+        &mut summary.notes,
+    )?;
+    Ok(true)
+}
+
+/// A step of the undone run, as rollback reads it.
+struct UndoItem {
+    undone: i64,
+    action: Action,
+    rel: String,
+    target: Option<String>,
+    original_sha: String,
+    applied_sha: String,
+    backup: Option<String>,
+    meta: Option<String>,
+    /// This rollback's own step for it, when an interruption left one pending.
+    existing: Option<i64>,
+    /// The seq of this rollback's step.
+    seq: i64,
+}
+
+/// Decision about one file of a rollback batch.
+struct Undo {
+    item: UndoItem,
+    state: StepState,
+    detail: String,
+    prepared: Option<PreparedWrite>,
+    renew: Option<(String, Arc<Dir>, String)>,
+}
+
+fn undo_detail_missing() -> String {
+    "missing: deleted or moved after the run; `--force` restores it from its backup".into()
+}
+
+fn undo_detail_changed() -> String {
+    "changed after the run (it no longer holds what the run wrote); `--force` restores the original anyway, replacing that change".into()
+}
+
+/// The bytes of a backup, or why not (a damaged or missing backup).
+fn backup_bytes(backups: &Backups, item: &UndoItem) -> Result<Vec<u8>> {
+    backups.get(item.backup.as_deref().unwrap_or_default())
+}
+
+fn prepare_undo(cache: &Caches, backups: &Backups, force: bool, item: UndoItem) -> Result<Undo> {
+    let mut u = Undo {
+        item,
+        state: StepState::Done,
+        detail: String::new(),
+        prepared: None,
+        renew: None,
+    };
+    let (dir, name) = match cache.parent(&u.item.rel) {
+        Ok(x) => x,
+        Err(e) => {
+            u.state = StepState::Skipped;
+            u.detail = format!("not restored: {e}");
+            return Ok(u);
+        }
+    };
+    let current = sha256_at(&dir, name)?;
+    // A step that changed only attributes left the bytes as they were: it is undone unless the
+    // attributes are back too.
+    let restored = current.as_deref() == Some(u.item.original_sha.as_str())
+        && (u.item.original_sha != u.item.applied_sha
+            || attrs_as_saved(&FileMeta::of_at(&dir, name)?, u.item.meta.as_deref())?);
+    if restored {
+        u.detail = "already restored".into();
+        if u.item.existing.is_some() && renews_ctag(&dir, name) {
+            let prefix = choose_prefix_dir(None, &[], &dir);
+            u.renew = Some((split_rel(&u.item.rel).0.to_string(), dir, prefix));
+        }
+        return Ok(u);
+    }
+    if !force {
+        if current.is_none() {
+            u.state = StepState::Skipped;
+            u.detail = undo_detail_missing();
+            return Ok(u);
+        }
+        if current.as_deref() != Some(u.item.applied_sha.as_str()) {
+            u.state = StepState::Skipped;
+            u.detail = undo_detail_changed();
+            return Ok(u);
+        }
+    }
+    let bytes = match backup_bytes(backups, &u.item) {
+        Ok(b) => b,
+        Err(e) if force => {
+            u.state = StepState::Skipped;
+            u.detail = e.message;
+            return Ok(u);
+        }
+        Err(e) => {
+            return Err(Error::runtime(format!(
+                "{}: {}; nothing of this batch was restored. `rollback --force` skips this file (reporting it) and restores the rest",
+                u.item.rel, e.message
+            )))
+        }
+    };
+    let meta: SavedMeta = serde_json::from_str(u.item.meta.as_deref().unwrap_or("{}"))?;
+    let meta = meta.to_meta()?;
+    let prepared = prepare_restore(dir, name, current, &bytes, &meta, false)?;
+    u.state = StepState::Pending;
+    u.prepared = Some(prepared);
+    Ok(u)
+}
+
+/// Undoes a batch of rewrite steps: backups read and the originals put in temporary files (in
+/// parallel), made durable; the undo steps recorded durably; then the renames, a new ctag for
+/// every collection touched, made durable; then marked done.
+fn undo_batch(
+    state: &mut State,
+    rb: i64,
+    dirs: &RootDirs,
+    backups: &Backups,
+    force: bool,
+    items: Vec<UndoItem>,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let cache = Caches::new(dirs)?;
+    let undos: Vec<Undo> = items
+        .into_par_iter()
+        .map(|it| prepare_undo(&cache, backups, force, it))
+        .collect::<Result<_>>()?;
+    if undos.iter().any(|u| u.prepared.is_some()) {
+        dirs.sync()?;
+    }
+    {
+        let tx = state.conn.transaction()?;
+        for u in &undos {
+            match u.item.existing {
+                Some(seq) => {
+                    tx.execute(
+                        "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
+                        rusqlite::params![u.state, u.detail, rb, seq],
+                    )?;
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO journal (run_id, seq, action, rel_path, target_path, undoes_seq, state, detail) VALUES (?1, ?2, 'undo', ?3, ?4, ?5, ?6, ?7)",
+                        rusqlite::params![rb, u.item.seq, u.item.rel, u.item.target, u.item.undone, u.state, u.detail],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    let mut collections: BTreeMap<String, (Arc<Dir>, String)> = BTreeMap::new();
+    let mut prepared = Vec::new();
+    for u in undos {
+        if let Some((folder, dir, prefix)) = u.renew {
+            collections.entry(folder).or_insert((dir, prefix));
+        }
+        if let Some(p) = u.prepared {
+            let seq = u.item.existing.unwrap_or(u.item.seq);
+            prepared.push((seq, u.item.rel, p));
+        }
+    }
+    // (seq, file, its folder, attribute prefix, how the rename went)
+    type Committed = (
+        i64,
+        String,
+        Arc<Dir>,
+        String,
+        std::result::Result<(), WriteError>,
+    );
+    let committed: Vec<Committed> = prepared
+        .into_par_iter()
+        .map(|(seq, rel, p)| {
+            let dir = p.dir().clone();
+            let prefix = p.prefix.clone();
+            (seq, rel, dir, prefix, p.commit().map(|_| ()))
+        })
+        .collect();
+    interrupt::test_pause("rollback-rename");
+    let mut results = Vec::with_capacity(committed.len());
+    for (seq, rel, dir, prefix, r) in committed {
+        match r {
+            Ok(()) => {
+                let (folder, name) = split_rel(&rel);
+                if renews_ctag(&dir, name) {
+                    collections
+                        .entry(folder.to_string())
+                        .or_insert((dir, prefix));
+                }
+                results.push((seq, StepState::Done, String::new()));
+            }
+            Err(WriteError::Changed { .. }) => {
+                results.push((seq, StepState::Skipped, undo_detail_changed()))
+            }
+            Err(WriteError::Failed(e)) => return Err(e),
+        }
+    }
+    for (dir, prefix) in collections.values() {
+        bump_ctag_dir(dir, prefix)?;
+    }
+    if !results.is_empty() {
+        dirs.sync()?;
+    }
+    let tx = state.conn.transaction()?;
+    for (seq, st, detail) in results {
+        tx.execute(
+            "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
+            rusqlite::params![st, detail, rb, seq],
+        )?;
+    }
+    tx.commit()?;
+    interrupt::test_pause("rollback-batch");
     Ok(())
 }
 
-/// The attribute edits the plan holds for a resource (none for most).
-fn planned_edits(state: &State, plan_id: i64, rel: &str) -> Result<Vec<AttrEdit>> {
-    let json: Option<String> = state
+/// Undoes one step that is not a store resource (a home step, a delegate database, a whole file
+/// such as augments.xml), journaled on its own.
+fn undo_single(
+    state: &mut State,
+    rb: i64,
+    dirs: Option<&RootDirs>,
+    backups: &Backups,
+    force: bool,
+    item: UndoItem,
+) -> Result<()> {
+    let seq = match item.existing {
+        Some(seq) => seq,
+        None => {
+            state.conn.execute(
+                "INSERT INTO journal (run_id, seq, action, rel_path, target_path, undoes_seq, state) VALUES (?1, ?2, 'undo', ?3, ?4, ?5, 'pending')",
+                rusqlite::params![rb, item.seq, item.rel, item.target, item.undone],
+            )?;
+            item.seq
+        }
+    };
+    let (st, detail) = if item.action.is_file() {
+        // Outside the store: the path is absolute.
+        let path = PathBuf::from(&item.rel);
+        let current = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
+        if current.as_deref() == Some(item.original_sha.as_str()) {
+            (StepState::Done, "already restored".to_string())
+        } else if !force && current.is_none() {
+            (StepState::Skipped, undo_detail_missing())
+        } else if !force && current.as_deref() != Some(item.applied_sha.as_str()) {
+            (StepState::Skipped, undo_detail_changed())
+        } else {
+            match backup_bytes(backups, &item) {
+                Err(e) if force => (StepState::Skipped, e.message),
+                Err(e) => {
+                    return Err(Error::runtime(format!(
+                    "{}: {}; `rollback --force` skips this file (reporting it) and restores the rest",
+                    item.rel, e.message
+                )))
+                }
+                Ok(bytes) => {
+                    let meta: SavedMeta =
+                        serde_json::from_str(item.meta.as_deref().unwrap_or("{}"))?;
+                    restore(&path, &bytes, &meta.to_meta()?)?;
+                    (StepState::Done, String::new())
+                }
+            }
+        }
+    } else {
+        let root = dirs
+            .ok_or_else(|| Error::runtime("the store of this run cannot be opened"))?
+            .for_rel(&item.rel);
+        let step = HomeStep::from_row(
+            item.action.as_str(),
+            item.rel.clone(),
+            item.target.clone(),
+            item.meta.as_deref().unwrap_or("{}"),
+        )?;
+        homes::undo(root, &step)?;
+        (StepState::Done, String::new())
+    };
+    state.conn.execute(
+        "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
+        rusqlite::params![st, detail, rb, seq],
+    )?;
+    Ok(())
+}
+
+/// The run `rollback` undoes when none is named: the newest apply or provision run not yet
+/// rolled back, else the newest one (to report that it was rolled back).
+fn default_rollback_target(state: &State) -> Result<i64> {
+    let open: Option<i64> = state.conn.query_row(
+        "SELECT MAX(id) FROM runs WHERE kind IN ('apply', 'provision') AND COALESCE(state, '') != 'rolled-back'",
+        [],
+        |r| r.get(0),
+    )?;
+    if let Some(id) = open {
+        return Ok(id);
+    }
+    state
         .conn
         .query_row(
-            "SELECT attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-            rusqlite::params![plan_id, rel],
-            |r| r.get(0),
-        )
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
-    edits_from_json(json.as_deref())
+            "SELECT MAX(id) FROM runs WHERE kind IN ('apply', 'provision')",
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        )?
+        .ok_or_else(|| Error::usage("no applied run to roll back"))
 }
 
-/// Whether a file's attributes are those saved in a step (a step that changed only attributes
-/// is undone when they differ, though its bytes are the original ones).
-fn attrs_as_saved(path: &Path, meta_json: Option<&str>) -> Result<bool> {
-    let Some(json) = meta_json else {
-        return Ok(false);
-    };
-    let saved: SavedMeta = serde_json::from_str(json)?;
-    let mut now = FileMeta::of(path)?.xattrs;
-    let mut want = saved.to_meta()?.xattrs;
-    now.sort();
-    want.sort();
-    Ok(now == want)
-}
-
-/// Undoes an apply run (the latest when `run` is `None`), newest step first.
-pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> Result<RunSummary> {
+/// Undoes an apply or provision run (the latest not yet undone when `run` is `None`), newest step
+/// first. Apply runs made later on the same store and not rolled back are undone first (newest
+/// first), so every run's state stays true. One summary per run undone.
+pub fn rollback(
+    ctx: &Context,
+    cfg: &Config,
+    run: Option<i64>,
+    force: bool,
+) -> Result<Vec<RunSummary>> {
+    let mut state = State::open_existing(&cfg.state.path)?;
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return crate::store::pg::rollback(ctx, cfg, run, force);
+        return Ok(vec![crate::store::pg::rollback(ctx, cfg, run, force)?]);
     }
-    let state = State::open_existing(&cfg.state.path)?;
     let target = match run {
         Some(id) => id,
-        None => state
-            .conn
-            .query_row(
-                "SELECT MAX(id) FROM runs WHERE kind IN ('apply', 'provision')",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .ok_or_else(|| Error::usage("no applied run to roll back"))?,
+        None => default_rollback_target(&state)?,
     };
-    let (kind, store_path): (String, String) = state
+    let (kind, store_path, undoes): (RunKind, String, Option<i64>) = state
         .conn
         .query_row(
-            "SELECT kind, store_path FROM runs WHERE id = ?1",
+            "SELECT kind, store_path, undoes_run FROM runs WHERE id = ?1",
             [target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .map_err(|e| match e {
             rusqlite::Error::QueryReturnedNoRows => {
@@ -833,28 +1598,155 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
             }
             e => e.into(),
         })?;
-    if kind != "apply" && kind != "provision" {
+    if kind == RunKind::Rollback {
         return Err(Error::usage(format!(
-            "run {target} is a {kind}, not an apply or provision run"
+            "run {target} is a rollback (of run {}), not an apply or provision run; to redo what it undid, run `principal-reconciler apply` again",
+            undoes.unwrap_or_default()
         )));
     }
-    let store = PathBuf::from(store_path);
-    let roots = crate::addressbooks::run_roots(&state, target, store.clone())?;
+    let store = PathBuf::from(&store_path);
+    let roots = crate::addressbooks::run_roots(&state, target, store)?;
     for root in roots.all() {
         refuse_while_server_runs(root, force)?;
     }
+    let mut order: Vec<i64> = Vec::new();
+    if kind == RunKind::Apply {
+        let mut st = state.conn.prepare(
+            "SELECT id FROM runs WHERE kind = 'apply' AND store_path = ?1 AND id > ?2
+               AND COALESCE(state, 'applying') != 'rolled-back' ORDER BY id DESC",
+        )?;
+        let rows = st.query_map(rusqlite::params![store_path, target], |r| r.get(0))?;
+        order = rows.collect::<rusqlite::Result<_>>()?;
+    }
+    order.push(target);
     let backups = Backups::open(&cfg.state.path)?;
+    let _signals = interrupt::install();
+    let mut out = Vec::new();
+    for id in order {
+        let mut s = rollback_one(ctx, &mut state, &backups, id, force)?;
+        if id != target {
+            s.notes.push(format!(
+                "run {id} was applied on the same store after run {target}: undone first, so run {target} can be undone"
+            ));
+        }
+        let stop = s.interrupted.is_some();
+        out.push(s);
+        if stop {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn rollback_one(
+    ctx: &Context,
+    state: &mut State,
+    backups: &Backups,
+    target: i64,
+    force: bool,
+) -> Result<RunSummary> {
+    let (store_path, plan_id, finished): (String, Option<i64>, Option<String>) =
+        state.conn.query_row(
+            "SELECT store_path, plan_id, finished_at FROM runs WHERE id = ?1",
+            [target],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+    let store = PathBuf::from(&store_path);
+    let dirs = RootDirs::open(crate::addressbooks::run_roots(
+        state,
+        target,
+        store.clone(),
+    )?)
+    .ok();
     let mut summary = RunSummary {
         kind: "rollback",
         undoes_run: Some(target),
+        plan_id,
         ..Default::default()
     };
-    let Some(run_id) = start_or_resume(&state, &mut summary, &store)? else {
-        return Ok(summary);
+    let current = state.run_state(target)?;
+    let previous: Option<(i64, Option<String>)> = state
+        .conn
+        .query_row(
+            "SELECT id, finished_at FROM runs WHERE kind = 'rollback' AND undoes_run = ?1 ORDER BY id DESC LIMIT 1",
+            [target],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    if current == RunState::RolledBack {
+        let checked = check_run(state, dirs.as_ref(), target, true)?;
+        if checked.differing.is_empty() || !force {
+            let (rb, at) = previous.unwrap_or((0, finished));
+            summary.run_id = rb;
+            summary.already_done = true;
+            summary.finished_at = at;
+            summary.state = Some(RunState::RolledBack);
+            summary.checked = Some(checked);
+            totals(state, &mut summary)?;
+            return Ok(summary);
+        }
+        summary.notes.push(format!(
+            "run {target} was rolled back before, but {} of its files no longer hold their original bytes: restoring them again (--force)",
+            checked.differing.len()
+        ));
+    }
+    let rb = match previous {
+        Some((id, _)) if current == RunState::RollingBack => {
+            let unfinished: bool = state.conn.query_row(
+                "SELECT status != 'done' FROM runs WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            if unfinished {
+                summary.resumed = true;
+                summary
+                    .notes
+                    .push(format!("rollback run {id} did not finish; resuming it"));
+                state.conn.execute(
+                    "UPDATE runs SET status = 'running', stopped_by = NULL WHERE id = ?1",
+                    [id],
+                )?;
+                id
+            } else {
+                new_run(state, RunKind::Rollback, plan_id, Some(target), &store)?
+            }
+        }
+        _ => new_run(state, RunKind::Rollback, plan_id, Some(target), &store)?,
     };
+    summary.run_id = rb;
+    if current == RunState::RolledBack {
+        // A forced second rollback: the state machine goes through rolling back again.
+        state.conn.execute(
+            "UPDATE runs SET state = 'rolling-back' WHERE id = ?1",
+            [target],
+        )?;
+    } else {
+        state.advance_run(target, RunEvent::StartRollback)?;
+    }
+    // Temporary files an interrupted apply (or rollback) left beside the resources.
+    if let (Some(r), Some(p)) = (&dirs, plan_id) {
+        let removed = remove_leftovers(r, &plan_rels(state, p)?)?;
+        if removed > 0 {
+            summary.notes.push(format!(
+                "removed {removed} temporary file(s) an interrupted run had left in the store"
+            ));
+        }
+    }
+    let undone: HashMap<i64, (i64, StepState)> = {
+        let mut st = state.conn.prepare(
+            "SELECT undoes_seq, seq, state FROM journal WHERE run_id = ?1 AND action = 'undo' AND undoes_seq IS NOT NULL",
+        )?;
+        let rows = st.query_map([rb], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut next_seq: i64 = state.conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
+        [rb],
+        |r| r.get(0),
+    )?;
     type Row = (
         i64,
-        String,
+        Action,
         String,
         Option<String>,
         String,
@@ -882,140 +1774,247 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         rows.collect::<rusqlite::Result<_>>()?
     };
     let bar = crate::cli::progress_bar(ctx, Some(steps.len() as u64), "restoring");
-    for (undone, action, rel, target_path, original_sha, applied_sha, backup, meta_json) in steps {
+    let mut batch: Vec<UndoItem> = Vec::new();
+    let flush = |state: &mut State, batch: &mut Vec<UndoItem>| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(batch);
+        let dirs = dirs
+            .as_ref()
+            .ok_or_else(|| Error::runtime(format!("cannot open the store {}", store.display())))?;
+        for part in batches(items, |i| &i.rel) {
+            undo_batch(state, rb, dirs, backups, force, part)?;
+        }
+        Ok(())
+    };
+    // A forced second rollback of a rolled-back run puts back files only: its home steps were
+    // undone by the first rollback.
+    let files_only = current == RunState::RolledBack;
+    for (undone_seq, action, rel, target_path, original_sha, applied_sha, backup, meta) in steps {
         bar.inc(1);
-        if action == "rewrite" && backup.is_none() {
+        if action == Action::Rewrite && backup.is_none() {
             continue; // the file already held the new bytes: nothing of ours to undo
         }
-        let finished: bool = state.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM journal WHERE run_id = ?1 AND undoes_seq = ?2 AND state != 'pending')",
-            rusqlite::params![run_id, undone],
-            |r| r.get(0),
-        )?;
-        if finished {
+        if files_only && !action.is_file() {
             continue;
         }
-        let seq: i64 = state.conn.query_row(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE run_id = ?1",
-            [run_id],
-            |r| r.get(0),
-        )?;
-        state.conn.execute(
-            "INSERT INTO journal (run_id, seq, action, rel_path, target_path, undoes_seq, state) VALUES (?1, ?2, 'undo', ?3, ?4, ?5, 'pending')",
-            rusqlite::params![run_id, seq, rel, target_path, undone],
-        )?;
-        let (st, detail) = if matches!(action.as_str(), "rewrite" | "database" | "file") {
-            let path = roots.join(&rel);
-            let current = std::fs::read(&path)
-                .map(|b| sha256_hex(&b))
-                .unwrap_or_default();
-            if current == original_sha
-                && (current != applied_sha || attrs_as_saved(&path, meta_json.as_deref())?)
-            {
-                ("done", "already restored".to_string())
-            } else if current != applied_sha && !force {
-                (
-                    "skipped",
-                    format!(
-                        "changed after the run (sha256 {current}); use --force to restore anyway"
-                    ),
-                )
-            } else {
-                let bytes = backups.get(backup.as_deref().unwrap_or_default())?;
-                let meta: SavedMeta = serde_json::from_str(meta_json.as_deref().unwrap_or("{}"))?;
-                restore(&path, &bytes, &meta.to_meta()?)?;
-                summary.written += 1;
-                ("done", String::new())
+        let existing = match undone.get(&undone_seq) {
+            Some((_, StepState::Done | StepState::Skipped)) => continue,
+            Some((seq, StepState::Pending)) => Some(*seq),
+            None => None,
+        };
+        let seq = match existing {
+            Some(s) => s,
+            None => {
+                next_seq += 1;
+                next_seq
+            }
+        };
+        let item = UndoItem {
+            undone: undone_seq,
+            action,
+            rel,
+            target: target_path,
+            original_sha,
+            applied_sha,
+            backup,
+            meta,
+            existing,
+            seq,
+        };
+        if action == Action::Rewrite {
+            batch.push(item);
+            if batch.len() >= BATCH {
+                flush(state, &mut batch)?;
             }
         } else {
-            let step = HomeStep::from_row(
-                &action,
-                rel.clone(),
-                target_path,
-                meta_json.as_deref().unwrap_or("{}"),
-            )?;
-            homes::undo(roots.root_for(&rel), &step)?;
-            if matches!(step, HomeStep::Move { .. }) {
-                summary.homes_adopted += 1;
+            flush(state, &mut batch)?;
+            undo_single(state, rb, dirs.as_ref(), backups, force, item)?;
+        }
+        if batch.is_empty() {
+            if let Some(sig) = interrupt::pending() {
+                bar.finish_and_clear();
+                interrupted(state, &mut summary, sig)?;
+                summary.state = Some(RunState::RollingBack);
+                return Ok(summary);
             }
-            ("done", String::new())
-        };
-        if st == "skipped" {
-            summary.skipped.push((rel.clone(), detail.clone()));
         }
-        state.conn.execute(
-            "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-            rusqlite::params![st, detail, run_id, seq],
-        )?;
     }
+    flush(state, &mut batch)?;
     bar.finish_and_clear();
-    // Temporary files an interrupted apply left beside the resources it was about to replace.
-    let plan_id: Option<i64> =
-        state
-            .conn
-            .query_row("SELECT plan_id FROM runs WHERE id = ?1", [target], |r| {
-                r.get(0)
-            })?;
-    let rels: Vec<String> = {
-        let mut st = state
-            .conn
-            .prepare("SELECT rel_path FROM plan_resources WHERE plan_id = ?1")?;
-        let rows = st.query_map([plan_id], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    for rel in rels {
-        let tmp = crate::store::write::temp_path(&roots.join(&rel));
-        if tmp.exists() {
-            std::fs::remove_file(&tmp)
-                .map_err(|e| Error::io("cannot remove the leftover", &tmp, e))?;
-        }
-    }
     state.conn.execute(
         "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
-        rusqlite::params![now_rfc3339(), run_id],
+        rusqlite::params![now_rfc3339(), rb],
     )?;
+    summary.state = Some(state.advance_run(target, RunEvent::FinishRollback)?);
+    totals(state, &mut summary)?;
     Ok(summary)
 }
 
-fn outcome_of(s: RunSummary, what: &str) -> Outcome {
-    let mut human = if s.already_done {
-        format!(
-            "{what}: run {} already finished; nothing to do.\n",
-            s.run_id
-        )
-    } else {
-        format!(
-            "{what} run {}{}: {} resources written, {} already as planned, {} skipped, {} home moves.\n",
+fn push_listed(human: &mut String, verb: &str, list: &[(String, String)]) {
+    for (p, why) in list.iter().take(20) {
+        human.push_str(&format!("  {verb} {p}: {why}\n"));
+    }
+    if list.len() > 20 {
+        human.push_str(&format!(
+            "  … and {} more (--json lists them all)\n",
+            list.len() - 20
+        ));
+    }
+}
+
+fn apply_outcome(s: RunSummary) -> Outcome {
+    let mut human = String::new();
+    let mut status = ExitStatus::Ok;
+    for n in &s.notes {
+        human.push_str(&format!("note: {n}\n"));
+    }
+    if s.already_done {
+        let checked = s.checked.clone().unwrap_or_default();
+        human.push_str(&format!(
+            "apply: plan {} was applied by run {}{}: {} resources written, {} already as planned, {} skipped, {} home(s) moved.\n",
+            s.plan_id.unwrap_or_default(),
             s.run_id,
-            if s.resumed {
-                " (resumed after an interruption)"
-            } else {
-                ""
-            },
+            s.finished_at.as_deref().map(|t| format!(" (finished {t})")).unwrap_or_default(),
             s.written,
             s.unchanged,
             s.skipped.len(),
             s.homes_adopted
-        )
-    };
-    for n in &s.notes {
-        human.push_str(&format!("  note: {n}\n"));
+        ));
+        if checked.differing.is_empty() {
+            human.push_str(&format!(
+                "Checked now: all {} resources it wrote still hold what it wrote. Nothing is left to apply.\n",
+                checked.files
+            ));
+        } else {
+            status = ExitStatus::Problems;
+            human.push_str(&format!(
+                "Checked now: {} of the {} resources it wrote no longer hold what it wrote (changed since, by the server or by hand):\n",
+                checked.differing.len(),
+                checked.files
+            ));
+            push_listed(&mut human, "changed", &checked.differing);
+            human.push_str("This plan has nothing left to apply. To migrate what changed, run `principal-reconciler plan`, review, then `apply` the new plan.\n");
+        }
+        return Outcome {
+            status,
+            human,
+            json: json!({ "run": s }),
+        };
     }
-    for (p, why) in s.skipped.iter().take(20) {
-        human.push_str(&format!("  skipped {p}: {why}\n"));
+    if let Some(sig) = &s.interrupted {
+        human.push_str(&format!(
+            "apply run {} stopped by {sig} after a whole batch: {} resources written so far, {} already as planned, {} skipped. Nothing is half-written: `principal-reconciler apply` resumes it, `principal-reconciler rollback --run {}` undoes it.\n",
+            s.run_id, s.written, s.unchanged, s.skipped.len(), s.run_id
+        ));
+        return Outcome {
+            status: ExitStatus::Interrupted,
+            human,
+            json: json!({ "run": s }),
+        };
     }
-    let status = if s.skipped.is_empty() {
-        ExitStatus::Ok
-    } else {
-        ExitStatus::Problems
-    };
+    human.push_str(&format!(
+        "apply run {}{}: {} resources written, {} already as planned, {} skipped, {} home(s) moved{}.\n",
+        s.run_id,
+        if s.resumed { " (resumed; counts are the whole run's)" } else { "" },
+        s.written,
+        s.unchanged,
+        s.skipped.len(),
+        s.homes_adopted,
+        if s.databases > 0 { format!(", {} database(s) rewritten", s.databases) } else { String::new() }
+    ));
+    push_listed(&mut human, "skipped", &s.skipped);
     if !s.skipped.is_empty() {
+        status = ExitStatus::Problems;
         human.push_str("Some resources were skipped: run `principal-reconciler plan` again, review, then apply the new plan.\n");
     }
     Outcome {
         status,
         human,
         json: json!({ "run": s }),
+    }
+}
+
+fn rollback_outcome(runs: Vec<RunSummary>) -> Outcome {
+    let mut human = String::new();
+    let mut status = ExitStatus::Ok;
+    for s in &runs {
+        let target = s.undoes_run.unwrap_or_default();
+        for n in &s.notes {
+            human.push_str(&format!("note: {n}\n"));
+        }
+        if s.already_done {
+            let checked = s.checked.clone().unwrap_or_default();
+            human.push_str(&format!(
+                "rollback: run {target} was already rolled back by run {}{}.\n",
+                s.run_id,
+                s.finished_at
+                    .as_deref()
+                    .map(|t| format!(" (finished {t})"))
+                    .unwrap_or_default()
+            ));
+            if checked.differing.is_empty() {
+                human.push_str(&format!(
+                    "Checked now: all {} files it had rewritten hold their original bytes. Nothing is left to undo.\n",
+                    checked.files
+                ));
+            } else {
+                status = status.max(ExitStatus::Problems);
+                human.push_str(&format!(
+                    "Checked now: {} of the {} files it had rewritten no longer hold their original bytes:\n",
+                    checked.differing.len(),
+                    checked.files
+                ));
+                push_listed(&mut human, "changed", &checked.differing);
+                human.push_str(&format!(
+                    "`principal-reconciler rollback --run {target} --force` puts their original bytes back, replacing what is there now.\n"
+                ));
+            }
+            continue;
+        }
+        if let Some(sig) = &s.interrupted {
+            status = ExitStatus::Interrupted;
+            human.push_str(&format!(
+                "rollback run {} (of run {target}) stopped by {sig} after a whole batch: {} files restored so far. Nothing is half-written: `principal-reconciler rollback --run {target}` resumes it.\n",
+                s.run_id, s.written
+            ));
+            continue;
+        }
+        human.push_str(&format!(
+            "rollback run {} of run {target}{}: {} files restored, {} already as before, {} skipped, {} home move(s) undone.\n",
+            s.run_id,
+            if s.resumed { " (resumed; counts are the whole run's)" } else { "" },
+            s.written,
+            s.unchanged,
+            s.skipped.len(),
+            s.homes_adopted
+        ));
+        push_listed(&mut human, "not restored", &s.skipped);
+        if !s.skipped.is_empty() {
+            status = status.max(ExitStatus::Problems);
+            let damaged = s
+                .skipped
+                .iter()
+                .filter(|(_, d)| d.starts_with("its backup"))
+                .count();
+            if damaged > 0 {
+                human.push_str(&format!(
+                    "{damaged} file(s) could not be restored because their backup in the state folder is damaged or missing; restore them from another copy.\n"
+                ));
+            }
+            if s.skipped.len() > damaged {
+                human.push_str(&format!(
+                    "Some files were not restored because they changed after the run or are missing: check them; `principal-reconciler rollback --run {target} --force` restores them anyway, replacing the later changes.\n"
+                ));
+            }
+        }
+    }
+    let json = json!({ "run": runs.last(), "runs": runs });
+    Outcome {
+        status,
+        human,
+        json,
     }
 }
 
@@ -1030,7 +2029,7 @@ pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
         let current = crate::directory::load_current(&cfg.directory)?;
         let file = crate::rehearse::write_config(&cfg, dir, &current)?;
         let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
-        let mut out = outcome_of(s, "apply");
+        let mut out = apply_outcome(s);
         out.human.push_str(&format!(
             "Rehearsal in {}: the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback).\n",
             dir.display(),
@@ -1039,10 +2038,10 @@ pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
         return Ok(out);
     }
     let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
-    Ok(outcome_of(s, "apply"))
+    Ok(apply_outcome(s))
 }
 
 pub fn command_rollback(ctx: &Context, args: &RollbackArgs) -> Result<Outcome> {
-    let s = rollback(ctx, &ctx.config, args.run, args.force)?;
-    Ok(outcome_of(s, "rollback"))
+    let runs = rollback(ctx, &ctx.config, args.run, args.force)?;
+    Ok(rollback_outcome(runs))
 }

@@ -129,6 +129,40 @@ struct Override {
     at: String,
 }
 
+/// `[rewrite] internal_domains` must be set whenever an address can be resolved by its
+/// `mailto:` (any directory record has an e-mail address): an empty list never means "every
+/// domain is internal" — that rewrote external partners to whoever in the directory shared their
+/// address. A usage error (exit 2) names the key and the domains the directories use.
+fn require_internal_domains(cfg: &Config, current: &Directory, old: &Directory) -> Result<()> {
+    if !cfg.rewrite.internal_domains.is_empty() {
+        return Ok(());
+    }
+    let mut domains: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in current.records.iter().chain(old.records.iter()) {
+        for e in &r.emails {
+            if let Some((_, d)) = e.rsplit_once('@') {
+                *domains.entry(d.to_ascii_lowercase()).or_default() += 1;
+            }
+        }
+    }
+    if domains.is_empty() {
+        return Ok(()); // no address can be matched by mail: nothing to decide
+    }
+    let mut by_count: Vec<(String, usize)> = domains.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let seen: Vec<String> = by_count
+        .iter()
+        .take(8)
+        .map(|(d, n)| format!("{d} ({n})"))
+        .collect();
+    Err(Error::usage(format!(
+        "{}: [rewrite] internal_domains is not set, and mailto: addresses can be matched to directory records by their e-mail; list your organisation's mail domains, e.g. internal_domains = [\"{}\"] (addresses at other domains are never rewritten). The directories' records use: {}",
+        cfg.source.display(),
+        by_count[0].0,
+        seen.join(", ")
+    )))
+}
+
 impl Override {
     fn matches(&self, key: &str, guid: Option<&Guid>) -> bool {
         self.old_key.as_deref() == Some(key)
@@ -170,6 +204,7 @@ fn push_unique(v: &mut Vec<usize>, i: usize) {
 
 impl<'a> Mapper<'a> {
     pub fn new(cfg: &Config, current: &'a Directory, old: &'a Directory) -> Result<Mapper<'a>> {
+        require_internal_domains(cfg, current, old)?;
         let mut m = Mapper {
             current: &current.records,
             old: &old.records,
@@ -298,13 +333,14 @@ impl<'a> Mapper<'a> {
             .collect()
     }
 
-    fn is_internal(&self, domain: &str) -> bool {
-        self.internal.is_empty()
-            || self
-                .internal
-                .iter()
-                .any(|d| domain == d || domain.ends_with(&format!(".{d}")))
-            || self.aliases.iter().any(|(from, _)| domain == from)
+    /// Whether a mail domain is the organisation's (`[rewrite] internal_domains`, or the old
+    /// side of a `domain_alias`). With no internal domain configured nothing is internal.
+    pub fn is_internal(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.internal
+            .iter()
+            .any(|d| domain == *d || domain.ends_with(&format!(".{d}")))
+            || self.aliases.iter().any(|(from, _)| domain == *from)
     }
 
     fn describe(&self, i: usize) -> String {

@@ -461,7 +461,7 @@ pub fn build(
         .unwrap_or_else(|_| cfg.store.path.clone());
     let tx = state.conn.transaction()?;
     tx.execute(
-        "INSERT INTO plans (created_at, store_kind, store_path, address_form, directory) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO plans (created_at, store_kind, store_path, address_form, directory, status) VALUES (?1, ?2, ?3, ?4, ?5, 'building')",
         rusqlite::params![
             created_at,
             serde_json::to_value(cfg.store.kind)?.as_str().unwrap_or_default(),
@@ -966,12 +966,27 @@ pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: b
     out
 }
 
+/// Writes a stored plan's reports; only then is the plan complete (appliable). A plan whose
+/// reports could not be written is marked failed, with the reason, and can never be applied.
+fn finish_plan(state: &State, plan_id: i64, report: &crate::config::ReportConfig) -> Result<()> {
+    use crate::state::PlanStatus;
+    match crate::report::write_reports(state, plan_id, report) {
+        Ok(_) => state.set_plan_status(plan_id, PlanStatus::Complete, ""),
+        Err(e) => {
+            let _ = state.set_plan_status(plan_id, PlanStatus::Failed, &e.message);
+            Err(e.context(format!(
+                "plan {plan_id} was not finished (its reports could not be written) and can never be applied; fix this and run `plan` again"
+            )))
+        }
+    }
+}
+
 pub fn command_plan(ctx: &Context) -> Result<Outcome> {
     let cfg = &ctx.config;
     let (current, old) = load_directories(cfg)?;
     let summary = build(ctx, cfg, &current, &old)?;
     let state = State::open(&cfg.state.path)?;
-    crate::report::write_reports(&state, summary.plan_id, &cfg.report)?;
+    finish_plan(&state, summary.plan_id, &cfg.report)?;
     let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
         ExitStatus::Ok
     } else {
@@ -1008,7 +1023,7 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         summary.plan_id, summary.resources_changed
     ));
     let state = State::open(&cfg.state.path)?;
-    crate::report::write_reports(&state, summary.plan_id, &cfg.report)?;
+    finish_plan(&state, summary.plan_id, &cfg.report)?;
     steps.push(format!("report: {}", cfg.report.dir.display()));
     let mut run = None;
     let declined = !args.dry_run
@@ -1039,6 +1054,16 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         )
     } else {
         let r = crate::journal::apply(ctx, &cfg, Some(summary.plan_id), args.force, false)?;
+        if let Some(sig) = &r.interrupted {
+            return Ok(Outcome {
+                status: ExitStatus::Interrupted,
+                human: format!(
+                    "migrate stopped by {sig} during apply run {}: {} resources written so far. Nothing is half-written: `principal-reconciler apply` resumes it, `rollback --run {}` undoes it.\n",
+                    r.run_id, r.written, r.run_id
+                ),
+                json: json!({ "steps": steps, "plan": summary, "run": r }),
+            });
+        }
         steps.push(format!(
             "apply run {}: {} resources written, {} skipped",
             r.run_id,

@@ -1,4 +1,7 @@
-//! The state database (SQLite): plans, and later the journal of runs. Schema in `migrations/`.
+//! The state database (SQLite): plans and the journal of runs. Schema in `migrations/`.
+//!
+//! The words stored in it (run kinds, run states, step states, actions, plan statuses) are Rust
+//! enums here; their stored strings are fixed (old databases keep reading the same).
 
 use crate::error::{Error, Result};
 use rusqlite::Connection;
@@ -11,7 +14,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_databases.sql")),
     (4, include_str!("../migrations/0004_addressbooks.sql")),
     (5, include_str!("../migrations/0005_attr_edits.sql")),
-    (6, include_str!("../migrations/0006_pg_store.sql")),
+    (6, include_str!("../migrations/0006_lifecycle.sql")),
+    (7, include_str!("../migrations/0007_pg_store.sql")),
 ];
 
 pub const DB_FILE: &str = "state.sqlite";
@@ -124,6 +128,246 @@ impl State {
     }
 }
 
+/// A closed set of words stored in the database, as an enum: `as_str` gives the stored string,
+/// `parse` reads one back.
+macro_rules! stored_words {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $var),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            /// The string stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+            /// The value a stored string names.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($s => Some($name::$var),)+ _ => None }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                $name::parse(s).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("unknown {} `{s}` in the state database", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    };
+}
+
+stored_words! {
+    /// What a run does (`runs.kind`).
+    RunKind { Apply = "apply", Rollback = "rollback", Provision = "provision" }
+}
+
+stored_words! {
+    /// Whether a run's process finished (`runs.status`). A crash (kill -9) leaves `running`; the
+    /// lock tells a crashed run from a live one.
+    RunStatus { Running = "running", Interrupted = "interrupted", Done = "done" }
+}
+
+stored_words! {
+    /// The lifecycle of an apply or provision run (`runs.state`): planned → applying → applied →
+    /// rolling back → rolled back. `planned` is never stored on a run: it is the state of a plan
+    /// that no run has started on (or whose runs are all rolled back).
+    RunState {
+        Planned = "planned",
+        Applying = "applying",
+        Applied = "applied",
+        RollingBack = "rolling-back",
+        RolledBack = "rolled-back",
+    }
+}
+
+/// What happens to a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEvent {
+    StartApply,
+    FinishApply,
+    StartRollback,
+    FinishRollback,
+}
+
+impl RunState {
+    /// The state after `event`, or `None` when the event cannot happen in this state.
+    pub fn next(self, event: RunEvent) -> Option<RunState> {
+        use RunEvent::*;
+        use RunState::*;
+        match (self, event) {
+            // A rolled-back plan is applied again by a new run.
+            (Planned | RolledBack, StartApply) => Some(Applying),
+            (Applying, StartApply) => Some(Applying), // resumed
+            (Applying, FinishApply) => Some(Applied),
+            (Applying | Applied | RollingBack, StartRollback) => Some(RollingBack),
+            (RollingBack, FinishRollback) => Some(RolledBack),
+            _ => None,
+        }
+    }
+}
+
+stored_words! {
+    /// A journal step's state (`journal.state`).
+    StepState { Pending = "pending", Done = "done", Skipped = "skipped" }
+}
+
+stored_words! {
+    /// What a journal step does (`journal.action`).
+    Action {
+        Rewrite = "rewrite",
+        Restore = "restore",
+        Mkdir = "mkdir",
+        Move = "move",
+        Xattr = "xattr",
+        Rmdir = "rmdir",
+        Undo = "undo",
+        Database = "database",
+        File = "file",
+    }
+}
+
+impl Action {
+    /// Steps that replace a whole file from a backup when undone.
+    pub fn is_file(self) -> bool {
+        matches!(self, Action::Rewrite | Action::Database | Action::File)
+    }
+}
+
+stored_words! {
+    /// Whether a plan finished (`plans.status`): only a complete plan may be applied.
+    PlanStatus { Building = "building", Complete = "complete", Failed = "failed" }
+}
+
+impl State {
+    /// A plan's status and, when it failed, why.
+    pub fn plan_status(&self, plan_id: i64) -> Result<(PlanStatus, String)> {
+        self.conn
+            .query_row(
+                "SELECT status, status_detail FROM plans WHERE id = ?1",
+                [plan_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => {
+                    Error::usage(format!("there is no plan {plan_id}"))
+                }
+                e => e.into(),
+            })
+    }
+
+    pub fn set_plan_status(&self, plan_id: i64, status: PlanStatus, detail: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE plans SET status = ?1, status_detail = ?2 WHERE id = ?3",
+            rusqlite::params![status, detail, plan_id],
+        )?;
+        Ok(())
+    }
+
+    /// The plan `apply` carries out: the one asked for (which must be complete), else the newest
+    /// complete one. The second value says why a newer plan was passed over.
+    pub fn plan_to_apply(&self, plan: Option<i64>) -> Result<(i64, Option<String>)> {
+        if let Some(id) = plan {
+            let (status, detail) = self.plan_status(id)?;
+            return match status {
+                PlanStatus::Complete => Ok((id, None)),
+                _ => Err(Error::usage(format!(
+                    "plan {id} did not finish ({}{}); it can never be applied — run `principal-reconciler plan` again",
+                    status.as_str(),
+                    if detail.is_empty() { String::new() } else { format!(": {detail}") }
+                ))),
+            };
+        }
+        let complete: Option<i64> = self.conn.query_row(
+            "SELECT MAX(id) FROM plans WHERE status = 'complete'",
+            [],
+            |r| r.get(0),
+        )?;
+        let newer: Vec<(i64, PlanStatus, String)> = {
+            let mut st = self.conn.prepare(
+                "SELECT id, status, status_detail FROM plans WHERE status != 'complete' AND id > ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map([complete.unwrap_or(0)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let passed_over = |ids: &[(i64, PlanStatus, String)]| {
+            ids.iter()
+                .map(|(id, st, d)| {
+                    if d.is_empty() {
+                        format!("plan {id} did not finish ({st})")
+                    } else {
+                        format!("plan {id} did not finish ({st}: {d})")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        match complete {
+            Some(id) => Ok((
+                id,
+                (!newer.is_empty()).then(|| {
+                    format!(
+                        "{}, so it is not applied; plan {id} is the latest complete plan",
+                        passed_over(&newer)
+                    )
+                }),
+            )),
+            None if newer.is_empty() => Err(Error::usage(
+                "no plan yet — run `principal-reconciler plan` first",
+            )),
+            None => Err(Error::usage(format!(
+                "no complete plan to apply: {}; run `principal-reconciler plan` again",
+                passed_over(&newer)
+            ))),
+        }
+    }
+
+    /// The lifecycle of a run of kind apply or provision.
+    pub fn run_state(&self, run_id: i64) -> Result<RunState> {
+        let st: Option<RunState> =
+            self.conn
+                .query_row("SELECT state FROM runs WHERE id = ?1", [run_id], |r| {
+                    r.get(0)
+                })?;
+        Ok(st.unwrap_or(RunState::Planned))
+    }
+
+    /// Moves a run along its lifecycle; refuses a transition the state machine does not allow.
+    pub fn advance_run(&self, run_id: i64, event: RunEvent) -> Result<RunState> {
+        let from = self.run_state(run_id)?;
+        let to = from.next(event).ok_or_else(|| {
+            Error::runtime(format!(
+                "run {run_id} is {from}: it cannot {}",
+                match event {
+                    RunEvent::StartApply => "be applied",
+                    RunEvent::FinishApply => "finish applying",
+                    RunEvent::StartRollback => "be rolled back",
+                    RunEvent::FinishRollback => "finish rolling back",
+                }
+            ))
+        })?;
+        self.conn.execute(
+            "UPDATE runs SET state = ?1 WHERE id = ?2",
+            rusqlite::params![to, run_id],
+        )?;
+        Ok(to)
+    }
+}
+
 /// Creates a folder (and parents) readable by its owner only.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -203,6 +447,134 @@ mod tests {
         drop(st);
         let err = State::open(dir.path()).err().unwrap();
         assert!(err.message.contains("newer"), "{}", err.message);
+    }
+
+    #[test]
+    fn stored_words_keep_their_strings() {
+        // These strings are in every state database written so far: they never change.
+        let kinds: Vec<&str> = RunKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(kinds, ["apply", "rollback", "provision"]);
+        let status: Vec<&str> = RunStatus::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(status, ["running", "interrupted", "done"]);
+        let steps: Vec<&str> = StepState::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(steps, ["pending", "done", "skipped"]);
+        let actions: Vec<&str> = Action::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["rewrite", "restore", "mkdir", "move", "xattr", "rmdir", "undo", "database", "file"]
+        );
+        let states: Vec<&str> = RunState::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            states,
+            [
+                "planned",
+                "applying",
+                "applied",
+                "rolling-back",
+                "rolled-back"
+            ]
+        );
+        let plans: Vec<&str> = PlanStatus::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(plans, ["building", "complete", "failed"]);
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(*a));
+        }
+        assert_eq!(RunState::parse("applied"), Some(RunState::Applied));
+        assert_eq!(RunState::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn the_lifecycle_allows_only_its_transitions() {
+        use RunEvent::*;
+        use RunState::*;
+        assert_eq!(Planned.next(StartApply), Some(Applying));
+        assert_eq!(Applying.next(FinishApply), Some(Applied));
+        assert_eq!(Applied.next(StartRollback), Some(RollingBack));
+        assert_eq!(Applying.next(StartRollback), Some(RollingBack));
+        assert_eq!(RollingBack.next(FinishRollback), Some(RolledBack));
+        assert_eq!(RolledBack.next(StartApply), Some(Applying));
+        assert_eq!(
+            Applied.next(StartApply),
+            None,
+            "an applied run is never applied again"
+        );
+        assert_eq!(RollingBack.next(StartApply), None, "nor a half-undone one");
+        assert_eq!(Planned.next(StartRollback), None);
+        assert_eq!(Applied.next(FinishRollback), None);
+    }
+
+    #[test]
+    fn an_old_database_is_migrated_with_its_runs_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            // A state database as versions with schema 3 wrote it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);",
+            )
+            .unwrap();
+            for (v, sql) in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+                conn.execute("INSERT INTO schema_migrations VALUES (?1, 't')", [v])
+                    .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO plans (id, created_at, store_kind, store_path, address_form, directory) VALUES (1,'t','k','/s','f','d');
+                 INSERT INTO runs (id, kind, plan_id, store_path, started_at, status) VALUES (1, 'apply', 1, '/s', 't', 'done');
+                 INSERT INTO runs (id, kind, undoes_run, store_path, started_at, status) VALUES (2, 'rollback', 1, '/s', 't', 'done');
+                 INSERT INTO runs (id, kind, plan_id, store_path, started_at, status) VALUES (3, 'apply', 1, '/s', 't', 'done');
+                 INSERT INTO runs (id, kind, undoes_run, store_path, started_at, status) VALUES (4, 'rollback', 3, '/s', 't', 'running');
+                 INSERT INTO runs (id, kind, plan_id, store_path, started_at, status) VALUES (5, 'apply', 1, '/s', 't', 'running');
+                 INSERT INTO runs (id, kind, store_path, started_at, status) VALUES (6, 'provision', '/a', 't', 'done');",
+            )
+            .unwrap();
+        }
+        let st = State::open(dir.path()).unwrap();
+        let states: Vec<RunState> = (1..=6).map(|id| st.run_state(id).unwrap()).collect();
+        assert_eq!(
+            states,
+            [
+                RunState::RolledBack,
+                RunState::Planned, // a rollback run has no lifecycle of its own
+                RunState::RollingBack,
+                RunState::Planned,
+                RunState::Applying,
+                RunState::Applied
+            ]
+        );
+        assert_eq!(st.plan_status(1).unwrap().0, PlanStatus::Complete);
+        assert_eq!(st.plan_to_apply(None).unwrap(), (1, None));
+    }
+
+    #[test]
+    fn only_a_complete_plan_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(dir.path()).unwrap();
+        assert!(st
+            .plan_to_apply(None)
+            .unwrap_err()
+            .message
+            .contains("no plan yet"));
+        for (id, status) in [(1, "complete"), (2, "failed"), (3, "building")] {
+            st.conn
+                .execute(
+                    "INSERT INTO plans (id, created_at, store_kind, store_path, address_form, directory, status, status_detail) VALUES (?1,'t','k','p','f','d',?2,'disk full')",
+                    rusqlite::params![id, status],
+                )
+                .unwrap();
+        }
+        let (id, note) = st.plan_to_apply(None).unwrap();
+        assert_eq!(id, 1);
+        let note = note.unwrap();
+        assert!(
+            note.contains("plan 2 did not finish (failed: disk full)"),
+            "{note}"
+        );
+        assert!(note.contains("plan 3 did not finish (building"), "{note}");
+        let e = st.plan_to_apply(Some(2)).unwrap_err();
+        assert_eq!(e.exit_status(), crate::error::ExitStatus::Usage);
+        assert!(e.message.contains("can never be applied"), "{}", e.message);
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                     }
                     check_resource(
                         &mut report,
-                        cfg,
+                        &mapper,
                         &mut resolve,
                         &mut organizers,
                         &res.rel_path,
@@ -162,7 +162,7 @@ pub(crate) type Organizers = HashMap<String, (String, String)>;
 /// copies of the same UID (shared by the file and the database stores).
 pub(crate) fn check_resource(
     report: &mut VerifyReport,
-    cfg: &Config,
+    mapper: &Mapper<'_>,
     resolve: &mut dyn FnMut(&CalAddress) -> (MapOutcome, Option<String>),
     organizers: &mut Organizers,
     rel_path: &str,
@@ -172,10 +172,7 @@ pub(crate) fn check_resource(
         let addr = mapping::parse_found(&f.value);
         match &addr {
             CalAddress::Other(_) => continue,
-            CalAddress::Mailto(_)
-                if !cfg.is_internal_domain(addr.domain().unwrap_or(""))
-                    && !cfg.rewrite.internal_domains.is_empty() =>
-            {
+            CalAddress::Mailto(_) if !mapper.is_internal(addr.domain().unwrap_or("")) => {
                 continue
             }
             _ => {}

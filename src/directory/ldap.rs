@@ -64,21 +64,101 @@ pub fn describe_result(r: &LdapResult) -> String {
     }
 }
 
+/// A TLS failure found inside an ldap3 / I/O error.
+enum TlsFailure<'a> {
+    Rustls(&'a rustls::Error),
+    Other(String),
+}
+
 /// Finds a rustls error inside an ldap3 / I/O error.
-fn tls_error(e: &LdapError) -> Option<String> {
+fn tls_error(e: &LdapError) -> Option<TlsFailure<'_>> {
     match e {
-        LdapError::Rustls { source } => Some(source.to_string()),
-        LdapError::DNSName { source } => Some(format!("invalid server name for TLS: {source}")),
+        LdapError::Rustls { source } => Some(TlsFailure::Rustls(source)),
+        LdapError::DNSName { source } => Some(TlsFailure::Other(format!(
+            "the server name in the url is not usable for TLS ({source})"
+        ))),
         LdapError::Io { source } => {
             let inner = source.get_ref()?;
             if let Some(r) = inner.downcast_ref::<rustls::Error>() {
-                return Some(r.to_string());
+                return Some(TlsFailure::Rustls(r));
             }
-            let s = inner.to_string();
-            (source.kind() == std::io::ErrorKind::InvalidData).then_some(s)
+            (source.kind() == std::io::ErrorKind::InvalidData)
+                .then(|| TlsFailure::Other(inner.to_string()))
         }
         _ => None,
     }
+}
+
+/// A TLS failure in words: what the server's certificate (or handshake) did wrong and what to
+/// check, taking into account what is configured.
+fn describe_tls(f: &TlsFailure<'_>, cfg: &DirectoryConfig) -> String {
+    use rustls::CertificateError as C;
+    let host = cfg
+        .url
+        .as_deref()
+        .and_then(|u| u.split("://").nth(1))
+        .map(|r| r.split(['/', '?']).next().unwrap_or(r).to_string())
+        .unwrap_or_default();
+    let check = format!(
+        "check it with `openssl s_client -connect {host} -showcerts`{}",
+        if cfg.starttls { " -starttls ldap" } else { "" }
+    );
+    let ca = match &cfg.tls_ca_file {
+        Some(p) => format!(
+            "it was not issued by the CA certificate(s) in tls_ca_file {}: check that this file holds the CA that signed the server's certificate (and any intermediate the server does not send)",
+            p.display()
+        ),
+        None => "it was not issued by a CA this tool trusts: give the CA that signed it with [directory] tls_ca_file".to_string(),
+    };
+    let e = match f {
+        TlsFailure::Other(s) => return format!("{s}; {check}"),
+        TlsFailure::Rustls(e) => e,
+    };
+    let what = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => format!("the server's certificate is not trusted: {ca}"),
+            C::BadSignature => format!("the server's certificate has a bad signature: {ca}"),
+            C::Expired | C::ExpiredContext { .. } => {
+                "the server's certificate has expired: renew it on the server".to_string()
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet: check the clocks of this machine and the server".to_string()
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+                "the server's certificate does not name `{}` ({c}): use the name it was issued for in the url, or reissue it with that name in its subjectAltName",
+                host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host)
+            ),
+            C::Revoked => "the server's certificate has been revoked".to_string(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "the server's certificate is not issued for TLS servers (extended key usage serverAuth missing)".to_string()
+            }
+            C::BadEncoding => "the server's certificate cannot be decoded".to_string(),
+            C::Other(o) => {
+                let inner = o.to_string();
+                if inner.contains("CaUsedAsEndEntity") {
+                    "the server presents a CA certificate as its own certificate; configure the server with a certificate issued by that CA for its name (basicConstraints CA:FALSE), not the CA certificate itself".to_string()
+                } else if inner.contains("EndEntityUsedAsCa") {
+                    "a certificate in the server's chain that signs another is not a CA certificate".to_string()
+                } else if inner.contains("UnsupportedCertVersion") {
+                    "the server's certificate is not an X.509 v3 certificate".to_string()
+                } else {
+                    format!("the server's certificate was rejected ({inner})")
+                }
+            }
+            other => format!("the server's certificate was rejected ({other})"),
+        },
+        rustls::Error::AlertReceived(a) => format!(
+            "the server refused the TLS handshake (alert: {a:?}); it may require a client certificate or an other TLS version"
+        ),
+        rustls::Error::PeerIncompatible(p) => format!(
+            "the server offers no TLS version or cipher this tool accepts (TLS 1.2 or newer): {p:?}"
+        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "the server did not answer with TLS (is this the ldaps:// port? with starttls use the ldap:// port)".to_string()
+        }
+        other => format!("TLS error: {other}"),
+    };
+    format!("{what}; {check}")
 }
 
 fn describe(e: &LdapError) -> String {
@@ -99,15 +179,6 @@ fn describe(e: &LdapError) -> String {
             "the connection to the server was lost".into()
         }
         other => other.to_string(),
-    }
-}
-
-fn tls_hint(msg: &str) -> &'static str {
-    let m = msg.to_ascii_lowercase();
-    if m.contains("unknownissuer") || m.contains("unknown issuer") || m.contains("certificate") {
-        " (give the CA that signed the server's certificate with [directory] tls_ca_file)"
-    } else {
-        ""
     }
 }
 
@@ -220,6 +291,11 @@ pub async fn connect_bound(cfg: &DirectoryConfig) -> Result<ldap3::Ldap> {
         settings = settings.set_config(config);
     }
     let is_ldaps = url.to_ascii_lowercase().starts_with("ldaps://");
+    if cfg.bind_dn.is_some() && url.to_ascii_lowercase().starts_with("ldap://") && !cfg.starttls {
+        tracing::warn!(
+            "{url}: allow_cleartext_bind = true: the bind password is sent in clear over the network"
+        );
+    }
 
     tracing::info!("connecting to {url}");
     let connected =
@@ -239,7 +315,7 @@ pub async fn connect_bound(cfg: &DirectoryConfig) -> Result<ldap3::Ldap> {
                 } else {
                     "TLS handshake"
                 };
-                return Err(fail(step, format!("{t}{}", tls_hint(&t))));
+                return Err(fail(step, describe_tls(&t, cfg)));
             }
             if let LdapError::LdapResult { result } = &e {
                 return Err(fail("starttls", describe_result(result)));

@@ -166,6 +166,79 @@ pub fn load_current(cfg: &DirectoryConfig) -> Result<Directory> {
 
 /// [`load_current`], calling `on_entry` for every entry received (progress display).
 pub fn load_current_with(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result<Directory> {
+    let dir = load_current_unchecked(cfg, on_entry)?;
+    refuse_empty(cfg, dir)
+}
+
+/// An empty current directory is an error unless `allow_empty = true`: a typo in the base, a
+/// container or the GUID attribute (or an empty snapshot) would otherwise make everyone look gone.
+fn refuse_empty(cfg: &DirectoryConfig, dir: Directory) -> Result<Directory> {
+    if !dir.records.is_empty() || cfg.allow_empty {
+        return Ok(dir);
+    }
+    let mapping = Mapping::from_config(cfg);
+    let no_guid: Vec<&String> = dir
+        .warnings
+        .iter()
+        .filter(|w| {
+            w.starts_with("skipped ") && (w.contains(": no ") || w.contains("not a usable GUID"))
+        })
+        .collect();
+    let guid_attr = mapping
+        .types
+        .first()
+        .map(|t| t.guid.join("/"))
+        .unwrap_or_default();
+    let base = cfg.base.as_deref().unwrap_or("");
+    let what = match &cfg.ldif {
+        Some(path) => format!(
+            "{}: the LDIF snapshot holds no user, group, place or resource record",
+            path.display()
+        ),
+        None => {
+            let searched: Vec<String> = mapping
+                .types
+                .iter()
+                .filter_map(|t| {
+                    let f = t.filter.as_ref()?;
+                    let b = if t.container.is_empty() {
+                        base.to_string()
+                    } else {
+                        format!("{},{base}", t.container)
+                    };
+                    Some(format!("{b} for {f}"))
+                })
+                .collect();
+            format!(
+                "{}: the directory returned no user, group, place or resource record (searched {})",
+                cfg.url.as_deref().unwrap_or_default(),
+                searched.join("; ")
+            )
+        }
+    };
+    let why = if let Some(first) = no_guid.first() {
+        format!(
+            "{} entries were skipped for want of the GUID attribute `{guid_attr}` (first: {first}): check [directory.attributes] guid",
+            no_guid.len()
+        )
+    } else {
+        let mut w = format!(
+            "check [directory] base (`{base}`), [directory.containers] and [directory.filters] against the server's tree"
+        );
+        if let Some(first) = dir.warnings.first() {
+            w.push_str(&format!(" ({first})"));
+        }
+        w
+    };
+    Err(Error::runtime(format!(
+        "{what}; {why}. An empty directory would make everyone look gone; if it really is empty, set allow_empty = true in [directory]"
+    )))
+}
+
+fn load_current_unchecked(
+    cfg: &DirectoryConfig,
+    on_entry: &(dyn Fn() + Sync),
+) -> Result<Directory> {
     if let Some(path) = &cfg.ldif {
         return load_ldif(path, &Mapping::from_config(cfg), cfg.base.as_deref());
     }
@@ -208,10 +281,17 @@ fn read_ldif(
 ) -> Result<Directory> {
     let mut reader = ldif::LdifReader::new(input, name);
     let mut out = Collector::new(mapping.clone(), name.to_string());
+    let mut entries = 0usize;
     while let Some((e, _line)) = reader.next_entry()? {
+        entries += 1;
         if let Some(kind) = classify(&e, mapping, base) {
             out.add(&e, kind);
         }
+    }
+    if out.dir.records.is_empty() && entries > 0 {
+        out.warn(format!(
+            "{name}: {entries} entries read, none of them a user, group, place or resource record (by the containers and filters configured, or their object classes)"
+        ));
     }
     Ok(out.finish())
 }

@@ -275,6 +275,8 @@ mod tests {
             page_size: 500,
             timeout: 30,
             allow_partial: false,
+            allow_cleartext_bind: false,
+            allow_empty: false,
             attributes: BTreeMap::new(),
             filters: BTreeMap::new(),
             containers: BTreeMap::new(),

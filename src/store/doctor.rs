@@ -1,8 +1,10 @@
 //! `doctor [--fix]`: ownership, permissions, `getcontentmd5` and `scheduling-match-etags`
 //! attributes, leftovers of interrupted writes, symlinks and unreadable resources.
 
+use super::confined::{fchown_tolerant, fstat, Dir, Stat};
 use super::write::{
-    bump_ctag, choose_prefix, is_leftover_name, md5_hex, set_match_etags_attr, set_md5_attr,
+    bump_ctag_dir, choose_prefix_dir, is_leftover_name, md5_hex, set_match_etags_attr_file,
+    set_md5_attr_file,
 };
 use super::{xattrs, Item};
 use crate::cli::{progress_bar, Context, DoctorArgs, Outcome};
@@ -13,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs;
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +28,8 @@ pub struct Finding {
     /// Relative to the store root.
     pub path: String,
     /// `owner`, `mode`, `md5-stale`, `md5-missing`, `match-etags-stale`, `leftover`, `symlink`,
-    /// `unreadable`.
+    /// `unreadable`, `hardlink` (a file --fix leaves alone: another name for it may be outside
+    /// the store).
     pub kind: String,
     pub detail: String,
     /// What `--fix` did about it, if anything.
@@ -132,28 +136,57 @@ impl Doctor<'_> {
         });
     }
 
-    /// Pass 1: every file and folder's metadata, without following any symlink.
-    fn metadata_pass(&mut self, path: &Path) {
-        let m = match fs::symlink_metadata(path) {
-            Ok(m) => m,
+    /// Pass 1: every file and folder's metadata, without following any symlink: folders are
+    /// opened one component at a time from the root (never through a link) and every change is
+    /// made through an open descriptor, so nothing outside the store is ever changed.
+    fn metadata_pass(&mut self, root: &Path) {
+        match Dir::open(root) {
+            Ok(dir) => self.visit_dir(&dir, root),
+            Err(e) => self.finding(root, "unreadable", format!("cannot open: {e}"), None),
+        }
+    }
+
+    fn visit_dir(&mut self, dir: &Dir, path: &Path) {
+        self.report.entries_checked += 1;
+        match dir.stat_self() {
+            Ok(st) => self.check_owner_mode(path, st, |uid, gid| dir.chown(uid, gid)),
             Err(e) => {
                 self.finding(path, "unreadable", format!("cannot stat: {e}"), None);
                 return;
             }
-        };
-        self.report.entries_checked += 1;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if m.file_type().is_symlink() {
-            let p = super::walk::symlink_problem(&self.root, path);
-            self.finding(path, "symlink", p.detail, None);
-            return;
         }
-        if path != self.root && m.is_file() && is_leftover_name(&name) {
+        let entries = match dir.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                self.finding(path, "unreadable", format!("cannot list folder: {e}"), None);
+                return;
+            }
+        };
+        for (name, st) in entries {
+            let p = path.join(&name);
+            if st.is_symlink() {
+                self.report.entries_checked += 1;
+                let problem = super::walk::symlink_problem(&self.root, &p);
+                self.finding(&p, "symlink", problem.detail, None);
+            } else if st.is_dir() {
+                match dir.sub(&name) {
+                    Ok(sub) => self.visit_dir(&sub, &p),
+                    Err(e) => {
+                        self.report.entries_checked += 1;
+                        self.finding(&p, "unreadable", format!("cannot open folder: {e}"), None);
+                    }
+                }
+            } else {
+                self.report.entries_checked += 1;
+                self.visit_file(dir, &name, &p, st);
+            }
+        }
+    }
+
+    fn visit_file(&mut self, dir: &Dir, name: &str, path: &Path, st: Stat) {
+        if st.is_file() && is_leftover_name(name) {
             let fixed = if self.fix {
-                match fs::remove_file(path) {
+                match dir.unlink(name) {
                     Ok(()) => Some("removed".to_string()),
                     Err(e) => {
                         self.finding(path, "leftover", format!("could not remove it: {e}"), None);
@@ -171,14 +204,51 @@ impl Doctor<'_> {
             );
             return;
         }
-        let (uid, gid) = (m.uid(), m.gid());
+        if !st.is_file() {
+            // Sockets, fifos, devices: reported, never changed.
+            self.check_owner_mode(path, st, |_, _| {
+                Err(std::io::Error::other("not a regular file"))
+            });
+            return;
+        }
+        self.check_owner_mode(path, st, |uid, gid| {
+            // The file itself, opened without following a link, checked to be the one seen.
+            let f = dir.open_file(name)?;
+            let now = fstat(&f)?;
+            if now.ino != st.ino || now.dev != st.dev || now.nlink > 1 {
+                return Err(std::io::Error::other(
+                    "it changed while the doctor looked at it",
+                ));
+            }
+            fchown_tolerant(&f, uid, gid)
+        });
+    }
+
+    /// Owner and mode of one entry; `chown` changes the owner (through a descriptor) with --fix.
+    /// A file with more than one hard link is never changed: another name for it may be outside
+    /// the store.
+    fn check_owner_mode(
+        &mut self,
+        path: &Path,
+        st: Stat,
+        chown: impl FnOnce(u32, u32) -> std::io::Result<()>,
+    ) {
+        let (uid, gid) = (st.uid, st.gid);
         if (uid, gid) != self.owner {
             let detail = format!(
                 "owned by {uid}:{gid}, expected {}:{}",
                 self.owner.0, self.owner.1
             );
-            if self.fix {
-                match std::os::unix::fs::lchown(path, Some(self.owner.0), Some(self.owner.1)) {
+            if self.fix && st.is_file() && st.nlink > 1 {
+                self.hard_linked(path, st.nlink);
+                self.finding(
+                    path,
+                    "owner",
+                    format!("{detail}; not changed: hard-linked"),
+                    None,
+                );
+            } else if self.fix {
+                match chown(self.owner.0, self.owner.1) {
                     Ok(()) => {
                         let done = format!("now owned by {}:{}", self.owner.0, self.owner.1);
                         self.finding(path, "owner", detail, Some(done));
@@ -194,7 +264,7 @@ impl Doctor<'_> {
                 self.finding(path, "owner", detail, None);
             }
         }
-        let mode = m.mode() & 0o7777;
+        let mode = st.perm();
         if mode & 0o022 != 0 {
             let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
                 (true, true) => "group- and world-writable",
@@ -208,34 +278,25 @@ impl Doctor<'_> {
                 None,
             );
         }
-        if m.is_dir() {
-            match fs::read_dir(path) {
-                Ok(rd) => {
-                    let mut children: Vec<PathBuf> = Vec::new();
-                    for e in rd {
-                        match e {
-                            Ok(e) => children.push(e.path()),
-                            Err(e) => {
-                                self.finding(
-                                    path,
-                                    "unreadable",
-                                    format!("cannot list folder: {e}"),
-                                    None,
-                                );
-                                break;
-                            }
-                        }
-                    }
-                    children.sort();
-                    for c in children {
-                        self.metadata_pass(&c);
-                    }
-                }
-                Err(e) => {
-                    self.finding(path, "unreadable", format!("cannot list folder: {e}"), None)
-                }
-            }
+    }
+
+    /// Reports (once) a file --fix leaves alone because it has several hard links.
+    fn hard_linked(&mut self, path: &Path, links: u64) {
+        let rel = self.rel(path);
+        if self
+            .report
+            .findings
+            .iter()
+            .any(|f| f.kind == "hardlink" && f.path == rel)
+        {
+            return;
         }
+        self.finding(
+            path,
+            "hardlink",
+            format!("has {links} hard links: another name for it may be outside the store, so --fix does not change it; check by hand"),
+            None,
+        );
     }
 
     /// Pass 2: every resource (or, with `cards`, every card of that address-book root) read
@@ -250,6 +311,9 @@ impl Doctor<'_> {
         let mut bump: BTreeSet<PathBuf> = BTreeSet::new();
         let cfg = self.cfg;
         let prefix_cfg = cfg.xattr_prefix.clone();
+        // Fixes open files and folders from this root, one component at a time, never through a
+        // link.
+        let base = cards.unwrap_or(&self.root).to_path_buf();
         walk_resources(
             cfg,
             cards,
@@ -281,19 +345,25 @@ impl Doctor<'_> {
                         let folder = res.path.parent().map(Path::to_path_buf).unwrap_or_default();
                         if let Some((kind, detail)) = md5_finding(&res.xattrs, &md5_prop, &md5) {
                             let fixed = if self.fix {
-                                let prefix = choose_prefix(
-                                    prefix_cfg.as_deref(),
-                                    &res.xattrs,
-                                    Some(&folder),
-                                );
-                                match set_md5_attr(&res.path, &md5, &prefix) {
-                                    Ok(()) => {
-                                        bump.insert(folder.clone());
-                                        Ok(format!("getcontentmd5 set to {md5}"))
+                                match open_for_fix(&base, &res.path) {
+                                    Ok(Ok((dir, f))) => {
+                                        let prefix = choose_prefix_dir(
+                                            prefix_cfg.as_deref(),
+                                            &res.xattrs,
+                                            &dir,
+                                        );
+                                        set_md5_attr_file(&f, &res.path, &md5, &prefix).map(|()| {
+                                            bump.insert(folder.clone());
+                                            Some(format!("getcontentmd5 set to {md5}"))
+                                        })
+                                    }
+                                    Ok(Err(links)) => {
+                                        let path = res.path.clone();
+                                        self.hard_linked(&path, links);
+                                        Err(Error::runtime("not changed: hard-linked"))
                                     }
                                     Err(e) => Err(e),
                                 }
-                                .map(Some)
                             } else {
                                 Ok(None)
                             };
@@ -313,7 +383,17 @@ impl Doctor<'_> {
                         if let Some(detail) = super::props::stale_match_etags(&res.xattrs, &md5) {
                             let path = res.path.clone();
                             if self.fix {
-                                match set_match_etags_attr(&res.path, &md5) {
+                                let set = match open_for_fix(&base, &res.path) {
+                                    Ok(Ok((_, f))) => {
+                                        set_match_etags_attr_file(&f, &res.path, &md5)
+                                    }
+                                    Ok(Err(links)) => {
+                                        self.hard_linked(&path, links);
+                                        Err(Error::runtime("not changed: hard-linked"))
+                                    }
+                                    Err(e) => Err(e),
+                                };
+                                match set {
                                     Ok(()) => {
                                         bump.insert(folder);
                                         self.finding(
@@ -341,8 +421,11 @@ impl Doctor<'_> {
         )?;
         // Clients learn of a new ETag through the collection's ctag.
         for folder in bump {
-            let prefix = choose_prefix(self.cfg.xattr_prefix.as_deref(), &[], Some(&folder));
-            if let Err(e) = bump_ctag(&folder, &prefix) {
+            let done = open_confined(&base, &folder).and_then(|dir| {
+                let prefix = choose_prefix_dir(self.cfg.xattr_prefix.as_deref(), &[], &dir);
+                bump_ctag_dir(&dir, &prefix)
+            });
+            if let Err(e) = done {
                 self.finding(
                     &folder,
                     "ctag",
@@ -353,6 +436,37 @@ impl Doctor<'_> {
         }
         Ok(())
     }
+}
+
+/// The folder `path` (below `base`), opened from `base` one component at a time without following
+/// a link.
+fn open_confined(base: &Path, path: &Path) -> Result<Dir> {
+    let rel = path
+        .strip_prefix(base)
+        .map_err(|_| Error::runtime(format!("{} is outside {}", path.display(), base.display())))?;
+    Dir::open(base)
+        .and_then(|root| root.walk(&rel.to_string_lossy()))
+        .map_err(|e| Error::io("cannot open", path, e))
+}
+
+/// A resource opened for a fix, with its folder: never through a link, and `Ok(Err(links))` for
+/// a file with more than one hard link (another name for it may be outside the store: never
+/// changed).
+fn open_for_fix(base: &Path, file: &Path) -> Result<std::result::Result<(Dir, File), u64>> {
+    let folder = file.parent().unwrap_or(base);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = open_confined(base, folder)?;
+    let f = dir
+        .open_file(&name)
+        .map_err(|e| Error::io("cannot open", file, e))?;
+    let st = fstat(&f).map_err(|e| Error::io("cannot stat", file, e))?;
+    if st.nlink > 1 {
+        return Ok(Err(st.nlink));
+    }
+    Ok(Ok((dir, f)))
 }
 
 /// What is wrong with a resource's `getcontentmd5` given its bytes' MD5, judged on every attribute

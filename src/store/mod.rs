@@ -8,6 +8,7 @@
 //! [`generate_addressbooks`]: the same for address books.
 
 pub mod addressbook;
+pub mod confined;
 pub mod doctor;
 pub mod generate;
 pub mod generate_addressbooks;

@@ -686,7 +686,7 @@ fn an_interrupted_address_book_home_move_is_finished_by_the_next_apply() {
         .unwrap();
     state
         .execute(
-            "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = 1",
+            "UPDATE runs SET status = 'running', state = 'applying', finished_at = NULL WHERE id = 1",
             [],
         )
         .unwrap();
@@ -695,7 +695,7 @@ fn an_interrupted_address_book_home_move_is_finished_by_the_next_apply() {
         .arg("apply")
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("resumed after an interruption"));
+        .stdout(predicate::str::contains("resuming it"));
     let now = a.trees();
     assert_same_tree(&now.1, &done.1, "address books after the resumed apply");
     assert_same_tree(&now.0, &done.0, "calendar store after the resumed apply");

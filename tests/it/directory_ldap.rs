@@ -238,7 +238,7 @@ fn a_wrong_password_names_result_49() {
     let c = cfg(
         &srv.url,
         &format!(
-            "bind_dn = \"{ROOTDN}\"\npassword_file = \"{}\"",
+            "bind_dn = \"{ROOTDN}\"\npassword_file = \"{}\"\nallow_cleartext_bind = true",
             pw.display()
         ),
     );

@@ -95,12 +95,12 @@ fn apply_rewrites_to_new_guids_idempotently_and_rollback_restores_every_byte() {
             }
         }
     }
-    // Applying again, or planning again, changes nothing.
+    // Applying again, or planning again, changes nothing (and says what it checked).
     w.cmd()
         .arg("apply")
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("nothing to do"));
+        .stdout(predicate::str::contains("Nothing is left to apply"));
     let again = plan_json(&w);
     assert_eq!(
         again["plan"]["resources_changed"], 0,
@@ -109,17 +109,25 @@ fn apply_rewrites_to_new_guids_idempotently_and_rollback_restores_every_byte() {
     w.cmd().arg("apply").assert().code(0);
     assert_eq!(resources(&w.store.root), after);
     // Rollback of the first run restores the store byte for byte, owners, modes and attributes.
+    // The empty apply of the second plan (run 2) came after run 1 on the same store: it is
+    // undone first, then run 1.
     w.cmd()
         .args(["rollback", "--run", "1"])
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("resources written"));
+        .stdout(predicate::str::contains("rollback run 3 of run 2"))
+        .stdout(predicate::str::contains(
+            "rollback run 4 of run 1: 40 files restored",
+        ));
     assert_same_tree(&tree(&w.store.root), &before, "store");
     w.cmd()
         .args(["rollback", "--run", "1"])
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("nothing to do"));
+        .stdout(predicate::str::contains(
+            "run 1 was already rolled back by run",
+        ))
+        .stdout(predicate::str::contains("Nothing is left to undo"));
 }
 
 #[test]
@@ -240,6 +248,58 @@ fn apply_killed_at_random_points_resumes_to_the_same_store() {
             &tree(&w.store.root),
             &expected,
             &format!("kill {interrupted}"),
+        );
+    }
+}
+
+/// Kill `rollback` with SIGKILL at random instants, resume it, and compare with the original store.
+/// One world: after each rollback the plan is applied again (a new run) for the next kill.
+#[test]
+fn rollback_killed_at_random_points_resumes_to_the_original_store() {
+    let kills: usize = std::env::var("PR_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let w = World::new(8, 1500, 23);
+    let original = tree(&w.store.root);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("apply").assert().code(0);
+    let started = std::time::Instant::now();
+    w.cmd().arg("rollback").assert().code(0);
+    let full = started.elapsed().as_micros().max(1000) as u64;
+    assert_same_tree(&tree(&w.store.root), &original, "uninterrupted rollback");
+    let mut seed = 0x0b5e_55ed_u64;
+    let mut interrupted = 0;
+    let mut attempts = 0;
+    while interrupted < kills {
+        attempts += 1;
+        assert!(
+            attempts <= 4 * kills,
+            "only {interrupted} of {attempts} kills hit a running rollback"
+        );
+        w.cmd().arg("apply").assert().code(0);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = seed % full;
+        let mut child =
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+                .arg("--config")
+                .arg(&w.config)
+                .args(["--no-progress", "-q", "rollback"])
+                .spawn()
+                .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(delay));
+        let _ = child.kill(); // SIGKILL
+        if child.wait().unwrap().code().is_some() {
+            continue; // it finished before the kill: the store is rolled back already
+        }
+        interrupted += 1;
+        w.cmd().arg("rollback").assert().code(0);
+        assert_same_tree(
+            &tree(&w.store.root),
+            &original,
+            &format!("rollback kill {interrupted}"),
         );
     }
 }

@@ -373,7 +373,7 @@ fn a_resource_whose_only_change_is_a_property() {
         )
         .unwrap();
     let crash = format!(
-        "UPDATE journal SET state = 'pending' WHERE run_id = 2 AND seq = {seq}; UPDATE runs SET status = 'running' WHERE id = 2;"
+        "UPDATE journal SET state = 'pending' WHERE run_id = 2 AND seq = {seq}; UPDATE runs SET status = 'running', state = 'applying' WHERE id = 2;"
     );
     state.execute_batch(&crash).unwrap();
     w.cmd()
@@ -404,7 +404,7 @@ fn a_resource_whose_only_change_is_a_property() {
         .args(["rollback", "--run", "2"])
         .assert()
         .code(0)
-        .stdout(predicates::str::contains("1 resources written"));
+        .stdout(predicates::str::contains("1 files restored"));
     assert_same_tree(&tree(&w.store.root), &before, "rollback");
     assert_eq!(attrs(&item)[&from_name], xml.as_bytes());
 }

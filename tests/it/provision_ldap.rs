@@ -74,7 +74,7 @@ fn setup(srv: &Slapd, bind_dn: &str, password: &str) -> (tempfile::TempDir, Path
     std::fs::write(
         &cfg,
         format!(
-            "[directory]\nurl = \"{}\"\nbase = \"{BASE}\"\nbind_dn = \"{bind_dn}\"\npassword_file = \"pw\"\n\n\
+            "[directory]\nurl = \"{}\"\nbase = \"{BASE}\"\nbind_dn = \"{bind_dn}\"\npassword_file = \"pw\"\nallow_cleartext_bind = true\n\n\
              [old_directory]\nfiles = [\"old-users.txt\"]\n\n[store]\npath = \"store\"\n\n\
              [rewrite]\ninternal_domains = [\"example.com\"]\n\n\
              [provision]\naccess_group = \"com.apple.access_calendar\"\n",

@@ -281,3 +281,44 @@ fn changes_csv_names_the_path_after_adoption_and_diff_follows_it() {
             .and(predicate::str::contains(format!("--- a/{rel}"))),
     );
 }
+
+#[test]
+fn runs_lists_plans_and_runs_and_what_rollback_would_undo() {
+    let w = World::new(2, 12, 38);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd()
+        .arg("runs")
+        .assert()
+        .code(0)
+        .stdout(
+            predicate::str::contains("plan 1")
+                .and(predicate::str::contains("Nothing for `rollback` to undo")),
+        )
+        .stdout(predicate::str::contains("`apply` would carry out plan 1"));
+    w.cmd().arg("apply").assert().code(0);
+    let out = w.cmd().args(["--json", "runs"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &doc["history"];
+    assert_eq!(h["plans"].as_array().unwrap().len(), 1, "{h}");
+    let run = &h["runs"][0];
+    assert_eq!(run["kind"], "apply");
+    assert_eq!(run["plan_id"], 1);
+    assert!(run["steps_done"].as_i64().unwrap() >= 12, "{run}");
+    assert_eq!(h["rollback_would_undo"], run["id"]);
+    assert!(h["apply_would_carry_out"].is_null(), "{h}");
+    w.cmd().arg("rollback").assert().code(0);
+    let out = w.cmd().args(["--json", "runs"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &doc["history"];
+    assert_eq!(h["runs"].as_array().unwrap().len(), 2, "{h}");
+    assert_eq!(h["runs"][1]["kind"], "rollback");
+    assert!(
+        h["rollback_would_undo"].is_null(),
+        "after its rollback nothing is left to undo: {h}"
+    );
+    assert_eq!(
+        h["apply_would_carry_out"], 1,
+        "the plan can be applied again: {h}"
+    );
+}

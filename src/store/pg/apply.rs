@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ical::{self, RewriteOptions};
 use crate::journal::RunSummary;
-use crate::state::{now_rfc3339, State};
+use crate::state::{now_rfc3339, RunEvent, RunState, State};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -52,11 +52,22 @@ pub(super) fn start_or_resume(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .ok();
+    // A plan whose run was rolled back is applied again by a new run.
+    let rolled_back = |id: i64| -> Result<bool> {
+        Ok(s.undoes_run.is_none() && state.run_state(id)? == RunState::RolledBack)
+    };
     let id = match last {
-        Some((id, st)) if st == "done" => {
+        Some((id, st)) if st == "done" && !rolled_back(id)? => {
             s.run_id = id;
             s.already_done = true;
             return Ok(None);
+        }
+        Some((_, st)) if st == "done" => {
+            state.conn.execute(
+                &format!("INSERT INTO runs (kind, {col}, store_path, started_at, status) VALUES (?1, ?2, ?3, ?4, 'running')"),
+                rusqlite::params![s.kind, target, label, now_rfc3339()],
+            )?;
+            state.conn.last_insert_rowid()
         }
         Some((id, _)) => {
             s.resumed = true;
@@ -319,7 +330,7 @@ pub fn apply(
 ) -> Result<RunSummary> {
     let started = std::time::Instant::now();
     let mut state = State::open_existing(&cfg.state.path)?;
-    let plan_id = state.plan_or_latest(plan)?;
+    let (plan_id, passed_over) = state.plan_to_apply(plan)?;
     let kind = state.plan_text(plan_id, "store_kind")?;
     if kind != "calendarserver-pg" {
         return Err(Error::usage(format!(
@@ -350,9 +361,13 @@ pub fn apply(
         plan_id: Some(plan_id),
         ..Default::default()
     };
+    if let Some(why) = passed_over {
+        summary.notes.push(why);
+    }
     let Some(run_id) = start_or_resume(&state, &mut summary, &label)? else {
         return Ok(summary);
     };
+    state.advance_run(run_id, RunEvent::StartApply)?;
     let resolver = load_resolver(&state, plan_id)?;
     let address_form: String = state.plan_text(plan_id, "address_form")?;
     let opts = RewriteOptions {
@@ -433,6 +448,7 @@ pub fn apply(
     let backups = crate::journal::Backups::open(&cfg.state.path)?;
     crate::journal::apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
     finish_run(&state, run_id)?;
+    state.advance_run(run_id, RunEvent::FinishApply)?;
     tracing::info!("apply run {run_id} finished at {:.2?}", started.elapsed());
     Ok(summary)
 }

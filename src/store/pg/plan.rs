@@ -185,7 +185,7 @@ pub fn plan(
     let created_at = now_rfc3339();
     let stx = state.conn.transaction()?;
     stx.execute(
-        "INSERT INTO plans (created_at, store_kind, store_path, address_form, directory) VALUES (?1, 'calendarserver-pg', ?2, ?3, ?4)",
+        "INSERT INTO plans (created_at, store_kind, store_path, address_form, directory, status) VALUES (?1, 'calendarserver-pg', ?2, ?3, ?4, 'building')",
         rusqlite::params![
             created_at,
             label,

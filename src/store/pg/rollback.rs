@@ -12,7 +12,7 @@ use crate::cli::Context;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::RunSummary;
-use crate::state::State;
+use crate::state::{RunEvent, State};
 
 const BATCH: i64 = 500;
 
@@ -27,9 +27,11 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         Some(id) => id,
         None => state
             .conn
-            .query_row("SELECT MAX(id) FROM runs WHERE kind = 'apply'", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })?
+            .query_row(
+                "SELECT COALESCE(MAX(CASE WHEN COALESCE(state, '') != 'rolled-back' THEN id END), MAX(id)) FROM runs WHERE kind = 'apply'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
             .ok_or_else(|| Error::usage("no applied run to roll back"))?,
     };
     let (kind, store): (String, String) = state
@@ -66,6 +68,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
     let Some(run_id) = start_or_resume(&state, &mut summary, &label)? else {
         return Ok(summary);
     };
+    state.advance_run(target, RunEvent::StartRollback)?;
     let schema = db.schema.clone();
 
     // 1. Row steps (homes, uid columns), newest first, each with its undo journaled.
@@ -295,6 +298,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
     // 3. The delegate database files (journaled by the file journal as 'database' steps).
     restore_databases(&state, target, cfg, force, &mut summary)?;
     finish_run(&state, run_id)?;
+    state.advance_run(target, RunEvent::FinishRollback)?;
     Ok(summary)
 }
 

@@ -121,7 +121,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         bar.inc(1);
         check_resource(
             report,
-            cfg,
+            &mapper,
             &mut resolve,
             &mut organizers,
             &row.label(),

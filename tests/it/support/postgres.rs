@@ -111,7 +111,7 @@ impl Builder {
         if self.tls {
             let certs = d.join("certs");
             std::fs::create_dir(&certs).unwrap();
-            ca_file = Some(super::slapd::make_certs(&certs));
+            ca_file = Some(super::slapd::make_certs(&certs, false));
         }
         if let Some((uid, gid)) = run_as {
             for e in walk(d) {

@@ -37,6 +37,8 @@ pub struct Builder {
     sizelimit: Option<u32>,
     prtotal_unlimited: bool,
     tls: bool,
+    /// The server presents the CA certificate itself as its certificate (a misconfiguration).
+    ca_as_server: bool,
     entries: String,
     acl: Option<String>,
 }
@@ -129,6 +131,13 @@ impl Builder {
         self.tls = true;
         self
     }
+    /// Like `tls()`, but the server presents the CA's own certificate (CA:TRUE) as its
+    /// certificate: a misconfiguration clients must explain.
+    pub fn tls_with_ca_as_server_cert(mut self) -> Self {
+        self.tls = true;
+        self.ca_as_server = true;
+        self
+    }
     /// Entries loaded with slapadd before start (the base entry and containers are added first).
     pub fn entries(mut self, ldif: &str) -> Self {
         self.entries.push_str(ldif);
@@ -168,10 +177,11 @@ impl Builder {
         }
         let mut ca_file = None;
         if self.tls {
-            let ca = make_certs(d);
+            let ca = make_certs(d, self.ca_as_server);
+            let served = if self.ca_as_server { "ca" } else { "server" };
             let _ = writeln!(
                 conf,
-                "TLSCACertificateFile {}\nTLSCertificateFile {}/server.pem\nTLSCertificateKeyFile {}/server.key",
+                "TLSCACertificateFile {}\nTLSCertificateFile {}/{served}.pem\nTLSCertificateKeyFile {}/{served}.key",
                 ca.display(),
                 d.display(),
                 d.display()
@@ -244,7 +254,13 @@ impl Builder {
     }
 }
 
-pub fn make_certs(d: &Path) -> PathBuf {
+pub fn make_certs(d: &Path, ca_serves: bool) -> PathBuf {
+    // A CA that serves TLS itself must be allowed to sign the handshake.
+    let ca_usage = if ca_serves {
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+    } else {
+        "keyUsage=critical,keyCertSign,cRLSign"
+    };
     let ssl =
         |args: &[&str], what: &str| run(Command::new("openssl").args(args).current_dir(d), what);
     ssl(
@@ -267,7 +283,9 @@ pub fn make_certs(d: &Path) -> PathBuf {
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
+            ca_usage,
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
         ],
         "openssl CA",
     );
