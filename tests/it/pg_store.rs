@@ -369,7 +369,7 @@ fn plan_changes_nothing_apply_rewrites_in_place_second_apply_is_a_no_op_and_roll
             .arg("apply")
             .assert()
             .code(0)
-            .stdout(predicates::str::contains("nothing to do"));
+            .stdout(predicates::str::contains("Nothing is left to apply"));
         let again = plan_json(&w);
         assert_eq!(
             again["plan"]["resources_changed"], 0,

@@ -365,6 +365,7 @@ pub fn apply(
         summary.notes.push(why);
     }
     let Some(run_id) = start_or_resume(&state, &mut summary, &label)? else {
+        check_finished(&mut db, &state, &mut summary)?;
         return Ok(summary);
     };
     state.advance_run(run_id, RunEvent::StartApply)?;
@@ -451,6 +452,83 @@ pub fn apply(
     state.advance_run(run_id, RunEvent::FinishApply)?;
     tracing::info!("apply run {run_id} finished at {:.2?}", started.elapsed());
     Ok(summary)
+}
+
+/// For a run that already finished: what it did (from its journal) and whether the objects it
+/// wrote still hold what it wrote.
+pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> Result<()> {
+    let run = s.run_id;
+    s.finished_at = state
+        .conn
+        .query_row("SELECT finished_at FROM runs WHERE id = ?1", [run], |r| {
+            r.get(0)
+        })
+        .ok()
+        .flatten();
+    s.state = Some(state.run_state(run)?);
+    let count = |sql: &str| -> Result<u64> {
+        Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
+    };
+    s.written = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NOT NULL")?;
+    s.unchanged = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NULL")?;
+    s.homes_adopted = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'row' AND state = 'done' AND table_name IN ('CALENDAR_HOME', 'ADDRESSBOOK_HOME', 'NOTIFICATION_HOME')")?;
+    {
+        let mut st = state.conn.prepare(
+            "SELECT label, detail FROM pg_journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
+        )?;
+        let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        s.skipped = rows.collect::<rusqlite::Result<_>>()?;
+    }
+    let written: Vec<(String, i64, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT table_name, CAST(key AS INTEGER), label, after_hash FROM pg_journal
+             WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NOT NULL ORDER BY seq",
+        )?;
+        let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut checked = crate::journal::Checked {
+        files: written.len() as u64,
+        ..Default::default()
+    };
+    for kind in ["calendar", "vcard"] {
+        let (table, column) = if kind == "calendar" {
+            ("CALENDAR_OBJECT", "ICALENDAR_TEXT")
+        } else {
+            ("ADDRESSBOOK_OBJECT", "VCARD_TEXT")
+        };
+        for chunk in written
+            .iter()
+            .filter(|w| w.0 == kind)
+            .collect::<Vec<_>>()
+            .chunks(BATCH)
+        {
+            let ids: Vec<i64> = chunk.iter().map(|w| w.1).collect();
+            let now: HashMap<i64, String> = db
+                .client
+                .query(
+                    &format!("SELECT RESOURCE_ID::bigint, md5({column}) FROM {table} WHERE RESOURCE_ID = ANY($1::bigint[])"),
+                    &[&ids],
+                )
+                .map_err(err(table))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for (_, id, label, after) in chunk {
+                match now.get(id) {
+                    Some(m) if m == after => checked.holding += 1,
+                    Some(_) => checked
+                        .differing
+                        .push((label.clone(), "changed since".into())),
+                    None => checked
+                        .differing
+                        .push((label.clone(), "deleted since".into())),
+                }
+            }
+        }
+    }
+    s.checked = Some(checked);
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
