@@ -23,6 +23,7 @@ mod provision_db;
 mod provision_ldap;
 mod report_html;
 mod safety;
+mod state_prune;
 mod store_cli;
 mod store_walk;
 mod store_write;
