@@ -27,5 +27,6 @@ mod state_prune;
 mod store_cli;
 mod store_walk;
 mod store_write;
+mod stress;
 mod vcard_props;
 mod workflow;
