@@ -60,9 +60,15 @@ fn database_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Plans that may be dropped when `keep` are kept.
-fn prunable_plans(state: &State, keep: usize) -> Result<Vec<i64>> {
-    let mut st = state.conn.prepare(
+/// Plans that may be dropped when `keep` are kept (`dropping`: runs whose journal is being
+/// dropped too, as a comma-separated list, or empty).
+fn prunable_plans(state: &State, keep: usize, dropping: &str) -> Result<Vec<i64>> {
+    let also = if dropping.is_empty() {
+        String::new()
+    } else {
+        format!(" AND r.id NOT IN ({dropping})")
+    };
+    let mut st = state.conn.prepare(&format!(
         "SELECT p.id FROM plans p
           WHERE p.status != 'pruned'
             AND p.id NOT IN (SELECT id FROM plans ORDER BY id DESC LIMIT ?1)
@@ -70,9 +76,9 @@ fn prunable_plans(state: &State, keep: usize) -> Result<Vec<i64>> {
             AND NOT EXISTS (
                 SELECT 1 FROM runs r
                  WHERE r.plan_id = p.id AND r.kind != 'rollback' AND r.pruned_at IS NULL
-                   AND COALESCE(r.state, 'applying') != 'rolled-back')
-          ORDER BY p.id",
-    )?;
+                   AND COALESCE(r.state, 'applying') != 'rolled-back'{also})
+          ORDER BY p.id"
+    ))?;
     let rows = st.query_map([keep as i64], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -111,7 +117,11 @@ const PLAN_TABLES: [&str; 7] = [
 /// Drops the planned changes of old plans (their rows stay, marked pruned: runs refer to them).
 /// Returns what was dropped.
 pub fn prune_plans(state: &mut State, keep: usize, dry_run: bool) -> Result<Vec<PlanFreed>> {
-    let ids = prunable_plans(state, keep)?;
+    let ids = prunable_plans(state, keep, "")?;
+    drop_plans(state, ids, dry_run)
+}
+
+fn drop_plans(state: &mut State, ids: Vec<i64>, dry_run: bool) -> Result<Vec<PlanFreed>> {
     let freed = ids
         .iter()
         .map(|&id| plan_freed(state, id))
@@ -272,7 +282,9 @@ pub fn prune(
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum();
     report.backups_shared = shared.len();
-    report.plans = prune_plans(state, keep, true)?;
+    // Plans only the dropped runs still needed go too.
+    let plan_ids = prunable_plans(state, keep, &list)?;
+    report.plans = drop_plans(state, plan_ids.clone(), true)?;
     if dry_run {
         report.database_bytes_after = report.database_bytes_before;
         return Ok(report);
@@ -294,7 +306,7 @@ pub fn prune(
     for p in &files {
         std::fs::remove_file(p).map_err(|e| Error::io("cannot remove backup", p, e))?;
     }
-    prune_plans(state, keep, false)?;
+    drop_plans(state, plan_ids, false)?;
     if !report.plans.is_empty() || !journal_runs.is_empty() {
         // Gives the freed pages back to the file system.
         state

@@ -156,6 +156,7 @@ fn dropping_a_runs_backups_removes_them_and_its_rollback_is_refused() {
     let w = World::new(2, 16, 73);
     ok(&w, &["plan"]);
     ok(&w, &["apply"]); // run 1, applied: the admin acknowledges it
+    ok(&w, &["plan"]); // plan 2: plan 1 is needed only by run 1 now
     let files = backup_files(&w.path("state"));
     assert!(!files.is_empty());
     let db_before = std::fs::metadata(w.path("state/state.sqlite"))
@@ -200,7 +201,18 @@ fn dropping_a_runs_backups_removes_them_and_its_rollback_is_refused() {
         db_before
     );
 
-    let (code, out, err) = out_of(&w, &["--json", "state", "prune", "--backups-of-run", "1"]);
+    let (code, out, err) = out_of(
+        &w,
+        &[
+            "--json",
+            "state",
+            "prune",
+            "--backups-of-run",
+            "1",
+            "--keep-plans",
+            "1",
+        ],
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -209,6 +221,8 @@ fn dropping_a_runs_backups_removes_them_and_its_rollback_is_refused() {
     );
     assert_eq!(j["prune"]["runs"][0]["steps"].as_i64().unwrap(), steps);
     assert!(backup_files(&w.path("state")).is_empty());
+    assert_eq!(j["prune"]["plans"][0]["plan_id"], 1, "{j}");
+    assert_eq!(kept_ids(&plans(&w)), vec![2]);
     let after = tree(&w.store.root);
     let (code, _, err) = out_of(&w, &["rollback", "--run", "1"]);
     assert_eq!(code, 2, "{err}");
