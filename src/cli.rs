@@ -403,6 +403,17 @@ fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
     }
     if store {
         lock.folder(&cfg.store.path, "the store")?;
+        // A separate address-book root (10.6's Address Book Server) is written too.
+        if let Some(ab) = &cfg.store.addressbook_root {
+            let same = |a: &std::path::Path, b: &std::path::Path| {
+                a.canonicalize()
+                    .ok()
+                    .is_some_and(|x| b.canonicalize().ok() == Some(x))
+            };
+            if !same(ab, &cfg.store.path) {
+                lock.folder(ab, "the address-book root")?;
+            }
+        }
     }
     if let Some(dir) = rehearsal {
         std::fs::create_dir_all(dir)
