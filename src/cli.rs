@@ -72,6 +72,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Show one resource's planned change as a unified diff
     Diff(DiffArgs),
+    /// List every plan and run: id, time, state, counts, and what `rollback` would undo now
+    Runs,
     /// Pull, scan, plan, apply, verify and report in one go
     Migrate(MigrateArgs),
     /// Read the directory: `pull` shows what it holds, `export --ldif FILE` snapshots it
@@ -369,6 +371,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
         Command::Diff(args) => command_diff(&ctx, &args),
         Command::State(StateCommand::Prune(args)) => crate::prune::command_prune(&ctx, &args),
+        Command::Runs => {
+            let state = crate::state::State::open_existing(&ctx.config.state.path)?;
+            let h = crate::history::history(&state)?;
+            Ok(Outcome::ok(
+                crate::history::human(&h),
+                serde_json::json!({ "history": h }),
+            ))
+        }
         Command::Directory(DirectoryCommand::Pull) => crate::directory::command_pull(&ctx),
         Command::Directory(DirectoryCommand::Export { ldif }) => {
             crate::directory::command_export(&ctx, &ldif)
@@ -388,6 +398,7 @@ fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
         | Command::Man
         | Command::Scan
         | Command::Diff(_)
+        | Command::Runs
         | Command::Directory(_) => (false, false, false, None),
         Command::Doctor(a) => (a.fix, false, a.fix, None),
         Command::Report(_) | Command::State(_) => (true, false, false, None),

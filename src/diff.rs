@@ -61,26 +61,48 @@ pub fn resource_diff(
 ) -> Result<ResourceDiff> {
     let state = State::open_existing(state_dir)?;
     let plan_id = state.plan_or_latest(plan)?;
-    let rel = store_relative(store, resource);
-    let row: Option<(String, String, Vec<u8>)> = state
-        .conn
-        .query_row(
-            "SELECT old_sha256, new_sha256, new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-            rusqlite::params![plan_id, rel],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
+    let here = store_relative(store, resource);
+    let lookup = |rel: &str| -> Result<Option<(String, String, Vec<u8>)>> {
+        Ok(state
+            .conn
+            .query_row(
+                "SELECT old_sha256, new_sha256, new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+                rusqlite::params![plan_id, rel],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?)
+    };
+    // The resource as the plan names it: where it is now, or, after its home was adopted,
+    // where it was (changes.csv's resource_after_adoption names the new place).
+    let mut rel = here.clone();
+    let mut row = lookup(&rel)?;
+    if row.is_none() {
+        let moves = crate::report::home_moves(&state, plan_id)?;
+        for (old, new) in &moves {
+            if let Some(rest) = here
+                .strip_prefix(new.as_str())
+                .filter(|r| r.starts_with('/'))
+            {
+                let planned = format!("{old}{rest}");
+                if let Some(found) = lookup(&planned)? {
+                    rel = planned;
+                    row = Some(found);
+                    break;
+                }
+            }
+        }
+    }
     let Some((old_sha, new_sha, blob)) = row else {
         return Err(Error::usage(format!(
             "plan {plan_id} does not change {rel} (a path relative to the store, as in changes.csv)"
         )));
     };
     let new = crate::plan::unpack(&blob, &new_sha)?;
-    let path = store.join(&rel);
+    let path = store.join(&here);
     let now = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     let now_sha = sha256_hex(&now);
     let (standing, old) = if now_sha == old_sha {

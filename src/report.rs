@@ -173,6 +173,48 @@ pub fn mapping_rows(state: &State, plan_id: i64) -> Result<Vec<MappingRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// The homes a plan moves: old home folder → new one (calendar homes relative to the store,
+/// address-book homes relative to the address-book root, as resource paths are).
+pub fn home_moves(
+    state: &State,
+    plan_id: i64,
+) -> Result<std::collections::HashMap<String, String>> {
+    let mut moves = std::collections::HashMap::new();
+    for (table, top) in [
+        ("plan_homes", "calendars"),
+        ("plan_addressbook_homes", "addressbooks"),
+    ] {
+        let mut st = state.conn.prepare(&format!(
+            "SELECT rel_path, new_guid FROM {table}
+             WHERE plan_id = ?1 AND new_guid IS NOT NULL AND (outcome = 'moved' OR layout != 'hashed')"
+        ))?;
+        let rows = st.query_map([plan_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (old, guid) = row?;
+            moves.insert(old, crate::homes::hashed_home_in(top, &guid));
+        }
+    }
+    Ok(moves)
+}
+
+/// Where a resource will be once its home is adopted (a collection whose name clashes in a home
+/// the server already made becomes `NAME-migrated` at apply); the same path when its home stays.
+pub fn path_after_adoption(moves: &std::collections::HashMap<String, String>, rel: &str) -> String {
+    // Homes are 3 (`calendars/__uids__/GUID`, `calendars/users/NAME`) or 5
+    // (`calendars/__uids__/XX/YY/GUID`) components deep.
+    for depth in [5, 3] {
+        let mut ends = rel.match_indices('/').map(|(i, _)| i);
+        if let Some(end) = ends.nth(depth - 1) {
+            if let Some(new_home) = moves.get(&rel[..end]) {
+                return format!("{new_home}{}", &rel[end..]);
+            }
+        }
+    }
+    rel.to_string()
+}
+
 /// `mapping-todo.csv`: one ready-to-edit row per ambiguous or unmatched address. The admin fills
 /// in the last column and points `[rewrite] mapping_file` at the file (see [`crate::mapping_file`]:
 /// its header row names the `old` and `new` columns, the comment line is skipped, rows left empty
@@ -256,17 +298,28 @@ pub fn write_reports(
         }
         let mut w = csv::Writer::from_writer(file);
         let csv_err = |e: csv::Error| Error::runtime(format!("{}: {e}", tmp.display()));
-        w.write_record(["resource", "line", "property", "old_value", "new_value"])
-            .map_err(csv_err)?;
+        w.write_record([
+            "resource",
+            "line",
+            "property",
+            "old_value",
+            "new_value",
+            "resource_after_adoption",
+        ])
+        .map_err(csv_err)?;
+        let moves = home_moves(state, plan_id)?;
         let mut rows = st.query([plan_id])?;
         while let Some(r) = rows.next()? {
             let line: i64 = r.get(1)?;
+            let rel: String = r.get(0)?;
+            let after = path_after_adoption(&moves, &rel);
             let cells = [
-                r.get::<_, String>(0)?,
+                rel,
                 line.to_string(),
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
+                after,
             ];
             w.write_record(cells.iter().map(|c| cell(c)))
                 .map_err(csv_err)?;

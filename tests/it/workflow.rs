@@ -248,3 +248,77 @@ fn csv_bom_puts_a_byte_order_mark_before_every_csv() {
     .unwrap();
     w.cmd().arg("plan").assert().code(0);
 }
+
+#[test]
+fn changes_csv_names_the_path_after_adoption_and_diff_follows_it() {
+    let w = World::new(2, 12, 37);
+    w.cmd().arg("plan").assert().code(0);
+    let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
+    let mut lines = changes.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "resource,line,property,old_value,new_value,resource_after_adoption"
+    );
+    let row = lines.next().unwrap();
+    let rel = row.split(',').next().unwrap().to_string();
+    let after = row.rsplit(',').next().unwrap().to_string();
+    assert_ne!(rel, after, "every home of this world moves to its new GUID");
+    let new_guid = w
+        .new_guid
+        .iter()
+        .find(|(old, _)| rel.contains(old.as_str()))
+        .map(|(_, new)| new.clone())
+        .unwrap();
+    assert!(after.contains(&new_guid), "{after}");
+    w.cmd().arg("apply").assert().code(0);
+    assert!(
+        w.store.root.join(&after).is_file(),
+        "{after} exists after apply"
+    );
+    assert!(!w.store.root.join(&rel).exists());
+    w.cmd().args(["diff", &after]).assert().code(0).stdout(
+        predicate::str::contains("is applied")
+            .and(predicate::str::contains(format!("--- a/{rel}"))),
+    );
+}
+
+#[test]
+fn runs_lists_plans_and_runs_and_what_rollback_would_undo() {
+    let w = World::new(2, 12, 38);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd()
+        .arg("runs")
+        .assert()
+        .code(0)
+        .stdout(
+            predicate::str::contains("plan 1")
+                .and(predicate::str::contains("Nothing for `rollback` to undo")),
+        )
+        .stdout(predicate::str::contains("`apply` would carry out plan 1"));
+    w.cmd().arg("apply").assert().code(0);
+    let out = w.cmd().args(["--json", "runs"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &doc["history"];
+    assert_eq!(h["plans"].as_array().unwrap().len(), 1, "{h}");
+    let run = &h["runs"][0];
+    assert_eq!(run["kind"], "apply");
+    assert_eq!(run["plan_id"], 1);
+    assert!(run["steps_done"].as_i64().unwrap() >= 12, "{run}");
+    assert_eq!(h["rollback_would_undo"], run["id"]);
+    assert!(h["apply_would_carry_out"].is_null(), "{h}");
+    w.cmd().arg("rollback").assert().code(0);
+    let out = w.cmd().args(["--json", "runs"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &doc["history"];
+    assert_eq!(h["runs"].as_array().unwrap().len(), 2, "{h}");
+    assert_eq!(h["runs"][1]["kind"], "rollback");
+    assert!(
+        h["rollback_would_undo"].is_null(),
+        "after its rollback nothing is left to undo: {h}"
+    );
+    assert_eq!(
+        h["apply_would_carry_out"], 1,
+        "the plan can be applied again: {h}"
+    );
+}

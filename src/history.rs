@@ -1,0 +1,198 @@
+//! History (`runs`): every plan and every run in the state database, with what `rollback` would
+//! undo now — the `git log` of a migration.
+
+use crate::error::Result;
+use crate::state::State;
+use serde::Serialize;
+
+/// One plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanEntry {
+    pub id: i64,
+    pub created_at: String,
+    /// building | complete | failed
+    pub status: String,
+    pub store_path: String,
+    pub resources_changed: i64,
+    pub homes_moved: i64,
+}
+
+/// One run of apply, rollback or provision.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunEntry {
+    pub id: i64,
+    /// apply | rollback | provision
+    pub kind: String,
+    pub plan_id: Option<i64>,
+    /// A rollback: the run it undoes.
+    pub undoes_run: Option<i64>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// The process: running | interrupted | done.
+    pub status: String,
+    /// An apply or provision run's lifecycle: applying | applied | rolling-back | rolled-back.
+    pub state: Option<String>,
+    /// Journal steps by state.
+    pub steps_done: i64,
+    pub steps_skipped: i64,
+    pub steps_pending: i64,
+}
+
+/// Everything the state database remembers.
+#[derive(Clone, Debug, Serialize)]
+pub struct History {
+    pub plans: Vec<PlanEntry>,
+    pub runs: Vec<RunEntry>,
+    /// The run a plain `rollback` undoes now, if any.
+    pub rollback_would_undo: Option<i64>,
+    /// The plan a plain `apply` carries out now: the latest complete plan, when no run of it is
+    /// applied (or all its runs are rolled back).
+    pub apply_would_carry_out: Option<i64>,
+}
+
+fn has_column(state: &State, table: &str, column: &str) -> Result<bool> {
+    let mut st = state.conn.prepare(&format!(
+        "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+    ))?;
+    Ok(st.exists([column])?)
+}
+
+/// Reads the history.
+pub fn history(state: &State) -> Result<History> {
+    let plan_status = if has_column(state, "plans", "status")? {
+        "status"
+    } else {
+        "'complete'"
+    };
+    let mut st = state.conn.prepare(&format!(
+        "SELECT p.id, p.created_at, {plan_status}, p.store_path,
+                (SELECT COUNT(*) FROM plan_resources r WHERE r.plan_id = p.id),
+                (SELECT COUNT(*) FROM plan_homes h WHERE h.plan_id = p.id AND h.new_guid IS NOT NULL
+                   AND (h.outcome = 'moved' OR h.layout != 'hashed'))
+         FROM plans p ORDER BY p.id"
+    ))?;
+    let plans = st
+        .query_map([], |r| {
+            Ok(PlanEntry {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                status: r.get(2)?,
+                store_path: r.get(3)?,
+                resources_changed: r.get(4)?,
+                homes_moved: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let run_state = if has_column(state, "runs", "state")? {
+        "state"
+    } else {
+        "NULL"
+    };
+    let mut st = state.conn.prepare(&format!(
+        "SELECT id, kind, plan_id, undoes_run, started_at, finished_at, status, {run_state},
+                (SELECT COUNT(*) FROM journal j WHERE j.run_id = runs.id AND j.state = 'done'),
+                (SELECT COUNT(*) FROM journal j WHERE j.run_id = runs.id AND j.state = 'skipped'),
+                (SELECT COUNT(*) FROM journal j WHERE j.run_id = runs.id AND j.state = 'pending')
+         FROM runs ORDER BY id"
+    ))?;
+    let runs = st
+        .query_map([], |r| {
+            Ok(RunEntry {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                plan_id: r.get(2)?,
+                undoes_run: r.get(3)?,
+                started_at: r.get(4)?,
+                finished_at: r.get(5)?,
+                status: r.get(6)?,
+                state: r.get(7)?,
+                steps_done: r.get(8)?,
+                steps_skipped: r.get(9)?,
+                steps_pending: r.get(10)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let undoable = |r: &&RunEntry| {
+        matches!(r.kind.as_str(), "apply" | "provision")
+            && match r.state.as_deref() {
+                Some(s) => s != "rolled-back",
+                // Before run states were stored: undone when a finished rollback names it.
+                None => !runs.iter().any(|b| {
+                    b.kind == "rollback" && b.undoes_run == Some(r.id) && b.status == "done"
+                }),
+            }
+    };
+    let rollback_would_undo = runs.iter().rev().find(undoable).map(|r| r.id);
+    // A plain `apply` takes the latest complete plan: pending when no run of it is in force.
+    let apply_would_carry_out = plans
+        .iter()
+        .rev()
+        .find(|p| p.status == "complete")
+        .filter(|p| {
+            !runs
+                .iter()
+                .any(|r| r.kind == "apply" && r.plan_id == Some(p.id) && undoable(&r))
+        })
+        .map(|p| p.id);
+    Ok(History {
+        plans,
+        runs,
+        rollback_would_undo,
+        apply_would_carry_out,
+    })
+}
+
+/// The history as a table for a terminal.
+pub fn human(h: &History) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if h.plans.is_empty() && h.runs.is_empty() {
+        return "No plans or runs yet: run `principal-reconciler plan`.\n".to_string();
+    }
+    let _ = writeln!(out, "Plans:");
+    for p in &h.plans {
+        let _ = writeln!(
+            out,
+            "  plan {:<4} {}  {:<8}  {} resources, {} homes to move",
+            p.id, p.created_at, p.status, p.resources_changed, p.homes_moved
+        );
+    }
+    if !h.runs.is_empty() {
+        let _ = writeln!(out, "Runs:");
+    }
+    for r in &h.runs {
+        let what = match (r.kind.as_str(), r.plan_id, r.undoes_run) {
+            ("rollback", _, Some(u)) => format!("rollback of run {u}"),
+            (k, Some(p), _) => format!("{k} of plan {p}"),
+            (k, None, _) => k.to_string(),
+        };
+        let state = r.state.as_deref().unwrap_or(&r.status);
+        let _ = writeln!(
+            out,
+            "  run {:<5} {:<22} {}  {:<12}  {} done, {} skipped{}",
+            r.id,
+            what,
+            r.started_at,
+            state,
+            r.steps_done,
+            r.steps_skipped,
+            if r.steps_pending > 0 {
+                format!(", {} pending", r.steps_pending)
+            } else {
+                String::new()
+            }
+        );
+    }
+    match h.rollback_would_undo {
+        Some(id) => {
+            let _ = writeln!(out, "`rollback` would undo run {id} now.");
+        }
+        None => {
+            let _ = writeln!(out, "Nothing for `rollback` to undo.");
+        }
+    }
+    if let Some(p) = h.apply_would_carry_out {
+        let _ = writeln!(out, "`apply` would carry out plan {p}.");
+    }
+    out
+}
