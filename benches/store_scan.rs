@@ -127,6 +127,7 @@ fn main() {
         xattr_prefix: None,
         data_root: None,
         addressbook_root: None,
+        ..Default::default()
     };
     let bar = indicatif::ProgressBar::hidden();
     let reset = reset_peak_rss();

@@ -412,7 +412,9 @@ fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
     if state && (creates_state || cfg.state.path.is_dir()) {
         lock.state(&cfg.state.path)?;
     }
-    if store {
+    // A database store has no folder; two runs on it are kept apart by the state folder's lock,
+    // and apply refuses while other sessions use the database.
+    if store && cfg.store.kind != crate::config::StoreKind::CalendarserverPg {
         lock.folder(&cfg.store.path, "the store")?;
         // A separate address-book root (10.6's Address Book Server) is written too.
         if let Some(ab) = &cfg.store.addressbook_root {

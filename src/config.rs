@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG_FILE: &str = "principal-reconciler.toml";
 pub const PASSWORD_ENV: &str = "PRINCIPAL_RECONCILER_BIND_PASSWORD";
+/// Where the PostgreSQL store's password comes from when `[store] password_file` is unset.
+pub const STORE_PASSWORD_ENV: &str = "PRINCIPAL_RECONCILER_STORE_PASSWORD";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -122,12 +124,13 @@ pub enum StoreKind {
     IcsDir,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     #[serde(default)]
     pub kind: StoreKind,
-    /// The store's data root (`/Library/CalendarServer/Documents`) or the .ics folder.
+    /// The store's data root (`/Library/CalendarServer/Documents`) or the .ics folder (file stores).
+    #[serde(default)]
     pub path: PathBuf,
     /// Who must own the store's files: `user:group` names or `uid:gid` numbers.
     pub owner: Option<String>,
@@ -139,6 +142,15 @@ pub struct StoreConfig {
     /// The Address Book Server's document root (10.6: `/Library/AddressBookServer/Documents`,
     /// holding `addressbooks/`). Unset: `addressbooks/` under `path` (3.x) is used when it exists.
     pub addressbook_root: Option<PathBuf>,
+    /// `calendarserver-pg`: the database, as a libpq URL (`postgresql://USER@HOST:PORT/DB`) or
+    /// `key=value` string; a host starting with `/` is a Unix-socket folder. No password in it.
+    pub dsn: Option<String>,
+    /// `calendarserver-pg`: a file holding the database password (else the environment variable
+    /// `PRINCIPAL_RECONCILER_STORE_PASSWORD`).
+    pub password_file: Option<PathBuf>,
+    /// `calendarserver-pg`: PEM file with the CA that signed the database server's certificate
+    /// (else the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -319,9 +331,14 @@ impl Config {
         fix_opt(&mut self.directory.password_file);
         fix_opt(&mut self.directory.tls_ca_file);
         self.old_directory.files.iter_mut().for_each(fix);
-        fix(&mut self.store.path);
+        if self.store.kind != StoreKind::CalendarserverPg || !self.store.path.as_os_str().is_empty()
+        {
+            fix(&mut self.store.path);
+        }
         fix_opt(&mut self.store.data_root);
         fix_opt(&mut self.store.addressbook_root);
+        fix_opt(&mut self.store.password_file);
+        fix_opt(&mut self.store.tls_ca_file);
         fix_opt(&mut self.rewrite.mapping_file);
         fix(&mut self.state.path);
         fix(&mut self.report.dir);
@@ -415,6 +432,7 @@ impl Config {
                 }
             }
         }
+        crate::store::pg::connect::check_store_config(&self.store, &at.to_string())?;
         if let Some(owner) = &self.store.owner {
             if owner.split(':').count() != 2 || owner.split(':').any(str::is_empty) {
                 return Err(Error::usage(format!(
@@ -429,11 +447,18 @@ impl Config {
     pub fn principal_databases(&self) -> Vec<PathBuf> {
         let roots: Vec<PathBuf> = match &self.store.data_root {
             Some(r) => vec![r.clone()],
+            // A database store has no folder to look beside: only `data_root` says where.
+            None if self.store.kind == StoreKind::CalendarserverPg => vec![],
             None => vec![self.store.path.clone(), self.store.path.join("../Data")],
         };
         let mut out = Vec::new();
         for r in roots {
-            for name in ["calendaruserproxy.sqlite", "resourceinfo.sqlite"] {
+            // `proxies.sqlite` is the delegate database of CalendarServer 3.x–5.x (same table).
+            for name in [
+                "calendaruserproxy.sqlite",
+                "proxies.sqlite",
+                "resourceinfo.sqlite",
+            ] {
                 let p = r.join(name);
                 if p.is_file() {
                     out.push(p.canonicalize().unwrap_or(p));

@@ -837,6 +837,9 @@ pub fn apply(
     force: bool,
     rehearsal: bool,
 ) -> Result<RunSummary> {
+    if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
+        return crate::store::pg::apply(ctx, cfg, plan, force, rehearsal);
+    }
     let mut state = State::open_existing(&cfg.state.path)?;
     let (plan_id, passed_over) = state.plan_to_apply(plan)?;
     let planned_store = state.plan_text(plan_id, "store_path")?;
@@ -1020,7 +1023,7 @@ pub fn apply(
 
 /// Rewrites the delegate and auto-accept databases as planned, each a journaled step with a
 /// backup of the whole file.
-fn apply_databases(
+pub(crate) fn apply_databases(
     state: &mut State,
     run_id: i64,
     plan_id: i64,
@@ -1575,6 +1578,9 @@ pub fn rollback(
     force: bool,
 ) -> Result<Vec<RunSummary>> {
     let mut state = State::open_existing(&cfg.state.path)?;
+    if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
+        return Ok(vec![crate::store::pg::rollback(ctx, cfg, run, force)?]);
+    }
     let target = match run {
         Some(id) => id,
         None => default_rollback_target(&state)?,

@@ -124,7 +124,7 @@ struct Survey {
 }
 
 /// Counts one resource's addresses into the observations; returns the keys it holds.
-fn observe(
+pub(crate) fn observe(
     observed: &mut BTreeMap<String, (CalAddress, Observed)>,
     info: &ical::CalendarInfo,
 ) -> BTreeSet<String> {
@@ -171,7 +171,7 @@ fn observe_hrefs(
 
 /// Resolves addresses as the walk meets them (rules 1–5, which need no view of the whole store),
 /// shared by the worker threads. Rule 6 (store evidence) is settled after the walk.
-struct LazyResolver<'m, 'a> {
+pub(crate) struct LazyResolver<'m, 'a> {
     mapper: &'m Mapper<'a>,
     principals: Vec<Principal>,
     by_guid: HashMap<Guid, usize>,
@@ -179,7 +179,7 @@ struct LazyResolver<'m, 'a> {
 }
 
 impl<'m, 'a> LazyResolver<'m, 'a> {
-    fn new(mapper: &'m Mapper<'a>, current: &Directory) -> Self {
+    pub(crate) fn new(mapper: &'m Mapper<'a>, current: &Directory) -> Self {
         let principals: Vec<Principal> = current.records.iter().map(|r| r.principal()).collect();
         let by_guid = principals
             .iter()
@@ -195,7 +195,7 @@ impl<'m, 'a> LazyResolver<'m, 'a> {
     }
 
     /// Whether the walk left this address unresolved.
-    fn unresolved(&self, key: &str) -> bool {
+    pub(crate) fn unresolved(&self, key: &str) -> bool {
         !matches!(
             self.memo.read().map(|m| m.get(key).copied()),
             Ok(Some(Some(_)))
@@ -442,6 +442,9 @@ pub fn build(
     current: &Directory,
     old: &Directory,
 ) -> Result<PlanSummary> {
+    if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
+        return crate::store::pg::plan(ctx, cfg, current, old);
+    }
     let mapper = Mapper::new(cfg, current, old)?;
     let started = std::time::Instant::now();
     let opts = RewriteOptions {
@@ -688,30 +691,7 @@ pub fn build(
         }
     }
 
-    {
-        let mut ins = tx.prepare(
-            "INSERT INTO plan_mappings (plan_id, old_value, form, outcome, rule, evidence, new_guid, new_short, new_full_name, record_type, new_value, resources, candidates)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
-        for (key, r) in &mapping.entries {
-            let t = r.target.as_ref();
-            ins.execute(rusqlite::params![
-                plan_id,
-                key,
-                r.form,
-                r.outcome.as_str(),
-                r.rule.as_str(),
-                r.evidence,
-                t.map(|p| p.guid.to_string()),
-                t.map(|p| p.short_name.clone()),
-                t.and_then(|p| p.full_name.clone()),
-                t.map(|p| p.kind.as_str()),
-                r.new_value,
-                r.resources as i64,
-                r.candidates.join("; "),
-            ])?;
-        }
-    }
+    insert_mappings(&tx, plan_id, &mapping)?;
 
     let mut homes_count: BTreeMap<String, usize> = BTreeMap::new();
     {
@@ -809,8 +789,39 @@ pub fn build(
     Ok(summary)
 }
 
+/// Stores how every address resolved (the report's mapping table).
+pub(crate) fn insert_mappings(
+    tx: &rusqlite::Transaction<'_>,
+    plan_id: i64,
+    mapping: &Mapping,
+) -> Result<()> {
+    let mut ins = tx.prepare(
+        "INSERT INTO plan_mappings (plan_id, old_value, form, outcome, rule, evidence, new_guid, new_short, new_full_name, record_type, new_value, resources, candidates)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for (key, r) in &mapping.entries {
+        let t = r.target.as_ref();
+        ins.execute(rusqlite::params![
+            plan_id,
+            key,
+            r.form,
+            r.outcome.as_str(),
+            r.rule.as_str(),
+            r.evidence,
+            t.map(|p| p.guid.to_string()),
+            t.map(|p| p.short_name.clone()),
+            t.and_then(|p| p.full_name.clone()),
+            t.map(|p| p.kind.as_str()),
+            r.new_value,
+            r.resources as i64,
+            r.candidates.join("; "),
+        ])?;
+    }
+    Ok(())
+}
+
 /// Plans the rewrite of the delegate and auto-accept databases and stores it with the plan.
-fn plan_databases(
+pub(crate) fn plan_databases(
     tx: &rusqlite::Transaction<'_>,
     plan_id: i64,
     cfg: &Config,
@@ -852,7 +863,7 @@ fn plan_databases(
 }
 
 /// Provisioning findings, when `[provision]` names an access group or an augments file.
-fn plan_provision(
+pub(crate) fn plan_provision(
     tx: &rusqlite::Transaction<'_>,
     plan_id: i64,
     cfg: &Config,

@@ -14,6 +14,9 @@ pub const MARKER: &str = ".principal-reconciler-rehearsal";
 /// configuration's store, address-book root, data root, state and report folders into `dir`. A
 /// previous rehearsal in `dir` is replaced; any other non-empty folder is refused.
 pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
+    if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
+        return crate::store::pg::rehearse::prepare(cfg, dir);
+    }
     if dir.exists() {
         let non_empty = std::fs::read_dir(dir)
             .map_err(|e| Error::io("cannot read rehearsal folder", dir, e))?

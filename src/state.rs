@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_attr_edits.sql")),
     (6, include_str!("../migrations/0006_lifecycle.sql")),
     (7, include_str!("../migrations/0007_prune.sql")),
+    (8, include_str!("../migrations/0008_pg_store.sql")),
 ];
 
 pub const DB_FILE: &str = "state.sqlite";

@@ -65,6 +65,9 @@ impl VerifyReport {
 
 /// Checks the store as configured against the current directory.
 pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
+    if cfg.store.kind == StoreKind::CalendarserverPg {
+        return crate::store::pg::verify(ctx, cfg, current);
+    }
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
     let mut memo: HashMap<String, (MapOutcome, Option<String>)> = HashMap::new();
@@ -77,7 +80,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
             .clone()
     };
     let mut report = VerifyReport::default();
-    let mut organizers: HashMap<String, (String, String)> = HashMap::new();
+    let mut organizers: Organizers = HashMap::new();
     let mut homes_present: HashSet<HomeRef> = HashSet::new();
     let mut links: Vec<(String, ical::FoundLink)> = Vec::new();
     let bar = crate::cli::progress_bar(ctx, None, "verifying");
@@ -118,56 +121,14 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
                     for l in &info.links {
                         links.push((format!("{}:{}", res.rel_path, l.line), l.clone()));
                     }
-                    for f in &info.addresses {
-                        let addr = mapping::parse_found(&f.value);
-                        match &addr {
-                            CalAddress::Other(_) => continue,
-                            CalAddress::Mailto(_)
-                                if !mapper.is_internal(addr.domain().unwrap_or("")) =>
-                            {
-                                continue
-                            }
-                            _ => {}
-                        }
-                        let at = format!("{}:{}", res.rel_path, f.line);
-                        match resolve(&addr) {
-                        (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v))
-                            if compared_exactly(&f.property) && v != f.value =>
-                        {
-                            report.add("not-canonical", &at, not_canonical(&f.property, &f.value, &v))
-                        }
-                        (MapOutcome::Unchanged, _) => {}
-                        (MapOutcome::Mapped, Some(v)) => {
-                            report.add("not-canonical", &at, format!("{} {} should be {v}", f.property, f.value))
-                        }
-                        (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
-                        (MapOutcome::Ambiguous, _) => report.add(
-                            "ambiguous-address",
-                            &at,
-                            format!("{} {} names several current records; settle it in [rewrite] mapping_file", f.property, f.value),
-                        ),
-                        _ if f.property == "ORGANIZER" => report.add(
-                            "dark-organizer",
-                            &at,
-                            format!("ORGANIZER {} names no current record: scheduling for this event goes nowhere", f.value),
-                        ),
-                        _ => report.add("unresolved-address", &at, format!("{} {} names no current record", f.property, f.value)),
-                    }
-                    }
-                    if let (Some(uid), Some(org)) = (&info.uid, &info.organizer) {
-                        let key = mapping::parse_found(org).key();
-                        match organizers.get(uid) {
-                            Some((first, path)) if *first != key => report.add(
-                                "organizer-mismatch",
-                                &res.rel_path,
-                                format!("UID {uid}: ORGANIZER {org} here, {first} in {path}"),
-                            ),
-                            Some(_) => {}
-                            None => {
-                                organizers.insert(uid.clone(), (key, res.rel_path.clone()));
-                            }
-                        }
-                    }
+                    check_resource(
+                        &mut report,
+                        &mapper,
+                        &mut resolve,
+                        &mut organizers,
+                        &res.rel_path,
+                        &info,
+                    );
                 }
             }
             Ok(())
@@ -192,6 +153,85 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         .problems
         .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
     Ok(report)
+}
+
+/// UIDs seen so far with their ORGANIZER (key) and where: copies must agree.
+pub(crate) type Organizers = HashMap<String, (String, String)>;
+
+/// Checks one calendar object's addresses against the directory, and its ORGANIZER against other
+/// copies of the same UID (shared by the file and the database stores).
+pub(crate) fn check_resource(
+    report: &mut VerifyReport,
+    mapper: &Mapper<'_>,
+    resolve: &mut dyn FnMut(&CalAddress) -> (MapOutcome, Option<String>),
+    organizers: &mut Organizers,
+    rel_path: &str,
+    info: &ical::CalendarInfo,
+) {
+    for f in &info.addresses {
+        let addr = mapping::parse_found(&f.value);
+        match &addr {
+            CalAddress::Other(_) => continue,
+            CalAddress::Mailto(_) if !mapper.is_internal(addr.domain().unwrap_or("")) => {
+                continue
+            }
+            _ => {}
+        }
+        let at = format!("{rel_path}:{}", f.line);
+        match resolve(&addr) {
+            (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v))
+                if compared_exactly(&f.property) && v != f.value =>
+            {
+                report.add(
+                    "not-canonical",
+                    &at,
+                    not_canonical(&f.property, &f.value, &v),
+                )
+            }
+            (MapOutcome::Unchanged, _) => {}
+            (MapOutcome::Mapped, Some(v)) => report.add(
+                "not-canonical",
+                &at,
+                format!("{} {} should be {v}", f.property, f.value),
+            ),
+            (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
+            (MapOutcome::Ambiguous, _) => report.add(
+                "ambiguous-address",
+                &at,
+                format!(
+                    "{} {} names several current records; settle it in [rewrite] mapping_file",
+                    f.property, f.value
+                ),
+            ),
+            _ if f.property == "ORGANIZER" => report.add(
+                "dark-organizer",
+                &at,
+                format!(
+                    "ORGANIZER {} names no current record: scheduling for this event goes nowhere",
+                    f.value
+                ),
+            ),
+            _ => report.add(
+                "unresolved-address",
+                &at,
+                format!("{} {} names no current record", f.property, f.value),
+            ),
+        }
+    }
+    if let (Some(uid), Some(org)) = (&info.uid, &info.organizer) {
+        let key = mapping::parse_found(org).key();
+        match organizers.get(uid) {
+            Some((first, path)) if *first != key => report.add(
+                "organizer-mismatch",
+                rel_path,
+                format!("UID {uid}: ORGANIZER {org} here, {first} in {path}"),
+            ),
+            Some(_) => {}
+            None => {
+                organizers.insert(uid.clone(), (key, rel_path.to_string()));
+            }
+        }
+    }
 }
 
 /// Properties whose value CalendarServer compares as a string with the one it would write

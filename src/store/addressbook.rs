@@ -175,6 +175,7 @@ mod tests {
             xattr_prefix: None,
             data_root: None,
             addressbook_root: ab.map(Path::to_path_buf),
+            ..Default::default()
         }
     }
 

@@ -12,6 +12,7 @@ pub mod confined;
 pub mod doctor;
 pub mod generate;
 pub mod generate_addressbooks;
+pub mod pg;
 pub mod props;
 pub mod scan;
 pub mod walk;
@@ -136,10 +137,18 @@ pub fn safe_write(path: &Path, expected_sha256: &str, new_bytes: &[u8]) -> Resul
 
 /// `principal-reconciler scan`: the inventory of homes, collections, resources and addresses.
 pub fn command_scan(ctx: &Context) -> Result<Outcome> {
+    if ctx.config.store.kind == crate::config::StoreKind::CalendarserverPg {
+        return Err(crate::error::Error::not_built(
+            "scan on a calendarserver-pg store (`plan` reads the database and changes nothing)",
+        ));
+    }
     scan::command_scan(ctx)
 }
 
 /// `principal-reconciler doctor [--fix]`.
 pub fn command_doctor(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
+    if ctx.config.store.kind == crate::config::StoreKind::CalendarserverPg {
+        return pg::verify::doctor(ctx, args);
+    }
     doctor::command_doctor(ctx, args)
 }

@@ -17,6 +17,7 @@ mod ical_props;
 mod lifecycle;
 mod mapping_file;
 mod migrate;
+mod pg_store;
 mod props;
 mod provision_cli;
 mod provision_db;

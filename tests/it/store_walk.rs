@@ -16,6 +16,7 @@ fn cfg(root: &Path, kind: StoreKind) -> StoreConfig {
         xattr_prefix: None,
         data_root: None,
         addressbook_root: None,
+        ..Default::default()
     }
 }
 

@@ -254,7 +254,7 @@ impl Builder {
     }
 }
 
-fn make_certs(d: &Path, ca_serves: bool) -> PathBuf {
+pub fn make_certs(d: &Path, ca_serves: bool) -> PathBuf {
     // A CA that serves TLS itself must be allowed to sign the handshake.
     let ca_usage = if ca_serves {
         "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"

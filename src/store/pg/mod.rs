@@ -1,0 +1,73 @@
+//! CalendarServer 3–9 on PostgreSQL (`[store] kind = "calendarserver-pg"`).
+//!
+//! The same migration as the file store, on CalendarServer's database: homes keyed by
+//! `OWNER_UID`, ORGANIZER/ATTENDEE inside `CALENDAR_OBJECT.ICALENDAR_TEXT`, and the uid-keyed
+//! tables of each schema version. Submodules: [`connect`] (DSN, password, TLS), [`schema`] (the
+//! version and what it keeps where), [`read`] (server-side cursors, home by home), [`plan`]
+//! (changes nothing), [`apply`] (batched, MD5-checked transactions, journaled first), [`rollback`],
+//! [`verify`] (and the doctor) and [`rehearse`] (a copy of the database).
+//!
+//! Entry points are the `plan`, `apply`, `rollback`, `verify`, `doctor` and `rehearse` functions
+//! below; the CLI commands dispatch to them when the store kind is `calendarserver-pg`.
+//! Nothing of the tool's own is kept in CalendarServer's database: plans, journals and the old
+//! rows live in the state database under `[state] path`.
+
+pub mod apply;
+pub mod connect;
+pub mod edits;
+pub mod plan;
+pub mod read;
+pub mod rehearse;
+pub mod rollback;
+pub mod schema;
+pub mod verify;
+
+use crate::config::Config;
+use crate::error::Result;
+
+pub use connect::Target;
+pub use schema::Schema;
+
+/// An open connection to a CalendarServer database whose schema version was checked.
+pub struct Db {
+    pub client: postgres::Client,
+    pub schema: Schema,
+    pub target: Target,
+}
+
+impl Db {
+    /// Connects as `[store]` says and checks the schema version before anything else is read.
+    pub fn open(cfg: &Config) -> Result<Db> {
+        let target = Target::from_config(&cfg.store)?;
+        Db::open_target(target)
+    }
+
+    pub fn open_target(target: Target) -> Result<Db> {
+        let mut client = target.connect()?;
+        let schema = schema::detect(&mut client, &target.label)?;
+        Ok(Db {
+            client,
+            schema,
+            target,
+        })
+    }
+
+    /// A database error during `what`, naming the server.
+    pub fn err(&self, what: &str, e: &postgres::Error) -> crate::error::Error {
+        crate::error::Error::runtime(format!(
+            "{} ({what}): {}",
+            self.target.label,
+            connect::describe(e)
+        ))
+    }
+}
+
+/// Maps a postgres error inside a closure that has no [`Db`] at hand.
+pub(crate) fn pg_err(what: &str) -> impl Fn(postgres::Error) -> crate::error::Error + '_ {
+    move |e| crate::error::Error::runtime(format!("{what}: {}", connect::describe(&e)))
+}
+
+pub use apply::apply;
+pub use plan::plan;
+pub use rollback::rollback;
+pub use verify::verify;

@@ -1,0 +1,286 @@
+//! `verify` and `doctor` on the database — calverify's checks for a migration, never deleting or
+//! changing anything: every calendar object's addresses against the current directory (as for
+//! the file store: not canonical, dark organizer, unresolved, ambiguous, organizer copies that
+//! disagree), its ORGANIZER column and MD5 against its text, objects that do not parse, homes
+//! whose owner is in no directory (or still under an old uid), group-card members and uid
+//! columns still naming old principals.
+
+use super::read::{self, ObjectRow};
+use super::schema::{md5_hex, ValueKind};
+use super::Db;
+use crate::address::CalAddress;
+use crate::cli::{Context, DoctorArgs, Outcome};
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::error::{Error, ExitStatus, Result};
+use crate::ical;
+use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
+use crate::verify::{check_resource, Organizers, VerifyReport};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+
+/// The integrity of one object's columns: ORGANIZER and MD5 as CalendarServer computes them.
+fn check_columns(
+    report: &mut VerifyReport,
+    schema: &super::Schema,
+    row: &ObjectRow,
+    info: &ical::CalendarInfo,
+) {
+    let label = row.label();
+    let md5 = schema.calendar_md5(row.text.as_bytes(), row.schedule_tag.as_deref());
+    if md5 != row.md5 {
+        report.add(
+            "md5-stale",
+            &label,
+            format!(
+                "MD5 column {} but the text gives {md5}: clients see a wrong ETag",
+                row.md5
+            ),
+        );
+    }
+    let col = row.organizer.clone().unwrap_or_default();
+    let text = info.organizer.clone().unwrap_or_default();
+    if col != text {
+        report.add(
+            "organizer-column",
+            &label,
+            format!("ORGANIZER column `{col}` but the text says `{text}`"),
+        );
+    }
+}
+
+/// Reads every object (home by home) and calls `each`; malformed ones are reported.
+fn walk_objects(
+    db: &mut Db,
+    report: &mut VerifyReport,
+    mut each: impl FnMut(&mut VerifyReport, &ObjectRow, &ical::CalendarInfo),
+) -> Result<Vec<read::HomeRow>> {
+    let schema = db.schema.clone();
+    let mut tx = db
+        .client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(super::pg_err("begin"))?;
+    let mut homes = Vec::new();
+    for t in read::HOME_TABLES {
+        homes.extend(read::homes(&mut tx, &schema, t)?);
+    }
+    let cal: Vec<i64> = homes
+        .iter()
+        .filter(|h| h.table == "CALENDAR_HOME")
+        .map(|h| h.id)
+        .collect();
+    let mut sink = |batch: Vec<ObjectRow>| -> Result<()> {
+        for row in batch {
+            match ical::scan(row.text.as_bytes()) {
+                Err(e) => report.add("malformed", &row.label(), e.to_string()),
+                Ok(info) => {
+                    report.resources += 1;
+                    if row.owner.is_none() {
+                        report.add(
+                            "orphan-object",
+                            &row.label(),
+                            format!("calendar {} is owned by no home", row.calendar_id),
+                        );
+                    }
+                    each(report, &row, &info);
+                }
+            }
+        }
+        Ok(())
+    };
+    for id in cal {
+        read::home_objects(&mut tx, id, &mut sink)?;
+    }
+    read::orphan_objects(&mut tx, &mut sink)?;
+    tx.commit().map_err(super::pg_err("commit"))?;
+    Ok(homes)
+}
+
+/// Checks the database against the current directory.
+pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
+    let old = Directory::default();
+    let mapper = Mapper::new(cfg, current, &old)?;
+    let mut memo: HashMap<String, (MapOutcome, Option<String>)> = HashMap::new();
+    let mut resolve = |addr: &CalAddress| {
+        memo.entry(addr.key())
+            .or_insert_with(|| {
+                let r = mapper.resolve(addr, &Observed::default());
+                (r.outcome, r.new_value)
+            })
+            .clone()
+    };
+    let mut db = Db::open(cfg)?;
+    let schema = db.schema.clone();
+    let mut report = VerifyReport::default();
+    let mut organizers: Organizers = HashMap::new();
+    let bar = crate::cli::progress_bar(ctx, None, "verifying");
+    let homes = walk_objects(&mut db, &mut report, |report, row, info| {
+        bar.inc(1);
+        check_resource(
+            report,
+            &mapper,
+            &mut resolve,
+            &mut organizers,
+            &row.label(),
+            info,
+        );
+        check_columns(report, &schema, row, info);
+    })?;
+    bar.finish_and_clear();
+    // A bare uid: current (its record has that GUID), moved (an old GUID of someone), or orphan.
+    let uid_state = |uid: &str| -> std::result::Result<(), Option<String>> {
+        let r = mapper.resolve(&super::plan::uid_address(uid), &Observed::default());
+        match (r.outcome, r.target) {
+            (MapOutcome::Acknowledged, _) => Ok(()),
+            (MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)) => {
+                if p.guid.as_str().eq_ignore_ascii_case(uid) {
+                    Ok(())
+                } else {
+                    Err(Some(p.guid.to_string()))
+                }
+            }
+            _ => Err(None),
+        }
+    };
+    for h in &homes {
+        report.homes += 1;
+        let at = format!("{}/{}", h.table.to_ascii_lowercase(), h.owner_uid);
+        match uid_state(&h.owner_uid) {
+            Ok(()) => {}
+            Err(Some(v)) => report.add(
+                "home-not-adopted",
+                &at,
+                format!("belongs to {v}; `apply` moves it to that uid"),
+            ),
+            Err(None) => report.add(
+                "orphan-home",
+                &at,
+                format!("{} names no current directory record", h.owner_uid),
+            ),
+        }
+    }
+    // Group members and uid columns still naming old principals.
+    let mut tx = db.client.transaction().map_err(super::pg_err("begin"))?;
+    for h in homes.iter().filter(|h| h.table == "ADDRESSBOOK_HOME") {
+        let mut cards = Vec::new();
+        read::home_cards(&mut tx, &schema, h.id, |b| {
+            cards.extend(b);
+            Ok(())
+        })?;
+        let local: HashSet<String> = cards
+            .iter()
+            .filter_map(|c| crate::vcard::scan(c.text.as_bytes()).ok()?.uid)
+            .collect();
+        for c in &cards {
+            match crate::vcard::scan(c.text.as_bytes()) {
+                Err(e) => report.add("malformed", &c.label(), e.to_string()),
+                Ok(info) => {
+                    if md5_hex(c.text.as_bytes()) != c.md5 {
+                        report.add(
+                            "md5-stale",
+                            &c.label(),
+                            format!("MD5 column {} does not match the card", c.md5),
+                        );
+                    }
+                    for crate::vcard::Member { line, value: m } in &info.members {
+                        let uid = match super::plan::member_address(m, &local) {
+                            Some(CalAddress::UrnUuid(g)) => Some(g.to_string()),
+                            Some(CalAddress::UrnXUid(u)) => Some(u),
+                            _ => None,
+                        };
+                        if let Some(uid) = uid {
+                            if let Err(Some(v)) = uid_state(&uid) {
+                                report.add(
+                                    "not-canonical",
+                                    &format!("{}:{line}", c.label()),
+                                    format!("group member {m} is now {v}"),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for vc in &schema.values {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {c}, COUNT(*) FROM {t} WHERE {c} IS NOT NULL AND {c} <> '' GROUP BY {c}",
+                    c = vc.column,
+                    t = vc.table
+                ),
+                &[],
+            )
+            .map_err(super::pg_err(vc.table))?;
+        for r in rows {
+            let v: String = r.get(0);
+            let n: i64 = r.get(1);
+            let stale = match vc.kind {
+                ValueKind::Uid => match uid_state(&v) {
+                    Err(Some(new)) => Some(new),
+                    _ => None,
+                },
+                ValueKind::Address => match resolve(&mapping::parse_found(&v)) {
+                    (MapOutcome::Mapped, Some(new)) => Some(new),
+                    _ => None,
+                },
+            };
+            if let Some(new) = stale {
+                report.add(
+                    "uid-not-adopted",
+                    &format!("{}.{}", vc.table, vc.column),
+                    format!("{n} row(s) still hold {v} (now {new})"),
+                );
+            }
+        }
+    }
+    tx.commit().map_err(super::pg_err("commit"))?;
+    report
+        .problems
+        .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
+    Ok(report)
+}
+
+/// `doctor` on the database: the integrity checks that need no directory (MD5 and ORGANIZER
+/// columns against the text, objects that do not parse). It reports; `--fix` changes nothing here
+/// (a database is repaired through plan and apply, journaled).
+pub fn doctor(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
+    if args.fix {
+        return Err(Error::usage(
+            "doctor --fix does not write to a CalendarServer database; the problems listed by `doctor` are repaired by CalendarServer itself (MD5, ORGANIZER on the next write) or through plan and apply",
+        ));
+    }
+    let cfg = &ctx.config;
+    let mut db = Db::open(cfg)?;
+    let schema = db.schema.clone();
+    let mut report = VerifyReport::default();
+    walk_objects(&mut db, &mut report, |report, row, info| {
+        check_columns(report, &schema, row, info)
+    })?;
+    let status = if report.problems.is_empty() {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Problems
+    };
+    let mut human = format!(
+        "Doctor on {} (schema {}, {}): {} objects, ",
+        db.target.label, schema.version, schema.release, report.resources
+    );
+    if report.problems.is_empty() {
+        human.push_str("no problems.\n");
+    } else {
+        human.push_str(&format!("{} problems.\n", report.problems.len()));
+        for p in report.problems.iter().take(20) {
+            human.push_str(&format!("  {}  {}  {}\n", p.kind, p.path, p.detail));
+        }
+    }
+    Ok(Outcome {
+        status,
+        human,
+        json: json!({ "doctor": report }),
+    })
+}

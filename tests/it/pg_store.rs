@@ -1,0 +1,865 @@
+//! The CalendarServer 3–9 PostgreSQL store, against a real PostgreSQL the tests start, loaded with
+//! the real schemas of ../shared/corpus/cs-pg-schema (v6 = 3.3, v28 = 5.2, v66 = 9.x) and a
+//! generated store imported into them: the same scenarios as the file store (tests/it/migrate.rs).
+
+use crate::support::postgres::{self, Postgres};
+use crate::support::world;
+use principal_reconciler::config::{StoreConfig, StoreKind};
+use principal_reconciler::store::generate::{GeneratedStore, StoreBuilder};
+use principal_reconciler::store::pg::{Db, Target};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+const VERSIONS: [u32; 3] = [6, 28, 66];
+/// Bookkeeping a run may renew: revision numbers and modification times.
+const BOOKKEEPING: [&str; 3] = ["REVISION", "MODIFIED", "ACCESSED"];
+
+fn pg() -> Option<Postgres> {
+    if !postgres::schemas_available() {
+        return None;
+    }
+    Postgres::start()
+}
+
+fn store_config(dsn: &str) -> StoreConfig {
+    StoreConfig {
+        kind: StoreKind::CalendarserverPg,
+        dsn: Some(dsn.to_string()),
+        ..Default::default()
+    }
+}
+
+/// A migration world on PostgreSQL: a generated store imported into a database of one schema
+/// version, whose people all got new GUIDs; the new directory as LDIF, the old as dsexport.
+struct PgWorld {
+    dir: tempfile::TempDir,
+    db: String,
+    store: GeneratedStore,
+    config: PathBuf,
+    new_guid: BTreeMap<String, String>,
+    imported: postgres::Imported,
+}
+
+impl PgWorld {
+    fn new(pg: &Postgres, version: u32, homes: usize, resources: usize, seed: u64) -> PgWorld {
+        Self::with_tag(pg, version, homes, resources, seed, "w")
+    }
+
+    fn with_tag(
+        pg: &Postgres,
+        version: u32,
+        homes: usize,
+        resources: usize,
+        seed: u64,
+        tag: &str,
+    ) -> PgWorld {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreBuilder::new(dir.path().join("generated"))
+            .homes(homes)
+            .resources(resources)
+            .seed(seed)
+            .without_xattrs()
+            .build()
+            .unwrap();
+        let new_guid: BTreeMap<String, String> = store
+            .people
+            .iter()
+            .map(|p| (p.guid.clone(), world::renewed(&p.guid)))
+            .collect();
+        let db = format!("cs{version}_{seed}_{tag}");
+        let mut c = pg.create_store(&db, version);
+        let imported = postgres::import(&mut c, version, &store);
+        std::fs::write(
+            dir.path().join("new.ldif"),
+            world::ldif(&store.people, &new_guid),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("old-users.txt"),
+            world::dsexport(&store.people),
+        )
+        .unwrap();
+        let data = dir.path().join("Data");
+        std::fs::create_dir_all(&data).unwrap();
+        let form = if version >= 66 {
+            "urn:x-uid"
+        } else {
+            "urn:uuid"
+        };
+        let config = dir.path().join("principal-reconciler.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[directory]\nldif = \"new.ldif\"\n\n[old_directory]\nfiles = [\"old-users.txt\"]\n\n\
+                 [store]\nkind = \"calendarserver-pg\"\ndsn = \"{}\"\ndata_root = \"Data\"\n\n\
+                 [rewrite]\naddress_form = \"{form}\"\ninternal_domains = [\"example.com\"]\n\n\
+                 [state]\npath = \"state\"\n\n[report]\ndir = \"reports\"\n",
+                pg.socket_dsn(&db)
+            ),
+        )
+        .unwrap();
+        PgWorld {
+            dir,
+            db,
+            store,
+            config,
+            new_guid,
+            imported,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn cmd(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("principal-reconciler").unwrap();
+        c.arg("--config").arg(&self.config).arg("--no-progress");
+        c
+    }
+}
+
+#[test]
+fn each_real_schema_loads_and_its_version_is_recognised_and_others_refused() {
+    let Some(pg) = pg() else { return };
+    for v in VERSIONS {
+        let db = format!("ver{v}");
+        pg.create_store(&db, v);
+        let dbh = Db::open_target(Target::from_config(&store_config(&pg.socket_dsn(&db))).unwrap())
+            .unwrap_or_else(|e| panic!("v{v}: {}", e.message));
+        assert_eq!(dbh.schema.version, v);
+    }
+    // Real schemas of versions this build does not support: refused, naming the version.
+    for v in [3, 12] {
+        let db = format!("ver{v}");
+        pg.create_store(&db, v);
+        let err = Db::open_target(Target::from_config(&store_config(&pg.socket_dsn(&db))).unwrap())
+            .err()
+            .unwrap();
+        assert!(
+            err.message
+                .contains(&format!("schema version {v} is not supported")),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            err.exit_status(),
+            principal_reconciler::error::ExitStatus::Usage
+        );
+    }
+    // A database that is no CalendarServer store at all.
+    let err =
+        Db::open_target(Target::from_config(&store_config(&pg.socket_dsn("postgres"))).unwrap())
+            .err()
+            .unwrap();
+    assert!(
+        err.message.contains("no CALENDARSERVER table"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn password_from_a_file_or_the_environment_and_tls_when_the_server_offers_it() {
+    if !postgres::schemas_available() {
+        return;
+    }
+    let Some(pg) = Postgres::builder().tls().start() else {
+        return;
+    };
+    pg.create_store("tlsdb", 66);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{}\n", postgres::PASSWORD)).unwrap();
+    let mut cfg = store_config(&pg.tcp_dsn("tlsdb"));
+    cfg.tls_ca_file = pg.ca_file.clone();
+    // No password: the server's refusal, with where to put one.
+    let err = Db::open_target(Target::from_config(&cfg).unwrap())
+        .err()
+        .unwrap();
+    assert!(err.message.contains("password"), "{}", err.message);
+    assert_eq!(
+        err.exit_status(),
+        principal_reconciler::error::ExitStatus::Runtime
+    );
+    cfg.password_file = Some(pw.clone());
+    let mut dbh = Db::open_target(Target::from_config(&cfg).unwrap()).unwrap();
+    let ssl: bool = dbh
+        .client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the server offers TLS: the connection must use it");
+    // A certificate nobody vouches for is refused, with a hint.
+    cfg.tls_ca_file = None;
+    let err = Db::open_target(Target::from_config(&cfg).unwrap())
+        .err()
+        .unwrap();
+    assert!(err.message.contains("tls_ca_file"), "{}", err.message);
+}
+
+fn plan_json(w: &PgWorld) -> serde_json::Value {
+    let out = w.cmd().args(["--json", "plan"]).output().unwrap();
+    assert!(
+        out.status.code() == Some(0),
+        "plan failed ({:?}): {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn client(pg: &Postgres, w: &PgWorld) -> ::postgres::Client {
+    pg.client(&w.db)
+}
+
+/// ICALENDAR_TEXT, MD5, ORGANIZER, MODIFIED and revision of every calendar object, by RESOURCE_ID.
+fn objects(c: &mut ::postgres::Client) -> BTreeMap<i64, (String, String, String, i64)> {
+    c.query(
+        "SELECT o.RESOURCE_ID::bigint, o.ICALENDAR_TEXT, o.MD5, COALESCE(o.ORGANIZER, ''), COALESCE(r.REVISION, -1)::bigint
+         FROM CALENDAR_OBJECT o LEFT JOIN CALENDAR_OBJECT_REVISIONS r ON r.CALENDAR_RESOURCE_ID = o.CALENDAR_RESOURCE_ID AND r.RESOURCE_NAME = o.RESOURCE_NAME",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+    .collect()
+}
+
+/// A dump of the world's database over a connection closed right after (apply refuses to run
+/// while other sessions are connected).
+fn dump(pg: &Postgres, w: &PgWorld, skip: &[&str]) -> BTreeMap<String, Vec<String>> {
+    postgres::dump(&mut client(pg, w), skip)
+}
+
+#[test]
+fn plan_changes_nothing_apply_rewrites_in_place_second_apply_is_a_no_op_and_rollback_is_exact() {
+    let Some(pg) = pg() else { return };
+    for v in VERSIONS {
+        let w = PgWorld::new(&pg, v, 4, 40, 30 + v as u64);
+        let before_all = dump(&pg, &w, &[]);
+        let before_data = dump(&pg, &w, &BOOKKEEPING);
+        let doc = plan_json(&w);
+        let plan = &doc["plan"];
+        assert_eq!(plan["resources_scanned"], 40, "v{v}: {plan}");
+        assert!(plan["resources_changed"].as_u64().unwrap() > 0, "v{v}");
+        assert_eq!(plan["by_outcome"]["ambiguous"], 0, "v{v}");
+        assert_eq!(
+            plan["homes"]["moved"], 12,
+            "v{v}: 4 people × 3 kinds of home: {plan}"
+        );
+        postgres::assert_same_db(
+            &dump(&pg, &w, &[]),
+            &before_all,
+            &format!("v{v}: plan must change nothing"),
+        );
+        let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
+        assert_eq!(
+            changes.lines().count() as u64 - 1,
+            plan["properties_changed"].as_u64().unwrap(),
+            "v{v}"
+        );
+
+        let objs_before = objects(&mut client(&pg, &w));
+        let ranges_before = dump(&pg, &w, &[])["time_range"].clone();
+        w.cmd().arg("apply").assert().code(0);
+        let objs_after = objects(&mut client(&pg, &w));
+        // Same RESOURCE_IDs, their time ranges kept.
+        assert_eq!(
+            objs_before.keys().collect::<Vec<_>>(),
+            objs_after.keys().collect::<Vec<_>>(),
+            "v{v}"
+        );
+        assert_eq!(
+            dump(&pg, &w, &[])["time_range"],
+            ranges_before,
+            "v{v}: TIME_RANGE rows kept"
+        );
+        let max_rev_before = objs_before.values().map(|o| o.3).max().unwrap();
+        for (id, (text, md5, org, rev)) in &objs_after {
+            let (old_text, _, _, old_rev) = &objs_before[id];
+            let tag: Option<String> = client(&pg, &w)
+                .query_one(
+                    "SELECT SCHEDULE_TAG FROM CALENDAR_OBJECT WHERE RESOURCE_ID = $1::bigint",
+                    &[id],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                *md5,
+                postgres::etag(v, text, tag.as_deref()),
+                "v{v} {id}: MD5 follows the text"
+            );
+            let info = principal_reconciler::ical::scan(text.as_bytes()).unwrap();
+            assert_eq!(
+                *org,
+                info.organizer.unwrap_or_default(),
+                "v{v} {id}: ORGANIZER column follows the text"
+            );
+            if text == old_text {
+                assert_eq!(
+                    rev, old_rev,
+                    "v{v} {id}: an unchanged object keeps its revision"
+                );
+            } else {
+                assert!(
+                    *rev > max_rev_before,
+                    "v{v} {id}: a changed object gets a new revision"
+                );
+                for old in w.new_guid.keys() {
+                    assert!(
+                        !text.contains(old.as_str()),
+                        "v{v} {id}: old GUID {old} left in\n{text}"
+                    );
+                }
+            }
+        }
+        // Homes under the new GUIDs, properties re-keyed with them.
+        for (old, new) in &w.new_guid {
+            let n: i64 = client(&pg, &w)
+                .query_one(
+                    "SELECT COUNT(*) FROM CALENDAR_HOME WHERE OWNER_UID = $1",
+                    &[new],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 1, "v{v}: home of {old} renamed to {new}");
+            let props: i64 = client(&pg, &w)
+                .query_one(
+                    "SELECT COUNT(*) FROM RESOURCE_PROPERTY WHERE VIEWER_UID = $1",
+                    &[old],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(props, 0, "v{v}: properties of {old} re-keyed");
+            let hrefs: i64 = client(&pg, &w)
+                .query_one(
+                    "SELECT COUNT(*) FROM RESOURCE_PROPERTY WHERE strpos(VALUE, $1) > 0",
+                    &[old],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(hrefs, 0, "v{v}: hrefs into the home of {old} follow it");
+        }
+        let cards: Vec<String> = client(&pg, &w)
+            .query("SELECT VCARD_TEXT FROM ADDRESSBOOK_OBJECT WHERE VCARD_TEXT LIKE '%X-ADDRESSBOOKSERVER-KIND:group%'", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for card in &cards {
+            assert!(
+                card.contains("urn:uuid:local-card-"),
+                "v{v}: local members stay"
+            );
+            for old in w.new_guid.keys() {
+                assert!(
+                    !card.contains(old.as_str()),
+                    "v{v}: group member {old} left in {card}"
+                );
+            }
+        }
+        // A second apply, and a fresh plan, change nothing.
+        let after_apply = dump(&pg, &w, &[]);
+        w.cmd()
+            .arg("apply")
+            .assert()
+            .code(0)
+            .stdout(predicates::str::contains("nothing to do"));
+        let again = plan_json(&w);
+        assert_eq!(
+            again["plan"]["resources_changed"], 0,
+            "v{v}: a fresh plan after apply must be empty"
+        );
+        w.cmd().arg("apply").assert().code(0);
+        postgres::assert_same_db(
+            &dump(&pg, &w, &[]),
+            &after_apply,
+            &format!("v{v}: second apply"),
+        );
+        // Rollback restores every row; only bookkeeping is newer.
+        w.cmd().args(["rollback", "--run", "1"]).assert().code(0);
+        postgres::assert_same_db(
+            &dump(&pg, &w, &BOOKKEEPING),
+            &before_data,
+            &format!("v{v}: rollback"),
+        );
+    }
+}
+
+#[test]
+fn an_object_changed_between_plan_and_apply_is_skipped_and_reported_never_overwritten() {
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 28, 3, 20, 41);
+    w.cmd().arg("plan").assert().code(0);
+    let state = rusqlite::Connection::open(w.path("state/state.sqlite")).unwrap();
+    let (id, label): (i64, String) = state
+        .query_row(
+            "SELECT resource_id, label FROM pg_plan_objects WHERE kind = 'calendar' ORDER BY resource_id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    drop(state);
+    // The server writes the object meanwhile: new text, new ETag.
+    let mut c = client(&pg, &w);
+    c.execute(
+        "UPDATE CALENDAR_OBJECT SET ICALENDAR_TEXT = ICALENDAR_TEXT || E'\\r\\n', MD5 = md5(ICALENDAR_TEXT || E'\\r\\n' || COALESCE(SCHEDULE_TAG, '')) WHERE RESOURCE_ID = $1::bigint",
+        &[&id],
+    )
+    .unwrap();
+    let edited: String = c
+        .query_one(
+            "SELECT ICALENDAR_TEXT FROM CALENDAR_OBJECT WHERE RESOURCE_ID = $1::bigint",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    drop(c);
+    w.cmd()
+        .arg("apply")
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains(format!(
+            "skipped {label}: changed since plan"
+        )))
+        .stdout(predicates::str::contains("plan` again"));
+    let now: String = client(&pg, &w)
+        .query_one(
+            "SELECT ICALENDAR_TEXT FROM CALENDAR_OBJECT WHERE RESOURCE_ID = $1::bigint",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(now, edited, "a concurrent change must never be overwritten");
+    // A new plan picks it up.
+    let doc = plan_json(&w);
+    assert!(doc["plan"]["resources_changed"].as_u64().unwrap() >= 1);
+    w.cmd().arg("apply").assert().code(0);
+}
+
+#[test]
+fn apply_refuses_while_calendarserver_is_connected_unless_forced() {
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 66, 2, 6, 42);
+    w.cmd().arg("plan").assert().code(0);
+    let server = client(&pg, &w); // stands for CalendarServer's connection pool
+    w.cmd()
+        .arg("apply")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "calendar server seems to be running",
+        ));
+    w.cmd().args(["apply", "--force"]).assert().code(0);
+    drop(server);
+}
+
+/// Kill `apply` with SIGKILL at random instants, apply again, and compare with an uninterrupted
+/// run: every row the same but the bookkeeping (revision numbers, times).
+#[test]
+fn apply_killed_at_random_points_resumes_to_the_same_database() {
+    let Some(pg) = pg() else { return };
+    let kills: usize = std::env::var("PR_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    const SKIP: [&str; 4] = ["REVISION", "MODIFIED", "CREATED", "ACCESSED"];
+    let mut expected = BTreeMap::new();
+    let mut full = BTreeMap::new();
+    for v in VERSIONS {
+        let r = PgWorld::with_tag(&pg, v, 6, 800, 50, "ref");
+        r.cmd().arg("plan").assert().code(0);
+        let t = std::time::Instant::now();
+        r.cmd().arg("apply").assert().code(0);
+        full.insert(v, t.elapsed().as_micros().max(1000) as u64);
+        expected.insert(v, dump(&pg, &r, &SKIP));
+    }
+    let mut seed = 0x5eed_u64;
+    let (mut interrupted, mut attempts) = (0, 0);
+    while interrupted < kills {
+        attempts += 1;
+        assert!(
+            attempts <= 4 * kills,
+            "only {interrupted} of {attempts} kills hit a running apply"
+        );
+        let v = VERSIONS[attempts % VERSIONS.len()];
+        let w = PgWorld::with_tag(&pg, v, 6, 800, 50, &format!("k{attempts}"));
+        w.cmd().arg("plan").assert().code(0);
+        let original = objects(&mut client(&pg, &w));
+        let max_rev = original.values().map(|o| o.3).max().unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = seed % full[&v];
+        let mut child =
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+                .arg("--config")
+                .arg(&w.config)
+                .args(["--no-progress", "-q", "apply"])
+                .spawn()
+                .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(delay));
+        let _ = child.kill(); // SIGKILL
+        if child.wait().unwrap().code().is_some() {
+            continue; // it finished before the kill
+        }
+        interrupted += 1;
+        // The killed client's session may linger a moment on the server.
+        let mut tries = 0;
+        loop {
+            let out = w.cmd().arg("apply").output().unwrap();
+            if out.status.code() == Some(0) {
+                break;
+            }
+            tries += 1;
+            assert!(
+                tries < 50 && String::from_utf8_lossy(&out.stderr).contains("seems to be running"),
+                "apply after kill {interrupted} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        postgres::assert_same_db(
+            &dump(&pg, &w, &SKIP),
+            &expected[&v],
+            &format!("v{v} kill {interrupted}"),
+        );
+        // Every changed object got a new revision (newer than any before the run), every other
+        // kept its own.
+        let after = objects(&mut client(&pg, &w));
+        for (id, (text, _, _, rev)) in &after {
+            let (old_text, _, _, old_rev) = &original[id];
+            if text == old_text {
+                assert_eq!(rev, old_rev, "v{v} kill {interrupted}: {id} untouched");
+            } else {
+                assert!(
+                    *rev > max_rev,
+                    "v{v} kill {interrupted}: {id} has no new revision"
+                );
+            }
+        }
+        pg.client("postgres")
+            .batch_execute(&format!("DROP DATABASE {}", w.db))
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_home_the_server_made_for_the_new_guid_is_merged_into_and_rollback_separates_them() {
+    let Some(pg) = pg() else { return };
+    for v in VERSIONS {
+        let w = PgWorld::new(&pg, v, 2, 10, 60 + v as u64);
+        let old = w.store.people[0].guid.clone();
+        let new = w.new_guid[&old].clone();
+        // The first user logged in after the rebuild: the server made a home with a calendar and
+        // an inbox under the new GUID, and one event in it.
+        let mut c = client(&pg, &w);
+        let hid: i64 = c
+            .query_one(
+                "INSERT INTO CALENDAR_HOME (OWNER_UID) VALUES ($1) RETURNING RESOURCE_ID::bigint",
+                &[&new],
+            )
+            .unwrap()
+            .get(0);
+        c.execute(
+            "INSERT INTO CALENDAR_HOME_METADATA (RESOURCE_ID) VALUES ($1::bigint)",
+            &[&hid],
+        )
+        .unwrap();
+        for name in ["calendar", "inbox"] {
+            let cid: i64 = c
+                .query_one(
+                    "INSERT INTO CALENDAR DEFAULT VALUES RETURNING RESOURCE_ID::bigint",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if v >= 28 {
+                c.execute(
+                    "INSERT INTO CALENDAR_METADATA (RESOURCE_ID) VALUES ($1::bigint)",
+                    &[&cid],
+                )
+                .unwrap();
+                c.execute("INSERT INTO CALENDAR_BIND (CALENDAR_HOME_RESOURCE_ID, CALENDAR_RESOURCE_ID, CALENDAR_RESOURCE_NAME, BIND_MODE, BIND_STATUS) VALUES ($1::bigint, $2::bigint, $3, 0, 1)", &[&hid, &cid, &name]).unwrap();
+            } else {
+                c.execute("INSERT INTO CALENDAR_BIND (CALENDAR_HOME_RESOURCE_ID, CALENDAR_RESOURCE_ID, CALENDAR_RESOURCE_NAME, BIND_MODE, BIND_STATUS, SEEN_BY_OWNER, SEEN_BY_SHAREE) VALUES ($1::bigint, $2::bigint, $3, 0, 1, true, true)", &[&hid, &cid, &name]).unwrap();
+            }
+            c.execute("INSERT INTO CALENDAR_OBJECT_REVISIONS (CALENDAR_HOME_RESOURCE_ID, CALENDAR_RESOURCE_ID, CALENDAR_NAME, DELETED) VALUES ($1::bigint, $2::bigint, $3, false)", &[&hid, &cid, &name]).unwrap();
+            if name == "calendar" {
+                let text = format!("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:fresh\r\nDTSTART:20200101T100000Z\r\nORGANIZER:urn:x-uid:{new}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n");
+                c.execute("INSERT INTO CALENDAR_OBJECT (CALENDAR_RESOURCE_ID, RESOURCE_NAME, ICALENDAR_TEXT, ICALENDAR_UID, ICALENDAR_TYPE, ORGANIZER, MD5) VALUES ($1::bigint, 'fresh.ics', $2, 'fresh', 'VEVENT', $3, md5($2))", &[&cid, &text, &format!("urn:x-uid:{new}")]).unwrap();
+                c.execute("INSERT INTO CALENDAR_OBJECT_REVISIONS (CALENDAR_HOME_RESOURCE_ID, CALENDAR_RESOURCE_ID, RESOURCE_NAME, DELETED) VALUES ($1::bigint, $2::bigint, 'fresh.ics', false)", &[&hid, &cid]).unwrap();
+            }
+        }
+        drop(c);
+        let with_fresh = dump(&pg, &w, &BOOKKEEPING);
+        let doc = plan_json(&w);
+        assert!(doc["plan"]["homes"]["moved"].as_u64().unwrap() >= 3, "v{v}");
+        w.cmd()
+            .arg("apply")
+            .assert()
+            .code(0)
+            .stdout(predicates::str::contains(
+                "as calendar-migrated (name clash)",
+            ));
+        let mut c = client(&pg, &w);
+        let homes: i64 = c
+            .query_one(
+                "SELECT COUNT(*) FROM CALENDAR_HOME WHERE OWNER_UID = $1 OR OWNER_UID = $2",
+                &[&old, &new],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(homes, 1, "v{v}: the emptied old home is removed");
+        let names: Vec<String> = c
+            .query("SELECT CALENDAR_RESOURCE_NAME FROM CALENDAR_BIND WHERE CALENDAR_HOME_RESOURCE_ID = $1::bigint ORDER BY 1", &[&hid])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for n in ["calendar", "calendar-migrated", "inbox", "inbox-migrated"] {
+            assert!(names.contains(&n.to_string()), "v{v}: {names:?}");
+        }
+        let in_new: i64 = c
+            .query_one(
+                "SELECT COUNT(*) FROM CALENDAR_OBJECT o JOIN CALENDAR_BIND b ON b.CALENDAR_RESOURCE_ID = o.CALENDAR_RESOURCE_ID WHERE b.CALENDAR_HOME_RESOURCE_ID = $1::bigint",
+                &[&hid],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            in_new > 1,
+            "v{v}: the old events moved in beside the fresh one"
+        );
+        let revs_old: i64 = c
+            .query_one("SELECT COUNT(*) FROM CALENDAR_OBJECT_REVISIONS WHERE CALENDAR_HOME_RESOURCE_ID = $1::bigint", &[&w.imported.home_ids[&old]])
+            .unwrap()
+            .get(0);
+        assert_eq!(revs_old, 0, "v{v}: revisions follow their calendars");
+        drop(c);
+        w.cmd().arg("verify").assert().code(0);
+        w.cmd().arg("rollback").assert().code(0);
+        postgres::assert_same_db(
+            &dump(&pg, &w, &BOOKKEEPING),
+            &with_fresh,
+            &format!("v{v}: rollback separates the homes"),
+        );
+    }
+}
+
+#[test]
+fn verify_fails_before_and_passes_after_apply_and_doctor_checks_md5_and_organizer_columns() {
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 66, 3, 25, 70);
+    w.cmd()
+        .arg("verify")
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("not-canonical"))
+        .stdout(predicates::str::contains("orphan-home"));
+    w.cmd()
+        .arg("doctor")
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("no problems"));
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("apply").assert().code(0);
+    w.cmd()
+        .arg("verify")
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("no problems"));
+    // A stale ETag and an ORGANIZER column that disagrees with the text: doctor names both,
+    // changes nothing.
+    let mut c = client(&pg, &w);
+    c.batch_execute(
+        "UPDATE CALENDAR_OBJECT SET MD5 = '00000000000000000000000000000000' WHERE RESOURCE_ID = (SELECT MIN(RESOURCE_ID) FROM CALENDAR_OBJECT);
+         UPDATE CALENDAR_OBJECT SET ORGANIZER = 'mailto:nobody@example.com' WHERE RESOURCE_ID = (SELECT MAX(RESOURCE_ID) FROM CALENDAR_OBJECT);",
+    )
+    .unwrap();
+    drop(c);
+    let before = dump(&pg, &w, &[]);
+    w.cmd()
+        .arg("doctor")
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("md5-stale"))
+        .stdout(predicates::str::contains("organizer-column"));
+    w.cmd().args(["doctor", "--fix"]).assert().code(2);
+    w.cmd()
+        .arg("verify")
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("md5-stale"));
+    postgres::assert_same_db(
+        &dump(&pg, &w, &[]),
+        &before,
+        "doctor and verify change nothing",
+    );
+}
+
+#[test]
+fn a_rehearsal_works_on_a_copy_and_never_writes_the_real_database() {
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 6, 2, 8, 80);
+    // 3.3: delegates in proxies.sqlite in the data root.
+    let people: Vec<String> = w.store.people.iter().map(|p| p.guid.clone()).collect();
+    let proxy = rusqlite::Connection::open(w.path("Data/proxies.sqlite")).unwrap();
+    proxy
+        .execute_batch("CREATE TABLE GROUPS (GROUPNAME text, MEMBER text);")
+        .unwrap();
+    proxy
+        .execute(
+            "INSERT INTO GROUPS VALUES (?1, ?2)",
+            [
+                format!("{}#calendar-proxy-write", people[0]),
+                people[1].clone(),
+            ],
+        )
+        .unwrap();
+    drop(proxy);
+    let real = dump(&pg, &w, &[]);
+    let real_data = dump(&pg, &w, &BOOKKEEPING);
+    let real_proxies = std::fs::read(w.path("Data/proxies.sqlite")).unwrap();
+    let rehearsal = w.path("rehearsal");
+    w.cmd()
+        .args(["migrate", "--rehearse"])
+        .arg(&rehearsal)
+        .assert()
+        .code(0);
+    postgres::assert_same_db(&dump(&pg, &w, &[]), &real, "the real database");
+    assert_eq!(
+        std::fs::read(w.path("Data/proxies.sqlite")).unwrap(),
+        real_proxies
+    );
+    let mut copy = pg.client(&format!("{}_rehearsal", w.db));
+    let owners: Vec<String> = copy
+        .query("SELECT OWNER_UID FROM CALENDAR_HOME ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut want: Vec<String> = people.iter().map(|p| w.new_guid[p].clone()).collect();
+    want.sort();
+    assert_eq!(owners, want, "the rehearsal's copy is migrated");
+    drop(copy);
+    let p = rusqlite::Connection::open(rehearsal.join("Data/proxies.sqlite")).unwrap();
+    let member: String = p
+        .query_row("SELECT MEMBER FROM GROUPS", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        member, w.new_guid[&people[1]],
+        "the copy of proxies.sqlite is rewritten"
+    );
+    drop(p);
+    // A second rehearsal replaces the copy.
+    w.cmd()
+        .args(["migrate", "--rehearse"])
+        .arg(&rehearsal)
+        .assert()
+        .code(0);
+    // And the real migration, with its delegates.
+    w.cmd().args(["migrate", "--yes"]).assert().code(0);
+    let p = rusqlite::Connection::open(w.path("Data/proxies.sqlite")).unwrap();
+    let member: String = p
+        .query_row("SELECT MEMBER FROM GROUPS", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(member, w.new_guid[&people[1]]);
+    drop(p);
+    w.cmd().arg("rollback").assert().code(0);
+    postgres::assert_same_db(
+        &dump(&pg, &w, &BOOKKEEPING),
+        &real_data,
+        "rollback of the real migration",
+    );
+    assert_eq!(
+        std::fs::read(w.path("Data/proxies.sqlite")).unwrap(),
+        real_proxies,
+        "rollback restores proxies.sqlite"
+    );
+}
+
+#[test]
+fn migrate_runs_end_to_end_on_each_schema_over_tcp_with_the_password_from_the_environment() {
+    let Some(pg) = pg() else { return };
+    for v in VERSIONS {
+        let w = PgWorld::new(&pg, v, 3, 30, 90 + v as u64);
+        let text = std::fs::read_to_string(&w.config).unwrap();
+        std::fs::write(
+            &w.config,
+            text.replace(&pg.socket_dsn(&w.db), &pg.tcp_dsn(&w.db)),
+        )
+        .unwrap();
+        w.cmd()
+            .args(["migrate", "--yes"])
+            .assert()
+            .code(3)
+            .stderr(predicates::str::contains("password"));
+        w.cmd()
+            .env("PRINCIPAL_RECONCILER_STORE_PASSWORD", postgres::PASSWORD)
+            .args(["migrate", "--yes"])
+            .assert()
+            .code(0)
+            .stdout(predicates::str::contains("verify: 0 problems"));
+    }
+}
+
+#[test]
+fn rollback_after_a_killed_apply_restores_the_original_database() {
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 28, 6, 1200, 95);
+    let before = dump(&pg, &w, &BOOKKEEPING);
+    w.cmd().arg("plan").assert().code(0);
+    let mut child =
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+            .arg("--config")
+            .arg(&w.config)
+            .args(["--no-progress", "-q", "apply"])
+            .spawn()
+            .unwrap();
+    // Wait until some objects were written, then kill.
+    let state = w.path("state/state.sqlite");
+    for _ in 0..5000 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let done: i64 = rusqlite::Connection::open(&state)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM pg_journal WHERE state = 'done'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap_or(0);
+        if done > 0 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut tries = 0;
+    loop {
+        let out = w.cmd().arg("rollback").output().unwrap();
+        if out.status.code() == Some(0) {
+            break;
+        }
+        tries += 1;
+        assert!(
+            tries < 50 && String::from_utf8_lossy(&out.stderr).contains("seems to be running"),
+            "rollback failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    postgres::assert_same_db(
+        &dump(&pg, &w, &BOOKKEEPING),
+        &before,
+        "database after rollback of a killed apply",
+    );
+}
