@@ -172,9 +172,7 @@ pub(crate) fn check_resource(
         let addr = mapping::parse_found(&f.value);
         match &addr {
             CalAddress::Other(_) => continue,
-            CalAddress::Mailto(_) if !mapper.is_internal(addr.domain().unwrap_or("")) => {
-                continue
-            }
+            CalAddress::Mailto(_) if !mapper.is_internal(addr.domain().unwrap_or("")) => continue,
             _ => {}
         }
         let at = format!("{rel_path}:{}", f.line);
