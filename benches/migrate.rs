@@ -1,6 +1,9 @@
-//! Benchmark of plan, apply and rollback on a generated 10.6 store (default 100,000 resources; set
-//! PR_BENCH_N), against the I/O floor (reading every resource's bytes once) and against a short
-//! Python script using the PyPI `icalendar` package (benches/icalendar_rewrite.py). More crash
+//! Benchmark of scan, plan, apply, verify and rollback on generated 10.6 stores of 10,000 and
+//! 100,000 resources (or only PR_BENCH_N), each step beside the floors measured in the same run:
+//! reading every resource's bytes once on both cores, and copying the store (`cp -a`, then `sync`).
+//! Prints the growth factor between the two sizes, each step's peak RSS (the CLI runs as a child;
+//! `wait4` gives its rusage), the state folder's size after plan and after apply, and a short
+//! Python script using the PyPI `icalendar` package (benches/icalendar_rewrite.py) as a baseline. More crash
 //! kills than the test suite's 20: `PR_CRASH_KILLS=200 cargo test --release --test migrate apply_killed`.
 //!
 //! `cargo bench --bench migrate` prints the figures; nothing is asserted.
@@ -40,6 +43,30 @@ fn files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Bytes of every file under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+fn mb(b: u64) -> f64 {
+    b as f64 / 1e6
+}
+
 /// Runs the tool; returns (seconds, peak RSS in MB).
 #[allow(clippy::zombie_processes)] // reaped with wait4 below, which also gives its peak RSS
 fn run(config: &Path, args: &[&str]) -> (f64, f64) {
@@ -64,11 +91,27 @@ fn run(config: &Path, args: &[&str]) -> (f64, f64) {
     (secs, usage.ru_maxrss as f64 / 1024.0)
 }
 
-fn main() {
-    let n: usize = std::env::var("PR_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+/// One size's figures.
+struct Figures {
+    n: usize,
+    read_floor: f64,
+    copy_floor: f64,
+    /// (step, seconds, peak RSS MB)
+    steps: Vec<(&'static str, f64, f64)>,
+    store_mb: f64,
+    /// (state database MB, backups MB) after plan and after apply
+    state_after_plan: (f64, f64),
+    state_after_apply: (f64, f64),
+}
+
+fn state_size(root: &Path) -> (f64, f64) {
+    let st = root.join("state");
+    let all = bytes_under(&st);
+    let backups = bytes_under(&st.join("backups"));
+    (mb(all - backups), mb(backups))
+}
+
+fn measure(n: usize, python: bool) -> Option<Figures> {
     let homes = (n / 200).clamp(4, 2000);
     let guard = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let root = guard.path().to_path_buf();
@@ -138,13 +181,56 @@ fn main() {
     };
     read_all();
     let floor = read_all();
-
     if std::env::var("PR_BENCH_GENERATE_ONLY").is_ok() {
-        return;
+        return None;
     }
-    let (plan_s, plan_rss) = run(&config, &["plan"]);
-    let per = |s: f64| n as f64 / s;
-    // The Python baseline on a sample (it is slow), compared per resource.
+
+    // The copy floor: the whole store copied with owners, modes and attributes, then made durable.
+    let copy_floor = {
+        let t = Instant::now();
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&store.root)
+            .arg(root.join("copy"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cp -a failed");
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        let s = t.elapsed().as_secs_f64();
+        std::fs::remove_dir_all(root.join("copy")).unwrap();
+        s
+    };
+    let store_mb = mb(bytes_under(&store.root));
+    let mut steps = Vec::new();
+    let mut step = |name: &'static str, args: &[&str]| {
+        let (s, rss) = run(&config, args);
+        steps.push((name, s, rss));
+        s
+    };
+    step("scan", &["scan"]);
+    let plan_s = step("plan", &["plan"]);
+    let state_after_plan = state_size(&root);
+    if python {
+        python_baseline(&root, &paths, n as f64 / plan_s);
+    }
+    step("apply", &["apply"]);
+    let state_after_apply = state_size(&root);
+    step("verify", &["verify"]);
+    step("rollback", &["rollback"]);
+    Some(Figures {
+        n,
+        read_floor: floor,
+        copy_floor,
+        steps,
+        store_mb,
+        state_after_plan,
+        state_after_apply,
+    })
+}
+
+/// The Python `icalendar` script on a sample of the store (it is slow), compared per resource.
+fn python_baseline(root: &Path, paths: &[PathBuf], plan_rate: f64) {
     let sample: Vec<String> = paths
         .iter()
         .step_by((paths.len() / 3000).max(1))
@@ -171,7 +257,7 @@ fn main() {
             if rate > 0.0 {
                 println!(
                     "plan vs python: {:.1}x faster per resource (goal >= 20x)",
-                    per(plan_s) / rate
+                    plan_rate / rate
                 );
             }
         }
@@ -184,11 +270,61 @@ fn main() {
         ),
         Err(e) => println!("python icalendar: skipped ({e})"),
     }
-    let (apply_s, apply_rss) = run(&config, &["apply"]);
-    let (rollback_s, rollback_rss) = run(&config, &["rollback"]);
-    println!("resources: {n} in {homes} homes");
-    println!("I/O floor (read every resource): {floor:.2} s");
-    println!("plan:  {plan_s:.2} s, {:.0} resources/s, {:.2}x the I/O floor (goal <= 2x), peak RSS {plan_rss:.0} MB", per(plan_s), plan_s / floor);
-    println!("apply: {apply_s:.2} s, {:.0} resources/s, {:.2}x plan's time (goal <= 3x), peak RSS {apply_rss:.0} MB", per(apply_s), apply_s / plan_s);
-    println!("rollback: {rollback_s:.2} s, {:.0} resources/s, {:.2}x apply's time, peak RSS {rollback_rss:.0} MB", per(rollback_s), rollback_s / apply_s);
+}
+
+fn print(f: &Figures) {
+    println!(
+        "resources: {} ({:.0} MB); floors: read {:.2} s (both cores, cache warm), copy {:.2} s (cp -a + sync)",
+        f.n, f.store_mb, f.read_floor, f.copy_floor
+    );
+    for (name, s, rss) in &f.steps {
+        println!(
+            "  {name:<8} {s:>7.2} s  {:>8.0} resources/s  {:>5.1}x read floor  {:>5.2}x copy floor  peak RSS {rss:.0} MB",
+            f.n as f64 / s,
+            s / f.read_floor,
+            s / f.copy_floor
+        );
+    }
+    let t = |name: &str| f.steps.iter().find(|s| s.0 == name).map_or(0.0, |s| s.1);
+    println!(
+        "  rollback / apply: {:.2}x; apply / plan: {:.2}x",
+        t("rollback") / t("apply"),
+        t("apply") / t("plan")
+    );
+    println!(
+        "  state after plan: database {:.1} MB, backups {:.1} MB; after apply: database {:.1} MB, backups {:.1} MB",
+        f.state_after_plan.0, f.state_after_plan.1, f.state_after_apply.0, f.state_after_apply.1
+    );
+}
+
+fn main() {
+    let sizes: Vec<usize> = match std::env::var("PR_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => vec![n],
+        None => vec![10_000, 100_000],
+    };
+    let mut all = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        // PR_BENCH_GENERATE_ONLY=1: generate the worlds and stop.
+        if let Some(f) = measure(n, i + 1 == sizes.len()) {
+            print(&f);
+            all.push(f);
+        }
+    }
+    if let [a, b] = &all[..] {
+        let k = b.n as f64 / a.n as f64;
+        println!("growth {} -> {} resources ({k:.0}x more):", a.n, b.n);
+        for ((name, sa, ra), (_, sb, rb)) in a.steps.iter().zip(&b.steps) {
+            println!("  {name:<8} time {:.1}x, peak RSS {:.1}x", sb / sa, rb / ra);
+        }
+        println!(
+            "  floors: read {:.1}x, copy {:.1}x; state after apply {:.1}x",
+            b.read_floor / a.read_floor,
+            b.copy_floor / a.copy_floor,
+            (b.state_after_apply.0 + b.state_after_apply.1)
+                / (a.state_after_apply.0 + a.state_after_apply.1)
+        );
+    }
 }

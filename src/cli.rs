@@ -79,6 +79,9 @@ pub enum Command {
     /// Read the directory: `pull` shows what it holds, `export --ldif FILE` snapshots it
     #[command(subcommand)]
     Directory(DirectoryCommand),
+    /// Look after the state folder: `prune` drops old plans and, on request, old runs' backups
+    #[command(subcommand)]
+    State(StateCommand),
     /// Print a commented example configuration
     Config,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -128,6 +131,31 @@ pub struct DoctorArgs {
     /// Repair ownership, MD5 attributes and leftovers of interrupted writes
     #[arg(long)]
     pub fix: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// Drop old plans (all but the newest `[state] keep_plans`, never one a run still needs) and,
+    /// when asked, the journal and backups of finished runs; prints what it frees, then compacts
+    /// the state database
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct PruneArgs {
+    /// Only say what would be dropped and how much it frees; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Plans to keep (default: `[state] keep_plans`)
+    #[arg(long, value_name = "N")]
+    pub keep_plans: Option<usize>,
+    /// Also drop the journal and backups of this applied or rolled-back run (repeatable); it can
+    /// then never be rolled back. A backup another run still refers to is kept
+    #[arg(long, value_name = "RUN")]
+    pub backups_of_run: Vec<i64>,
+    /// Also drop the journal and backups of every applied or rolled-back run
+    #[arg(long, conflicts_with = "backups_of_run")]
+    pub all_backups: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -342,6 +370,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Report(args) => crate::report::command_report(&ctx, &args),
         Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
         Command::Diff(args) => command_diff(&ctx, &args),
+        Command::State(StateCommand::Prune(args)) => crate::prune::command_prune(&ctx, &args),
         Command::Runs => {
             let state = crate::state::State::open_existing(&ctx.config.state.path)?;
             let h = crate::history::history(&state)?;
@@ -372,7 +401,7 @@ fn take_locks(command: &Command, cfg: &Config) -> Result<crate::lock::RunLock> {
         | Command::Runs
         | Command::Directory(_) => (false, false, false, None),
         Command::Doctor(a) => (a.fix, false, a.fix, None),
-        Command::Report(_) => (true, false, false, None),
+        Command::Report(_) | Command::State(_) => (true, false, false, None),
         Command::Verify => (true, false, true, None),
         Command::Provision(a) => (true, a.apply, false, None),
         Command::Plan => (true, true, true, None),

@@ -195,14 +195,23 @@ pub struct StateConfig {
     /// Folder holding the state database, the journal and the backups of original files.
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
+    /// Plans kept after each successful `plan` (the newest ones; a plan a run still needs is kept
+    /// too). At least 1.
+    #[serde(default = "default_keep_plans")]
+    pub keep_plans: usize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             path: default_state_path(),
+            keep_plans: default_keep_plans(),
         }
     }
+}
+
+fn default_keep_plans() -> usize {
+    5
 }
 
 fn default_state_path() -> PathBuf {
@@ -385,6 +394,11 @@ impl Config {
         if d.timeout == 0 {
             return Err(Error::usage(format!(
                 "{at}: [directory] timeout must be at least 1 (seconds); there is no \"no timeout\" setting — give a large value instead"
+            )));
+        }
+        if self.state.keep_plans == 0 {
+            return Err(Error::usage(format!(
+                "{at}: [state] keep_plans must be at least 1 (the plan `apply` carries out is always kept)"
             )));
         }
         if d.page_size < 1 {

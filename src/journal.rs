@@ -1605,6 +1605,7 @@ pub fn rollback(
         )));
     }
     let store = PathBuf::from(&store_path);
+    refuse_pruned(&state, target)?;
     let roots = crate::addressbooks::run_roots(&state, target, store)?;
     for root in roots.all() {
         refuse_while_server_runs(root, force)?;
@@ -1617,6 +1618,13 @@ pub fn rollback(
         )?;
         let rows = st.query_map(rusqlite::params![store_path, target], |r| r.get(0))?;
         order = rows.collect::<rusqlite::Result<_>>()?;
+    }
+    for &id in &order {
+        refuse_pruned(&state, id).map_err(|e| {
+            e.context(format!(
+                "run {id} was applied on the same store after run {target} and must be undone first"
+            ))
+        })?;
     }
     order.push(target);
     let backups = Backups::open(&cfg.state.path)?;
@@ -1636,6 +1644,22 @@ pub fn rollback(
         }
     }
     Ok(out)
+}
+
+/// A run whose journal and backups `state prune` dropped cannot be rolled back.
+fn refuse_pruned(state: &State, run: i64) -> Result<()> {
+    let pruned: Option<String> =
+        state
+            .conn
+            .query_row("SELECT pruned_at FROM runs WHERE id = ?1", [run], |r| {
+                r.get(0)
+            })?;
+    match pruned {
+        Some(at) => Err(Error::usage(format!(
+            "run {run} can no longer be rolled back: its journal and backups were dropped by `principal-reconciler state prune` ({at})"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn rollback_one(

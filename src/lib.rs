@@ -3,7 +3,7 @@
 //! Stages, each a module: [`directory`] reads the new directory and the old exports, [`store`]
 //! walks the calendar store, [`ical`] reads and losslessly rewrites calendar objects, [`mapping`]
 //! resolves old addresses to new records, [`plan`] computes every change, [`journal`] applies and
-//! rolls back, [`provision`] enables missing principals, [`report`] writes what a human checks.
+//! rolls back ([`prune`] keeps the state folder bounded), [`provision`] enables missing principals, [`report`] writes what a human checks.
 //! Address books: [`vcard`] reads and rewrites cards, [`addressbooks`] plans, adopts and verifies
 //! them ([`store::addressbook`] finds and walks them).
 
@@ -24,6 +24,7 @@ pub mod mapping;
 pub mod mapping_file;
 pub mod plan;
 pub mod provision;
+pub mod prune;
 pub mod rehearse;
 pub mod report;
 pub mod state;

@@ -981,21 +981,43 @@ fn finish_plan(state: &State, plan_id: i64, report: &crate::config::ReportConfig
     }
 }
 
+/// After a successful plan: drops the planned changes of plans older than the newest `keep`
+/// ([`crate::prune`]); the freed pages are reused by the next plan, so the file stops growing.
+fn prune_after_plan(state: &mut State, keep: usize) -> Result<Vec<i64>> {
+    Ok(crate::prune::prune_plans(state, keep, false)?
+        .into_iter()
+        .map(|p| p.plan_id)
+        .collect())
+}
+
 pub fn command_plan(ctx: &Context) -> Result<Outcome> {
     let cfg = &ctx.config;
     let (current, old) = load_directories(cfg)?;
     let summary = build(ctx, cfg, &current, &old)?;
-    let state = State::open(&cfg.state.path)?;
+    let mut state = State::open(&cfg.state.path)?;
     finish_plan(&state, summary.plan_id, &cfg.report)?;
+    let pruned = prune_after_plan(&mut state, cfg.state.keep_plans)?;
     let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
         ExitStatus::Ok
     } else {
         ExitStatus::Problems
     };
+    let mut human = human_summary(&summary, &cfg.report.dir, true);
+    if !pruned.is_empty() {
+        human.push_str(&format!(
+            "Older plans dropped ([state] keep_plans = {}): {}.\n",
+            cfg.state.keep_plans,
+            pruned
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     Ok(Outcome {
         status,
-        human: human_summary(&summary, &cfg.report.dir, true),
-        json: json!({ "plan": summary, "reports": cfg.report.dir }),
+        human,
+        json: json!({ "plan": summary, "reports": cfg.report.dir, "pruned_plans": pruned }),
     })
 }
 
@@ -1022,9 +1044,14 @@ pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         "plan {}: {} resources to change",
         summary.plan_id, summary.resources_changed
     ));
-    let state = State::open(&cfg.state.path)?;
+    let mut state = State::open(&cfg.state.path)?;
     finish_plan(&state, summary.plan_id, &cfg.report)?;
     steps.push(format!("report: {}", cfg.report.dir.display()));
+    let pruned = prune_after_plan(&mut state, cfg.state.keep_plans)?;
+    if !pruned.is_empty() {
+        let ids: Vec<String> = pruned.iter().map(i64::to_string).collect();
+        steps.push(format!("older plans dropped: {}", ids.join(", ")));
+    }
     let mut run = None;
     let declined = !args.dry_run
         && args.rehearse.is_none()

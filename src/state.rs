@@ -15,7 +15,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_addressbooks.sql")),
     (5, include_str!("../migrations/0005_attr_edits.sql")),
     (6, include_str!("../migrations/0006_lifecycle.sql")),
-    (7, include_str!("../migrations/0007_pg_store.sql")),
+    (7, include_str!("../migrations/0007_prune.sql")),
+    (8, include_str!("../migrations/0008_pg_store.sql")),
 ];
 
 pub const DB_FILE: &str = "state.sqlite";
@@ -104,7 +105,14 @@ impl State {
     /// The plan asked for, or the newest; a usage error when there is none.
     pub fn plan_or_latest(&self, plan: Option<i64>) -> Result<i64> {
         match plan {
-            Some(id) => Ok(id),
+            Some(id) => {
+                if let Ok((PlanStatus::Pruned, detail)) = self.plan_status(id) {
+                    return Err(Error::usage(format!(
+                        "plan {id} was pruned ({detail}): its changes are no longer stored"
+                    )));
+                }
+                Ok(id)
+            }
             None => self
                 .latest_plan()?
                 .ok_or_else(|| Error::usage("no plan yet — run `principal-reconciler plan` first")),
@@ -248,7 +256,7 @@ impl Action {
 
 stored_words! {
     /// Whether a plan finished (`plans.status`): only a complete plan may be applied.
-    PlanStatus { Building = "building", Complete = "complete", Failed = "failed" }
+    PlanStatus { Building = "building", Complete = "complete", Failed = "failed", Pruned = "pruned" }
 }
 
 impl State {
@@ -283,6 +291,9 @@ impl State {
             let (status, detail) = self.plan_status(id)?;
             return match status {
                 PlanStatus::Complete => Ok((id, None)),
+                PlanStatus::Pruned => Err(Error::usage(format!(
+                    "plan {id} was pruned ({detail}): its changes are no longer stored — run `principal-reconciler plan` again"
+                ))),
                 _ => Err(Error::usage(format!(
                     "plan {id} did not finish ({}{}); it can never be applied — run `principal-reconciler plan` again",
                     status.as_str(),
@@ -475,7 +486,7 @@ mod tests {
             ]
         );
         let plans: Vec<&str> = PlanStatus::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(plans, ["building", "complete", "failed"]);
+        assert_eq!(plans, ["building", "complete", "failed", "pruned"]);
         for a in Action::ALL {
             assert_eq!(Action::parse(a.as_str()), Some(*a));
         }

@@ -5,8 +5,14 @@ use crate::support::world;
 
 use predicates::prelude::*;
 
+/// Tests that run on the shipped example in place, one at a time: a rehearsal holds the lock of
+/// the store it copies (and of the example's state folder), so a second one at the same instant
+/// is refused (exit 3) by design.
+static IN_PLACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn snow_leopard_example_migrates_on_a_rehearsal() {
+    let _one_at_a_time = IN_PLACE.lock().unwrap_or_else(|e| e.into_inner());
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snow-leopard");
     let before = world::tree(&example);
     let scratch = tempfile::tempdir().unwrap();
@@ -115,6 +121,7 @@ fn snow_leopard_example_migrates_on_a_rehearsal() {
 
 #[test]
 fn a_rehearsal_refuses_a_folder_that_holds_other_things() {
+    let _one_at_a_time = IN_PLACE.lock().unwrap_or_else(|e| e.into_inner());
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snow-leopard");
     let scratch = tempfile::tempdir().unwrap();
     std::fs::write(scratch.path().join("precious.txt"), "x").unwrap();
