@@ -455,6 +455,7 @@ pub fn adopt_homes(
     run_id: i64,
     plan_id: i64,
     roots: &Roots,
+    take: &dyn Fn(&str) -> bool,
     adopted: &mut u64,
     notes: &mut Vec<String>,
 ) -> Result<()> {
@@ -469,7 +470,8 @@ pub fn adopt_homes(
         let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    for (old_rel, new_guid) in todo {
+    // A staged apply takes only its homes (`take`).
+    for (old_rel, new_guid) in todo.into_iter().filter(|(rel, _)| take(rel)) {
         let steps = crate::homes::plan_adoption_in(root, layout::DIR, &old_rel, &new_guid, notes)?;
         for step in &steps {
             crate::journal::journaled_home_step(state, run_id, root, step, &old_rel)?;

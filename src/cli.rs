@@ -107,6 +107,21 @@ pub struct ApplyArgs {
     /// Run even though the calendar server seems to be running on the store
     #[arg(long)]
     pub force: bool,
+    /// Staged migration: carry out only this user's homes (calendar and address-book home, with
+    /// their resources; the home moves with them). USER is the home's old GUID, its new GUID or
+    /// the user's short name; repeat for several. The rest of the plan stays pending: a later
+    /// `apply` carries it out by a new run, `runs` and `verify` say what is pending, `rollback`
+    /// undoes one stage. What belongs to no home (delegate and auto-accept databases, resources
+    /// outside homes) is carried out by the stage that leaves no home pending. Until then, dropbox
+    /// and attachment links from homes not yet applied into a moved home are stale. Not yet on a
+    /// database store
+    #[arg(long = "home", value_name = "USER", conflicts_with = "limit")]
+    pub homes: Vec<String>,
+    /// Staged migration: carry out the next pending homes, whole, with at most N resources between
+    /// them (a home with more than N resources is taken alone, so each stage makes progress); see
+    /// --home for what stays pending
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

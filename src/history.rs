@@ -15,6 +15,10 @@ pub struct PlanEntry {
     pub store_path: String,
     pub resources_changed: i64,
     pub homes_moved: i64,
+    /// How far its runs in force carried it out (when it has any): applied and pending homes and
+    /// resources — a staged migration (`apply --home`, `--limit`) shows what is still pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::stage::Progress>,
 }
 
 /// One run of apply, rollback or provision.
@@ -46,7 +50,7 @@ pub struct History {
     /// The run a plain `rollback` undoes now, if any.
     pub rollback_would_undo: Option<i64>,
     /// The plan a plain `apply` carries out now: the latest complete plan, when no run of it is
-    /// applied (or all its runs are rolled back).
+    /// applied (or all its runs are rolled back), or when it is partly applied (stages pending).
     pub apply_would_carry_out: Option<i64>,
 }
 
@@ -80,9 +84,11 @@ pub fn history(state: &State) -> Result<History> {
                 store_path: r.get(3)?,
                 resources_changed: r.get(4)?,
                 homes_moved: r.get(5)?,
+                progress: None,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut plans = plans;
     let run_state = if has_column(state, "runs", "state")? {
         "state"
     } else {
@@ -123,16 +129,20 @@ pub fn history(state: &State) -> Result<History> {
             }
     };
     let rollback_would_undo = runs.iter().rev().find(undoable).map(|r| r.id);
+    for p in plans.iter_mut() {
+        let in_force = runs
+            .iter()
+            .any(|r| r.kind == "apply" && r.plan_id == Some(p.id) && undoable(&r));
+        if in_force {
+            p.progress = Some(crate::stage::progress(state, p.id)?);
+        }
+    }
     // A plain `apply` takes the latest complete plan: pending when no run of it is in force.
     let apply_would_carry_out = plans
         .iter()
         .rev()
         .find(|p| p.status == "complete")
-        .filter(|p| {
-            !runs
-                .iter()
-                .any(|r| r.kind == "apply" && r.plan_id == Some(p.id) && undoable(&r))
-        })
+        .filter(|p| p.progress.as_ref().is_none_or(|g| !g.complete()))
         .map(|p| p.id);
     Ok(History {
         plans,
@@ -156,6 +166,9 @@ pub fn human(h: &History) -> String {
             "  plan {:<4} {}  {:<8}  {} resources, {} homes to move",
             p.id, p.created_at, p.status, p.resources_changed, p.homes_moved
         );
+        if let Some(g) = &p.progress {
+            let _ = writeln!(out, "             {}", g.line());
+        }
     }
     if !h.runs.is_empty() {
         let _ = writeln!(out, "Runs:");
@@ -192,7 +205,18 @@ pub fn human(h: &History) -> String {
         }
     }
     if let Some(p) = h.apply_would_carry_out {
-        let _ = writeln!(out, "`apply` would carry out plan {p}.");
+        let partial = h
+            .plans
+            .iter()
+            .any(|x| x.id == p && x.progress.as_ref().is_some_and(|g| g.partial()));
+        if partial {
+            let _ = writeln!(
+                out,
+                "`apply` would carry out what is pending of plan {p} (`apply --home USER` or `--limit N`: the next stage)."
+            );
+        } else {
+            let _ = writeln!(out, "`apply` would carry out plan {p}.");
+        }
     }
     out
 }

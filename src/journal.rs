@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::error::{Error, ExitStatus, Result};
 use crate::homes::{self, HomeStep};
 use crate::interrupt;
+use crate::stage::{self, Layout, Request};
 use crate::state::{
     create_private_dir, now_rfc3339, Action, RunEvent, RunKind, RunState, RunStatus, State,
     StepState,
@@ -167,8 +168,28 @@ pub struct Checked {
     /// How many hold what they should (the run's bytes after an apply, the originals after a
     /// rollback).
     pub holding: u64,
-    /// The others: path and what is there instead.
+    /// The others: path and what is there instead (`{"path", "why"}` objects in JSON).
+    #[serde(serialize_with = "path_why_objects")]
     pub differing: Vec<(String, String)>,
+}
+
+/// `(path, why)` pairs as `{"path": …, "why": …}` objects in `--json` output (not `[path, why]`
+/// arrays, which a reader has to know the order of).
+fn path_why_objects<S: serde::Serializer>(
+    pairs: &[(String, String)],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    #[derive(serde::Serialize)]
+    struct PathWhy<'a> {
+        path: &'a str,
+        why: &'a str,
+    }
+    let mut seq = s.serialize_seq(Some(pairs.len()))?;
+    for (path, why) in pairs {
+        seq.serialize_element(&PathWhy { path, why })?;
+    }
+    seq.end()
 }
 
 /// How a run ended (the counts are the whole run's, however many invocations it took).
@@ -191,12 +212,17 @@ pub struct RunSummary {
     pub interrupted: Option<String>,
     pub written: u64,
     pub unchanged: u64,
+    /// Steps not taken: path and why (`{"path", "why"}` objects in JSON).
+    #[serde(serialize_with = "path_why_objects")]
     pub skipped: Vec<(String, String)>,
     pub homes_adopted: u64,
     /// Delegate / auto-accept databases rewritten.
     pub databases: u64,
     /// Things a human should know (merged homes, renamed collections, resumed runs).
     pub notes: Vec<String>,
+    /// A staged apply (`--home`, `--limit`, or a run after a stage): how far the plan is now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<crate::stage::Progress>,
 }
 
 /// Looks for a running CalendarServer on the store: a pid file whose process is alive.
@@ -448,14 +474,25 @@ fn check_run(
 
 /// Before a plan whose run was rolled back is applied again: the store must hold what the plan
 /// was made from (or, for a resource, what it would write).
-fn check_store_matches_plan(state: &State, dirs: &RootDirs, plan_id: i64) -> Result<()> {
+/// Only what `sel` takes is checked (the other stages' homes may have moved).
+fn check_store_matches_plan(
+    state: &State,
+    dirs: &RootDirs,
+    plan_id: i64,
+    layout: &Layout,
+    sel: &stage::Selection,
+) -> Result<()> {
     let rows: Vec<(String, String, String)> = {
         let mut st = state.conn.prepare(
             "SELECT rel_path, old_sha256, new_sha256 FROM plan_resources WHERE plan_id = ?1 ORDER BY rel_path",
         )?;
         let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(rel, ..)| layout.takes(Some(sel), rel))
+        .collect();
     let total = rows.len();
     let mut differing = Vec::new();
     for (rel, old, new) in rows {
@@ -472,9 +509,9 @@ fn check_store_matches_plan(state: &State, dirs: &RootDirs, plan_id: i64) -> Res
             "SELECT path, old_sha256 FROM plan_databases WHERE plan_id = ?1 AND changes + dropped > 0",
         )?;
         let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
-    for (path, old) in dbs {
+    for (path, old) in dbs.into_iter().filter(|_| sel.rest) {
         let found = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
         if found.as_deref() != Some(old.as_str()) {
             differing.push(format!("{path} ({})", describe_found(&found)));
@@ -829,7 +866,7 @@ fn new_run(
     Ok(state.conn.last_insert_rowid())
 }
 
-/// Carries out a stored plan (the latest complete one when `plan` is `None`).
+/// Carries out a stored plan (the latest complete one when `plan` is `None`): what is pending of it.
 pub fn apply(
     ctx: &Context,
     cfg: &Config,
@@ -837,7 +874,25 @@ pub fn apply(
     force: bool,
     rehearsal: bool,
 ) -> Result<RunSummary> {
+    apply_stage(ctx, cfg, plan, force, rehearsal, &Request::default())
+}
+
+/// Carries out a stage of a stored plan: the homes `req` names (or the next ones up to its
+/// limit), or all that is pending (see [`crate::stage`]).
+pub fn apply_stage(
+    ctx: &Context,
+    cfg: &Config,
+    plan: Option<i64>,
+    force: bool,
+    rehearsal: bool,
+    req: &Request,
+) -> Result<RunSummary> {
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
+        if !req.is_whole() {
+            return Err(Error::usage(
+                "apply --home / --limit (a staged migration) is not yet on a database store (`[store] kind = \"calendarserver-pg\"`): apply the whole plan",
+            ));
+        }
         return crate::store::pg::apply(ctx, cfg, plan, force, rehearsal);
     }
     let mut state = State::open_existing(&cfg.state.path)?;
@@ -863,8 +918,9 @@ pub fn apply(
         ..Default::default()
     };
     summary.notes.extend(passed_over);
-    let run_id = match latest_apply_run(&state, plan_id)? {
-        None => new_run(&state, RunKind::Apply, Some(plan_id), None, &store)?,
+    let layout = Layout::load(&state, plan_id)?;
+    let latest = latest_apply_run(&state, plan_id)?;
+    let (run_id, selection) = match latest {
         Some((id, RunState::Applying | RunState::Planned, status, stopped, _)) => {
             summary.resumed = true;
             summary.notes.push(match (status, stopped) {
@@ -873,32 +929,69 @@ pub fn apply(
                 }
                 _ => format!("run {id} did not finish (its process ended without finishing: a crash or kill); resuming it"),
             });
+            let selection = stage::run_selection(&state, id)?;
+            if !req.is_whole() {
+                summary.notes.push(format!(
+                    "--home / --limit are not used while run {id} is unfinished: it is resumed with the homes it took; run `apply` again for the next stage"
+                ));
+            }
             state.conn.execute(
                 "UPDATE runs SET status = 'running', stopped_by = NULL, state = 'applying' WHERE id = ?1",
                 [id],
             )?;
-            id
-        }
-        Some((id, RunState::Applied, _, _, finished)) => {
-            summary.run_id = id;
-            summary.already_done = true;
-            summary.state = Some(RunState::Applied);
-            summary.finished_at = finished;
-            summary.checked = Some(check_run(&state, Some(&dirs), id, false)?);
-            totals(&state, &mut summary)?;
-            return Ok(summary);
+            (id, selection)
         }
         Some((id, RunState::RollingBack, ..)) => {
             return Err(Error::usage(format!(
                 "plan {plan_id} cannot be applied now: its run {id} is partly rolled back (the rollback was interrupted). Finish the rollback with `principal-reconciler rollback --run {id}`; then `apply` applies plan {plan_id} again"
             )))
         }
-        Some((id, RunState::RolledBack, ..)) => {
-            check_store_matches_plan(&state, &dirs, plan_id)?;
-            summary.notes.push(format!(
-                "plan {plan_id} was applied by run {id} and rolled back; the store holds what the plan was made from again, so it is applied again by a new run"
-            ));
-            new_run(&state, RunKind::Apply, Some(plan_id), None, &store)?
+        _ => {
+            let sel = stage::choose(&state, plan_id, &layout, req, &mut summary.notes)?;
+            if sel.homes.is_empty() && !sel.rest {
+                if let Some((id, _, _, _, finished)) = latest {
+                    // Nothing pending: every stage is applied.
+                    summary.run_id = id;
+                    summary.already_done = true;
+                    summary.state = Some(RunState::Applied);
+                    summary.finished_at = finished;
+                    let mut checked = Checked::default();
+                    let progress = stage::progress(&state, plan_id)?;
+                    for &run in &progress.runs {
+                        let c = check_run(&state, Some(&dirs), run, false)?;
+                        checked.files += c.files;
+                        checked.holding += c.holding;
+                        checked.differing.extend(c.differing);
+                    }
+                    summary.checked = Some(checked);
+                    if progress.runs.len() > 1 {
+                        summary.stage = Some(progress);
+                    }
+                    totals(&state, &mut summary)?;
+                    return Ok(summary);
+                }
+            }
+            let whole = sel.rest && sel.homes.len() == layout.units.len();
+            if let Some((id, RunState::RolledBack, ..)) = latest {
+                check_store_matches_plan(&state, &dirs, plan_id, &layout, &sel)?;
+                summary.notes.push(format!(
+                    "plan {plan_id} was applied by run {id} and rolled back; the store holds what the plan was made from again, so it is applied again by a new run"
+                ));
+            } else if latest.is_some() {
+                summary.notes.push(format!(
+                    "plan {plan_id} is partly applied; this run carries out {}",
+                    if whole || stage::progress(&state, plan_id)?.pending_homes.len() == sel.homes.len() { "the rest".to_string() } else { "the next stage".to_string() }
+                ));
+            }
+            let id = new_run(&state, RunKind::Apply, Some(plan_id), None, &store)?;
+            // A whole plan in one run keeps no selection (as before stages existed).
+            let selection = if whole && latest.is_none() {
+                None
+            } else {
+                stage::record(&state, id, &sel)?;
+                Some(sel)
+            };
+            (id, selection)
         }
     };
     summary.run_id = run_id;
@@ -972,8 +1065,12 @@ pub fn apply(
         let rows = st.query_map(rusqlite::params![plan_id, run_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
-        rows.collect::<rusqlite::Result<_>>()?
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
+    let todo: Vec<(String, String, String)> = todo
+        .into_iter()
+        .filter(|(rel, ..)| layout.takes(selection.as_ref(), rel))
+        .collect();
     let bar = crate::cli::progress_bar(ctx, Some(todo.len() as u64), "applying");
     for chunk in batches(todo, |t| &t.0) {
         if let Some(sig) = interrupt::pending() {
@@ -1005,8 +1102,11 @@ pub fn apply(
         interrupted(&state, &mut summary, sig)?;
         return Ok(summary);
     }
-    apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
-    if !adopt_homes(&mut state, run_id, plan_id, &dirs, &mut summary)? {
+    if selection.as_ref().is_none_or(|s| s.rest) {
+        apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
+    }
+    let take = |home: &str| layout.takes_home(selection.as_ref(), home);
+    if !adopt_homes(&mut state, run_id, plan_id, &dirs, &take, &mut summary)? {
         let sig = interrupt::pending().unwrap_or(libc::SIGINT);
         interrupted(&state, &mut summary, sig)?;
         return Ok(summary);
@@ -1018,6 +1118,15 @@ pub fn apply(
     )?;
     summary.state = Some(state.advance_run(run_id, RunEvent::FinishApply)?);
     totals(&state, &mut summary)?;
+    if selection.is_some() {
+        let p = stage::progress(&state, plan_id)?;
+        if !p.complete() && summary.homes_adopted > 0 {
+            summary.notes.push(
+                "dropbox and attachment links (X-APPLE-DROPBOX, ATTACH) in the homes not yet applied that point into the homes this stage moved stay stale until the stage of their own home rewrites them".to_string(),
+            );
+        }
+        summary.stage = Some(p);
+    }
     Ok(summary)
 }
 
@@ -1213,6 +1322,7 @@ fn adopt_homes(
     run_id: i64,
     plan_id: i64,
     dirs: &RootDirs,
+    take: &dyn Fn(&str) -> bool,
     summary: &mut RunSummary,
 ) -> Result<bool> {
     let (root, store) = (&dirs.store, dirs.roots.store.as_path());
@@ -1243,8 +1353,9 @@ fn adopt_homes(
         let rows = st.query_map([plan_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
-        rows.collect::<rusqlite::Result<_>>()?
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
+    let todo = todo.into_iter().filter(|t| take(&t.0));
     for (old_rel, layout, old_id, new_guid) in todo {
         if interrupt::pending().is_some() {
             return Ok(false);
@@ -1268,6 +1379,7 @@ fn adopt_homes(
         run_id,
         plan_id,
         &dirs.roots,
+        take,
         &mut summary.homes_adopted,
         &mut summary.notes,
     )?;
@@ -1896,10 +2008,22 @@ fn apply_outcome(s: RunSummary) -> Outcome {
     }
     if s.already_done {
         let checked = s.checked.clone().unwrap_or_default();
+        let by = match &s.stage {
+            Some(p) => format!(
+                "in {} stages, by runs {}; the latest, run {}",
+                p.runs.len(),
+                p.runs
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                s.run_id
+            ),
+            None => format!("by run {}", s.run_id),
+        };
         human.push_str(&format!(
-            "apply: plan {} was applied by run {}{}: {} resources written, {} already as planned, {} skipped, {} home(s) moved.\n",
+            "apply: plan {} was applied {by}{}: {} resources written, {} already as planned, {} skipped, {} home(s) moved.\n",
             s.plan_id.unwrap_or_default(),
-            s.run_id,
             s.finished_at.as_deref().map(|t| format!(" (finished {t})")).unwrap_or_default(),
             s.written,
             s.unchanged,
@@ -1908,8 +2032,10 @@ fn apply_outcome(s: RunSummary) -> Outcome {
         ));
         if checked.differing.is_empty() {
             human.push_str(&format!(
-                "Checked now: all {} resources it wrote still hold what it wrote. Nothing is left to apply.\n",
-                checked.files
+                "Checked now: all {} resources {} wrote still hold what {} wrote. Nothing is left to apply.\n",
+                checked.files,
+                if s.stage.is_some() { "its runs" } else { "it" },
+                if s.stage.is_some() { "they" } else { "it" },
             ));
         } else {
             status = ExitStatus::Problems;
@@ -1952,6 +2078,12 @@ fn apply_outcome(s: RunSummary) -> Outcome {
     if !s.skipped.is_empty() {
         status = ExitStatus::Problems;
         human.push_str("Some resources were skipped: run `principal-reconciler plan` again, review, then apply the new plan.\n");
+    }
+    if let Some(p) = &s.stage {
+        human.push_str(&format!("Plan {}: {}.\n", p.plan_id, p.line()));
+        if !p.complete() {
+            human.push_str("Next: `principal-reconciler apply` carries out what is pending (or `apply --home USER` / `--limit N` the next stage); `principal-reconciler rollback` undoes this stage.\n");
+        }
     }
     Outcome {
         status,
@@ -2052,7 +2184,7 @@ pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
             .map_err(|e| e.context("cannot copy the state database into the rehearsal"))?;
         let current = crate::directory::load_current(&cfg.directory)?;
         let file = crate::rehearse::write_config(&cfg, dir, &current)?;
-        let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
+        let s = apply_stage(ctx, &cfg, args.plan, args.force, rehearsal, &request(args))?;
         let mut out = apply_outcome(s);
         out.human.push_str(&format!(
             "Rehearsal in {}: the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback).\n",
@@ -2061,8 +2193,15 @@ pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
         ));
         return Ok(out);
     }
-    let s = apply(ctx, &cfg, args.plan, args.force, rehearsal)?;
+    let s = apply_stage(ctx, &cfg, args.plan, args.force, rehearsal, &request(args))?;
     Ok(apply_outcome(s))
+}
+
+fn request(args: &ApplyArgs) -> Request {
+    Request {
+        homes: args.homes.clone(),
+        limit: args.limit,
+    }
 }
 
 pub fn command_rollback(ctx: &Context, args: &RollbackArgs) -> Result<Outcome> {

@@ -26,6 +26,7 @@ pub mod plan;
 pub mod provision;
 pub mod prune;
 pub mod rehearse;
+pub mod stage;
 pub mod report;
 pub mod state;
 pub mod store;

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_lifecycle.sql")),
     (7, include_str!("../migrations/0007_prune.sql")),
     (8, include_str!("../migrations/0008_pg_store.sql")),
+    (9, include_str!("../migrations/0009_stages.sql")),
 ];
 
 pub const DB_FILE: &str = "state.sqlite";

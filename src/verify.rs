@@ -352,10 +352,51 @@ pub fn command_verify(ctx: &Context) -> Result<Outcome> {
         ExitStatus::Problems
     };
     let mut human = human(&report);
+    let stage = staged(cfg)?;
+    if let Some(p) = &stage {
+        human.push_str(&format!(
+            "Plan {} is partly applied (a staged migration, runs {}): {}. {} resources are pending; the problems above include those of the homes not yet applied: `principal-reconciler apply` carries them out.\n",
+            p.plan_id,
+            p.runs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+            p.line(),
+            p.resources_pending
+        ));
+    }
     human.push_str(&format!("List: {}\n", csv.display()));
+    let mut json = json!({ "verify": report, "csv": csv });
+    if let Some(p) = stage {
+        json["partly_applied"] = json!(p);
+    }
     Ok(Outcome {
         status,
         human,
-        json: json!({ "verify": report, "csv": csv }),
+        json,
     })
+}
+
+/// The plan whose runs in force carried out only part of it (a staged migration), if any: the
+/// plan of the latest apply run that is not rolled back.
+fn staged(cfg: &Config) -> Result<Option<crate::stage::Progress>> {
+    if cfg.store.kind == StoreKind::CalendarserverPg
+        || !cfg.state.path.join(crate::state::DB_FILE).exists()
+    {
+        return Ok(None);
+    }
+    let state = crate::state::State::open_existing(&cfg.state.path)?;
+    let plan: Option<i64> = state
+        .conn
+        .query_row(
+            "SELECT plan_id FROM runs WHERE kind = 'apply' AND plan_id IS NOT NULL
+            AND COALESCE(state, 'applying') != 'rolled-back' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    match plan {
+        Some(id) => Ok(Some(crate::stage::progress(&state, id)?).filter(|p| p.partial())),
+        None => Ok(None),
+    }
 }
