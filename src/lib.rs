@@ -23,6 +23,7 @@ pub mod lock;
 pub mod mapping;
 pub mod mapping_file;
 pub mod plan;
+pub mod precount;
 pub mod provision;
 pub mod prune;
 pub mod rehearse;

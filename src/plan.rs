@@ -488,7 +488,12 @@ pub fn build(
         let mut ins_chg = tx.prepare(
             "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let bar = crate::cli::progress_bar(ctx, None, "planning");
+        // A bar with a total and an ETA: the store's folders listed first (see crate::precount).
+        let total = ctx
+            .progress
+            .then(|| crate::precount::calendar_resources(&cfg.store))
+            .flatten();
+        let bar = crate::cli::progress_bar(ctx, total, "planning");
         store::walk_with(
             &cfg.store,
             store::WalkOptions { xattrs: false },
