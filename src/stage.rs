@@ -451,7 +451,8 @@ pub fn choose(
     }
     if !req.homes.is_empty() && sel.homes.is_empty() {
         return Err(Error::usage(format!(
-            "nothing to apply: every home named is already applied (plan {plan_id}: {}); `principal-reconciler rollback` undoes the latest stage",
+            "nothing to apply: {} (plan {plan_id}: {}); `principal-reconciler rollback` undoes the latest stage",
+            notes.join("; "),
             progress_of(state, plan_id, layout)?.line()
         )));
     }

@@ -355,8 +355,9 @@ pub fn command_verify(ctx: &Context) -> Result<Outcome> {
     let stage = staged(cfg)?;
     if let Some(p) = &stage {
         human.push_str(&format!(
-            "Plan {} is partly applied (a staged migration, runs {}): {}. {} resources are pending; the problems above include those of the homes not yet applied: `principal-reconciler apply` carries them out.\n",
+            "Plan {} is partly applied (a staged migration, {} {}): {}. {} resources are pending; the problems above include those of the homes not yet applied: `principal-reconciler apply` carries them out.\n",
             p.plan_id,
+            if p.runs.len() == 1 { "run" } else { "runs" },
             p.runs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
             p.line(),
             p.resources_pending

@@ -322,3 +322,250 @@ fn runs_lists_plans_and_runs_and_what_rollback_would_undo() {
         "the plan can be applied again: {h}"
     );
 }
+
+/// A copy of the shipped example as the README's walkthrough makes it: state and reports inside
+/// the copy (`./state`, `./reports`).
+fn example_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snow-leopard");
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("sl");
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&example)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let cfg = dir.join("principal-reconciler.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("../../target/snow-leopard-state"), "{text}");
+    std::fs::write(&cfg, text.replace("../../target/snow-leopard-", "./")).unwrap();
+    (scratch, dir)
+}
+
+/// Runs a command in the copy (its configuration is `./principal-reconciler.toml`, as in the
+/// README): exit code and stdout.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = bin().current_dir(dir).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), format!("{text}{err}"))
+}
+
+fn json_in(dir: &std::path::Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = bin()
+        .current_dir(dir)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), doc)
+}
+
+/// README "Walkthrough: a staged migration of the shipped example", step by step: what it shows
+/// must stay true.
+#[test]
+fn the_readme_walkthrough_holds_on_the_shipped_example() {
+    let (_scratch, dir) = example_copy();
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+    )
+    .unwrap();
+    // 1. plan: one ambiguous and one unmatched address to decide.
+    let (code, out) = run_in(&dir, &["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Addresses: 13 mapped, 1 unchanged, 1 ambiguous, 1 unmatched, 1 external."),
+        "{out}"
+    );
+    // 2. fill mapping-todo.csv: samantha for sales@, `-` (left) for the unmatched GUID.
+    let todo = std::fs::read_to_string(dir.join("reports/mapping-todo.csv")).unwrap();
+    let filled: String = todo
+        .lines()
+        .map(|l| {
+            if l.starts_with("mailto:sales@example.com,") {
+                format!("{l}samantha\n")
+            } else if l.starts_with("urn:uuid:C6138F16") {
+                format!("{l}-\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(dir.join("mapping.csv"), filled).unwrap();
+    let cfg = dir.join("principal-reconciler.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen("[rewrite]\n", "[rewrite]\nmapping_file = \"mapping.csv\"\n", 1),
+    )
+    .unwrap();
+    assert!(readme.contains("mapping_file = \"mapping.csv\""));
+    // 3. plan again: nothing left to decide (the truncated file stays a problem: exit 1).
+    let (code, out) = run_in(&dir, &["plan"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Plan 2 —"), "{out}");
+    assert!(out.contains("0 ambiguous, 0 unmatched, 1 external, 1 acknowledged"), "{out}");
+    // 4. apply --home bob: his home and its resources only.
+    let (code, out) = run_in(&dir, &["apply", "--home", "bob"]);
+    assert_eq!(code, 0, "{out}");
+    let want = "apply run 1: 3 resources written, 0 already as planned, 0 skipped, 1 home(s) moved.";
+    assert!(out.contains(want), "{out}");
+    assert!(readme.contains(want), "README shows: {want}");
+    let want = "Plan 2: applied: 1 of 11 homes, 3 of 31 resources; pending: 10 home(s), 28 resources";
+    assert!(out.contains(want), "{out}");
+    assert!(readme.contains(want));
+    assert!(out.contains("dropbox and attachment links"), "{out}");
+    assert!(dir
+        .join("store/calendars/__uids__/F9/9C/F99C1AA3-2E02-4197-824F-3B67AE6B9F3D")
+        .is_dir());
+    assert!(dir
+        .join("store/calendars/__uids__/12/29/1229DD2E-77E0-4C2C-838E-B64590F2ED55")
+        .is_dir());
+    // 5. verify: the plan is partly applied; the pending homes' problems are all listed.
+    let (code, out) = run_in(&dir, &["verify"]);
+    assert_eq!(code, 1, "{out}");
+    let want = "Plan 2 is partly applied (a staged migration, run 1)";
+    assert!(out.contains(want), "{out}");
+    assert!(readme.contains(want));
+    assert!(out.contains("28 resources are pending"), "{out}");
+    assert!(out.contains("orphan-home: 8"), "{out}");
+    assert!(out.contains("not-canonical: "), "{out}");
+    // 6. apply: the rest, by a new run of the same plan.
+    let (code, out) = run_in(&dir, &["apply"]);
+    assert_eq!(code, 0, "{out}");
+    let want = "apply run 2: 28 resources written, 0 already as planned, 0 skipped, 8 home(s) moved.";
+    assert!(out.contains(want), "{out}");
+    assert!(readme.contains(want));
+    assert!(out.contains("Plan 2: applied: 11 of 11 homes, 31 of 31 resources."), "{out}");
+    let (code, out) = run_in(&dir, &["verify"]);
+    assert_eq!(code, 1, "only the truncated file is left: {out}");
+    assert!(out.contains("1 problems.\n  malformed: 1\n"), "{out}");
+    assert!(!out.contains("partly applied"), "{out}");
+    // 7. runs: both stages of plan 2.
+    let (code, out) = run_in(&dir, &["runs"]);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "applied: 11 of 11 homes, 31 of 31 resources",
+        "apply of plan 2",
+        "`rollback` would undo run 2 now.",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+        assert!(readme.contains(want), "README: {want}");
+    }
+    // And `apply` once more: nothing left.
+    let (code, out) = run_in(&dir, &["apply"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("applied in 2 stages, by runs 1, 2"), "{out}");
+}
+
+/// `--home` takes the old GUID, the new GUID or the short name; `runs --json` and `verify --json`
+/// say what is applied and what is pending.
+#[test]
+fn apply_home_accepts_old_guid_new_guid_and_short_name() {
+    let (_scratch, dir) = example_copy();
+    assert_eq!(run_in(&dir, &["plan"]).0, 1);
+    let (code, doc) = json_in(
+        &dir,
+        &[
+            "apply",
+            "--home",
+            "0a6ca719-9a7f-4228-8101-443281247370", // frank's old GUID, in lower case
+            "--home",
+            "9891E31A-C4E7-4C6F-8286-E4A8C676CDD6", // jane's new GUID
+            "--home",
+            "kim",
+        ],
+    );
+    assert_eq!(code, 0, "{doc}");
+    let stage = &doc["run"]["stage"];
+    assert_eq!(stage["homes_applied"], 3, "{doc}");
+    assert_eq!(stage["homes"], 11);
+    assert_eq!(doc["run"]["homes_adopted"], 3);
+    let pending: Vec<&str> = stage["pending_homes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for gone in ["frank", "jane", "kim"] {
+        assert!(!pending.contains(&gone), "{pending:?}");
+    }
+    assert!(pending.contains(&"bob"), "{pending:?}");
+    let (_, runs) = json_in(&dir, &["runs"]);
+    let plan = &runs["history"]["plans"][0];
+    assert_eq!(plan["progress"]["homes_applied"], 3, "{runs}");
+    assert_eq!(plan["progress"]["pending_homes"].as_array().unwrap().len(), 8);
+    assert_eq!(runs["history"]["apply_would_carry_out"], 1, "{runs}");
+    let (code, v) = json_in(&dir, &["verify"]);
+    assert_eq!(code, 1);
+    assert_eq!(v["partly_applied"]["homes_applied"], 3, "{v}");
+    assert!(v["partly_applied"]["resources_pending"].as_u64().unwrap() > 0);
+    // A name that is no home of the plan, or a home already applied: exit 2, nothing done.
+    let (code, out) = run_in(&dir, &["apply", "--home", "nobody"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--home nobody"), "{out}");
+    let (code, out) = run_in(&dir, &["apply", "--home", "kim"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("already applied by run 1"), "{out}");
+    assert!(run_in(&dir, &["apply", "--help"]).1.contains("old GUID"));
+}
+
+/// `--limit N` takes whole homes up to N resources; rolling back a stage undoes only it, and
+/// `apply` then does it again; the stage that leaves no home pending rewrites the databases.
+#[test]
+fn apply_limit_stages_whole_homes_and_a_stage_rolls_back_alone() {
+    let (_scratch, dir) = example_copy();
+    assert_eq!(run_in(&dir, &["plan"]).0, 1);
+    let store = dir.join("store");
+    let before = tree(&store);
+    let (code, doc) = json_in(&dir, &["apply", "--limit", "5"]);
+    assert_eq!(code, 0, "{doc}");
+    let first = doc["run"]["stage"].clone();
+    let written = doc["run"]["written"].as_u64().unwrap();
+    assert!(written <= 5 && written > 0, "{doc}");
+    assert!(first["homes_applied"].as_u64().unwrap() >= 1);
+    assert_eq!(first["resources_applied"], written);
+    assert_eq!(doc["run"]["databases"], 0, "databases wait for the last stage: {doc}");
+    let after_first = tree(&store);
+    let (code, doc) = json_in(&dir, &["apply", "--limit", "5"]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["run"]["run_id"], 2);
+    assert!(
+        doc["run"]["stage"]["homes_applied"].as_u64().unwrap()
+            > first["homes_applied"].as_u64().unwrap()
+    );
+    // rollback undoes the latest stage only: the store is as after the first one.
+    let (code, out) = run_in(&dir, &["rollback"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("of run 2"), "{out}");
+    assert_same_tree(&tree(&store), &after_first, "after rolling back stage 2");
+    // apply takes it again (a new run), then the rest.
+    let (code, doc) = json_in(&dir, &["apply", "--limit", "5"]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["run"]["run_id"], 4);
+    let (code, doc) = json_in(&dir, &["apply"]);
+    assert_eq!(code, 0, "{doc}");
+    let stage = &doc["run"]["stage"];
+    assert_eq!(stage["homes_applied"], stage["homes"], "{doc}");
+    assert_eq!(stage["resources_applied"], 31);
+    assert_eq!(stage["rest_applied"], true);
+    let (_, v) = json_in(&dir, &["verify"]);
+    assert!(v.get("partly_applied").is_none(), "{v}");
+    // What a whole apply leaves: the undecided addresses, the truncated file, the unmatched home.
+    assert!(v["verify"]["by_kind"].get("not-canonical").is_none(), "{v}");
+    assert_eq!(v["verify"]["by_kind"]["orphan-home"], 1, "{v}");
+    // Every stage undone, newest first: the store is as it was.
+    for _ in 0..3 {
+        let (code, out) = run_in(&dir, &["rollback"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert_same_tree(&tree(&store), &before, "every stage rolled back");
+}
