@@ -106,3 +106,74 @@ fn completions_and_man_page_come_from_the_same_definition() {
             .and(predicate::str::contains(".TH principal-reconciler 1")),
     );
 }
+
+#[test]
+fn apply_help_documents_the_staged_migration() {
+    let out = cmd().args(["apply", "--help"]).output().unwrap();
+    // Words as clap wraps them, joined again.
+    let text = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for want in [
+        "--home <USER>",
+        "the home's old GUID, its new GUID or the user's short name",
+        "--limit <N>",
+        "stage that leaves no home pending",
+        "dropbox",
+        "database store",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    cmd()
+        .args(["apply", "--home", "bob", "--limit", "3"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot be used with"));
+}
+
+/// A database store refuses a staged apply before it connects (the database here is nowhere).
+#[test]
+fn a_staged_apply_is_refused_on_a_database_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("d.ldif"), "version: 1\n\n").unwrap();
+    std::fs::write(
+        dir.path().join("principal-reconciler.toml"),
+        "[directory]\nldif = \"d.ldif\"\n[store]\nkind = \"calendarserver-pg\"\ndsn = \"postgresql://caldav@127.0.0.1:1/caldav\"\n[state]\npath = \"state\"\n[report]\ndir = \"reports\"\n",
+    )
+    .unwrap();
+    for args in [["apply", "--home", "bob"], ["apply", "--limit", "3"]] {
+        cmd()
+            .current_dir(dir.path())
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("not yet on a database store"));
+    }
+}
+
+/// `--json` lists what a run skipped as `{"path", "why"}` objects, not `[path, why]` pairs.
+#[test]
+fn json_lists_skipped_resources_as_objects() {
+    let w = crate::support::world::World::new(2, 10, 41);
+    w.cmd().arg("plan").assert().code(0);
+    let changes = std::fs::read_to_string(w.path("reports/changes.csv")).unwrap();
+    let rel = changes.lines().nth(1).unwrap().split(',').next().unwrap();
+    let file = w.store.root.join(rel);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.extend_from_slice(b"\r\n");
+    std::fs::write(&file, bytes).unwrap();
+    let out = w.cmd().args(["--json", "apply"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let skipped = doc["run"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{doc}");
+    assert_eq!(skipped[0]["path"], rel, "{doc}");
+    assert_eq!(skipped[0]["why"], "changed since plan", "{doc}");
+    // apply again: the run is finished; its check lists differing files as objects too.
+    let out = w.cmd().args(["--json", "apply"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["run"]["already_done"].as_bool().unwrap(), "{doc}");
+    assert!(doc["run"]["checked"]["differing"].is_array(), "{doc}");
+    assert!(doc["run"]["skipped"][0]["why"].is_string(), "{doc}");
+}
