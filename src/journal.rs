@@ -984,8 +984,9 @@ pub fn apply_stage(
                 ));
             }
             let id = new_run(&state, RunKind::Apply, Some(plan_id), None, &store)?;
-            // A whole plan in one run keeps no selection (as before stages existed).
-            let selection = if whole && latest.is_none() {
+            // A whole plan in one run (nothing of it in force) keeps no selection, as before
+            // stages existed.
+            let selection = if whole {
                 None
             } else {
                 stage::record(&state, id, &sel)?;

@@ -374,10 +374,9 @@ fn json_in(dir: &std::path::Path, args: &[&str]) -> (i32, serde_json::Value) {
 #[test]
 fn the_readme_walkthrough_holds_on_the_shipped_example() {
     let (_scratch, dir) = example_copy();
-    let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
-    )
-    .unwrap();
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
     // 1. plan: one ambiguous and one unmatched address to decide.
     let (code, out) = run_in(&dir, &["plan"]);
     assert_eq!(code, 1, "{out}");
@@ -404,7 +403,11 @@ fn the_readme_walkthrough_holds_on_the_shipped_example() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
-        text.replacen("[rewrite]\n", "[rewrite]\nmapping_file = \"mapping.csv\"\n", 1),
+        text.replacen(
+            "[rewrite]\n",
+            "[rewrite]\nmapping_file = \"mapping.csv\"\n",
+            1,
+        ),
     )
     .unwrap();
     assert!(readme.contains("mapping_file = \"mapping.csv\""));
@@ -412,14 +415,19 @@ fn the_readme_walkthrough_holds_on_the_shipped_example() {
     let (code, out) = run_in(&dir, &["plan"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("Plan 2 —"), "{out}");
-    assert!(out.contains("0 ambiguous, 0 unmatched, 1 external, 1 acknowledged"), "{out}");
+    assert!(
+        out.contains("0 ambiguous, 0 unmatched, 1 external, 1 acknowledged"),
+        "{out}"
+    );
     // 4. apply --home bob: his home and its resources only.
     let (code, out) = run_in(&dir, &["apply", "--home", "bob"]);
     assert_eq!(code, 0, "{out}");
-    let want = "apply run 1: 3 resources written, 0 already as planned, 0 skipped, 1 home(s) moved.";
+    let want =
+        "apply run 1: 3 resources written, 0 already as planned, 0 skipped, 1 home(s) moved.";
     assert!(out.contains(want), "{out}");
     assert!(readme.contains(want), "README shows: {want}");
-    let want = "Plan 2: applied: 1 of 11 homes, 3 of 31 resources; pending: 10 home(s), 28 resources";
+    let want =
+        "Plan 2: applied: 1 of 11 homes, 3 of 31 resources; pending: 10 home(s), 28 resources";
     assert!(out.contains(want), "{out}");
     assert!(readme.contains(want));
     assert!(out.contains("dropbox and attachment links"), "{out}");
@@ -441,10 +449,14 @@ fn the_readme_walkthrough_holds_on_the_shipped_example() {
     // 6. apply: the rest, by a new run of the same plan.
     let (code, out) = run_in(&dir, &["apply"]);
     assert_eq!(code, 0, "{out}");
-    let want = "apply run 2: 28 resources written, 0 already as planned, 0 skipped, 8 home(s) moved.";
+    let want =
+        "apply run 2: 28 resources written, 0 already as planned, 0 skipped, 8 home(s) moved.";
     assert!(out.contains(want), "{out}");
     assert!(readme.contains(want));
-    assert!(out.contains("Plan 2: applied: 11 of 11 homes, 31 of 31 resources."), "{out}");
+    assert!(
+        out.contains("Plan 2: applied: 11 of 11 homes, 31 of 31 resources."),
+        "{out}"
+    );
     let (code, out) = run_in(&dir, &["verify"]);
     assert_eq!(code, 1, "only the truncated file is left: {out}");
     assert!(out.contains("1 problems.\n  malformed: 1\n"), "{out}");
@@ -502,7 +514,10 @@ fn apply_home_accepts_old_guid_new_guid_and_short_name() {
     let (_, runs) = json_in(&dir, &["runs"]);
     let plan = &runs["history"]["plans"][0];
     assert_eq!(plan["progress"]["homes_applied"], 3, "{runs}");
-    assert_eq!(plan["progress"]["pending_homes"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        plan["progress"]["pending_homes"].as_array().unwrap().len(),
+        8
+    );
     assert_eq!(runs["history"]["apply_would_carry_out"], 1, "{runs}");
     let (code, v) = json_in(&dir, &["verify"]);
     assert_eq!(code, 1);
@@ -533,7 +548,10 @@ fn apply_limit_stages_whole_homes_and_a_stage_rolls_back_alone() {
     assert!(written <= 5 && written > 0, "{doc}");
     assert!(first["homes_applied"].as_u64().unwrap() >= 1);
     assert_eq!(first["resources_applied"], written);
-    assert_eq!(doc["run"]["databases"], 0, "databases wait for the last stage: {doc}");
+    assert_eq!(
+        doc["run"]["databases"], 0,
+        "databases wait for the last stage: {doc}"
+    );
     let after_first = tree(&store);
     let (code, doc) = json_in(&dir, &["apply", "--limit", "5"]);
     assert_eq!(code, 0, "{doc}");
