@@ -587,3 +587,40 @@ fn apply_limit_stages_whole_homes_and_a_stage_rolls_back_alone() {
     }
     assert_same_tree(&tree(&store), &before, "every stage rolled back");
 }
+
+/// A stage killed mid-way is resumed by the next `apply` with the homes it took, not the whole
+/// plan; the apply after that does the rest. The end is what one whole apply leaves.
+#[test]
+fn a_killed_stage_resumes_with_its_own_homes() {
+    let reference = World::new(4, 200, 46);
+    reference.cmd().arg("plan").assert().code(0);
+    reference.cmd().arg("apply").assert().code(0);
+    let w = World::new(4, 200, 46);
+    w.cmd().arg("plan").assert().code(0);
+    crate::support::child::spawn_paused(&w.config, &["apply", "--limit", "1"], "apply-batch")
+        .crash();
+    let out = w.cmd().args(["--json", "apply"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &doc["run"];
+    assert_eq!(run["run_id"], 1, "{doc}");
+    assert_eq!(run["resumed"], true);
+    assert_eq!(run["homes_adopted"], 1, "only the stage's home: {doc}");
+    assert_eq!(run["stage"]["homes_applied"], 1, "{doc}");
+    let pending = run["stage"]["pending_homes"].as_array().unwrap().len();
+    assert!(pending >= 3, "{doc}");
+    let out = w.cmd().args(["--json", "apply"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["run"]["run_id"], 2, "{doc}");
+    assert_eq!(doc["run"]["homes_adopted"], pending as u64, "{doc}");
+    assert_eq!(
+        doc["run"]["stage"]["resources_applied"],
+        doc["run"]["stage"]["resources"]
+    );
+    assert_same_tree(
+        &tree(&w.store.root),
+        &tree(&reference.store.root),
+        "two stages (the first killed and resumed) against one whole apply",
+    );
+}
