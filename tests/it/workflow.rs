@@ -624,3 +624,57 @@ fn a_killed_stage_resumes_with_its_own_homes() {
         "two stages (the first killed and resumed) against one whole apply",
     );
 }
+
+/// A stage takes a user's calendar home and address-book home together (3.x: `addressbooks/`
+/// beside `calendars/`); the other users' homes of both kinds stay where they were.
+#[test]
+fn a_stage_moves_the_users_address_book_home_with_the_calendar_home() {
+    use principal_reconciler::store::generate_addressbooks::AddressBookBuilder;
+    let w = World::new(3, 24, 47);
+    let ab = AddressBookBuilder::new(w.store.root.clone(), &w.store.people)
+        .seed(47)
+        .contacts(2)
+        .owner(501, 20)
+        .build()
+        .unwrap();
+    w.cmd().arg("plan").assert().code(0);
+    let person = &w.store.people[0];
+    let old = person.guid.to_ascii_uppercase();
+    let new = w.new_guid[&old].clone();
+    let hashed = |kind: &str, g: &str| {
+        w.store
+            .root
+            .join(format!("{kind}/__uids__/{}/{}/{g}", &g[0..2], &g[2..4]))
+    };
+    let out = w
+        .cmd()
+        .args(["--json", "apply", "--home", &person.short_name])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["run"]["stage"]["homes_applied"], 1, "{doc}");
+    assert!(hashed("calendars", &new).is_dir(), "calendar home moved");
+    assert!(
+        hashed("addressbooks", &new).is_dir(),
+        "address-book home moved"
+    );
+    let others: Vec<_> = ab
+        .homes
+        .iter()
+        .filter(|h| !h.id.eq_ignore_ascii_case(&old))
+        .collect();
+    assert_eq!(others.len(), 2);
+    for h in &others {
+        assert!(h.path.is_dir(), "{} is not this stage's", h.path.display());
+    }
+    w.cmd().arg("apply").assert().code(0);
+    for h in &others {
+        assert!(
+            !h.path.exists(),
+            "{} moved by the last stage",
+            h.path.display()
+        );
+    }
+    w.cmd().arg("verify").assert().code(0);
+}
