@@ -678,3 +678,35 @@ fn a_stage_moves_the_users_address_book_home_with_the_calendar_home() {
     }
     w.cmd().arg("verify").assert().code(0);
 }
+
+/// On a terminal `plan` shows a bar with its total (the store's resources, counted from folder
+/// listings first) and an ETA, not a spinner.
+#[test]
+fn plan_on_a_terminal_shows_a_bar_with_a_total() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "`script` (util-linux) is missing on CI"
+        );
+        eprintln!("!!! script(1) missing: terminal test SKIPPED");
+        return;
+    }
+    let (_scratch, dir) = example_copy();
+    let exe = assert_cmd::cargo::cargo_bin("principal-reconciler");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &format!("{} plan", exe.display()), "/dev/null"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // 32 calendar objects and the truncated file: 33 files the walk reads.
+    assert!(text.contains("planning ["), "{text}");
+    assert!(text.contains("33/33"), "{text}");
+    assert!(text.contains(" eta "), "{text}");
+    assert!(text.contains("Plan 1 —"), "{text}");
+}
