@@ -134,15 +134,24 @@ pub fn history(state: &State) -> Result<History> {
             .iter()
             .any(|r| r.kind == "apply" && r.plan_id == Some(p.id) && undoable(&r));
         if in_force {
-            p.progress = Some(crate::stage::progress(state, p.id)?);
+            // A database store's plan has no homes or resources here (its objects are pg_*
+            // rows): no line for it.
+            p.progress = Some(crate::stage::progress(state, p.id)?)
+                .filter(|g| g.homes > 0 || g.resources > 0);
         }
     }
-    // A plain `apply` takes the latest complete plan: pending when no run of it is in force.
+    // A plain `apply` takes the latest complete plan: pending when no run of it is in force, or
+    // when its runs in force carried out only part of it (a staged migration).
     let apply_would_carry_out = plans
         .iter()
         .rev()
         .find(|p| p.status == "complete")
-        .filter(|p| p.progress.as_ref().is_none_or(|g| !g.complete()))
+        .filter(|p| {
+            let in_force = runs
+                .iter()
+                .any(|r| r.kind == "apply" && r.plan_id == Some(p.id) && undoable(&r));
+            !in_force || p.progress.as_ref().is_some_and(|g| !g.complete())
+        })
         .map(|p| p.id);
     Ok(History {
         plans,
