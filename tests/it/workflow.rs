@@ -70,16 +70,7 @@ fn a_real_migrate_asks_first_and_refuses_without_a_terminal() {
 /// On a terminal (a pseudo-terminal made by `script`), `n` changes nothing and `y` applies.
 #[test]
 fn a_real_migrate_on_a_terminal_applies_only_after_yes() {
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "`script` (util-linux) is missing on CI"
-        );
-        eprintln!("!!! script(1) missing: terminal test SKIPPED");
+    if !script_available() {
         return;
     }
     let w = World::new(2, 10, 33);
@@ -683,16 +674,7 @@ fn a_stage_moves_the_users_address_book_home_with_the_calendar_home() {
 /// listings first) and an ETA, not a spinner.
 #[test]
 fn plan_on_a_terminal_shows_a_bar_with_a_total() {
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "`script` (util-linux) is missing on CI"
-        );
-        eprintln!("!!! script(1) missing: terminal test SKIPPED");
+    if !script_available() {
         return;
     }
     let (_scratch, dir) = example_copy();
@@ -709,4 +691,21 @@ fn plan_on_a_terminal_shows_a_bar_with_a_total() {
     assert!(text.contains("33/33"), "{text}");
     assert!(text.contains(" eta "), "{text}");
     assert!(text.contains("Plan 1 —"), "{text}");
+}
+
+/// Whether `script` (util-linux, which makes the pseudo-terminal) is here; missing on CI fails.
+fn script_available() -> bool {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "`script` (util-linux) is missing on CI"
+    );
+    eprintln!("!!! script(1) missing: terminal test SKIPPED");
+    false
 }
