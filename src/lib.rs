@@ -24,6 +24,7 @@ pub mod mapping;
 pub mod mapping_file;
 pub mod plan;
 pub mod provision;
+pub mod progress;
 pub mod prune;
 pub mod rehearse;
 pub mod report;

@@ -8,8 +8,7 @@
 //! Every file is written to a temporary name and renamed, so a report is never half-written.
 //! CSV cells that a spreadsheet would run as a formula (`= + - @` first) are prefixed with `'`.
 
-use crate::cli::{Context, Outcome, ReportArgs};
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
 use crate::plan::PlanSummary;
 use crate::state::State;
 use serde_json::json;
@@ -805,19 +804,3 @@ const JS: &str = r#"
   });
 })();
 "#;
-
-pub fn command_report(ctx: &Context, args: &ReportArgs) -> Result<Outcome> {
-    let cfg = &ctx.config;
-    let state = State::open_existing(&cfg.state.path)?;
-    let plan_id = state.plan_or_latest(args.plan)?;
-    let written = write_reports(&state, plan_id, &cfg.report)?;
-    let mut human = format!("Reports of plan {plan_id}:\n");
-    for p in &written {
-        human.push_str(&format!("  {}\n", p.display()));
-    }
-    Ok(Outcome {
-        status: ExitStatus::Ok,
-        human,
-        json: json!({ "plan_id": plan_id, "reports": written }),
-    })
-}

@@ -19,17 +19,14 @@ pub mod proxy;
 pub use proxy::{apply_db_rewrite, plan_db_rewrite, DbKind, DbPlan, DbRow};
 
 use crate::address::{CalAddress, Guid, RecordType};
-use crate::cli::{Context, Outcome, ProvisionArgs};
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryRecord};
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
 use crate::mapping::{self, Mapper, Observed};
 use access::AccessPlan;
 use augments::{AugmentsFile, NewRecord, UidRewrite};
 use serde::Serialize;
-use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// The report file name in `[report] dir`.
@@ -647,75 +644,6 @@ pub fn write_csv(report: &ProvisionReport, out: &crate::config::ReportConfig) ->
     Ok(path)
 }
 
-/// The human summary of a report.
-pub fn human_summary(report: &ProvisionReport) -> String {
-    let mut out = String::new();
-    let c = report.counts();
-    let _ = writeln!(
-        out,
-        "Provision: {} users, places and resources checked in {}.",
-        report.checked, report.directory
-    );
-    if report.findings.is_empty() {
-        out.push_str("Nothing to do: every record gets a calendar principal.\n");
-        return out;
-    }
-    let _ = writeln!(
-        out,
-        "{} to fix with --apply, {} error(s) to fix in the directory, {} warning(s), {} note(s).",
-        c["fix"], c["error"], c["warning"], c["note"]
-    );
-    if !report.needs_doing() {
-        out.push_str("Nothing needs doing.\n");
-    }
-    let mut by_problem: BTreeMap<(Severity, &str), Vec<&Finding>> = BTreeMap::new();
-    for f in &report.findings {
-        by_problem
-            .entry((f.severity, f.problem))
-            .or_default()
-            .push(f);
-    }
-    for ((sev, p), list) in &by_problem {
-        let names: Vec<String> = list
-            .iter()
-            .take(8)
-            .map(|f| {
-                if f.short_name.is_empty() {
-                    f.guid.clone()
-                } else {
-                    f.short_name.clone()
-                }
-            })
-            .collect();
-        let more = if list.len() > 8 {
-            format!(", and {} more", list.len() - 8)
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            out,
-            "  {:<8} {p}: {} ({}{more})",
-            sev.as_str(),
-            list.len(),
-            names.join(", ")
-        );
-    }
-    out
-}
-
-fn report_json(report: &ProvisionReport) -> serde_json::Value {
-    json!({
-        "directory": report.directory,
-        "checked": report.checked,
-        "counts": report.counts(),
-        "needs_doing": report.needs_doing(),
-        "findings": report.findings,
-        "access_group": report.access,
-        "augments": report.augments,
-        "warnings": report.warnings,
-    })
-}
-
 /// What `--apply` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Applied {
@@ -779,73 +707,4 @@ pub fn apply(cfg: &Config, report: &ProvisionReport) -> Result<Applied> {
         done.augments_rewritten = plan.rewrites.len();
     }
     Ok(done)
-}
-
-pub fn command_provision(ctx: &Context, args: &ProvisionArgs) -> Result<Outcome> {
-    let cfg = &ctx.config;
-    let report = findings(cfg)?;
-    let csv = write_csv(&report, &cfg.report)?;
-    let mut human = human_summary(&report);
-    let mut doc = report_json(&report);
-    doc["report"] = json!(csv);
-    let _ = writeln!(human, "Report: {}", csv.display());
-    if !args.apply {
-        let status = if report.needs_doing() {
-            if report.findings.iter().any(|f| f.severity == Severity::Fix) {
-                human.push_str(
-                    "Next: review it, then run `principal-reconciler provision --apply`.\n",
-                );
-            }
-            ExitStatus::Problems
-        } else {
-            ExitStatus::Ok
-        };
-        return Ok(Outcome {
-            status,
-            human,
-            json: doc,
-        });
-    }
-    let done = apply(cfg, &report)?;
-    if let Some(l) = &done.ldap {
-        let _ = writeln!(
-            human,
-            "Applied: group {} on {}: {} GUID/name value(s) added, {} removed in {} request(s).",
-            l.dn, l.server, l.values_added, l.values_removed, l.requests
-        );
-    }
-    if let Some(p) = &done.dsimport {
-        let _ = writeln!(
-            human,
-            "Wrote {}: the access group's complete member lists; import it on the server with dsimport (overwrite mode) into the node holding the group.",
-            p.display()
-        );
-    }
-    if let (Some(p), Some(sha)) = (&done.augments_file, &done.augments_backup) {
-        let _ = writeln!(
-            human,
-            "Applied: {}: {} record(s) added, {} uid(s) rewritten; the original is saved as {}/backups/{}/{sha} (undo with `rollback --run {}`).",
-            p.display(),
-            done.augments_added,
-            done.augments_rewritten,
-            cfg.state.path.display(),
-            &sha[..2],
-            done.augments_run.unwrap_or_default()
-        );
-    }
-    doc["applied"] = json!(done);
-    let errors = report
-        .findings
-        .iter()
-        .any(|f| f.severity == Severity::Error);
-    let status = if errors || done.dsimport.is_some() {
-        ExitStatus::Problems
-    } else {
-        ExitStatus::Ok
-    };
-    Ok(Outcome {
-        status,
-        human,
-        json: doc,
-    })
 }

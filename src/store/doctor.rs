@@ -7,13 +7,12 @@ use super::write::{
     set_md5_attr_file,
 };
 use super::{xattrs, Item};
-use crate::cli::{progress_bar, Context, DoctorArgs, Outcome};
 use crate::config::{StoreConfig, StoreKind};
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
+use crate::progress::{Bar, NoBar, Progress};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::fmt::Write as _;
 use std::fs;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -301,11 +300,7 @@ impl Doctor<'_> {
 
     /// Pass 2: every resource (or, with `cards`, every card of that address-book root) read
     /// through the walker: unreadable ones, and `getcontentmd5`.
-    fn resource_pass(
-        &mut self,
-        progress: &indicatif::ProgressBar,
-        cards: Option<&Path>,
-    ) -> Result<()> {
+    fn resource_pass(&mut self, progress: &Walked, cards: Option<&Path>) -> Result<()> {
         let check_md5 = self.cfg.kind == StoreKind::CalendarserverFs;
         let md5_prop = xattrs::getcontentmd5();
         let mut bump: BTreeSet<PathBuf> = BTreeSet::new();
@@ -497,26 +492,80 @@ fn md5_finding(
 fn walk_resources<M, S>(
     cfg: &StoreConfig,
     cards: Option<&Path>,
-    progress: &indicatif::ProgressBar,
+    progress: &Walked,
     map: M,
-    sink: S,
+    mut sink: S,
 ) -> Result<()>
 where
     M: Fn(&super::Resource, &[u8]) -> String + Sync,
     S: FnMut(Item<String>) -> Result<()>,
 {
+    let sink = |item: Item<String>| {
+        if !matches!(item, Item::Home(_)) {
+            progress.bar.inc(1);
+        }
+        sink(item)
+    };
     match cards {
-        None => super::walk(cfg, progress, map, sink),
-        Some(root) => super::addressbook::walk(root, Default::default(), progress, map, sink),
+        None => super::walk(cfg, progress.walker, map, sink),
+        Some(root) => {
+            super::addressbook::walk(root, Default::default(), progress.walker, map, sink)
+        }
     }
 }
 
+/// Where the resource pass reports: the walker still advances an indicatif bar (until it takes a
+/// [`Bar`]); `bar` counts what the walk delivers.
+struct Walked<'a> {
+    walker: &'a indicatif::ProgressBar,
+    bar: &'a dyn Bar,
+}
+
+/// What `doctor` is asked to do.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DoctorOptions {
+    /// Repair what can be repaired (ownership, MD5 attributes, leftovers of interrupted writes).
+    pub fix: bool,
+}
+
+/// Runs the doctor over a store, its address books included, reporting to `progress`.
+pub fn run(
+    cfg: &StoreConfig,
+    opts: &DoctorOptions,
+    progress: &dyn Progress,
+) -> Result<DoctorReport> {
+    let bar = progress.start("doctor", None);
+    let walker = indicatif::ProgressBar::hidden();
+    let r = doctor_with(
+        cfg,
+        opts.fix,
+        &Walked {
+            walker: &walker,
+            bar: &*bar,
+        },
+    );
+    bar.finish();
+    r
+}
+
 /// Runs the doctor over a store (`fix`: repair what can be repaired), its address books included.
+/// (Kept for `verify` until it moves to [`run`]: the walker advances `progress`.)
 pub fn doctor(
     cfg: &StoreConfig,
     fix: bool,
     progress: &indicatif::ProgressBar,
 ) -> Result<DoctorReport> {
+    doctor_with(
+        cfg,
+        fix,
+        &Walked {
+            walker: progress,
+            bar: &NoBar,
+        },
+    )
+}
+
+fn doctor_with(cfg: &StoreConfig, fix: bool, progress: &Walked) -> Result<DoctorReport> {
     super::check_root(cfg)?;
     let root = cfg.path.clone();
     let (owner, owner_source) = match &cfg.owner {
@@ -569,93 +618,4 @@ pub fn doctor(
         .findings
         .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));
     Ok(d.report)
-}
-
-/// The human summary of a doctor report.
-pub fn render(r: &DoctorReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "Store {}", r.store);
-    let _ = writeln!(
-        s,
-        "Expected owner {} ({})",
-        r.expected_owner, r.owner_source
-    );
-    let _ = writeln!(
-        s,
-        "Checked {} files and folders, {} resources",
-        r.entries_checked, r.resources_checked
-    );
-    if r.found.is_empty() {
-        let _ = writeln!(s, "No problems found.");
-        return s;
-    }
-    for (kind, n) in &r.found {
-        let fixed = r.fixed.get(kind).copied().unwrap_or(0);
-        if r.fix {
-            let _ = writeln!(s, "  {kind:<12} {n:>8} found {fixed:>8} fixed");
-        } else {
-            let _ = writeln!(s, "  {kind:<12} {n:>8} found");
-        }
-    }
-    // Up to EXAMPLES findings of each kind; --json lists them all (up to MAX_LISTED).
-    const EXAMPLES: usize = 10;
-    for kind in r.found.keys() {
-        let of_kind: Vec<&Finding> = r.findings.iter().filter(|f| &f.kind == kind).collect();
-        let _ = writeln!(s, "{kind}:");
-        for f in of_kind.iter().take(EXAMPLES) {
-            match &f.fixed {
-                Some(what) => {
-                    let _ = writeln!(s, "  {}: {} — fixed: {what}", f.path, f.detail);
-                }
-                None => {
-                    let _ = writeln!(s, "  {}: {}", f.path, f.detail);
-                }
-            }
-        }
-        let n = r.found[kind];
-        if n > EXAMPLES as u64 {
-            let _ = writeln!(
-                s,
-                "  … and {} more (--json lists them)",
-                n - EXAMPLES as u64
-            );
-        }
-    }
-    if r.resources_checked > 0 && r.resources_without_xattrs == r.resources_checked {
-        let _ = writeln!(
-            s,
-            "Note: no resource has any extended attribute. If this is a copy, it was made without them \
-             (cp/rsync/tar without -X/--xattrs): the server's properties (ETags, ctags, resource types) \
-             are lost; copy the store again keeping attributes."
-        );
-    }
-    if r.remaining == 0 {
-        let _ = writeln!(s, "All problems fixed.");
-    } else if r.fix {
-        let _ = writeln!(s, "{} problem(s) remain.", r.remaining);
-    } else {
-        let _ = writeln!(
-            s,
-            "{} problem(s). `doctor --fix` repairs ownership, MD5 attributes and leftovers.",
-            r.remaining
-        );
-    }
-    s
-}
-
-pub fn command_doctor(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
-    let bar = progress_bar(ctx, None, "doctor");
-    let report = doctor(&ctx.config.store, args.fix, &bar)?;
-    bar.finish_and_clear();
-    let status = if report.remaining > 0 {
-        ExitStatus::Problems
-    } else {
-        ExitStatus::Ok
-    };
-    let json = serde_json::to_value(&report).unwrap_or_default();
-    Ok(Outcome {
-        status,
-        human: render(&report),
-        json,
-    })
 }

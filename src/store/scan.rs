@@ -3,13 +3,12 @@
 
 use super::{HomeLayout, Item, Problem};
 use crate::address::{AddressKind, CalAddress};
-use crate::cli::{progress_bar, Context, Outcome};
 use crate::config::{StoreConfig, StoreKind};
-use crate::error::{ExitStatus, Result};
+use crate::error::Result;
 use crate::ical::{CalendarInfo, IcalError};
+use crate::progress::Progress;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 
 /// How many problems an inventory keeps in detail (all are counted).
 pub const MAX_LISTED_PROBLEMS: usize = 10_000;
@@ -64,7 +63,7 @@ pub struct Inventory {
     pub problems: Vec<Problem>,
     /// The address books, when the store has some (`[store] addressbook_root`, or 3.x).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub addressbooks: Option<crate::addressbooks::Inventory>,
+    pub addressbooks: Option<super::addressbook::Inventory>,
 }
 
 impl Inventory {
@@ -118,7 +117,14 @@ struct AddrStat {
 
 /// Walks the store and builds its inventory (memory grows with distinct addresses and
 /// collections, not with resources).
-pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result<Inventory> {
+pub fn inventory(cfg: &StoreConfig, progress: &dyn Progress) -> Result<Inventory> {
+    let bar = progress.start("scan", None);
+    let inv = inventory_with(cfg, &*bar);
+    bar.finish();
+    inv
+}
+
+fn inventory_with(cfg: &StoreConfig, bar: &dyn crate::progress::Bar) -> Result<Inventory> {
     let mut inv = Inventory {
         store: cfg.path.display().to_string(),
         kind: cfg.kind,
@@ -140,11 +146,16 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
     super::walk_with(
         cfg,
         super::WalkOptions { xattrs: false },
-        progress,
+        // The walker still advances an indicatif bar (until it takes a `Bar`); `bar` counts
+        // what it delivers.
+        &indicatif::ProgressBar::hidden(),
         |_res, bytes| -> std::result::Result<Vec<ResourceAddress>, IcalError> {
             crate::ical::scan(bytes).map(|info| per_resource(&info))
         },
         |item| {
+            if !matches!(item, Item::Home(_)) {
+                bar.inc(1);
+            }
             match item {
                 Item::Home(h) => *inv.homes.entry(layout_name(h.layout).into()).or_insert(0) += 1,
                 Item::Problem(p) => note(&mut inv, p),
@@ -185,7 +196,7 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
             Ok(())
         },
     )?;
-    if let Some((ab, problems)) = crate::addressbooks::inventory(cfg, progress)? {
+    if let Some((ab, problems)) = super::addressbook::inventory(cfg, bar)? {
         for p in problems {
             note(&mut inv, p);
         }
@@ -233,139 +244,4 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
     inv.problems
         .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));
     Ok(inv)
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// The human summary of an inventory.
-pub fn render(inv: &Inventory) -> String {
-    let mut s = String::new();
-    let kind = match inv.kind {
-        StoreKind::CalendarserverFs => "calendarserver-fs",
-        StoreKind::CalendarserverPg => "calendarserver-pg",
-        StoreKind::IcsDir => "ics-dir",
-    };
-    let _ = writeln!(s, "Store {} ({kind})", inv.store);
-    if inv.kind != StoreKind::IcsDir {
-        let total: usize = inv.homes.values().sum();
-        let parts: Vec<String> = inv.homes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "Homes:        {total} ({})", parts.join(", "));
-    }
-    let _ = writeln!(s, "Collections:  {} with resources", inv.collections);
-    let _ = writeln!(
-        s,
-        "Resources:    {} ({})",
-        inv.resources,
-        human_bytes(inv.bytes)
-    );
-    let _ = writeln!(
-        s,
-        "Addresses:    {} distinct, {} occurrences",
-        inv.distinct_addresses, inv.address_occurrences
-    );
-    for (k, c) in &inv.by_kind {
-        let _ = writeln!(
-            s,
-            "  {k:<15} {:>8} distinct {:>10} occurrences",
-            c.distinct, c.occurrences
-        );
-        if k == "mailto" {
-            for d in inv.mailto_domains.iter().take(20) {
-                let _ = writeln!(
-                    s,
-                    "    @{:<30} {:>6} distinct {:>10} occurrences",
-                    d.domain, d.distinct, d.occurrences
-                );
-            }
-            if inv.mailto_domains.len() > 20 {
-                let _ = writeln!(
-                    s,
-                    "    … {} more domains (see --json)",
-                    inv.mailto_domains.len() - 20
-                );
-            }
-        }
-    }
-    if !inv.top_addresses.is_empty() {
-        let _ = writeln!(s, "Most used addresses:");
-        for a in inv.top_addresses.iter().take(20) {
-            let _ = writeln!(
-                s,
-                "  {:>10}  {:<15} {}",
-                a.occurrences,
-                a.kind.as_str(),
-                a.address
-            );
-        }
-    }
-    if let Some(ab) = &inv.addressbooks {
-        let total: usize = ab.homes.values().sum();
-        let parts: Vec<String> = ab.homes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "Address books: {}", ab.root);
-        let _ = writeln!(s, "  Homes:        {total} ({})", parts.join(", "));
-        let _ = writeln!(
-            s,
-            "  Cards:        {} ({}) in {} address books",
-            ab.cards,
-            human_bytes(ab.bytes),
-            ab.collections
-        );
-        let _ = writeln!(
-            s,
-            "  Groups:       {} naming {} members ({} cards of their own address book, {} other: directory records or cards that are gone)",
-            ab.groups, ab.members, ab.card_members, ab.other_members
-        );
-    }
-    let total_problems: u64 = inv.problem_counts.values().sum();
-    if total_problems == 0 {
-        let _ = writeln!(s, "Problems:     none");
-    } else {
-        let parts: Vec<String> = inv
-            .problem_counts
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        let _ = writeln!(s, "Problems:     {total_problems} ({})", parts.join(", "));
-        for p in inv.problems.iter().take(200) {
-            let _ = writeln!(s, "  {:<10} {}: {}", p.kind, p.path, p.detail);
-        }
-        if inv.problems.len() > 200 {
-            let _ = writeln!(s, "  … {} more (see --json)", total_problems - 200);
-        }
-    }
-    if inv.has_bad_resources() {
-        let _ = writeln!(s, "Some resources are unreadable or malformed: they are listed above and will not be rewritten.");
-    }
-    s
-}
-
-pub fn command_scan(ctx: &Context) -> Result<Outcome> {
-    let cfg = &ctx.config.store;
-    let bar = progress_bar(ctx, None, "scan");
-    let inv = inventory(cfg, &bar)?;
-    bar.finish_and_clear();
-    let status = if inv.has_bad_resources() {
-        ExitStatus::Problems
-    } else {
-        ExitStatus::Ok
-    };
-    let json = serde_json::to_value(&inv).unwrap_or_default();
-    Ok(Outcome {
-        status,
-        human: render(&inv),
-        json,
-    })
 }
