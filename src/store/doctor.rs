@@ -305,7 +305,6 @@ impl Doctor<'_> {
         let md5_prop = xattrs::getcontentmd5();
         let mut bump: BTreeSet<PathBuf> = BTreeSet::new();
         let cfg = self.cfg;
-        let prefix_cfg = cfg.xattr_prefix.clone();
         // Fixes open files and folders from this root, one component at a time, never through a
         // link.
         let base = cards.unwrap_or(&self.root).to_path_buf();
@@ -337,86 +336,109 @@ impl Doctor<'_> {
                         if !check_md5 {
                             return Ok(());
                         }
-                        let folder = res.path.parent().map(Path::to_path_buf).unwrap_or_default();
-                        if let Some((kind, detail)) = md5_finding(&res.xattrs, &md5_prop, &md5) {
-                            let fixed = if self.fix {
-                                match open_for_fix(&base, &res.path) {
-                                    Ok(Ok((dir, f))) => {
-                                        let prefix = choose_prefix_dir(
-                                            prefix_cfg.as_deref(),
-                                            &res.xattrs,
-                                            &dir,
-                                        );
-                                        set_md5_attr_file(&f, &res.path, &md5, &prefix).map(|()| {
-                                            bump.insert(folder.clone());
-                                            Some(format!("getcontentmd5 set to {md5}"))
-                                        })
-                                    }
-                                    Ok(Err(links)) => {
-                                        let path = res.path.clone();
-                                        self.hard_linked(&path, links);
-                                        Err(Error::runtime("not changed: hard-linked"))
-                                    }
-                                    Err(e) => Err(e),
-                                }
-                            } else {
-                                Ok(None)
-                            };
-                            let path = res.path.clone();
-                            match fixed {
-                                Ok(fixed) => self.finding(&path, kind, detail, fixed),
-                                Err(e) => self.finding(
-                                    &path,
-                                    kind,
-                                    format!("{detail}; could not fix: {e}"),
-                                    None,
-                                ),
-                            }
-                        }
-                        // The ETag list of the schedule-tag compatibility mode must name the
-                        // current ETag (the bytes' MD5), or 2.5 refuses every edit with 412.
-                        if let Some(detail) = super::props::stale_match_etags(&res.xattrs, &md5) {
-                            let path = res.path.clone();
-                            if self.fix {
-                                let set = match open_for_fix(&base, &res.path) {
-                                    Ok(Ok((_, f))) => {
-                                        set_match_etags_attr_file(&f, &res.path, &md5)
-                                    }
-                                    Ok(Err(links)) => {
-                                        self.hard_linked(&path, links);
-                                        Err(Error::runtime("not changed: hard-linked"))
-                                    }
-                                    Err(e) => Err(e),
-                                };
-                                match set {
-                                    Ok(()) => {
-                                        bump.insert(folder);
-                                        self.finding(
-                                            &path,
-                                            "match-etags-stale",
-                                            detail,
-                                            Some(format!("scheduling-match-etags set to {md5}")),
-                                        );
-                                    }
-                                    Err(e) => self.finding(
-                                        &path,
-                                        "match-etags-stale",
-                                        format!("{detail}; could not fix: {e}"),
-                                        None,
-                                    ),
-                                }
-                            } else {
-                                self.finding(&path, "match-etags-stale", detail, None);
-                            }
-                        }
+                        self.check_md5(&base, &res, &md5, &md5_prop, &mut bump);
+                        self.check_match_etags(&base, &res, &md5, &mut bump);
                     }
                 }
                 Ok(())
             },
         )?;
-        // Clients learn of a new ETag through the collection's ctag.
+        self.bump_ctags(&base, bump);
+        Ok(())
+    }
+
+    /// `getcontentmd5` of one resource against the MD5 of its bytes (`md5`); with `--fix`, set
+    /// (its folder noted in `bump`).
+    fn check_md5(
+        &mut self,
+        base: &Path,
+        res: &super::Resource,
+        md5: &str,
+        md5_prop: &str,
+        bump: &mut BTreeSet<PathBuf>,
+    ) {
+        let folder = res.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let Some((kind, detail)) = md5_finding(&res.xattrs, md5_prop, md5) else {
+            return;
+        };
+        let fixed = if self.fix {
+            match open_for_fix(base, &res.path) {
+                Ok(Ok((dir, f))) => {
+                    let prefix =
+                        choose_prefix_dir(self.cfg.xattr_prefix.as_deref(), &res.xattrs, &dir);
+                    set_md5_attr_file(&f, &res.path, md5, &prefix).map(|()| {
+                        bump.insert(folder.clone());
+                        Some(format!("getcontentmd5 set to {md5}"))
+                    })
+                }
+                Ok(Err(links)) => {
+                    self.hard_linked(&res.path, links);
+                    Err(Error::runtime("not changed: hard-linked"))
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(None)
+        };
+        match fixed {
+            Ok(fixed) => self.finding(&res.path, kind, detail, fixed),
+            Err(e) => self.finding(
+                &res.path,
+                kind,
+                format!("{detail}; could not fix: {e}"),
+                None,
+            ),
+        }
+    }
+
+    /// The ETag list of the schedule-tag compatibility mode must name the current ETag (the
+    /// bytes' MD5), or 2.5 refuses every edit with 412; with `--fix`, set.
+    fn check_match_etags(
+        &mut self,
+        base: &Path,
+        res: &super::Resource,
+        md5: &str,
+        bump: &mut BTreeSet<PathBuf>,
+    ) {
+        let Some(detail) = super::props::stale_match_etags(&res.xattrs, md5) else {
+            return;
+        };
+        let path = res.path.clone();
+        if !self.fix {
+            self.finding(&path, "match-etags-stale", detail, None);
+            return;
+        }
+        let set = match open_for_fix(base, &res.path) {
+            Ok(Ok((_, f))) => set_match_etags_attr_file(&f, &res.path, md5),
+            Ok(Err(links)) => {
+                self.hard_linked(&path, links);
+                Err(Error::runtime("not changed: hard-linked"))
+            }
+            Err(e) => Err(e),
+        };
+        match set {
+            Ok(()) => {
+                bump.insert(res.path.parent().map(Path::to_path_buf).unwrap_or_default());
+                self.finding(
+                    &path,
+                    "match-etags-stale",
+                    detail,
+                    Some(format!("scheduling-match-etags set to {md5}")),
+                );
+            }
+            Err(e) => self.finding(
+                &path,
+                "match-etags-stale",
+                format!("{detail}; could not fix: {e}"),
+                None,
+            ),
+        }
+    }
+
+    /// Clients learn of a new ETag through the collection's ctag: every folder in `bump` gets one.
+    fn bump_ctags(&mut self, base: &Path, bump: BTreeSet<PathBuf>) {
         for folder in bump {
-            let done = open_confined(&base, &folder).and_then(|dir| {
+            let done = open_confined(base, &folder).and_then(|dir| {
                 let prefix = choose_prefix_dir(self.cfg.xattr_prefix.as_deref(), &[], &dir);
                 bump_ctag_dir(&dir, &prefix)
             });
@@ -429,7 +451,6 @@ impl Doctor<'_> {
                 );
             }
         }
-        Ok(())
     }
 }
 

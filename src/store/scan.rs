@@ -135,12 +135,6 @@ fn inventory_with(cfg: &StoreConfig, bar: &dyn crate::progress::Bar) -> Result<I
     }
     let mut collections: HashSet<String> = HashSet::new();
     let mut addrs: HashMap<String, AddrStat> = HashMap::new();
-    let note = |inv: &mut Inventory, p: Problem| {
-        *inv.problem_counts.entry(p.kind.clone()).or_insert(0) += 1;
-        if inv.problems.len() < MAX_LISTED_PROBLEMS {
-            inv.problems.push(p);
-        }
-    };
     // The inventory needs no attributes. Addresses are parsed and counted per resource on the
     // reader threads; the calling thread only merges.
     super::walk_with(
@@ -158,7 +152,7 @@ fn inventory_with(cfg: &StoreConfig, bar: &dyn crate::progress::Bar) -> Result<I
             }
             match item {
                 Item::Home(h) => *inv.homes.entry(layout_name(h.layout).into()).or_insert(0) += 1,
-                Item::Problem(p) => note(&mut inv, p),
+                Item::Problem(p) => inv.note(p),
                 Item::Resource(res, result) => {
                     inv.resources += 1;
                     inv.bytes += res.size;
@@ -167,28 +161,9 @@ fn inventory_with(cfg: &StoreConfig, bar: &dyn crate::progress::Bar) -> Result<I
                         collections.insert(folder.to_string());
                     }
                     match result {
-                        Err(e) => note(&mut inv, Problem::malformed(&res, &e)),
+                        Err(e) => inv.note(Problem::malformed(&res, &e)),
                         Ok(found) => {
-                            for a in found {
-                                inv.address_occurrences += a.occurrences;
-                                match addrs.get_mut(&a.key) {
-                                    Some(st) => {
-                                        st.occurrences += a.occurrences;
-                                        st.resources += 1;
-                                    }
-                                    None => {
-                                        addrs.insert(
-                                            a.key,
-                                            AddrStat {
-                                                kind: a.kind,
-                                                domain: a.domain,
-                                                occurrences: a.occurrences,
-                                                resources: 1,
-                                            },
-                                        );
-                                    }
-                                }
-                            }
+                            inv.address_occurrences += count_addresses(&mut addrs, found);
                         }
                     }
                 }
@@ -198,50 +173,93 @@ fn inventory_with(cfg: &StoreConfig, bar: &dyn crate::progress::Bar) -> Result<I
     )?;
     if let Some((ab, problems)) = super::addressbook::inventory(cfg, bar)? {
         for p in problems {
-            note(&mut inv, p);
+            inv.note(p);
         }
         inv.addressbooks = Some(ab);
     }
     inv.collections = collections.len();
-    inv.distinct_addresses = addrs.len();
-    let mut domains: HashMap<String, DomainCount> = HashMap::new();
-    for st in addrs.values() {
-        let k = inv.by_kind.entry(st.kind.as_str().into()).or_default();
-        k.distinct += 1;
-        k.occurrences += st.occurrences;
-        if let Some(d) = &st.domain {
-            let dc = domains.entry(d.clone()).or_insert_with(|| DomainCount {
-                domain: d.clone(),
-                distinct: 0,
-                occurrences: 0,
-            });
-            dc.distinct += 1;
-            dc.occurrences += st.occurrences;
+    inv.summarise(addrs);
+    Ok(inv)
+}
+
+/// Adds one resource's addresses to the per-address counts; returns their occurrences.
+fn count_addresses(addrs: &mut HashMap<String, AddrStat>, found: Vec<ResourceAddress>) -> u64 {
+    let mut occurrences = 0;
+    for a in found {
+        occurrences += a.occurrences;
+        match addrs.get_mut(&a.key) {
+            Some(st) => {
+                st.occurrences += a.occurrences;
+                st.resources += 1;
+            }
+            None => {
+                addrs.insert(
+                    a.key,
+                    AddrStat {
+                        kind: a.kind,
+                        domain: a.domain,
+                        occurrences: a.occurrences,
+                        resources: 1,
+                    },
+                );
+            }
         }
     }
-    inv.mailto_domains = domains.into_values().collect();
-    inv.mailto_domains.sort_by(|a, b| {
-        b.occurrences
-            .cmp(&a.occurrences)
-            .then_with(|| a.domain.cmp(&b.domain))
-    });
-    let mut top: Vec<AddressCount> = addrs
-        .into_iter()
-        .map(|(k, st)| AddressCount {
-            address: k,
-            kind: st.kind,
-            occurrences: st.occurrences,
-            resources: st.resources,
-        })
-        .collect();
-    top.sort_by(|a, b| {
-        b.occurrences
-            .cmp(&a.occurrences)
-            .then_with(|| a.address.cmp(&b.address))
-    });
-    top.truncate(TOP_ADDRESSES);
-    inv.top_addresses = top;
-    inv.problems
-        .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));
-    Ok(inv)
+    occurrences
+}
+
+impl Inventory {
+    /// Counts a problem (and keeps it, up to [`MAX_LISTED_PROBLEMS`]).
+    fn note(&mut self, p: Problem) {
+        *self.problem_counts.entry(p.kind.clone()).or_insert(0) += 1;
+        if self.problems.len() < MAX_LISTED_PROBLEMS {
+            self.problems.push(p);
+        }
+    }
+
+    /// The figures drawn from the per-address counts: by form, by mail domain, the most used;
+    /// then the problems in order.
+    fn summarise(&mut self, addrs: HashMap<String, AddrStat>) {
+        let inv = self;
+        inv.distinct_addresses = addrs.len();
+        let mut domains: HashMap<String, DomainCount> = HashMap::new();
+        for st in addrs.values() {
+            let k = inv.by_kind.entry(st.kind.as_str().into()).or_default();
+            k.distinct += 1;
+            k.occurrences += st.occurrences;
+            if let Some(d) = &st.domain {
+                let dc = domains.entry(d.clone()).or_insert_with(|| DomainCount {
+                    domain: d.clone(),
+                    distinct: 0,
+                    occurrences: 0,
+                });
+                dc.distinct += 1;
+                dc.occurrences += st.occurrences;
+            }
+        }
+        inv.mailto_domains = domains.into_values().collect();
+        inv.mailto_domains.sort_by(|a, b| {
+            b.occurrences
+                .cmp(&a.occurrences)
+                .then_with(|| a.domain.cmp(&b.domain))
+        });
+        let mut top: Vec<AddressCount> = addrs
+            .into_iter()
+            .map(|(k, st)| AddressCount {
+                address: k,
+                kind: st.kind,
+                occurrences: st.occurrences,
+                resources: st.resources,
+            })
+            .collect();
+        top.sort_by(|a, b| {
+            b.occurrences
+                .cmp(&a.occurrences)
+                .then_with(|| a.address.cmp(&b.address))
+        });
+        top.truncate(TOP_ADDRESSES);
+        inv.top_addresses = top;
+        inv.problems
+            .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));
+    }
 }
