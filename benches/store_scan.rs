@@ -142,7 +142,11 @@ fn main() {
         assert_eq!(read_n as usize, n);
         read_bytes = bytes;
         let t = Instant::now();
-        let i = principal_reconciler::store::scan::inventory(&cfg, &bar).expect("scan");
+        let i = principal_reconciler::store::scan::inventory(
+            &cfg,
+            &principal_reconciler::progress::NoProgress,
+        )
+        .expect("scan");
         scan = scan.min(t.elapsed().as_secs_f64());
         assert_eq!(i.resources as usize, n);
         inv = Some(i);

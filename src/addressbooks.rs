@@ -14,175 +14,18 @@
 //!   ([`crate::store::write`]), exactly like a calendar resource; rollback restores it.
 
 use crate::address::{CalAddress, Guid};
-use crate::cli::Context;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::mapping::{self, Mapper, Mapping, Observed, Outcome};
+use crate::progress::Progress;
 use crate::store::addressbook::{self as layout, Roots};
+pub use crate::store::addressbook::{survey, survey_reporting, GroupCard, Survey};
 use crate::store::write::sha256_hex;
-use crate::store::{Home, HomeLayout, Item, Problem, WalkOptions};
+use crate::store::HomeLayout;
 use crate::vcard::{self, Member};
-use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-
-/// A card that names members.
-#[derive(Clone, Debug)]
-pub struct GroupCard {
-    pub path: PathBuf,
-    /// Relative to the address-book root.
-    pub rel_path: String,
-    pub sha256: String,
-    /// The address book (folder) it is in, relative to the root.
-    pub collection: String,
-    pub members: Vec<Member>,
-    /// Per member: it names a card of the same address book.
-    pub is_card: Vec<bool>,
-}
-
-impl GroupCard {
-    /// The member uids that name cards of the same address book, upper-cased.
-    fn card_uids(&self) -> HashSet<String> {
-        self.members
-            .iter()
-            .zip(&self.is_card)
-            .filter(|(_, c)| **c)
-            .filter_map(|(m, _)| m.uid().map(str::to_ascii_uppercase))
-            .collect()
-    }
-}
-
-/// What one walk over an address-book root found.
-#[derive(Clone, Debug, Default)]
-pub struct Survey {
-    pub root: PathBuf,
-    pub homes: Vec<Home>,
-    pub problems: Vec<Problem>,
-    pub cards: u64,
-    pub bytes: u64,
-    /// Folders holding at least one card.
-    pub collections: usize,
-    pub groups: Vec<GroupCard>,
-}
-
-impl Survey {
-    pub fn members(&self) -> u64 {
-        self.groups.iter().map(|g| g.members.len() as u64).sum()
-    }
-}
-
-fn folder_of(rel: &str) -> &str {
-    rel.rsplit_once('/').map_or("", |(d, _)| d)
-}
-
-/// Walks the address books under `root`: homes, cards (checked to be one vCard each), and the
-/// group cards with their members; then tells, for every member, whether it is a card of its
-/// address book. Memory grows with homes, collections and group memberships, not with cards:
-/// only the address books that hold a group card are read a second time (for their UIDs).
-pub fn survey(root: &Path, progress: &indicatif::ProgressBar) -> Result<Survey> {
-    let mut s = Survey {
-        root: root.to_path_buf(),
-        ..Default::default()
-    };
-    let mut folders: HashSet<String> = HashSet::new();
-    layout::walk(
-        root,
-        WalkOptions { xattrs: false },
-        progress,
-        |_, bytes| vcard::scan(bytes).map(|info| info.members),
-        |item| {
-            match item {
-                Item::Home(h) => s.homes.push(h),
-                Item::Problem(p) => s.problems.push(p),
-                Item::Resource(res, Err(e)) => s.problems.push(Problem {
-                    path: res.rel_path,
-                    kind: "malformed".into(),
-                    detail: e.to_string(),
-                }),
-                Item::Resource(res, Ok(members)) => {
-                    s.cards += 1;
-                    s.bytes += res.size;
-                    let folder = folder_of(&res.rel_path);
-                    if !folders.contains(folder) {
-                        folders.insert(folder.to_string());
-                    }
-                    if !members.is_empty() {
-                        s.groups.push(GroupCard {
-                            collection: folder.to_string(),
-                            is_card: vec![false; members.len()],
-                            path: res.path,
-                            rel_path: res.rel_path,
-                            sha256: res.sha256,
-                            members,
-                        });
-                    }
-                }
-            }
-            Ok(())
-        },
-    )?;
-    s.collections = folders.len();
-    mark_card_members(&mut s)?;
-    s.homes.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
-    s.groups.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
-    s.problems.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(s)
-}
-
-/// Sets [`GroupCard::is_card`]: reads the UIDs of the cards of every address book holding a group.
-fn mark_card_members(s: &mut Survey) -> Result<()> {
-    let mut wanted: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
-    for g in &s.groups {
-        let set = wanted.entry(g.collection.as_str()).or_default();
-        set.extend(
-            g.members
-                .iter()
-                .filter_map(|m| m.uid().map(str::to_ascii_uppercase)),
-        );
-    }
-    // (address book, uid) of every card a member names, one address book at a time (memory
-    // bounded by the largest one). Unreadable or malformed cards were reported by the walk and
-    // name nothing; symlinks are never followed.
-    let mut found: HashSet<(String, String)> = HashSet::new();
-    for (folder, uids) in &wanted {
-        let dir = s.root.join(folder);
-        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io("cannot list", &dir, e))?;
-        let files: Vec<PathBuf> = rd
-            .flatten()
-            .filter(|e| {
-                layout::is_card_name(&e.file_name().to_string_lossy())
-                    && e.file_type().is_ok_and(|t| t.is_file())
-            })
-            .map(|e| e.path())
-            .collect();
-        let here: Vec<String> = files
-            .par_iter()
-            .filter_map(|path| {
-                use std::io::Read as _;
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(path)
-                    .ok()?;
-                let mut bytes = Vec::new();
-                f.read_to_end(&mut bytes).ok()?;
-                let uid = vcard::scan(&bytes).ok()?.uid?.to_ascii_uppercase();
-                uids.contains(&uid).then_some(uid)
-            })
-            .collect();
-        found.extend(here.into_iter().map(|u| (folder.to_string(), u)));
-    }
-    for g in &mut s.groups {
-        for (i, m) in g.members.iter().enumerate() {
-            if let Some(uid) = m.uid() {
-                g.is_card[i] = found.contains(&(g.collection.clone(), uid.to_ascii_uppercase()));
-            }
-        }
-    }
-    Ok(())
-}
 
 /// The address a member that may be a principal stands for: a `urn:uuid:` GUID that is no card.
 fn principal_candidate(m: &Member, is_card: bool) -> Option<CalAddress> {
@@ -486,7 +329,7 @@ pub fn adopt_homes(
 /// `verify` over the address books: homes kept under an old GUID (or naming nobody), members
 /// that name an old GUID or resolve to nobody, cards that are not one vCard. Adds to `report`.
 pub fn verify(
-    ctx: &Context,
+    progress: &dyn Progress,
     cfg: &Config,
     current: &Directory,
     report: &mut crate::verify::VerifyReport,
@@ -494,9 +337,9 @@ pub fn verify(
     let Some(root) = layout::locate(&cfg.store)? else {
         return Ok(());
     };
-    let bar = crate::cli::progress_bar(ctx, None, "verifying address books");
-    let s = survey(&root, &bar)?;
-    bar.finish_and_clear();
+    let bar = progress.start("verifying address books", None);
+    let s = survey_reporting(&root, &*bar)?;
+    bar.finish();
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
     let mut memo: HashMap<String, mapping::Resolution> = HashMap::new();
@@ -565,54 +408,4 @@ pub fn verify(
         }
     }
     Ok(())
-}
-
-/// What `scan` lists of the address books.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Inventory {
-    pub root: String,
-    /// Homes per layout (`hashed`, `flat-uids`, `users`).
-    pub homes: BTreeMap<String, usize>,
-    pub collections: usize,
-    pub cards: u64,
-    pub bytes: u64,
-    pub groups: u64,
-    pub members: u64,
-    /// Members naming cards of their own address book.
-    pub card_members: u64,
-    /// Members naming something else (a directory GUID, or a card that is gone), by form.
-    pub other_members: u64,
-}
-
-/// The address-book part of `scan`, with the problems found (paths relative to its root).
-pub fn inventory(
-    cfg: &crate::config::StoreConfig,
-    progress: &indicatif::ProgressBar,
-) -> Result<Option<(Inventory, Vec<Problem>)>> {
-    let Some(root) = layout::locate(cfg)? else {
-        return Ok(None);
-    };
-    let s = survey(&root, progress)?;
-    let mut inv = Inventory {
-        root: root.display().to_string(),
-        collections: s.collections,
-        cards: s.cards,
-        bytes: s.bytes,
-        groups: s.groups.len() as u64,
-        members: s.members(),
-        ..Default::default()
-    };
-    for h in &s.homes {
-        let l = serde_json::to_value(h.layout)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        *inv.homes.entry(l).or_default() += 1;
-    }
-    for g in &s.groups {
-        let cards = g.is_card.iter().filter(|c| **c).count() as u64;
-        inv.card_members += cards;
-        inv.other_members += g.members.len() as u64 - cards;
-    }
-    Ok(Some((inv, s.problems)))
 }

@@ -25,6 +25,7 @@ pub mod mapping_file;
 pub mod plan;
 pub mod precount;
 pub mod provision;
+pub mod progress;
 pub mod prune;
 pub mod rehearse;
 pub mod stage;

@@ -8,8 +8,8 @@
 //! the journal of a run not being dropped still refers to (backups are content-addressed: two runs
 //! may share one file).
 
-use crate::cli::{Context, Outcome};
-use crate::error::{Error, ExitStatus, Result};
+use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::state::{now_rfc3339, State, DB_FILE};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -145,8 +145,12 @@ fn drop_plans(state: &mut State, ids: Vec<i64>, dry_run: bool) -> Result<Vec<Pla
 }
 
 /// Which runs' journals to drop.
+#[derive(Clone, Debug, Default)]
 pub enum RunsToDrop {
+    /// None: only plans are pruned.
+    #[default]
     None,
+    /// These runs.
     These(Vec<i64>),
     /// Every run that is applied or rolled back.
     All,
@@ -317,83 +321,25 @@ pub fn prune(
     Ok(report)
 }
 
-fn mb(b: u64) -> String {
-    format!("{:.1} MB", b as f64 / 1e6)
+/// What `state prune` is asked to do (its command-line flags, resolved by the commands layer).
+#[derive(Clone, Debug, Default)]
+pub struct PruneOptions {
+    /// Only say what would be dropped.
+    pub dry_run: bool,
+    /// Plans to keep (default: `[state] keep_plans`).
+    pub keep_plans: Option<usize>,
+    /// The runs whose journal and backups go too.
+    pub runs: RunsToDrop,
 }
 
-/// The human lines of a prune report.
-pub fn describe(r: &PruneReport) -> String {
-    let verb = if r.dry_run { "would drop" } else { "dropped" };
-    let mut out = String::new();
-    if r.plans.is_empty() {
-        out.push_str("Plans: none to drop.\n");
-    } else {
-        let ids: Vec<String> = r.plans.iter().map(|p| p.plan_id.to_string()).collect();
-        out.push_str(&format!(
-            "Plans: {verb} {} ({}): {} planned resources, {} changes, {} of plan data.\n",
-            r.plans.len(),
-            ids.join(", "),
-            r.plans.iter().map(|p| p.resources).sum::<i64>(),
-            r.plans.iter().map(|p| p.changes).sum::<i64>(),
-            mb(r.plans.iter().map(|p| p.bytes.max(0) as u64).sum())
-        ));
-    }
-    if !r.runs.is_empty() {
-        let ids: Vec<String> = r
-            .runs
-            .iter()
-            .map(|x| format!("{} ({})", x.run_id, x.state))
-            .collect();
-        out.push_str(&format!(
-            "Runs: {verb} the journal of {} ({}): {} steps; {} backup files, {}{}. {} no longer be rolled back.\n",
-            r.runs.len(),
-            ids.join(", "),
-            r.runs.iter().map(|x| x.steps).sum::<i64>(),
-            r.backups,
-            mb(r.backup_bytes),
-            match r.backups_shared {
-                0 => String::new(),
-                n => format!(" ({n} kept: another run's journal refers to them)"),
-            },
-            if r.dry_run { "They would" } else { "They can" }
-        ));
-    }
-    if r.dry_run {
-        out.push_str(&format!(
-            "State database: {} now. Nothing was changed (--dry-run).\n",
-            mb(r.database_bytes_before)
-        ));
-    } else {
-        out.push_str(&format!(
-            "State database: {} before, {} after.\n",
-            mb(r.database_bytes_before),
-            mb(r.database_bytes_after)
-        ));
-    }
-    out
-}
-
-/// `state prune`.
-pub fn command_prune(ctx: &Context, args: &crate::cli::PruneArgs) -> Result<Outcome> {
-    let cfg = &ctx.config;
+/// `state prune`: opens the state folder of `cfg` and prunes it as `opts` asks.
+pub fn run(cfg: &Config, opts: &PruneOptions) -> Result<PruneReport> {
     let mut state = State::open_existing(&cfg.state.path)?;
-    let keep = args.keep_plans.unwrap_or(cfg.state.keep_plans);
+    let keep = opts.keep_plans.unwrap_or(cfg.state.keep_plans);
     if keep == 0 {
         return Err(Error::usage(
             "--keep-plans must be at least 1 (the plan `apply` carries out is always kept)",
         ));
     }
-    let which = if args.all_backups {
-        RunsToDrop::All
-    } else if !args.backups_of_run.is_empty() {
-        RunsToDrop::These(args.backups_of_run.clone())
-    } else {
-        RunsToDrop::None
-    };
-    let report = prune(&mut state, keep, &which, args.dry_run)?;
-    Ok(Outcome {
-        status: ExitStatus::Ok,
-        human: describe(&report),
-        json: serde_json::json!({ "prune": report }),
-    })
+    prune(&mut state, keep, &opts.runs, opts.dry_run)
 }

@@ -8,8 +8,7 @@
 //! Every file is written to a temporary name and renamed, so a report is never half-written.
 //! CSV cells that a spreadsheet would run as a formula (`= + - @` first) are prefixed with `'`.
 
-use crate::cli::{Context, Outcome, ReportArgs};
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
 use crate::plan::PlanSummary;
 use crate::state::State;
 use serde_json::json;
@@ -523,8 +522,32 @@ fn html(
     provision: &[serde_json::Value],
     links: &(i64, Vec<Vec<String>>),
 ) -> String {
-    let o = |k: &str| summary.by_outcome.get(k).copied().unwrap_or(0);
     let mut body = String::new();
+    html_overview(&mut body, summary);
+    html_needs_decision(&mut body, mapping);
+    html_store(&mut body, summary, homes, ab_homes);
+    html_links_and_databases(&mut body, summary, links);
+    html_provision(&mut body, provision);
+    html_every_address(&mut body, mapping);
+    html_example_diffs(&mut body, summary, diffs);
+
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>principal-reconciler — plan {id}</title>
+<style>{CSS}</style></head>
+<body>{body}
+<footer>Written by principal-reconciler {version}. Click a column heading to sort.</footer>
+<script>{JS}</script></body></html>
+"#,
+        id = summary.plan_id,
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// The page's header: the plan, its figures, warnings and the chart of outcomes.
+fn html_overview(body: &mut String, summary: &PlanSummary) {
+    let o = |k: &str| summary.by_outcome.get(k).copied().unwrap_or(0);
     let _ = write!(
         body,
         r#"<header><h1>principal-reconciler — plan {id}</h1><p>{created} · store <code>{store}</code> ({kind}) · directory <code>{dir}</code></p></header>"#,
@@ -562,7 +585,10 @@ fn html(
         "<section><h2>Addresses by outcome</h2>{}</section>",
         chart(summary)
     );
+}
 
+/// The ambiguous and unmatched addresses, first.
+fn html_needs_decision(body: &mut String, mapping: &[MappingRow]) {
     let needs: Vec<&MappingRow> = mapping
         .iter()
         .filter(|r| r.outcome == "ambiguous" || r.outcome == "unmatched")
@@ -586,6 +612,15 @@ fn html(
             Some(2),
         )
     );
+}
+
+/// What the store holds: problems, calendar homes, address books.
+fn html_store(
+    body: &mut String,
+    summary: &PlanSummary,
+    homes: &[[String; 4]],
+    ab_homes: &[[String; 4]],
+) {
     if !summary.problems.is_empty() {
         let _ = write!(
             body,
@@ -639,6 +674,14 @@ fn html(
             )
         );
     }
+}
+
+/// Dropbox links that follow a moved home, and the delegate and auto-accept databases.
+fn html_links_and_databases(
+    body: &mut String,
+    summary: &PlanSummary,
+    links: &(i64, Vec<Vec<String>>),
+) {
     if links.0 > 0 {
         let _ = write!(
             body,
@@ -676,6 +719,10 @@ fn html(
             )
         );
     }
+}
+
+/// Directory records without a principal.
+fn html_provision(body: &mut String, provision: &[serde_json::Value]) {
     if !provision.is_empty() {
         let field =
             |f: &serde_json::Value, k: &str| f[k].as_str().map(str::to_string).unwrap_or_default();
@@ -700,6 +747,10 @@ fn html(
             )
         );
     }
+}
+
+/// Every address and how it resolved.
+fn html_every_address(body: &mut String, mapping: &[MappingRow]) {
     let _ = write!(
         body,
         "<section><h2>Every address ({})</h2>{}</section>",
@@ -731,6 +782,10 @@ fn html(
             Some(2),
         )
     );
+}
+
+/// Example changes, as line diffs.
+fn html_example_diffs(body: &mut String, summary: &PlanSummary, diffs: &[Diff]) {
     let _ = write!(
         body,
         "<section><h2>Example changes ({} of {} resources)</h2>",
@@ -756,19 +811,6 @@ fn html(
         body.push_str("</pre></div>");
     }
     body.push_str("</section>");
-
-    format!(
-        r#"<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>principal-reconciler — plan {id}</title>
-<style>{CSS}</style></head>
-<body>{body}
-<footer>Written by principal-reconciler {version}. Click a column heading to sort.</footer>
-<script>{JS}</script></body></html>
-"#,
-        id = summary.plan_id,
-        version = env!("CARGO_PKG_VERSION"),
-    )
 }
 
 const CSS: &str = r#"
@@ -805,19 +847,3 @@ const JS: &str = r#"
   });
 })();
 "#;
-
-pub fn command_report(ctx: &Context, args: &ReportArgs) -> Result<Outcome> {
-    let cfg = &ctx.config;
-    let state = State::open_existing(&cfg.state.path)?;
-    let plan_id = state.plan_or_latest(args.plan)?;
-    let written = write_reports(&state, plan_id, &cfg.report)?;
-    let mut human = format!("Reports of plan {plan_id}:\n");
-    for p in &written {
-        human.push_str(&format!("  {}\n", p.display()));
-    }
-    Ok(Outcome {
-        status: ExitStatus::Ok,
-        human,
-        json: json!({ "plan_id": plan_id, "reports": written }),
-    })
-}

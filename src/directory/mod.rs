@@ -11,9 +11,9 @@ pub mod ldif;
 pub mod presets;
 
 use crate::address::{Guid, Principal, RecordType};
-use crate::cli::{Context, Outcome};
 use crate::config::{DirectoryConfig, Preset};
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use entry::{classify, norm_dn, to_record, RawEntry, Skip};
 use presets::Mapping;
 use serde::Serialize;
@@ -367,68 +367,18 @@ pub fn load_old(files: &[PathBuf]) -> Result<Directory> {
     Ok(dir)
 }
 
-fn summary_json(d: &Directory) -> serde_json::Value {
-    let counts: serde_json::Map<String, serde_json::Value> = d
-        .counts()
-        .into_iter()
-        .map(|(k, n)| (k.as_str().to_string(), n.into()))
-        .collect();
-    serde_json::json!({ "origin": d.origin, "counts": counts, "records": d.records.len(), "warnings": d.warnings })
-}
-
-fn summary_human(title: &str, d: &Directory, out: &mut String) {
-    use std::fmt::Write as _;
-    let _ = writeln!(out, "{title}: {}", d.origin);
-    for (k, n) in d.counts() {
-        let _ = writeln!(out, "  {:<10} {n:>7}", k.collection());
-    }
-    let _ = writeln!(out, "  {:<10} {:>7}", "total", d.records.len());
-    if !d.warnings.is_empty() {
-        let _ = writeln!(out, "  {} warning(s):", d.warnings.len());
-        for w in d.warnings.iter().take(20) {
-            let _ = writeln!(out, "    {w}");
-        }
-        if d.warnings.len() > 20 {
-            let _ = writeln!(
-                out,
-                "    ... and {} more (see --json)",
-                d.warnings.len() - 20
-            );
-        }
-    }
-}
-
-fn load_current_ctx(ctx: &Context) -> Result<Directory> {
-    let cfg = &ctx.config.directory;
+/// [`load_current`], reporting every entry received from a server to `progress` (a file is read
+/// without a progress report).
+pub fn pull(cfg: &DirectoryConfig, progress: &dyn Progress) -> Result<Directory> {
     if cfg.url.is_some() {
-        let bar = crate::cli::progress_bar(ctx, None, "directory");
+        let bar = progress.start("directory", None);
         let tick = || bar.inc(1);
         let d = load_current_with(cfg, &tick);
-        bar.finish_and_clear();
+        bar.finish();
         d
     } else {
         load_current(cfg)
     }
-}
-
-pub fn command_pull(ctx: &Context) -> Result<Outcome> {
-    let current = load_current_ctx(ctx)?;
-    let old = if ctx.config.old_directory.files.is_empty() {
-        None
-    } else {
-        Some(load_old(&ctx.config.old_directory.files)?)
-    };
-    let mut human = String::new();
-    summary_human("current directory", &current, &mut human);
-    if let Some(o) = &old {
-        human.push('\n');
-        summary_human("old directory", o, &mut human);
-    }
-    let json = serde_json::json!({
-        "current": summary_json(&current),
-        "old": old.as_ref().map(summary_json),
-    });
-    Ok(Outcome::ok(human, json))
 }
 
 /// Writes records as an LDIF snapshot (temporary file + rename, so a failed run leaves nothing
@@ -461,33 +411,4 @@ pub fn write_snapshot(
         return Err(Error::io("cannot write LDIF snapshot", path, e));
     }
     Ok(())
-}
-
-pub fn command_export(ctx: &Context, ldif: &Path) -> Result<Outcome> {
-    let cfg = &ctx.config.directory;
-    let current = load_current_ctx(ctx)?;
-    let mapping = Mapping::from_config(cfg);
-    write_snapshot(ldif, &current, &mapping, cfg.base.as_deref())?;
-    let counts: Vec<String> = current
-        .counts()
-        .iter()
-        .map(|(k, n)| format!("{n} {}", k.collection()))
-        .collect();
-    let human = format!(
-        "wrote {} records ({}) from {} to {}\n{}",
-        current.records.len(),
-        counts.join(", "),
-        current.origin,
-        ldif.display(),
-        current
-            .warnings
-            .iter()
-            .map(|w| format!("warning: {w}\n"))
-            .collect::<String>()
-    );
-    let json = serde_json::json!({
-        "ldif": ldif.display().to_string(),
-        "current": summary_json(&current),
-    });
-    Ok(Outcome::ok(human, json))
 }

@@ -125,6 +125,185 @@ struct Open {
     content_start: usize,
 }
 
+/// The state of [`AugmentsFile::parse`] while it reads: open elements, records so far.
+struct Scanner<'t> {
+    text: &'t str,
+    name: &'t str,
+    stack: Vec<Open>,
+    records: Vec<AugmentRecord>,
+    current: Option<AugmentRecord>,
+    root_seen: bool,
+    root_close: Option<usize>,
+    root_self_closed: Option<std::ops::Range<usize>>,
+}
+
+impl Scanner<'_> {
+    fn b(&self) -> &[u8] {
+        self.text.as_bytes()
+    }
+
+    /// A usage error at byte `at`, naming the file and line.
+    fn err(&self, at: usize, msg: &str) -> Error {
+        Error::usage(format!("{}:{}: {msg}", self.name, line_of(self.text, at)))
+    }
+
+    fn find(&self, from: usize, pat: &str) -> Option<usize> {
+        self.text[from..].find(pat).map(|i| from + i)
+    }
+
+    /// `<!…>` at `i` (DOCTYPE, possibly with an internal subset in brackets): skipped; returns
+    /// the offset after it.
+    fn declaration(&mut self, i: usize) -> Result<usize> {
+        // DOCTYPE, possibly with an internal subset in brackets.
+        let mut j = i + 2;
+        let mut depth = 0i32;
+        let mut quote: Option<u8> = None;
+        loop {
+            let Some(&c) = self.b().get(j) else {
+                return Err(self.err(i, "declaration never closed"));
+            };
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'"' | b'\'') => quote = Some(c),
+                (None, b'[') => depth += 1,
+                (None, b']') => depth -= 1,
+                (None, b'>') if depth <= 0 => break,
+                _ => {}
+            }
+            j += 1;
+        }
+        Ok(j + 1)
+    }
+
+    /// `</tag>` at `i`: closes a record (depth 1) or one of its fields (depth 2).
+    fn end_tag(&mut self, i: usize) -> Result<usize> {
+        let end = self
+            .find(i, ">")
+            .ok_or_else(|| self.err(i, "end tag never closed"))?;
+        let tag = self.text[i + 2..end].trim();
+        let open = self
+            .stack
+            .pop()
+            .ok_or_else(|| self.err(i, &format!("`</{tag}>` closes nothing")))?;
+        if open.name != tag {
+            return Err(self.err(
+                i,
+                &format!(
+                    "`</{tag}>` closes `<{}>` opened on line {}",
+                    open.name,
+                    line_of(self.text, open.start)
+                ),
+            ));
+        }
+        match self.stack.len() {
+            0 => self.root_close = Some(i),
+            1 => {
+                if let Some(mut r) = self.current.take() {
+                    r.span = open.start..end + 1;
+                    self.records.push(r);
+                }
+            }
+            2 => {
+                if let Some(r) = self.current.as_mut() {
+                    let raw = &self.text[open.content_start..i];
+                    let lead = raw.len() - raw.trim_start().len();
+                    let trimmed = raw.trim();
+                    let span = open.content_start + lead..open.content_start + lead + trimmed.len();
+                    r.fields.push(Field {
+                        name: open.name.clone(),
+                        text_span: span,
+                        text: decode_entities(trimmed),
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(end + 1)
+    }
+
+    /// A start or empty-element tag at `i` (attribute values may hold '>'): the root, a record,
+    /// or an empty field.
+    fn start_tag(&mut self, i: usize) -> Result<usize> {
+        // Start or empty-element tag; attribute values may hold '>'.
+        let mut j = i + 1;
+        let mut quote: Option<u8> = None;
+        loop {
+            let Some(&c) = self.b().get(j) else {
+                return Err(self.err(i, "tag never closed"));
+            };
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'"' | b'\'') => quote = Some(c),
+                (None, b'>') => break,
+                _ => {}
+            }
+            j += 1;
+        }
+        let inner = &self.text[i + 1..j];
+        let empty = inner.ends_with('/');
+        let inner = inner.trim_end_matches('/');
+        let tag: String = inner
+            .split(|c: char| c.is_whitespace())
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if tag.is_empty() {
+            return Err(self.err(i, "a `<` that starts no tag"));
+        }
+        if self.stack.is_empty() {
+            if self.root_seen {
+                return Err(self.err(i, "a second root element"));
+            }
+            self.root_seen = true;
+            if tag != "augments" {
+                return Err(self.err(
+                    i,
+                    &format!("the root element is `<{tag}>`, not `<augments>`"),
+                ));
+            }
+            if empty {
+                self.root_self_closed = Some(i..j + 1);
+                self.root_close = Some(i);
+            }
+        } else if self.stack.len() == 1 {
+            if tag != "record" {
+                return Err(self.err(
+                    i,
+                    &format!("`<{tag}>` inside `<augments>` (only `<record>` is allowed)"),
+                ));
+            }
+            let r = AugmentRecord {
+                span: i..j + 1,
+                line: line_of(self.text, i),
+                fields: Vec::new(),
+            };
+            if empty {
+                self.records.push(r);
+            } else {
+                self.current = Some(r);
+            }
+        } else if self.stack.len() == 2 && empty {
+            if let Some(r) = self.current.as_mut() {
+                r.fields.push(Field {
+                    name: tag.clone(),
+                    text_span: j + 1..j + 1,
+                    text: String::new(),
+                });
+            }
+        }
+        if !empty {
+            self.stack.push(Open {
+                name: tag,
+                start: i,
+                content_start: j + 1,
+            });
+        }
+        Ok(j + 1)
+    }
+}
+
 impl AugmentsFile {
     /// Reads and scans a file; a file that is not a well-formed augments document is a usage
     /// error naming the file and line.
@@ -151,25 +330,25 @@ impl AugmentsFile {
 
     /// Scans augments XML text.
     pub fn parse(text: String, name: &str) -> Result<AugmentsFile> {
+        let mut sc = Scanner {
+            text: &text,
+            name,
+            stack: Vec::new(),
+            records: Vec::new(),
+            current: None,
+            root_seen: false,
+            root_close: None,
+            root_self_closed: None,
+        };
         let b = text.as_bytes();
-        let err =
-            |at: usize, msg: &str| Error::usage(format!("{name}:{}: {msg}", line_of(&text, at)));
-        let find =
-            |from: usize, pat: &str| -> Option<usize> { text[from..].find(pat).map(|i| from + i) };
-        let mut stack: Vec<Open> = Vec::new();
-        let mut records: Vec<AugmentRecord> = Vec::new();
-        let mut current: Option<AugmentRecord> = None;
-        let mut root_seen = false;
-        let mut root_close = None;
-        let mut root_self_closed = None;
         let mut i = 0usize;
         while i < b.len() {
             if b[i] != b'<' {
-                if stack.is_empty()
+                if sc.stack.is_empty()
                     && !b[i].is_ascii_whitespace()
                     && !(i == 0 && text.starts_with('\u{feff}'))
                 {
-                    return Err(err(i, "text outside the root element"));
+                    return Err(sc.err(i, "text outside the root element"));
                 }
                 i += if i == 0 && text.starts_with('\u{feff}') {
                     3
@@ -180,168 +359,39 @@ impl AugmentsFile {
             }
             let rest = &text[i..];
             if rest.starts_with("<!--") {
-                let end = find(i + 4, "-->").ok_or_else(|| err(i, "comment never closed"))?;
+                let end = sc
+                    .find(i + 4, "-->")
+                    .ok_or_else(|| sc.err(i, "comment never closed"))?;
                 i = end + 3;
             } else if rest.starts_with("<![CDATA[") {
-                if stack.is_empty() {
-                    return Err(err(i, "CDATA outside the root element"));
+                if sc.stack.is_empty() {
+                    return Err(sc.err(i, "CDATA outside the root element"));
                 }
-                let end = find(i + 9, "]]>").ok_or_else(|| err(i, "CDATA never closed"))?;
+                let end = sc
+                    .find(i + 9, "]]>")
+                    .ok_or_else(|| sc.err(i, "CDATA never closed"))?;
                 i = end + 3;
             } else if rest.starts_with("<?") {
-                let end = find(i + 2, "?>")
-                    .ok_or_else(|| err(i, "processing instruction never closed"))?;
+                let end = sc
+                    .find(i + 2, "?>")
+                    .ok_or_else(|| sc.err(i, "processing instruction never closed"))?;
                 i = end + 2;
             } else if rest.starts_with("<!") {
-                // DOCTYPE, possibly with an internal subset in brackets.
-                let mut j = i + 2;
-                let mut depth = 0i32;
-                let mut quote: Option<u8> = None;
-                loop {
-                    let Some(&c) = b.get(j) else {
-                        return Err(err(i, "declaration never closed"));
-                    };
-                    match (quote, c) {
-                        (Some(q), c) if c == q => quote = None,
-                        (Some(_), _) => {}
-                        (None, b'"' | b'\'') => quote = Some(c),
-                        (None, b'[') => depth += 1,
-                        (None, b']') => depth -= 1,
-                        (None, b'>') if depth <= 0 => break,
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                i = j + 1;
+                i = sc.declaration(i)?;
             } else if rest.starts_with("</") {
-                let end = find(i, ">").ok_or_else(|| err(i, "end tag never closed"))?;
-                let tag = text[i + 2..end].trim();
-                let open = stack
-                    .pop()
-                    .ok_or_else(|| err(i, &format!("`</{tag}>` closes nothing")))?;
-                if open.name != tag {
-                    return Err(err(
-                        i,
-                        &format!(
-                            "`</{tag}>` closes `<{}>` opened on line {}",
-                            open.name,
-                            line_of(&text, open.start)
-                        ),
-                    ));
-                }
-                match stack.len() {
-                    0 => root_close = Some(i),
-                    1 => {
-                        if let Some(mut r) = current.take() {
-                            r.span = open.start..end + 1;
-                            records.push(r);
-                        }
-                    }
-                    2 => {
-                        if let Some(r) = current.as_mut() {
-                            let raw = &text[open.content_start..i];
-                            let lead = raw.len() - raw.trim_start().len();
-                            let trimmed = raw.trim();
-                            let span = open.content_start + lead
-                                ..open.content_start + lead + trimmed.len();
-                            r.fields.push(Field {
-                                name: open.name.clone(),
-                                text_span: span,
-                                text: decode_entities(trimmed),
-                            });
-                        }
-                    }
-                    _ => {}
-                }
-                i = end + 1;
+                i = sc.end_tag(i)?;
             } else {
-                // Start or empty-element tag; attribute values may hold '>'.
-                let mut j = i + 1;
-                let mut quote: Option<u8> = None;
-                loop {
-                    let Some(&c) = b.get(j) else {
-                        return Err(err(i, "tag never closed"));
-                    };
-                    match (quote, c) {
-                        (Some(q), c) if c == q => quote = None,
-                        (Some(_), _) => {}
-                        (None, b'"' | b'\'') => quote = Some(c),
-                        (None, b'>') => break,
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                let inner = &text[i + 1..j];
-                let empty = inner.ends_with('/');
-                let inner = inner.trim_end_matches('/');
-                let tag: String = inner
-                    .split(|c: char| c.is_whitespace())
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                if tag.is_empty() {
-                    return Err(err(i, "a `<` that starts no tag"));
-                }
-                if stack.is_empty() {
-                    if root_seen {
-                        return Err(err(i, "a second root element"));
-                    }
-                    root_seen = true;
-                    if tag != "augments" {
-                        return Err(err(
-                            i,
-                            &format!("the root element is `<{tag}>`, not `<augments>`"),
-                        ));
-                    }
-                    if empty {
-                        root_self_closed = Some(i..j + 1);
-                        root_close = Some(i);
-                    }
-                } else if stack.len() == 1 {
-                    if tag != "record" {
-                        return Err(err(
-                            i,
-                            &format!("`<{tag}>` inside `<augments>` (only `<record>` is allowed)"),
-                        ));
-                    }
-                    let r = AugmentRecord {
-                        span: i..j + 1,
-                        line: line_of(&text, i),
-                        fields: Vec::new(),
-                    };
-                    if empty {
-                        records.push(r);
-                    } else {
-                        current = Some(r);
-                    }
-                } else if stack.len() == 2 && empty {
-                    if let Some(r) = current.as_mut() {
-                        r.fields.push(Field {
-                            name: tag.clone(),
-                            text_span: j + 1..j + 1,
-                            text: String::new(),
-                        });
-                    }
-                }
-                if !empty {
-                    stack.push(Open {
-                        name: tag,
-                        start: i,
-                        content_start: j + 1,
-                    });
-                }
-                i = j + 1;
+                i = sc.start_tag(i)?;
             }
         }
-        if let Some(open) = stack.last() {
-            return Err(err(
-                open.start,
-                &format!("`<{}>` is never closed", open.name),
-            ));
+        if let Some(open) = sc.stack.last() {
+            return Err(sc.err(open.start, &format!("`<{}>` is never closed", open.name)));
         }
-        let Some(root_close) = root_close else {
-            return Err(err(0, "no `<augments>` root element"));
+        let Some(root_close) = sc.root_close else {
+            return Err(sc.err(0, "no `<augments>` root element"));
         };
+        let root_self_closed = sc.root_self_closed.clone();
+        let records = std::mem::take(&mut sc.records);
         for r in &records {
             if r.uid().is_none_or(str::is_empty) {
                 return Err(Error::usage(format!(

@@ -19,18 +19,15 @@ pub mod proxy;
 pub use proxy::{apply_db_rewrite, plan_db_rewrite, DbKind, DbPlan, DbRow};
 
 use crate::address::{CalAddress, Guid, RecordType};
-use crate::cli::{Context, Outcome, ProvisionArgs};
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryRecord};
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
 use crate::mapping::{self, Mapper, Observed};
 use access::AccessPlan;
 use augments::{AugmentsFile, NewRecord, UidRewrite};
 use serde::Serialize;
-use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The report file name in `[report] dir`.
 pub const CSV_FILE: &str = "provision.csv";
@@ -213,341 +210,47 @@ fn duplicate_guids(dir: &Directory) -> Vec<(Guid, String, String)> {
     out
 }
 
+/// What every stage of [`analyse`] reads: the mapping, the current records by GUID, and the
+/// records that need a principal.
+struct Analysis<'a> {
+    cfg: &'a Config,
+    current: &'a Directory,
+    mapper: Mapper<'a>,
+    by_guid: HashMap<&'a Guid, &'a DirectoryRecord>,
+    principals: Vec<&'a DirectoryRecord>,
+}
+
+/// A finding with the rule and evidence of the resolution behind it.
+fn resolved(mut f: Finding, res: &mapping::Resolution) -> Finding {
+    f.rule = res.rule.as_str().to_string();
+    f.evidence = res.evidence.clone();
+    f
+}
+
 /// Finds every problem and plans the changes, given loaded directories.
 pub fn analyse(cfg: &Config, current: &Directory, old: &Directory) -> Result<ProvisionReport> {
-    let mapper = Mapper::new(cfg, current, old)?;
-    let by_guid: HashMap<&Guid, &DirectoryRecord> =
-        current.records.iter().map(|r| (&r.guid, r)).collect();
+    let a = Analysis {
+        cfg,
+        current,
+        mapper: Mapper::new(cfg, current, old)?,
+        by_guid: current.records.iter().map(|r| (&r.guid, r)).collect(),
+        principals: current
+            .records
+            .iter()
+            .filter(|r| needs_principal(r))
+            .collect(),
+    };
     let mut findings: Vec<Finding> = Vec::new();
     let mut warnings = Vec::new();
-    let resolve = |g: &Guid| mapper.resolve(&CalAddress::UrnUuid(g.clone()), &Observed::default());
-    let principals: Vec<&DirectoryRecord> = current
-        .records
-        .iter()
-        .filter(|r| needs_principal(r))
-        .collect();
-
-    // --- the access group (2.x)
     let access = match &cfg.provision.access_group {
         None => None,
-        Some(name) => {
-            let group = access::find_group(current, name)?;
-            let gname = group.short_names.first().cloned().unwrap_or_default();
-            let mut plan = AccessPlan {
-                group_guid: Some(group.guid.clone()),
-                group_name: gname.clone(),
-                group_source: group.source.clone(),
-                uses_member_uid: !group.member_names.is_empty(),
-                ..AccessPlan::default()
-            };
-            let mut replaced: HashMap<Guid, Finding> = HashMap::new();
-            for (nested, list) in [(false, &group.member_guids), (true, &group.nested_guids)] {
-                for g in list {
-                    if by_guid.contains_key(g) {
-                        continue;
-                    }
-                    let res = resolve(g);
-                    match (&res.outcome, &res.target) {
-                        (mapping::Outcome::Mapped | mapping::Outcome::Unchanged, Some(t)) => {
-                            let Some(target) = by_guid.get(&t.guid) else {
-                                continue;
-                            };
-                            let (add, remove) = if nested {
-                                (&mut plan.add_nested, &mut plan.remove_nested)
-                            } else {
-                                (&mut plan.add_members, &mut plan.remove_members)
-                            };
-                            remove.push(g.clone());
-                            let already = if nested {
-                                group.nested_guids.contains(&t.guid)
-                            } else {
-                                group.member_guids.contains(&t.guid)
-                            };
-                            if !already && !add.contains(&t.guid) {
-                                add.push(t.guid.clone());
-                            }
-                            let mut f = Finding::for_record(
-                                target,
-                                problem::STALE_IN_ACCESS_GROUP,
-                                Severity::Fix,
-                            );
-                            f.detail = format!("group {gname} lists old GUID {g}");
-                            f.action = if already {
-                                format!("remove old GUID {g} (new GUID already a member)")
-                            } else {
-                                format!("replace old GUID {g} with {} in group {gname}", t.guid)
-                            };
-                            f.rule = res.rule.as_str().to_string();
-                            f.evidence = res.evidence.clone();
-                            replaced.insert(t.guid.clone(), f.clone());
-                            findings.push(f);
-                        }
-                        (mapping::Outcome::Ambiguous, _) => {
-                            let mut f = Finding::for_guid(
-                                g.as_str(),
-                                problem::AMBIGUOUS_IN_ACCESS_GROUP,
-                                Severity::Warning,
-                            );
-                            f.detail = format!(
-                                "group {gname} lists old GUID {g}; candidates: {}",
-                                res.candidates.join("; ")
-                            );
-                            f.action =
-                                "kept; name the right record in [rewrite] mapping_file".into();
-                            f.rule = res.rule.as_str().to_string();
-                            f.evidence = res.evidence.clone();
-                            findings.push(f);
-                        }
-                        _ => {
-                            let mut f = Finding::for_guid(
-                                g.as_str(),
-                                problem::UNMATCHED_IN_ACCESS_GROUP,
-                                Severity::Note,
-                            );
-                            f.detail = format!(
-                                "group {gname} lists GUID {g}, which matches no current record"
-                            );
-                            f.action = "kept".into();
-                            f.rule = res.rule.as_str().to_string();
-                            f.evidence = res.evidence.clone();
-                            findings.push(f);
-                        }
-                    }
-                }
-            }
-            let members: Vec<Guid> = group
-                .member_guids
-                .iter()
-                .filter(|g| !plan.remove_members.contains(g))
-                .chain(plan.add_members.iter())
-                .cloned()
-                .collect();
-            let nested: Vec<Guid> = group
-                .nested_guids
-                .iter()
-                .filter(|g| !plan.remove_nested.contains(g))
-                .chain(plan.add_nested.iter())
-                .cloned()
-                .collect();
-            let reach = access::expand(&by_guid, &members, &nested);
-            for r in &principals {
-                let short = r.short_names.first().cloned().unwrap_or_default();
-                if plan.uses_member_uid
-                    && r.kind == RecordType::User
-                    && !short.is_empty()
-                    && (replaced.contains_key(&r.guid) || !reach.contains(&r.guid))
-                    && !group.member_names.contains(&short)
-                    && !plan.add_names.contains(&short)
-                {
-                    plan.add_names.push(short.clone());
-                }
-                if reach.contains(&r.guid) {
-                    continue;
-                }
-                plan.add_members.push(r.guid.clone());
-                let mut f = Finding::for_record(r, problem::NOT_IN_ACCESS_GROUP, Severity::Fix);
-                f.detail = if group.member_names.contains(&short) {
-                    format!("listed in group {gname} by short name only; the server goes by GUID")
-                } else {
-                    format!("not a member of group {gname} (nested groups included)")
-                };
-                f.action = if plan.uses_member_uid && r.kind == RecordType::User {
-                    format!(
-                        "add GUID {} and short name {short} to group {gname}",
-                        r.guid
-                    )
-                } else {
-                    format!("add GUID {} to group {gname}", r.guid)
-                };
-                findings.push(f);
-            }
-            plan.finish(group);
-            Some(plan)
-        }
+        Some(name) => Some(a.access_group(name, &mut findings)?),
     };
-
-    // --- augments.xml (3+)
     let augments = match &cfg.provision.augments_file {
         None => None,
-        Some(path) => {
-            let file = AugmentsFile::read(path)?;
-            let mut rewrites: Vec<UidRewrite> = Vec::new();
-            let mut claimed: Vec<Guid> = Vec::new();
-            for rec in &file.records {
-                let Some(uid_field) = rec.field("uid") else {
-                    continue;
-                };
-                let Some(g) = Guid::parse(&uid_field.text) else {
-                    continue;
-                };
-                if by_guid.contains_key(&g) {
-                    continue;
-                }
-                let res = resolve(&g);
-                let at = format!("{}:{}", file.name, rec.line);
-                match (&res.outcome, &res.target) {
-                    (mapping::Outcome::Mapped | mapping::Outcome::Unchanged, Some(t)) => {
-                        let Some(target) = by_guid.get(&t.guid) else {
-                            continue;
-                        };
-                        let own =
-                            file.exact(t.guid.as_str()).is_some() || claimed.contains(&t.guid);
-                        let mut f = Finding::for_record(
-                            target,
-                            problem::STALE_AUGMENT,
-                            if own { Severity::Note } else { Severity::Fix },
-                        );
-                        f.detail = format!("{at}: record for old GUID {g}");
-                        f.rule = res.rule.as_str().to_string();
-                        f.evidence = res.evidence.clone();
-                        if own {
-                            f.action =
-                                format!("kept; the new GUID {} already has its own record", t.guid);
-                        } else {
-                            f.action = format!("rewrite <uid> {g} to {}", t.guid);
-                            claimed.push(t.guid.clone());
-                            rewrites.push(UidRewrite {
-                                old: uid_field.text.clone(),
-                                new: t.guid.clone(),
-                                line: rec.line,
-                                span: uid_field.text_span.clone(),
-                            });
-                        }
-                        findings.push(f);
-                    }
-                    (mapping::Outcome::Ambiguous, _) => {
-                        let mut f = Finding::for_guid(
-                            g.as_str(),
-                            problem::AMBIGUOUS_AUGMENT,
-                            Severity::Warning,
-                        );
-                        f.detail = format!("{at}: candidates: {}", res.candidates.join("; "));
-                        f.action = "kept; name the right record in [rewrite] mapping_file".into();
-                        f.rule = res.rule.as_str().to_string();
-                        f.evidence = res.evidence.clone();
-                        findings.push(f);
-                    }
-                    _ => {
-                        let mut f = Finding::for_guid(
-                            g.as_str(),
-                            problem::UNMATCHED_AUGMENT,
-                            Severity::Note,
-                        );
-                        f.detail = format!("{at}: record for a GUID no current record has");
-                        f.action = "kept".into();
-                        f.rule = res.rule.as_str().to_string();
-                        f.evidence = res.evidence.clone();
-                        findings.push(f);
-                    }
-                }
-            }
-            let mut additions = Vec::new();
-            for r in &principals {
-                if claimed.contains(&r.guid) {
-                    continue;
-                }
-                let (on, decided_by, own) = file.calendar_enabled(&r.guid, r.kind);
-                if on {
-                    continue;
-                }
-                if own {
-                    let mut f = Finding::for_record(r, problem::AUGMENT_DISABLES, Severity::Note);
-                    f.detail = "its own augment record disables calendaring".into();
-                    f.action =
-                        "kept (an explicit choice; edit augments.xml by hand to change it)".into();
-                    findings.push(f);
-                    continue;
-                }
-                let room = matches!(r.kind, RecordType::Location | RecordType::Resource);
-                let rec = NewRecord {
-                    guid: r.guid.clone(),
-                    kind: r.kind,
-                    enable_calendar: cfg.provision.enable_calendar,
-                    enable_addressbook: cfg.provision.enable_addressbook,
-                    auto_schedule: room && cfg.provision.auto_schedule_rooms,
-                };
-                let mut f = Finding::for_record(r, problem::NO_AUGMENT, Severity::Fix);
-                f.detail = format!(
-                    "no augment record; record `{}` disables calendaring",
-                    decided_by.unwrap_or_default()
-                );
-                f.action = format!(
-                    "add record (enable-calendar {}, enable-addressbook {}{})",
-                    rec.enable_calendar,
-                    rec.enable_addressbook,
-                    if rec.auto_schedule {
-                        ", auto-schedule"
-                    } else {
-                        ""
-                    }
-                );
-                if !cfg.provision.enable_calendar {
-                    f.severity = Severity::Warning;
-                    f.action = "none: [provision] enable_calendar = false".into();
-                } else {
-                    additions.push(rec);
-                }
-                findings.push(f);
-            }
-            Some(AugmentsPlan {
-                path: path.clone(),
-                rewrites,
-                additions,
-                file: Some(file),
-            })
-        }
+        Some(path) => Some(a.augments(path, &mut findings)?),
     };
-
-    // --- e-mail and duplicates
-    for r in &principals {
-        if r.emails.is_empty() {
-            let mut f = Finding::for_record(r, problem::NO_EMAIL, Severity::Warning);
-            f.detail = "no e-mail address: the server gives it no mailto: address, so invitations by e-mail cannot reach it".into();
-            f.action = "none (add an e-mail address in the directory)".into();
-            findings.push(f);
-        }
-    }
-    let mut by_mail: BTreeMap<&str, Vec<&DirectoryRecord>> = BTreeMap::new();
-    for r in &current.records {
-        for e in &r.emails {
-            let list = by_mail.entry(e.as_str()).or_default();
-            if !list.iter().any(|x| x.guid == r.guid) {
-                list.push(r);
-            }
-        }
-    }
-    for (mail, recs) in &by_mail {
-        if recs.len() < 2 {
-            continue;
-        }
-        for r in recs {
-            let others: Vec<String> = recs
-                .iter()
-                .filter(|o| o.guid != r.guid)
-                .map(|o| {
-                    format!(
-                        "{} {} ({})",
-                        o.kind,
-                        o.short_names.first().map(String::as_str).unwrap_or(""),
-                        o.guid
-                    )
-                })
-                .collect();
-            let mut f = Finding::for_record(r, problem::DUPLICATE_EMAIL, Severity::Error);
-            f.detail = format!("e-mail {mail} is also on {}", others.join(", "));
-            f.action = "none: give each record its own address in the directory".into();
-            findings.push(f);
-        }
-    }
-    for (g, skipped, first) in duplicate_guids(current) {
-        let mut f = match by_guid.get(&g) {
-            Some(r) => Finding::for_record(r, problem::DUPLICATE_GUID, Severity::Error),
-            None => Finding::for_guid(g.as_str(), problem::DUPLICATE_GUID, Severity::Error),
-        };
-        f.detail = format!("GUID {g} is on {first} and on {skipped} (the second was ignored)");
-        f.action = "none: give each record its own GUID in the directory".into();
-        findings.push(f);
-    }
+    a.emails_and_duplicates(&mut findings);
     warnings.extend(current.warnings.iter().cloned());
 
     findings.sort_by(|a, b| {
@@ -561,12 +264,371 @@ pub fn analyse(cfg: &Config, current: &Directory, old: &Directory) -> Result<Pro
     });
     Ok(ProvisionReport {
         directory: current.origin.clone(),
-        checked: principals.len(),
+        checked: a.principals.len(),
         findings,
         access,
         augments,
         warnings,
     })
+}
+
+impl Analysis<'_> {
+    fn resolve(&self, g: &Guid) -> mapping::Resolution {
+        self.mapper
+            .resolve(&CalAddress::UrnUuid(g.clone()), &Observed::default())
+    }
+
+    /// The access group (2.x): old GUIDs it lists, then the records it does not reach.
+    fn access_group(&self, name: &str, findings: &mut Vec<Finding>) -> Result<AccessPlan> {
+        let group = access::find_group(self.current, name)?;
+        let mut plan = AccessPlan {
+            group_guid: Some(group.guid.clone()),
+            group_name: group.short_names.first().cloned().unwrap_or_default(),
+            group_source: group.source.clone(),
+            uses_member_uid: !group.member_names.is_empty(),
+            ..AccessPlan::default()
+        };
+        let replaced = self.stale_in_access_group(group, &mut plan, findings);
+        self.missing_from_access_group(group, &mut plan, &replaced, findings);
+        plan.finish(group);
+        Ok(plan)
+    }
+
+    /// The old GUIDs the access group lists (members and nested groups): replaced by the new ones
+    /// the mapping finds, kept otherwise. Returns the findings by new GUID.
+    fn stale_in_access_group(
+        &self,
+        group: &DirectoryRecord,
+        plan: &mut AccessPlan,
+        findings: &mut Vec<Finding>,
+    ) -> HashMap<Guid, Finding> {
+        let gname = plan.group_name.clone();
+        let mut replaced: HashMap<Guid, Finding> = HashMap::new();
+        for (nested, list) in [(false, &group.member_guids), (true, &group.nested_guids)] {
+            for g in list {
+                if self.by_guid.contains_key(g) {
+                    continue;
+                }
+                let res = self.resolve(g);
+                match (&res.outcome, &res.target) {
+                    (mapping::Outcome::Mapped | mapping::Outcome::Unchanged, Some(t)) => {
+                        let Some(target) = self.by_guid.get(&t.guid) else {
+                            continue;
+                        };
+                        let (add, remove) = if nested {
+                            (&mut plan.add_nested, &mut plan.remove_nested)
+                        } else {
+                            (&mut plan.add_members, &mut plan.remove_members)
+                        };
+                        remove.push(g.clone());
+                        let already = if nested {
+                            group.nested_guids.contains(&t.guid)
+                        } else {
+                            group.member_guids.contains(&t.guid)
+                        };
+                        if !already && !add.contains(&t.guid) {
+                            add.push(t.guid.clone());
+                        }
+                        let mut f = Finding::for_record(
+                            target,
+                            problem::STALE_IN_ACCESS_GROUP,
+                            Severity::Fix,
+                        );
+                        f.detail = format!("group {gname} lists old GUID {g}");
+                        f.action = if already {
+                            format!("remove old GUID {g} (new GUID already a member)")
+                        } else {
+                            format!("replace old GUID {g} with {} in group {gname}", t.guid)
+                        };
+                        let f = resolved(f, &res);
+                        replaced.insert(t.guid.clone(), f.clone());
+                        findings.push(f);
+                    }
+                    (mapping::Outcome::Ambiguous, _) => {
+                        let mut f = Finding::for_guid(
+                            g.as_str(),
+                            problem::AMBIGUOUS_IN_ACCESS_GROUP,
+                            Severity::Warning,
+                        );
+                        f.detail = format!(
+                            "group {gname} lists old GUID {g}; candidates: {}",
+                            res.candidates.join("; ")
+                        );
+                        f.action = "kept; name the right record in [rewrite] mapping_file".into();
+                        findings.push(resolved(f, &res));
+                    }
+                    _ => {
+                        let mut f = Finding::for_guid(
+                            g.as_str(),
+                            problem::UNMATCHED_IN_ACCESS_GROUP,
+                            Severity::Note,
+                        );
+                        f.detail = format!(
+                            "group {gname} lists GUID {g}, which matches no current record"
+                        );
+                        f.action = "kept".into();
+                        findings.push(resolved(f, &res));
+                    }
+                }
+            }
+        }
+        replaced
+    }
+
+    /// The records the access group does not reach once its old GUIDs are replaced (nested groups
+    /// included): added by GUID, and by short name where the group lists members that way.
+    fn missing_from_access_group(
+        &self,
+        group: &DirectoryRecord,
+        plan: &mut AccessPlan,
+        replaced: &HashMap<Guid, Finding>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let gname = plan.group_name.clone();
+        let members: Vec<Guid> = group
+            .member_guids
+            .iter()
+            .filter(|g| !plan.remove_members.contains(g))
+            .chain(plan.add_members.iter())
+            .cloned()
+            .collect();
+        let nested: Vec<Guid> = group
+            .nested_guids
+            .iter()
+            .filter(|g| !plan.remove_nested.contains(g))
+            .chain(plan.add_nested.iter())
+            .cloned()
+            .collect();
+        let reach = access::expand(&self.by_guid, &members, &nested);
+        for r in &self.principals {
+            let short = r.short_names.first().cloned().unwrap_or_default();
+            if plan.uses_member_uid
+                && r.kind == RecordType::User
+                && !short.is_empty()
+                && (replaced.contains_key(&r.guid) || !reach.contains(&r.guid))
+                && !group.member_names.contains(&short)
+                && !plan.add_names.contains(&short)
+            {
+                plan.add_names.push(short.clone());
+            }
+            if reach.contains(&r.guid) {
+                continue;
+            }
+            plan.add_members.push(r.guid.clone());
+            let mut f = Finding::for_record(r, problem::NOT_IN_ACCESS_GROUP, Severity::Fix);
+            f.detail = if group.member_names.contains(&short) {
+                format!("listed in group {gname} by short name only; the server goes by GUID")
+            } else {
+                format!("not a member of group {gname} (nested groups included)")
+            };
+            f.action = if plan.uses_member_uid && r.kind == RecordType::User {
+                format!(
+                    "add GUID {} and short name {short} to group {gname}",
+                    r.guid
+                )
+            } else {
+                format!("add GUID {} to group {gname}", r.guid)
+            };
+            findings.push(f);
+        }
+    }
+
+    /// augments.xml (3+): records kept under old GUIDs, then the records it leaves disabled.
+    fn augments(&self, path: &Path, findings: &mut Vec<Finding>) -> Result<AugmentsPlan> {
+        let file = AugmentsFile::read(path)?;
+        let (rewrites, claimed) = self.stale_augments(&file, findings);
+        let additions = self.missing_augments(&file, &claimed, findings);
+        Ok(AugmentsPlan {
+            path: path.to_path_buf(),
+            rewrites,
+            additions,
+            file: Some(file),
+        })
+    }
+
+    /// Augment records whose uid is an old GUID: rewritten to the new GUID the mapping finds
+    /// (unless it has a record of its own). Returns the rewrites and the new GUIDs they claim.
+    fn stale_augments(
+        &self,
+        file: &AugmentsFile,
+        findings: &mut Vec<Finding>,
+    ) -> (Vec<UidRewrite>, Vec<Guid>) {
+        let mut rewrites: Vec<UidRewrite> = Vec::new();
+        let mut claimed: Vec<Guid> = Vec::new();
+        for rec in &file.records {
+            let Some(uid_field) = rec.field("uid") else {
+                continue;
+            };
+            let Some(g) = Guid::parse(&uid_field.text) else {
+                continue;
+            };
+            if self.by_guid.contains_key(&g) {
+                continue;
+            }
+            let res = self.resolve(&g);
+            let at = format!("{}:{}", file.name, rec.line);
+            match (&res.outcome, &res.target) {
+                (mapping::Outcome::Mapped | mapping::Outcome::Unchanged, Some(t)) => {
+                    let Some(target) = self.by_guid.get(&t.guid) else {
+                        continue;
+                    };
+                    let own = file.exact(t.guid.as_str()).is_some() || claimed.contains(&t.guid);
+                    let mut f = Finding::for_record(
+                        target,
+                        problem::STALE_AUGMENT,
+                        if own { Severity::Note } else { Severity::Fix },
+                    );
+                    f.detail = format!("{at}: record for old GUID {g}");
+                    if own {
+                        f.action =
+                            format!("kept; the new GUID {} already has its own record", t.guid);
+                    } else {
+                        f.action = format!("rewrite <uid> {g} to {}", t.guid);
+                        claimed.push(t.guid.clone());
+                        rewrites.push(UidRewrite {
+                            old: uid_field.text.clone(),
+                            new: t.guid.clone(),
+                            line: rec.line,
+                            span: uid_field.text_span.clone(),
+                        });
+                    }
+                    findings.push(resolved(f, &res));
+                }
+                (mapping::Outcome::Ambiguous, _) => {
+                    let mut f = Finding::for_guid(
+                        g.as_str(),
+                        problem::AMBIGUOUS_AUGMENT,
+                        Severity::Warning,
+                    );
+                    f.detail = format!("{at}: candidates: {}", res.candidates.join("; "));
+                    f.action = "kept; name the right record in [rewrite] mapping_file".into();
+                    findings.push(resolved(f, &res));
+                }
+                _ => {
+                    let mut f =
+                        Finding::for_guid(g.as_str(), problem::UNMATCHED_AUGMENT, Severity::Note);
+                    f.detail = format!("{at}: record for a GUID no current record has");
+                    f.action = "kept".into();
+                    findings.push(resolved(f, &res));
+                }
+            }
+        }
+        (rewrites, claimed)
+    }
+
+    /// The records augments.xml leaves without calendaring: a new record each (as `[provision]`
+    /// says), unless their own record disables it on purpose.
+    fn missing_augments(
+        &self,
+        file: &AugmentsFile,
+        claimed: &[Guid],
+        findings: &mut Vec<Finding>,
+    ) -> Vec<NewRecord> {
+        let cfg = self.cfg;
+        let mut additions = Vec::new();
+        for r in &self.principals {
+            if claimed.contains(&r.guid) {
+                continue;
+            }
+            let (on, decided_by, own) = file.calendar_enabled(&r.guid, r.kind);
+            if on {
+                continue;
+            }
+            if own {
+                let mut f = Finding::for_record(r, problem::AUGMENT_DISABLES, Severity::Note);
+                f.detail = "its own augment record disables calendaring".into();
+                f.action =
+                    "kept (an explicit choice; edit augments.xml by hand to change it)".into();
+                findings.push(f);
+                continue;
+            }
+            let room = matches!(r.kind, RecordType::Location | RecordType::Resource);
+            let rec = NewRecord {
+                guid: r.guid.clone(),
+                kind: r.kind,
+                enable_calendar: cfg.provision.enable_calendar,
+                enable_addressbook: cfg.provision.enable_addressbook,
+                auto_schedule: room && cfg.provision.auto_schedule_rooms,
+            };
+            let mut f = Finding::for_record(r, problem::NO_AUGMENT, Severity::Fix);
+            f.detail = format!(
+                "no augment record; record `{}` disables calendaring",
+                decided_by.unwrap_or_default()
+            );
+            f.action = format!(
+                "add record (enable-calendar {}, enable-addressbook {}{})",
+                rec.enable_calendar,
+                rec.enable_addressbook,
+                if rec.auto_schedule {
+                    ", auto-schedule"
+                } else {
+                    ""
+                }
+            );
+            if !cfg.provision.enable_calendar {
+                f.severity = Severity::Warning;
+                f.action = "none: [provision] enable_calendar = false".into();
+            } else {
+                additions.push(rec);
+            }
+            findings.push(f);
+        }
+        additions
+    }
+
+    /// Records without an e-mail address, addresses on several records, duplicate GUIDs.
+    fn emails_and_duplicates(&self, findings: &mut Vec<Finding>) {
+        let current = self.current;
+        for r in &self.principals {
+            if r.emails.is_empty() {
+                let mut f = Finding::for_record(r, problem::NO_EMAIL, Severity::Warning);
+                f.detail = "no e-mail address: the server gives it no mailto: address, so invitations by e-mail cannot reach it".into();
+                f.action = "none (add an e-mail address in the directory)".into();
+                findings.push(f);
+            }
+        }
+        let mut by_mail: BTreeMap<&str, Vec<&DirectoryRecord>> = BTreeMap::new();
+        for r in &current.records {
+            for e in &r.emails {
+                let list = by_mail.entry(e.as_str()).or_default();
+                if !list.iter().any(|x| x.guid == r.guid) {
+                    list.push(r);
+                }
+            }
+        }
+        for (mail, recs) in &by_mail {
+            if recs.len() < 2 {
+                continue;
+            }
+            for r in recs {
+                let others: Vec<String> = recs
+                    .iter()
+                    .filter(|o| o.guid != r.guid)
+                    .map(|o| {
+                        format!(
+                            "{} {} ({})",
+                            o.kind,
+                            o.short_names.first().map(String::as_str).unwrap_or(""),
+                            o.guid
+                        )
+                    })
+                    .collect();
+                let mut f = Finding::for_record(r, problem::DUPLICATE_EMAIL, Severity::Error);
+                f.detail = format!("e-mail {mail} is also on {}", others.join(", "));
+                f.action = "none: give each record its own address in the directory".into();
+                findings.push(f);
+            }
+        }
+        for (g, skipped, first) in duplicate_guids(current) {
+            let mut f = match self.by_guid.get(&g) {
+                Some(r) => Finding::for_record(r, problem::DUPLICATE_GUID, Severity::Error),
+                None => Finding::for_guid(g.as_str(), problem::DUPLICATE_GUID, Severity::Error),
+            };
+            f.detail = format!("GUID {g} is on {first} and on {skipped} (the second was ignored)");
+            f.action = "none: give each record its own GUID in the directory".into();
+            findings.push(f);
+        }
+    }
 }
 
 /// A resolver for [`plan_db_rewrite`] backed by the mapping's rules: the current GUID for an old
@@ -647,75 +709,6 @@ pub fn write_csv(report: &ProvisionReport, out: &crate::config::ReportConfig) ->
     Ok(path)
 }
 
-/// The human summary of a report.
-pub fn human_summary(report: &ProvisionReport) -> String {
-    let mut out = String::new();
-    let c = report.counts();
-    let _ = writeln!(
-        out,
-        "Provision: {} users, places and resources checked in {}.",
-        report.checked, report.directory
-    );
-    if report.findings.is_empty() {
-        out.push_str("Nothing to do: every record gets a calendar principal.\n");
-        return out;
-    }
-    let _ = writeln!(
-        out,
-        "{} to fix with --apply, {} error(s) to fix in the directory, {} warning(s), {} note(s).",
-        c["fix"], c["error"], c["warning"], c["note"]
-    );
-    if !report.needs_doing() {
-        out.push_str("Nothing needs doing.\n");
-    }
-    let mut by_problem: BTreeMap<(Severity, &str), Vec<&Finding>> = BTreeMap::new();
-    for f in &report.findings {
-        by_problem
-            .entry((f.severity, f.problem))
-            .or_default()
-            .push(f);
-    }
-    for ((sev, p), list) in &by_problem {
-        let names: Vec<String> = list
-            .iter()
-            .take(8)
-            .map(|f| {
-                if f.short_name.is_empty() {
-                    f.guid.clone()
-                } else {
-                    f.short_name.clone()
-                }
-            })
-            .collect();
-        let more = if list.len() > 8 {
-            format!(", and {} more", list.len() - 8)
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            out,
-            "  {:<8} {p}: {} ({}{more})",
-            sev.as_str(),
-            list.len(),
-            names.join(", ")
-        );
-    }
-    out
-}
-
-fn report_json(report: &ProvisionReport) -> serde_json::Value {
-    json!({
-        "directory": report.directory,
-        "checked": report.checked,
-        "counts": report.counts(),
-        "needs_doing": report.needs_doing(),
-        "findings": report.findings,
-        "access_group": report.access,
-        "augments": report.augments,
-        "warnings": report.warnings,
-    })
-}
-
 /// What `--apply` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Applied {
@@ -779,73 +772,4 @@ pub fn apply(cfg: &Config, report: &ProvisionReport) -> Result<Applied> {
         done.augments_rewritten = plan.rewrites.len();
     }
     Ok(done)
-}
-
-pub fn command_provision(ctx: &Context, args: &ProvisionArgs) -> Result<Outcome> {
-    let cfg = &ctx.config;
-    let report = findings(cfg)?;
-    let csv = write_csv(&report, &cfg.report)?;
-    let mut human = human_summary(&report);
-    let mut doc = report_json(&report);
-    doc["report"] = json!(csv);
-    let _ = writeln!(human, "Report: {}", csv.display());
-    if !args.apply {
-        let status = if report.needs_doing() {
-            if report.findings.iter().any(|f| f.severity == Severity::Fix) {
-                human.push_str(
-                    "Next: review it, then run `principal-reconciler provision --apply`.\n",
-                );
-            }
-            ExitStatus::Problems
-        } else {
-            ExitStatus::Ok
-        };
-        return Ok(Outcome {
-            status,
-            human,
-            json: doc,
-        });
-    }
-    let done = apply(cfg, &report)?;
-    if let Some(l) = &done.ldap {
-        let _ = writeln!(
-            human,
-            "Applied: group {} on {}: {} GUID/name value(s) added, {} removed in {} request(s).",
-            l.dn, l.server, l.values_added, l.values_removed, l.requests
-        );
-    }
-    if let Some(p) = &done.dsimport {
-        let _ = writeln!(
-            human,
-            "Wrote {}: the access group's complete member lists; import it on the server with dsimport (overwrite mode) into the node holding the group.",
-            p.display()
-        );
-    }
-    if let (Some(p), Some(sha)) = (&done.augments_file, &done.augments_backup) {
-        let _ = writeln!(
-            human,
-            "Applied: {}: {} record(s) added, {} uid(s) rewritten; the original is saved as {}/backups/{}/{sha} (undo with `rollback --run {}`).",
-            p.display(),
-            done.augments_added,
-            done.augments_rewritten,
-            cfg.state.path.display(),
-            &sha[..2],
-            done.augments_run.unwrap_or_default()
-        );
-    }
-    doc["applied"] = json!(done);
-    let errors = report
-        .findings
-        .iter()
-        .any(|f| f.severity == Severity::Error);
-    let status = if errors || done.dsimport.is_some() {
-        ExitStatus::Problems
-    } else {
-        ExitStatus::Ok
-    };
-    Ok(Outcome {
-        status,
-        human,
-        json: doc,
-    })
 }

@@ -227,71 +227,89 @@ pub fn plan_db_rewrite(path: &Path, resolve: &dyn Fn(&Guid) -> Option<Guid>) -> 
     // Each row's value after the rewrite.
     let mut finals: Vec<(i64, DbRow, DbRow)> = Vec::with_capacity(rows.len());
     for (rowid, row) in rows {
-        let mut unmatched = |column: &'static str, value: &str, reason: String| {
-            plan.unmatched.push(UnmatchedRow {
-                rowid,
-                row: row.clone(),
-                column,
-                value: value.to_string(),
-                reason,
-            })
-        };
-        let new = match &row {
-            DbRow::Proxy { group_name, member } => {
-                let (owner, suffix) = match group_name.split_once('#') {
-                    Some((o, s)) => (o, Some(s)),
-                    None => (group_name.as_str(), None),
-                };
-                let new_owner = match map_value(owner, resolve) {
-                    Ok(n) => n,
-                    Err(why) => {
-                        unmatched("GROUPNAME", owner, why);
-                        None
-                    }
-                };
-                let new_member = match map_value(member, resolve) {
-                    Ok(n) => n,
-                    Err(why) => {
-                        unmatched("MEMBER", member, why);
-                        None
-                    }
-                };
-                DbRow::Proxy {
-                    group_name: match (new_owner, suffix) {
-                        (Some(o), Some(s)) => format!("{o}#{s}"),
-                        (Some(o), None) => o,
-                        (None, _) => group_name.clone(),
-                    },
-                    member: new_member.unwrap_or_else(|| member.clone()),
-                }
-            }
-            DbRow::ResourceInfo {
-                guid,
-                auto_schedule,
-            } => {
-                let new_guid = match map_value(guid, resolve) {
-                    Ok(n) => n,
-                    Err(why) => {
-                        unmatched("GUID", guid, why);
-                        None
-                    }
-                };
-                DbRow::ResourceInfo {
-                    guid: new_guid.unwrap_or_else(|| guid.clone()),
-                    auto_schedule: *auto_schedule,
-                }
-            }
-        };
+        let new = rewrite_row(rowid, &row, resolve, &mut plan.unmatched);
         finals.push((rowid, row, new));
     }
-    // Rows that keep their value win over rewritten ones; then the lowest rowid.
+    settle_duplicates(&mut plan, &finals);
+    Ok(plan)
+}
+
+/// One row with every GUID column mapped; a value that maps to nobody is kept and noted in
+/// `unmatched_rows`.
+fn rewrite_row(
+    rowid: i64,
+    row: &DbRow,
+    resolve: &dyn Fn(&Guid) -> Option<Guid>,
+    unmatched_rows: &mut Vec<UnmatchedRow>,
+) -> DbRow {
+    let mut unmatched = |column: &'static str, value: &str, reason: String| {
+        unmatched_rows.push(UnmatchedRow {
+            rowid,
+            row: row.clone(),
+            column,
+            value: value.to_string(),
+            reason,
+        })
+    };
+    match row {
+        DbRow::Proxy { group_name, member } => {
+            let (owner, suffix) = match group_name.split_once('#') {
+                Some((o, s)) => (o, Some(s)),
+                None => (group_name.as_str(), None),
+            };
+            let new_owner = match map_value(owner, resolve) {
+                Ok(n) => n,
+                Err(why) => {
+                    unmatched("GROUPNAME", owner, why);
+                    None
+                }
+            };
+            let new_member = match map_value(member, resolve) {
+                Ok(n) => n,
+                Err(why) => {
+                    unmatched("MEMBER", member, why);
+                    None
+                }
+            };
+            DbRow::Proxy {
+                group_name: match (new_owner, suffix) {
+                    (Some(o), Some(s)) => format!("{o}#{s}"),
+                    (Some(o), None) => o,
+                    (None, _) => group_name.clone(),
+                },
+                member: new_member.unwrap_or_else(|| member.clone()),
+            }
+        }
+        DbRow::ResourceInfo {
+            guid,
+            auto_schedule,
+        } => {
+            let new_guid = match map_value(guid, resolve) {
+                Ok(n) => n,
+                Err(why) => {
+                    unmatched("GUID", guid, why);
+                    None
+                }
+            };
+            DbRow::ResourceInfo {
+                guid: new_guid.unwrap_or_else(|| guid.clone()),
+                auto_schedule: *auto_schedule,
+            }
+        }
+    }
+}
+
+/// The changes of `finals` (rowid, old, new), with a rewrite that would duplicate a row that
+/// stays (or an earlier rewrite) dropped instead: rows that keep their value win over rewritten
+/// ones, then the lowest rowid.
+fn settle_duplicates(plan: &mut DbPlan, finals: &[(i64, DbRow, DbRow)]) {
     let mut keeper: HashMap<String, (i64, DbRow)> = HashMap::new();
     for (rowid, old, new) in finals.iter().filter(|(_, o, n)| o == n) {
         keeper
             .entry(new.key())
             .or_insert_with(|| (*rowid, old.clone()));
     }
-    for (rowid, old, new) in &finals {
+    for (rowid, old, new) in finals {
         if old == new {
             // Unchanged (an exact duplicate that was already there is not ours to remove).
             continue;
@@ -314,7 +332,6 @@ pub fn plan_db_rewrite(path: &Path, resolve: &dyn Fn(&Guid) -> Option<Guid>) -> 
             }
         }
     }
-    Ok(plan)
 }
 
 /// Applies a plan in one transaction. Every row must still hold what the plan saw; otherwise

@@ -7,13 +7,12 @@ use super::write::{
     set_md5_attr_file,
 };
 use super::{xattrs, Item};
-use crate::cli::{progress_bar, Context, DoctorArgs, Outcome};
 use crate::config::{StoreConfig, StoreKind};
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
+use crate::progress::{Bar, NoBar, Progress};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::fmt::Write as _;
 use std::fs;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -301,16 +300,11 @@ impl Doctor<'_> {
 
     /// Pass 2: every resource (or, with `cards`, every card of that address-book root) read
     /// through the walker: unreadable ones, and `getcontentmd5`.
-    fn resource_pass(
-        &mut self,
-        progress: &indicatif::ProgressBar,
-        cards: Option<&Path>,
-    ) -> Result<()> {
+    fn resource_pass(&mut self, progress: &Walked, cards: Option<&Path>) -> Result<()> {
         let check_md5 = self.cfg.kind == StoreKind::CalendarserverFs;
         let md5_prop = xattrs::getcontentmd5();
         let mut bump: BTreeSet<PathBuf> = BTreeSet::new();
         let cfg = self.cfg;
-        let prefix_cfg = cfg.xattr_prefix.clone();
         // Fixes open files and folders from this root, one component at a time, never through a
         // link.
         let base = cards.unwrap_or(&self.root).to_path_buf();
@@ -342,86 +336,109 @@ impl Doctor<'_> {
                         if !check_md5 {
                             return Ok(());
                         }
-                        let folder = res.path.parent().map(Path::to_path_buf).unwrap_or_default();
-                        if let Some((kind, detail)) = md5_finding(&res.xattrs, &md5_prop, &md5) {
-                            let fixed = if self.fix {
-                                match open_for_fix(&base, &res.path) {
-                                    Ok(Ok((dir, f))) => {
-                                        let prefix = choose_prefix_dir(
-                                            prefix_cfg.as_deref(),
-                                            &res.xattrs,
-                                            &dir,
-                                        );
-                                        set_md5_attr_file(&f, &res.path, &md5, &prefix).map(|()| {
-                                            bump.insert(folder.clone());
-                                            Some(format!("getcontentmd5 set to {md5}"))
-                                        })
-                                    }
-                                    Ok(Err(links)) => {
-                                        let path = res.path.clone();
-                                        self.hard_linked(&path, links);
-                                        Err(Error::runtime("not changed: hard-linked"))
-                                    }
-                                    Err(e) => Err(e),
-                                }
-                            } else {
-                                Ok(None)
-                            };
-                            let path = res.path.clone();
-                            match fixed {
-                                Ok(fixed) => self.finding(&path, kind, detail, fixed),
-                                Err(e) => self.finding(
-                                    &path,
-                                    kind,
-                                    format!("{detail}; could not fix: {e}"),
-                                    None,
-                                ),
-                            }
-                        }
-                        // The ETag list of the schedule-tag compatibility mode must name the
-                        // current ETag (the bytes' MD5), or 2.5 refuses every edit with 412.
-                        if let Some(detail) = super::props::stale_match_etags(&res.xattrs, &md5) {
-                            let path = res.path.clone();
-                            if self.fix {
-                                let set = match open_for_fix(&base, &res.path) {
-                                    Ok(Ok((_, f))) => {
-                                        set_match_etags_attr_file(&f, &res.path, &md5)
-                                    }
-                                    Ok(Err(links)) => {
-                                        self.hard_linked(&path, links);
-                                        Err(Error::runtime("not changed: hard-linked"))
-                                    }
-                                    Err(e) => Err(e),
-                                };
-                                match set {
-                                    Ok(()) => {
-                                        bump.insert(folder);
-                                        self.finding(
-                                            &path,
-                                            "match-etags-stale",
-                                            detail,
-                                            Some(format!("scheduling-match-etags set to {md5}")),
-                                        );
-                                    }
-                                    Err(e) => self.finding(
-                                        &path,
-                                        "match-etags-stale",
-                                        format!("{detail}; could not fix: {e}"),
-                                        None,
-                                    ),
-                                }
-                            } else {
-                                self.finding(&path, "match-etags-stale", detail, None);
-                            }
-                        }
+                        self.check_md5(&base, &res, &md5, &md5_prop, &mut bump);
+                        self.check_match_etags(&base, &res, &md5, &mut bump);
                     }
                 }
                 Ok(())
             },
         )?;
-        // Clients learn of a new ETag through the collection's ctag.
+        self.bump_ctags(&base, bump);
+        Ok(())
+    }
+
+    /// `getcontentmd5` of one resource against the MD5 of its bytes (`md5`); with `--fix`, set
+    /// (its folder noted in `bump`).
+    fn check_md5(
+        &mut self,
+        base: &Path,
+        res: &super::Resource,
+        md5: &str,
+        md5_prop: &str,
+        bump: &mut BTreeSet<PathBuf>,
+    ) {
+        let folder = res.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let Some((kind, detail)) = md5_finding(&res.xattrs, md5_prop, md5) else {
+            return;
+        };
+        let fixed = if self.fix {
+            match open_for_fix(base, &res.path) {
+                Ok(Ok((dir, f))) => {
+                    let prefix =
+                        choose_prefix_dir(self.cfg.xattr_prefix.as_deref(), &res.xattrs, &dir);
+                    set_md5_attr_file(&f, &res.path, md5, &prefix).map(|()| {
+                        bump.insert(folder.clone());
+                        Some(format!("getcontentmd5 set to {md5}"))
+                    })
+                }
+                Ok(Err(links)) => {
+                    self.hard_linked(&res.path, links);
+                    Err(Error::runtime("not changed: hard-linked"))
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(None)
+        };
+        match fixed {
+            Ok(fixed) => self.finding(&res.path, kind, detail, fixed),
+            Err(e) => self.finding(
+                &res.path,
+                kind,
+                format!("{detail}; could not fix: {e}"),
+                None,
+            ),
+        }
+    }
+
+    /// The ETag list of the schedule-tag compatibility mode must name the current ETag (the
+    /// bytes' MD5), or 2.5 refuses every edit with 412; with `--fix`, set.
+    fn check_match_etags(
+        &mut self,
+        base: &Path,
+        res: &super::Resource,
+        md5: &str,
+        bump: &mut BTreeSet<PathBuf>,
+    ) {
+        let Some(detail) = super::props::stale_match_etags(&res.xattrs, md5) else {
+            return;
+        };
+        let path = res.path.clone();
+        if !self.fix {
+            self.finding(&path, "match-etags-stale", detail, None);
+            return;
+        }
+        let set = match open_for_fix(base, &res.path) {
+            Ok(Ok((_, f))) => set_match_etags_attr_file(&f, &res.path, md5),
+            Ok(Err(links)) => {
+                self.hard_linked(&path, links);
+                Err(Error::runtime("not changed: hard-linked"))
+            }
+            Err(e) => Err(e),
+        };
+        match set {
+            Ok(()) => {
+                bump.insert(res.path.parent().map(Path::to_path_buf).unwrap_or_default());
+                self.finding(
+                    &path,
+                    "match-etags-stale",
+                    detail,
+                    Some(format!("scheduling-match-etags set to {md5}")),
+                );
+            }
+            Err(e) => self.finding(
+                &path,
+                "match-etags-stale",
+                format!("{detail}; could not fix: {e}"),
+                None,
+            ),
+        }
+    }
+
+    /// Clients learn of a new ETag through the collection's ctag: every folder in `bump` gets one.
+    fn bump_ctags(&mut self, base: &Path, bump: BTreeSet<PathBuf>) {
         for folder in bump {
-            let done = open_confined(&base, &folder).and_then(|dir| {
+            let done = open_confined(base, &folder).and_then(|dir| {
                 let prefix = choose_prefix_dir(self.cfg.xattr_prefix.as_deref(), &[], &dir);
                 bump_ctag_dir(&dir, &prefix)
             });
@@ -434,7 +451,6 @@ impl Doctor<'_> {
                 );
             }
         }
-        Ok(())
     }
 }
 
@@ -497,26 +513,80 @@ fn md5_finding(
 fn walk_resources<M, S>(
     cfg: &StoreConfig,
     cards: Option<&Path>,
-    progress: &indicatif::ProgressBar,
+    progress: &Walked,
     map: M,
-    sink: S,
+    mut sink: S,
 ) -> Result<()>
 where
     M: Fn(&super::Resource, &[u8]) -> String + Sync,
     S: FnMut(Item<String>) -> Result<()>,
 {
+    let sink = |item: Item<String>| {
+        if !matches!(item, Item::Home(_)) {
+            progress.bar.inc(1);
+        }
+        sink(item)
+    };
     match cards {
-        None => super::walk(cfg, progress, map, sink),
-        Some(root) => super::addressbook::walk(root, Default::default(), progress, map, sink),
+        None => super::walk(cfg, progress.walker, map, sink),
+        Some(root) => {
+            super::addressbook::walk(root, Default::default(), progress.walker, map, sink)
+        }
     }
 }
 
+/// Where the resource pass reports: the walker still advances an indicatif bar (until it takes a
+/// [`Bar`]); `bar` counts what the walk delivers.
+struct Walked<'a> {
+    walker: &'a indicatif::ProgressBar,
+    bar: &'a dyn Bar,
+}
+
+/// What `doctor` is asked to do.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DoctorOptions {
+    /// Repair what can be repaired (ownership, MD5 attributes, leftovers of interrupted writes).
+    pub fix: bool,
+}
+
+/// Runs the doctor over a store, its address books included, reporting to `progress`.
+pub fn run(
+    cfg: &StoreConfig,
+    opts: &DoctorOptions,
+    progress: &dyn Progress,
+) -> Result<DoctorReport> {
+    let bar = progress.start("doctor", None);
+    let walker = indicatif::ProgressBar::hidden();
+    let r = doctor_with(
+        cfg,
+        opts.fix,
+        &Walked {
+            walker: &walker,
+            bar: &*bar,
+        },
+    );
+    bar.finish();
+    r
+}
+
 /// Runs the doctor over a store (`fix`: repair what can be repaired), its address books included.
+/// (Kept for `verify` until it moves to [`run`]: the walker advances `progress`.)
 pub fn doctor(
     cfg: &StoreConfig,
     fix: bool,
     progress: &indicatif::ProgressBar,
 ) -> Result<DoctorReport> {
+    doctor_with(
+        cfg,
+        fix,
+        &Walked {
+            walker: progress,
+            bar: &NoBar,
+        },
+    )
+}
+
+fn doctor_with(cfg: &StoreConfig, fix: bool, progress: &Walked) -> Result<DoctorReport> {
     super::check_root(cfg)?;
     let root = cfg.path.clone();
     let (owner, owner_source) = match &cfg.owner {
@@ -569,93 +639,4 @@ pub fn doctor(
         .findings
         .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));
     Ok(d.report)
-}
-
-/// The human summary of a doctor report.
-pub fn render(r: &DoctorReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "Store {}", r.store);
-    let _ = writeln!(
-        s,
-        "Expected owner {} ({})",
-        r.expected_owner, r.owner_source
-    );
-    let _ = writeln!(
-        s,
-        "Checked {} files and folders, {} resources",
-        r.entries_checked, r.resources_checked
-    );
-    if r.found.is_empty() {
-        let _ = writeln!(s, "No problems found.");
-        return s;
-    }
-    for (kind, n) in &r.found {
-        let fixed = r.fixed.get(kind).copied().unwrap_or(0);
-        if r.fix {
-            let _ = writeln!(s, "  {kind:<12} {n:>8} found {fixed:>8} fixed");
-        } else {
-            let _ = writeln!(s, "  {kind:<12} {n:>8} found");
-        }
-    }
-    // Up to EXAMPLES findings of each kind; --json lists them all (up to MAX_LISTED).
-    const EXAMPLES: usize = 10;
-    for kind in r.found.keys() {
-        let of_kind: Vec<&Finding> = r.findings.iter().filter(|f| &f.kind == kind).collect();
-        let _ = writeln!(s, "{kind}:");
-        for f in of_kind.iter().take(EXAMPLES) {
-            match &f.fixed {
-                Some(what) => {
-                    let _ = writeln!(s, "  {}: {} — fixed: {what}", f.path, f.detail);
-                }
-                None => {
-                    let _ = writeln!(s, "  {}: {}", f.path, f.detail);
-                }
-            }
-        }
-        let n = r.found[kind];
-        if n > EXAMPLES as u64 {
-            let _ = writeln!(
-                s,
-                "  … and {} more (--json lists them)",
-                n - EXAMPLES as u64
-            );
-        }
-    }
-    if r.resources_checked > 0 && r.resources_without_xattrs == r.resources_checked {
-        let _ = writeln!(
-            s,
-            "Note: no resource has any extended attribute. If this is a copy, it was made without them \
-             (cp/rsync/tar without -X/--xattrs): the server's properties (ETags, ctags, resource types) \
-             are lost; copy the store again keeping attributes."
-        );
-    }
-    if r.remaining == 0 {
-        let _ = writeln!(s, "All problems fixed.");
-    } else if r.fix {
-        let _ = writeln!(s, "{} problem(s) remain.", r.remaining);
-    } else {
-        let _ = writeln!(
-            s,
-            "{} problem(s). `doctor --fix` repairs ownership, MD5 attributes and leftovers.",
-            r.remaining
-        );
-    }
-    s
-}
-
-pub fn command_doctor(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
-    let bar = progress_bar(ctx, None, "doctor");
-    let report = doctor(&ctx.config.store, args.fix, &bar)?;
-    bar.finish_and_clear();
-    let status = if report.remaining > 0 {
-        ExitStatus::Problems
-    } else {
-        ExitStatus::Ok
-    };
-    let json = serde_json::to_value(&report).unwrap_or_default();
-    Ok(Outcome {
-        status,
-        human: render(&report),
-        json,
-    })
 }

@@ -19,7 +19,6 @@ pub mod walk;
 pub mod write;
 pub mod xattrs;
 
-use crate::cli::{Context, DoctorArgs, Outcome};
 use crate::config::StoreConfig;
 use crate::error::Result;
 use serde::Serialize;
@@ -133,22 +132,4 @@ where
 pub fn safe_write(path: &Path, expected_sha256: &str, new_bytes: &[u8]) -> Result<()> {
     write_resource(path, expected_sha256, new_bytes, &WriteOptions::default())?;
     Ok(())
-}
-
-/// `principal-reconciler scan`: the inventory of homes, collections, resources and addresses.
-pub fn command_scan(ctx: &Context) -> Result<Outcome> {
-    if ctx.config.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return Err(crate::error::Error::not_built(
-            "scan on a calendarserver-pg store (`plan` reads the database and changes nothing)",
-        ));
-    }
-    scan::command_scan(ctx)
-}
-
-/// `principal-reconciler doctor [--fix]`.
-pub fn command_doctor(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
-    if ctx.config.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return pg::verify::doctor(ctx, args);
-    }
-    doctor::command_doctor(ctx, args)
 }

@@ -3,13 +3,12 @@
 
 use super::{HomeLayout, Item, Problem};
 use crate::address::{AddressKind, CalAddress};
-use crate::cli::{progress_bar, Context, Outcome};
 use crate::config::{StoreConfig, StoreKind};
-use crate::error::{ExitStatus, Result};
+use crate::error::Result;
 use crate::ical::{CalendarInfo, IcalError};
+use crate::progress::Progress;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 
 /// How many problems an inventory keeps in detail (all are counted).
 pub const MAX_LISTED_PROBLEMS: usize = 10_000;
@@ -64,7 +63,7 @@ pub struct Inventory {
     pub problems: Vec<Problem>,
     /// The address books, when the store has some (`[store] addressbook_root`, or 3.x).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub addressbooks: Option<crate::addressbooks::Inventory>,
+    pub addressbooks: Option<super::addressbook::Inventory>,
 }
 
 impl Inventory {
@@ -118,7 +117,14 @@ struct AddrStat {
 
 /// Walks the store and builds its inventory (memory grows with distinct addresses and
 /// collections, not with resources).
-pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result<Inventory> {
+pub fn inventory(cfg: &StoreConfig, progress: &dyn Progress) -> Result<Inventory> {
+    let bar = progress.start("scan", None);
+    let inv = inventory_with(cfg, &*bar);
+    bar.finish();
+    inv
+}
+
+fn inventory_with(cfg: &StoreConfig, bar: &dyn crate::progress::Bar) -> Result<Inventory> {
     let mut inv = Inventory {
         store: cfg.path.display().to_string(),
         kind: cfg.kind,
@@ -129,25 +135,24 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
     }
     let mut collections: HashSet<String> = HashSet::new();
     let mut addrs: HashMap<String, AddrStat> = HashMap::new();
-    let note = |inv: &mut Inventory, p: Problem| {
-        *inv.problem_counts.entry(p.kind.clone()).or_insert(0) += 1;
-        if inv.problems.len() < MAX_LISTED_PROBLEMS {
-            inv.problems.push(p);
-        }
-    };
     // The inventory needs no attributes. Addresses are parsed and counted per resource on the
     // reader threads; the calling thread only merges.
     super::walk_with(
         cfg,
         super::WalkOptions { xattrs: false },
-        progress,
+        // The walker still advances an indicatif bar (until it takes a `Bar`); `bar` counts
+        // what it delivers.
+        &indicatif::ProgressBar::hidden(),
         |_res, bytes| -> std::result::Result<Vec<ResourceAddress>, IcalError> {
             crate::ical::scan(bytes).map(|info| per_resource(&info))
         },
         |item| {
+            if !matches!(item, Item::Home(_)) {
+                bar.inc(1);
+            }
             match item {
                 Item::Home(h) => *inv.homes.entry(layout_name(h.layout).into()).or_insert(0) += 1,
-                Item::Problem(p) => note(&mut inv, p),
+                Item::Problem(p) => inv.note(p),
                 Item::Resource(res, result) => {
                     inv.resources += 1;
                     inv.bytes += res.size;
@@ -156,28 +161,9 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
                         collections.insert(folder.to_string());
                     }
                     match result {
-                        Err(e) => note(&mut inv, Problem::malformed(&res, &e)),
+                        Err(e) => inv.note(Problem::malformed(&res, &e)),
                         Ok(found) => {
-                            for a in found {
-                                inv.address_occurrences += a.occurrences;
-                                match addrs.get_mut(&a.key) {
-                                    Some(st) => {
-                                        st.occurrences += a.occurrences;
-                                        st.resources += 1;
-                                    }
-                                    None => {
-                                        addrs.insert(
-                                            a.key,
-                                            AddrStat {
-                                                kind: a.kind,
-                                                domain: a.domain,
-                                                occurrences: a.occurrences,
-                                                resources: 1,
-                                            },
-                                        );
-                                    }
-                                }
-                            }
+                            inv.address_occurrences += count_addresses(&mut addrs, found);
                         }
                     }
                 }
@@ -185,187 +171,95 @@ pub fn inventory(cfg: &StoreConfig, progress: &indicatif::ProgressBar) -> Result
             Ok(())
         },
     )?;
-    if let Some((ab, problems)) = crate::addressbooks::inventory(cfg, progress)? {
+    if let Some((ab, problems)) = super::addressbook::inventory(cfg, bar)? {
         for p in problems {
-            note(&mut inv, p);
+            inv.note(p);
         }
         inv.addressbooks = Some(ab);
     }
     inv.collections = collections.len();
-    inv.distinct_addresses = addrs.len();
-    let mut domains: HashMap<String, DomainCount> = HashMap::new();
-    for st in addrs.values() {
-        let k = inv.by_kind.entry(st.kind.as_str().into()).or_default();
-        k.distinct += 1;
-        k.occurrences += st.occurrences;
-        if let Some(d) = &st.domain {
-            let dc = domains.entry(d.clone()).or_insert_with(|| DomainCount {
-                domain: d.clone(),
-                distinct: 0,
-                occurrences: 0,
-            });
-            dc.distinct += 1;
-            dc.occurrences += st.occurrences;
-        }
-    }
-    inv.mailto_domains = domains.into_values().collect();
-    inv.mailto_domains.sort_by(|a, b| {
-        b.occurrences
-            .cmp(&a.occurrences)
-            .then_with(|| a.domain.cmp(&b.domain))
-    });
-    let mut top: Vec<AddressCount> = addrs
-        .into_iter()
-        .map(|(k, st)| AddressCount {
-            address: k,
-            kind: st.kind,
-            occurrences: st.occurrences,
-            resources: st.resources,
-        })
-        .collect();
-    top.sort_by(|a, b| {
-        b.occurrences
-            .cmp(&a.occurrences)
-            .then_with(|| a.address.cmp(&b.address))
-    });
-    top.truncate(TOP_ADDRESSES);
-    inv.top_addresses = top;
-    inv.problems
-        .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));
+    inv.summarise(addrs);
     Ok(inv)
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
+/// Adds one resource's addresses to the per-address counts; returns their occurrences.
+fn count_addresses(addrs: &mut HashMap<String, AddrStat>, found: Vec<ResourceAddress>) -> u64 {
+    let mut occurrences = 0;
+    for a in found {
+        occurrences += a.occurrences;
+        match addrs.get_mut(&a.key) {
+            Some(st) => {
+                st.occurrences += a.occurrences;
+                st.resources += 1;
+            }
+            None => {
+                addrs.insert(
+                    a.key,
+                    AddrStat {
+                        kind: a.kind,
+                        domain: a.domain,
+                        occurrences: a.occurrences,
+                        resources: 1,
+                    },
+                );
+            }
+        }
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    occurrences
 }
 
-/// The human summary of an inventory.
-pub fn render(inv: &Inventory) -> String {
-    let mut s = String::new();
-    let kind = match inv.kind {
-        StoreKind::CalendarserverFs => "calendarserver-fs",
-        StoreKind::CalendarserverPg => "calendarserver-pg",
-        StoreKind::IcsDir => "ics-dir",
-    };
-    let _ = writeln!(s, "Store {} ({kind})", inv.store);
-    if inv.kind != StoreKind::IcsDir {
-        let total: usize = inv.homes.values().sum();
-        let parts: Vec<String> = inv.homes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "Homes:        {total} ({})", parts.join(", "));
-    }
-    let _ = writeln!(s, "Collections:  {} with resources", inv.collections);
-    let _ = writeln!(
-        s,
-        "Resources:    {} ({})",
-        inv.resources,
-        human_bytes(inv.bytes)
-    );
-    let _ = writeln!(
-        s,
-        "Addresses:    {} distinct, {} occurrences",
-        inv.distinct_addresses, inv.address_occurrences
-    );
-    for (k, c) in &inv.by_kind {
-        let _ = writeln!(
-            s,
-            "  {k:<15} {:>8} distinct {:>10} occurrences",
-            c.distinct, c.occurrences
-        );
-        if k == "mailto" {
-            for d in inv.mailto_domains.iter().take(20) {
-                let _ = writeln!(
-                    s,
-                    "    @{:<30} {:>6} distinct {:>10} occurrences",
-                    d.domain, d.distinct, d.occurrences
-                );
-            }
-            if inv.mailto_domains.len() > 20 {
-                let _ = writeln!(
-                    s,
-                    "    … {} more domains (see --json)",
-                    inv.mailto_domains.len() - 20
-                );
-            }
+impl Inventory {
+    /// Counts a problem (and keeps it, up to [`MAX_LISTED_PROBLEMS`]).
+    fn note(&mut self, p: Problem) {
+        *self.problem_counts.entry(p.kind.clone()).or_insert(0) += 1;
+        if self.problems.len() < MAX_LISTED_PROBLEMS {
+            self.problems.push(p);
         }
     }
-    if !inv.top_addresses.is_empty() {
-        let _ = writeln!(s, "Most used addresses:");
-        for a in inv.top_addresses.iter().take(20) {
-            let _ = writeln!(
-                s,
-                "  {:>10}  {:<15} {}",
-                a.occurrences,
-                a.kind.as_str(),
-                a.address
-            );
+
+    /// The figures drawn from the per-address counts: by form, by mail domain, the most used;
+    /// then the problems in order.
+    fn summarise(&mut self, addrs: HashMap<String, AddrStat>) {
+        let inv = self;
+        inv.distinct_addresses = addrs.len();
+        let mut domains: HashMap<String, DomainCount> = HashMap::new();
+        for st in addrs.values() {
+            let k = inv.by_kind.entry(st.kind.as_str().into()).or_default();
+            k.distinct += 1;
+            k.occurrences += st.occurrences;
+            if let Some(d) = &st.domain {
+                let dc = domains.entry(d.clone()).or_insert_with(|| DomainCount {
+                    domain: d.clone(),
+                    distinct: 0,
+                    occurrences: 0,
+                });
+                dc.distinct += 1;
+                dc.occurrences += st.occurrences;
+            }
         }
-    }
-    if let Some(ab) = &inv.addressbooks {
-        let total: usize = ab.homes.values().sum();
-        let parts: Vec<String> = ab.homes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "Address books: {}", ab.root);
-        let _ = writeln!(s, "  Homes:        {total} ({})", parts.join(", "));
-        let _ = writeln!(
-            s,
-            "  Cards:        {} ({}) in {} address books",
-            ab.cards,
-            human_bytes(ab.bytes),
-            ab.collections
-        );
-        let _ = writeln!(
-            s,
-            "  Groups:       {} naming {} members ({} cards of their own address book, {} other: directory records or cards that are gone)",
-            ab.groups, ab.members, ab.card_members, ab.other_members
-        );
-    }
-    let total_problems: u64 = inv.problem_counts.values().sum();
-    if total_problems == 0 {
-        let _ = writeln!(s, "Problems:     none");
-    } else {
-        let parts: Vec<String> = inv
-            .problem_counts
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
+        inv.mailto_domains = domains.into_values().collect();
+        inv.mailto_domains.sort_by(|a, b| {
+            b.occurrences
+                .cmp(&a.occurrences)
+                .then_with(|| a.domain.cmp(&b.domain))
+        });
+        let mut top: Vec<AddressCount> = addrs
+            .into_iter()
+            .map(|(k, st)| AddressCount {
+                address: k,
+                kind: st.kind,
+                occurrences: st.occurrences,
+                resources: st.resources,
+            })
             .collect();
-        let _ = writeln!(s, "Problems:     {total_problems} ({})", parts.join(", "));
-        for p in inv.problems.iter().take(200) {
-            let _ = writeln!(s, "  {:<10} {}: {}", p.kind, p.path, p.detail);
-        }
-        if inv.problems.len() > 200 {
-            let _ = writeln!(s, "  … {} more (see --json)", total_problems - 200);
-        }
+        top.sort_by(|a, b| {
+            b.occurrences
+                .cmp(&a.occurrences)
+                .then_with(|| a.address.cmp(&b.address))
+        });
+        top.truncate(TOP_ADDRESSES);
+        inv.top_addresses = top;
+        inv.problems
+            .sort_by(|a, b| a.kind.cmp(&b.kind).then_with(|| a.path.cmp(&b.path)));
     }
-    if inv.has_bad_resources() {
-        let _ = writeln!(s, "Some resources are unreadable or malformed: they are listed above and will not be rewritten.");
-    }
-    s
-}
-
-pub fn command_scan(ctx: &Context) -> Result<Outcome> {
-    let cfg = &ctx.config.store;
-    let bar = progress_bar(ctx, None, "scan");
-    let inv = inventory(cfg, &bar)?;
-    bar.finish_and_clear();
-    let status = if inv.has_bad_resources() {
-        ExitStatus::Problems
-    } else {
-        ExitStatus::Ok
-    };
-    let json = serde_json::to_value(&inv).unwrap_or_default();
-    Ok(Outcome {
-        status,
-        human: render(&inv),
-        json,
-    })
 }

@@ -12,6 +12,7 @@ mod dropbox;
 mod example;
 mod external_corpus;
 mod golden;
+mod layers;
 mod ical_corpus;
 mod ical_props;
 mod lifecycle;

@@ -6,6 +6,24 @@ use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
+mod completions;
+mod config;
+mod directory;
+mod doctor;
+mod man;
+mod progress;
+mod provision;
+mod report;
+mod scan;
+mod state;
+
+pub use self::directory::DirectoryCommand;
+pub use self::doctor::DoctorArgs;
+pub use self::progress::progress_bar;
+pub use self::provision::ProvisionArgs;
+pub use self::report::ReportArgs;
+pub use self::state::{PruneArgs, StateCommand};
+
 const AFTER_HELP: &str = "\
 A typical migration after an Open Directory rebuild:
   principal-reconciler config > principal-reconciler.toml   # then edit it
@@ -135,52 +153,6 @@ pub struct RollbackArgs {
 }
 
 #[derive(Args, Debug, Clone, Default)]
-pub struct ProvisionArgs {
-    /// Make the changes (without it, only report)
-    #[arg(long)]
-    pub apply: bool,
-}
-
-#[derive(Args, Debug, Clone, Default)]
-pub struct DoctorArgs {
-    /// Repair ownership, MD5 attributes and leftovers of interrupted writes
-    #[arg(long)]
-    pub fix: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum StateCommand {
-    /// Drop old plans (all but the newest `[state] keep_plans`, never one a run still needs) and,
-    /// when asked, the journal and backups of finished runs; prints what it frees, then compacts
-    /// the state database
-    Prune(PruneArgs),
-}
-
-#[derive(Args, Debug, Clone, Default)]
-pub struct PruneArgs {
-    /// Only say what would be dropped and how much it frees; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Plans to keep (default: `[state] keep_plans`)
-    #[arg(long, value_name = "N")]
-    pub keep_plans: Option<usize>,
-    /// Also drop the journal and backups of this applied or rolled-back run (repeatable); it can
-    /// then never be rolled back. A backup another run still refers to is kept
-    #[arg(long, value_name = "RUN")]
-    pub backups_of_run: Vec<i64>,
-    /// Also drop the journal and backups of every applied or rolled-back run
-    #[arg(long, conflicts_with = "backups_of_run")]
-    pub all_backups: bool,
-}
-
-#[derive(Args, Debug, Clone, Default)]
-pub struct ReportArgs {
-    /// Report on this plan (default: the latest)
-    #[arg(long, value_name = "ID")]
-    pub plan: Option<i64>,
-}
-
-#[derive(Args, Debug, Clone, Default)]
 pub struct DiffArgs {
     /// The resource: a path in the store (whole, or relative to the store as in changes.csv)
     #[arg(value_name = "RESOURCE")]
@@ -205,18 +177,6 @@ pub struct MigrateArgs {
     /// Apply without asking (a real migrate asks on a terminal, and refuses without one)
     #[arg(long, short = 'y')]
     pub yes: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum DirectoryCommand {
-    /// Read the current directory (and the old exports) and show counts per record type
-    Pull,
-    /// Write what a pull of the current directory sees as an LDIF snapshot
-    Export {
-        /// Where to write the LDIF
-        #[arg(long, value_name = "FILE")]
-        ldif: PathBuf,
-    },
 }
 
 /// What every command sees: the configuration and the output settings.
@@ -328,39 +288,9 @@ pub fn main() -> u8 {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
-        Command::Config => {
-            return Ok(Outcome::ok(
-                crate::config::EXAMPLE,
-                serde_json::json!({ "config": crate::config::EXAMPLE }),
-            ))
-        }
-        Command::Completions { shell } => {
-            let mut out = Vec::new();
-            clap_complete::generate(
-                *shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "principal-reconciler",
-                &mut out,
-            );
-            let text = String::from_utf8_lossy(&out).into_owned();
-            return Ok(Outcome::ok(
-                text.clone(),
-                serde_json::json!({ "completions": text }),
-            ));
-        }
-        Command::Man => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut out)
-                .map_err(|e| {
-                    crate::error::Error::runtime(format!("cannot render the manual page: {e}"))
-                })?;
-            let text = String::from_utf8_lossy(&out).into_owned();
-            return Ok(Outcome::ok(
-                text.clone(),
-                serde_json::json!({ "man": text }),
-            ));
-        }
+        Command::Config => return Ok(config::run()),
+        Command::Completions { shell } => return Ok(completions::run(*shell)),
+        Command::Man => return man::run(),
         _ => {}
     }
     let config = Config::load(&cli.config)?;
@@ -375,17 +305,17 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Config | Command::Completions { .. } | Command::Man => {
             unreachable!("handled above")
         }
-        Command::Scan => crate::store::command_scan(&ctx),
+        Command::Scan => scan::run(&ctx),
         Command::Plan => crate::plan::command_plan(&ctx),
         Command::Apply(args) => crate::journal::command_apply(&ctx, &args),
         Command::Rollback(args) => crate::journal::command_rollback(&ctx, &args),
         Command::Verify => crate::verify::command_verify(&ctx),
-        Command::Provision(args) => crate::provision::command_provision(&ctx, &args),
-        Command::Doctor(args) => crate::store::command_doctor(&ctx, &args),
-        Command::Report(args) => crate::report::command_report(&ctx, &args),
+        Command::Provision(args) => provision::run(&ctx, &args),
+        Command::Doctor(args) => doctor::run(&ctx, &args),
+        Command::Report(args) => report::run(&ctx, &args),
         Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
         Command::Diff(args) => command_diff(&ctx, &args),
-        Command::State(StateCommand::Prune(args)) => crate::prune::command_prune(&ctx, &args),
+        Command::State(StateCommand::Prune(args)) => state::prune(&ctx, &args),
         Command::Runs => {
             let state = crate::state::State::open_existing(&ctx.config.state.path)?;
             let h = crate::history::history(&state)?;
@@ -394,10 +324,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 serde_json::json!({ "history": h }),
             ))
         }
-        Command::Directory(DirectoryCommand::Pull) => crate::directory::command_pull(&ctx),
-        Command::Directory(DirectoryCommand::Export { ldif }) => {
-            crate::directory::command_export(&ctx, &ldif)
-        }
+        Command::Directory(cmd) => directory::run(&ctx, &cmd),
     }
 }
 
@@ -475,32 +402,4 @@ fn command_diff(ctx: &Context, args: &DiffArgs) -> Result<Outcome> {
         human: format!("{note}{}", d.diff),
         json: serde_json::json!({ "diff": d }),
     })
-}
-
-/// A progress bar on stderr, hidden when progress is off.
-pub fn progress_bar(ctx: &Context, len: Option<u64>, what: &str) -> indicatif::ProgressBar {
-    if !ctx.progress {
-        return indicatif::ProgressBar::hidden();
-    }
-    // Whole resources per second: indicatif's own {per_sec} prints four decimals.
-    let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-        let _ = write!(w, "{:.0}/s", s.per_sec());
-    };
-    let bar = match len {
-        Some(n) => indicatif::ProgressBar::new(n).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:>10} [{bar:40}] {human_pos}/{human_len} {rate} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .with_key("rate", rate)
-            .progress_chars("=> "),
-        ),
-        None => indicatif::ProgressBar::new_spinner().with_style(
-            indicatif::ProgressStyle::with_template("{msg:>10} {spinner} {human_pos} {rate}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
-                .with_key("rate", rate),
-        ),
-    };
-    bar.set_message(what.to_string());
-    bar
 }
