@@ -138,9 +138,7 @@ pub fn safe_write(path: &Path, expected_sha256: &str, new_bytes: &[u8]) -> Resul
 /// `principal-reconciler scan`: the inventory of homes, collections, resources and addresses.
 pub fn command_scan(ctx: &Context) -> Result<Outcome> {
     if ctx.config.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return Err(crate::error::Error::not_built(
-            "scan on a calendarserver-pg store (`plan` reads the database and changes nothing)",
-        ));
+        return pg::scan::command_scan(ctx);
     }
     scan::command_scan(ctx)
 }

@@ -71,6 +71,21 @@ pub(super) fn start_or_resume(
         }
         Some((id, _)) => {
             s.resumed = true;
+            let stopped: Option<String> = state
+                .conn
+                .query_row("SELECT stopped_by FROM runs WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .ok()
+                .flatten();
+            s.notes.push(match stopped {
+                Some(sig) => format!("run {id} was stopped by {sig}; resuming it"),
+                None => format!("run {id} did not finish (its process ended without finishing: a crash or kill); resuming it"),
+            });
+            state.conn.execute(
+                "UPDATE runs SET status = 'running', stopped_by = NULL WHERE id = ?1",
+                [id],
+            )?;
             id
         }
         None => {
@@ -83,6 +98,41 @@ pub(super) fn start_or_resume(
     };
     s.run_id = id;
     Ok(Some(id))
+}
+
+/// After SIGINT/SIGTERM, between two transactions: the run is recorded as interrupted
+/// (resumable) with what its journal holds so far; `true` when the caller must stop.
+pub(super) fn stop_if_signalled(state: &State, s: &mut RunSummary) -> Result<bool> {
+    let Some(sig) = crate::interrupt::pending() else {
+        return Ok(false);
+    };
+    let name = crate::interrupt::name(sig);
+    state.conn.execute(
+        "UPDATE runs SET status = 'interrupted', stopped_by = ?1 WHERE id = ?2",
+        rusqlite::params![name, s.run_id],
+    )?;
+    s.interrupted = Some(name);
+    if s.kind == "apply" {
+        journal_totals(state, s)?;
+    }
+    Ok(true)
+}
+
+/// The counts of a run, from its journal (the whole run's, across resumed processes).
+pub(super) fn journal_totals(state: &State, s: &mut RunSummary) -> Result<()> {
+    let run = s.run_id;
+    let count = |sql: &str| -> Result<u64> {
+        Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
+    };
+    s.written = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NOT NULL")?;
+    s.unchanged = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NULL")?;
+    s.homes_adopted = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'row' AND state = 'done' AND table_name IN ('CALENDAR_HOME', 'ADDRESSBOOK_HOME', 'NOTIFICATION_HOME')")?;
+    let mut st = state.conn.prepare(
+        "SELECT label, detail FROM pg_journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
+    )?;
+    let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    s.skipped = rows.collect::<rusqlite::Result<_>>()?;
+    Ok(())
 }
 
 pub(super) fn finish_run(state: &State, run_id: i64) -> Result<()> {
@@ -369,6 +419,8 @@ pub fn apply(
         return Ok(summary);
     };
     state.advance_run(run_id, RunEvent::StartApply)?;
+    // SIGINT/SIGTERM: the batch in hand is finished, then the run stops, resumable.
+    let _signals = crate::interrupt::install();
     let resolver = load_resolver(&state, plan_id)?;
     let address_form: String = state.plan_text(plan_id, "address_form")?;
     let opts = RewriteOptions {
@@ -423,6 +475,11 @@ pub fn apply(
                 &mut summary,
             )?;
             bar.inc(page.len() as u64);
+            crate::interrupt::test_pause("pg-apply-batch");
+            if stop_if_signalled(&state, &mut summary)? {
+                bar.finish_and_clear();
+                return Ok(summary);
+            }
         }
     }
     bar.finish_and_clear();
@@ -442,8 +499,17 @@ pub fn apply(
         let marks: Vec<(i64, &str, String)> = marks.into_iter().collect();
         edits::mark(&mut state, run_id, &marks)?;
     }
+    if stop_if_signalled(&state, &mut summary)? {
+        return Ok(summary);
+    }
     apply_values(&mut db, &mut state, run_id, plan_id, &mut summary)?;
+    if stop_if_signalled(&state, &mut summary)? {
+        return Ok(summary);
+    }
     apply_homes(&mut db, &mut state, run_id, plan_id, &mut summary)?;
+    if stop_if_signalled(&state, &mut summary)? {
+        return Ok(summary);
+    }
 
     // 3. The delegate database of 3.x–5.x in the data root.
     let backups = crate::journal::Backups::open(&cfg.state.path)?;
@@ -466,19 +532,7 @@ pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> 
         .ok()
         .flatten();
     s.state = Some(state.run_state(run)?);
-    let count = |sql: &str| -> Result<u64> {
-        Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
-    };
-    s.written = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NOT NULL")?;
-    s.unchanged = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NULL")?;
-    s.homes_adopted = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'row' AND state = 'done' AND table_name IN ('CALENDAR_HOME', 'ADDRESSBOOK_HOME', 'NOTIFICATION_HOME')")?;
-    {
-        let mut st = state.conn.prepare(
-            "SELECT label, detail FROM pg_journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
-        )?;
-        let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        s.skipped = rows.collect::<rusqlite::Result<_>>()?;
-    }
+    journal_totals(state, s)?;
     let written: Vec<(String, i64, String, String)> = {
         let mut st = state.conn.prepare(
             "SELECT table_name, CAST(key AS INTEGER), label, after_hash FROM pg_journal
@@ -487,6 +541,15 @@ pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> 
         let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    s.checked = Some(check_hashes(db, &written)?);
+    Ok(())
+}
+
+/// Whether objects hold the text of the md5 expected: (kind, RESOURCE_ID, label, md5).
+pub(super) fn check_hashes(
+    db: &mut Db,
+    written: &[(String, i64, String, String)],
+) -> Result<crate::journal::Checked> {
     let mut checked = crate::journal::Checked {
         files: written.len() as u64,
         ..Default::default()
@@ -527,8 +590,7 @@ pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> 
             }
         }
     }
-    s.checked = Some(checked);
-    Ok(())
+    Ok(checked)
 }
 
 #[allow(clippy::too_many_arguments)]
