@@ -344,6 +344,22 @@ fn plan_changes_nothing_apply_rewrites_in_place_second_apply_is_a_no_op_and_roll
                 .unwrap()
                 .get(0);
             assert_eq!(hrefs, 0, "v{v}: hrefs into the home of {old} follow it");
+            let keys: Vec<String> = client(&pg, &w)
+                .query(
+                    "SELECT RESOURCE_KEY FROM APN_SUBSCRIPTIONS WHERE SUBSCRIBER_GUID = $1",
+                    &[new],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if w.imported.home_ids.contains_key(old) {
+                assert_eq!(
+                    keys,
+                    vec![format!("/CalDAV/cal.example.com/{new}/")],
+                    "v{v}: the push key follows the home of {old}"
+                );
+            }
         }
         let cards: Vec<String> = client(&pg, &w)
             .query("SELECT VCARD_TEXT FROM ADDRESSBOOK_OBJECT WHERE VCARD_TEXT LIKE '%X-ADDRESSBOOKSERVER-KIND:group%'", &[])

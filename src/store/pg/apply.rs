@@ -826,9 +826,12 @@ fn apply_values(
         let mut tx = db.client.transaction().map_err(err("begin"))?;
         // Property values holding hrefs into a moved home change inside; other columns whole.
         let href = column == "VALUE";
+        let push = table == "APN_SUBSCRIPTIONS" && column == "RESOURCE_KEY";
         let rows = if href {
             let h = super::plan::href_of(&old);
             edits::select_rows(&mut tx, &table, "strpos(t.VALUE, $1) > 0", &[&h])?
+        } else if push {
+            edits::select_rows(&mut tx, &table, super::plan::APN_FILTER, &[&old])?
         } else {
             edits::select_rows(&mut tx, &table, &format!("t.{column} = $1"), &[&old])?
         };
@@ -844,6 +847,11 @@ fn apply_values(
                         .and_then(Value::as_str)
                         .unwrap_or_default();
                     json!(v.replace(&super::plan::href_of(&old), &super::plan::href_of(&new)))
+                } else if push {
+                    let k = edits::field(&before, "resource_key")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    json!(super::plan::push_key(k, &old, &new).unwrap_or_else(|| k.to_string()))
                 } else {
                     json!(new)
                 };

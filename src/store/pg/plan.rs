@@ -498,6 +498,7 @@ pub fn plan(
     // Homes: rename to the new uid, or merge into the home the server already made for it.
     let mut homes_count: BTreeMap<String, usize> = BTreeMap::new();
     let mut hrefs: Vec<(String, String)> = Vec::new();
+    let mut moved: BTreeSet<(String, String)> = BTreeSet::new();
     {
         let mut ins = stx.prepare(
             "INSERT INTO plan_homes (plan_id, rel_path, layout, old_id, outcome, new_guid) VALUES (?1, ?2, 'sql', ?3, ?4, ?5)",
@@ -528,6 +529,7 @@ pub fn plan(
             ])?;
             if outcome == "moved" {
                 let new = new.unwrap_or_default();
+                moved.insert((h.owner_uid.clone(), new.clone()));
                 if h.table == "CALENDAR_HOME" {
                     hrefs.push((h.owner_uid.clone(), new.clone()));
                 }
@@ -559,6 +561,22 @@ pub fn plan(
                     &[&href_of(old_uid)],
                 )
                 .map_err(|e| db_err(&label, "RESOURCE_PROPERTY", &e))?
+                .get(0);
+            if n > 0 {
+                ins.execute(rusqlite::params![plan_id, old_uid, new_uid, n])?;
+            }
+        }
+    }
+    // Push subscriptions keyed by the home's push key (`/CalDAV/<host>/<uid>/...`,
+    // `/CardDAV/<host>/<uid>/...`): the key follows the adopted home.
+    {
+        let mut ins = stx.prepare(
+            "INSERT INTO pg_plan_values (plan_id, table_name, column_name, old_value, new_value, rows) VALUES (?1, 'APN_SUBSCRIPTIONS', 'RESOURCE_KEY', ?2, ?3, ?4)",
+        )?;
+        for (old_uid, new_uid) in &moved {
+            let n: i64 = tx
+                .query_one(APN_COUNT, &[old_uid])
+                .map_err(|e| db_err(&label, "APN_SUBSCRIPTIONS", &e))?
                 .get(0);
             if n > 0 {
                 ins.execute(rusqlite::params![plan_id, old_uid, new_uid, n])?;
@@ -648,6 +666,22 @@ pub fn plan(
     stx.commit()?;
     tracing::info!("plan {plan_id} stored at {:.2?}", started.elapsed());
     Ok(summary)
+}
+
+/// Push subscriptions whose key names the home of uid `$1` (its fourth `/` field).
+pub const APN_FILTER: &str = "split_part(t.RESOURCE_KEY, '/', 4) = $1";
+const APN_COUNT: &str =
+    "SELECT COUNT(*) FROM APN_SUBSCRIPTIONS t WHERE split_part(t.RESOURCE_KEY, '/', 4) = $1";
+
+/// A push key (`/CalDAV/<host>/<uid>/...`) naming the home of `old`, naming `new`'s instead;
+/// `None` when it names another home.
+pub fn push_key(key: &str, old: &str, new: &str) -> Option<String> {
+    let mut parts: Vec<&str> = key.split('/').collect();
+    if parts.len() < 4 || !parts[0].is_empty() || parts[3] != old {
+        return None;
+    }
+    parts[3] = new;
+    Some(parts.join("/"))
 }
 
 /// The part of an href that names a home: `/__uids__/<uid>/`.
@@ -760,4 +794,24 @@ pub fn load_resolver(state: &State, plan_id: i64) -> Result<HashMap<String, Prin
         out.insert(k, serde_json::from_str(&j)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_key;
+
+    #[test]
+    fn a_push_key_follows_its_home_only() {
+        assert_eq!(
+            push_key("/CalDAV/cal.example.com/OLD/", "OLD", "NEW").as_deref(),
+            Some("/CalDAV/cal.example.com/NEW/")
+        );
+        assert_eq!(
+            push_key("/CardDAV/h/OLD/addressbook/", "OLD", "NEW").as_deref(),
+            Some("/CardDAV/h/NEW/addressbook/")
+        );
+        assert_eq!(push_key("/CalDAV/h/OTHER/", "OLD", "NEW"), None);
+        assert_eq!(push_key("/CalDAV/OLD/", "OLD", "NEW"), None);
+        assert_eq!(push_key("CalDAV/h/OLD/", "OLD", "NEW"), None);
+    }
 }
