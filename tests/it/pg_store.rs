@@ -1090,3 +1090,85 @@ fn sigterm_during_a_database_apply_finishes_the_batch_records_the_run_interrupte
         "{again}"
     );
 }
+
+#[test]
+fn sharing_notifications_name_the_adopted_principals_and_rollback_restores_them() {
+    let Some(pg) = pg() else { return };
+    for v in VERSIONS {
+        let w = PgWorld::with_tag(&pg, v, 2, 10, 60 + v as u64, "note");
+        let uids: Vec<&String> = w.imported.home_ids.keys().collect();
+        let (owner, sharee) = (uids[0].clone(), uids[1].clone());
+        let (type_col, data_col) = if v >= 66 {
+            ("NOTIFICATION_TYPE", "NOTIFICATION_DATA")
+        } else {
+            ("XML_TYPE", "XML_DATA")
+        };
+        let (kind, data) = if v >= 66 {
+            (
+                r#"{"notification-type": "invite-notification", "shared-type": "calendar"}"#
+                    .to_string(),
+                format!(
+                    r#"{{"notification-type": "invite-notification", "shared-type": "calendar", "dtstamp": "20131113T153109Z", "owner": "{owner}", "sharee": "{sharee}", "uid": "invite-1", "status": 0, "access": 2, "name": "calendar", "summary": "Shared"}}"#
+                ),
+            )
+        } else {
+            (
+                "<?xml version='1.0' encoding='UTF-8'?>\n<CS:notification xmlns:CS='http://calendarserver.org/ns/'>\n    <CS:invite-notification shared-type='calendar'/>\n</CS:notification>\n".to_string(),
+                format!("<?xml version='1.0' encoding='UTF-8'?>\n<notification xmlns='http://calendarserver.org/ns/'>\n  <dtstamp>20131113T153109Z</dtstamp>\n  <invite-notification shared-type='calendar'>\n    <uid>invite-1</uid>\n    <href xmlns='DAV:'>urn:uuid:{sharee}</href>\n    <invite-noresponse/>\n    <access>\n      <read-write/>\n    </access>\n    <hosturl>\n      <href xmlns='DAV:'>/calendars/__uids__/{owner}/calendar</href>\n    </hosturl>\n    <organizer>\n      <href xmlns='DAV:'>urn:uuid:{owner}</href>\n      <common-name>User 01</common-name>\n    </organizer>\n    <summary>Shared</summary>\n  </invite-notification>\n</notification>\n"),
+            )
+        };
+        {
+            let mut c = client(&pg, &w);
+            let home: i64 = c
+                .query_one(
+                    "SELECT RESOURCE_ID::bigint FROM NOTIFICATION_HOME WHERE OWNER_UID = $1",
+                    &[&sharee],
+                )
+                .unwrap()
+                .get(0);
+            c.execute(
+                &format!("INSERT INTO NOTIFICATION (NOTIFICATION_HOME_RESOURCE_ID, NOTIFICATION_UID, {type_col}, {data_col}, MD5) VALUES ($1::bigint, 'invite-1', $2, $3, md5($3))"),
+                &[&home, &kind, &data],
+            )
+            .unwrap();
+        }
+        let before = dump(&pg, &w, &BOOKKEEPING);
+        plan_json(&w);
+        w.cmd().arg("apply").assert().code(0);
+        let (now, md5): (String, String) = {
+            let r = client(&pg, &w)
+                .query_one(
+                    &format!("SELECT {data_col}, MD5 FROM NOTIFICATION WHERE NOTIFICATION_UID = 'invite-1'"),
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        for old in [&owner, &sharee] {
+            assert!(!now.contains(old.as_str()), "v{v}: {old} left in\n{now}");
+            assert!(
+                now.contains(&w.new_guid[old]),
+                "v{v}: {} missing in\n{now}",
+                w.new_guid[old]
+            );
+        }
+        assert_eq!(
+            md5.trim(),
+            postgres::etag(6, &now, None),
+            "v{v}: MD5 follows the data"
+        );
+        // Only the principal references changed: the rest of the text is as it was.
+        assert_eq!(
+            now.replace(&w.new_guid[&owner], &owner)
+                .replace(&w.new_guid[&sharee], &sharee),
+            data,
+            "v{v}"
+        );
+        w.cmd().arg("rollback").assert().code(0);
+        postgres::assert_same_db(
+            &dump(&pg, &w, &BOOKKEEPING),
+            &before,
+            &format!("v{v}: rollback restores the notification"),
+        );
+    }
+}

@@ -827,11 +827,15 @@ fn apply_values(
         // Property values holding hrefs into a moved home change inside; other columns whole.
         let href = column == "VALUE";
         let push = table == "APN_SUBSCRIPTIONS" && column == "RESOURCE_KEY";
+        let note = table == "NOTIFICATION";
         let rows = if href {
             let h = super::plan::href_of(&old);
             edits::select_rows(&mut tx, &table, "strpos(t.VALUE, $1) > 0", &[&h])?
         } else if push {
             edits::select_rows(&mut tx, &table, super::plan::APN_FILTER, &[&old])?
+        } else if note {
+            let f = super::plan::notification_filter(&column);
+            edits::select_rows(&mut tx, &table, &f, &[&old])?
         } else {
             edits::select_rows(&mut tx, &table, &format!("t.{column} = $1"), &[&old])?
         };
@@ -841,7 +845,24 @@ fn apply_values(
         }
         let edits: Vec<RowEdit> = rows
             .into_iter()
-            .map(|(ctid, before)| {
+            .filter_map(|(ctid, before)| {
+                if note {
+                    // The data and its MD5, where the text names the old uid as a principal.
+                    let v = edits::field(&before, &column)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let text = super::plan::notification_text(v, &old, &new)?;
+                    let md5 = md5_hex(text.as_bytes());
+                    let mut set = edits::set1(&column, json!(text));
+                    set.extend(edits::set1("md5", json!(md5)));
+                    return Some(RowEdit {
+                        table: table.clone(),
+                        ctid,
+                        before,
+                        set,
+                        delete: false,
+                    });
+                }
                 let value = if href {
                     let v = edits::field(&before, "value")
                         .and_then(Value::as_str)
@@ -855,15 +876,19 @@ fn apply_values(
                 } else {
                     json!(new)
                 };
-                RowEdit {
+                Some(RowEdit {
                     table: table.clone(),
                     ctid,
                     before,
                     set: edits::set1(&column, value),
                     delete: false,
-                }
+                })
             })
             .collect();
+        if edits.is_empty() {
+            tx.commit().map_err(err("commit"))?;
+            continue;
+        }
         run_edits(
             &mut tx,
             state,
