@@ -421,6 +421,8 @@ pub fn apply(
     state.advance_run(run_id, RunEvent::StartApply)?;
     // SIGINT/SIGTERM: the batch in hand is finished, then the run stops, resumable.
     let _signals = crate::interrupt::install();
+    // Journal steps are made durable once per database transaction ([`durable`]).
+    state.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
     let resolver = load_resolver(&state, plan_id)?;
     let address_form: String = state.plan_text(plan_id, "address_form")?;
     let opts = RewriteOptions {
@@ -437,6 +439,9 @@ pub fn apply(
     // 1. Objects: calendar texts, then cards; a page of the plan at a time (bounded memory).
     for kind in ["calendar", "vcard"] {
         let mut after_id = i64::MIN;
+        // Journal steps an interrupted process left pending: seq by id. Read once: the steps this
+        // process journals are marked at the end of their own batch.
+        let pending = pending_steps(&state, run_id, kind)?;
         loop {
             let page: Vec<PlannedObject> = {
                 let mut st = state.conn.prepare(
@@ -472,6 +477,7 @@ pub fn apply(
                 &resolver,
                 &opts,
                 &page,
+                &pending,
                 &mut summary,
             )?;
             bar.inc(page.len() as u64);
@@ -511,7 +517,8 @@ pub fn apply(
         return Ok(summary);
     }
 
-    // 3. The delegate database of 3.x–5.x in the data root.
+    // 3. The delegate database of 3.x–5.x in the data root (the file journal: every step durable).
+    state.conn.execute_batch("PRAGMA synchronous = FULL")?;
     let backups = crate::journal::Backups::open(&cfg.state.path)?;
     crate::journal::apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
     finish_run(&state, run_id)?;
@@ -593,6 +600,24 @@ pub(super) fn check_hashes(
     Ok(checked)
 }
 
+/// Object steps of a run still pending (their transaction may or may not have committed).
+fn pending_steps(state: &State, run_id: i64, kind: &str) -> Result<HashMap<i64, i64>> {
+    let mut pending = HashMap::new();
+    let mut st = state.conn.prepare(
+        "SELECT key, seq FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND table_name = ?2 AND state = 'pending'",
+    )?;
+    let rows = st.query_map(rusqlite::params![run_id, kind], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for r in rows {
+        let (k, s) = r?;
+        if let Ok(id) = k.parse() {
+            pending.insert(id, s);
+        }
+    }
+    Ok(pending)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn object_batch(
     db: &mut Db,
@@ -602,31 +627,41 @@ fn object_batch(
     resolver: &HashMap<String, crate::address::Principal>,
     opts: &RewriteOptions,
     page: &[PlannedObject],
+    pending: &HashMap<i64, i64>,
     summary: &mut RunSummary,
 ) -> Result<()> {
     let kind = page[0].kind.clone();
     let ids: Vec<i64> = page.iter().map(|p| p.id).collect();
-    // Journal steps already there (pending from an interrupted run): seq by id.
-    let mut pending: HashMap<i64, i64> = HashMap::new();
-    {
-        let mut st = state.conn.prepare(
-            "SELECT key, seq FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND table_name = ?2 AND state = 'pending'",
-        )?;
-        let rows = st.query_map(rusqlite::params![run_id, kind], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for r in rows {
-            let (k, s) = r?;
-            if let Ok(id) = k.parse() {
-                pending.insert(id, s);
-            }
-        }
-    }
     let mut tx = db.client.transaction().map_err(err("begin"))?;
     let rows = locked_objects(&mut tx, schema, &kind, &ids)?;
     // Decide each object; rewrite the ones still as planned.
     let mut writes: Vec<(PlannedObject, ObjectWrite, Vec<u8>)> = Vec::new();
     let mut final_marks: Vec<(i64, &PlannedObject, &'static str, String)> = Vec::new();
+    // The replays and saved rows of the calendar objects still as planned, on every core.
+    type Replayed = (Vec<u8>, String, Option<String>, String);
+    let mut pre: HashMap<i64, (Option<Replayed>, Result<Vec<u8>>)> = if kind == "calendar" {
+        use rayon::prelude::*;
+        page.par_iter()
+            .filter_map(|p| {
+                let row = rows.get(&p.id)?;
+                if row.text_md5 != p.old_text_md5 || row.md5 != p.old_md5 {
+                    return None;
+                }
+                let replayed = ical::scan_and_rewrite(row.text.as_bytes(), resolver, opts)
+                    .ok()
+                    .and_then(|(info, rw)| rewrite_object(schema, row, &info, rw, resolver, opts))
+                    .map(|pl| (pl.new_text, pl.new_md5, pl.new_organizer, pl.new_text_md5));
+                let saved = pack_saved(&SavedObject {
+                    text: row.text.clone(),
+                    md5: row.md5.clone(),
+                    organizer: row.organizer.clone(),
+                });
+                Some((p.id, (replayed, saved)))
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     for p in page {
         let seq = pending.get(&p.id).copied().unwrap_or(0);
         let Some(row) = rows.get(&p.id) else {
@@ -648,11 +683,11 @@ fn object_batch(
             final_marks.push((seq, p, "skipped", why.into()));
             continue;
         }
+        let mut saved = None;
         let replayed = if kind == "calendar" {
-            ical::scan_and_rewrite(row.text.as_bytes(), resolver, opts)
-                .ok()
-                .and_then(|(info, rw)| rewrite_object(schema, row, &info, rw, resolver, opts))
-                .map(|pl| (pl.new_text, pl.new_md5, pl.new_organizer, pl.new_text_md5))
+            let (r, s) = pre.remove(&p.id).unwrap_or((None, Ok(Vec::new())));
+            saved = Some(s?);
+            r
         } else {
             let card = read::CardRow {
                 resource_id: row.resource_id,
@@ -688,11 +723,14 @@ fn object_batch(
             final_marks.push((seq, p, "skipped", "the rewritten text is not UTF-8".into()));
             continue;
         };
-        let saved = pack_saved(&SavedObject {
-            text: row.text.clone(),
-            md5: row.md5.clone(),
-            organizer: row.organizer.clone(),
-        })?;
+        let saved = match saved {
+            Some(s) => s,
+            None => pack_saved(&SavedObject {
+                text: row.text.clone(),
+                md5: row.md5.clone(),
+                organizer: row.organizer.clone(),
+            })?,
+        };
         writes.push((
             p.clone(),
             ObjectWrite {
@@ -763,6 +801,7 @@ fn object_batch(
         }
         stx.commit()?;
     }
+    durable(state, run_id)?;
     for (s, p, st, detail) in &final_marks {
         match *st {
             "done" if *s > 0 => summary.written += 1,
@@ -822,8 +861,13 @@ fn apply_values(
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    if todo.is_empty() {
+        return Ok(());
+    }
+    // One database transaction for every value: their journal steps are made durable once,
+    // before it commits.
+    let mut tx = db.client.transaction().map_err(err("begin"))?;
     for (table, column, old, new) in todo {
-        let mut tx = db.client.transaction().map_err(err("begin"))?;
         // Property values holding hrefs into a moved home change inside; other columns whole.
         let href = column == "VALUE";
         let push = table == "APN_SUBSCRIPTIONS" && column == "RESOURCE_KEY";
@@ -840,7 +884,6 @@ fn apply_values(
             edits::select_rows(&mut tx, &table, &format!("t.{column} = $1"), &[&old])?
         };
         if rows.is_empty() {
-            tx.commit().map_err(err("commit"))?;
             continue;
         }
         let edits: Vec<RowEdit> = rows
@@ -886,7 +929,6 @@ fn apply_values(
             })
             .collect();
         if edits.is_empty() {
-            tx.commit().map_err(err("commit"))?;
             continue;
         }
         run_edits(
@@ -897,9 +939,23 @@ fn apply_values(
             &format!("{table}.{column} {old} -> {new}"),
             summary,
         )?;
-        tx.commit().map_err(err("commit"))?;
-        mark_done_after_commit(state, run_id)?;
     }
+    durable(state, run_id)?;
+    tx.commit().map_err(err("commit"))?;
+    mark_done_after_commit(state, run_id)?;
+    Ok(())
+}
+
+/// Makes every journal step written so far durable (one fsync of the state database's WAL):
+/// the steps of a database transaction are written without waiting for the disk, then this runs
+/// once before the transaction commits. Marks written after a commit need no fsync of their own:
+/// a step left pending is settled by looking at its row.
+pub(super) fn durable(state: &State, run_id: i64) -> Result<()> {
+    state.conn.execute_batch("PRAGMA synchronous = FULL")?;
+    state
+        .conn
+        .execute("UPDATE runs SET status = status WHERE id = ?1", [run_id])?;
+    state.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
     Ok(())
 }
 
@@ -1012,8 +1068,13 @@ fn apply_homes(
     summary: &mut RunSummary,
 ) -> Result<()> {
     let status = if db.schema.home_status { "STATUS" } else { "0" };
-    for (table, id, old, new) in homes_plan(state, plan_id)? {
-        let mut tx = db.client.transaction().map_err(err("begin"))?;
+    let homes = homes_plan(state, plan_id)?;
+    if homes.is_empty() {
+        return Ok(());
+    }
+    // One database transaction for every home (durable journal once, before it commits).
+    let mut tx = db.client.transaction().map_err(err("begin"))?;
+    for (table, id, old, new) in homes {
         let rows = edits::select_rows(
             &mut tx,
             &table,
@@ -1021,7 +1082,6 @@ fn apply_homes(
             &[&id, &old],
         )?;
         let Some((ctid, before)) = rows.into_iter().next() else {
-            tx.commit().map_err(err("commit"))?;
             continue; // already adopted (or changed by someone else): nothing of ours to do
         };
         let my_status = edits::field(&before, "status")
@@ -1067,9 +1127,10 @@ fn apply_homes(
                 )?;
             }
         }
-        tx.commit().map_err(err("commit"))?;
-        mark_done_after_commit(state, run_id)?;
     }
+    durable(state, run_id)?;
+    tx.commit().map_err(err("commit"))?;
+    mark_done_after_commit(state, run_id)?;
     Ok(())
 }
 
