@@ -236,11 +236,13 @@ fn stream<T>(
     }
 }
 
-/// Streams every calendar object as (RESOURCE_ID, CALENDAR_RESOURCE_ID, RESOURCE_NAME, text), in
-/// RESOURCE_ID order (`scan`).
+/// A calendar object as `scan` reads it: RESOURCE_ID, CALENDAR_RESOURCE_ID, RESOURCE_NAME, text.
+pub type ObjectText = (i64, i64, String, String);
+
+/// Streams every calendar object, in RESOURCE_ID order (`scan`).
 pub fn all_objects(
     tx: &mut Transaction<'_>,
-    each: &mut dyn FnMut(Vec<(i64, i64, String, String)>) -> Result<()>,
+    each: &mut dyn FnMut(Vec<ObjectText>) -> Result<()>,
 ) -> Result<()> {
     stream(
         tx,

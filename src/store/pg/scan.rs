@@ -64,7 +64,7 @@ pub fn inventory(ctx: &Context) -> Result<Inventory> {
     }
     let mut collections: HashSet<i64> = HashSet::new();
     let mut addrs: HashMap<String, Stat> = HashMap::new();
-    read::all_objects(&mut tx, &mut |batch: Vec<(i64, i64, String, String)>| {
+    read::all_objects(&mut tx, &mut |batch: Vec<read::ObjectText>| {
         let found: Vec<_> = batch
             .into_par_iter()
             .map(|(id, cal, name, text)| (id, cal, name, text.len(), per_object(&text)))
