@@ -96,10 +96,11 @@ pub fn history(state: &State) -> Result<History> {
     };
     let mut st = state.conn.prepare(&format!(
         "SELECT id, kind, plan_id, undoes_run, started_at, finished_at, status, {run_state},
-                (SELECT COUNT(*) FROM journal j WHERE j.run_id = runs.id AND j.state = 'done'),
-                (SELECT COUNT(*) FROM journal j WHERE j.run_id = runs.id AND j.state = 'skipped'),
-                (SELECT COUNT(*) FROM journal j WHERE j.run_id = runs.id AND j.state = 'pending')
-         FROM runs ORDER BY id"
+                {}, {}, {}
+         FROM runs ORDER BY id",
+        crate::store::pg::runs::steps_sql(&state.conn, "done"),
+        crate::store::pg::runs::steps_sql(&state.conn, "skipped"),
+        crate::store::pg::runs::steps_sql(&state.conn, "pending")
     ))?;
     let runs = st
         .query_map([], |r| {

@@ -98,7 +98,7 @@ fn plan_freed(state: &State, plan_id: i64) -> Result<PlanFreed> {
     )?;
     Ok(PlanFreed {
         plan_id,
-        resources,
+        resources: resources + crate::store::pg::prune::plan_objects(&state.conn, plan_id)?,
         changes,
         bytes: rb + cb,
     })
@@ -135,6 +135,7 @@ fn drop_plans(state: &mut State, ids: Vec<i64>, dry_run: bool) -> Result<Vec<Pla
         for t in PLAN_TABLES {
             tx.execute(&format!("DELETE FROM {t} WHERE plan_id = ?1"), [id])?;
         }
+        crate::store::pg::prune::drop_plan(&tx, *id)?;
         tx.execute(
             "UPDATE plans SET status = 'pruned', status_detail = ?1 WHERE id = ?2",
             rusqlite::params![detail, id],
@@ -264,7 +265,7 @@ pub fn prune(
                     "SELECT COUNT(*) FROM journal WHERE run_id = ?1",
                     [j],
                     |r| r.get::<_, i64>(0),
-                )?;
+                )? + crate::store::pg::prune::journal_steps(&state.conn, *j)?;
             }
         }
         report.runs.push(RunFreed {
@@ -298,6 +299,8 @@ pub fn prune(
     if !journal_runs.is_empty() {
         let tx = state.conn.transaction()?;
         tx.execute(&format!("DELETE FROM journal WHERE run_id IN ({list})"), [])?;
+        let ids: Vec<i64> = journal_runs.iter().copied().collect();
+        crate::store::pg::prune::drop_journals(&tx, &ids)?;
         let now = now_rfc3339();
         for id in &journal_runs {
             tx.execute(

@@ -2,19 +2,17 @@
 
 use super::{Context, Outcome};
 use crate::config::StoreKind;
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{ExitStatus, Result};
 use crate::store::scan::Inventory;
 use std::fmt::Write as _;
 
 /// `scan`: exit 1 when some resources are unreadable or malformed.
 pub fn run(ctx: &Context) -> Result<Outcome> {
-    let cfg = &ctx.config.store;
-    if cfg.kind == StoreKind::CalendarserverPg {
-        return Err(Error::not_built(
-            "scan on a calendarserver-pg store (`plan` reads the database and changes nothing)",
-        ));
-    }
-    let inv = crate::store::scan::inventory(cfg, ctx)?;
+    let inv = if ctx.config.store.kind == StoreKind::CalendarserverPg {
+        crate::store::pg::scan::inventory(&ctx.config, ctx)?
+    } else {
+        crate::store::scan::inventory(&ctx.config.store, ctx)?
+    };
     let status = if inv.has_bad_resources() {
         ExitStatus::Problems
     } else {

@@ -344,6 +344,22 @@ fn plan_changes_nothing_apply_rewrites_in_place_second_apply_is_a_no_op_and_roll
                 .unwrap()
                 .get(0);
             assert_eq!(hrefs, 0, "v{v}: hrefs into the home of {old} follow it");
+            let keys: Vec<String> = client(&pg, &w)
+                .query(
+                    "SELECT RESOURCE_KEY FROM APN_SUBSCRIPTIONS WHERE SUBSCRIBER_GUID = $1",
+                    &[new],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if w.imported.home_ids.contains_key(old) {
+                assert_eq!(
+                    keys,
+                    vec![format!("/CalDAV/cal.example.com/{new}/")],
+                    "v{v}: the push key follows the home of {old}"
+                );
+            }
         }
         let cards: Vec<String> = client(&pg, &w)
             .query("SELECT VCARD_TEXT FROM ADDRESSBOOK_OBJECT WHERE VCARD_TEXT LIKE '%X-ADDRESSBOOKSERVER-KIND:group%'", &[])
@@ -862,4 +878,297 @@ fn rollback_after_a_killed_apply_restores_the_original_database() {
         &before,
         "database after rollback of a killed apply",
     );
+}
+
+#[test]
+fn state_prune_drops_the_database_stores_plan_tables_and_journal_of_pruned_plans_and_runs() {
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 66, 2, 12, 97);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("plan").assert().code(0);
+    w.cmd().arg("apply").assert().code(0);
+    let state = w.path("state/state.sqlite");
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&state)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    // `runs` counts the steps of a database run (they live in pg_journal).
+    let runs = |w: &PgWorld| -> serde_json::Value {
+        let out = w.cmd().args(["--json", "runs"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let done = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = 1 AND state = 'done'");
+    assert!(done > 0);
+    assert_eq!(runs(&w)["history"]["runs"][0]["steps_done"], done);
+    w.cmd().arg("rollback").assert().code(0);
+    assert_eq!(
+        runs(&w)["history"]["runs"][1]["steps_done"],
+        count("SELECT COUNT(*) FROM pg_journal WHERE run_id = 2 AND state = 'done'")
+    );
+    // A finished rollback asked again reports what it restored, checked against the database.
+    let restored = count(
+        "SELECT COUNT(*) FROM pg_journal WHERE run_id = 2 AND kind = 'undo' AND table_name IN ('calendar', 'vcard') AND state = 'done' AND detail = ''",
+    );
+    assert!(restored > 0);
+    let out = w.cmd().args(["rollback", "--run", "1"]).output().unwrap();
+    let again = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{again}");
+    assert!(again.contains("already rolled back"), "{again}");
+    assert!(again.contains(&format!("all {restored} ")), "{again}");
+    let tables = [
+        "pg_plan_objects",
+        "pg_plan_principals",
+        "pg_plan_homes",
+        "pg_plan_values",
+    ];
+    for t in tables {
+        assert!(
+            count(&format!("SELECT COUNT(*) FROM {t} WHERE plan_id = 1")) > 0,
+            "{t} of plan 1 before pruning"
+        );
+    }
+    let journal = count("SELECT COUNT(*) FROM pg_journal");
+    assert!(journal > 0);
+    let out = w
+        .cmd()
+        .args(["state", "prune", "--keep-plans", "1", "--all-backups"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for t in tables {
+        assert_eq!(
+            count(&format!("SELECT COUNT(*) FROM {t} WHERE plan_id = 1")),
+            0,
+            "{t} of the pruned plan 1"
+        );
+    }
+    // The latest plan stays whole (it can be applied again); the dropped runs' steps are gone.
+    assert!(count("SELECT COUNT(*) FROM pg_plan_objects WHERE plan_id = 2") > 0);
+    assert_eq!(count("SELECT COUNT(*) FROM pg_journal"), 0, "{text}");
+    assert!(
+        text.contains(&format!("{journal} steps")) || text.contains("steps"),
+        "{text}"
+    );
+}
+
+#[test]
+fn scan_on_the_database_counts_addresses_by_form_as_the_file_store_scan_of_the_same_texts() {
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 66, 3, 30, 98);
+    let before = dump(&pg, &w, &[]);
+    let out = w.cmd().args(["--json", "scan"]).output().unwrap();
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(db["resources"], w.imported.objects as u64, "{db}");
+    assert_eq!(db["homes"]["calendar_home"], 3, "{db}");
+    assert!(db["distinct_addresses"].as_u64().unwrap() > 0);
+    // The same texts as files: the file store's scan finds the same addresses.
+    let fs_config = w.path("fs.toml");
+    std::fs::write(
+        &fs_config,
+        format!(
+            "[directory]\nldif = \"new.ldif\"\n[store]\nkind = \"calendarserver-fs\"\npath = \"{}\"\n[state]\npath = \"state-fs\"\n",
+            w.store.root.display()
+        ),
+    )
+    .unwrap();
+    let out = assert_cmd::Command::cargo_bin("principal-reconciler")
+        .unwrap()
+        .arg("--config")
+        .arg(&fs_config)
+        .args(["--no-progress", "--json", "scan"])
+        .output()
+        .unwrap();
+    let fs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(db["resources"], fs["resources"], "{fs}");
+    assert_eq!(db["by_kind"], fs["by_kind"]);
+    assert_eq!(db["address_occurrences"], fs["address_occurrences"]);
+    assert_eq!(db["top_addresses"], fs["top_addresses"]);
+    postgres::assert_same_db(&dump(&pg, &w, &[]), &before, "scan changes nothing");
+}
+
+#[test]
+fn sigterm_during_a_database_apply_finishes_the_batch_records_the_run_interrupted_and_it_resumes() {
+    use std::io::BufRead;
+    let Some(pg) = pg() else { return };
+    let w = PgWorld::new(&pg, 66, 3, 40, 99);
+    let doc = plan_json(&w);
+    let changed = doc["plan"]["resources_changed"].as_u64().unwrap();
+    let mut child =
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+            .arg("--config")
+            .arg(&w.config)
+            .args(["--no-progress", "apply"])
+            .env("PRINCIPAL_RECONCILER_TEST_PAUSE", "pg-apply-batch")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("paused at pg-apply-batch") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "apply ended before its first batch"
+        );
+    }
+    // A real signal, while the run is between two batches.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("stopped by SIGTERM"), "{stdout}");
+    let state = rusqlite::Connection::open(w.path("state/state.sqlite")).unwrap();
+    let (status, by): (String, String) = state
+        .query_row(
+            "SELECT status, stopped_by FROM runs WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), by.as_str()), ("interrupted", "SIGTERM"));
+    // The batch in hand was finished: its objects are written and journaled done, none pending.
+    let (done, pending): (i64, i64) = state
+        .query_row(
+            "SELECT SUM(state = 'done'), SUM(state = 'pending') FROM pg_journal WHERE run_id = 1 AND kind = 'object'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let calendar: i64 = state
+        .query_row(
+            "SELECT COUNT(*) FROM pg_plan_objects WHERE plan_id = 1 AND kind = 'calendar'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(calendar > 0 && (calendar as u64) < changed);
+    assert_eq!(
+        (done, pending),
+        (calendar, 0),
+        "the first batch (calendar objects), whole"
+    );
+    // Homes were not reached; apply again resumes the same run and finishes it.
+    let n: i64 = client(&pg, &w)
+        .query_one(
+            "SELECT COUNT(*) FROM CALENDAR_HOME WHERE OWNER_UID = ANY($1)",
+            &[&w.new_guid.values().cloned().collect::<Vec<_>>()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let out = w.cmd().arg("apply").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("run 1 was stopped by SIGTERM; resuming it"),
+        "{stdout}"
+    );
+    let runs: i64 = state
+        .query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 1);
+    let again = plan_json(&w);
+    assert_eq!(again["plan"]["resources_changed"], 0);
+    assert_eq!(
+        again["plan"]["homes"]["moved"].as_u64().unwrap_or(0),
+        0,
+        "{again}"
+    );
+}
+
+#[test]
+fn sharing_notifications_name_the_adopted_principals_and_rollback_restores_them() {
+    let Some(pg) = pg() else { return };
+    for v in VERSIONS {
+        let w = PgWorld::with_tag(&pg, v, 2, 10, 60 + v as u64, "note");
+        let uids: Vec<&String> = w.imported.home_ids.keys().collect();
+        let (owner, sharee) = (uids[0].clone(), uids[1].clone());
+        let (type_col, data_col) = if v >= 66 {
+            ("NOTIFICATION_TYPE", "NOTIFICATION_DATA")
+        } else {
+            ("XML_TYPE", "XML_DATA")
+        };
+        let (kind, data) = if v >= 66 {
+            (
+                r#"{"notification-type": "invite-notification", "shared-type": "calendar"}"#
+                    .to_string(),
+                format!(
+                    r#"{{"notification-type": "invite-notification", "shared-type": "calendar", "dtstamp": "20131113T153109Z", "owner": "{owner}", "sharee": "{sharee}", "uid": "invite-1", "status": 0, "access": 2, "name": "calendar", "summary": "Shared"}}"#
+                ),
+            )
+        } else {
+            (
+                "<?xml version='1.0' encoding='UTF-8'?>\n<CS:notification xmlns:CS='http://calendarserver.org/ns/'>\n    <CS:invite-notification shared-type='calendar'/>\n</CS:notification>\n".to_string(),
+                format!("<?xml version='1.0' encoding='UTF-8'?>\n<notification xmlns='http://calendarserver.org/ns/'>\n  <dtstamp>20131113T153109Z</dtstamp>\n  <invite-notification shared-type='calendar'>\n    <uid>invite-1</uid>\n    <href xmlns='DAV:'>urn:uuid:{sharee}</href>\n    <invite-noresponse/>\n    <access>\n      <read-write/>\n    </access>\n    <hosturl>\n      <href xmlns='DAV:'>/calendars/__uids__/{owner}/calendar</href>\n    </hosturl>\n    <organizer>\n      <href xmlns='DAV:'>urn:uuid:{owner}</href>\n      <common-name>User 01</common-name>\n    </organizer>\n    <summary>Shared</summary>\n  </invite-notification>\n</notification>\n"),
+            )
+        };
+        {
+            let mut c = client(&pg, &w);
+            let home: i64 = c
+                .query_one(
+                    "SELECT RESOURCE_ID::bigint FROM NOTIFICATION_HOME WHERE OWNER_UID = $1",
+                    &[&sharee],
+                )
+                .unwrap()
+                .get(0);
+            c.execute(
+                &format!("INSERT INTO NOTIFICATION (NOTIFICATION_HOME_RESOURCE_ID, NOTIFICATION_UID, {type_col}, {data_col}, MD5) VALUES ($1::bigint, 'invite-1', $2, $3, md5($3))"),
+                &[&home, &kind, &data],
+            )
+            .unwrap();
+        }
+        let before = dump(&pg, &w, &BOOKKEEPING);
+        plan_json(&w);
+        w.cmd().arg("apply").assert().code(0);
+        let (now, md5): (String, String) = {
+            let r = client(&pg, &w)
+                .query_one(
+                    &format!("SELECT {data_col}, MD5 FROM NOTIFICATION WHERE NOTIFICATION_UID = 'invite-1'"),
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        for old in [&owner, &sharee] {
+            assert!(!now.contains(old.as_str()), "v{v}: {old} left in\n{now}");
+            assert!(
+                now.contains(&w.new_guid[old]),
+                "v{v}: {} missing in\n{now}",
+                w.new_guid[old]
+            );
+        }
+        assert_eq!(
+            md5.trim(),
+            postgres::etag(6, &now, None),
+            "v{v}: MD5 follows the data"
+        );
+        // Only the principal references changed: the rest of the text is as it was.
+        assert_eq!(
+            now.replace(&w.new_guid[&owner], &owner)
+                .replace(&w.new_guid[&sharee], &sharee),
+            data,
+            "v{v}"
+        );
+        w.cmd().arg("rollback").assert().code(0);
+        postgres::assert_same_db(
+            &dump(&pg, &w, &BOOKKEEPING),
+            &before,
+            &format!("v{v}: rollback restores the notification"),
+        );
+    }
 }

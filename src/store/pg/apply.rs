@@ -71,6 +71,21 @@ pub(super) fn start_or_resume(
         }
         Some((id, _)) => {
             s.resumed = true;
+            let stopped: Option<String> = state
+                .conn
+                .query_row("SELECT stopped_by FROM runs WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .ok()
+                .flatten();
+            s.notes.push(match stopped {
+                Some(sig) => format!("run {id} was stopped by {sig}; resuming it"),
+                None => format!("run {id} did not finish (its process ended without finishing: a crash or kill); resuming it"),
+            });
+            state.conn.execute(
+                "UPDATE runs SET status = 'running', stopped_by = NULL WHERE id = ?1",
+                [id],
+            )?;
             id
         }
         None => {
@@ -83,6 +98,41 @@ pub(super) fn start_or_resume(
     };
     s.run_id = id;
     Ok(Some(id))
+}
+
+/// After SIGINT/SIGTERM, between two transactions: the run is recorded as interrupted
+/// (resumable) with what its journal holds so far; `true` when the caller must stop.
+pub(super) fn stop_if_signalled(state: &State, s: &mut RunSummary) -> Result<bool> {
+    let Some(sig) = crate::interrupt::pending() else {
+        return Ok(false);
+    };
+    let name = crate::interrupt::name(sig);
+    state.conn.execute(
+        "UPDATE runs SET status = 'interrupted', stopped_by = ?1 WHERE id = ?2",
+        rusqlite::params![name, s.run_id],
+    )?;
+    s.interrupted = Some(name);
+    if s.kind == "apply" {
+        journal_totals(state, s)?;
+    }
+    Ok(true)
+}
+
+/// The counts of a run, from its journal (the whole run's, across resumed processes).
+pub(super) fn journal_totals(state: &State, s: &mut RunSummary) -> Result<()> {
+    let run = s.run_id;
+    let count = |sql: &str| -> Result<u64> {
+        Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
+    };
+    s.written = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NOT NULL")?;
+    s.unchanged = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NULL")?;
+    s.homes_adopted = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'row' AND state = 'done' AND table_name IN ('CALENDAR_HOME', 'ADDRESSBOOK_HOME', 'NOTIFICATION_HOME')")?;
+    let mut st = state.conn.prepare(
+        "SELECT label, detail FROM pg_journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
+    )?;
+    let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    s.skipped = rows.collect::<rusqlite::Result<_>>()?;
+    Ok(())
 }
 
 pub(super) fn finish_run(state: &State, run_id: i64) -> Result<()> {
@@ -369,6 +419,10 @@ pub fn apply(
         return Ok(summary);
     };
     state.advance_run(run_id, RunEvent::StartApply)?;
+    // SIGINT/SIGTERM: the batch in hand is finished, then the run stops, resumable.
+    let _signals = crate::interrupt::install();
+    // Journal steps are made durable once per database transaction ([`durable`]).
+    state.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
     let resolver = load_resolver(&state, plan_id)?;
     let address_form: String = state.plan_text(plan_id, "address_form")?;
     let opts = RewriteOptions {
@@ -385,6 +439,9 @@ pub fn apply(
     // 1. Objects: calendar texts, then cards; a page of the plan at a time (bounded memory).
     for kind in ["calendar", "vcard"] {
         let mut after_id = i64::MIN;
+        // Journal steps an interrupted process left pending: seq by id. Read once: the steps this
+        // process journals are marked at the end of their own batch.
+        let pending = pending_steps(&state, run_id, kind)?;
         loop {
             let page: Vec<PlannedObject> = {
                 let mut st = state.conn.prepare(
@@ -420,9 +477,15 @@ pub fn apply(
                 &resolver,
                 &opts,
                 &page,
+                &pending,
                 &mut summary,
             )?;
             bar.inc(page.len() as u64);
+            crate::interrupt::test_pause("pg-apply-batch");
+            if stop_if_signalled(&state, &mut summary)? {
+                bar.finish_and_clear();
+                return Ok(summary);
+            }
         }
     }
     bar.finish_and_clear();
@@ -442,10 +505,20 @@ pub fn apply(
         let marks: Vec<(i64, &str, String)> = marks.into_iter().collect();
         edits::mark(&mut state, run_id, &marks)?;
     }
+    if stop_if_signalled(&state, &mut summary)? {
+        return Ok(summary);
+    }
     apply_values(&mut db, &mut state, run_id, plan_id, &mut summary)?;
+    if stop_if_signalled(&state, &mut summary)? {
+        return Ok(summary);
+    }
     apply_homes(&mut db, &mut state, run_id, plan_id, &mut summary)?;
+    if stop_if_signalled(&state, &mut summary)? {
+        return Ok(summary);
+    }
 
-    // 3. The delegate database of 3.x–5.x in the data root.
+    // 3. The delegate database of 3.x–5.x in the data root (the file journal: every step durable).
+    state.conn.execute_batch("PRAGMA synchronous = FULL")?;
     let backups = crate::journal::Backups::open(&cfg.state.path)?;
     crate::journal::apply_databases(&mut state, run_id, plan_id, &backups, &mut summary)?;
     finish_run(&state, run_id)?;
@@ -466,19 +539,7 @@ pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> 
         .ok()
         .flatten();
     s.state = Some(state.run_state(run)?);
-    let count = |sql: &str| -> Result<u64> {
-        Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
-    };
-    s.written = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NOT NULL")?;
-    s.unchanged = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NULL")?;
-    s.homes_adopted = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'row' AND state = 'done' AND table_name IN ('CALENDAR_HOME', 'ADDRESSBOOK_HOME', 'NOTIFICATION_HOME')")?;
-    {
-        let mut st = state.conn.prepare(
-            "SELECT label, detail FROM pg_journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
-        )?;
-        let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        s.skipped = rows.collect::<rusqlite::Result<_>>()?;
-    }
+    journal_totals(state, s)?;
     let written: Vec<(String, i64, String, String)> = {
         let mut st = state.conn.prepare(
             "SELECT table_name, CAST(key AS INTEGER), label, after_hash FROM pg_journal
@@ -487,6 +548,15 @@ pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> 
         let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    s.checked = Some(check_hashes(db, &written)?);
+    Ok(())
+}
+
+/// Whether objects hold the text of the md5 expected: (kind, RESOURCE_ID, label, md5).
+pub(super) fn check_hashes(
+    db: &mut Db,
+    written: &[(String, i64, String, String)],
+) -> Result<crate::journal::Checked> {
     let mut checked = crate::journal::Checked {
         files: written.len() as u64,
         ..Default::default()
@@ -527,8 +597,25 @@ pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> 
             }
         }
     }
-    s.checked = Some(checked);
-    Ok(())
+    Ok(checked)
+}
+
+/// Object steps of a run still pending (their transaction may or may not have committed).
+fn pending_steps(state: &State, run_id: i64, kind: &str) -> Result<HashMap<i64, i64>> {
+    let mut pending = HashMap::new();
+    let mut st = state.conn.prepare(
+        "SELECT key, seq FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND table_name = ?2 AND state = 'pending'",
+    )?;
+    let rows = st.query_map(rusqlite::params![run_id, kind], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for r in rows {
+        let (k, s) = r?;
+        if let Ok(id) = k.parse() {
+            pending.insert(id, s);
+        }
+    }
+    Ok(pending)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -540,31 +627,41 @@ fn object_batch(
     resolver: &HashMap<String, crate::address::Principal>,
     opts: &RewriteOptions,
     page: &[PlannedObject],
+    pending: &HashMap<i64, i64>,
     summary: &mut RunSummary,
 ) -> Result<()> {
     let kind = page[0].kind.clone();
     let ids: Vec<i64> = page.iter().map(|p| p.id).collect();
-    // Journal steps already there (pending from an interrupted run): seq by id.
-    let mut pending: HashMap<i64, i64> = HashMap::new();
-    {
-        let mut st = state.conn.prepare(
-            "SELECT key, seq FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND table_name = ?2 AND state = 'pending'",
-        )?;
-        let rows = st.query_map(rusqlite::params![run_id, kind], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for r in rows {
-            let (k, s) = r?;
-            if let Ok(id) = k.parse() {
-                pending.insert(id, s);
-            }
-        }
-    }
     let mut tx = db.client.transaction().map_err(err("begin"))?;
     let rows = locked_objects(&mut tx, schema, &kind, &ids)?;
     // Decide each object; rewrite the ones still as planned.
     let mut writes: Vec<(PlannedObject, ObjectWrite, Vec<u8>)> = Vec::new();
     let mut final_marks: Vec<(i64, &PlannedObject, &'static str, String)> = Vec::new();
+    // The replays and saved rows of the calendar objects still as planned, on every core.
+    type Replayed = (Vec<u8>, String, Option<String>, String);
+    let mut pre: HashMap<i64, (Option<Replayed>, Result<Vec<u8>>)> = if kind == "calendar" {
+        use rayon::prelude::*;
+        page.par_iter()
+            .filter_map(|p| {
+                let row = rows.get(&p.id)?;
+                if row.text_md5 != p.old_text_md5 || row.md5 != p.old_md5 {
+                    return None;
+                }
+                let replayed = ical::scan_and_rewrite(row.text.as_bytes(), resolver, opts)
+                    .ok()
+                    .and_then(|(info, rw)| rewrite_object(schema, row, &info, rw, resolver, opts))
+                    .map(|pl| (pl.new_text, pl.new_md5, pl.new_organizer, pl.new_text_md5));
+                let saved = pack_saved(&SavedObject {
+                    text: row.text.clone(),
+                    md5: row.md5.clone(),
+                    organizer: row.organizer.clone(),
+                });
+                Some((p.id, (replayed, saved)))
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     for p in page {
         let seq = pending.get(&p.id).copied().unwrap_or(0);
         let Some(row) = rows.get(&p.id) else {
@@ -586,11 +683,11 @@ fn object_batch(
             final_marks.push((seq, p, "skipped", why.into()));
             continue;
         }
+        let mut saved = None;
         let replayed = if kind == "calendar" {
-            ical::scan_and_rewrite(row.text.as_bytes(), resolver, opts)
-                .ok()
-                .and_then(|(info, rw)| rewrite_object(schema, row, &info, rw, resolver, opts))
-                .map(|pl| (pl.new_text, pl.new_md5, pl.new_organizer, pl.new_text_md5))
+            let (r, s) = pre.remove(&p.id).unwrap_or((None, Ok(Vec::new())));
+            saved = Some(s?);
+            r
         } else {
             let card = read::CardRow {
                 resource_id: row.resource_id,
@@ -626,11 +723,14 @@ fn object_batch(
             final_marks.push((seq, p, "skipped", "the rewritten text is not UTF-8".into()));
             continue;
         };
-        let saved = pack_saved(&SavedObject {
-            text: row.text.clone(),
-            md5: row.md5.clone(),
-            organizer: row.organizer.clone(),
-        })?;
+        let saved = match saved {
+            Some(s) => s,
+            None => pack_saved(&SavedObject {
+                text: row.text.clone(),
+                md5: row.md5.clone(),
+                organizer: row.organizer.clone(),
+            })?,
+        };
         writes.push((
             p.clone(),
             ObjectWrite {
@@ -701,6 +801,7 @@ fn object_batch(
         }
         stx.commit()?;
     }
+    durable(state, run_id)?;
     for (s, p, st, detail) in &final_marks {
         match *st {
             "done" if *s > 0 => summary.written += 1,
@@ -760,40 +861,76 @@ fn apply_values(
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    if todo.is_empty() {
+        return Ok(());
+    }
+    // One database transaction for every value: their journal steps are made durable once,
+    // before it commits.
+    let mut tx = db.client.transaction().map_err(err("begin"))?;
     for (table, column, old, new) in todo {
-        let mut tx = db.client.transaction().map_err(err("begin"))?;
         // Property values holding hrefs into a moved home change inside; other columns whole.
         let href = column == "VALUE";
+        let push = table == "APN_SUBSCRIPTIONS" && column == "RESOURCE_KEY";
+        let note = table == "NOTIFICATION";
         let rows = if href {
             let h = super::plan::href_of(&old);
             edits::select_rows(&mut tx, &table, "strpos(t.VALUE, $1) > 0", &[&h])?
+        } else if push {
+            edits::select_rows(&mut tx, &table, super::plan::APN_FILTER, &[&old])?
+        } else if note {
+            let f = super::plan::notification_filter(&column);
+            edits::select_rows(&mut tx, &table, &f, &[&old])?
         } else {
             edits::select_rows(&mut tx, &table, &format!("t.{column} = $1"), &[&old])?
         };
         if rows.is_empty() {
-            tx.commit().map_err(err("commit"))?;
             continue;
         }
         let edits: Vec<RowEdit> = rows
             .into_iter()
-            .map(|(ctid, before)| {
+            .filter_map(|(ctid, before)| {
+                if note {
+                    // The data and its MD5, where the text names the old uid as a principal.
+                    let v = edits::field(&before, &column)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let text = super::plan::notification_text(v, &old, &new)?;
+                    let md5 = md5_hex(text.as_bytes());
+                    let mut set = edits::set1(&column, json!(text));
+                    set.extend(edits::set1("md5", json!(md5)));
+                    return Some(RowEdit {
+                        table: table.clone(),
+                        ctid,
+                        before,
+                        set,
+                        delete: false,
+                    });
+                }
                 let value = if href {
                     let v = edits::field(&before, "value")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
                     json!(v.replace(&super::plan::href_of(&old), &super::plan::href_of(&new)))
+                } else if push {
+                    let k = edits::field(&before, "resource_key")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    json!(super::plan::push_key(k, &old, &new).unwrap_or_else(|| k.to_string()))
                 } else {
                     json!(new)
                 };
-                RowEdit {
+                Some(RowEdit {
                     table: table.clone(),
                     ctid,
                     before,
                     set: edits::set1(&column, value),
                     delete: false,
-                }
+                })
             })
             .collect();
+        if edits.is_empty() {
+            continue;
+        }
         run_edits(
             &mut tx,
             state,
@@ -802,9 +939,23 @@ fn apply_values(
             &format!("{table}.{column} {old} -> {new}"),
             summary,
         )?;
-        tx.commit().map_err(err("commit"))?;
-        mark_done_after_commit(state, run_id)?;
     }
+    durable(state, run_id)?;
+    tx.commit().map_err(err("commit"))?;
+    mark_done_after_commit(state, run_id)?;
+    Ok(())
+}
+
+/// Makes every journal step written so far durable (one fsync of the state database's WAL):
+/// the steps of a database transaction are written without waiting for the disk, then this runs
+/// once before the transaction commits. Marks written after a commit need no fsync of their own:
+/// a step left pending is settled by looking at its row.
+pub(super) fn durable(state: &State, run_id: i64) -> Result<()> {
+    state.conn.execute_batch("PRAGMA synchronous = FULL")?;
+    state
+        .conn
+        .execute("UPDATE runs SET status = status WHERE id = ?1", [run_id])?;
+    state.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
     Ok(())
 }
 
@@ -917,8 +1068,13 @@ fn apply_homes(
     summary: &mut RunSummary,
 ) -> Result<()> {
     let status = if db.schema.home_status { "STATUS" } else { "0" };
-    for (table, id, old, new) in homes_plan(state, plan_id)? {
-        let mut tx = db.client.transaction().map_err(err("begin"))?;
+    let homes = homes_plan(state, plan_id)?;
+    if homes.is_empty() {
+        return Ok(());
+    }
+    // One database transaction for every home (durable journal once, before it commits).
+    let mut tx = db.client.transaction().map_err(err("begin"))?;
+    for (table, id, old, new) in homes {
         let rows = edits::select_rows(
             &mut tx,
             &table,
@@ -926,7 +1082,6 @@ fn apply_homes(
             &[&id, &old],
         )?;
         let Some((ctid, before)) = rows.into_iter().next() else {
-            tx.commit().map_err(err("commit"))?;
             continue; // already adopted (or changed by someone else): nothing of ours to do
         };
         let my_status = edits::field(&before, "status")
@@ -972,9 +1127,10 @@ fn apply_homes(
                 )?;
             }
         }
-        tx.commit().map_err(err("commit"))?;
-        mark_done_after_commit(state, run_id)?;
     }
+    durable(state, run_id)?;
+    tx.commit().map_err(err("commit"))?;
+    mark_done_after_commit(state, run_id)?;
     Ok(())
 }
 

@@ -16,9 +16,12 @@ pub mod apply;
 pub mod connect;
 pub mod edits;
 pub mod plan;
+pub mod prune;
 pub mod read;
 pub mod rehearse;
 pub mod rollback;
+pub mod runs;
+pub mod scan;
 pub mod schema;
 pub mod verify;
 

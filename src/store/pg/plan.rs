@@ -498,6 +498,7 @@ pub fn plan(
     // Homes: rename to the new uid, or merge into the home the server already made for it.
     let mut homes_count: BTreeMap<String, usize> = BTreeMap::new();
     let mut hrefs: Vec<(String, String)> = Vec::new();
+    let mut moved: BTreeSet<(String, String)> = BTreeSet::new();
     {
         let mut ins = stx.prepare(
             "INSERT INTO plan_homes (plan_id, rel_path, layout, old_id, outcome, new_guid) VALUES (?1, ?2, 'sql', ?3, ?4, ?5)",
@@ -528,6 +529,7 @@ pub fn plan(
             ])?;
             if outcome == "moved" {
                 let new = new.unwrap_or_default();
+                moved.insert((h.owner_uid.clone(), new.clone()));
                 if h.table == "CALENDAR_HOME" {
                     hrefs.push((h.owner_uid.clone(), new.clone()));
                 }
@@ -562,6 +564,49 @@ pub fn plan(
                 .get(0);
             if n > 0 {
                 ins.execute(rusqlite::params![plan_id, old_uid, new_uid, n])?;
+            }
+        }
+    }
+    // Push subscriptions keyed by the home's push key (`/CalDAV/<host>/<uid>/...`,
+    // `/CardDAV/<host>/<uid>/...`): the key follows the adopted home.
+    {
+        let mut ins = stx.prepare(
+            "INSERT INTO pg_plan_values (plan_id, table_name, column_name, old_value, new_value, rows) VALUES (?1, 'APN_SUBSCRIPTIONS', 'RESOURCE_KEY', ?2, ?3, ?4)",
+        )?;
+        for (old_uid, new_uid) in &moved {
+            let n: i64 = tx
+                .query_one(APN_COUNT, &[old_uid])
+                .map_err(|e| db_err(&label, "APN_SUBSCRIPTIONS", &e))?
+                .get(0);
+            if n > 0 {
+                ins.execute(rusqlite::params![plan_id, old_uid, new_uid, n])?;
+            }
+        }
+    }
+    // Sharing notifications naming an adopted home's owner (invites and replies: `urn:uuid:`,
+    // `urn:x-uid:` and `/__uids__/` hrefs in the XML of 3.x-5.x, the owner and sharee uids in the
+    // JSON of 9.x): rewritten row by row at apply, MD5 with them.
+    {
+        let data = schema.notification_data;
+        let mut ins = stx.prepare(
+            "INSERT INTO pg_plan_values (plan_id, table_name, column_name, old_value, new_value, rows) VALUES (?1, 'NOTIFICATION', ?2, ?3, ?4, ?5)",
+        )?;
+        for (old_uid, new_uid) in &moved {
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT t.{data} FROM NOTIFICATION t WHERE {}",
+                        notification_filter(data)
+                    ),
+                    &[old_uid],
+                )
+                .map_err(|e| db_err(&label, "NOTIFICATION", &e))?;
+            let n = rows
+                .iter()
+                .filter(|r| notification_text(r.get(0), old_uid, new_uid).is_some())
+                .count() as i64;
+            if n > 0 {
+                ins.execute(rusqlite::params![plan_id, data, old_uid, new_uid, n])?;
             }
         }
     }
@@ -648,6 +693,64 @@ pub fn plan(
     stx.commit()?;
     tracing::info!("plan {plan_id} stored at {:.2?}", started.elapsed());
     Ok(summary)
+}
+
+/// Push subscriptions whose key names the home of uid `$1` (its fourth `/` field).
+pub const APN_FILTER: &str = "split_part(t.RESOURCE_KEY, '/', 4) = $1";
+const APN_COUNT: &str =
+    "SELECT COUNT(*) FROM APN_SUBSCRIPTIONS t WHERE split_part(t.RESOURCE_KEY, '/', 4) = $1";
+
+/// A push key (`/CalDAV/<host>/<uid>/...`) naming the home of `old`, naming `new`'s instead;
+/// `None` when it names another home.
+pub fn push_key(key: &str, old: &str, new: &str) -> Option<String> {
+    let mut parts: Vec<&str> = key.split('/').collect();
+    if parts.len() < 4 || !parts[0].is_empty() || parts[3] != old {
+        return None;
+    }
+    parts[3] = new;
+    Some(parts.join("/"))
+}
+
+/// Notification rows whose data may name uid `$1` (then checked with [`notification_text`]).
+pub fn notification_filter(data_column: &str) -> String {
+    format!("strpos(lower(t.{data_column}), lower($1)) > 0")
+}
+
+/// A notification's data (XML or JSON) with every reference to the principal `old` naming `new`
+/// instead: `urn:uuid:OLD`, `urn:x-uid:OLD` and `/__uids__/OLD` (followed by `/`, `<`, a quote
+/// or the end), and a JSON string that is exactly `OLD` (`"owner"`, `"sharee"`). The uid is
+/// matched without regard to case; `None` when nothing names `old`.
+pub fn notification_text(text: &str, old: &str, new: &str) -> Option<String> {
+    if old.is_empty() {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase();
+    let needle = old.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut from = 0;
+    while let Some(at) = lower[from..].find(&needle) {
+        let start = from + at;
+        let end = start + needle.len();
+        from = end;
+        let before = &lower[..start];
+        let after = lower[end..].chars().next();
+        let href = ["urn:uuid:", "urn:x-uid:", "/__uids__/"]
+            .iter()
+            .any(|p| before.ends_with(p))
+            && matches!(after, None | Some('/' | '<' | '"' | '\''));
+        let json = before.ends_with('"') && after == Some('"');
+        if href || json {
+            out.push_str(&text[last..start]);
+            out.push_str(new);
+            last = end;
+        }
+    }
+    if last == 0 {
+        return None;
+    }
+    out.push_str(&text[last..]);
+    Some(out)
 }
 
 /// The part of an href that names a home: `/__uids__/<uid>/`.
@@ -760,4 +863,42 @@ pub fn load_resolver(state: &State, plan_id: i64) -> Result<HashMap<String, Prin
         out.insert(k, serde_json::from_str(&j)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_key;
+
+    #[test]
+    fn a_push_key_follows_its_home_only() {
+        assert_eq!(
+            push_key("/CalDAV/cal.example.com/OLD/", "OLD", "NEW").as_deref(),
+            Some("/CalDAV/cal.example.com/NEW/")
+        );
+        assert_eq!(
+            push_key("/CardDAV/h/OLD/addressbook/", "OLD", "NEW").as_deref(),
+            Some("/CardDAV/h/NEW/addressbook/")
+        );
+        assert_eq!(push_key("/CalDAV/h/OTHER/", "OLD", "NEW"), None);
+        assert_eq!(push_key("/CalDAV/OLD/", "OLD", "NEW"), None);
+        assert_eq!(push_key("CalDAV/h/OLD/", "OLD", "NEW"), None);
+    }
+
+    #[test]
+    fn notifications_name_the_new_uid_in_hrefs_and_json_only_where_the_old_one_stands() {
+        use super::notification_text as t;
+        let xml = "<href xmlns='DAV:'>urn:uuid:old-1</href><hosturl><href xmlns='DAV:'>/calendars/__uids__/OLD-1/calendar</href></hosturl><organizer><href xmlns='DAV:'>urn:x-uid:old-1</href></organizer><uid>old-1</uid>";
+        assert_eq!(
+            t(xml, "OLD-1", "NEW").unwrap(),
+            "<href xmlns='DAV:'>urn:uuid:NEW</href><hosturl><href xmlns='DAV:'>/calendars/__uids__/NEW/calendar</href></hosturl><organizer><href xmlns='DAV:'>urn:x-uid:NEW</href></organizer><uid>old-1</uid>"
+        );
+        let json =
+            r#"{"owner": "OLD-1", "sharee": "OTHER", "summary": "OLD-1 shared", "uid": "xOLD-1"}"#;
+        assert_eq!(
+            t(json, "OLD-1", "NEW").unwrap(),
+            r#"{"owner": "NEW", "sharee": "OTHER", "summary": "OLD-1 shared", "uid": "xOLD-1"}"#
+        );
+        assert_eq!(t("urn:uuid:OLD-10", "OLD-1", "NEW"), None);
+        assert_eq!(t("nothing here", "OLD-1", "NEW"), None);
+    }
 }

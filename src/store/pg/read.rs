@@ -235,3 +235,20 @@ fn stream<T>(
         }
     }
 }
+
+/// A calendar object as `scan` reads it: RESOURCE_ID, CALENDAR_RESOURCE_ID, RESOURCE_NAME, text.
+pub type ObjectText = (i64, i64, String, String);
+
+/// Streams every calendar object, in RESOURCE_ID order (`scan`).
+pub fn all_objects(
+    tx: &mut Transaction<'_>,
+    each: &mut dyn FnMut(Vec<ObjectText>) -> Result<()>,
+) -> Result<()> {
+    stream(
+        tx,
+        "SELECT RESOURCE_ID::bigint, CALENDAR_RESOURCE_ID::bigint, RESOURCE_NAME, ICALENDAR_TEXT FROM CALENDAR_OBJECT ORDER BY RESOURCE_ID",
+        &[],
+        |r| (r.get(0), r.get(1), r.get(2), r.get(3)),
+        each,
+    )
+}

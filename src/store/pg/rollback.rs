@@ -66,9 +66,11 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
         ..Default::default()
     };
     let Some(run_id) = start_or_resume(&state, &mut summary, &label)? else {
+        finished_counts(&mut db, &state, &mut summary, target)?;
         return Ok(summary);
     };
     state.advance_run(target, RunEvent::StartRollback)?;
+    let _signals = crate::interrupt::install();
     let schema = db.schema.clone();
 
     // 1. Row steps (homes, uid columns), newest first, each with its undo journaled.
@@ -286,6 +288,10 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
             edits::mark(&mut state, run_id, &marks)?;
             bar.inc(writes.len() as u64);
         }
+        if super::apply::stop_if_signalled(&state, &mut summary)? {
+            bar.finish_and_clear();
+            return Ok(summary);
+        }
     }
     bar.finish_and_clear();
     // Undo steps an interrupted rollback left pending were looked at again above (pending undos
@@ -300,6 +306,48 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
     finish_run(&state, run_id)?;
     state.advance_run(target, RunEvent::FinishRollback)?;
     Ok(summary)
+}
+
+/// For a rollback that already finished: what it did, counted from its journal (objects and
+/// homes restored, steps skipped), as the run itself reported it.
+fn finished_counts(db: &mut Db, state: &State, s: &mut RunSummary, target: i64) -> Result<()> {
+    let run = s.run_id;
+    s.finished_at = state
+        .conn
+        .query_row("SELECT finished_at FROM runs WHERE id = ?1", [run], |r| {
+            r.get(0)
+        })
+        .ok()
+        .flatten();
+    let count = |sql: &str| -> Result<u64> {
+        Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
+    };
+    s.written = count(
+        "SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'undo' AND table_name IN ('calendar', 'vcard') AND state = 'done' AND detail = ''",
+    )?;
+    s.homes_adopted = count(
+        "SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'undo' AND table_name IN ('CALENDAR_HOME', 'ADDRESSBOOK_HOME', 'NOTIFICATION_HOME') AND state = 'done' AND detail = ''",
+    )?;
+    let mut st = state.conn.prepare(
+        "SELECT label, detail FROM pg_journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
+    )?;
+    let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    s.skipped = rows.collect::<rusqlite::Result<_>>()?;
+    // The objects it restored, checked against the text they had before the apply run.
+    let restored: Vec<(String, i64, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT u.table_name, CAST(u.key AS INTEGER), u.label, a.before_hash FROM pg_journal u
+             JOIN pg_journal a ON a.run_id = ?2 AND a.seq = u.undoes_seq
+             WHERE u.run_id = ?1 AND u.kind = 'undo' AND u.table_name IN ('calendar', 'vcard') AND u.state = 'done' AND u.detail = ''
+             ORDER BY u.seq",
+        )?;
+        let rows = st.query_map([run, target], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    s.checked = Some(super::apply::check_hashes(db, &restored)?);
+    Ok(())
 }
 
 /// Restores the delegate databases an apply run rewrote (3.x–5.x `proxies.sqlite`).

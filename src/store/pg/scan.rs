@@ -1,0 +1,149 @@
+//! `scan` on a database store: the same inventory as the file store's (homes, collections,
+//! calendar objects, every calendar user address by form, the most used addresses, malformed
+//! objects), read in one read-only snapshot through a server-side cursor. Changes nothing.
+//! Homes are counted per home table (`calendar_home`, `addressbook_home`, `notification_home`).
+
+use super::read;
+use super::Db;
+use crate::address::{AddressKind, CalAddress};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::store::scan::{
+    AddressCount, DomainCount, Inventory, MAX_LISTED_PROBLEMS, TOP_ADDRESSES,
+};
+use crate::store::Problem;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+
+struct Stat {
+    kind: AddressKind,
+    domain: Option<String>,
+    occurrences: u64,
+    resources: u64,
+}
+
+/// One object's distinct addresses: (key, kind, domain, occurrences).
+type Found = Vec<(String, AddressKind, Option<String>, u64)>;
+
+fn per_object(text: &str) -> std::result::Result<Found, crate::ical::IcalError> {
+    let info = crate::ical::scan(text.as_bytes())?;
+    let mut out: Found = Vec::new();
+    for a in &info.addresses {
+        let parsed = CalAddress::parse(&a.value);
+        let key = parsed.key();
+        match out.iter_mut().find(|r| r.0 == key) {
+            Some(r) => r.3 += 1,
+            None => out.push((key, parsed.kind(), parsed.domain().map(str::to_string), 1)),
+        }
+    }
+    Ok(out)
+}
+
+/// The inventory of the database.
+pub fn inventory(cfg: &Config, progress: &dyn Progress) -> Result<Inventory> {
+    let mut db = Db::open(cfg)?;
+    let label = db.target.label.clone();
+    let mut inv = Inventory {
+        store: label.clone(),
+        kind: cfg.store.kind,
+        ..Default::default()
+    };
+    let bar = progress.start("scan", None);
+    let mut tx = db
+        .client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| Error::runtime(format!("{label}: {}", super::connect::describe(&e))))?;
+    let schema = db.schema.clone();
+    for table in read::HOME_TABLES {
+        let n = read::homes(&mut tx, &schema, table)?.len();
+        inv.homes.insert(table.to_ascii_lowercase(), n);
+    }
+    let mut collections: HashSet<i64> = HashSet::new();
+    let mut addrs: HashMap<String, Stat> = HashMap::new();
+    read::all_objects(&mut tx, &mut |batch: Vec<read::ObjectText>| {
+        let found: Vec<_> = batch
+            .into_par_iter()
+            .map(|(id, cal, name, text)| (id, cal, name, text.len(), per_object(&text)))
+            .collect();
+        for (id, cal, name, len, r) in found {
+            bar.inc(1);
+            inv.resources += 1;
+            inv.bytes += len as u64;
+            collections.insert(cal);
+            match r {
+                Err(e) => {
+                    *inv.problem_counts.entry("malformed".into()).or_insert(0) += 1;
+                    if inv.problems.len() < MAX_LISTED_PROBLEMS {
+                        inv.problems.push(Problem {
+                            path: format!("CALENDAR_OBJECT {id} (calendar {cal}, {name})"),
+                            kind: "malformed".into(),
+                            detail: e.to_string(),
+                        });
+                    }
+                }
+                Ok(found) => {
+                    for (key, kind, domain, n) in found {
+                        inv.address_occurrences += n;
+                        let st = addrs.entry(key).or_insert(Stat {
+                            kind,
+                            domain,
+                            occurrences: 0,
+                            resources: 0,
+                        });
+                        st.occurrences += n;
+                        st.resources += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    tx.commit()
+        .map_err(|e| Error::runtime(format!("{label}: {}", super::connect::describe(&e))))?;
+    bar.finish();
+    inv.collections = collections.len();
+    inv.distinct_addresses = addrs.len();
+    let mut domains: HashMap<String, DomainCount> = HashMap::new();
+    for st in addrs.values() {
+        let k = inv.by_kind.entry(st.kind.as_str().into()).or_default();
+        k.distinct += 1;
+        k.occurrences += st.occurrences;
+        if let Some(d) = &st.domain {
+            let dc = domains.entry(d.clone()).or_insert_with(|| DomainCount {
+                domain: d.clone(),
+                distinct: 0,
+                occurrences: 0,
+            });
+            dc.distinct += 1;
+            dc.occurrences += st.occurrences;
+        }
+    }
+    inv.mailto_domains = domains.into_values().collect();
+    inv.mailto_domains.sort_by(|a, b| {
+        b.occurrences
+            .cmp(&a.occurrences)
+            .then_with(|| a.domain.cmp(&b.domain))
+    });
+    let mut top: Vec<AddressCount> = addrs
+        .into_iter()
+        .map(|(k, st)| AddressCount {
+            address: k,
+            kind: st.kind,
+            occurrences: st.occurrences,
+            resources: st.resources,
+        })
+        .collect();
+    top.sort_by(|a, b| {
+        b.occurrences
+            .cmp(&a.occurrences)
+            .then_with(|| a.address.cmp(&b.address))
+    });
+    top.truncate(TOP_ADDRESSES);
+    inv.top_addresses = top;
+    inv.problems.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(inv)
+}
