@@ -576,9 +576,11 @@ impl<'c> ChangeRows<'c> {
             ins_str: tx.prepare("INSERT OR IGNORE INTO plan_strings (plan_id, text) VALUES (?1, ?2)")?,
             sel_str: tx.prepare("SELECT id FROM plan_strings WHERE plan_id = ?1 AND text = ?2")?,
             ins_row: tx.prepare(
-                "INSERT INTO plan_change_rows (plan_id, path_id, seq, line, property_id, old_id, new_id, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO plan_change_rows (plan_id, res_id, path_id, seq, line, property_id, old_id, new_id, old_line, new_line) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?,
-            del: tx.prepare("DELETE FROM plan_change_rows WHERE plan_id = ?1 AND path_id = ?2")?,
+            del: tx.prepare(
+                "DELETE FROM plan_change_rows WHERE plan_id = ?1 AND path_id = 0 AND res_id = (SELECT rowid FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2)",
+            )?,
             ids: HashMap::new(),
         })
     }
@@ -586,6 +588,10 @@ impl<'c> ChangeRows<'c> {
     fn id(&mut self, text: &str) -> Result<i64> {
         if let Some(&id) = self.ids.get(text) {
             return Ok(id);
+        }
+        if self.ids.len() >= 100_000 {
+            // Memory stays flat on stores with many distinct values (dropbox links).
+            self.ids.clear();
         }
         let id = match self.ins_str.insert(rusqlite::params![self.plan_id, text]) {
             Ok(id) => id,
@@ -599,8 +605,8 @@ impl<'c> ChangeRows<'c> {
         Ok(id)
     }
 
-    fn insert(&mut self, rel: &str, changes: &[ical::Change], keep_lines: bool) -> Result<()> {
-        let path = self.id(rel)?;
+    /// Stores the changes of the plan_resources row `res`.
+    fn insert(&mut self, res: i64, changes: &[ical::Change], keep_lines: bool) -> Result<()> {
         for (seq, c) in changes.iter().enumerate() {
             let (k, o, n) = (
                 self.id(&c.property)?,
@@ -609,7 +615,7 @@ impl<'c> ChangeRows<'c> {
             );
             self.ins_row.execute(rusqlite::params![
                 self.plan_id,
-                path,
+                res,
                 seq as i64 + 1,
                 c.line as i64,
                 k,
@@ -622,12 +628,9 @@ impl<'c> ChangeRows<'c> {
         Ok(())
     }
 
-    /// Drops the changes stored for `rel`; returns how many there were.
+    /// Drops the changes stored for `rel` (before its plan_resources row); returns how many.
     fn remove(&mut self, rel: &str) -> Result<u64> {
-        match self.ids.get(rel) {
-            Some(&path) => Ok(self.del.execute(rusqlite::params![self.plan_id, path])? as u64),
-            None => Ok(0),
-        }
+        Ok(self.del.execute(rusqlite::params![self.plan_id, rel])? as u64)
     }
 }
 
@@ -643,7 +646,7 @@ fn insert_planned(
     pass: i64,
     keep_lines: bool,
 ) -> Result<()> {
-    ins_res.execute(rusqlite::params![
+    let res = ins_res.insert(rusqlite::params![
         plan_id,
         rel,
         old_sha,
@@ -653,7 +656,7 @@ fn insert_planned(
         p.attr_edits.as_deref(),
         pass
     ])?;
-    rows.insert(rel, &p.changes, keep_lines)
+    rows.insert(res, &p.changes, keep_lines)
 }
 
 /// The address a home's folder name stands for.
