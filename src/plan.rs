@@ -420,10 +420,7 @@ impl ical::Resolve for Recorder<'_> {
     fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
         let p = self.inner.resolve(addr)?;
         if let Ok(mut m) = self.addresses.lock() {
-            let key = addr.key();
-            if !m.contains_key(&key) {
-                m.insert(key, p.clone());
-            }
+            m.entry(addr.key()).or_insert_with(|| p.clone());
         }
         Some(p)
     }
