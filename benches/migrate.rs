@@ -273,6 +273,9 @@ fn python_baseline(root: &Path, paths: &[PathBuf], plan_rate: f64) {
 }
 
 fn print(f: &Figures) {
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average after {} resources: {}", f.n, l.trim());
+    }
     println!(
         "resources: {} ({:.0} MB); floors: read {:.2} s (both cores, cache warm), copy {:.2} s (cp -a + sync)",
         f.n, f.store_mb, f.read_floor, f.copy_floor
@@ -295,9 +298,24 @@ fn print(f: &Figures) {
         "  state after plan: database {:.1} MB, backups {:.1} MB; after apply: database {:.1} MB, backups {:.1} MB",
         f.state_after_plan.0, f.state_after_plan.1, f.state_after_apply.0, f.state_after_apply.1
     );
+    // The goals of issue #15, side by side with what was measured.
+    let copy = f.copy_floor.max(1e-9);
+    println!(
+        "  goals: plan / scan {:.2}x (<= 3x at 100k); apply / copy floor {:.2}x (<= 3x); state growth per plan {:.1} MB = {:.0}% of the {:.0} MB store (<= 10%); peak RSS max {:.0} MB (<= 100 MB)",
+        t("plan") / t("scan").max(1e-9),
+        t("apply") / copy,
+        f.state_after_plan.0 + f.state_after_plan.1,
+        100.0 * (f.state_after_plan.0 + f.state_after_plan.1) / f.store_mb.max(1e-9),
+        f.store_mb,
+        f.steps.iter().map(|s| s.2).fold(0.0, f64::max)
+    );
 }
 
 fn main() {
+    // The machine may be shared: the load average goes with the figures.
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at start: {}", l.trim());
+    }
     let sizes: Vec<usize> = match std::env::var("PR_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -312,6 +330,9 @@ fn main() {
             print(&f);
             all.push(f);
         }
+    }
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at end: {}", l.trim());
     }
     if let [a, b] = &all[..] {
         let k = b.n as f64 / a.n as f64;

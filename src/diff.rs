@@ -62,13 +62,13 @@ pub fn resource_diff(
     let state = State::open_existing(state_dir)?;
     let plan_id = state.plan_or_latest(plan)?;
     let here = store_relative(store, resource);
-    let lookup = |rel: &str| -> Result<Option<(String, String, Vec<u8>)>> {
+    let lookup = |rel: &str| -> Result<Option<(String, String)>> {
         Ok(state
             .conn
             .query_row(
-                "SELECT old_sha256, new_sha256, new_bytes FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+                "SELECT old_sha256, new_sha256 FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
                 rusqlite::params![plan_id, rel],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map(Some)
             .or_else(|e| match e {
@@ -96,36 +96,51 @@ pub fn resource_diff(
             }
         }
     }
-    let Some((old_sha, new_sha, blob)) = row else {
+    let Some((old_sha, new_sha)) = row else {
         return Err(Error::usage(format!(
             "plan {plan_id} does not change {rel} (a path relative to the store, as in changes.csv)"
         )));
     };
-    let new = crate::plan::unpack(&blob, &new_sha)?;
     let path = store.join(&here);
     let now = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     let now_sha = sha256_hex(&now);
-    let (standing, old) = if now_sha == old_sha {
-        (Standing::Planned, now)
-    } else if now_sha == new_sha {
-        // Applied: the planned-from bytes are in the journal's backups.
+    if now_sha == new_sha {
+        // Applied: the file holds the planned bytes; the planned-from ones are in the backups.
         let backup = state_dir.join("backups").join(&old_sha[..2]).join(&old_sha);
         let old = std::fs::read(&backup).unwrap_or_default();
-        (Standing::Applied, old)
+        return Ok(ResourceDiff {
+            diff: unified(&rel, &old, &now),
+            plan_id,
+            resource: rel,
+            standing: Standing::Applied,
+        });
+    }
+    let standing = if now_sha == old_sha {
+        Standing::Planned
     } else {
-        (Standing::ChangedSincePlan, now)
+        Standing::ChangedSincePlan
     };
-    let old_text = String::from_utf8_lossy(&old);
-    let new_text = String::from_utf8_lossy(&new);
-    let diff = similar::TextDiff::from_lines(old_text.as_ref(), new_text.as_ref())
-        .unified_diff()
-        .context_radius(3)
-        .header(&format!("a/{rel}"), &format!("b/{rel}"))
-        .to_string();
+    // The planned bytes: the plan keeps hashes and replays its rewrite on the bytes it was made
+    // from. For a file changed since the plan, the diff shows that rewrite of the file as it is.
+    let (how, _) = crate::plan::planned_resource(&state, plan_id, &rel)?
+        .ok_or_else(|| Error::runtime(format!("plan {plan_id} no longer holds {rel}")))?;
+    let new =
+        crate::plan::PlannedRewrites::load(&state, plan_id)?.new_bytes(&how, &now, &new_sha)?;
     Ok(ResourceDiff {
+        diff: unified(&rel, &now, &new),
         plan_id,
         resource: rel,
         standing,
-        diff,
     })
+}
+
+/// A unified diff (three lines of context) of a resource's bytes.
+fn unified(rel: &str, old: &[u8], new: &[u8]) -> String {
+    let old_text = String::from_utf8_lossy(old);
+    let new_text = String::from_utf8_lossy(new);
+    similar::TextDiff::from_lines(old_text.as_ref(), new_text.as_ref())
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{rel}"), &format!("b/{rel}"))
+        .to_string()
 }

@@ -585,7 +585,8 @@ struct Item {
     rel: String,
     old_sha: String,
     new_sha: String,
-    blob: Vec<u8>,
+    /// Where its new bytes come from (recomputed from the file, or stored by an older plan).
+    blob: crate::plan::NewBytes,
     /// Planned attribute edits (server properties that change besides the bytes).
     edits: Vec<AttrEdit>,
     resumed: bool,
@@ -641,7 +642,13 @@ impl Step {
     }
 }
 
-fn prepare_step(cache: &Caches, backups: &Backups, opts: &WriteOptions, it: Item) -> Result<Step> {
+fn prepare_step(
+    cache: &Caches,
+    backups: &Backups,
+    opts: &WriteOptions,
+    rewrites: &crate::plan::PlannedRewrites,
+    it: Item,
+) -> Result<Step> {
     let mut step = Step {
         seq: it.seq,
         rel: it.rel.clone(),
@@ -685,13 +692,21 @@ fn prepare_step(cache: &Caches, backups: &Backups, opts: &WriteOptions, it: Item
             "changed since plan".into()
         });
     } else {
+        // The plan keeps hashes: its rewrite is done again on the file as it is now, and only
+        // bytes that hash to what was planned are written.
+        let new_bytes = rewrites.new_bytes(&it.blob, &bytes, &it.new_sha)?;
+        if sha256_hex(&new_bytes) != it.new_sha {
+            step.skip(
+                "changed since plan (its planned rewrite no longer gives the planned bytes)".into(),
+            );
+            return Ok(step);
+        }
         if !it.resumed {
             step.backup = Some(backups.put(&bytes)?);
             step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(
                 &FileMeta::of_at(&dir, name)?,
             ))?);
         }
-        let new_bytes = crate::plan::unpack(&it.blob, &it.new_sha)?;
         match prepare_write_at(
             dir.clone(),
             name,
@@ -719,6 +734,8 @@ struct Batch<'a> {
     state_dir: &'a Path,
     backups: &'a Backups,
     opts: &'a WriteOptions,
+    /// The plan's rewrites, replayed on each file.
+    rewrites: &'a crate::plan::PlannedRewrites,
 }
 
 /// One batch: (a) originals saved and new bytes in temporary files beside them, in parallel;
@@ -730,7 +747,7 @@ fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) -> Result<()>
     let cache = Caches::new(b.dirs)?;
     let steps: Vec<Step> = items
         .into_par_iter()
-        .map(|it| prepare_step(&cache, b.backups, b.opts, it))
+        .map(|it| prepare_step(&cache, b.backups, b.opts, b.rewrites, it))
         .collect::<Result<_>>()?;
     interrupt::test_pause("apply-prepared");
     b.backups.sync()?;
@@ -1009,19 +1026,22 @@ pub fn apply_stage(
         xattr_prefix: cfg.store.xattr_prefix.clone(),
         plain_files: cfg.store.kind == crate::config::StoreKind::IcsDir,
     };
+    let rewrites = crate::plan::PlannedRewrites::load(&state, plan_id)?;
     let batch = Batch {
         run_id,
         dirs: &dirs,
         state_dir: &cfg.state.path,
         backups: &backups,
         opts: &opts,
+        rewrites: &rewrites,
     };
-    let blob_of = |state: &State, rel: &str| -> Result<(Vec<u8>, Vec<AttrEdit>)> {
-        let (blob, edits): (Vec<u8>, Option<String>) = state.conn.query_row(
-            "SELECT new_bytes, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-            rusqlite::params![plan_id, rel],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+    let blob_of = |state: &State, rel: &str| -> Result<(crate::plan::NewBytes, Vec<AttrEdit>)> {
+        let (blob, edits) =
+            crate::plan::planned_resource(state, plan_id, rel)?.ok_or_else(|| {
+                Error::runtime(format!(
+                    "state database: plan {plan_id} no longer holds {rel}"
+                ))
+            })?;
         Ok((blob, edits_from_json(edits.as_deref())?))
     };
 

@@ -365,6 +365,297 @@ pub(crate) fn insert_resource(
     Ok(())
 }
 
+/// Records what a resolver answers while a pass of the plan rewrites, so that `apply` can replay
+/// the same rewrite of a resource from the file itself (plans keep hashes, not new bytes).
+pub(crate) struct Recorder<'r> {
+    inner: &'r (dyn ical::Resolve + Sync),
+    addresses: std::sync::Mutex<HashMap<String, Principal>>,
+    homes: std::sync::Mutex<HashMap<String, Guid>>,
+}
+
+impl<'r> Recorder<'r> {
+    pub(crate) fn new(inner: &'r (dyn ical::Resolve + Sync)) -> Self {
+        Recorder {
+            inner,
+            addresses: Default::default(),
+            homes: Default::default(),
+        }
+    }
+
+    /// Stores the answers that changed something, as pass `pass` of plan `plan_id`.
+    pub(crate) fn store(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        plan_id: i64,
+        pass: i64,
+    ) -> Result<()> {
+        let mut ins = tx.prepare(
+            "INSERT OR REPLACE INTO plan_rewrites (plan_id, pass, kind, key, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let addresses = self
+            .addresses
+            .lock()
+            .map_err(|_| Error::runtime("resolver poisoned"))?;
+        for (k, p) in addresses.iter() {
+            ins.execute(rusqlite::params![
+                plan_id,
+                pass,
+                "address",
+                k,
+                serde_json::to_string(p)?
+            ])?;
+        }
+        let homes = self
+            .homes
+            .lock()
+            .map_err(|_| Error::runtime("resolver poisoned"))?;
+        for (k, g) in homes.iter() {
+            ins.execute(rusqlite::params![plan_id, pass, "home", k, g.as_str()])?;
+        }
+        Ok(())
+    }
+}
+
+impl ical::Resolve for Recorder<'_> {
+    fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
+        let p = self.inner.resolve(addr)?;
+        if let Ok(mut m) = self.addresses.lock() {
+            m.entry(addr.key()).or_insert_with(|| p.clone());
+        }
+        Some(p)
+    }
+
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        let g = self.inner.moved_home(home)?;
+        if let Ok(mut m) = self.homes.lock() {
+            m.entry(home.to_string()).or_insert_with(|| g.clone());
+        }
+        Some(g)
+    }
+}
+
+/// One pass of a plan's resolver as stored: answers the questions the plan asked, as it did.
+#[derive(Default)]
+struct Replay {
+    addresses: HashMap<String, Principal>,
+    homes: HashMap<String, Guid>,
+}
+
+impl ical::Resolve for Replay {
+    fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
+        self.addresses.get(&addr.key())
+    }
+
+    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
+        self.homes.get(&home.to_string()).cloned()
+    }
+}
+
+/// How a planned resource's new bytes are obtained.
+#[derive(Clone, Debug)]
+pub enum NewBytes {
+    /// Stored in the plan (zlib), as plans before state schema 10 and address-book cards keep them.
+    Stored(Vec<u8>),
+    /// Recomputed from the file with pass N of the plan's resolver.
+    Rewrite(i64),
+}
+
+/// A plan's rewrites, to recompute a resource's new bytes from its current bytes.
+pub struct PlannedRewrites {
+    passes: [Replay; 2],
+    opts: RewriteOptions,
+}
+
+impl PlannedRewrites {
+    /// Loads plan `plan_id`'s stored resolver answers.
+    pub fn load(state: &State, plan_id: i64) -> Result<PlannedRewrites> {
+        let form: String = state.plan_text(plan_id, "address_form")?;
+        let form =
+            serde_json::from_value(serde_json::Value::String(form.clone())).map_err(|_| {
+                Error::runtime(format!(
+                    "state database: plan {plan_id} has an unknown address form `{form}`"
+                ))
+            })?;
+        let mut passes: [Replay; 2] = Default::default();
+        let mut st = state
+            .conn
+            .prepare("SELECT pass, kind, key, value FROM plan_rewrites WHERE plan_id = ?1")?;
+        let mut rows = st.query([plan_id])?;
+        while let Some(r) = rows.next()? {
+            let pass: i64 = r.get(0)?;
+            let kind: String = r.get(1)?;
+            let key: String = r.get(2)?;
+            let value: String = r.get(3)?;
+            let Some(replay) = passes.get_mut(pass as usize) else {
+                return Err(Error::runtime(format!(
+                    "state database: plan {plan_id} has a rewrite pass {pass} this program does not know"
+                )));
+            };
+            if kind == "home" {
+                let g = Guid::from_any(&value).ok_or_else(|| {
+                    Error::runtime(format!(
+                        "state database: plan {plan_id}: `{value}` is not a GUID"
+                    ))
+                })?;
+                replay.homes.insert(key, g);
+            } else {
+                replay.addresses.insert(key, serde_json::from_str(&value)?);
+            }
+        }
+        Ok(PlannedRewrites {
+            passes,
+            opts: RewriteOptions { form },
+        })
+    }
+
+    /// The planned new bytes of a resource whose bytes are now `current`: the stored ones, or the
+    /// plan's rewrite of `current`. The caller checks them against the planned hash.
+    pub fn new_bytes(&self, how: &NewBytes, current: &[u8], new_sha: &str) -> Result<Vec<u8>> {
+        match how {
+            NewBytes::Stored(blob) => unpack(blob, new_sha),
+            NewBytes::Rewrite(pass) => {
+                let replay = self.passes.get(*pass as usize).ok_or_else(|| {
+                    Error::runtime(format!("state database: unknown rewrite pass {pass}"))
+                })?;
+                Ok(ical::rewrite(current, replay, &self.opts)
+                    .map_err(|e| Error::runtime(e.to_string()))?
+                    .bytes)
+            }
+        }
+    }
+}
+
+/// How plan `plan_id` obtains the new bytes of `rel`, and its attribute edits (JSON); `None` when
+/// the plan does not change it.
+pub fn planned_resource(
+    state: &State,
+    plan_id: i64,
+    rel: &str,
+) -> Result<Option<(NewBytes, Option<String>)>> {
+    let row: Option<(Vec<u8>, Option<i64>, Option<String>)> = state
+        .conn
+        .query_row(
+            "SELECT new_bytes, rewrite_pass, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
+            rusqlite::params![plan_id, rel],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    Ok(row.map(|(blob, pass, edits)| {
+        (
+            match pass {
+                Some(p) => NewBytes::Rewrite(p),
+                None => NewBytes::Stored(blob),
+            },
+            edits,
+        )
+    }))
+}
+
+/// Writes a plan's changed properties compactly (`plan_change_rows`, texts once in
+/// `plan_strings`); readers see them through the `plan_changes` view.
+pub(crate) struct ChangeRows<'c> {
+    plan_id: i64,
+    ins_str: rusqlite::Statement<'c>,
+    sel_str: rusqlite::Statement<'c>,
+    ins_row: rusqlite::Statement<'c>,
+    del: rusqlite::Statement<'c>,
+    ids: HashMap<String, i64>,
+}
+
+impl<'c> ChangeRows<'c> {
+    pub(crate) fn new(tx: &'c rusqlite::Transaction<'_>, plan_id: i64) -> Result<Self> {
+        Ok(ChangeRows {
+            plan_id,
+            ins_str: tx.prepare("INSERT OR IGNORE INTO plan_strings (plan_id, text) VALUES (?1, ?2)")?,
+            sel_str: tx.prepare("SELECT id FROM plan_strings WHERE plan_id = ?1 AND text = ?2")?,
+            ins_row: tx.prepare(
+                "INSERT INTO plan_change_rows (plan_id, res_id, path_id, seq, line, property_id, old_id, new_id, old_line, new_line) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?,
+            del: tx.prepare(
+                "DELETE FROM plan_change_rows WHERE plan_id = ?1 AND path_id = 0 AND res_id = (SELECT rowid FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2)",
+            )?,
+            ids: HashMap::new(),
+        })
+    }
+
+    fn id(&mut self, text: &str) -> Result<i64> {
+        if let Some(&id) = self.ids.get(text) {
+            return Ok(id);
+        }
+        if self.ids.len() >= 100_000 {
+            // Memory stays flat on stores with many distinct values (dropbox links).
+            self.ids.clear();
+        }
+        let id = match self.ins_str.insert(rusqlite::params![self.plan_id, text]) {
+            Ok(id) => id,
+            // Stored already (by the `plan_changes` view's trigger).
+            Err(rusqlite::Error::StatementChangedRows(0)) => self
+                .sel_str
+                .query_row(rusqlite::params![self.plan_id, text], |r| r.get(0))?,
+            Err(e) => return Err(e.into()),
+        };
+        self.ids.insert(text.to_string(), id);
+        Ok(id)
+    }
+
+    /// Stores the changes of the plan_resources row `res`.
+    fn insert(&mut self, res: i64, changes: &[ical::Change], keep_lines: bool) -> Result<()> {
+        for (seq, c) in changes.iter().enumerate() {
+            let (k, o, n) = (
+                self.id(&c.property)?,
+                self.id(&c.old_value)?,
+                self.id(&c.new_value)?,
+            );
+            self.ins_row.execute(rusqlite::params![
+                self.plan_id,
+                res,
+                seq as i64 + 1,
+                c.line as i64,
+                k,
+                o,
+                n,
+                if keep_lines { c.old_line.as_str() } else { "" },
+                if keep_lines { c.new_line.as_str() } else { "" }
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Drops the changes stored for `rel` (before its plan_resources row); returns how many.
+    fn remove(&mut self, rel: &str) -> Result<u64> {
+        Ok(self.del.execute(rusqlite::params![self.plan_id, rel])? as u64)
+    }
+}
+
+/// Stores one planned calendar resource: hashes, how to recompute it (`pass`), its changes.
+#[allow(clippy::too_many_arguments)]
+fn insert_planned(
+    ins_res: &mut rusqlite::Statement<'_>,
+    rows: &mut ChangeRows<'_>,
+    plan_id: i64,
+    rel: &str,
+    old_sha: &str,
+    p: &Planned,
+    pass: i64,
+    keep_lines: bool,
+) -> Result<()> {
+    let res = ins_res.insert(rusqlite::params![
+        plan_id,
+        rel,
+        old_sha,
+        p.new_sha,
+        &[] as &[u8],
+        p.changes.len() as i64,
+        p.attr_edits.as_deref(),
+        pass
+    ])?;
+    rows.insert(res, &p.changes, keep_lines)
+}
+
 /// The address a home's folder name stands for.
 pub fn home_address(h: &Home) -> CalAddress {
     match h.layout {
@@ -385,7 +676,6 @@ pub fn home_address(h: &Home) -> CalAddress {
 struct Planned {
     changes: Vec<ical::Change>,
     new_sha: String,
-    packed: Vec<u8>,
     attr_edits: Option<String>,
 }
 
@@ -400,7 +690,6 @@ impl Planned {
         Some(Planned {
             changes,
             new_sha: sha256_hex(&rw.bytes),
-            packed: pack(&rw.bytes),
             attr_edits: store::props::edits_json(&attrs.edits),
         })
     }
@@ -451,6 +740,8 @@ pub fn build(
         form: cfg.rewrite.address_form,
     };
     let lazy = LazyResolver::new(&mapper, current);
+    // What the walk's resolver answers: apply replays it (the plan keeps no new bytes).
+    let walk_resolver = Recorder::new(&lazy);
 
     let mut state = State::open(&cfg.state.path)?;
     let created_at = now_rfc3339();
@@ -488,6 +779,10 @@ pub fn build(
         let mut ins_chg = tx.prepare(
             "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
+        let mut ins_cal = tx.prepare(
+            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes, attr_edits, rewrite_pass) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut rows = ChangeRows::new(&tx, plan_id)?;
         // A bar with a total and an ETA: the store's folders listed first (see crate::precount).
         let total = ctx
             .progress
@@ -499,9 +794,9 @@ pub fn build(
             store::WalkOptions { xattrs: false },
             &bar,
             |res, bytes| -> std::result::Result<_, ical::IcalError> {
-                let (info, rw) = ical::scan_and_rewrite(bytes, &lazy, &opts)?;
+                let (info, rw) = ical::scan_and_rewrite(bytes, &walk_resolver, &opts)?;
                 let (attrs, unreadable) =
-                    match plan_attributes(cfg, &res.path, &res.collection, &lazy, &opts) {
+                    match plan_attributes(cfg, &res.path, &res.collection, &walk_resolver, &opts) {
                         Ok(a) => (a, None),
                         Err(e) => (Default::default(), Some(e)),
                     };
@@ -560,17 +855,15 @@ pub fn build(
                         if let Some(p) = planned {
                             changed += 1;
                             props += p.changes.len() as u64;
-                            insert_resource(
-                                &mut ins_res,
-                                &mut ins_chg,
+                            insert_planned(
+                                &mut ins_cal,
+                                &mut rows,
                                 plan_id,
                                 &res.rel_path,
                                 &res.sha256,
-                                &p.new_sha,
-                                &p.packed,
-                                &p.changes,
+                                &p,
+                                0,
                                 changed <= EXAMPLE_LINES,
-                                p.attr_edits.as_deref(),
                             )?;
                         }
                     }
@@ -617,6 +910,7 @@ pub fn build(
             started.elapsed()
         );
         let resolver = FinalResolver::new(&mapping, &lazy, &survey.homes);
+        let final_resolver = Recorder::new(&resolver);
         let late: BTreeSet<String> = resolver
             .map
             .keys()
@@ -640,23 +934,15 @@ pub fn build(
                         path.display()
                     )));
                 }
-                let rw = ical::rewrite(&bytes, &resolver, &opts)
+                let rw = ical::rewrite(&bytes, &final_resolver, &opts)
                     .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
-                let attrs = plan_attributes(cfg, path, collection_of(rel), &resolver, &opts)
+                let attrs = plan_attributes(cfg, path, collection_of(rel), &final_resolver, &opts)
                     .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
-                let before: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM plan_changes WHERE plan_id = ?1 AND rel_path = ?2",
-                    rusqlite::params![plan_id, rel],
-                    |r| r.get(0),
-                )?;
+                let before = rows.remove(rel)?;
                 if before > 0 {
                     changed -= 1;
-                    props -= before as u64;
+                    props -= before;
                 }
-                tx.execute(
-                    "DELETE FROM plan_changes WHERE plan_id = ?1 AND rel_path = ?2",
-                    rusqlite::params![plan_id, rel],
-                )?;
                 tx.execute(
                     "DELETE FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
                     rusqlite::params![plan_id, rel],
@@ -664,21 +950,12 @@ pub fn build(
                 if let Some(p) = Planned::of(rw, attrs) {
                     changed += 1;
                     props += p.changes.len() as u64;
-                    insert_resource(
-                        &mut ins_res,
-                        &mut ins_chg,
-                        plan_id,
-                        rel,
-                        sha,
-                        &p.new_sha,
-                        &p.packed,
-                        &p.changes,
-                        false,
-                        p.attr_edits.as_deref(),
-                    )?;
+                    insert_planned(&mut ins_cal, &mut rows, plan_id, rel, sha, &p, 1, false)?;
                 }
             }
         }
+        walk_resolver.store(&tx, plan_id, 0)?;
+        final_resolver.store(&tx, plan_id, 1)?;
         if let Some(ab) = &addressbooks {
             ab_summary = Some(crate::addressbooks::plan(
                 &tx,
@@ -790,6 +1067,8 @@ pub fn build(
         rusqlite::params![serde_json::to_string(&summary)?, plan_id],
     )?;
     tx.commit()?;
+    // The plan was one transaction: its write-ahead log is as large as the plan; give it back.
+    let _ = state.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     tracing::info!("plan {plan_id} stored at {:.2?}", started.elapsed());
     Ok(summary)
 }

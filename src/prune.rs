@@ -90,24 +90,37 @@ fn plan_freed(state: &State, plan_id: i64) -> Result<PlanFreed> {
         [plan_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    // Changes are rows of string ids (about 8 bytes) and each distinct text once.
     let (changes, cb): (i64, i64) = state.conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(length(rel_path) + length(old_value) + length(new_value) + length(old_line) + length(new_line)), 0)
-           FROM plan_changes WHERE plan_id = ?1",
+        "SELECT COUNT(*), COALESCE(SUM(8 + length(old_line) + length(new_line)), 0)
+           FROM plan_change_rows WHERE plan_id = ?1",
         [plan_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let sb: i64 = state.conn.query_row(
+        "SELECT COALESCE(SUM(length(text)), 0) FROM plan_strings WHERE plan_id = ?1",
+        [plan_id],
+        |r| r.get(0),
+    )?;
+    let wb: i64 = state.conn.query_row(
+        "SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM plan_rewrites WHERE plan_id = ?1",
+        [plan_id],
+        |r| r.get(0),
     )?;
     Ok(PlanFreed {
         plan_id,
         resources: resources + crate::store::pg::prune::plan_objects(&state.conn, plan_id)?,
         changes,
-        bytes: rb + cb,
+        bytes: rb + cb + sb + wb,
     })
 }
 
-const PLAN_TABLES: [&str; 7] = [
+const PLAN_TABLES: [&str; 9] = [
     "plan_mappings",
     "plan_resources",
-    "plan_changes",
+    "plan_change_rows",
+    "plan_strings",
+    "plan_rewrites",
     "plan_homes",
     "plan_problems",
     "plan_databases",

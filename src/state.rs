@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_prune.sql")),
     (8, include_str!("../migrations/0008_pg_store.sql")),
     (9, include_str!("../migrations/0009_stages.sql")),
+    (10, include_str!("../migrations/0010_compact_plans.sql")),
 ];
 
 pub const DB_FILE: &str = "state.sqlite";
@@ -46,7 +47,9 @@ impl State {
                 .map_err(|e| Error::io("cannot restrict state database", &path, e))?;
         }
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            // journal_size_limit: the write-ahead log of one large transaction (a plan) does not
+            // stay on disk at its largest once checkpointed.
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = 8388608;",
         )?;
         let mut state = State {
             conn,
@@ -557,6 +560,94 @@ mod tests {
         );
         assert_eq!(st.plan_status(1).unwrap().0, PlanStatus::Complete);
         assert_eq!(st.plan_to_apply(None).unwrap(), (1, None));
+    }
+
+    #[test]
+    fn a_schema_8_plan_keeps_its_changes_and_stored_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);",
+            )
+            .unwrap();
+            for (v, sql) in &MIGRATIONS[..8] {
+                conn.execute_batch(sql).unwrap();
+                conn.execute("INSERT INTO schema_migrations VALUES (?1, 't')", [v])
+                    .unwrap();
+            }
+            let bytes = b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n";
+            let sha = crate::store::write::sha256_hex(bytes);
+            conn.execute(
+                "INSERT INTO plans (id, created_at, store_kind, store_path, address_form, directory) VALUES (1,'t','calendarserver-fs','/s','keep','d')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes) VALUES (1, 'a/b.ics', 'x', ?1, ?2, 2)",
+                rusqlite::params![sha, crate::plan::pack(bytes)],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO plan_changes VALUES (1, 'a/b.ics', 3, 'ORGANIZER', 'mailto:a@x', 'urn:uuid:A', 'ORGANIZER:mailto:a@x', 'ORGANIZER:urn:uuid:A');
+                 INSERT INTO plan_changes VALUES (1, 'a/b.ics', 5, 'ATTENDEE', 'mailto:a@x', 'urn:uuid:A', '', '');",
+            )
+            .unwrap();
+        }
+        let st = State::open(dir.path()).unwrap();
+        let rows: Vec<(String, i64, String, String, String, String)> = st
+            .conn
+            .prepare("SELECT rel_path, line, property, old_value, new_value, old_line FROM plan_changes ORDER BY rel_path, line")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0, "a/b.ics");
+        assert_eq!((rows[0].1, rows[0].2.as_str()), (3, "ORGANIZER"));
+        assert_eq!(rows[0].5, "ORGANIZER:mailto:a@x");
+        assert_eq!(
+            (rows[1].1, rows[1].3.as_str(), rows[1].4.as_str()),
+            (5, "mailto:a@x", "urn:uuid:A")
+        );
+        // The old plan's stored bytes are still what apply writes.
+        let (how, _) = crate::plan::planned_resource(&st, 1, "a/b.ics")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(how, crate::plan::NewBytes::Stored(_)));
+        let rw = crate::plan::PlannedRewrites::load(&st, 1).unwrap();
+        let sha = crate::store::write::sha256_hex(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n");
+        let got = rw.new_bytes(&how, b"", &sha).unwrap();
+        assert_eq!(got, b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n");
+        // Writers of plan_changes (address-book cards, the PostgreSQL store) still insert and delete.
+        st.conn
+            .execute(
+                "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (1, 'c.vcf', 1, 'X', 'o', 'n', '', '')",
+                [],
+            )
+            .unwrap();
+        let n: i64 = st
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM plan_changes WHERE plan_id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 3);
+        st.conn
+            .execute(
+                "DELETE FROM plan_changes WHERE plan_id = 1 AND rel_path = 'a/b.ics'",
+                [],
+            )
+            .unwrap();
+        let n: i64 = st
+            .conn
+            .query_row("SELECT COUNT(*) FROM plan_change_rows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]

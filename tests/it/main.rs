@@ -4,6 +4,7 @@ mod support;
 
 mod addressbooks;
 mod cli;
+mod compact_plans;
 mod cs_file_store;
 mod directory_cli;
 mod directory_ldap;
