@@ -241,8 +241,9 @@ pub fn plan(
             .filter(|h| h.table == "CALENDAR_HOME")
             .map(|h| h.id)
             .collect();
-        let mut sink = |batch: Vec<ObjectRow>| -> Result<()> {
-            let results: Vec<(ObjectRow, Scanned)> = batch
+        // The rewrite of one fetched batch, on every core (a pure function of the rows).
+        let scan = |batch: Vec<ObjectRow>| -> Vec<(ObjectRow, Scanned)> {
+            batch
                 .into_par_iter()
                 .map(|row| {
                     let r = ical::scan_and_rewrite(row.text.as_bytes(), &lazy, &opts).map(
@@ -253,7 +254,9 @@ pub fn plan(
                     );
                     (row, r)
                 })
-                .collect();
+                .collect()
+        };
+        let mut sink = |results: Vec<(ObjectRow, Scanned)>| -> Result<()> {
             for (row, r) in results {
                 bar.inc(1);
                 let label = row.label();
@@ -301,11 +304,23 @@ pub fn plan(
             }
             Ok(())
         };
-        // The reader fetches the next batches while this thread rewrites and stores the last.
+        // Three stages, each on its own thread: the reader fetches the next batches while the
+        // scanner rewrites one (on every core) and this thread stores the edits of the last in
+        // the state database (SQLite inserts are serial; they no longer hold the rewrite up).
         {
             let txr = &mut tx;
             std::thread::scope(|scope| -> Result<()> {
                 let (send, recv) = crossbeam_channel::bounded::<Vec<ObjectRow>>(4);
+                let (send_done, recv_done) =
+                    crossbeam_channel::bounded::<Vec<(ObjectRow, Scanned)>>(2);
+                let scan = &scan;
+                let scanner = scope.spawn(move || {
+                    for batch in recv.iter() {
+                        if send_done.send(scan(batch)).is_err() {
+                            break;
+                        }
+                    }
+                });
                 let reader = scope.spawn(move || -> Result<()> {
                     let mut forward = |b: Vec<ObjectRow>| -> Result<()> {
                         send.send(b).map_err(|_| Error::runtime("planning stopped"))
@@ -315,8 +330,11 @@ pub fn plan(
                     }
                     read::orphan_objects(txr, &mut forward)
                 });
-                let result = recv.iter().try_for_each(&mut sink);
-                drop(recv);
+                let result = recv_done.iter().try_for_each(&mut sink);
+                drop(recv_done);
+                if scanner.join().is_err() {
+                    return Err(Error::runtime("the rewrite of a batch failed"));
+                }
                 let read = reader
                     .join()
                     .unwrap_or_else(|_| Err(Error::runtime("the database reader failed")));
