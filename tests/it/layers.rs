@@ -34,12 +34,15 @@ const LAYERS: &[(&str, &[&str])] = &[
             "provision::augments",
             "provision::proxy",
             "prune",
+            // the store-side count of calendar resources a plan sizes its work by
+            "precount",
         ],
     ),
     ("mapping", &["mapping", "mapping_file"]),
     ("homes", &["homes", "rehearse"]),
     ("addressbooks", &["addressbooks"]),
-    ("journal", &["journal"]),
+    // apply and its choice of the homes each stage carries out
+    ("journal", &["journal", "stage"]),
     ("plan", &["plan"]),
     ("report", &["report"]),
     ("provision", &["provision"]),
