@@ -21,30 +21,8 @@ const EXAMPLE_DIFFS: usize = 12;
 const OUTCOME_ORDER: &str =
     "CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'mapped' THEN 2 WHEN 'unchanged' THEN 3 WHEN 'acknowledged' THEN 5 ELSE 4 END";
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.principal-reconciler.tmp"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("cannot write", path, e)
-    })
-}
+/// Kept here for the callers that still name it so (the plan helper's files).
+pub use crate::fsutil::write_atomic;
 
 /// A CSV cell a spreadsheet will not execute.
 fn cell(s: &str) -> String {

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "foundations",
         &[
             "error",
+            "fsutil",
             "address",
             "config",
             "progress",
@@ -73,8 +74,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("addressbooks", "journal"),
     ("addressbooks", "plan"),
     ("addressbooks", "verify"),
-    // write_atomic belongs in the foundations.
-    ("rehearse", "report"),
     // the database store's plan, apply, rollback and verify.
     ("store::pg::apply", "cli"),
     ("store::pg::apply", "journal"),
