@@ -21,7 +21,7 @@
 //!   name), `match-etags-stale` (a `scheduling-match-etags` that does not name the current ETag:
 //!   CalendarServer 2.5 refuses every edit with 412), `leftover`.
 
-use crate::address::CalAddress;
+use crate::address::{CalAddress, Guid};
 // Only to hand on to the database store's verify, which still takes the command context.
 use crate::cli::Context;
 use crate::config::{Config, StoreKind};
@@ -153,7 +153,7 @@ pub fn verify_files(
     )?;
     bar.finish();
     dropbox_links(&mut report, &links, &homes_present, &mapper);
-    crate::addressbooks::verify(progress, cfg, current, &mut report)?;
+    address_books(progress, cfg, current, &mut report)?;
     if cfg.store.kind == StoreKind::CalendarserverFs {
         let doctor = store::doctor::run(
             &cfg.store,
@@ -311,6 +311,90 @@ fn dropbox_links(
             );
         }
     }
+}
+
+/// `verify` over the address books: homes kept under an old GUID (or naming nobody), members
+/// that name an old GUID or resolve to nobody, cards that are not one vCard. Adds to `report`.
+fn address_books(
+    progress: &dyn Progress,
+    cfg: &Config,
+    current: &Directory,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let Some(root) = store::addressbook::locate(&cfg.store)? else {
+        return Ok(());
+    };
+    let bar = progress.start("verifying address books", None);
+    let s = store::addressbook::survey_reporting(&root, &*bar)?;
+    bar.finish();
+    let old = Directory::default();
+    let mapper = Mapper::new(cfg, current, &old)?;
+    let mut memo: HashMap<String, mapping::Resolution> = HashMap::new();
+    let mut resolve = |addr: &CalAddress| {
+        memo.entry(addr.key())
+            .or_insert_with(|| mapper.resolve(addr, &Observed::default()))
+            .clone()
+    };
+    for p in &s.problems {
+        report.add(&p.kind, &p.path, p.detail.clone());
+    }
+    report.resources += s.cards;
+    report.homes += s.homes.len() as u64;
+    for h in &s.homes {
+        let r = resolve(&crate::plan::home_address(h));
+        let current_guid = Guid::parse(&h.id);
+        match (&r.target, r.outcome) {
+            (_, MapOutcome::Acknowledged) => {}
+            (Some(p), MapOutcome::Mapped | MapOutcome::Unchanged)
+                if h.layout == HomeLayout::Hashed && current_guid.as_ref() == Some(&p.guid) => {}
+            (Some(p), MapOutcome::Mapped | MapOutcome::Unchanged) => report.add(
+                "home-not-adopted",
+                &h.rel_path,
+                format!(
+                    "address-book home of {}; `apply` moves it to that GUID's hashed home",
+                    p.guid
+                ),
+            ),
+            _ => report.add(
+                "orphan-home",
+                &h.rel_path,
+                format!("address-book home {} names no current record", h.id),
+            ),
+        }
+    }
+    for g in &s.groups {
+        for (m, c) in g.members.iter().zip(&g.is_card) {
+            if *c {
+                continue;
+            }
+            let Some(uid) = m.uid() else {
+                continue; // not a urn:uuid: member: nothing this tool reads
+            };
+            let at = format!("{}:{}", g.rel_path, m.line);
+            let r = Guid::parse(uid).map(|g| resolve(&CalAddress::UrnUuid(g)));
+            match r.as_ref().map(|r| (r.outcome, r.target.as_ref())) {
+                Some((MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)))
+                    if Guid::parse(uid).as_ref() == Some(&p.guid) => {}
+                Some((MapOutcome::Mapped | MapOutcome::Unchanged, Some(p))) => report.add(
+                    "member-not-canonical",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names {}, whose GUID is now {}", m.value, p.short_name, p.guid),
+                ),
+                Some((MapOutcome::Acknowledged, _)) => {}
+                Some((MapOutcome::Ambiguous, _)) => report.add(
+                    "unresolved-member",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names several current records", m.value),
+                ),
+                _ => report.add(
+                    "unresolved-member",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names no card of this address book and no current record", m.value),
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The terminal summary.

@@ -70,10 +70,9 @@ const KNOWN: &[(&str, &str)] = &[
     ("plan", "verify"),
     ("plan", "cli"),
     ("verify", "cli"),
-    // addressbooks spans plan, apply and verify: to split along those stages.
+    // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
     ("addressbooks", "journal"),
     ("addressbooks", "plan"),
-    ("addressbooks", "verify"),
     // the database store's plan, apply, rollback and verify.
     ("store::pg::apply", "cli"),
     ("store::pg::apply", "journal"),
