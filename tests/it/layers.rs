@@ -69,6 +69,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("plan", "report"),
     ("plan", "verify"),
     ("plan", "cli"),
+    // verify::verify hands the command context to store::pg::verify (which still takes it);
+    // the file store's check, verify_files, takes a progress sink.
     ("verify", "cli"),
     // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
     ("addressbooks", "journal"),
