@@ -15,16 +15,13 @@
 
 use crate::address::{CalAddress, Guid};
 use crate::config::Config;
-use crate::directory::Directory;
 use crate::error::{Error, Result};
-use crate::mapping::{self, Mapper, Mapping, Observed, Outcome};
-use crate::progress::Progress;
+use crate::mapping::{Mapper, Mapping, Observed, Outcome};
 use crate::store::addressbook::{self as layout, Roots};
 pub use crate::store::addressbook::{survey, survey_reporting, GroupCard, Survey};
 use crate::store::write::sha256_hex;
-use crate::store::HomeLayout;
 use crate::vcard::{self, Member};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The address a member that may be a principal stands for: a `urn:uuid:` GUID that is no card.
@@ -321,90 +318,6 @@ pub fn adopt_homes(
         }
         if !steps.is_empty() {
             *adopted += 1;
-        }
-    }
-    Ok(())
-}
-
-/// `verify` over the address books: homes kept under an old GUID (or naming nobody), members
-/// that name an old GUID or resolve to nobody, cards that are not one vCard. Adds to `report`.
-pub fn verify(
-    progress: &dyn Progress,
-    cfg: &Config,
-    current: &Directory,
-    report: &mut crate::verify::VerifyReport,
-) -> Result<()> {
-    let Some(root) = layout::locate(&cfg.store)? else {
-        return Ok(());
-    };
-    let bar = progress.start("verifying address books", None);
-    let s = survey_reporting(&root, &*bar)?;
-    bar.finish();
-    let old = Directory::default();
-    let mapper = Mapper::new(cfg, current, &old)?;
-    let mut memo: HashMap<String, mapping::Resolution> = HashMap::new();
-    let mut resolve = |addr: &CalAddress| {
-        memo.entry(addr.key())
-            .or_insert_with(|| mapper.resolve(addr, &Observed::default()))
-            .clone()
-    };
-    for p in &s.problems {
-        report.add(&p.kind, &p.path, p.detail.clone());
-    }
-    report.resources += s.cards;
-    report.homes += s.homes.len() as u64;
-    for h in &s.homes {
-        let r = resolve(&crate::plan::home_address(h));
-        let current_guid = Guid::parse(&h.id);
-        match (&r.target, r.outcome) {
-            (_, Outcome::Acknowledged) => {}
-            (Some(p), Outcome::Mapped | Outcome::Unchanged)
-                if h.layout == HomeLayout::Hashed && current_guid.as_ref() == Some(&p.guid) => {}
-            (Some(p), Outcome::Mapped | Outcome::Unchanged) => report.add(
-                "home-not-adopted",
-                &h.rel_path,
-                format!(
-                    "address-book home of {}; `apply` moves it to that GUID's hashed home",
-                    p.guid
-                ),
-            ),
-            _ => report.add(
-                "orphan-home",
-                &h.rel_path,
-                format!("address-book home {} names no current record", h.id),
-            ),
-        }
-    }
-    for g in &s.groups {
-        for (m, c) in g.members.iter().zip(&g.is_card) {
-            if *c {
-                continue;
-            }
-            let Some(uid) = m.uid() else {
-                continue; // not a urn:uuid: member: nothing this tool reads
-            };
-            let at = format!("{}:{}", g.rel_path, m.line);
-            let r = Guid::parse(uid).map(|g| resolve(&CalAddress::UrnUuid(g)));
-            match r.as_ref().map(|r| (r.outcome, r.target.as_ref())) {
-                Some((Outcome::Mapped | Outcome::Unchanged, Some(p)))
-                    if Guid::parse(uid).as_ref() == Some(&p.guid) => {}
-                Some((Outcome::Mapped | Outcome::Unchanged, Some(p))) => report.add(
-                    "member-not-canonical",
-                    &at,
-                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names {}, whose GUID is now {}", m.value, p.short_name, p.guid),
-                ),
-                Some((Outcome::Acknowledged, _)) => {}
-                Some((Outcome::Ambiguous, _)) => report.add(
-                    "unresolved-member",
-                    &at,
-                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names several current records", m.value),
-                ),
-                _ => report.add(
-                    "unresolved-member",
-                    &at,
-                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names no card of this address book and no current record", m.value),
-                ),
-            }
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ pub mod config;
 pub mod diff;
 pub mod directory;
 pub mod error;
+pub mod fsutil;
 pub mod history;
 pub mod homes;
 pub mod ical;

@@ -88,29 +88,7 @@ pub fn read(path: &Path) -> Result<MappingFile> {
 
 /// [`read`] on bytes; `name` is used in messages.
 pub fn parse(bytes: &[u8], name: &str) -> Result<MappingFile> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if let Err(e) = std::str::from_utf8(bytes) {
-        let line = bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
-        return Err(Error::usage(format!(
-            "{name}:{line}: not UTF-8 text (save the file as UTF-8)"
-        )));
-    }
-    // Comment lines blanked out with spaces (byte offsets stay those of the file).
-    let mut text = Vec::with_capacity(bytes.len());
-    for line in bytes.split_inclusive(|&b| b == b'\n') {
-        if line.trim_ascii_start().starts_with(b"#") {
-            text.extend(
-                line.iter()
-                    .map(|&b| if b == b'\r' || b == b'\n' { b } else { b' ' }),
-            );
-        } else {
-            text.extend_from_slice(line);
-        }
-    }
+    let text = blank_comments(bytes, name)?;
     let bytes = &text[..];
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -147,19 +125,7 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<MappingFile> {
             columns = Some(c);
             continue;
         }
-        let (old, new) = match columns {
-            Some(c) => (
-                fields.get(c.old).cloned().unwrap_or_default(),
-                c.new.and_then(|n| fields.get(n).cloned()).unwrap_or_default(),
-            ),
-            None if fields.len() < 2 => {
-                return Err(Error::usage(format!(
-                    "{at}: expected `old,new` (an old address and a GUID, short name or - for a person who left), found `{}`",
-                    fields.join(",")
-                )))
-            }
-            None => (fields[0].clone(), fields[fields.len() - 1].clone()),
-        };
+        let (old, new) = old_and_new(&fields, columns, &at)?;
         if old.is_empty() {
             return Err(Error::usage(format!("{at}: the old value is empty")));
         }
@@ -198,6 +164,49 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<MappingFile> {
         });
     }
     Ok(out)
+}
+
+/// The file as UTF-8 text (a BOM dropped) with its comment lines blanked out with spaces, so
+/// byte offsets stay those of the file.
+fn blank_comments(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if let Err(e) = std::str::from_utf8(bytes) {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        return Err(Error::usage(format!(
+            "{name}:{line}: not UTF-8 text (save the file as UTF-8)"
+        )));
+    }
+    let mut text = Vec::with_capacity(bytes.len());
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        if line.trim_ascii_start().starts_with(b"#") {
+            text.extend(
+                line.iter()
+                    .map(|&b| if b == b'\r' || b == b'\n' { b } else { b' ' }),
+            );
+        } else {
+            text.extend_from_slice(line);
+        }
+    }
+    Ok(text)
+}
+
+/// A row's old and new values: by the header's columns, else the first and the last field.
+fn old_and_new(fields: &[String], columns: Option<Columns>, at: &str) -> Result<(String, String)> {
+    match columns {
+        Some(c) => Ok((
+            fields.get(c.old).cloned().unwrap_or_default(),
+            c.new.and_then(|n| fields.get(n).cloned()).unwrap_or_default(),
+        )),
+        None if fields.len() < 2 => Err(Error::usage(format!(
+            "{at}: expected `old,new` (an old address and a GUID, short name or - for a person who left), found `{}`",
+            fields.join(",")
+        ))),
+        None => Ok((fields[0].clone(), fields[fields.len() - 1].clone())),
+    }
 }
 
 fn describe(t: &Target) -> String {

@@ -210,7 +210,7 @@ pub fn write_config(
         std::path::absolute(&cfg.source).unwrap_or_else(|_| cfg.source.clone()).display()
     );
     let path = dir.join(CONFIG_FILE);
-    crate::report::write_atomic(&path, text.as_bytes())?;
+    crate::fsutil::write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }
 

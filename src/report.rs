@@ -21,30 +21,8 @@ const EXAMPLE_DIFFS: usize = 12;
 const OUTCOME_ORDER: &str =
     "CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'mapped' THEN 2 WHEN 'unchanged' THEN 3 WHEN 'acknowledged' THEN 5 ELSE 4 END";
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.principal-reconciler.tmp"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("cannot write", path, e)
-    })
-}
+/// Kept here for the callers that still name it so (the plan helper's files).
+pub use crate::fsutil::write_atomic;
 
 /// A CSV cell a spreadsheet will not execute.
 fn cell(s: &str) -> String {
@@ -282,54 +260,7 @@ pub fn write_reports(
     written.push(p);
 
     let p = dir.join("changes.csv");
-    {
-        let mut st = state.conn.prepare(
-            "SELECT rel_path, line, property, old_value, new_value FROM plan_changes WHERE plan_id = ?1 ORDER BY rel_path, line",
-        )?;
-        // Streamed row by row: a large store has millions of changed properties.
-        let tmp = p.with_extension("tmp-principal-reconciler");
-        let file =
-            std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write report", &tmp, e))?;
-        let mut file = std::io::BufWriter::new(file);
-        if bom {
-            std::io::Write::write_all(&mut file, BOM)
-                .map_err(|e| Error::io("cannot write report", &tmp, e))?;
-        }
-        let mut w = csv::Writer::from_writer(file);
-        let csv_err = |e: csv::Error| Error::runtime(format!("{}: {e}", tmp.display()));
-        w.write_record([
-            "resource",
-            "line",
-            "property",
-            "old_value",
-            "new_value",
-            "resource_after_adoption",
-        ])
-        .map_err(csv_err)?;
-        let moves = home_moves(state, plan_id)?;
-        let mut rows = st.query([plan_id])?;
-        while let Some(r) = rows.next()? {
-            let line: i64 = r.get(1)?;
-            let rel: String = r.get(0)?;
-            let after = path_after_adoption(&moves, &rel);
-            let cells = [
-                rel,
-                line.to_string(),
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                after,
-            ];
-            w.write_record(cells.iter().map(|c| cell(c)))
-                .map_err(csv_err)?;
-        }
-        let mut inner = w
-            .into_inner()
-            .map_err(|e| Error::runtime(format!("{}: {e}", tmp.display())))?;
-        std::io::Write::flush(&mut inner).map_err(|e| Error::io("cannot write report", &tmp, e))?;
-        drop(inner);
-        std::fs::rename(&tmp, &p).map_err(|e| Error::io("cannot write report", &p, e))?;
-    }
+    write_changes(state, plan_id, &p, bom)?;
     written.push(p);
 
     let p = dir.join("summary.json");
@@ -360,6 +291,57 @@ pub fn write_reports(
     )?;
     written.push(p);
     Ok(written)
+}
+
+/// Writes changes.csv (every planned property change, with the resource's path after its home
+/// moves), streamed row by row: a large store has millions of changed properties.
+fn write_changes(state: &State, plan_id: i64, p: &Path, bom: bool) -> Result<()> {
+    let mut st = state.conn.prepare(
+        "SELECT rel_path, line, property, old_value, new_value FROM plan_changes WHERE plan_id = ?1 ORDER BY rel_path, line",
+    )?;
+    let tmp = p.with_extension("tmp-principal-reconciler");
+    let file =
+        std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write report", &tmp, e))?;
+    let mut file = std::io::BufWriter::new(file);
+    if bom {
+        std::io::Write::write_all(&mut file, BOM)
+            .map_err(|e| Error::io("cannot write report", &tmp, e))?;
+    }
+    let mut w = csv::Writer::from_writer(file);
+    let csv_err = |e: csv::Error| Error::runtime(format!("{}: {e}", tmp.display()));
+    w.write_record([
+        "resource",
+        "line",
+        "property",
+        "old_value",
+        "new_value",
+        "resource_after_adoption",
+    ])
+    .map_err(csv_err)?;
+    let moves = home_moves(state, plan_id)?;
+    let mut rows = st.query([plan_id])?;
+    while let Some(r) = rows.next()? {
+        let line: i64 = r.get(1)?;
+        let rel: String = r.get(0)?;
+        let after = path_after_adoption(&moves, &rel);
+        let cells = [
+            rel,
+            line.to_string(),
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            after,
+        ];
+        w.write_record(cells.iter().map(|c| cell(c)))
+            .map_err(csv_err)?;
+    }
+    let mut inner = w
+        .into_inner()
+        .map_err(|e| Error::runtime(format!("{}: {e}", tmp.display())))?;
+    std::io::Write::flush(&mut inner).map_err(|e| Error::io("cannot write report", &tmp, e))?;
+    drop(inner);
+    std::fs::rename(&tmp, p).map_err(|e| Error::io("cannot write report", p, e))?;
+    Ok(())
 }
 
 fn home_rows(state: &State, plan_id: i64) -> Result<Vec<[String; 4]>> {

@@ -21,15 +21,16 @@
 //!   name), `match-etags-stale` (a `scheduling-match-etags` that does not name the current ETag:
 //!   CalendarServer 2.5 refuses every edit with 412), `leftover`.
 
-use crate::address::CalAddress;
-use crate::cli::{Context, Outcome};
+use crate::address::{CalAddress, Guid};
+// Only to hand on to the database store's verify, which still takes the command context.
+use crate::cli::Context;
 use crate::config::{Config, StoreKind};
-use crate::directory::{self, Directory};
-use crate::error::{ExitStatus, Result};
+use crate::directory::Directory;
+use crate::error::Result;
 use crate::ical::{self, dropbox::HomeRef};
 use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
+use crate::progress::{NoProgress, Progress};
 use crate::store::{self, HomeLayout, Item};
-use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How many problems of one kind the terminal summary lists.
@@ -63,11 +64,22 @@ impl VerifyReport {
     }
 }
 
-/// Checks the store as configured against the current directory.
+/// Checks the store as configured against the current directory: the database store's own
+/// check, or [`verify_files`].
 pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
     if cfg.store.kind == StoreKind::CalendarserverPg {
         return crate::store::pg::verify(ctx, cfg, current);
     }
+    verify_files(ctx, cfg, current)
+}
+
+/// Checks a file store (calendars, address books and the doctor's findings) against the current
+/// directory, reporting its walk to `progress`.
+pub fn verify_files(
+    progress: &dyn Progress,
+    cfg: &Config,
+    current: &Directory,
+) -> Result<VerifyReport> {
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
     let mut memo: HashMap<String, (MapOutcome, Option<String>)> = HashMap::new();
@@ -83,13 +95,18 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     let mut organizers: Organizers = HashMap::new();
     let mut homes_present: HashSet<HomeRef> = HashSet::new();
     let mut links: Vec<(String, ical::FoundLink)> = Vec::new();
-    let bar = crate::cli::progress_bar(ctx, None, "verifying");
+    let bar = progress.start("verifying", None);
     store::walk_with(
         &cfg.store,
         store::WalkOptions { xattrs: false },
-        &bar,
+        // The walker still advances an indicatif bar (until it takes a `Bar`); `bar` counts
+        // what it delivers.
+        &indicatif::ProgressBar::hidden(),
         |_, bytes| ical::scan(bytes),
         |item| {
+            if !matches!(item, Item::Home(_)) {
+                bar.inc(1);
+            }
             match item {
                 Item::Problem(p) => report.add(&p.kind, &p.path, p.detail),
                 Item::Home(h) => {
@@ -134,11 +151,15 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
             Ok(())
         },
     )?;
-    bar.finish_and_clear();
+    bar.finish();
     dropbox_links(&mut report, &links, &homes_present, &mapper);
-    crate::addressbooks::verify(ctx, cfg, current, &mut report)?;
+    address_books(progress, cfg, current, &mut report)?;
     if cfg.store.kind == StoreKind::CalendarserverFs {
-        let doctor = store::doctor::doctor(&cfg.store, false, &indicatif::ProgressBar::hidden())?;
+        let doctor = store::doctor::run(
+            &cfg.store,
+            &store::doctor::DoctorOptions { fix: false },
+            &NoProgress,
+        )?;
         for f in doctor.findings {
             match f.kind.as_str() {
                 // Without the attribute the server falls back to an inode/size/mtime ETag: not an error.
@@ -292,6 +313,90 @@ fn dropbox_links(
     }
 }
 
+/// `verify` over the address books: homes kept under an old GUID (or naming nobody), members
+/// that name an old GUID or resolve to nobody, cards that are not one vCard. Adds to `report`.
+fn address_books(
+    progress: &dyn Progress,
+    cfg: &Config,
+    current: &Directory,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let Some(root) = store::addressbook::locate(&cfg.store)? else {
+        return Ok(());
+    };
+    let bar = progress.start("verifying address books", None);
+    let s = store::addressbook::survey_reporting(&root, &*bar)?;
+    bar.finish();
+    let old = Directory::default();
+    let mapper = Mapper::new(cfg, current, &old)?;
+    let mut memo: HashMap<String, mapping::Resolution> = HashMap::new();
+    let mut resolve = |addr: &CalAddress| {
+        memo.entry(addr.key())
+            .or_insert_with(|| mapper.resolve(addr, &Observed::default()))
+            .clone()
+    };
+    for p in &s.problems {
+        report.add(&p.kind, &p.path, p.detail.clone());
+    }
+    report.resources += s.cards;
+    report.homes += s.homes.len() as u64;
+    for h in &s.homes {
+        let r = resolve(&crate::plan::home_address(h));
+        let current_guid = Guid::parse(&h.id);
+        match (&r.target, r.outcome) {
+            (_, MapOutcome::Acknowledged) => {}
+            (Some(p), MapOutcome::Mapped | MapOutcome::Unchanged)
+                if h.layout == HomeLayout::Hashed && current_guid.as_ref() == Some(&p.guid) => {}
+            (Some(p), MapOutcome::Mapped | MapOutcome::Unchanged) => report.add(
+                "home-not-adopted",
+                &h.rel_path,
+                format!(
+                    "address-book home of {}; `apply` moves it to that GUID's hashed home",
+                    p.guid
+                ),
+            ),
+            _ => report.add(
+                "orphan-home",
+                &h.rel_path,
+                format!("address-book home {} names no current record", h.id),
+            ),
+        }
+    }
+    for g in &s.groups {
+        for (m, c) in g.members.iter().zip(&g.is_card) {
+            if *c {
+                continue;
+            }
+            let Some(uid) = m.uid() else {
+                continue; // not a urn:uuid: member: nothing this tool reads
+            };
+            let at = format!("{}:{}", g.rel_path, m.line);
+            let r = Guid::parse(uid).map(|g| resolve(&CalAddress::UrnUuid(g)));
+            match r.as_ref().map(|r| (r.outcome, r.target.as_ref())) {
+                Some((MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)))
+                    if Guid::parse(uid).as_ref() == Some(&p.guid) => {}
+                Some((MapOutcome::Mapped | MapOutcome::Unchanged, Some(p))) => report.add(
+                    "member-not-canonical",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names {}, whose GUID is now {}", m.value, p.short_name, p.guid),
+                ),
+                Some((MapOutcome::Acknowledged, _)) => {}
+                Some((MapOutcome::Ambiguous, _)) => report.add(
+                    "unresolved-member",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names several current records", m.value),
+                ),
+                _ => report.add(
+                    "unresolved-member",
+                    &at,
+                    format!("X-ADDRESSBOOKSERVER-MEMBER {} names no card of this address book and no current record", m.value),
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The terminal summary.
 pub fn human(r: &VerifyReport) -> String {
     let mut out = format!("Verified {} resources in {} homes: ", r.resources, r.homes);
@@ -341,43 +446,9 @@ pub fn write_csv(
     )
 }
 
-pub fn command_verify(ctx: &Context) -> Result<Outcome> {
-    let cfg = &ctx.config;
-    let current = directory::load_current(&cfg.directory)?;
-    let report = verify(ctx, cfg, &current)?;
-    let csv = write_csv(&report, &cfg.report)?;
-    let status = if report.problems.is_empty() {
-        ExitStatus::Ok
-    } else {
-        ExitStatus::Problems
-    };
-    let mut human = human(&report);
-    let stage = staged(cfg)?;
-    if let Some(p) = &stage {
-        human.push_str(&format!(
-            "Plan {} is partly applied (a staged migration, {} {}): {}. {} resources are pending; the problems above include those of the homes not yet applied: `principal-reconciler apply` carries them out.\n",
-            p.plan_id,
-            if p.runs.len() == 1 { "run" } else { "runs" },
-            p.runs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
-            p.line(),
-            p.resources_pending
-        ));
-    }
-    human.push_str(&format!("List: {}\n", csv.display()));
-    let mut json = json!({ "verify": report, "csv": csv });
-    if let Some(p) = stage {
-        json["partly_applied"] = json!(p);
-    }
-    Ok(Outcome {
-        status,
-        human,
-        json,
-    })
-}
-
 /// The plan whose runs in force carried out only part of it (a staged migration), if any: the
 /// plan of the latest apply run that is not rolled back.
-fn staged(cfg: &Config) -> Result<Option<crate::stage::Progress>> {
+pub fn staged(cfg: &Config) -> Result<Option<crate::stage::Progress>> {
     if cfg.store.kind == StoreKind::CalendarserverPg
         || !cfg.state.path.join(crate::state::DB_FILE).exists()
     {

@@ -14,8 +14,10 @@ mod man;
 mod progress;
 mod provision;
 mod report;
+mod runs;
 mod scan;
 mod state;
+mod verify;
 
 pub use self::directory::DirectoryCommand;
 pub use self::doctor::DoctorArgs;
@@ -309,21 +311,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Plan => crate::plan::command_plan(&ctx),
         Command::Apply(args) => crate::journal::command_apply(&ctx, &args),
         Command::Rollback(args) => crate::journal::command_rollback(&ctx, &args),
-        Command::Verify => crate::verify::command_verify(&ctx),
+        Command::Verify => verify::run(&ctx),
         Command::Provision(args) => provision::run(&ctx, &args),
         Command::Doctor(args) => doctor::run(&ctx, &args),
         Command::Report(args) => report::run(&ctx, &args),
         Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
         Command::Diff(args) => command_diff(&ctx, &args),
         Command::State(StateCommand::Prune(args)) => state::prune(&ctx, &args),
-        Command::Runs => {
-            let state = crate::state::State::open_existing(&ctx.config.state.path)?;
-            let h = crate::history::history(&state)?;
-            Ok(Outcome::ok(
-                crate::history::human(&h),
-                serde_json::json!({ "history": h }),
-            ))
-        }
+        Command::Runs => runs::run(&ctx),
         Command::Directory(cmd) => directory::run(&ctx, &cmd),
     }
 }

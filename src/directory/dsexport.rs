@@ -268,38 +268,10 @@ pub fn parse<R: BufRead>(
     let mut line = header_line;
     let mut no_guid: Vec<String> = Vec::new();
     loop {
-        // One record: physical lines joined while the end-of-record char is escaped.
         let start = line + 1;
-        let mut rec: Vec<u8> = Vec::new();
-        let mut got_any = false;
-        loop {
-            let mut buf = Vec::new();
-            let n = input
-                .read_until(h.end_of_record, &mut buf)
-                .map_err(|e| Error::runtime(format!("cannot read {name}: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            got_any = true;
-            line += 1;
-            let ended = buf.last() == Some(&h.end_of_record);
-            if ended {
-                buf.pop();
-                if h.end_of_record == b'\n' && buf.last() == Some(&b'\r') {
-                    buf.pop();
-                }
-            }
-            let trailing = buf.iter().rev().take_while(|&&c| c == h.escape).count();
-            rec.extend_from_slice(&buf);
-            if ended && trailing % 2 == 1 {
-                rec.push(h.end_of_record);
-                continue;
-            }
+        let Some(rec) = read_record(&mut input, &h, &mut line, name)? else {
             break;
-        }
-        if !got_any {
-            break;
-        }
+        };
         if rec.iter().all(|c| c.is_ascii_whitespace()) || rec.first() == Some(&b'#') {
             continue;
         }
@@ -314,83 +286,20 @@ pub fn parse<R: BufRead>(
             )));
         }
         let mut latin1 = None;
-        let values = |c: Option<usize>, latin1: &mut Option<String>| -> Vec<String> {
-            let Some(c) = c else { return Vec::new() };
-            let Some(f) = fields.get(c) else {
-                return Vec::new();
-            };
-            let mut out: Vec<String> = Vec::new();
-            for v in f {
-                let bytes = if h.base64[c] {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(v.trim_ascii())
-                        .unwrap_or_else(|_| v.clone())
-                } else {
-                    v.clone()
-                };
-                let s = decode_text(&bytes, latin1, &at).trim().to_string();
-                if !s.is_empty() && !out.contains(&s) {
-                    out.push(s);
+        match record(&fields, &h, &cols, kind, at, &mut latin1) {
+            Ok(r) => {
+                if let Some(w) = latin1 {
+                    out.warnings.push(w);
+                }
+                out.records.push(r);
+            }
+            Err(skipped) => {
+                no_guid.push(skipped);
+                if let Some(w) = latin1 {
+                    out.warnings.push(w);
                 }
             }
-            out
-        };
-        let short_names = values(cols.record_name, &mut latin1);
-        let guid_text = values(cols.guid, &mut latin1);
-        let guid = guid_text.iter().find_map(|g| Guid::parse(g));
-        let Some(guid) = guid else {
-            let who = short_names
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "(no name)".into());
-            no_guid.push(format!("{at} ({who})"));
-            if let Some(w) = latin1 {
-                out.warnings.push(w);
-            }
-            continue;
-        };
-        let mut emails: Vec<String> = Vec::new();
-        for e in values(cols.email, &mut latin1) {
-            let e = e.to_lowercase();
-            if !emails.contains(&e) {
-                emails.push(e);
-            }
         }
-        let mut member_guids: Vec<Guid> = values(cols.members, &mut latin1)
-            .iter()
-            .filter_map(|g| Guid::parse(g))
-            .collect();
-        let mut member_names = Vec::new();
-        // GroupMembership holds short names; CalendarServer's own dsimport dumps put GUIDs there.
-        for m in values(cols.membership, &mut latin1) {
-            match Guid::parse(&m) {
-                Some(g) => {
-                    if !member_guids.contains(&g) {
-                        member_guids.push(g)
-                    }
-                }
-                None => member_names.push(m),
-            }
-        }
-        let nested_guids = values(cols.nested, &mut latin1)
-            .iter()
-            .filter_map(|g| Guid::parse(g))
-            .collect();
-        let full_name = values(cols.real_name, &mut latin1).into_iter().next();
-        if let Some(w) = latin1 {
-            out.warnings.push(w);
-        }
-        out.records.push(DirectoryRecord {
-            kind,
-            guid,
-            short_names,
-            full_name,
-            emails,
-            member_guids,
-            member_names,
-            nested_guids,
-            source: at,
-        });
     }
     if !no_guid.is_empty() {
         let shown: Vec<&str> = no_guid.iter().take(5).map(String::as_str).collect();
@@ -403,6 +312,136 @@ pub fn parse<R: BufRead>(
         ));
     }
     Ok(out)
+}
+
+/// Reads one record: physical lines joined while the end-of-record char is escaped (`line`
+/// counts them). `None` at the end of the input.
+fn read_record<R: BufRead>(
+    input: &mut R,
+    h: &Header,
+    line: &mut usize,
+    name: &str,
+) -> Result<Option<Vec<u8>>> {
+    let mut rec: Vec<u8> = Vec::new();
+    let mut got_any = false;
+    loop {
+        let mut buf = Vec::new();
+        let n = input
+            .read_until(h.end_of_record, &mut buf)
+            .map_err(|e| Error::runtime(format!("cannot read {name}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        got_any = true;
+        *line += 1;
+        let ended = buf.last() == Some(&h.end_of_record);
+        if ended {
+            buf.pop();
+            if h.end_of_record == b'\n' && buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        let trailing = buf.iter().rev().take_while(|&&c| c == h.escape).count();
+        rec.extend_from_slice(&buf);
+        if ended && trailing % 2 == 1 {
+            rec.push(h.end_of_record);
+            continue;
+        }
+        break;
+    }
+    Ok(got_any.then_some(rec))
+}
+
+/// The values of column `c` of a record: base64 decoded where the header says so, trimmed,
+/// empty ones and repeats left out (`latin1`: the warning for bytes that are not UTF-8).
+fn column_values(
+    fields: &[Vec<Vec<u8>>],
+    h: &Header,
+    c: Option<usize>,
+    at: &str,
+    latin1: &mut Option<String>,
+) -> Vec<String> {
+    let Some(c) = c else { return Vec::new() };
+    let Some(f) = fields.get(c) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for v in f {
+        let bytes = if h.base64[c] {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim_ascii())
+                .unwrap_or_else(|_| v.clone())
+        } else {
+            v.clone()
+        };
+        let s = decode_text(&bytes, latin1, at).trim().to_string();
+        if !s.is_empty() && !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// One record from its fields, or (`Err`) where it is and who, for a record without a
+/// GeneratedUID.
+fn record(
+    fields: &[Vec<Vec<u8>>],
+    h: &Header,
+    cols: &Cols,
+    kind: RecordType,
+    at: String,
+    latin1: &mut Option<String>,
+) -> std::result::Result<DirectoryRecord, String> {
+    let mut values = |c: Option<usize>| column_values(fields, h, c, &at, latin1);
+    let short_names = values(cols.record_name);
+    let guid_text = values(cols.guid);
+    let guid = guid_text.iter().find_map(|g| Guid::parse(g));
+    let Some(guid) = guid else {
+        let who = short_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "(no name)".into());
+        return Err(format!("{at} ({who})"));
+    };
+    let mut emails: Vec<String> = Vec::new();
+    for e in values(cols.email) {
+        let e = e.to_lowercase();
+        if !emails.contains(&e) {
+            emails.push(e);
+        }
+    }
+    let mut member_guids: Vec<Guid> = values(cols.members)
+        .iter()
+        .filter_map(|g| Guid::parse(g))
+        .collect();
+    let mut member_names = Vec::new();
+    // GroupMembership holds short names; CalendarServer's own dsimport dumps put GUIDs there.
+    for m in values(cols.membership) {
+        match Guid::parse(&m) {
+            Some(g) => {
+                if !member_guids.contains(&g) {
+                    member_guids.push(g)
+                }
+            }
+            None => member_names.push(m),
+        }
+    }
+    let nested_guids = values(cols.nested)
+        .iter()
+        .filter_map(|g| Guid::parse(g))
+        .collect();
+    let full_name = values(cols.real_name).into_iter().next();
+    Ok(DirectoryRecord {
+        kind,
+        guid,
+        short_names,
+        full_name,
+        emails,
+        member_guids,
+        member_names,
+        nested_guids,
+        source: at,
+    })
 }
 
 struct Cols {

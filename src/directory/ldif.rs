@@ -8,7 +8,7 @@
 use super::entry::{encode_guid, RawEntry};
 use super::presets::{Mapping, TypeMapping};
 use super::DirectoryRecord;
-use crate::address::RecordType;
+use crate::address::{Guid, RecordType};
 use crate::error::{Error, Result};
 use base64::Engine;
 use std::io::{BufRead, Write};
@@ -301,82 +301,15 @@ pub fn write_records(
     for r in records {
         let t = m.get(r.kind);
         writeln!(out)?;
-        let dn = if r.source.contains('=') {
-            r.source.clone()
-        } else {
-            let rdn_attr = t.short_name.first().map(String::as_str).unwrap_or("cn");
-            let rdn = ldap3::dn_escape(
-                r.short_names
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or(r.guid.as_str()),
-            );
-            let mut parts = vec![format!("{rdn_attr}={rdn}")];
-            if !t.container.is_empty() {
-                parts.push(t.container.clone());
-            }
-            parts.push(base.unwrap_or("dc=invalid").to_string());
-            parts.join(",")
-        };
+        let dn = record_dn(r, t, base);
         write_attr(out, "dn", dn.as_bytes())?;
         for c in object_classes(t) {
             write_attr(out, "objectClass", c.as_bytes())?;
         }
-        let first = |l: &[String]| l.first().cloned();
-        if let Some(a) = first(&t.guid) {
-            write_attr(out, &a, &encode_guid(&r.guid, m.guid_form))?;
+        if let Some(a) = t.guid.first() {
+            write_attr(out, a, &encode_guid(&r.guid, m.guid_form))?;
         }
-        let mut lists: Vec<(Option<String>, Vec<Vec<u8>>)> = vec![
-            (
-                first(&t.short_name),
-                r.short_names
-                    .iter()
-                    .map(|s| s.as_bytes().to_vec())
-                    .collect(),
-            ),
-            (
-                first(&t.full_name),
-                r.full_name.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            ),
-            (
-                first(&t.email),
-                r.emails.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            ),
-            (
-                first(&t.member_guid),
-                r.member_guids
-                    .iter()
-                    .map(|g| encode_guid(g, m.guid_form))
-                    .collect(),
-            ),
-            (
-                first(&t.member_uid),
-                r.member_names
-                    .iter()
-                    .map(|s| s.as_bytes().to_vec())
-                    .collect(),
-            ),
-            (
-                first(&t.nested_guid),
-                r.nested_guids
-                    .iter()
-                    .map(|g| encode_guid(g, m.guid_form))
-                    .collect(),
-            ),
-        ];
-        // When two fields share an attribute (AD's cn), write its values once.
-        for i in 0..lists.len() {
-            for j in 0..i {
-                if lists[i].0.is_some() && lists[i].0 == lists[j].0 {
-                    let vals = std::mem::take(&mut lists[i].1);
-                    for v in vals {
-                        if !lists[j].1.contains(&v) {
-                            lists[j].1.push(v);
-                        }
-                    }
-                }
-            }
-        }
+        let lists = attribute_values(r, t, m);
         for (attr, values) in lists {
             if let Some(a) = attr {
                 for v in values {
@@ -386,6 +319,61 @@ pub fn write_records(
         }
     }
     Ok(())
+}
+
+/// The record's DN: the one it was read under, else `<short-name attr>=<short name>` under the
+/// type's container and `base`.
+fn record_dn(r: &DirectoryRecord, t: &TypeMapping, base: Option<&str>) -> String {
+    if r.source.contains('=') {
+        return r.source.clone();
+    }
+    let rdn_attr = t.short_name.first().map(String::as_str).unwrap_or("cn");
+    let rdn = ldap3::dn_escape(
+        r.short_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or(r.guid.as_str()),
+    );
+    let mut parts = vec![format!("{rdn_attr}={rdn}")];
+    if !t.container.is_empty() {
+        parts.push(t.container.clone());
+    }
+    parts.push(base.unwrap_or("dc=invalid").to_string());
+    parts.join(",")
+}
+
+/// Each field's attribute (the first the mapping names, if any) and values, after the GUID.
+/// When two fields share an attribute (AD's cn), its values are written once, under the first.
+fn attribute_values(
+    r: &DirectoryRecord,
+    t: &TypeMapping,
+    m: &Mapping,
+) -> Vec<(Option<String>, Vec<Vec<u8>>)> {
+    let first = |l: &[String]| l.first().cloned();
+    let text = |v: &[String]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let guids = |v: &[Guid]| v.iter().map(|g| encode_guid(g, m.guid_form)).collect();
+    let full_name: Vec<String> = r.full_name.iter().cloned().collect();
+    let mut lists: Vec<(Option<String>, Vec<Vec<u8>>)> = vec![
+        (first(&t.short_name), text(&r.short_names)),
+        (first(&t.full_name), text(&full_name)),
+        (first(&t.email), text(&r.emails)),
+        (first(&t.member_guid), guids(&r.member_guids)),
+        (first(&t.member_uid), text(&r.member_names)),
+        (first(&t.nested_guid), guids(&r.nested_guids)),
+    ];
+    for i in 0..lists.len() {
+        for j in 0..i {
+            if lists[i].0.is_some() && lists[i].0 == lists[j].0 {
+                let vals = std::mem::take(&mut lists[i].1);
+                for v in vals {
+                    if !lists[j].1.contains(&v) {
+                        lists[j].1.push(v);
+                    }
+                }
+            }
+        }
+    }
+    lists
 }
 
 #[cfg(test)]

@@ -111,140 +111,11 @@ impl Mapping {
 
     /// The defaults of one preset.
     pub fn preset(preset: Preset) -> Mapping {
-        let base = |kind, container: &str, filter: Option<&str>| TypeMapping {
-            kind,
-            container: container.to_string(),
-            filter: filter.map(str::to_string),
-            guid: Vec::new(),
-            short_name: v(&["uid"]),
-            full_name: v(&["cn"]),
-            email: v(&["mail"]),
-            member_guid: Vec::new(),
-            member_uid: Vec::new(),
-            nested_guid: Vec::new(),
-            member_dn: Vec::new(),
-        };
         match preset {
-            Preset::OpenDirectory => {
-                let mut user = base(
-                    RecordType::User,
-                    "cn=users",
-                    Some("(objectClass=apple-user)"),
-                );
-                user.guid = v(&["apple-generateduid"]);
-                let mut group = base(
-                    RecordType::Group,
-                    "cn=groups",
-                    Some("(objectClass=apple-group)"),
-                );
-                group.guid = v(&["apple-generateduid"]);
-                group.short_name = v(&["cn"]);
-                group.full_name = v(&["apple-group-realname"]);
-                group.member_guid = v(&["apple-group-memberguid"]);
-                group.member_uid = v(&["memberUid"]);
-                group.nested_guid = v(&["apple-group-nestedgroup"]);
-                let mut place = base(
-                    RecordType::Location,
-                    "cn=places",
-                    Some("(objectClass=apple-resource)"),
-                );
-                place.guid = v(&["apple-generateduid"]);
-                place.short_name = v(&["cn"]);
-                place.full_name = v(&["apple-realname", "cn"]);
-                let mut resource = place.clone();
-                resource.kind = RecordType::Resource;
-                resource.container = "cn=resources".to_string();
-                Mapping {
-                    preset,
-                    guid_form: GuidForm::Uuid,
-                    types: vec![user, group, place, resource],
-                }
-            }
-            Preset::OpenLdap | Preset::Ds389 => {
-                let (guid, form, users, groups) = if preset == Preset::OpenLdap {
-                    ("entryUUID", GuidForm::Uuid, "", "")
-                } else {
-                    ("nsUniqueId", GuidForm::Any, "ou=People", "ou=Groups")
-                };
-                let mut user = base(
-                    RecordType::User,
-                    users,
-                    Some("(|(objectClass=inetOrgPerson)(objectClass=posixAccount))"),
-                );
-                user.guid = v(&[guid]);
-                let mut group = base(
-                    RecordType::Group,
-                    groups,
-                    Some("(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))"),
-                );
-                group.guid = v(&[guid]);
-                group.short_name = v(&["cn"]);
-                group.member_uid = v(&["memberUid"]);
-                group.member_dn = v(&["member", "uniqueMember"]);
-                let mut place = base(RecordType::Location, "", None);
-                place.guid = v(&[guid]);
-                place.short_name = v(&["cn"]);
-                let mut resource = place.clone();
-                resource.kind = RecordType::Resource;
-                Mapping {
-                    preset,
-                    guid_form: form,
-                    types: vec![user, group, place, resource],
-                }
-            }
-            Preset::ActiveDirectory => {
-                let mut user = base(
-                    RecordType::User,
-                    "",
-                    Some("(&(objectClass=user)(!(objectClass=computer)))"),
-                );
-                user.guid = v(&["objectGUID"]);
-                user.short_name = v(&["sAMAccountName"]);
-                user.full_name = v(&["displayName", "cn"]);
-                let mut group = base(RecordType::Group, "", Some("(objectClass=group)"));
-                group.guid = v(&["objectGUID"]);
-                group.short_name = v(&["sAMAccountName"]);
-                group.full_name = v(&["displayName", "cn"]);
-                group.member_dn = v(&["member"]);
-                let mut place = base(RecordType::Location, "", None);
-                place.guid = v(&["objectGUID"]);
-                place.short_name = v(&["sAMAccountName", "cn"]);
-                let mut resource = place.clone();
-                resource.kind = RecordType::Resource;
-                Mapping {
-                    preset,
-                    guid_form: GuidForm::AdBinary,
-                    types: vec![user, group, place, resource],
-                }
-            }
-            Preset::FreeIpa => {
-                let mut user = base(
-                    RecordType::User,
-                    "cn=users,cn=accounts",
-                    Some("(objectClass=person)"),
-                );
-                user.guid = v(&["ipaUniqueID"]);
-                let mut group = base(
-                    RecordType::Group,
-                    "cn=groups,cn=accounts",
-                    Some("(|(objectClass=ipausergroup)(objectClass=groupOfNames)(objectClass=posixGroup))"),
-                );
-                group.guid = v(&["ipaUniqueID"]);
-                group.short_name = v(&["cn"]);
-                group.full_name = v(&["description", "cn"]);
-                group.member_uid = v(&["memberUid"]);
-                group.member_dn = v(&["member"]);
-                let mut place = base(RecordType::Location, "", None);
-                place.guid = v(&["ipaUniqueID"]);
-                place.short_name = v(&["cn"]);
-                let mut resource = place.clone();
-                resource.kind = RecordType::Resource;
-                Mapping {
-                    preset,
-                    guid_form: GuidForm::Uuid,
-                    types: vec![user, group, place, resource],
-                }
-            }
+            Preset::OpenDirectory => open_directory(preset),
+            Preset::OpenLdap | Preset::Ds389 => open_ldap_or_389(preset),
+            Preset::ActiveDirectory => active_directory(preset),
+            Preset::FreeIpa => free_ipa(preset),
         }
     }
 
@@ -253,6 +124,154 @@ impl Mapping {
             .iter()
             .find(|t| t.kind == kind)
             .unwrap_or(&self.types[0])
+    }
+}
+
+/// A type's mapping with the attributes most presets share (uid, cn, mail) and no GUID or
+/// membership attributes yet.
+fn base_type(kind: RecordType, container: &str, filter: Option<&str>) -> TypeMapping {
+    TypeMapping {
+        kind,
+        container: container.to_string(),
+        filter: filter.map(str::to_string),
+        guid: Vec::new(),
+        short_name: v(&["uid"]),
+        full_name: v(&["cn"]),
+        email: v(&["mail"]),
+        member_guid: Vec::new(),
+        member_uid: Vec::new(),
+        nested_guid: Vec::new(),
+        member_dn: Vec::new(),
+    }
+}
+
+/// Open Directory (OpenLDAP with Apple's schema): apple-generateduid GUIDs.
+fn open_directory(preset: Preset) -> Mapping {
+    let mut user = base_type(
+        RecordType::User,
+        "cn=users",
+        Some("(objectClass=apple-user)"),
+    );
+    user.guid = v(&["apple-generateduid"]);
+    let mut group = base_type(
+        RecordType::Group,
+        "cn=groups",
+        Some("(objectClass=apple-group)"),
+    );
+    group.guid = v(&["apple-generateduid"]);
+    group.short_name = v(&["cn"]);
+    group.full_name = v(&["apple-group-realname"]);
+    group.member_guid = v(&["apple-group-memberguid"]);
+    group.member_uid = v(&["memberUid"]);
+    group.nested_guid = v(&["apple-group-nestedgroup"]);
+    let mut place = base_type(
+        RecordType::Location,
+        "cn=places",
+        Some("(objectClass=apple-resource)"),
+    );
+    place.guid = v(&["apple-generateduid"]);
+    place.short_name = v(&["cn"]);
+    place.full_name = v(&["apple-realname", "cn"]);
+    let mut resource = place.clone();
+    resource.kind = RecordType::Resource;
+    resource.container = "cn=resources".to_string();
+    Mapping {
+        preset,
+        guid_form: GuidForm::Uuid,
+        types: vec![user, group, place, resource],
+    }
+}
+
+/// OpenLDAP (entryUUID) or 389 Directory Server (nsUniqueId, ou=People / ou=Groups).
+fn open_ldap_or_389(preset: Preset) -> Mapping {
+    let (guid, form, users, groups) = if preset == Preset::OpenLdap {
+        ("entryUUID", GuidForm::Uuid, "", "")
+    } else {
+        ("nsUniqueId", GuidForm::Any, "ou=People", "ou=Groups")
+    };
+    let mut user = base_type(
+        RecordType::User,
+        users,
+        Some("(|(objectClass=inetOrgPerson)(objectClass=posixAccount))"),
+    );
+    user.guid = v(&[guid]);
+    let mut group = base_type(
+        RecordType::Group,
+        groups,
+        Some(
+            "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
+        ),
+    );
+    group.guid = v(&[guid]);
+    group.short_name = v(&["cn"]);
+    group.member_uid = v(&["memberUid"]);
+    group.member_dn = v(&["member", "uniqueMember"]);
+    let mut place = base_type(RecordType::Location, "", None);
+    place.guid = v(&[guid]);
+    place.short_name = v(&["cn"]);
+    let mut resource = place.clone();
+    resource.kind = RecordType::Resource;
+    Mapping {
+        preset,
+        guid_form: form,
+        types: vec![user, group, place, resource],
+    }
+}
+
+/// Active Directory: binary objectGUID, sAMAccountName short names.
+fn active_directory(preset: Preset) -> Mapping {
+    let mut user = base_type(
+        RecordType::User,
+        "",
+        Some("(&(objectClass=user)(!(objectClass=computer)))"),
+    );
+    user.guid = v(&["objectGUID"]);
+    user.short_name = v(&["sAMAccountName"]);
+    user.full_name = v(&["displayName", "cn"]);
+    let mut group = base_type(RecordType::Group, "", Some("(objectClass=group)"));
+    group.guid = v(&["objectGUID"]);
+    group.short_name = v(&["sAMAccountName"]);
+    group.full_name = v(&["displayName", "cn"]);
+    group.member_dn = v(&["member"]);
+    let mut place = base_type(RecordType::Location, "", None);
+    place.guid = v(&["objectGUID"]);
+    place.short_name = v(&["sAMAccountName", "cn"]);
+    let mut resource = place.clone();
+    resource.kind = RecordType::Resource;
+    Mapping {
+        preset,
+        guid_form: GuidForm::AdBinary,
+        types: vec![user, group, place, resource],
+    }
+}
+
+/// FreeIPA: ipaUniqueID GUIDs under cn=accounts.
+fn free_ipa(preset: Preset) -> Mapping {
+    let mut user = base_type(
+        RecordType::User,
+        "cn=users,cn=accounts",
+        Some("(objectClass=person)"),
+    );
+    user.guid = v(&["ipaUniqueID"]);
+    let mut group = base_type(
+        RecordType::Group,
+        "cn=groups,cn=accounts",
+        Some("(|(objectClass=ipausergroup)(objectClass=groupOfNames)(objectClass=posixGroup))"),
+    );
+    group.guid = v(&["ipaUniqueID"]);
+    group.short_name = v(&["cn"]);
+    group.full_name = v(&["description", "cn"]);
+    group.member_uid = v(&["memberUid"]);
+    group.member_dn = v(&["member"]);
+    let mut place = base_type(RecordType::Location, "", None);
+    place.guid = v(&["ipaUniqueID"]);
+    place.short_name = v(&["cn"]);
+    let mut resource = place.clone();
+    resource.kind = RecordType::Resource;
+    Mapping {
+        preset,
+        guid_form: GuidForm::Uuid,
+        types: vec![user, group, place, resource],
     }
 }
 

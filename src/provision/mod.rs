@@ -702,7 +702,7 @@ pub fn csv_bytes(report: &ProvisionReport) -> Result<Vec<u8>> {
 /// Writes provision.csv into `dir` (atomically); returns its path.
 pub fn write_csv(report: &ProvisionReport, out: &crate::config::ReportConfig) -> Result<PathBuf> {
     let path = out.dir.join(CSV_FILE);
-    crate::report::write_atomic(
+    crate::fsutil::write_atomic(
         &path,
         &crate::report::with_bom(out.csv_bom, csv_bytes(report)?),
     )?;
@@ -737,7 +737,7 @@ pub fn apply(cfg: &Config, report: &ProvisionReport) -> Result<Applied> {
                 .output
                 .clone()
                 .unwrap_or_else(|| cfg.report.dir.join(DSIMPORT_FILE));
-            crate::report::write_atomic(&path, access::dsimport_text(plan).as_bytes())?;
+            crate::fsutil::write_atomic(&path, access::dsimport_text(plan).as_bytes())?;
             done.dsimport = Some(path);
         }
     }

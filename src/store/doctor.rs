@@ -9,7 +9,7 @@ use super::write::{
 use super::{xattrs, Item};
 use crate::config::{StoreConfig, StoreKind};
 use crate::error::{Error, Result};
-use crate::progress::{Bar, NoBar, Progress};
+use crate::progress::{Bar, Progress};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -567,23 +567,6 @@ pub fn run(
     );
     bar.finish();
     r
-}
-
-/// Runs the doctor over a store (`fix`: repair what can be repaired), its address books included.
-/// (Kept for `verify` until it moves to [`run`]: the walker advances `progress`.)
-pub fn doctor(
-    cfg: &StoreConfig,
-    fix: bool,
-    progress: &indicatif::ProgressBar,
-) -> Result<DoctorReport> {
-    doctor_with(
-        cfg,
-        fix,
-        &Walked {
-            walker: progress,
-            bar: &NoBar,
-        },
-    )
 }
 
 fn doctor_with(cfg: &StoreConfig, fix: bool, progress: &Walked) -> Result<DoctorReport> {
