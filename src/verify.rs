@@ -23,7 +23,6 @@
 
 use crate::address::{CalAddress, Guid};
 // Only to hand on to the database store's verify, which still takes the command context.
-use crate::cli::Context;
 use crate::config::{Config, StoreKind};
 use crate::directory::Directory;
 use crate::error::Result;
@@ -66,11 +65,11 @@ impl VerifyReport {
 
 /// Checks the store as configured against the current directory: the database store's own
 /// check, or [`verify_files`].
-pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
+pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
     if cfg.store.kind == StoreKind::CalendarserverPg {
-        return crate::store::pg::verify(ctx, cfg, current);
+        return crate::store::pg::verify(progress, cfg, current);
     }
-    verify_files(ctx, cfg, current)
+    verify_files(progress, cfg, current)
 }
 
 /// Checks a file store (calendars, address books and the doctor's findings) against the current

@@ -3,7 +3,7 @@
 
 use super::{Context, Outcome};
 use crate::config::StoreKind;
-use crate::error::{ExitStatus, Result};
+use crate::error::{Error, ExitStatus, Result};
 use crate::store::doctor::{DoctorOptions, DoctorReport, Finding};
 use clap::Args;
 use std::fmt::Write as _;
@@ -18,7 +18,7 @@ pub struct DoctorArgs {
 /// `doctor`: exit 1 while findings remain (after `--fix`, those it could not repair).
 pub fn run(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
     if ctx.config.store.kind == StoreKind::CalendarserverPg {
-        return crate::store::pg::verify::doctor(ctx, args);
+        return database(ctx, args);
     }
     let opts = DoctorOptions { fix: args.fix };
     let report = crate::store::doctor::run(&ctx.config.store, &opts, ctx)?;
@@ -32,6 +32,39 @@ pub fn run(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
         status,
         human: render(&report),
         json,
+    })
+}
+
+/// `doctor` on a database store: it reports; `--fix` is refused (nothing is written there).
+fn database(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
+    if args.fix {
+        return Err(Error::usage(
+            "doctor --fix does not write to a CalendarServer database; the problems listed by `doctor` are repaired by CalendarServer itself (MD5, ORGANIZER on the next write) or through plan and apply",
+        ));
+    }
+    let f = crate::store::pg::verify::doctor(&ctx.config)?;
+    let problems = &f.report.problems;
+    let status = if problems.is_empty() {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Problems
+    };
+    let mut human = format!(
+        "Doctor on {} (schema {}, {}): {} objects, ",
+        f.label, f.version, f.release, f.report.resources
+    );
+    if problems.is_empty() {
+        human.push_str("no problems.\n");
+    } else {
+        let _ = writeln!(human, "{} problems.", problems.len());
+        for p in problems.iter().take(20) {
+            let _ = writeln!(human, "  {}  {}  {}", p.kind, p.path, p.detail);
+        }
+    }
+    Ok(Outcome {
+        status,
+        human,
+        json: serde_json::json!({ "doctor": f.report }),
     })
 }
 

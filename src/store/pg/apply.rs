@@ -17,11 +17,11 @@ use super::plan::{load_resolver, rewrite_card, rewrite_object};
 use super::read::{self, ObjectRow};
 use super::schema::{md5_hex, Schema};
 use super::Db;
-use crate::cli::Context;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ical::{self, RewriteOptions};
 use crate::journal::RunSummary;
+use crate::progress::Progress;
 use crate::state::{now_rfc3339, RunEvent, RunState, State};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -372,7 +372,7 @@ pub(super) fn locked_objects(
 
 /// Carries out a stored plan (the latest when `plan` is `None`) on the database.
 pub fn apply(
-    ctx: &Context,
+    progress: &dyn Progress,
     cfg: &Config,
     plan: Option<i64>,
     force: bool,
@@ -434,7 +434,7 @@ pub fn apply(
         [plan_id],
         |r| r.get(0),
     )?;
-    let bar = crate::cli::progress_bar(ctx, Some(total as u64), "applying");
+    let bar = progress.start("applying", Some(total as u64));
 
     // 1. Objects: calendar texts, then cards; a page of the plan at a time (bounded memory).
     for kind in ["calendar", "vcard"] {
@@ -483,12 +483,12 @@ pub fn apply(
             bar.inc(page.len() as u64);
             crate::interrupt::test_pause("pg-apply-batch");
             if stop_if_signalled(&state, &mut summary)? {
-                bar.finish_and_clear();
+                bar.finish();
                 return Ok(summary);
             }
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     tracing::info!(
         "objects: {} written, {} already as planned, {} skipped, at {:.2?}",
         summary.written,

@@ -12,13 +12,13 @@ use super::read::{self, CardRow, HomeRow, ObjectRow};
 use super::schema::{md5_hex, Schema, ValueKind};
 use super::Db;
 use crate::address::{CalAddress, Guid, Principal};
-use crate::cli::Context;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::ical::{self, Resolve, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::plan::{Finding, LazyResolver, PlanSummary};
+use crate::progress::Progress;
 use crate::state::{now_rfc3339, State};
 use crate::vcard;
 use rayon::prelude::*;
@@ -166,7 +166,7 @@ type Scanned = std::result::Result<(ical::CalendarInfo, Option<Planned>, String)
 
 /// Builds a plan of the database (nothing in it changes).
 pub fn plan(
-    ctx: &Context,
+    progress: &dyn Progress,
     cfg: &Config,
     current: &Directory,
     old: &Directory,
@@ -235,7 +235,7 @@ pub fn plan(
         for table in read::HOME_TABLES {
             homes.extend(read::homes(&mut tx, &schema, table)?);
         }
-        let bar = crate::cli::progress_bar(ctx, None, "planning");
+        let bar = progress.start("planning", None);
         let cal_homes: Vec<i64> = homes
             .iter()
             .filter(|h| h.table == "CALENDAR_HOME")
@@ -341,7 +341,7 @@ pub fn plan(
                 result.and(read)
             })?;
         }
-        bar.finish_and_clear();
+        bar.finish();
         tracing::info!(
             "objects: {scanned} read, {} to change, at {:.2?}",
             acc.changed,

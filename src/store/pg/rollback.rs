@@ -8,10 +8,10 @@ use super::apply::{finish_run, start_or_resume, unpack_saved, ObjectWrite};
 use super::edits;
 use super::schema::md5_hex;
 use super::Db;
-use crate::cli::Context;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::RunSummary;
+use crate::progress::Progress;
 use crate::state::{RunEvent, State};
 
 const BATCH: i64 = 500;
@@ -21,7 +21,12 @@ fn err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
 }
 
 /// Undoes an apply run on the database (the latest when `run` is `None`).
-pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> Result<RunSummary> {
+pub fn rollback(
+    progress: &dyn Progress,
+    cfg: &Config,
+    run: Option<i64>,
+    force: bool,
+) -> Result<RunSummary> {
     let mut state = State::open_existing(&cfg.state.path)?;
     let target = match run {
         Some(id) => id,
@@ -83,7 +88,7 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
     };
     // Pending steps too: an interrupted apply may have committed them before marking them.
     let steps = edits::steps(&state, target, "'done', 'pending'", true)?;
-    let bar = crate::cli::progress_bar(ctx, None, "restoring");
+    let bar = progress.start("restoring", None);
     for step in steps.into_iter().filter(|s| !undone.contains(&s.seq)) {
         let mut tx = db.client.transaction().map_err(err("begin"))?;
         let pk = edits::primary_key(&mut tx, &step.table)?;
@@ -289,11 +294,11 @@ pub fn rollback(ctx: &Context, cfg: &Config, run: Option<i64>, force: bool) -> R
             bar.inc(writes.len() as u64);
         }
         if super::apply::stop_if_signalled(&state, &mut summary)? {
-            bar.finish_and_clear();
+            bar.finish();
             return Ok(summary);
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     // Undo steps an interrupted rollback left pending were looked at again above (pending undos
     // do not count as undone: their row showed whether the transaction committed); drop them.
     state.conn.execute(

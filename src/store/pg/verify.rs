@@ -9,14 +9,13 @@ use super::read::{self, ObjectRow};
 use super::schema::{md5_hex, ValueKind};
 use super::Db;
 use crate::address::CalAddress;
-use crate::cli::{Context, DoctorArgs, Outcome};
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::Result;
 use crate::ical;
 use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
+use crate::progress::Progress;
 use crate::verify::{check_resource, Organizers, VerifyReport};
-use serde_json::json;
 use std::collections::{HashMap, HashSet};
 
 /// The integrity of one object's columns: ORGANIZER and MD5 as CalendarServer computes them.
@@ -100,7 +99,7 @@ fn walk_objects(
 }
 
 /// Checks the database against the current directory.
-pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
+pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
     let mut memo: HashMap<String, (MapOutcome, Option<String>)> = HashMap::new();
@@ -116,7 +115,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     let schema = db.schema.clone();
     let mut report = VerifyReport::default();
     let mut organizers: Organizers = HashMap::new();
-    let bar = crate::cli::progress_bar(ctx, None, "verifying");
+    let bar = progress.start("verifying", None);
     let homes = walk_objects(&mut db, &mut report, |report, row, info| {
         bar.inc(1);
         check_resource(
@@ -129,7 +128,7 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
         );
         check_columns(report, &schema, row, info);
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     // A bare uid: current (its record has that GUID), moved (an old GUID of someone), or orphan.
     let uid_state = |uid: &str| -> std::result::Result<(), Option<String>> {
         let r = mapper.resolve(&super::plan::uid_address(uid), &Observed::default());
@@ -245,42 +244,33 @@ pub fn verify(ctx: &Context, cfg: &Config, current: &Directory) -> Result<Verify
     Ok(report)
 }
 
+/// What `doctor` found on a database, with the database it looked at.
+#[derive(Debug)]
+pub struct DoctorFindings {
+    /// The database as the configuration names it (no password).
+    pub label: String,
+    /// The `CALENDARSERVER` table's `VERSION`.
+    pub version: u32,
+    /// The CalendarServer release of that schema version.
+    pub release: &'static str,
+    /// The objects read and the problems found.
+    pub report: VerifyReport,
+}
+
 /// `doctor` on the database: the integrity checks that need no directory (MD5 and ORGANIZER
-/// columns against the text, objects that do not parse). It reports; `--fix` changes nothing here
-/// (a database is repaired through plan and apply, journaled).
-pub fn doctor(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
-    if args.fix {
-        return Err(Error::usage(
-            "doctor --fix does not write to a CalendarServer database; the problems listed by `doctor` are repaired by CalendarServer itself (MD5, ORGANIZER on the next write) or through plan and apply",
-        ));
-    }
-    let cfg = &ctx.config;
+/// columns against the text, objects that do not parse). It only reads: a database is repaired
+/// by CalendarServer itself or through plan and apply, journaled.
+pub fn doctor(cfg: &Config) -> Result<DoctorFindings> {
     let mut db = Db::open(cfg)?;
     let schema = db.schema.clone();
     let mut report = VerifyReport::default();
     walk_objects(&mut db, &mut report, |report, row, info| {
         check_columns(report, &schema, row, info)
     })?;
-    let status = if report.problems.is_empty() {
-        ExitStatus::Ok
-    } else {
-        ExitStatus::Problems
-    };
-    let mut human = format!(
-        "Doctor on {} (schema {}, {}): {} objects, ",
-        db.target.label, schema.version, schema.release, report.resources
-    );
-    if report.problems.is_empty() {
-        human.push_str("no problems.\n");
-    } else {
-        human.push_str(&format!("{} problems.\n", report.problems.len()));
-        for p in report.problems.iter().take(20) {
-            human.push_str(&format!("  {}  {}  {}\n", p.kind, p.path, p.detail));
-        }
-    }
-    Ok(Outcome {
-        status,
-        human,
-        json: json!({ "doctor": report }),
+    Ok(DoctorFindings {
+        label: db.target.label.clone(),
+        version: schema.version,
+        release: schema.release,
+        report,
     })
 }
