@@ -129,7 +129,7 @@ fn main() {
         addressbook_root: None,
         ..Default::default()
     };
-    let bar = indicatif::ProgressBar::hidden();
+    let bar = principal_reconciler::progress::NoBar;
     let reset = reset_peak_rss();
     let rss_before = status_kb("VmRSS:");
     let (mut floor, mut scan, mut full, mut bare, mut read_bytes) =

@@ -3,16 +3,15 @@
 //! Nothing in the store changes; nothing is written outside `state.path` and `report.dir`.
 
 use crate::address::{CalAddress, Guid, Principal, RecordType};
-use crate::cli::{Context, MigrateArgs, Outcome};
 use crate::config::Config;
 use crate::directory::{self, Directory};
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
 use crate::ical::{self, dropbox::HomeRef, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
+use crate::progress::Progress;
 use crate::state::{now_rfc3339, State};
 use crate::store::write::sha256_hex;
 use crate::store::{self, Home, Item};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
 
@@ -726,13 +725,13 @@ fn collection_of(rel: &str) -> &str {
 
 /// Builds a plan: survey, mapping, rewrite of every resource, stored in the state database.
 pub fn build(
-    ctx: &Context,
+    progress: &dyn Progress,
     cfg: &Config,
     current: &Directory,
     old: &Directory,
 ) -> Result<PlanSummary> {
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return crate::store::pg::plan(ctx, cfg, current, old);
+        return crate::store::pg::plan(progress, cfg, current, old);
     }
     let mapper = Mapper::new(cfg, current, old)?;
     let started = std::time::Instant::now();
@@ -784,15 +783,15 @@ pub fn build(
         )?;
         let mut rows = ChangeRows::new(&tx, plan_id)?;
         // A bar with a total and an ETA: the store's folders listed first (see crate::precount).
-        let total = ctx
-            .progress
+        let total = progress
+            .shown()
             .then(|| crate::precount::calendar_resources(&cfg.store))
             .flatten();
-        let bar = crate::cli::progress_bar(ctx, total, "planning");
+        let bar = progress.start("planning", total);
         store::walk_with(
             &cfg.store,
             store::WalkOptions { xattrs: false },
-            &bar,
+            &*bar,
             |res, bytes| -> std::result::Result<_, ical::IcalError> {
                 let (info, rw) = ical::scan_and_rewrite(bytes, &walk_resolver, &opts)?;
                 let (attrs, unreadable) =
@@ -871,14 +870,14 @@ pub fn build(
                 Ok(())
             },
         )?;
-        bar.finish_and_clear();
+        bar.finish();
         // Address books: their home owners and the group members that may be principals are
         // resolved with the rest.
         let addressbooks = match store::addressbook::locate(&cfg.store)? {
             Some(root) => {
-                let bar = crate::cli::progress_bar(ctx, None, "planning address books");
-                let ab = crate::addressbooks::survey(&root, &bar)?;
-                bar.finish_and_clear();
+                let bar = progress.start("planning address books", None);
+                let ab = crate::addressbooks::survey(&root, &*bar)?;
+                bar.finish();
                 crate::addressbooks::observe(&ab, &mapper, &mut survey.observed);
                 for p in &ab.problems {
                     if seen_problem.insert(p.path.clone()) {
@@ -1195,64 +1194,13 @@ impl From<serde_json::Error> for Error {
     }
 }
 
-/// The short terminal summary of a plan.
-pub fn human_summary(s: &PlanSummary, report_dir: &std::path::Path, next_step: bool) -> String {
-    let o = |k: &str| s.by_outcome.get(k).copied().unwrap_or(0);
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Plan {} — {} resources scanned, {} to change ({} properties).\n",
-        s.plan_id, s.resources_scanned, s.resources_changed, s.properties_changed
-    ));
-    out.push_str(&format!(
-        "Addresses: {} mapped, {} unchanged, {} ambiguous, {} unmatched, {} external{}.\n",
-        o("mapped"),
-        o("unchanged"),
-        o("ambiguous"),
-        o("unmatched"),
-        o("external"),
-        match o("acknowledged") {
-            0 => String::new(),
-            n => format!(", {n} acknowledged (people who left)"),
-        }
-    ));
-    if !s.homes.is_empty() {
-        let h: Vec<String> = s.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        out.push_str(&format!("Homes: {}.\n", h.join(", ")));
-    }
-    if let Some(ab) = &s.addressbooks {
-        let h: Vec<String> = ab.homes.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        out.push_str(&format!(
-            "Address books: {} cards in {} homes ({}); {} group members of {} name directory records, {} to rewrite in {} cards.\n",
-            ab.cards,
-            ab.homes.values().sum::<usize>(),
-            if h.is_empty() { "none".to_string() } else { h.join(", ") },
-            ab.principal_members,
-            ab.members,
-            ab.members_changed,
-            ab.cards_changed
-        ));
-    }
-    if !s.problems.is_empty() {
-        out.push_str(&format!("Problems: {} resources could not be read as calendar objects (listed in the report).\n", s.problems.len()));
-    }
-    for w in &s.warnings {
-        out.push_str(&format!("Warning: {w}\n"));
-    }
-    out.push_str(&format!(
-        "Reports: {}/report.html (and mapping.csv, changes.csv, summary.json, mapping-todo.csv).\n",
-        report_dir.display()
-    ));
-    if next_step && o("ambiguous") > 0 {
-        out.push_str("Next: decide the ambiguous addresses: copy mapping-todo.csv, fill in its last column, name the copy in [rewrite] mapping_file, then plan again; or run `principal-reconciler apply` to apply this plan.\n");
-    } else if next_step {
-        out.push_str("Next: review the report, then run `principal-reconciler apply` (journaled; `rollback` undoes it).\n");
-    }
-    out
-}
-
 /// Writes a stored plan's reports; only then is the plan complete (appliable). A plan whose
 /// reports could not be written is marked failed, with the reason, and can never be applied.
-fn finish_plan(state: &State, plan_id: i64, report: &crate::config::ReportConfig) -> Result<()> {
+pub fn finish_plan(
+    state: &State,
+    plan_id: i64,
+    report: &crate::config::ReportConfig,
+) -> Result<()> {
     use crate::state::PlanStatus;
     match crate::report::write_reports(state, plan_id, report) {
         Ok(_) => state.set_plan_status(plan_id, PlanStatus::Complete, ""),
@@ -1267,224 +1215,9 @@ fn finish_plan(state: &State, plan_id: i64, report: &crate::config::ReportConfig
 
 /// After a successful plan: drops the planned changes of plans older than the newest `keep`
 /// ([`crate::prune`]); the freed pages are reused by the next plan, so the file stops growing.
-fn prune_after_plan(state: &mut State, keep: usize) -> Result<Vec<i64>> {
+pub fn prune_after_plan(state: &mut State, keep: usize) -> Result<Vec<i64>> {
     Ok(crate::prune::prune_plans(state, keep, false)?
         .into_iter()
         .map(|p| p.plan_id)
         .collect())
-}
-
-pub fn command_plan(ctx: &Context) -> Result<Outcome> {
-    let cfg = &ctx.config;
-    let (current, old) = load_directories(cfg)?;
-    let summary = build(ctx, cfg, &current, &old)?;
-    let mut state = State::open(&cfg.state.path)?;
-    finish_plan(&state, summary.plan_id, &cfg.report)?;
-    let pruned = prune_after_plan(&mut state, cfg.state.keep_plans)?;
-    let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
-        ExitStatus::Ok
-    } else {
-        ExitStatus::Problems
-    };
-    let mut human = human_summary(&summary, &cfg.report.dir, true);
-    if !pruned.is_empty() {
-        human.push_str(&format!(
-            "Older plans dropped ([state] keep_plans = {}): {}.\n",
-            cfg.state.keep_plans,
-            pruned
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    Ok(Outcome {
-        status,
-        human,
-        json: json!({ "plan": summary, "reports": cfg.report.dir, "pruned_plans": pruned }),
-    })
-}
-
-pub fn command_migrate(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
-    let mut cfg = ctx.config.clone();
-    let mut steps = Vec::new();
-    if let Some(dir) = &args.rehearse {
-        let copy = crate::rehearse::prepare(&mut cfg, dir)?;
-        steps.push(format!("rehearsal: store copied to {}", copy.display()));
-    }
-    let (current, old) = load_directories(&cfg)?;
-    let rehearsal_config = match &args.rehearse {
-        Some(dir) => Some(crate::rehearse::write_config(&cfg, dir, &current)?),
-        None => None,
-    };
-    steps.push(format!(
-        "pull: {} current records from {}, {} old records",
-        current.records.len(),
-        current.origin,
-        old.records.len()
-    ));
-    let summary = build(ctx, &cfg, &current, &old)?;
-    steps.push(format!(
-        "plan {}: {} resources to change",
-        summary.plan_id, summary.resources_changed
-    ));
-    let mut state = State::open(&cfg.state.path)?;
-    finish_plan(&state, summary.plan_id, &cfg.report)?;
-    steps.push(format!("report: {}", cfg.report.dir.display()));
-    let pruned = prune_after_plan(&mut state, cfg.state.keep_plans)?;
-    if !pruned.is_empty() {
-        let ids: Vec<String> = pruned.iter().map(i64::to_string).collect();
-        steps.push(format!("older plans dropped: {}", ids.join(", ")));
-    }
-    let mut run = None;
-    let declined = !args.dry_run
-        && args.rehearse.is_none()
-        && !args.yes
-        && {
-            let question = format!(
-            "{}Apply plan {} to {} now ({} resources)? It is journaled and `rollback` undoes it. [y/N] ",
-            human_summary(&summary, &cfg.report.dir, false),
-            summary.plan_id,
-            cfg.store.path.display(),
-            summary.resources_changed
-        );
-            !confirm(&question).map_err(|e| {
-                e.context(format!(
-                    "plan {} is recorded and its reports are in {}",
-                    summary.plan_id,
-                    cfg.report.dir.display()
-                ))
-            })?
-        };
-    let stop = if args.dry_run {
-        "dry run: stopped after plan; nothing in the store changed.".to_string()
-    } else if declined {
-        format!(
-            "not applied: nothing in the store changed. Plan {} is kept: review its reports, then `principal-reconciler apply --plan {}`.",
-            summary.plan_id, summary.plan_id
-        )
-    } else {
-        let r = crate::journal::apply(ctx, &cfg, Some(summary.plan_id), args.force, false)?;
-        if let Some(sig) = &r.interrupted {
-            return Ok(Outcome {
-                status: ExitStatus::Interrupted,
-                human: format!(
-                    "migrate stopped by {sig} during apply run {}: {} resources written so far. Nothing is half-written: `principal-reconciler apply` resumes it, `rollback --run {}` undoes it.\n",
-                    r.run_id, r.written, r.run_id
-                ),
-                json: json!({ "steps": steps, "plan": summary, "run": r }),
-            });
-        }
-        steps.push(format!(
-            "apply run {}: {} resources written, {} skipped",
-            r.run_id,
-            r.written,
-            r.skipped.len()
-        ));
-        let msg = match &rehearsal_config {
-            Some(file) => format!(
-                "rehearsal applied to {}; the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback), then migrate for real.",
-                cfg.store.path.display(),
-                file.display()
-            ),
-            None => format!(
-                "applied; undo with `principal-reconciler --config {} rollback --run {}`.",
-                ctx.config.source.display(),
-                r.run_id
-            ),
-        };
-        run = Some(r);
-        msg
-    };
-    if cfg.provision.enabled {
-        let report = crate::provision::analyse(&cfg, &current, &old)?;
-        let csv = crate::provision::write_csv(&report, &cfg.report)?;
-        let needs = report
-            .findings
-            .iter()
-            .filter(|f| f.severity.needs_doing())
-            .count();
-        if args.rehearse.is_some() && needs > 0 {
-            // A rehearsal never touches the real directory or augments file.
-            steps.push(format!(
-                "provision: {needs} findings need action (listed in {}); not applied in a rehearsal",
-                csv.display()
-            ));
-        } else if args.dry_run || needs == 0 {
-            steps.push(format!(
-                "provision: {needs} records need provisioning (listed in {})",
-                csv.display()
-            ));
-        } else {
-            let applied = crate::provision::apply(&cfg, &report)?;
-            let how = match &applied.dsimport {
-                Some(f) => format!(
-                    "the access group's new members are in {} — import it with dsimport",
-                    f.display()
-                ),
-                None => "fixed in the directory / augments".to_string(),
-            };
-            steps.push(format!(
-                "provision: {needs} findings need action ({}); {how}",
-                csv.display()
-            ));
-        }
-    }
-    let mut verified = None;
-    if !args.dry_run && !declined {
-        let report = crate::verify::verify(ctx, &cfg, &current)?;
-        let csv = crate::verify::write_csv(&report, &cfg.report)?;
-        steps.push(format!(
-            "verify: {} problems (listed in {})",
-            report.problems.len(),
-            csv.display()
-        ));
-        verified = Some(report);
-    }
-    let mut human = String::new();
-    for s in &steps {
-        human.push_str(&format!("• {s}\n"));
-    }
-    human.push_str(&human_summary(&summary, &cfg.report.dir, args.dry_run));
-    human.push_str(&stop);
-    human.push('\n');
-    if let Some(v) = &verified {
-        human.push_str(&crate::verify::human(v));
-    }
-    let skipped = declined || run.as_ref().is_some_and(|r| !r.skipped.is_empty());
-    let unverified = verified.as_ref().is_some_and(|v| !v.problems.is_empty());
-    let status =
-        if summary.ambiguous.is_empty() && summary.problems.is_empty() && !skipped && !unverified {
-            ExitStatus::Ok
-        } else {
-            ExitStatus::Problems
-        };
-    Ok(Outcome {
-        status,
-        human,
-        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir, "rehearsal_config": rehearsal_config }),
-    })
-}
-
-/// Asks a yes/no question on the terminal (the question on stderr, the answer from stdin).
-/// Without a terminal nothing can be asked: an error that names `--yes`.
-fn confirm(question: &str) -> Result<bool> {
-    use std::io::{BufRead as _, IsTerminal as _, Write as _};
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::usage(
-            "migrate changes the real store with a plan nobody reviewed: pass --yes to do so without a terminal, or review the plan and run `principal-reconciler apply`",
-        ));
-    }
-    let mut err = std::io::stderr().lock();
-    let _ = write!(err, "{question}");
-    let _ = err.flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| Error::runtime(format!("cannot read the answer: {e}")))?;
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
 }

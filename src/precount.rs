@@ -120,7 +120,7 @@ mod tests {
         crate::store::walk_with(
             &cfg,
             crate::store::WalkOptions { xattrs: false },
-            &indicatif::ProgressBar::hidden(),
+            &crate::progress::NoBar,
             |_, _| (),
             |item| {
                 if let crate::store::Item::Resource(..) = item {

@@ -10,6 +10,11 @@
 pub trait Progress: Sync {
     /// Starts a stage called `label` with `total` steps (`None`: not known in advance).
     fn start(&self, label: &str, total: Option<u64>) -> Box<dyn Bar>;
+    /// Whether the stages are shown to someone: a stage may then spend a little (listing folders)
+    /// to know its total first. Nothing is shown by default.
+    fn shown(&self) -> bool {
+        false
+    }
 }
 
 /// One stage being reported: advanced from any thread.

@@ -98,9 +98,8 @@ pub fn verify_files(
     store::walk_with(
         &cfg.store,
         store::WalkOptions { xattrs: false },
-        // The walker still advances an indicatif bar (until it takes a `Bar`); `bar` counts
-        // what it delivers.
-        &indicatif::ProgressBar::hidden(),
+        // `bar` counts the resources delivered (the walker's own count includes homes).
+        &crate::progress::NoBar,
         |_, bytes| ical::scan(bytes),
         |item| {
             if !matches!(item, Item::Home(_)) {

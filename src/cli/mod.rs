@@ -11,6 +11,8 @@ mod config;
 mod directory;
 mod doctor;
 mod man;
+mod migrate;
+mod plan;
 mod progress;
 mod provision;
 mod report;
@@ -308,14 +310,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             unreachable!("handled above")
         }
         Command::Scan => scan::run(&ctx),
-        Command::Plan => crate::plan::command_plan(&ctx),
+        Command::Plan => plan::run(&ctx),
         Command::Apply(args) => crate::journal::command_apply(&ctx, &args),
         Command::Rollback(args) => crate::journal::command_rollback(&ctx, &args),
         Command::Verify => verify::run(&ctx),
         Command::Provision(args) => provision::run(&ctx, &args),
         Command::Doctor(args) => doctor::run(&ctx, &args),
         Command::Report(args) => report::run(&ctx, &args),
-        Command::Migrate(args) => crate::plan::command_migrate(&ctx, &args),
+        Command::Migrate(args) => migrate::run(&ctx, &args),
         Command::Diff(args) => command_diff(&ctx, &args),
         Command::State(StateCommand::Prune(args)) => state::prune(&ctx, &args),
         Command::Runs => runs::run(&ctx),

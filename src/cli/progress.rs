@@ -48,4 +48,7 @@ impl Progress for Context {
     fn start(&self, label: &str, total: Option<u64>) -> Box<dyn Bar> {
         Box::new(TerminalBar(progress_bar(self, total, label)))
     }
+    fn shown(&self) -> bool {
+        self.progress
+    }
 }

@@ -138,7 +138,7 @@ impl Roots {
 pub fn walk<T, M, S>(
     root: &Path,
     opts: WalkOptions,
-    progress: &indicatif::ProgressBar,
+    progress: &dyn Bar,
     map: M,
     sink: S,
 ) -> Result<()>
@@ -221,18 +221,18 @@ fn folder_of(rel: &str) -> &str {
 /// group cards with their members; then tells, for every member, whether it is a card of its
 /// address book. Memory grows with homes, collections and group memberships, not with cards:
 /// only the address books that hold a group card are read a second time (for their UIDs).
-pub fn survey(root: &Path, progress: &indicatif::ProgressBar) -> Result<Survey> {
+pub fn survey(root: &Path, progress: &dyn Bar) -> Result<Survey> {
     survey_walk(root, progress, &NoBar)
 }
 
 /// [`survey`], reporting every card read (or refused) to `bar`.
 pub fn survey_reporting(root: &Path, bar: &dyn Bar) -> Result<Survey> {
-    survey_walk(root, &indicatif::ProgressBar::hidden(), bar)
+    survey_walk(root, &NoBar, bar)
 }
 
-/// The walk of [`survey`]. The walker still advances an indicatif bar (`walk_bar`, until it takes
-/// a [`Bar`]); `bar` counts what the walk delivers.
-fn survey_walk(root: &Path, walk_bar: &indicatif::ProgressBar, bar: &dyn Bar) -> Result<Survey> {
+/// The walk of [`survey`]: `walk_bar` gets the walker's own count (homes included), `bar` the
+/// cards the walk delivers.
+fn survey_walk(root: &Path, walk_bar: &dyn Bar, bar: &dyn Bar) -> Result<Survey> {
     let mut s = Survey {
         root: root.to_path_buf(),
         ..Default::default()

@@ -535,10 +535,10 @@ where
     }
 }
 
-/// Where the resource pass reports: the walker still advances an indicatif bar (until it takes a
-/// [`Bar`]); `bar` counts what the walk delivers.
+/// Where the resource pass reports: `walker` gets the walker's own count (homes included), `bar`
+/// the resources the walk delivers.
 struct Walked<'a> {
-    walker: &'a indicatif::ProgressBar,
+    walker: &'a dyn crate::progress::Bar,
     bar: &'a dyn Bar,
 }
 
@@ -556,7 +556,7 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<DoctorReport> {
     let bar = progress.start("doctor", None);
-    let walker = indicatif::ProgressBar::hidden();
+    let walker = crate::progress::NoBar;
     let r = doctor_with(
         cfg,
         opts.fix,

@@ -114,7 +114,7 @@ pub enum Item<T> {
 /// returns an error the walk stops and returns it.
 pub fn walk<T, M, S>(
     cfg: &StoreConfig,
-    progress: &indicatif::ProgressBar,
+    progress: &dyn crate::progress::Bar,
     map: M,
     sink: S,
 ) -> Result<()>

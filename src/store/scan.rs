@@ -140,9 +140,8 @@ fn inventory_with(cfg: &StoreConfig, bar: &dyn crate::progress::Bar) -> Result<I
     super::walk_with(
         cfg,
         super::WalkOptions { xattrs: false },
-        // The walker still advances an indicatif bar (until it takes a `Bar`); `bar` counts
-        // what it delivers.
-        &indicatif::ProgressBar::hidden(),
+        // `bar` counts the resources delivered (the walker's own count includes homes).
+        &crate::progress::NoBar,
         |_res, bytes| -> std::result::Result<Vec<ResourceAddress>, IcalError> {
             crate::ical::scan(bytes).map(|info| per_resource(&info))
         },

@@ -433,7 +433,7 @@ fn worker<T, M>(
     jobs: Receiver<Vec<Job>>,
     results: Sender<Vec<Item<T>>>,
     map: &M,
-    progress: &indicatif::ProgressBar,
+    progress: &dyn crate::progress::Bar,
     with_xattrs: bool,
 ) where
     M: Fn(&Resource, &[u8]) -> T,
@@ -477,7 +477,7 @@ impl Default for WalkOptions {
 /// See [`super::walk()`].
 pub fn walk<T, M, S>(
     cfg: &StoreConfig,
-    progress: &indicatif::ProgressBar,
+    progress: &dyn crate::progress::Bar,
     map: M,
     sink: S,
 ) -> Result<()>
@@ -493,7 +493,7 @@ where
 pub fn walk_with<T, M, S>(
     cfg: &StoreConfig,
     opts: WalkOptions,
-    progress: &indicatif::ProgressBar,
+    progress: &dyn crate::progress::Bar,
     map: M,
     sink: S,
 ) -> Result<()>
@@ -532,7 +532,7 @@ pub fn walk_tree<T, M, S>(
     root: &Path,
     top: Top,
     opts: WalkOptions,
-    progress: &indicatif::ProgressBar,
+    progress: &dyn crate::progress::Bar,
     map: M,
     mut sink: S,
 ) -> Result<()>

@@ -63,12 +63,9 @@ const KNOWN: &[(&str, &str)] = &[
     ("config", "store"),
     // plan and journal must meet only through the plan rows of the state database.
     ("journal", "plan"),
-    ("plan", "journal"),
     ("journal", "cli"),
     ("plan", "provision"),
     ("plan", "report"),
-    ("plan", "verify"),
-    ("plan", "cli"),
     // verify::verify hands the command context to store::pg::verify (which still takes it);
     // the file store's check, verify_files, takes a progress sink.
     // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.

@@ -32,7 +32,7 @@ fn walk_all(c: &StoreConfig) -> Walked {
         resources: vec![],
         problems: vec![],
     };
-    let bar = indicatif::ProgressBar::hidden();
+    let bar = Counted::default();
     store::walk(
         c,
         &bar,
@@ -55,10 +55,21 @@ fn walk_all(c: &StoreConfig) -> Walked {
     )
     .unwrap();
     assert_eq!(
-        bar.position(),
+        bar.0.load(std::sync::atomic::Ordering::Relaxed),
         (w.resources.len() + w.problems.iter().filter(|p| p.kind == "unreadable").count()) as u64
     );
     w
+}
+
+/// A progress bar that counts what the walker reports.
+#[derive(Default)]
+struct Counted(std::sync::atomic::AtomicU64);
+
+impl principal_reconciler::progress::Bar for Counted {
+    fn inc(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn finish(&self) {}
 }
 
 /// Root can set user.* attributes here? The tests that need them say so loudly when not.
@@ -179,7 +190,7 @@ fn accepts_the_calendars_folder_itself_as_root() {
 #[test]
 fn rejects_a_folder_that_is_not_a_store() {
     let tmp = tempfile::tempdir().unwrap();
-    let bar = indicatif::ProgressBar::hidden();
+    let bar = principal_reconciler::progress::NoBar;
     let err = store::walk(
         &cfg(tmp.path(), StoreKind::CalendarserverFs),
         &bar,
@@ -339,7 +350,7 @@ fn sink_error_stops_the_walk() {
         .without_xattrs()
         .build()
         .unwrap();
-    let bar = indicatif::ProgressBar::hidden();
+    let bar = principal_reconciler::progress::NoBar;
     let mut seen = 0;
     let err = store::walk(
         &cfg(&root, StoreKind::CalendarserverFs),
