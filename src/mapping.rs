@@ -129,7 +129,7 @@ pub struct Observed {
 pub struct Resolution {
     /// Normalised key of the address ([`CalAddress::key`]).
     pub old_value: String,
-    /// Address form of the old value (`mailto`, `urn:uuid`, `principal-name`, ...; [`AddressKind::as_str`]).
+    /// Address form of the old value (`mailto`, `urn:uuid`, `principal-name`, ...; [`crate::address::AddressKind::as_str`]).
     pub form: &'static str,
     /// How the address resolved.
     pub outcome: Outcome,
