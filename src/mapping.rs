@@ -137,7 +137,7 @@ pub struct Resolution {
     pub rule: Rule,
     /// Human-readable evidence for the decision (e.g. which record or domain).
     pub evidence: String,
-    /// The current principal it maps to; None when ambiguous, unmatched or external.
+    /// The current principal it maps to (mapped and unchanged only; else None).
     pub target: Option<Principal>,
     /// The canonical value written for it (mapped and unchanged only).
     pub new_value: Option<String>,

@@ -43,7 +43,7 @@ pub struct HomeFinding {
 pub struct PlanSummary {
     /// Row id of the plan in the state database.
     pub plan_id: i64,
-    /// When the plan was made (timestamp as stored in the state database).
+    /// When the plan was made (RFC 3339).
     pub created_at: String,
     /// `[store] kind` word (e.g. `calendarserver-fs`).
     pub store_kind: String,
@@ -51,7 +51,7 @@ pub struct PlanSummary {
     pub store_path: String,
     /// Where the current directory came from (LDAP URL or LDIF file).
     pub directory_origin: String,
-    /// Current directory records per record type word (`users`, `groups`, ...).
+    /// Current directory records per record type word (`user`, `group`, ...).
     pub directory_counts: BTreeMap<String, usize>,
     /// Records read from the old directory exports.
     pub old_records: usize,

@@ -219,7 +219,7 @@ stored_words! {
         Planned = "planned",
         /// `applying`: an apply started and has not finished.
         Applying = "applying",
-        /// `applied`: every step of the apply is done or skipped.
+        /// `applied`: the apply run finished.
         Applied = "applied",
         /// `rolling-back`: a rollback started and has not finished.
         RollingBack = "rolling-back",
@@ -310,7 +310,7 @@ stored_words! {
         Complete = "complete",
         /// `failed`: `plan` stopped with an error.
         Failed = "failed",
-        /// `pruned`: its rows were dropped by `[state] keep_plans` or `prune`.
+        /// `pruned`: its planned changes were dropped (`[state] keep_plans`, `state prune`); the plan row stays.
         Pruned = "pruned",
     }
 }

@@ -75,7 +75,7 @@ pub mod problem {
     pub const UNMATCHED_IN_ACCESS_GROUP: &str = "unmatched-guid-in-access-group";
     /// The access group lists an old GUID with several candidate records; left for a human.
     pub const AMBIGUOUS_IN_ACCESS_GROUP: &str = "ambiguous-guid-in-access-group";
-    /// A principal with no augments.xml record while the default record disables calendaring; `--apply` adds one.
+    /// A principal with no augments.xml record of its own while the record that applies (wildcard or default) disables calendaring; `--apply` adds one.
     pub const NO_AUGMENT: &str = "no-augment-record";
     /// An augments.xml record for an old GUID that maps to a current record; rewritten unless the new GUID has its own.
     pub const STALE_AUGMENT: &str = "stale-augment-record";
