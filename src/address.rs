@@ -12,13 +12,18 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordType {
+    /// A person (`users`).
     User,
+    /// A group (`groups`).
     Group,
+    /// A place, e.g. a meeting room (`locations`, CUTYPE ROOM).
     Location,
+    /// A bookable thing, e.g. a projector (`resources`).
     Resource,
 }
 
 impl RecordType {
+    /// Every record type, in report order.
     pub const ALL: [RecordType; 4] = [Self::User, Self::Group, Self::Location, Self::Resource];
 
     /// The principal collection name CalendarServer uses (`/principals/<this>/<short>/`).
@@ -41,6 +46,7 @@ impl RecordType {
         }
     }
 
+    /// The stored word for this type: `user`, `group`, `location`, `resource`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::User => "user",
@@ -102,6 +108,7 @@ impl Guid {
         Some(Guid(s.to_ascii_uppercase()))
     }
 
+    /// The GUID as text, upper-case.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -127,20 +134,27 @@ impl fmt::Display for Guid {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum AddressKind {
     #[serde(rename = "mailto")]
+    /// `mailto:` address.
     Mailto,
     #[serde(rename = "urn:uuid")]
+    /// `urn:uuid:<GUID>`.
     UrnUuid,
     #[serde(rename = "urn:x-uid")]
+    /// `urn:x-uid:<uid>` (CalendarServer 6+).
     UrnXUid,
     #[serde(rename = "principal-uid")]
+    /// `/principals/__uids__/<uid>/`.
     PrincipalUid,
     #[serde(rename = "principal-name")]
+    /// `/principals/<collection>/<short>/`.
     PrincipalName,
     #[serde(rename = "other")]
+    /// Any other value (not a principal form of this server).
     Other,
 }
 
 impl AddressKind {
+    /// The stored word for this form (the `form` column): `mailto`, `urn:uuid`, `principal-name`, ...
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mailto => "mailto",
@@ -169,11 +183,19 @@ pub enum CalAddress {
     /// `urn:x-uid:<uid>` (CalendarServer 6+); for Open Directory the uid is the GUID.
     UrnXUid(String),
     /// `/principals/__uids__/<uid>/`, optionally as an absolute URL (`base` = `https://host:port`).
-    PrincipalUid { uid: String, base: Option<String> },
+    PrincipalUid {
+        /// The uid after `__uids__/`, as written.
+        uid: String,
+        /// `https://host:port` when the URL is absolute; None for a path.
+        base: Option<String>,
+    },
     /// `/principals/<users|groups|locations|resources>/<short>/`, optionally absolute.
     PrincipalName {
+        /// The principal collection the URL names.
         kind: RecordType,
+        /// The short name after the collection, as written.
         short: String,
+        /// `https://host:port` when the URL is absolute; None for a path.
         base: Option<String>,
     },
     /// Anything else (`tel:`, `http://` of another server, `invalid:nomail`, ...). Kept as written.
@@ -255,6 +277,7 @@ impl CalAddress {
         CalAddress::Other(value.to_string())
     }
 
+    /// Which address form this is.
     pub fn kind(&self) -> AddressKind {
         match self {
             Self::Mailto(_) => AddressKind::Mailto,
@@ -374,10 +397,13 @@ pub enum AddressForm {
 /// The current directory record an address resolves to: what the rewriter needs to write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
+    /// The record's GUID.
     pub guid: Guid,
+    /// Which kind of record it is.
     pub kind: RecordType,
     /// First short name (the login).
     pub short_name: String,
+    /// Full name (display name); None when the record has none.
     pub full_name: Option<String>,
     /// E-mail addresses, first = primary, lower-cased.
     pub emails: Vec<String>,

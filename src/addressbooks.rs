@@ -90,8 +90,11 @@ pub struct AddressBookSummary {
     pub root: String,
     /// Homes by outcome (`current`, `moved`, `unmatched`, `ambiguous`).
     pub homes: BTreeMap<String, usize>,
+    /// Card files read.
     pub cards: u64,
+    /// Group cards (cards that name members).
     pub groups: u64,
+    /// Members named by all group cards.
     pub members: u64,
     /// Members naming cards of their own address book (never changed).
     pub card_members: u64,
@@ -102,7 +105,9 @@ pub struct AddressBookSummary {
     pub acknowledged_members: u64,
     /// Members naming neither a card of their address book nor a record.
     pub unresolved_members: u64,
+    /// Group cards the plan rewrites.
     pub cards_changed: u64,
+    /// Members the plan rewrites to new GUIDs.
     pub members_changed: u64,
 }
 
@@ -124,7 +129,9 @@ fn new_member_uid(cards: &HashSet<String>, mapping: &Mapping, uid: &str) -> Opti
 
 /// Statements that store a plan's changed resources (see `plan::insert_resource`).
 pub struct Inserts<'a, 'c> {
+    /// The prepared `INSERT INTO plan_resources` statement.
     pub resources: &'a mut rusqlite::Statement<'c>,
+    /// The prepared `INSERT INTO plan_changes` statement.
     pub changes: &'a mut rusqlite::Statement<'c>,
 }
 

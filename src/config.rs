@@ -9,25 +9,35 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Configuration file read when `--config` is not given, looked for in the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "principal-reconciler.toml";
+/// Environment variable holding the directory bind password when `[directory] password_file` is unset.
 pub const PASSWORD_ENV: &str = "PRINCIPAL_RECONCILER_BIND_PASSWORD";
 /// Where the PostgreSQL store's password comes from when `[store] password_file` is unset.
 pub const STORE_PASSWORD_ENV: &str = "PRINCIPAL_RECONCILER_STORE_PASSWORD";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// The whole `principal-reconciler.toml`: one field per `[section]`.
 pub struct Config {
+    /// `[directory]`: the current (rebuilt) directory the store is reconciled against.
     pub directory: DirectoryConfig,
     #[serde(default)]
+    /// `[old_directory]`: exports of the directory as it was before the rebuild.
     pub old_directory: OldDirectoryConfig,
+    /// `[store]`: the CalendarServer store to repair.
     pub store: StoreConfig,
     #[serde(default)]
+    /// `[rewrite]`: how calendar user addresses are rewritten.
     pub rewrite: RewriteConfig,
     #[serde(default)]
+    /// `[state]`: where plans, the journal and backups are kept.
     pub state: StateConfig,
     #[serde(default)]
+    /// `[report]`: where CSV reports are written.
     pub report: ReportConfig,
     #[serde(default)]
+    /// `[provision]`: enabling the new directory's principals for calendar service.
     pub provision: ProvisionConfig,
     /// The file this configuration was read from.
     #[serde(skip)]
@@ -40,30 +50,40 @@ pub struct Config {
 pub enum Preset {
     #[default]
     #[serde(rename = "opendirectory")]
+    /// Apple Open Directory (`opendirectory`, the default).
     OpenDirectory,
     #[serde(rename = "openldap")]
+    /// OpenLDAP (`openldap`).
     OpenLdap,
+    /// Microsoft Active Directory (`active-directory`).
     ActiveDirectory,
     #[serde(rename = "freeipa")]
+    /// FreeIPA (`freeipa`).
     FreeIpa,
     #[serde(rename = "389ds")]
+    /// 389 Directory Server (`389ds`).
     Ds389,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// `[directory]`: how to reach and read the current directory.
 pub struct DirectoryConfig {
     /// `ldap://` or `ldaps://` URL of the current directory.
     pub url: Option<String>,
     /// An LDIF snapshot of the current directory, used instead of `url`.
     pub ldif: Option<PathBuf>,
+    /// DN for a simple bind; anonymous bind when unset.
     pub bind_dn: Option<String>,
+    /// File holding the bind password (else the environment variable `PRINCIPAL_RECONCILER_BIND_PASSWORD`).
     pub password_file: Option<PathBuf>,
     /// Search base (e.g. `dc=od,dc=example,dc=com`).
     pub base: Option<String>,
     #[serde(default)]
+    /// Kind of server, which picks default attributes, filters and containers.
     pub preset: Preset,
     #[serde(default)]
+    /// Upgrade an `ldap://` connection with StartTLS before binding.
     pub starttls: bool,
     /// PEM file with the CA certificate(s) that signed the server's certificate.
     pub tls_ca_file: Option<PathBuf>,
@@ -71,6 +91,7 @@ pub struct DirectoryConfig {
     #[serde(default)]
     pub tls_insecure: bool,
     #[serde(default = "default_page_size")]
+    /// Entries asked for per page of a paged search (default 500).
     pub page_size: i32,
     /// Seconds for connecting and for each operation (at least 1).
     #[serde(default = "default_timeout")]
@@ -106,6 +127,7 @@ fn default_timeout() -> u64 {
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// `[old_directory]`: the directory as it was before the rebuild, from export files.
 pub struct OldDirectoryConfig {
     /// dsexport / Workgroup Manager exports or LDIF files of the directory as it was.
     #[serde(default)]
@@ -114,6 +136,7 @@ pub struct OldDirectoryConfig {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
+/// Which kind of store `[store] path` holds (`[store] kind`).
 pub enum StoreKind {
     /// CalendarServer 2.x file store (Mac OS X Server 10.5/10.6).
     #[default]
@@ -126,8 +149,10 @@ pub enum StoreKind {
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// `[store]`: where the store is and how to reach it.
 pub struct StoreConfig {
     #[serde(default)]
+    /// Kind of store (default `calendarserver-fs`).
     pub kind: StoreKind,
     /// The store's data root (`/Library/CalendarServer/Documents`) or the .ics folder (file stores).
     #[serde(default)]
@@ -155,8 +180,10 @@ pub struct StoreConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// `[rewrite]`: rules for rewriting calendar user addresses.
 pub struct RewriteConfig {
     #[serde(default)]
+    /// Form written for rewritten addresses (default `urn:uuid:` GUID form).
     pub address_form: AddressForm,
     /// Mail domains of the organisation: addresses outside them are never touched.
     #[serde(default)]
@@ -164,6 +191,7 @@ pub struct RewriteConfig {
     /// CSV of `old,new` rows that win over every rule (format: [`crate::mapping_file`]).
     pub mapping_file: Option<PathBuf>,
     #[serde(default)]
+    /// `[[rewrite.domain_alias]]` entries: mail domains renamed in the rebuild.
     pub domain_alias: Vec<DomainAlias>,
     /// Addresses or GUIDs of people who left: left as they are, not reported as problems.
     #[serde(default)]
@@ -184,13 +212,17 @@ impl Default for RewriteConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// One `[[rewrite.domain_alias]]`: a mail domain renamed from `from` to `to` (compared case-insensitively).
 pub struct DomainAlias {
+    /// The old mail domain, as found in stored addresses.
     pub from: String,
+    /// The new mail domain that replaces it.
     pub to: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// `[state]`: the state folder and how many plans to keep.
 pub struct StateConfig {
     /// Folder holding the state database, the journal and the backups of original files.
     #[serde(default = "default_state_path")]
@@ -220,8 +252,10 @@ fn default_state_path() -> PathBuf {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// `[report]`: where the CSV reports go.
 pub struct ReportConfig {
     #[serde(default = "default_report_dir")]
+    /// Folder the CSV reports are written to (default `reports`).
     pub dir: PathBuf,
     /// Start every CSV with a UTF-8 byte-order mark (spreadsheets then read accented names right).
     #[serde(default)]
@@ -243,6 +277,7 @@ fn default_report_dir() -> PathBuf {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+/// `[provision]`: enabling the new directory's principals for calendar and address book service.
 pub struct ProvisionConfig {
     /// Run provisioning as part of `migrate`.
     #[serde(default)]
@@ -254,10 +289,13 @@ pub struct ProvisionConfig {
     /// Where to write a dsimport file when the access group lives in the server's local node.
     pub output: Option<PathBuf>,
     #[serde(default = "yes")]
+    /// Enable calendar service for provisioned principals (default true).
     pub enable_calendar: bool,
     #[serde(default)]
+    /// Enable address book service for provisioned principals (default false).
     pub enable_addressbook: bool,
     #[serde(default = "yes")]
+    /// Set auto-schedule on provisioned locations and resources (rooms accept invitations themselves; default true).
     pub auto_schedule_rooms: bool,
 }
 

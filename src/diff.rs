@@ -21,9 +21,11 @@ pub enum Standing {
 /// One resource's planned change.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ResourceDiff {
+    /// The plan the change belongs to.
     pub plan_id: i64,
     /// Path relative to the store root.
     pub resource: String,
+    /// Whether the resource still holds the planned-from bytes, the planned ones, or others.
     pub standing: Standing,
     /// The unified diff (3 lines of context), `a/` the planned-from bytes, `b/` the planned ones.
     pub diff: String,

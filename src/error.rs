@@ -23,6 +23,7 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// The numeric process exit code.
     pub fn code(self) -> u8 {
         self as u8
     }
@@ -38,14 +39,19 @@ pub enum ErrorKind {
 }
 
 #[derive(Debug)]
+/// An error to report on stderr and exit with: its kind picks the exit code.
 pub struct Error {
+    /// Usage (exit 2) or runtime (exit 3).
     pub kind: ErrorKind,
+    /// The message shown to the user, with its context prefixes.
     pub message: String,
 }
 
+/// The crate's result type, with [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An error in what the user supplied (exit 2).
     pub fn usage(message: impl Into<String>) -> Error {
         Error {
             kind: ErrorKind::Usage,
@@ -53,6 +59,7 @@ impl Error {
         }
     }
 
+    /// A failure of the environment: network, server, file system (exit 3).
     pub fn runtime(message: impl Into<String>) -> Error {
         Error {
             kind: ErrorKind::Runtime,
@@ -71,6 +78,7 @@ impl Error {
         self
     }
 
+    /// The exit status this error ends the process with.
     pub fn exit_status(&self) -> ExitStatus {
         match self.kind {
             ErrorKind::Usage => ExitStatus::Usage,

@@ -8,12 +8,17 @@ use serde::Serialize;
 /// One plan.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanEntry {
+    /// Plan id (`apply --plan N`).
     pub id: i64,
+    /// When the plan was made (RFC 3339).
     pub created_at: String,
     /// building | complete | failed
     pub status: String,
+    /// The store's data root the plan was made for.
     pub store_path: String,
+    /// Resources the plan rewrites.
     pub resources_changed: i64,
+    /// Calendar homes the plan moves to a new GUID.
     pub homes_moved: i64,
     /// How far its runs in force carried it out (when it has any): applied and pending homes and
     /// resources — a staged migration (`apply --home`, `--limit`) shows what is still pending.
@@ -24,13 +29,17 @@ pub struct PlanEntry {
 /// One run of apply, rollback or provision.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunEntry {
+    /// Run id (`rollback --run N`).
     pub id: i64,
     /// apply | rollback | provision
     pub kind: String,
+    /// The plan it carries out; None for a run without one (e.g. provision).
     pub plan_id: Option<i64>,
     /// A rollback: the run it undoes.
     pub undoes_run: Option<i64>,
+    /// When the run started (RFC 3339).
     pub started_at: String,
+    /// When it finished; None while running or after a crash.
     pub finished_at: Option<String>,
     /// The process: running | interrupted | done.
     pub status: String,
@@ -38,14 +47,18 @@ pub struct RunEntry {
     pub state: Option<String>,
     /// Journal steps by state.
     pub steps_done: i64,
+    /// Journal steps skipped (nothing to do, or changed since planned).
     pub steps_skipped: i64,
+    /// Journal steps not yet taken.
     pub steps_pending: i64,
 }
 
 /// Everything the state database remembers.
 #[derive(Clone, Debug, Serialize)]
 pub struct History {
+    /// Every plan, oldest first.
     pub plans: Vec<PlanEntry>,
+    /// Every run, oldest first.
     pub runs: Vec<RunEntry>,
     /// The run a plain `rollback` undoes now, if any.
     pub rollback_would_undo: Option<i64>,

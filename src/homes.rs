@@ -23,26 +23,44 @@ use std::path::Path;
 pub enum HomeStep {
     /// Create a folder, owned and moded like `like` (a folder relative to the store).
     Mkdir {
+        /// The folder to create, relative to the store.
         rel: String,
+        /// Owner uid to give it.
         uid: u32,
+        /// Owner gid to give it.
         gid: u32,
+        /// Permission bits to give it (e.g. `0o755`).
         mode: u32,
     },
     /// Rename a home or collection folder.
-    Move { from: String, to: String },
+    Move {
+        /// The folder's path now, relative to the store.
+        from: String,
+        /// Its new path, relative to the store.
+        to: String,
+    },
     /// Replace one extended attribute's value (`old` = None when it did not exist).
     Xattr {
+        /// The file or folder carrying it, relative to the store.
         rel: String,
+        /// Full attribute name, prefix included (e.g. `user.…`).
         name: String,
+        /// The value before the step; None when the attribute did not exist.
         old: Option<Vec<u8>>,
+        /// The value the step writes.
         new: Vec<u8>,
     },
     /// Remove a folder left empty by a merge (its metadata kept for undo).
     Rmdir {
+        /// The folder to remove, relative to the store.
         rel: String,
+        /// Its owner uid, to recreate it on undo.
         uid: u32,
+        /// Its owner gid, to recreate it on undo.
         gid: u32,
+        /// Its permission bits, to recreate it on undo.
         mode: u32,
+        /// Its extended attributes (name, value), to restore on undo.
         xattrs: Vec<(String, Vec<u8>)>,
     },
 }
@@ -58,6 +76,7 @@ fn unb64(s: &str) -> Result<Vec<u8>> {
 }
 
 impl HomeStep {
+    /// The journal action word of this step (`mkdir`, `move`, `xattr`, `rmdir`).
     pub fn action(&self) -> &'static str {
         match self {
             HomeStep::Mkdir { .. } => "mkdir",

@@ -25,16 +25,24 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
+/// How one address resolved, as written in the `outcome` column of the reports.
 pub enum Outcome {
+    /// `unchanged`: already in the canonical form for its current record.
     Unchanged,
+    /// `mapped`: resolved to one current record and rewritten.
     Mapped,
+    /// `ambiguous`: several candidate records; never rewritten.
     Ambiguous,
+    /// `unmatched`: an internal address with no candidate record.
     Unmatched,
+    /// `external`: outside the internal domains or not a principal form; never touched.
     External,
+    /// `acknowledged`: a leaver named by the admin; never touched, not a problem.
     Acknowledged,
 }
 
 impl Outcome {
+    /// Every outcome, in report order.
     pub const ALL: [Outcome; 6] = [
         Self::Unchanged,
         Self::Mapped,
@@ -44,6 +52,7 @@ impl Outcome {
         Self::Acknowledged,
     ];
 
+    /// The stored word for this outcome (`unchanged`, `mapped`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unchanged => "unchanged",
@@ -58,22 +67,36 @@ impl Outcome {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
+/// Which mapping rule decided an address, as written in the `rule` column of the reports.
 pub enum Rule {
+    /// `override`: a row of `[rewrite] mapping_file` or a `[rewrite] leavers` entry.
     Override,
+    /// `same-guid`: the GUID still exists in the current directory.
     SameGuid,
+    /// `old-export-guid`: old GUID → old export record → its short names → current record.
     OldExportGuid,
+    /// `principal-name`: a principal URL's short name names a current record.
     PrincipalName,
+    /// `old-export-mail`: a `mailto:` found in the old export, then followed to a current record.
     OldExportMail,
+    /// `current-mail`: a `mailto:` found directly in the current directory.
     CurrentMail,
+    /// `domain-alias`: a `mailto:` found after applying `[[rewrite.domain_alias]]`.
     DomainAlias,
+    /// `store-evidence`: a GUID whose lines unanimously carry one EMAIL parameter.
     StoreEvidence,
+    /// `outside-domains`: a `mailto:` whose domain is not in `[rewrite] internal_domains`.
     OutsideDomains,
+    /// `not-a-principal`: a value in no address form of this server.
     NotAPrincipal,
+    /// `no-candidate`: no rule found any record (with `unmatched`).
     NoCandidate,
+    /// `leaver`: the address belongs to a `[rewrite] leavers` entry.
     Leaver,
 }
 
 impl Rule {
+    /// The stored word for this rule (kebab-case, e.g. `same-guid`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Override => "override",
@@ -106,15 +129,21 @@ pub struct Observed {
 pub struct Resolution {
     /// Normalised key of the address ([`CalAddress::key`]).
     pub old_value: String,
+    /// Address form of the old value (`mailto`, `urn:uuid`, `principal-name`, ...; [`crate::address::AddressKind::as_str`]).
     pub form: &'static str,
+    /// How the address resolved.
     pub outcome: Outcome,
+    /// Which rule decided it.
     pub rule: Rule,
+    /// Human-readable evidence for the decision (e.g. which record or domain).
     pub evidence: String,
+    /// The current principal it maps to (mapped and unchanged only; else None).
     pub target: Option<Principal>,
     /// The canonical value written for it (mapped and unchanged only).
     pub new_value: Option<String>,
     /// Ambiguous: the candidates, as `GUID (short name)`.
     pub candidates: Vec<String>,
+    /// Resources in the store that mention the address.
     pub resources: usize,
 }
 
@@ -203,6 +232,7 @@ fn push_unique(v: &mut Vec<usize>, i: usize) {
 }
 
 impl<'a> Mapper<'a> {
+    /// Builds a mapper from the configuration's rewrite rules and overrides and the current and old directories.
     pub fn new(cfg: &Config, current: &'a Directory, old: &'a Directory) -> Result<Mapper<'a>> {
         require_internal_domains(cfg, current, old)?;
         let mut m = Mapper {
@@ -626,6 +656,7 @@ impl Mapping {
             .collect()
     }
 
+    /// Number of resolved addresses per outcome word, every outcome present (zero included).
     pub fn counts_by_outcome(&self) -> BTreeMap<&'static str, usize> {
         let mut m: BTreeMap<&'static str, usize> =
             Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect();
@@ -635,6 +666,7 @@ impl Mapping {
         m
     }
 
+    /// Number of resolved addresses per rule word (only rules that were used).
     pub fn counts_by_rule(&self) -> BTreeMap<&'static str, usize> {
         let mut m = BTreeMap::new();
         for r in self.entries.values() {

@@ -38,6 +38,7 @@ pub struct Row {
     pub old: String,
     /// The normalised key of `old` ([`CalAddress::key`]).
     pub key: String,
+    /// What the row maps it to: a current record, or `-` for a leaver.
     pub target: Target,
     /// `FILE:LINE`, for messages and the reports' evidence.
     pub at: String,
@@ -46,6 +47,7 @@ pub struct Row {
 /// The rows of a mapping file, and what was wrong with it short of an error.
 #[derive(Clone, Debug, Default)]
 pub struct MappingFile {
+    /// Rows in file order, one per old value (repeats skipped; conflicting rows are an error).
     pub rows: Vec<Row>,
     /// Rows skipped (no target, repeated), each naming its line.
     pub warnings: Vec<String>,

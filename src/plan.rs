@@ -18,38 +18,61 @@ use std::sync::RwLock;
 /// A problem found while planning (unreadable or malformed resource, symlink, ...).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
+    /// Store-relative path of the resource.
     pub path: String,
+    /// Kind of problem (`malformed`, `unreadable`, `symlink`, ...).
     pub kind: String,
+    /// What went wrong, in words (e.g. the parse error).
     pub detail: String,
 }
 
 /// What a home's owner resolved to.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct HomeFinding {
+    /// The calendar home.
     pub home: Home,
+    /// `current` (owner GUID unchanged), `moved` (maps to another GUID), `ambiguous` or `unmatched`.
     pub outcome: &'static str,
+    /// The current owner's GUID; None when ambiguous or unmatched.
     pub new_guid: Option<String>,
 }
 
 /// The result of planning, as summarised for humans and scripts.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PlanSummary {
+    /// Row id of the plan in the state database.
     pub plan_id: i64,
+    /// When the plan was made (RFC 3339).
     pub created_at: String,
+    /// `[store] kind` word (e.g. `calendarserver-fs`).
     pub store_kind: String,
+    /// The store's data root as planned.
     pub store_path: String,
+    /// Where the current directory came from (LDAP URL or LDIF file).
     pub directory_origin: String,
+    /// Current directory records per record type word (`user`, `group`, ...).
     pub directory_counts: BTreeMap<String, usize>,
+    /// Records read from the old directory exports.
     pub old_records: usize,
+    /// Warnings from loading the directories and from the mapper (unused overrides included).
     pub warnings: Vec<String>,
+    /// Resources read from the store.
     pub resources_scanned: u64,
+    /// Resources the plan rewrites.
     pub resources_changed: u64,
+    /// Properties (ORGANIZER, ATTENDEE, ...) the plan rewrites.
     pub properties_changed: u64,
+    /// Resolved addresses per outcome word.
     pub by_outcome: BTreeMap<String, usize>,
+    /// Resolved addresses per rule word.
     pub by_rule: BTreeMap<String, usize>,
+    /// Keys of the addresses that resolved `ambiguous`.
     pub ambiguous: Vec<String>,
+    /// Keys of the addresses that resolved `unmatched`.
     pub unmatched: Vec<String>,
+    /// Calendar homes per home outcome (`current`, `moved`, `ambiguous`, `unmatched`).
     pub homes: BTreeMap<String, usize>,
+    /// Resources that could not be planned (malformed, unreadable, ...).
     pub problems: Vec<Finding>,
     /// Delegate and auto-accept databases and what the plan changes in them.
     #[serde(default)]
@@ -65,11 +88,17 @@ pub struct PlanSummary {
 /// What a plan changes in one principal database.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct DatabaseSummary {
+    /// Path of the SQLite database (`calendaruserproxy.sqlite` or `resourceinfo.sqlite`).
     pub path: String,
+    /// Which database it is: `proxy` or `resourceinfo`.
     pub kind: String,
+    /// Rows read from it.
     pub rows: usize,
+    /// Rows the plan rewrites.
     pub changes: usize,
+    /// GUID values that match no current record (their rows are kept as they are).
     pub unmatched: usize,
+    /// Rows the rewrite would duplicate, which the plan deletes.
     pub dropped: usize,
 }
 

@@ -18,8 +18,11 @@ use std::path::Path;
 /// What one plan held that pruning drops.
 #[derive(Debug, Serialize)]
 pub struct PlanFreed {
+    /// The plan's id.
     pub plan_id: i64,
+    /// Resources the plan rewrites (rows of `plan_resources`).
     pub resources: i64,
+    /// Line changes the plan holds (rows of `plan_change_rows`).
     pub changes: i64,
     /// Bytes of planned data (new bytes, changed lines), before SQLite's own overhead.
     pub bytes: i64,
@@ -28,24 +31,32 @@ pub struct PlanFreed {
 /// What one run's journal held that pruning drops.
 #[derive(Debug, Serialize)]
 pub struct RunFreed {
+    /// The run's id.
     pub run_id: i64,
+    /// Its lifecycle state word (`applied`, `rolled-back`, ...).
     pub state: String,
     /// Journal steps, its rollbacks' steps included.
     pub steps: i64,
 }
 
 #[derive(Debug, Default, Serialize)]
+/// What `prune` dropped (or, with `--dry-run`, would drop) and how much it freed.
 pub struct PruneReport {
+    /// `--dry-run`: nothing was dropped; the figures say what would be.
     pub dry_run: bool,
+    /// Plans dropped.
     pub plans: Vec<PlanFreed>,
+    /// Runs whose journal and backups were dropped.
     pub runs: Vec<RunFreed>,
     /// Backup files dropped (or that would be), and their bytes.
     pub backups: usize,
+    /// Bytes of the backup files dropped.
     pub backup_bytes: u64,
     /// Backups of the dropped runs kept because another run's journal refers to them.
     pub backups_shared: usize,
     /// The state database's size (with its write-ahead log) before and after.
     pub database_bytes_before: u64,
+    /// The state database's size in bytes after pruning and compacting.
     pub database_bytes_after: u64,
 }
 

@@ -77,17 +77,29 @@ pub fn write_csv(
 /// One row of mapping.csv.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MappingRow {
+    /// Normalised key of the old address ([`crate::address::CalAddress::key`]).
     pub old_value: String,
+    /// Its address form word (`mailto`, `urn:uuid`, ...).
     pub form: String,
+    /// Outcome word (`mapped`, `ambiguous`, ...).
     pub outcome: String,
+    /// Rule word that decided it (`same-guid`, `override`, ...).
     pub rule: String,
+    /// Evidence for the decision, in words.
     pub evidence: String,
+    /// GUID of the current record it maps to; empty when none.
     pub new_guid: String,
+    /// That record's first short name; empty when none.
     pub new_short_name: String,
+    /// That record's full name; empty when none.
     pub new_full_name: String,
+    /// That record's type word (`user`, `location`, ...); empty when none.
     pub record_type: String,
+    /// The value written in its place; empty when not rewritten.
     pub new_value: String,
+    /// Resources that mention it.
     pub resources: i64,
+    /// Ambiguous: the candidate records, `GUID (short name)` joined by `; `; else empty.
     pub candidates: String,
 }
 
@@ -125,6 +137,7 @@ impl MappingRow {
     }
 }
 
+/// Reads a plan's mapping.csv rows from the state database, ordered by outcome then old value.
 pub fn mapping_rows(state: &State, plan_id: i64) -> Result<Vec<MappingRow>> {
     let mut st = state.conn.prepare(&format!(
         "SELECT old_value, form, outcome, rule, evidence, COALESCE(new_guid,''), COALESCE(new_short,''), COALESCE(new_full_name,''),

@@ -21,11 +21,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/0010_compact_plans.sql")),
 ];
 
+/// File name of the state database inside the state folder.
 pub const DB_FILE: &str = "state.sqlite";
 
 /// An open state database in the state folder.
 pub struct State {
+    /// The open SQLite connection to `state.sqlite`.
     pub conn: Connection,
+    /// The state folder (`[state] path`).
     pub dir: PathBuf,
 }
 
@@ -148,6 +151,7 @@ macro_rules! stored_words {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
         pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $var),+ }
         impl $name {
+            /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$var),+];
             /// The string stored in the database.
             pub fn as_str(self) -> &'static str {
@@ -183,13 +187,27 @@ macro_rules! stored_words {
 
 stored_words! {
     /// What a run does (`runs.kind`).
-    RunKind { Apply = "apply", Rollback = "rollback", Provision = "provision" }
+    RunKind {
+        /// `apply`: carries a plan out on the store.
+        Apply = "apply",
+        /// `rollback`: undoes an earlier run.
+        Rollback = "rollback",
+        /// `provision --apply`: changes to the access group and augments.xml.
+        Provision = "provision",
+    }
 }
 
 stored_words! {
     /// Whether a run's process finished (`runs.status`). A crash (kill -9) leaves `running`; the
     /// lock tells a crashed run from a live one.
-    RunStatus { Running = "running", Interrupted = "interrupted", Done = "done" }
+    RunStatus {
+        /// `running`: started and not finished (live, or crashed).
+        Running = "running",
+        /// `interrupted`: stopped early by a signal; resumable.
+        Interrupted = "interrupted",
+        /// `done`: the process finished.
+        Done = "done",
+    }
 }
 
 stored_words! {
@@ -197,10 +215,15 @@ stored_words! {
     /// rolling back → rolled back. `planned` is never stored on a run: it is the state of a plan
     /// that no run has started on (or whose runs are all rolled back).
     RunState {
+        /// `planned`: no run has started on the plan (or all were rolled back).
         Planned = "planned",
+        /// `applying`: an apply started and has not finished.
         Applying = "applying",
+        /// `applied`: the apply run finished.
         Applied = "applied",
+        /// `rolling-back`: a rollback started and has not finished.
         RollingBack = "rolling-back",
+        /// `rolled-back`: the run's changes were undone.
         RolledBack = "rolled-back",
     }
 }
@@ -208,9 +231,13 @@ stored_words! {
 /// What happens to a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunEvent {
+    /// An apply starts (or resumes).
     StartApply,
+    /// An apply finishes.
     FinishApply,
+    /// A rollback starts (or resumes).
     StartRollback,
+    /// A rollback finishes.
     FinishRollback,
 }
 
@@ -233,20 +260,36 @@ impl RunState {
 
 stored_words! {
     /// A journal step's state (`journal.state`).
-    StepState { Pending = "pending", Done = "done", Skipped = "skipped" }
+    StepState {
+        /// `pending`: recorded, not yet taken.
+        Pending = "pending",
+        /// `done`: taken.
+        Done = "done",
+        /// `skipped`: not taken, with the reason in `journal.detail`.
+        Skipped = "skipped",
+    }
 }
 
 stored_words! {
     /// What a journal step does (`journal.action`).
     Action {
+        /// `rewrite`: replaces one store resource with its rewritten bytes (original backed up).
         Rewrite = "rewrite",
+        /// `restore`: puts a backed-up original back.
         Restore = "restore",
+        /// `mkdir`: a home adoption step creating a folder ([`crate::homes::HomeStep::Mkdir`]).
         Mkdir = "mkdir",
+        /// `move`: a home adoption step renaming a folder.
         Move = "move",
+        /// `xattr`: a home adoption step replacing one extended attribute.
         Xattr = "xattr",
+        /// `rmdir`: a home adoption step removing a folder left empty.
         Rmdir = "rmdir",
+        /// `undo`: a rollback step undoing the step named by `journal.undoes_seq`.
         Undo = "undo",
+        /// `database`: replaces a delegate or auto-accept SQLite database whole.
         Database = "database",
+        /// `file`: replaces one whole file outside the store (augments.xml).
         File = "file",
     }
 }
@@ -260,7 +303,16 @@ impl Action {
 
 stored_words! {
     /// Whether a plan finished (`plans.status`): only a complete plan may be applied.
-    PlanStatus { Building = "building", Complete = "complete", Failed = "failed", Pruned = "pruned" }
+    PlanStatus {
+        /// `building`: `plan` is still writing it (or crashed doing so).
+        Building = "building",
+        /// `complete`: fully written; may be applied.
+        Complete = "complete",
+        /// `failed`: `plan` stopped with an error.
+        Failed = "failed",
+        /// `pruned`: its planned changes were dropped (`[state] keep_plans`, `state prune`); the plan row stays.
+        Pruned = "pruned",
+    }
 }
 
 impl State {
@@ -280,6 +332,7 @@ impl State {
             })
     }
 
+    /// Records a plan's status, with `detail` saying why (e.g. the error of a failed plan).
     pub fn set_plan_status(&self, plan_id: i64, status: PlanStatus, detail: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE plans SET status = ?1, status_detail = ?2 WHERE id = ?3",

@@ -23,6 +23,7 @@ use crate::ical::{Change, Rewritten};
 pub struct VcardError {
     /// 1-based physical line (0 when it is about the whole file).
     pub line: usize,
+    /// Why it is not a vCard, in words.
     pub reason: String,
 }
 
@@ -81,10 +82,12 @@ pub struct CardInfo {
     pub uid: Option<String>,
     /// `X-ADDRESSBOOKSERVER-KIND` (or vCard 4.0 `KIND`), lower-cased.
     pub kind: Option<String>,
+    /// Members the card names (`X-ADDRESSBOOKSERVER-MEMBER` / `MEMBER`), in order.
     pub members: Vec<Member>,
 }
 
 impl CardInfo {
+    /// True for a group card: its kind is `group`, or it names members.
     pub fn is_group(&self) -> bool {
         self.kind.as_deref() == Some("group") || !self.members.is_empty()
     }
@@ -95,9 +98,11 @@ impl CardInfo {
 pub struct CardLine<'a> {
     /// The group prefix with its dot (`item1.`), or empty.
     pub group: &'a [u8],
+    /// The property name as written (e.g. `FN`, `X-ADDRESSBOOKSERVER-MEMBER`).
     pub name: &'a [u8],
     /// The parameters as written, each with its leading `;`.
     pub params: &'a [u8],
+    /// The value as written (escapes kept).
     pub value: &'a [u8],
 }
 

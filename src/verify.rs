@@ -36,17 +36,26 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 const LISTED: usize = 8;
 
 #[derive(Clone, Debug, serde::Serialize)]
+/// One problem `verify` found (one row of verify.csv).
 pub struct Problem {
+    /// Problem kind (e.g. `not-canonical`, `home-not-adopted`, `malformed`), as counted in `by_kind`.
     pub kind: String,
+    /// Store-relative path of the resource or home it is about.
     pub path: String,
+    /// What is wrong, in words.
     pub detail: String,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
+/// What `verify` found: problems that keep the exit code at 1, and notes.
 pub struct VerifyReport {
+    /// Resources read.
     pub resources: u64,
+    /// Calendar homes found.
     pub homes: u64,
+    /// Problems per kind.
     pub by_kind: BTreeMap<String, u64>,
+    /// Every problem, in the order found.
     pub problems: Vec<Problem>,
     /// Things worth knowing that are not problems (e.g. resources without an MD5 attribute).
     pub notes: BTreeMap<String, u64>,

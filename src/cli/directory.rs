@@ -8,6 +8,7 @@ use clap::Subcommand;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
+/// The `directory` subcommands.
 pub enum DirectoryCommand {
     /// Read the current directory (and the old exports) and show counts per record type
     Pull,

@@ -9,6 +9,7 @@ use clap::Args;
 use std::fmt::Write as _;
 
 #[derive(Args, Debug, Clone, Default)]
+/// Options of `doctor`.
 pub struct DoctorArgs {
     /// Repair ownership, MD5 attributes and leftovers of interrupted writes
     #[arg(long)]

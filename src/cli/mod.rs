@@ -54,6 +54,7 @@ rewrites ORGANIZER/ATTENDEE (and every other place a principal id lives) lossles
 users that have no calendar principal yet. Every write is journaled and reversible.",
     after_help = AFTER_HELP
 )]
+/// The command line: global options and one subcommand.
 pub struct Cli {
     /// Configuration file
     #[arg(long, short = 'c', global = true, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
@@ -71,10 +72,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_progress: bool,
     #[command(subcommand)]
+    /// The subcommand to run.
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
+/// The subcommands, one per variant.
 pub enum Command {
     /// List every calendar user address in the store, counted by form
     Scan,
@@ -119,6 +122,7 @@ pub enum Command {
 }
 
 #[derive(Args, Debug, Clone, Default)]
+/// Options of `apply`.
 pub struct ApplyArgs {
     /// The plan to apply (default: the latest)
     #[arg(long, value_name = "ID")]
@@ -147,6 +151,7 @@ pub struct ApplyArgs {
 }
 
 #[derive(Args, Debug, Clone, Default)]
+/// Options of `rollback`.
 pub struct RollbackArgs {
     /// The run to undo (default: the latest)
     #[arg(long, value_name = "ID")]
@@ -157,6 +162,7 @@ pub struct RollbackArgs {
 }
 
 #[derive(Args, Debug, Clone, Default)]
+/// Options of `diff`.
 pub struct DiffArgs {
     /// The resource: a path in the store (whole, or relative to the store as in changes.csv)
     #[arg(value_name = "RESOURCE")]
@@ -167,6 +173,7 @@ pub struct DiffArgs {
 }
 
 #[derive(Args, Debug, Clone, Default)]
+/// Options of `migrate`.
 pub struct MigrateArgs {
     /// Stop after plan: change nothing
     #[arg(long)]
@@ -185,7 +192,9 @@ pub struct MigrateArgs {
 
 /// What every command sees: the configuration and the output settings.
 pub struct Context {
+    /// The configuration read from `--config`.
     pub config: Config,
+    /// `--json`: print one JSON document on stdout instead of the human summary.
     pub json: bool,
     /// Show progress bars (a terminal on stderr, no --no-progress, no --quiet).
     pub progress: bool,
@@ -193,12 +202,16 @@ pub struct Context {
 
 /// The result of a command: its exit status, a short human summary and the JSON document.
 pub struct Outcome {
+    /// The process exit status (0 ok, 1 problems, ...).
     pub status: ExitStatus,
+    /// The summary printed on stdout without `--json`.
     pub human: String,
+    /// The document printed on stdout with `--json`.
     pub json: serde_json::Value,
 }
 
 impl Outcome {
+    /// A successful outcome (exit 0) with this summary and document.
     pub fn ok(human: impl Into<String>, json: serde_json::Value) -> Outcome {
         Outcome {
             status: ExitStatus::Ok,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 #[derive(Args, Debug, Clone, Default)]
+/// Options of `provision`.
 pub struct ProvisionArgs {
     /// Make the changes (without it, only report)
     #[arg(long)]

@@ -6,6 +6,7 @@ use crate::state::State;
 use clap::Args;
 
 #[derive(Args, Debug, Clone, Default)]
+/// Options of `report`.
 pub struct ReportArgs {
     /// Report on this plan (default: the latest)
     #[arg(long, value_name = "ID")]

@@ -6,6 +6,7 @@ use crate::prune::{PruneOptions, PruneReport, RunsToDrop};
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand, Debug)]
+/// The `state` subcommands.
 pub enum StateCommand {
     /// Drop old plans (all but the newest `[state] keep_plans`, never one a run still needs) and,
     /// when asked, the journal and backups of finished runs; prints what it frees, then compacts
@@ -13,6 +14,7 @@ pub enum StateCommand {
     Prune(PruneArgs),
 }
 
+/// Options of `state prune`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PruneArgs {
     /// Only say what would be dropped and how much it frees; change nothing

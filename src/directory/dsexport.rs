@@ -18,12 +18,17 @@ use std::io::BufRead;
 /// The parsed header of an export.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// End-of-record byte (usually `0x0A`, newline).
     pub end_of_record: u8,
+    /// Escape byte (usually `0x5C`, backslash).
     pub escape: u8,
+    /// Field separator byte (usually `0x3A`, colon).
     pub field_sep: u8,
+    /// Value separator byte within a field (usually `0x2C`, comma).
     pub value_sep: u8,
     /// `None` for record types that carry no calendar principals (computers, mounts, ...).
     pub kind: Option<RecordType>,
+    /// The record type as written in the header (the fifth token).
     pub record_type: String,
     /// Attribute names without their `dsAttrTypeStandard:` / `dsAttrTypeNative:` prefix.
     pub attributes: Vec<String>,
@@ -34,7 +39,9 @@ pub struct Header {
 /// What a first line says the file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// A dsexport / Workgroup Manager character-delimited file.
     DsExport,
+    /// An LDIF file.
     Ldif,
 }
 
@@ -222,7 +229,9 @@ pub fn split_record(rec: &[u8], h: &Header) -> Vec<Vec<Vec<u8>>> {
 /// Records and warnings read from one export.
 #[derive(Debug, Default)]
 pub struct Parsed {
+    /// The records read, in file order.
     pub records: Vec<DirectoryRecord>,
+    /// Warnings met while reading (Latin-1 lines, padded rows, ...).
     pub warnings: Vec<String>,
 }
 

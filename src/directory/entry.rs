@@ -9,11 +9,14 @@ use crate::address::{Guid, RecordType};
 /// One entry: its DN and its attributes (names as written, values as raw bytes, in order).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RawEntry {
+    /// The entry's DN, as written.
     pub dn: String,
+    /// Attributes in order: name as written, then its raw values.
     pub attrs: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 impl RawEntry {
+    /// An entry with this DN and no attributes yet.
     pub fn new(dn: impl Into<String>) -> RawEntry {
         RawEntry {
             dn: dn.into(),
@@ -103,14 +106,23 @@ pub fn under_container(dn: &str, container: &str, base: Option<&str>) -> bool {
 // LDAP filter evaluation (RFC 4515 string form) for LDIF entries.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed RFC 4515 LDAP filter, evaluated against LDIF entries.
 pub enum Filter {
+    /// `(&...)`: every sub-filter matches.
     And(Vec<Filter>),
+    /// `(|...)`: some sub-filter matches.
     Or(Vec<Filter>),
+    /// `(!...)`: the sub-filter does not match.
     Not(Box<Filter>),
+    /// `(attr=*)`: the attribute is present.
     Present(String),
+    /// `(attr=value)`: some value equals it (case-insensitive).
     Equal(String, Vec<u8>),
+    /// `(attr=a*b*c)`: substring match; the pieces between `*`s, first and last possibly empty.
     Substr(String, Vec<Vec<u8>>),
+    /// `(attr>=value)`: some value sorts at or after it.
     Ge(String, Vec<u8>),
+    /// `(attr<=value)`: some value sorts at or before it.
     Le(String, Vec<u8>),
 }
 

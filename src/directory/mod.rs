@@ -24,10 +24,13 @@ use std::path::{Path, PathBuf};
 /// One user, group, place or resource, wherever it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DirectoryRecord {
+    /// Which kind of record it is.
     pub kind: RecordType,
+    /// Its GUID (the principal's identity for the calendar server).
     pub guid: Guid,
     /// Short names; the first is the login.
     pub short_names: Vec<String>,
+    /// Full name (display name); None when the record has none.
     pub full_name: Option<String>,
     /// E-mail addresses, lower-cased, first = primary.
     pub emails: Vec<String>,
@@ -57,6 +60,7 @@ impl DirectoryRecord {
 /// All records from one source.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Directory {
+    /// Every record read, in source order.
     pub records: Vec<DirectoryRecord>,
     /// Where the records came from (server URL, LDIF path, export files).
     pub origin: String,

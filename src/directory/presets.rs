@@ -24,17 +24,25 @@ pub enum GuidForm {
 /// values of all of them are gathered in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TypeMapping {
+    /// The record type these attributes read.
     pub kind: RecordType,
     /// Relative to the base (`cn=users`); empty = the base itself.
     pub container: String,
     /// LDAP filter selecting this type's entries; `None` = this type is not read.
     pub filter: Option<String>,
+    /// GUID attribute candidates (Open Directory: `apple-generateduid`).
     pub guid: Vec<String>,
+    /// Short name attribute candidates (e.g. `uid`), first value = the login.
     pub short_name: Vec<String>,
+    /// Full name attribute candidates (e.g. `cn`).
     pub full_name: Vec<String>,
+    /// E-mail attribute candidates (e.g. `mail`).
     pub email: Vec<String>,
+    /// Member GUID attribute candidates (`apple-group-memberguid`).
     pub member_guid: Vec<String>,
+    /// Member short name attribute candidates (`memberUid`).
     pub member_uid: Vec<String>,
+    /// Nested group GUID attribute candidates (`apple-group-nestedgroup`).
     pub nested_guid: Vec<String>,
     /// Member DNs (`member`, `uniqueMember`), resolved to GUIDs after the pull.
     pub member_dn: Vec<String>,
@@ -67,8 +75,11 @@ impl TypeMapping {
 /// The whole mapping: one [`TypeMapping`] per record type, in the order they are read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
+    /// The `[directory] preset` the defaults came from.
     pub preset: Preset,
+    /// How GUID attribute values are read.
     pub guid_form: GuidForm,
+    /// One attribute mapping per record type, in read order.
     pub types: Vec<TypeMapping>,
 }
 
@@ -119,6 +130,7 @@ impl Mapping {
         }
     }
 
+    /// The mapping for `kind`.
     pub fn get(&self, kind: RecordType) -> &TypeMapping {
         self.types
             .iter()

@@ -20,7 +20,12 @@ pub enum HomeRef {
     /// `/calendars/__uids__/<uid>/` (upper-cased when the uid is a GUID, as the server spells it).
     Uid(String),
     /// `/calendars/<users|groups|locations|resources>/<short>/` (1.x URLs).
-    Name { kind: RecordType, short: String },
+    Name {
+        /// The principal collection the URL names.
+        kind: RecordType,
+        /// The short name after it, as written.
+        short: String,
+    },
 }
 
 impl HomeRef {
@@ -67,6 +72,7 @@ impl std::fmt::Display for HomeRef {
 /// Where a link names a home.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
+    /// The home the link names.
     pub home: HomeRef,
     /// The bytes of `/calendars/<collection>/<id>/` in the value.
     pub range: Range<usize>,

@@ -10,13 +10,16 @@ use std::fmt;
 /// The line break that ends a physical line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Eol {
+    /// `\r\n`, as RFC 5545 requires.
     CrLf,
+    /// A bare `\n`.
     Lf,
     /// The last line of a file without a final line break.
     None,
 }
 
 impl Eol {
+    /// The terminator's bytes (empty for `None`).
     pub fn as_bytes(self) -> &'static [u8] {
         match self {
             Eol::CrLf => b"\r\n",
@@ -49,7 +52,9 @@ pub struct LineInfo {
 /// A logical line: its place and its unfolded text (without the terminator).
 #[derive(Debug)]
 pub struct Logical<'s> {
+    /// Where the logical line is in the file and how it ended.
     pub info: LineInfo,
+    /// The unfolded text, without the terminator.
     pub content: &'s [u8],
 }
 
@@ -96,6 +101,7 @@ fn physical(bytes: &[u8], from: usize, line_no: usize) -> Result<(usize, Eol, us
 }
 
 impl<'a> LineReader<'a> {
+    /// A reader over a whole resource's bytes, from its first line.
     pub fn new(bytes: &'a [u8]) -> Self {
         LineReader {
             bytes,
@@ -451,6 +457,7 @@ pub fn split_quoted(line: &[u8], quoting: Quoting) -> Result<ContentLine<'_>, Sp
 pub struct Param<'a> {
     /// The whole parameter including its leading `;`.
     pub raw: &'a [u8],
+    /// The parameter name as written (compare with [`Param::is`]).
     pub name: &'a [u8],
     /// Everything after `=`: one or more values, each possibly quoted.
     pub value: &'a [u8],
@@ -470,6 +477,7 @@ impl Param<'_> {
         param_values_quoted(self.value, self.quoting)
     }
 
+    /// True when the parameter is called `name` (ASCII case-insensitive).
     pub fn is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name.as_bytes())
     }
@@ -490,6 +498,7 @@ pub fn params_quoted(raw: &[u8], quoting: Quoting) -> Params<'_> {
     }
 }
 
+/// Iterator over a content line's parameters (from [`params`] / [`params_quoted`]).
 pub struct Params<'a> {
     raw: &'a [u8],
     pos: usize,

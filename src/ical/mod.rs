@@ -26,6 +26,7 @@ use std::collections::HashMap;
 pub struct IcalError {
     /// 1-based physical line (0 when it is about the whole file).
     pub line: usize,
+    /// Why it is not a calendar object, in words.
     pub reason: String,
 }
 
@@ -89,6 +90,7 @@ pub struct CalendarInfo {
     pub uid: Option<String>,
     /// Value of the first ORGANIZER.
     pub organizer: Option<String>,
+    /// Every calendar user address on a principal-naming property (ORGANIZER, ATTENDEE, ...), in file order.
     pub addresses: Vec<FoundAddress>,
     /// `CALENDARSERVER-OLD-CUA` parameters of ORGANIZER/ATTENDEE/VOTER lines, decoded (`base64-`
     /// undone): the address a client sent, which CalendarServer 4 restores on output. `property`
@@ -100,6 +102,7 @@ pub struct CalendarInfo {
 
 /// Finds the principal an address resolves to, and where a calendar home went.
 pub trait Resolve {
+    /// The current principal `addr` maps to; None leaves the address as written.
     fn resolve(&self, addr: &CalAddress) -> Option<&Principal>;
 
     /// The GUID whose home now holds what the home `home` held, when that home moves (its
@@ -117,7 +120,9 @@ impl Resolve for HashMap<String, Principal> {
 }
 
 #[derive(Clone, Copy, Debug)]
+/// How [`rewrite`] writes new addresses.
 pub struct RewriteOptions {
+    /// The address form written for a mapped principal (`[rewrite] address_form`).
     pub form: AddressForm,
 }
 
@@ -126,19 +131,24 @@ pub struct RewriteOptions {
 pub struct Change {
     /// 1-based physical line where the old content line started.
     pub line: usize,
+    /// The property name (`ORGANIZER`, `ATTENDEE`, ...).
     pub property: String,
     /// Old and new address value (for ORGANIZER/ATTENDEE/...), as written.
     pub old_value: String,
+    /// The new address value written.
     pub new_value: String,
     /// The whole old and new logical (unfolded) lines, lossily decoded for reports.
     pub old_line: String,
+    /// The new logical line, lossily decoded for reports.
     pub new_line: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// The result of rewriting one calendar object.
 pub struct Rewritten {
     /// The new bytes (equal to the input when `changes` is empty).
     pub bytes: Vec<u8>,
+    /// One entry per property changed, in file order.
     pub changes: Vec<Change>,
 }
 

@@ -64,24 +64,34 @@ pub fn expand(
 /// What to change in the access group.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AccessPlan {
+    /// GUID of the access group (always set on a plan made by `provision`).
     pub group_guid: Option<Guid>,
+    /// First short name of the access group (`[provision] access_group` may name it by GUID).
     pub group_name: String,
     /// The group's DN (or the export line it came from).
     pub group_source: String,
     /// Whether the group lists short names too (memberUid / GroupMembership).
     pub uses_member_uid: bool,
+    /// Principal GUIDs to add as members (`apple-group-memberguid` / GroupMembers).
     pub add_members: Vec<Guid>,
+    /// Old GUIDs to remove from the members.
     pub remove_members: Vec<Guid>,
+    /// Group GUIDs to add as nested groups (`apple-group-nestedgroup` / NestedGroups).
     pub add_nested: Vec<Guid>,
+    /// Old group GUIDs to remove from the nested groups.
     pub remove_nested: Vec<Guid>,
+    /// Short names to add to memberUid / GroupMembership.
     pub add_names: Vec<String>,
     /// The member lists after the change (for a dsimport file).
     pub final_members: Vec<Guid>,
+    /// The nested-group list after the change.
     pub final_nested: Vec<Guid>,
+    /// The short-name list after the change.
     pub final_names: Vec<String>,
 }
 
 impl AccessPlan {
+    /// True when the plan changes nothing in the group.
     pub fn is_empty(&self) -> bool {
         self.add_members.is_empty()
             && self.remove_members.is_empty()
@@ -120,10 +130,15 @@ impl AccessPlan {
 /// What an LDAP apply did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LdapApplied {
+    /// LDAP URL of the server written to.
     pub server: String,
+    /// DN of the access group modified.
     pub dn: String,
+    /// Modify requests sent.
     pub requests: usize,
+    /// Attribute values added.
     pub values_added: usize,
+    /// Attribute values removed.
     pub values_removed: usize,
     /// Values someone else had already added (or removed) in the meantime.
     pub already_there: usize,

@@ -20,8 +20,11 @@ use std::path::Path;
 /// (entities decoded, trimmed).
 #[derive(Clone, Debug)]
 pub struct Field {
+    /// Element name (e.g. `uid`, `enable-calendar`).
     pub name: String,
+    /// Byte range of the text content in the file, for rewriting it in place.
     pub text_span: Range<usize>,
+    /// The text content, entities decoded and trimmed.
     pub text: String,
 }
 
@@ -32,14 +35,17 @@ pub struct AugmentRecord {
     pub span: Range<usize>,
     /// 1-based line of `<record`.
     pub line: usize,
+    /// Child elements, in file order.
     pub fields: Vec<Field>,
 }
 
 impl AugmentRecord {
+    /// The first child element called `name`, if any.
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }
 
+    /// The record's `<uid>` text, if it has one.
     pub fn uid(&self) -> Option<&str> {
         self.field("uid").map(|f| f.text.as_str())
     }
@@ -52,8 +58,11 @@ impl AugmentRecord {
 /// The scanned file: its bytes and where things are.
 #[derive(Clone, Debug)]
 pub struct AugmentsFile {
+    /// The whole file's text, as read.
     pub text: String,
+    /// Name used in messages (the file's path).
     pub name: String,
+    /// Every `<record>`, in file order.
     pub records: Vec<AugmentRecord>,
     /// Offset of `</augments>`, or of `<augments/>` when the root is empty-element.
     root_close: usize,
@@ -512,21 +521,29 @@ pub fn type_name(kind: RecordType) -> &'static str {
 /// A record to add.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct NewRecord {
+    /// GUID written as `<uid>`.
     pub guid: Guid,
+    /// Record type of the principal (shown in the reports; not written to the record).
     pub kind: RecordType,
+    /// Value written for `<enable-calendar>`.
     pub enable_calendar: bool,
+    /// Value written for `<enable-addressbook>`.
     pub enable_addressbook: bool,
+    /// Write `<auto-schedule>true` (or `<auto-schedule-mode>automatic`); rooms and resources only.
     pub auto_schedule: bool,
 }
 
 /// A `<uid>` to rewrite.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct UidRewrite {
+    /// The old `<uid>` text, as found.
     pub old: String,
+    /// The current GUID written in its place.
     pub new: Guid,
     /// Line of the record.
     pub line: usize,
     #[serde(skip)]
+    /// Byte range of the old uid text in the file.
     pub span: Range<usize>,
 }
 

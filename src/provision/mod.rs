@@ -49,6 +49,7 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The stored word for this severity (the `severity` column): `fix`, `error`, `warning`, `note`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Fix => "fix",
@@ -66,36 +67,55 @@ impl Severity {
 
 /// Problem codes (the `problem` column).
 pub mod problem {
+    /// A principal not in the access group (by GUID, nested groups included); `--apply` adds it.
     pub const NOT_IN_ACCESS_GROUP: &str = "not-in-access-group";
+    /// The access group lists an old GUID that maps to a current record; `--apply` replaces it.
     pub const STALE_IN_ACCESS_GROUP: &str = "stale-guid-in-access-group";
+    /// The access group lists a GUID that matches no current record; kept, noted.
     pub const UNMATCHED_IN_ACCESS_GROUP: &str = "unmatched-guid-in-access-group";
+    /// The access group lists an old GUID with several candidate records; left for a human.
     pub const AMBIGUOUS_IN_ACCESS_GROUP: &str = "ambiguous-guid-in-access-group";
+    /// A principal with no augments.xml record of its own while the record that applies (wildcard or default) disables calendaring; `--apply` adds one.
     pub const NO_AUGMENT: &str = "no-augment-record";
+    /// An augments.xml record for an old GUID that maps to a current record; rewritten unless the new GUID has its own.
     pub const STALE_AUGMENT: &str = "stale-augment-record";
+    /// An augments.xml record for a GUID that matches no current record; kept, noted.
     pub const UNMATCHED_AUGMENT: &str = "unmatched-augment-record";
+    /// An augments.xml record for an old GUID with several candidate records; left for a human.
     pub const AMBIGUOUS_AUGMENT: &str = "ambiguous-augment-record";
+    /// A principal whose own augments.xml record disables calendaring; kept as an explicit choice.
     pub const AUGMENT_DISABLES: &str = "augment-disables-calendar";
+    /// A principal with no e-mail address, so it gets no `mailto:` address.
     pub const NO_EMAIL: &str = "no-email";
+    /// Two current records carry the same GUID (the second is ignored); a directory error.
     pub const DUPLICATE_GUID: &str = "duplicate-guid";
+    /// Two current records carry the same e-mail address; a directory error.
     pub const DUPLICATE_EMAIL: &str = "duplicate-email";
 }
 
 /// One problem with one record (one row of provision.csv).
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
+    /// GUID of the record (or the GUID found, for `unknown`).
     pub guid: String,
+    /// The record's first short name (empty for `unknown`).
     pub short_name: String,
+    /// The record's full name (empty when it has none).
     pub full_name: String,
     /// user, location, resource, group, or `unknown` for a GUID no current record has.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Problem code, one of [`problem`].
     pub problem: &'static str,
+    /// Whether `--apply` fixes it, a human must, or it is only worth knowing.
     pub severity: Severity,
+    /// What was found, in words.
     pub detail: String,
     /// What `--apply` does about it (or what a human must do).
     pub action: String,
     /// For stale GUIDs: the mapping rule and its evidence.
     pub rule: String,
+    /// Which records or GUIDs the rule went through.
     pub evidence: String,
 }
 
@@ -134,14 +154,18 @@ impl Finding {
 /// The augments.xml part of a provisioning plan.
 #[derive(Clone, Debug, Serialize)]
 pub struct AugmentsPlan {
+    /// Path of the augments.xml file.
     pub path: PathBuf,
+    /// Records for old GUIDs to move to the new GUIDs.
     pub rewrites: Vec<UidRewrite>,
+    /// Records to add for principals that have none.
     pub additions: Vec<NewRecord>,
     #[serde(skip)]
     file: Option<AugmentsFile>,
 }
 
 impl AugmentsPlan {
+    /// True when applying the plan would change nothing in augments.xml.
     pub fn is_empty(&self) -> bool {
         self.rewrites.is_empty() && self.additions.is_empty()
     }
@@ -150,13 +174,17 @@ impl AugmentsPlan {
 /// Everything `provision` found, and what `--apply` would change.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProvisionReport {
+    /// Where the current directory came from (LDAP URL or LDIF file).
     pub directory: String,
     /// Users, places and resources checked.
     pub checked: usize,
     /// Problems, sorted: fixes and errors first.
     pub findings: Vec<Finding>,
+    /// Access group changes; None when no `[provision] access_group` is configured.
     pub access: Option<AccessPlan>,
+    /// augments.xml changes; None when no `[provision] augments_file` is configured.
     pub augments: Option<AugmentsPlan>,
+    /// Warnings met while checking (directory and files).
     pub warnings: Vec<String>,
 }
 
@@ -712,15 +740,19 @@ pub fn write_csv(report: &ProvisionReport, out: &crate::config::ReportConfig) ->
 /// What `--apply` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Applied {
+    /// Changes made to the access group over LDAP; None when none were made that way.
     pub ldap: Option<access::LdapApplied>,
     /// dsimport file written for the access group (to import by hand).
     pub dsimport: Option<PathBuf>,
+    /// The augments.xml written; None when it was not changed.
     pub augments_file: Option<PathBuf>,
     /// SHA-256 of the original augments.xml saved in the state folder's backups.
     pub augments_backup: Option<String>,
     /// The journal run that wrote augments.xml (`rollback --run N` restores it).
     pub augments_run: Option<i64>,
+    /// augments.xml records added.
     pub augments_added: usize,
+    /// augments.xml records rewritten to new GUIDs.
     pub augments_rewritten: usize,
 }
 

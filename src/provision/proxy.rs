@@ -30,12 +30,18 @@ pub enum DbKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum DbRow {
+    /// A `GROUPS` row of `calendaruserproxy.sqlite`.
     Proxy {
+        /// GROUPNAME: `<GUID>#calendar-proxy-write` or `<GUID>#calendar-proxy-read`.
         group_name: String,
+        /// MEMBER: the delegate's GUID.
         member: String,
     },
+    /// A `RESOURCEINFO` row of `resourceinfo.sqlite`.
     ResourceInfo {
+        /// GUID: the location or resource.
         guid: String,
+        /// AUTOSCHEDULE: 1 to accept invitations automatically, 0 not; None when the column is NULL.
         auto_schedule: Option<i64>,
     },
 }
@@ -69,27 +75,34 @@ impl std::fmt::Display for DbRow {
 /// A row rewritten to new GUIDs.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RowChange {
+    /// SQLite rowid of the row.
     pub rowid: i64,
+    /// The row as it is now.
     pub old: DbRow,
+    /// The row with its GUIDs rewritten.
     pub new: DbRow,
 }
 
 /// A GUID that matched nobody: the row is kept as it is.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct UnmatchedRow {
+    /// SQLite rowid of the row.
     pub rowid: i64,
+    /// The row, kept as it is.
     pub row: DbRow,
     /// `GROUPNAME`, `MEMBER` or `GUID` (reports only; not kept in a stored plan).
     #[serde(skip_deserializing)]
     pub column: &'static str,
     /// The value that matched nobody (or is not a GUID).
     pub value: String,
+    /// Why the value matched nobody, in words.
     pub reason: String,
 }
 
 /// A row the rewrite would have duplicated: it is deleted.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct DroppedRow {
+    /// SQLite rowid of the row deleted.
     pub rowid: i64,
     /// The row as it is now.
     pub row: DbRow,
@@ -97,17 +110,24 @@ pub struct DroppedRow {
     pub would_be: DbRow,
     /// The row that stays (already holding `would_be`, or rewritten to it).
     pub kept_rowid: i64,
+    /// The kept row's values.
     pub kept: DbRow,
 }
 
 /// Every row change one database needs.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct DbPlan {
+    /// Path of the database file.
     pub path: PathBuf,
+    /// Which database it is.
     pub kind: DbKind,
+    /// Rows read from it.
     pub rows: usize,
+    /// Rows rewritten to new GUIDs.
     pub changes: Vec<RowChange>,
+    /// GUID values that matched nobody (their rows kept).
     pub unmatched: Vec<UnmatchedRow>,
+    /// Duplicate rows to delete.
     pub dropped: Vec<DroppedRow>,
 }
 

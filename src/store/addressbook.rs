@@ -90,7 +90,9 @@ pub fn locate(cfg: &StoreConfig) -> Result<Option<PathBuf>> {
 /// root when there is one (the same folder for a 3.x store).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Roots {
+    /// The calendar store's data root (`[store] path`), canonicalised.
     pub store: PathBuf,
+    /// The address-book root, canonicalised; None when the store has no address books.
     pub addressbooks: Option<PathBuf>,
 }
 
@@ -170,12 +172,15 @@ where
 /// A card that names members.
 #[derive(Clone, Debug)]
 pub struct GroupCard {
+    /// Full path of the card file.
     pub path: PathBuf,
     /// Relative to the address-book root.
     pub rel_path: String,
+    /// SHA-256 of the card's bytes as read (hex).
     pub sha256: String,
     /// The address book (folder) it is in, relative to the root.
     pub collection: String,
+    /// The members it names (`X-ADDRESSBOOKSERVER-MEMBER` / `MEMBER` values), in order.
     pub members: Vec<Member>,
     /// Per member: it names a card of the same address book.
     pub is_card: Vec<bool>,
@@ -196,13 +201,19 @@ impl GroupCard {
 /// What one walk over an address-book root found.
 #[derive(Clone, Debug, Default)]
 pub struct Survey {
+    /// The address-book root walked.
     pub root: PathBuf,
+    /// Address-book homes found.
     pub homes: Vec<Home>,
+    /// Files that could not be read or parsed.
     pub problems: Vec<Problem>,
+    /// Card files read.
     pub cards: u64,
+    /// Bytes of card files read.
     pub bytes: u64,
     /// Folders holding at least one card.
     pub collections: usize,
+    /// Cards that name members (group cards).
     pub groups: Vec<GroupCard>,
 }
 
@@ -342,13 +353,19 @@ fn mark_card_members(s: &mut Survey) -> Result<()> {
 /// What `scan` lists of the address books.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Inventory {
+    /// The address-book root, as configured.
     pub root: String,
     /// Homes per layout (`hashed`, `flat-uids`, `users`).
     pub homes: BTreeMap<String, usize>,
+    /// Folders holding at least one card.
     pub collections: usize,
+    /// Card files.
     pub cards: u64,
+    /// Bytes of card files.
     pub bytes: u64,
+    /// Group cards (cards that name members).
     pub groups: u64,
+    /// Members named by all group cards.
     pub members: u64,
     /// Members naming cards of their own address book.
     pub card_members: u64,

@@ -50,11 +50,17 @@ fn check(ret: libc::c_int) -> io::Result<()> {
 /// `lstat`-like facts about an entry of a folder.
 #[derive(Clone, Copy, Debug)]
 pub struct Stat {
+    /// `st_mode`: file type and permission bits.
     pub mode: u32,
+    /// `st_uid`: owner uid.
     pub uid: u32,
+    /// `st_gid`: owner gid.
     pub gid: u32,
+    /// `st_nlink`: hard link count.
     pub nlink: u64,
+    /// `st_dev`: the device holding it.
     pub dev: u64,
+    /// `st_ino`: its inode number.
     pub ino: u64,
 }
 
@@ -71,12 +77,15 @@ impl Stat {
             ino: st.st_ino as u64,
         }
     }
+    /// True for a folder.
     pub fn is_dir(&self) -> bool {
         self.mode & (libc::S_IFMT as u32) == libc::S_IFDIR as u32
     }
+    /// True for a regular file.
     pub fn is_file(&self) -> bool {
         self.mode & (libc::S_IFMT as u32) == libc::S_IFREG as u32
     }
+    /// True for a symbolic link (never followed).
     pub fn is_symlink(&self) -> bool {
         self.mode & (libc::S_IFMT as u32) == libc::S_IFLNK as u32
     }
@@ -447,6 +456,7 @@ pub struct DirCache {
 }
 
 impl DirCache {
+    /// A cache whose folders are opened from (a duplicate of) `root`.
     pub fn new(root: &Dir) -> io::Result<DirCache> {
         Ok(DirCache {
             root: root.dup()?,

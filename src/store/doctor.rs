@@ -30,27 +30,36 @@ pub struct Finding {
     /// `unreadable`, `hardlink` (a file --fix leaves alone: another name for it may be outside
     /// the store).
     pub kind: String,
+    /// What is wrong, in words.
     pub detail: String,
     /// What `--fix` did about it, if anything.
     pub fixed: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
+/// What `doctor` found (and, with `--fix`, repaired).
 pub struct DoctorReport {
+    /// The store's data root checked.
     pub store: String,
     /// `uid:gid` every file and folder must have.
     pub expected_owner: String,
     /// Where the expectation came from (`[store] owner`, or the store folder's own owner).
     pub owner_source: String,
+    /// `--fix` was given: repairs were attempted.
     pub fix: bool,
+    /// Files and folders checked.
     pub entries_checked: u64,
+    /// Resources (`.ics` files) checked.
     pub resources_checked: u64,
     /// Resources with no extended attribute at all (a copy that lost them?).
     pub resources_without_xattrs: u64,
+    /// Findings per kind.
     pub found: BTreeMap<String, u64>,
+    /// Findings repaired per kind (empty without `--fix`).
     pub fixed: BTreeMap<String, u64>,
     /// Problems left after fixing.
     pub remaining: u64,
+    /// Every finding, in the order found.
     pub findings: Vec<Finding>,
 }
 

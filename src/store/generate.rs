@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator whose sequence is fixed by `seed` (the same seed gives the same store).
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
+    /// The next 64 pseudo-random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -35,6 +37,7 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
     }
+    /// True with probability `percent`/100.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next_u64() % 100 < percent
     }
@@ -56,18 +59,24 @@ impl Rng {
 /// A directory person the generated events refer to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Person {
+    /// The person's GUID, upper-case.
     pub guid: String,
+    /// Short name (login), e.g. `user07`.
     pub short_name: String,
+    /// Full name shown in events' CN parameters.
     pub full_name: String,
+    /// E-mail address, `<short>@<mail domain>`.
     pub email: String,
 }
 
 /// A generated calendar home.
 #[derive(Clone, Debug)]
 pub struct GeneratedHome {
+    /// Folder layout of the home (hashed, flat-uids or users).
     pub layout: HomeLayout,
     /// GUID (hashed, flat-uids) or short name (users).
     pub id: String,
+    /// Full path of the home folder.
     pub path: PathBuf,
 }
 
@@ -76,11 +85,15 @@ pub struct GeneratedHome {
 pub struct GeneratedStore {
     /// The store root to configure as `[store] path` (the `Documents` folder, or the .ics folder).
     pub root: PathBuf,
+    /// Calendar homes written.
     pub homes: Vec<GeneratedHome>,
+    /// The people the events name, to build a matching directory from.
     pub people: Vec<Person>,
     /// Well-formed resources written (malformed ones not included).
     pub resources: u64,
+    /// Truncated resources written (one per malformed resource asked for).
     pub malformed: Vec<PathBuf>,
+    /// Symbolic links written inside the store (to be refused, never followed).
     pub symlinks: Vec<PathBuf>,
     /// Entries named like resources that cannot be read as one (a folder named `x.ics`).
     pub unreadable: Vec<PathBuf>,
@@ -170,6 +183,7 @@ impl StoreBuilder {
         b
     }
 
+    /// Seed of the pseudo-random choices (the same seed gives the same store).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -197,6 +211,7 @@ impl StoreBuilder {
         self.owner = Some((uid, gid));
         self
     }
+    /// Extended attribute prefix written on files (`user.` or `WebDAV:`).
     pub fn xattr_prefix(mut self, prefix: &str) -> Self {
         self.prefix = prefix.to_string();
         self
@@ -211,6 +226,7 @@ impl StoreBuilder {
         self.xattrs = false;
         self
     }
+    /// Mail domain of the generated people's addresses.
     pub fn mail_domain(mut self, d: &str) -> Self {
         self.domain = d.to_string();
         self

@@ -42,6 +42,7 @@ pub struct GroupMembers {
 pub struct GeneratedAddressBooks {
     /// The address-book root (the folder holding `addressbooks/`).
     pub root: PathBuf,
+    /// Address-book homes written.
     pub homes: Vec<GeneratedHome>,
     /// Cards written, group cards included.
     pub cards: u64,
@@ -89,6 +90,7 @@ impl AddressBookBuilder {
         }
     }
 
+    /// Seed of the pseudo-random choices (the same seed gives the same address books).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -98,10 +100,12 @@ impl AddressBookBuilder {
         self.contacts = n.max(2);
         self
     }
+    /// Owner and group of every file and folder written.
     pub fn owner(mut self, uid: u32, gid: u32) -> Self {
         self.owner = Some((uid, gid));
         self
     }
+    /// Extended attribute prefix written on files (`user.` or `WebDAV:`).
     pub fn xattr_prefix(mut self, prefix: &str) -> Self {
         self.prefix = prefix.to_string();
         self

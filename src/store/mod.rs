@@ -46,6 +46,7 @@ pub enum HomeLayout {
 /// A calendar home.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Home {
+    /// Which folder layout the home is in.
     pub layout: HomeLayout,
     /// The GUID (hashed / flat layouts, as written in the folder name) or short name (users layout).
     pub id: String,
@@ -56,35 +57,46 @@ pub struct Home {
 /// One extended attribute, raw.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Xattr {
+    /// Full attribute name as read, prefix included (`user.` / `WebDAV:`).
     pub name: String,
     #[serde(skip)]
+    /// The raw value bytes (not serialised into reports).
     pub value: Vec<u8>,
 }
 
 /// One calendar resource (an .ics file).
 #[derive(Clone, Debug, Serialize)]
 pub struct Resource {
+    /// Full path of the file.
     pub path: PathBuf,
     /// Path relative to the store root, `/`-separated.
     pub rel_path: String,
+    /// The calendar home holding it; None for a resource outside any home (e.g. an ics-dir store).
     pub home: Option<Home>,
     /// Collection folder name (`calendar`, `inbox`, ...).
     pub collection: String,
+    /// File size in bytes.
     pub size: u64,
     /// SHA-256 of the bytes, lower-case hex.
     pub sha256: String,
+    /// Owner uid of the file.
     pub uid: u32,
+    /// Owner gid of the file.
     pub gid: u32,
+    /// Permission bits of the file (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Extended attributes of the file (WebDAV properties).
     pub xattrs: Vec<Xattr>,
 }
 
 /// Something wrong found while walking the store.
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
+    /// Store-relative path of the entry.
     pub path: String,
     /// Short machine-readable kind: `unreadable`, `malformed`, `symlink`, ...
     pub kind: String,
+    /// What went wrong, in words.
     pub detail: String,
 }
 
@@ -102,8 +114,11 @@ impl Problem {
 /// What the walk yields. Items of different folders interleave; every home, resource and problem
 /// is delivered exactly once.
 pub enum Item<T> {
+    /// A calendar home found.
     Home(Home),
+    /// A resource, with what the caller's `map` made of it.
     Resource(Resource, T),
+    /// An entry that could not be read as a resource.
     Problem(Problem),
 }
 

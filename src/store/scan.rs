@@ -16,23 +16,33 @@ pub const MAX_LISTED_PROBLEMS: usize = 10_000;
 pub const TOP_ADDRESSES: usize = 50;
 
 #[derive(Clone, Debug, Default, Serialize)]
+/// How many addresses of one form the store holds.
 pub struct KindCount {
+    /// Distinct addresses of this form.
     pub distinct: usize,
+    /// Times they appear (ORGANIZER, ATTENDEE, ... lines).
     pub occurrences: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
+/// How many `mailto:` addresses of one mail domain the store holds.
 pub struct DomainCount {
+    /// The mail domain, lower-cased.
     pub domain: String,
+    /// Distinct addresses in it.
     pub distinct: usize,
+    /// Times they appear.
     pub occurrences: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
+/// One of the most used addresses and how often it appears.
 pub struct AddressCount {
     /// The normalised address ([`CalAddress::key`]).
     pub address: String,
+    /// Its address form.
     pub kind: AddressKind,
+    /// Times it appears.
     pub occurrences: u64,
     /// Resources it appears in.
     pub resources: u64,
@@ -41,15 +51,21 @@ pub struct AddressCount {
 /// What `scan` found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Inventory {
+    /// The store's data root, as configured.
     pub store: String,
+    /// `[store] kind`.
     pub kind: StoreKind,
     /// Homes per layout (`hashed`, `flat-uids`, `users`).
     pub homes: BTreeMap<String, usize>,
     /// Folders holding at least one resource.
     pub collections: usize,
+    /// Resources (`.ics` files or calendar objects) read.
     pub resources: u64,
+    /// Bytes of resources read.
     pub bytes: u64,
+    /// Distinct calendar user addresses found.
     pub distinct_addresses: usize,
+    /// Calendar user address occurrences in all resources.
     pub address_occurrences: u64,
     /// Per form: `mailto`, `urn:uuid`, `urn:x-uid`, `principal-uid`, `principal-name`, `other`.
     pub by_kind: BTreeMap<String, KindCount>,

@@ -522,7 +522,9 @@ pub enum Top {
     /// `__uids__/<GUID>/`, `users/<short>/`); the entries of their collections that `resource`
     /// accepts. Nothing when `dir` is `None`.
     Homes {
+        /// The folder holding the homes (`calendars/` or `addressbooks/`); None walks nothing.
         dir: Option<PathBuf>,
+        /// Which entry names of a collection are resources (e.g. ends in `.ics`).
         resource: fn(&str) -> bool,
     },
 }

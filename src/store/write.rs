@@ -43,7 +43,9 @@ pub fn is_leftover_name(name: &str) -> bool {
 /// puts back.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileMeta {
+    /// Owner uid.
     pub uid: u32,
+    /// Owner gid.
     pub gid: u32,
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
@@ -129,8 +131,11 @@ impl FileMeta {
 pub enum WriteError {
     /// The resource no longer has the bytes the plan was made from; nothing was written.
     Changed {
+        /// The resource's path.
         path: PathBuf,
+        /// What the plan expected: the SHA-256 (hex), or another description of the resource.
         expected: String,
+        /// What was found instead, in the same terms.
         found: String,
     },
     /// The write failed (the original is untouched unless the message says otherwise).
@@ -183,9 +188,13 @@ pub struct WriteOptions {
 /// What a write did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Written {
+    /// The resource written.
     pub path: PathBuf,
+    /// SHA-256 (hex) of the bytes replaced.
     pub old_sha256: String,
+    /// SHA-256 (hex) of the bytes written.
     pub new_sha256: String,
+    /// MD5 (hex) of the bytes written, for the `getcontentmd5` property.
     pub new_md5: String,
     /// The collection's new `getctag` value.
     pub ctag: String,
@@ -612,8 +621,11 @@ fn current_sha(dir: &Dir, name: &str) -> Result<String> {
 /// A write whose temporary file is in place, not yet renamed over the original.
 #[derive(Debug)]
 pub struct PreparedWrite {
+    /// The resource the temporary file will replace.
     pub path: PathBuf,
+    /// The folder (collection) holding it.
     pub folder: PathBuf,
+    /// The extended attribute prefix to write with (`user.` or `WebDAV:`).
     pub prefix: String,
     dir: Arc<Dir>,
     name: String,

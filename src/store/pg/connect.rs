@@ -55,6 +55,7 @@ fn parse_dsn(dsn: &str) -> Result<postgres::Config> {
 /// The database as configured, ready to connect to.
 #[derive(Clone)]
 pub struct Target {
+    /// The libpq connection parameters (password included when read from the file or environment).
     pub config: postgres::Config,
     /// The database's identity for messages, plans and journals: `postgresql://user@host:port/db`.
     pub label: String,
@@ -113,6 +114,7 @@ impl Target {
         t
     }
 
+    /// The database name (empty when the configuration names none).
     pub fn dbname(&self) -> &str {
         self.config.get_dbname().unwrap_or_default()
     }

@@ -18,9 +18,11 @@ use serde_json::Value;
 /// One row to change: where it is, what it holds, which columns become what.
 #[derive(Clone, Debug)]
 pub struct RowEdit {
+    /// The table holding the row (upper-case, as in the schema).
     pub table: String,
     /// The row's ctid in this transaction (rows are locked, so it holds until we write it).
     pub ctid: String,
+    /// The whole row as read, as a JSON object of lower-case column names.
     pub before: Value,
     /// Lower-case column names and their new values.
     pub set: Vec<(String, Value)>,
@@ -29,6 +31,7 @@ pub struct RowEdit {
 }
 
 impl RowEdit {
+    /// The row as it will be after the edit: `before` with `set` applied.
     pub fn after(&self) -> Value {
         let mut v = self.before.clone();
         if let Value::Object(m) = &mut v {
@@ -232,11 +235,17 @@ pub fn mark(state: &mut State, run_id: i64, marks: &[(i64, &str, String)]) -> Re
 /// A journaled row step as stored.
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// The step's sequence number in its run's `pg_journal`.
     pub seq: i64,
+    /// `row` (an update) or `delete`.
     pub kind: String,
+    /// The table holding the row.
     pub table: String,
+    /// The whole row before the step, as a JSON object.
     pub before: Value,
+    /// The row after the step; JSON null for a delete.
     pub after: Value,
+    /// What the batch of edits is about, shown in messages (one label per batch).
     pub label: String,
 }
 

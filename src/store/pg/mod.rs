@@ -33,8 +33,11 @@ pub use schema::Schema;
 
 /// An open connection to a CalendarServer database whose schema version was checked.
 pub struct Db {
+    /// The open PostgreSQL connection.
     pub client: postgres::Client,
+    /// What the database's schema version keeps where.
     pub schema: Schema,
+    /// The database connected to (its libpq configuration and label).
     pub target: Target,
 }
 
@@ -45,6 +48,7 @@ impl Db {
         Db::open_target(target)
     }
 
+    /// Connects to `target` and checks the schema version before anything else is read.
     pub fn open_target(target: Target) -> Result<Db> {
         let mut client = target.connect()?;
         let schema = schema::detect(&mut client, &target.label)?;

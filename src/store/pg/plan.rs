@@ -45,11 +45,15 @@ pub fn new_uid(resolver: &dyn Resolve, old: &str) -> Option<String> {
 
 /// One object's planned rewrite.
 pub struct Planned {
+    /// ICALENDAR_TEXT after the rewrite.
     pub new_text: Vec<u8>,
     /// md5 of the new text.
     pub new_text_md5: String,
+    /// Every property changed, in file order.
     pub changes: Vec<ical::Change>,
+    /// The new MD5 column value (the ETag: md5 of the text, plus SCHEDULE_TAG from schema 9).
     pub new_md5: String,
+    /// The new ORGANIZER column value (None when NULL).
     pub new_organizer: Option<String>,
 }
 

@@ -12,8 +12,11 @@ pub const BATCH: i32 = 256;
 /// A home row (CALENDAR_HOME, ADDRESSBOOK_HOME or NOTIFICATION_HOME).
 #[derive(Clone, Debug)]
 pub struct HomeRow {
+    /// Which home table the row is from (one of [`HOME_TABLES`]).
     pub table: &'static str,
+    /// RESOURCE_ID of the home.
     pub id: i64,
+    /// OWNER_UID: the owner's GUID (or uid) as the server stores it.
     pub owner_uid: String,
     /// STATUS (schema 66; 0 = normal), else 0.
     pub status: i32,
@@ -22,15 +25,23 @@ pub struct HomeRow {
 /// A calendar object, with where it lives.
 #[derive(Clone, Debug)]
 pub struct ObjectRow {
+    /// CALENDAR_OBJECT.RESOURCE_ID.
     pub resource_id: i64,
+    /// CALENDAR_RESOURCE_ID of the calendar holding it.
     pub calendar_id: i64,
     /// Owner uid of the home the calendar belongs to (`None`: no home owns it).
     pub owner: Option<String>,
+    /// The calendar's bind name in its owner's home (`(calendar N)` when no home owns it).
     pub collection: String,
+    /// RESOURCE_NAME: the object's file name (e.g. `<uid>.ics`).
     pub name: String,
+    /// ICALENDAR_TEXT: the object's iCalendar data.
     pub text: String,
+    /// MD5 column as stored (the server's ETag source).
     pub md5: String,
+    /// ORGANIZER column; None when NULL.
     pub organizer: Option<String>,
+    /// SCHEDULE_TAG column; None when NULL.
     pub schedule_tag: Option<String>,
     /// md5 of the text, computed by the server (`md5(ICALENDAR_TEXT)`).
     pub text_md5: String,
@@ -51,19 +62,26 @@ impl ObjectRow {
 /// An address-book card.
 #[derive(Clone, Debug)]
 pub struct CardRow {
+    /// ADDRESSBOOK_OBJECT.RESOURCE_ID.
     pub resource_id: i64,
+    /// OWNER_UID of the home the address book belongs to.
     pub owner: String,
+    /// RESOURCE_NAME: the card's file name (e.g. `<uid>.vcf`).
     pub name: String,
+    /// VCARD_TEXT: the card's vCard data.
     pub text: String,
+    /// MD5 column as stored.
     pub md5: String,
 }
 
 impl CardRow {
+    /// `owner/addressbook/name`, the way the file store names a card.
     pub fn label(&self) -> String {
         format!("{}/addressbook/{}", self.owner, self.name)
     }
 }
 
+/// The home tables, each read by [`HomeRow`].
 pub const HOME_TABLES: [&str; 3] = ["CALENDAR_HOME", "ADDRESSBOOK_HOME", "NOTIFICATION_HOME"];
 
 fn err(what: &str) -> impl Fn(postgres::Error) -> crate::error::Error + '_ {

@@ -36,25 +36,34 @@ pub enum ValueKind {
 /// One column that names principals, outside calendar and address-book text.
 #[derive(Clone, Copy, Debug)]
 pub struct ValueColumn {
+    /// The table holding the column.
     pub table: &'static str,
+    /// The column's name.
     pub column: &'static str,
+    /// What the column holds: a bare uid or a calendar user address.
     pub kind: ValueKind,
 }
 
 /// What a schema version has.
 #[derive(Clone, Debug)]
 pub struct Schema {
+    /// The `CALENDARSERVER` row's `VERSION` value.
     pub version: u32,
+    /// The release that schema comes from (e.g. `CalendarServer 5.2, OS X Server 3`).
     pub release: &'static str,
     /// MD5 = md5(text + SCHEDULE_TAG) (4.1+), else md5(text).
     pub md5_with_schedule_tag: bool,
+    /// `CALENDAR_OBJECT.DATAVERSION` exists (schema 66).
     pub object_dataversion: bool,
+    /// Homes carry a `STATUS` column (schema 66).
     pub home_status: bool,
+    /// `CALENDAR_OBJECT_REVISIONS` has a `MODIFIED` column to bump (schema 66).
     pub revisions_modified: bool,
     /// Collection metadata table holding MODIFIED: CALENDAR_METADATA (5.x+) or CALENDAR (3.x).
     pub calendar_meta_table: &'static str,
     /// Address books bound to homes (3.x) rather than the home being the address book.
     pub addressbook_bind: bool,
+    /// Delegates live in the store's `DELEGATES` / `DELEGATE_GROUPS` tables (schema 66), not in `proxies.sqlite`.
     pub delegates_table: bool,
     /// The notification payload column (XML_DATA before 9.x, NOTIFICATION_DATA after).
     pub notification_data: &'static str,
