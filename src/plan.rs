@@ -1223,25 +1223,6 @@ impl From<serde_json::Error> for Error {
     }
 }
 
-/// Writes a stored plan's reports; only then is the plan complete (appliable). A plan whose
-/// reports could not be written is marked failed, with the reason, and can never be applied.
-pub fn finish_plan(
-    state: &State,
-    plan_id: i64,
-    report: &crate::config::ReportConfig,
-) -> Result<()> {
-    use crate::state::PlanStatus;
-    match crate::report::write_reports(state, plan_id, report) {
-        Ok(_) => state.set_plan_status(plan_id, PlanStatus::Complete, ""),
-        Err(e) => {
-            let _ = state.set_plan_status(plan_id, PlanStatus::Failed, &e.message);
-            Err(e.context(format!(
-                "plan {plan_id} was not finished (its reports could not be written) and can never be applied; fix this and run `plan` again"
-            )))
-        }
-    }
-}
-
 /// After a successful plan: drops the planned changes of plans older than the newest `keep`
 /// ([`crate::prune`]); the freed pages are reused by the next plan, so the file stops growing.
 pub fn prune_after_plan(state: &mut State, keep: usize) -> Result<Vec<i64>> {

@@ -842,3 +842,22 @@ const JS: &str = r#"
   });
 })();
 "#;
+
+/// Writes a stored plan's reports; only then is the plan complete (appliable). A plan whose
+/// reports could not be written is marked failed, with the reason, and can never be applied.
+pub fn finish_plan(
+    state: &State,
+    plan_id: i64,
+    report: &crate::config::ReportConfig,
+) -> Result<()> {
+    use crate::state::PlanStatus;
+    match write_reports(state, plan_id, report) {
+        Ok(_) => state.set_plan_status(plan_id, PlanStatus::Complete, ""),
+        Err(e) => {
+            let _ = state.set_plan_status(plan_id, PlanStatus::Failed, &e.message);
+            Err(e.context(format!(
+                "plan {plan_id} was not finished (its reports could not be written) and can never be applied; fix this and run `plan` again"
+            )))
+        }
+    }
+}

@@ -31,7 +31,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         summary.plan_id, summary.resources_changed
     ));
     let mut state = State::open(&cfg.state.path)?;
-    crate::plan::finish_plan(&state, summary.plan_id, &cfg.report)?;
+    crate::report::finish_plan(&state, summary.plan_id, &cfg.report)?;
     steps.push(format!("report: {}", cfg.report.dir.display()));
     let pruned = crate::plan::prune_after_plan(&mut state, cfg.state.keep_plans)?;
     if !pruned.is_empty() {

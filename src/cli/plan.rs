@@ -13,7 +13,7 @@ pub fn run(ctx: &Context) -> Result<Outcome> {
     let (current, old) = crate::plan::load_directories(cfg)?;
     let summary = crate::plan::build(ctx, cfg, &current, &old)?;
     let mut state = State::open(&cfg.state.path)?;
-    crate::plan::finish_plan(&state, summary.plan_id, &cfg.report)?;
+    crate::report::finish_plan(&state, summary.plan_id, &cfg.report)?;
     let pruned = crate::plan::prune_after_plan(&mut state, cfg.state.keep_plans)?;
     let status = if summary.problems.is_empty() && summary.ambiguous.is_empty() {
         ExitStatus::Ok

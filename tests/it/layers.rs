@@ -65,9 +65,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("journal", "plan"),
     ("journal", "cli"),
     ("plan", "provision"),
-    ("plan", "report"),
-    // verify::verify hands the command context to store::pg::verify (which still takes it);
-    // the file store's check, verify_files, takes a progress sink.
     // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
     ("addressbooks", "journal"),
     ("addressbooks", "plan"),
