@@ -2067,7 +2067,8 @@ fn rollback_one(
     // `journal_by_undone`.
     let undone = |state: &State, undone_seq: i64| -> Result<Option<(i64, StepState)>> {
         let mut st = state.conn.prepare_cached(
-            "SELECT seq, state FROM journal WHERE run_id = ?1 AND undoes_seq = ?2 AND action = 'undo'
+            "SELECT seq, state FROM journal INDEXED BY journal_by_undone
+             WHERE run_id = ?1 AND undoes_seq = ?2 AND action = 'undo'
              ORDER BY seq DESC LIMIT 1",
         )?;
         Ok(st
