@@ -39,8 +39,9 @@ use crate::store::write::{
     WriteError, WriteOptions,
 };
 use base64::Engine as _;
+use rusqlite::OptionalExtension;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -528,35 +529,64 @@ fn check_store_matches_plan(
     )))
 }
 
+/// Rows read from the state database at a time where a whole run or plan would not fit in
+/// memory (keyset pagination: peak memory stays flat however large the plan).
+const PAGE: i64 = 2000;
+
 /// Removes the temporary files (`.NAME.principal-reconciler.tmp`) that an interrupted run left in
-/// the folders of these resources; returns how many.
-fn remove_leftovers(dirs: &RootDirs, rels: &[String]) -> Result<u64> {
-    let mut folders: Vec<&str> = rels.iter().map(|r| split_rel(r).0).collect();
-    folders.sort_unstable();
-    folders.dedup();
+/// the folders of the plan's resources; returns how many. The paths are read a page at a time,
+/// in path order, so a folder's resources come together: each folder is listed once (a folder
+/// whose resources are interleaved with a subfolder's may be listed again, which finds nothing).
+fn remove_leftovers(state: &State, dirs: &RootDirs, plan_id: i64) -> Result<u64> {
     let mut removed = 0;
-    for folder in folders {
-        let Ok(dir) = dirs.for_rel(folder).walk(folder) else {
-            continue; // gone, moved, or a link: nothing of ours in it
+    let mut last: Option<String> = None;
+    let mut previous_folder: Option<String> = None;
+    loop {
+        let page: Vec<String> = {
+            // The first page from '' on (every path), the next ones after the last path read.
+            let mut st = state.conn.prepare_cached(if last.is_none() {
+                "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 AND rel_path >= ?2
+                 ORDER BY rel_path LIMIT ?3"
+            } else {
+                "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 AND rel_path > ?2
+                 ORDER BY rel_path LIMIT ?3"
+            })?;
+            let after = last.as_deref().unwrap_or("");
+            let rows = st.query_map(rusqlite::params![plan_id, after, PAGE], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
         };
-        let Ok(names) = dir.names() else { continue };
-        for name in names.into_iter().filter(|n| is_leftover_name(n)) {
-            if dir.stat(&name).is_ok_and(|s| s.is_file()) {
-                dir.unlink(&name)
-                    .map_err(|e| Error::io("cannot remove the leftover", &dir.child(&name), e))?;
-                removed += 1;
+        let Some(tail) = page.last() else { break };
+        last = Some(tail.clone());
+        for rel in &page {
+            let folder = split_rel(rel).0;
+            if previous_folder.as_deref() == Some(folder) {
+                continue;
             }
+            removed += remove_leftovers_in(dirs, folder)?;
+            previous_folder = Some(folder.to_string());
+        }
+        if (page.len() as i64) < PAGE {
+            break;
         }
     }
     Ok(removed)
 }
 
-fn plan_rels(state: &State, plan_id: i64) -> Result<Vec<String>> {
-    let mut st = state
-        .conn
-        .prepare("SELECT rel_path FROM plan_resources WHERE plan_id = ?1")?;
-    let rows = st.query_map([plan_id], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+/// Removes our temporary files from one folder of the store; returns how many.
+fn remove_leftovers_in(dirs: &RootDirs, folder: &str) -> Result<u64> {
+    let Ok(dir) = dirs.for_rel(folder).walk(folder) else {
+        return Ok(0); // gone, moved, or a link: nothing of ours in it
+    };
+    let Ok(names) = dir.names() else { return Ok(0) };
+    let mut removed = 0;
+    for name in names.into_iter().filter(|n| is_leftover_name(n)) {
+        if dir.stat(&name).is_ok_and(|s| s.is_file()) {
+            dir.unlink(&name)
+                .map_err(|e| Error::io("cannot remove the leftover", &dir.child(&name), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Splits work into batches of at most [`BATCH`] steps and [`BATCH_FOLDERS`] folders.
@@ -831,6 +861,99 @@ fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) -> Result<()>
 }
 
 /// Marks a run interrupted by a signal (resumable) and says so in the summary.
+/// The resources of a plan that a run has not journaled yet, read in path order a page at a
+/// time (keyset pagination on the plan's primary key; journaled ones are found through
+/// `journal_by_path`).
+struct TodoPages {
+    plan_id: i64,
+    run_id: i64,
+    last: Option<String>,
+    page: std::collections::VecDeque<(String, String, String)>,
+    exhausted: bool,
+}
+
+impl TodoPages {
+    fn new(plan_id: i64, run_id: i64) -> TodoPages {
+        TodoPages {
+            plan_id,
+            run_id,
+            last: None,
+            page: Default::default(),
+            exhausted: false,
+        }
+    }
+
+    fn sql(first: bool, columns: &str) -> String {
+        format!(
+            "SELECT {columns} FROM plan_resources p
+             WHERE p.plan_id = ?1 AND p.rel_path {} ?3
+               AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = ?2 AND j.rel_path = p.rel_path)
+             ORDER BY p.rel_path LIMIT ?4",
+            if first { ">=" } else { ">" }
+        )
+    }
+
+    /// How many there are that `takes` keeps (the paths only, a page at a time).
+    fn count(&self, state: &State, takes: &dyn Fn(&str) -> bool) -> Result<u64> {
+        let mut n = 0;
+        let mut last: Option<String> = None;
+        loop {
+            let mut page: Vec<String> = {
+                let mut st = state
+                    .conn
+                    .prepare_cached(&Self::sql(last.is_none(), "p.rel_path"))?;
+                let after = last.as_deref().unwrap_or("");
+                let rows = st.query_map(
+                    rusqlite::params![self.plan_id, self.run_id, after, PAGE],
+                    |r| r.get(0),
+                )?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            n += page.iter().filter(|rel| takes(rel)).count() as u64;
+            if (page.len() as i64) < PAGE {
+                return Ok(n);
+            }
+            last = page.pop();
+        }
+    }
+
+    /// The next one that `takes` keeps.
+    fn next(
+        &mut self,
+        state: &State,
+        takes: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<(String, String, String)>> {
+        loop {
+            if let Some(t) = self.page.pop_front() {
+                if takes(&t.0) {
+                    return Ok(Some(t));
+                }
+                continue;
+            }
+            if self.exhausted {
+                return Ok(None);
+            }
+            let page: Vec<(String, String, String)> = {
+                let mut st = state.conn.prepare_cached(&Self::sql(
+                    self.last.is_none(),
+                    "p.rel_path, p.old_sha256, p.new_sha256",
+                ))?;
+                let after = self.last.as_deref().unwrap_or("");
+                let rows = st.query_map(
+                    rusqlite::params![self.plan_id, self.run_id, after, PAGE],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            self.exhausted = (page.len() as i64) < PAGE;
+            if let Some(t) = page.last() {
+                self.last = Some(t.0.clone());
+            }
+            self.page.extend(page);
+        }
+    }
+}
+
 fn interrupted(state: &State, summary: &mut RunSummary, sig: i32) -> Result<()> {
     let name = interrupt::name(sig);
     state.conn.execute(
@@ -1016,7 +1139,7 @@ pub fn apply_stage(
     state.advance_run(run_id, RunEvent::StartApply)?;
     crate::addressbooks::record_run_root(&state, run_id, &roots)?;
     let _signals = interrupt::install();
-    let removed = remove_leftovers(&dirs, &plan_rels(&state, plan_id)?)?;
+    let removed = remove_leftovers(&state, &dirs, plan_id)?;
     if removed > 0 {
         summary.notes.push(format!(
             "removed {removed} temporary file(s) an interrupted run had left in the store"
@@ -1077,23 +1200,37 @@ pub fn apply_stage(
         [run_id],
         |r| r.get(0),
     )?;
-    let todo: Vec<(String, String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT p.rel_path, p.old_sha256, p.new_sha256 FROM plan_resources p
-             WHERE p.plan_id = ?1 AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = ?2 AND j.rel_path = p.rel_path)
-             ORDER BY p.rel_path",
-        )?;
-        let rows = st.query_map(rusqlite::params![plan_id, run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    let todo: Vec<(String, String, String)> = todo
-        .into_iter()
-        .filter(|(rel, ..)| layout.takes(selection.as_ref(), rel))
-        .collect();
-    let bar = crate::cli::progress_bar(ctx, Some(todo.len() as u64), "applying");
-    for chunk in batches(todo, |t| &t.0) {
+    // The plan's resources not yet journaled in this run, that this run takes, in path order, a
+    // page at a time (a to-do list of the whole plan would grow with it: about 300 B a resource).
+    let takes = |rel: &str| layout.takes(selection.as_ref(), rel);
+    let mut todo = TodoPages::new(plan_id, run_id);
+    let total = todo.count(&state, &takes)?;
+    let bar = crate::cli::progress_bar(ctx, Some(total), "applying");
+    // The same batches as [`batches`] makes of the whole list: one resource may wait for the next.
+    let mut carried: Option<(String, String, String)> = None;
+    loop {
+        let mut chunk = Vec::new();
+        let mut folders: std::collections::HashSet<String> = Default::default();
+        loop {
+            let next = match carried.take() {
+                Some(t) => t,
+                None => match todo.next(&state, &takes)? {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            let folder = split_rel(&next.0).0;
+            if chunk.len() >= BATCH || (!folders.contains(folder) && folders.len() >= BATCH_FOLDERS)
+            {
+                carried = Some(next);
+                break;
+            }
+            folders.insert(folder.to_string());
+            chunk.push(next);
+        }
+        if chunk.is_empty() {
+            break;
+        }
         if let Some(sig) = interrupt::pending() {
             bar.finish_and_clear();
             interrupted(&state, &mut summary, sig)?;
@@ -1882,20 +2019,13 @@ fn rollback_one(
     }
     // Temporary files an interrupted apply (or rollback) left beside the resources.
     if let (Some(r), Some(p)) = (&dirs, plan_id) {
-        let removed = remove_leftovers(r, &plan_rels(state, p)?)?;
+        let removed = remove_leftovers(state, r, p)?;
         if removed > 0 {
             summary.notes.push(format!(
                 "removed {removed} temporary file(s) an interrupted run had left in the store"
             ));
         }
     }
-    let undone: HashMap<i64, (i64, StepState)> = {
-        let mut st = state.conn.prepare(
-            "SELECT undoes_seq, seq, state FROM journal WHERE run_id = ?1 AND action = 'undo' AND undoes_seq IS NOT NULL",
-        )?;
-        let rows = st.query_map([rb], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
     let mut next_seq: i64 = state.conn.query_row(
         "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
         [rb],
@@ -1911,12 +2041,15 @@ fn rollback_one(
         Option<String>,
         Option<String>,
     );
-    let steps: Vec<Row> = {
-        let mut st = state.conn.prepare(
+    // The run's steps are read in reverse order a page at a time (keyset pagination on the
+    // journal's primary key): a list of them all, with their saved attributes, would grow with
+    // the run (199 MB at 100,000 resources).
+    let page_of = |state: &State, before: i64| -> Result<Vec<Row>> {
+        let mut st = state.conn.prepare_cached(
             "SELECT seq, action, rel_path, target_path, before_sha256, after_sha256, backup_sha256, meta_json FROM journal
-             WHERE run_id = ?1 AND state IN ('done', 'pending') ORDER BY seq DESC",
+             WHERE run_id = ?1 AND seq < ?2 AND state IN ('done', 'pending') ORDER BY seq DESC LIMIT ?3",
         )?;
-        let rows = st.query_map([target], |r| {
+        let rows = st.query_map(rusqlite::params![target, before, PAGE], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -1928,9 +2061,28 @@ fn rollback_one(
                 r.get(7)?,
             ))
         })?;
-        rows.collect::<rusqlite::Result<_>>()?
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     };
-    let bar = crate::cli::progress_bar(ctx, Some(steps.len() as u64), "restoring");
+    // The undo step a resumed rollback already journaled for a step, found through
+    // `journal_by_undone`.
+    let undone = |state: &State, undone_seq: i64| -> Result<Option<(i64, StepState)>> {
+        let mut st = state.conn.prepare_cached(
+            "SELECT seq, state FROM journal INDEXED BY journal_by_undone
+             WHERE run_id = ?1 AND undoes_seq = ?2 AND action = 'undo'
+             ORDER BY seq DESC LIMIT 1",
+        )?;
+        Ok(st
+            .query_row(rusqlite::params![rb, undone_seq], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    };
+    let total: u64 = state.conn.query_row(
+        "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND state IN ('done', 'pending')",
+        [target],
+        |r| r.get(0),
+    )?;
+    let bar = crate::cli::progress_bar(ctx, Some(total), "restoring");
     let mut batch: Vec<UndoItem> = Vec::new();
     let flush = |state: &mut State, batch: &mut Vec<UndoItem>| -> Result<()> {
         if batch.is_empty() {
@@ -1948,53 +2100,60 @@ fn rollback_one(
     // A forced second rollback of a rolled-back run puts back files only: its home steps were
     // undone by the first rollback.
     let files_only = current == RunState::RolledBack;
-    for (undone_seq, action, rel, target_path, original_sha, applied_sha, backup, meta) in steps {
-        bar.inc(1);
-        if action == Action::Rewrite && backup.is_none() {
-            continue; // the file already held the new bytes: nothing of ours to undo
-        }
-        if files_only && !action.is_file() {
-            continue;
-        }
-        let existing = match undone.get(&undone_seq) {
-            Some((_, StepState::Done | StepState::Skipped)) => continue,
-            Some((seq, StepState::Pending)) => Some(*seq),
-            None => None,
-        };
-        let seq = match existing {
-            Some(s) => s,
-            None => {
-                next_seq += 1;
-                next_seq
+    let mut before = i64::MAX;
+    loop {
+        let page = page_of(state, before)?;
+        let Some(tail) = page.last() else { break };
+        before = tail.0;
+        for (undone_seq, action, rel, target_path, original_sha, applied_sha, backup, meta) in page
+        {
+            bar.inc(1);
+            if action == Action::Rewrite && backup.is_none() {
+                continue; // the file already held the new bytes: nothing of ours to undo
             }
-        };
-        let item = UndoItem {
-            undone: undone_seq,
-            action,
-            rel,
-            target: target_path,
-            original_sha,
-            applied_sha,
-            backup,
-            meta,
-            existing,
-            seq,
-        };
-        if action == Action::Rewrite {
-            batch.push(item);
-            if batch.len() >= BATCH {
+            if files_only && !action.is_file() {
+                continue;
+            }
+            let existing = match undone(state, undone_seq)? {
+                Some((_, StepState::Done | StepState::Skipped)) => continue,
+                Some((seq, StepState::Pending)) => Some(seq),
+                None => None,
+            };
+            let seq = match existing {
+                Some(s) => s,
+                None => {
+                    next_seq += 1;
+                    next_seq
+                }
+            };
+            let item = UndoItem {
+                undone: undone_seq,
+                action,
+                rel,
+                target: target_path,
+                original_sha,
+                applied_sha,
+                backup,
+                meta,
+                existing,
+                seq,
+            };
+            if action == Action::Rewrite {
+                batch.push(item);
+                if batch.len() >= BATCH {
+                    flush(state, &mut batch)?;
+                }
+            } else {
                 flush(state, &mut batch)?;
+                undo_single(state, rb, dirs.as_ref(), backups, force, item)?;
             }
-        } else {
-            flush(state, &mut batch)?;
-            undo_single(state, rb, dirs.as_ref(), backups, force, item)?;
-        }
-        if batch.is_empty() {
-            if let Some(sig) = interrupt::pending() {
-                bar.finish_and_clear();
-                interrupted(state, &mut summary, sig)?;
-                summary.state = Some(RunState::RollingBack);
-                return Ok(summary);
+            if batch.is_empty() {
+                if let Some(sig) = interrupt::pending() {
+                    bar.finish_and_clear();
+                    interrupted(state, &mut summary, sig)?;
+                    summary.state = Some(RunState::RollingBack);
+                    return Ok(summary);
+                }
             }
         }
     }
