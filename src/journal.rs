@@ -58,6 +58,7 @@ pub struct Backups {
 }
 
 impl Backups {
+    /// Opens (creating it, mode 0700) the backup folder under the state folder.
     pub fn open(state_dir: &Path) -> Result<Backups> {
         let dir = state_dir.join("backups");
         create_private_dir(&dir)?;
@@ -196,12 +197,17 @@ fn path_why_objects<S: serde::Serializer>(
 /// How a run ended (the counts are the whole run's, however many invocations it took).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RunSummary {
+    /// The run (`runs.id`).
     pub run_id: i64,
+    /// `apply` or `rollback` (the stored `runs.kind`).
     pub kind: &'static str,
+    /// The plan an apply carries out (a rollback: the plan of the run it undoes).
     pub plan_id: Option<i64>,
+    /// A rollback: the apply run it undoes.
     pub undoes_run: Option<i64>,
     /// The lifecycle state of the apply run concerned, after this command.
     pub state: Option<RunState>,
+    /// This invocation continued a run an earlier one left unfinished (crash, kill, signal).
     pub resumed: bool,
     /// Nothing was left to do: the run had finished before (see `checked`).
     pub already_done: bool,
@@ -211,11 +217,14 @@ pub struct RunSummary {
     pub checked: Option<Checked>,
     /// The signal that stopped this invocation after a whole batch (resumable).
     pub interrupted: Option<String>,
+    /// Resources written (an apply) or restored (a rollback).
     pub written: u64,
+    /// Resources that already held what the step would write (a resumed or repeated run).
     pub unchanged: u64,
     /// Steps not taken: path and why (`{"path", "why"}` objects in JSON).
     #[serde(serialize_with = "path_why_objects")]
     pub skipped: Vec<(String, String)>,
+    /// Homes moved to (or merged into) their new GUID's place, or moved back by a rollback.
     pub homes_adopted: u64,
     /// Delegate / auto-accept databases rewritten.
     pub databases: u64,
@@ -2354,6 +2363,8 @@ fn rollback_outcome(runs: Vec<RunSummary>) -> Outcome {
     }
 }
 
+/// `apply [--plan ID] [--home USER…] [--limit N] [--rehearse DIR]`: carries out a plan (or the
+/// next stage of it), renders the run's summary.
 pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
     let mut cfg = ctx.config.clone();
     let rehearsal = args.rehearse.is_some();
@@ -2384,6 +2395,7 @@ fn request(args: &ApplyArgs) -> Request {
     }
 }
 
+/// `rollback [--run ID] [--force]`: undoes an apply run (default: the latest), renders the result.
 pub fn command_rollback(ctx: &Context, args: &RollbackArgs) -> Result<Outcome> {
     let runs = rollback(ctx, &ctx.config, args.run, args.force)?;
     Ok(rollback_outcome(runs))

@@ -5,7 +5,10 @@
 //! resolves old addresses to new records, [`plan`] computes every change, [`journal`] applies and
 //! rolls back ([`prune`] keeps the state folder bounded), [`provision`] enables missing principals, [`report`] writes what a human checks.
 //! Address books: [`vcard`] reads and rewrites cards, [`addressbooks`] plans, adopts and verifies
-//! them ([`store::addressbook`] finds and walks them).
+//! them ([`store::addressbook`] finds and walks them). The layers and their rule: README,
+//! "Architecture".
+
+#![warn(missing_docs)]
 
 pub mod address;
 pub mod addressbooks;
@@ -25,12 +28,12 @@ pub mod mapping;
 pub mod mapping_file;
 pub mod plan;
 pub mod precount;
-pub mod provision;
 pub mod progress;
+pub mod provision;
 pub mod prune;
 pub mod rehearse;
-pub mod stage;
 pub mod report;
+pub mod stage;
 pub mod state;
 pub mod store;
 pub mod vcard;

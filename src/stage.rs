@@ -28,6 +28,7 @@ pub struct Unit {
     pub names: Vec<String>,
     /// Calendar homes (`plan_homes`) and address-book homes, by their path when planned.
     pub homes: Vec<String>,
+    /// The owner's address-book homes (`plan_addressbook_homes`), moved with the calendar homes.
     pub addressbook_homes: Vec<String>,
     /// Resources of the plan inside them.
     pub resources: u64,
@@ -40,9 +41,11 @@ pub struct Layout {
     pub units: Vec<Unit>,
     /// Home path (calendar or address-book) -> index in `units`.
     by_home: HashMap<String, usize>,
+    /// Resources of the plan inside all units.
     pub resources: u64,
     /// Resources outside every home, and databases to rewrite.
     pub rest_resources: u64,
+    /// Delegate / auto-accept databases the plan rewrites (carried out with the rest).
     pub rest_databases: u64,
 }
 
@@ -65,6 +68,7 @@ pub struct Request {
 }
 
 impl Request {
+    /// Neither `--home` nor `--limit`: the whole plan (what is still pending of it).
     pub fn is_whole(&self) -> bool {
         self.homes.is_empty() && self.limit.is_none()
     }
@@ -73,10 +77,15 @@ impl Request {
 /// How far a plan is carried out, for `apply`, `runs` and `verify`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Progress {
+    /// The plan concerned.
     pub plan_id: i64,
+    /// Units (owners' homes) the plan has something to do in.
     pub homes: u64,
+    /// Of those, the units carried out by runs in force.
     pub homes_applied: u64,
+    /// Resources the plan rewrites inside homes.
     pub resources: u64,
+    /// Of those, the ones carried out by runs in force.
     pub resources_applied: u64,
     /// The databases and resources outside homes are carried out (or there are none).
     pub rest_applied: bool,
@@ -89,6 +98,7 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Every unit and the rest are carried out: the plan is wholly applied.
     pub fn complete(&self) -> bool {
         self.homes_applied == self.homes && self.rest_applied
     }
