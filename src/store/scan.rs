@@ -124,11 +124,16 @@ fn per_resource(info: &CalendarInfo) -> Vec<ResourceAddress> {
     out
 }
 
-struct AddrStat {
-    kind: AddressKind,
-    domain: Option<String>,
-    occurrences: u64,
-    resources: u64,
+/// One distinct address's counts while a store is read (file or database).
+pub(crate) struct AddrStat {
+    /// Its form.
+    pub(crate) kind: AddressKind,
+    /// A `mailto:` address's domain.
+    pub(crate) domain: Option<String>,
+    /// How often it appears.
+    pub(crate) occurrences: u64,
+    /// In how many resources.
+    pub(crate) resources: u64,
 }
 
 /// Walks the store and builds its inventory (memory grows with distinct addresses and
@@ -234,7 +239,7 @@ impl Inventory {
 
     /// The figures drawn from the per-address counts: by form, by mail domain, the most used;
     /// then the problems in order.
-    fn summarise(&mut self, addrs: HashMap<String, AddrStat>) {
+    pub(crate) fn summarise(&mut self, addrs: HashMap<String, AddrStat>) {
         let inv = self;
         inv.distinct_addresses = addrs.len();
         let mut domains: HashMap<String, DomainCount> = HashMap::new();

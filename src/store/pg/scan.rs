@@ -9,19 +9,10 @@ use crate::address::{AddressKind, CalAddress};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::store::scan::{
-    AddressCount, DomainCount, Inventory, MAX_LISTED_PROBLEMS, TOP_ADDRESSES,
-};
+use crate::store::scan::{AddrStat, Inventory, MAX_LISTED_PROBLEMS};
 use crate::store::Problem;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
-
-struct Stat {
-    kind: AddressKind,
-    domain: Option<String>,
-    occurrences: u64,
-    resources: u64,
-}
 
 /// One object's distinct addresses: (key, kind, domain, occurrences).
 type Found = Vec<(String, AddressKind, Option<String>, u64)>;
@@ -63,7 +54,7 @@ pub fn inventory(cfg: &Config, progress: &dyn Progress) -> Result<Inventory> {
         inv.homes.insert(table.to_ascii_lowercase(), n);
     }
     let mut collections: HashSet<i64> = HashSet::new();
-    let mut addrs: HashMap<String, Stat> = HashMap::new();
+    let mut addrs: HashMap<String, AddrStat> = HashMap::new();
     read::all_objects(&mut tx, &mut |batch: Vec<read::ObjectText>| {
         let found: Vec<_> = batch
             .into_par_iter()
@@ -88,7 +79,7 @@ pub fn inventory(cfg: &Config, progress: &dyn Progress) -> Result<Inventory> {
                 Ok(found) => {
                     for (key, kind, domain, n) in found {
                         inv.address_occurrences += n;
-                        let st = addrs.entry(key).or_insert(Stat {
+                        let st = addrs.entry(key).or_insert(AddrStat {
                             kind,
                             domain,
                             occurrences: 0,
@@ -106,44 +97,6 @@ pub fn inventory(cfg: &Config, progress: &dyn Progress) -> Result<Inventory> {
         .map_err(|e| Error::runtime(format!("{label}: {}", super::connect::describe(&e))))?;
     bar.finish();
     inv.collections = collections.len();
-    inv.distinct_addresses = addrs.len();
-    let mut domains: HashMap<String, DomainCount> = HashMap::new();
-    for st in addrs.values() {
-        let k = inv.by_kind.entry(st.kind.as_str().into()).or_default();
-        k.distinct += 1;
-        k.occurrences += st.occurrences;
-        if let Some(d) = &st.domain {
-            let dc = domains.entry(d.clone()).or_insert_with(|| DomainCount {
-                domain: d.clone(),
-                distinct: 0,
-                occurrences: 0,
-            });
-            dc.distinct += 1;
-            dc.occurrences += st.occurrences;
-        }
-    }
-    inv.mailto_domains = domains.into_values().collect();
-    inv.mailto_domains.sort_by(|a, b| {
-        b.occurrences
-            .cmp(&a.occurrences)
-            .then_with(|| a.domain.cmp(&b.domain))
-    });
-    let mut top: Vec<AddressCount> = addrs
-        .into_iter()
-        .map(|(k, st)| AddressCount {
-            address: k,
-            kind: st.kind,
-            occurrences: st.occurrences,
-            resources: st.resources,
-        })
-        .collect();
-    top.sort_by(|a, b| {
-        b.occurrences
-            .cmp(&a.occurrences)
-            .then_with(|| a.address.cmp(&b.address))
-    });
-    top.truncate(TOP_ADDRESSES);
-    inv.top_addresses = top;
-    inv.problems.sort_by(|a, b| a.path.cmp(&b.path));
+    inv.summarise(addrs);
     Ok(inv)
 }
