@@ -59,6 +59,16 @@ impl Db {
         })
     }
 
+    /// Starts a read-only, repeatable-read transaction: one consistent snapshot of the database
+    /// for a whole read (plan, scan, verify); nothing in it can write.
+    pub fn snapshot(&mut self) -> std::result::Result<postgres::Transaction<'_>, postgres::Error> {
+        self.client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+    }
+
     /// A database error during `what`, naming the server.
     pub fn err(&self, what: &str, e: &postgres::Error) -> crate::error::Error {
         crate::error::Error::runtime(format!(

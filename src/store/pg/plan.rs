@@ -215,11 +215,7 @@ pub fn plan(
     warnings.extend(old.warnings.iter().cloned());
 
     let mut tx = db
-        .client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+        .snapshot()
         .map_err(|e| Error::runtime(format!("{label}: {}", super::connect::describe(&e))))?;
 
     let mapping;

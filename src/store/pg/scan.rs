@@ -41,14 +41,10 @@ pub fn inventory(cfg: &Config, progress: &dyn Progress) -> Result<Inventory> {
         ..Default::default()
     };
     let bar = progress.start("scan", None);
-    let mut tx = db
-        .client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(|e| Error::runtime(format!("{label}: {}", super::connect::describe(&e))))?;
     let schema = db.schema.clone();
+    let mut tx = db
+        .snapshot()
+        .map_err(|e| Error::runtime(format!("{label}: {}", super::connect::describe(&e))))?;
     for table in read::HOME_TABLES {
         let n = read::homes(&mut tx, &schema, table)?.len();
         inv.homes.insert(table.to_ascii_lowercase(), n);

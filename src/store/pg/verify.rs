@@ -55,13 +55,7 @@ fn walk_objects(
     mut each: impl FnMut(&mut VerifyReport, &ObjectRow, &ical::CalendarInfo),
 ) -> Result<Vec<read::HomeRow>> {
     let schema = db.schema.clone();
-    let mut tx = db
-        .client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(super::pg_err("begin"))?;
+    let mut tx = db.snapshot().map_err(super::pg_err("begin"))?;
     let mut homes = Vec::new();
     for t in read::HOME_TABLES {
         homes.extend(read::homes(&mut tx, &schema, t)?);
