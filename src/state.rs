@@ -414,6 +414,19 @@ impl State {
         Ok(st.unwrap_or(RunState::Planned))
     }
 
+    /// When a run finished (`runs.finished_at`, RFC 3339); `None` while it has not, or for no
+    /// such run.
+    pub fn run_finished_at(&self, run_id: i64) -> Option<String> {
+        self.conn
+            .query_row(
+                "SELECT finished_at FROM runs WHERE id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .ok()
+            .flatten()
+    }
+
     /// Moves a run along its lifecycle; refuses a transition the state machine does not allow.
     pub fn advance_run(&self, run_id: i64, event: RunEvent) -> Result<RunState> {
         let from = self.run_state(run_id)?;

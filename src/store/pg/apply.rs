@@ -531,13 +531,7 @@ pub fn apply(
 /// wrote still hold what it wrote.
 pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> Result<()> {
     let run = s.run_id;
-    s.finished_at = state
-        .conn
-        .query_row("SELECT finished_at FROM runs WHERE id = ?1", [run], |r| {
-            r.get(0)
-        })
-        .ok()
-        .flatten();
+    s.finished_at = state.run_finished_at(run);
     s.state = Some(state.run_state(run)?);
     journal_totals(state, s)?;
     let written: Vec<(String, i64, String, String)> = {

@@ -317,13 +317,7 @@ pub fn rollback(
 /// homes restored, steps skipped), as the run itself reported it.
 fn finished_counts(db: &mut Db, state: &State, s: &mut RunSummary, target: i64) -> Result<()> {
     let run = s.run_id;
-    s.finished_at = state
-        .conn
-        .query_row("SELECT finished_at FROM runs WHERE id = ?1", [run], |r| {
-            r.get(0)
-        })
-        .ok()
-        .flatten();
+    s.finished_at = state.run_finished_at(run);
     let count = |sql: &str| -> Result<u64> {
         Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
     };
