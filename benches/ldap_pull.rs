@@ -6,7 +6,7 @@
 mod slapd;
 
 use principal_reconciler::config::Config;
-use principal_reconciler::directory::{load_current, presets::Mapping};
+use principal_reconciler::directory::{load_current, presets::Schema};
 use std::path::Path;
 use std::time::Instant;
 
@@ -29,7 +29,7 @@ fn main() {
     let cfg = Config::parse(&text, Path::new("bench.toml"))
         .expect("config")
         .directory;
-    let users = Mapping::from_config(&cfg).types[0].clone();
+    let users = Schema::from_config(&cfg).types[0].clone();
     let attrs = users.requested_attributes();
     let filter = users.filter.clone().unwrap();
     let base = format!("{},{}", users.container, slapd::BASE);

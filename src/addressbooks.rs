@@ -16,7 +16,7 @@
 use crate::address::{CalAddress, Guid};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::mapping::{Mapper, Mapping, Observed, Outcome};
+use crate::mapping::{Mapper, Mapping, Observed, Verdict};
 use crate::store::addressbook::{self as layout, Roots};
 pub use crate::store::addressbook::{survey, survey_reporting, GroupCard, Survey};
 use crate::store::write::sha256_hex;
@@ -64,7 +64,7 @@ pub fn observe(
             let r = mapper.resolve(&addr, &Observed::default());
             if matches!(
                 r.outcome,
-                Outcome::Mapped | Outcome::Unchanged | Outcome::Ambiguous | Outcome::Acknowledged
+                Verdict::Mapped | Verdict::Unchanged | Verdict::Ambiguous | Verdict::Acknowledged
             ) {
                 observed.insert(
                     key,
@@ -120,7 +120,7 @@ fn new_member_uid(cards: &HashSet<String>, mapping: &Mapping, uid: &str) -> Opti
     let r = mapping
         .entries
         .get(&CalAddress::UrnUuid(guid.clone()).key())?;
-    if !matches!(r.outcome, Outcome::Mapped | Outcome::Unchanged) {
+    if !matches!(r.outcome, Verdict::Mapped | Verdict::Unchanged) {
         return None;
     }
     let target = r.target.as_ref()?;
@@ -189,8 +189,8 @@ pub fn plan(
                 .and_then(|a| mapping.entries.get(&a.key()))
                 .map(|r| r.outcome);
             match outcome {
-                Some(Outcome::Mapped | Outcome::Unchanged) => sum.principal_members += 1,
-                Some(Outcome::Acknowledged) => sum.acknowledged_members += 1,
+                Some(Verdict::Mapped | Verdict::Unchanged) => sum.principal_members += 1,
+                Some(Verdict::Acknowledged) => sum.acknowledged_members += 1,
                 _ => sum.unresolved_members += 1,
             }
         }

@@ -23,7 +23,7 @@ pub struct PlanEntry {
     /// How far its runs in force carried it out (when it has any): applied and pending homes and
     /// resources — a staged migration (`apply --home`, `--limit`) shows what is still pending.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<crate::stage::Progress>,
+    pub progress: Option<crate::stage::Tally>,
 }
 
 /// One run of apply, rollback or provision.

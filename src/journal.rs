@@ -232,7 +232,7 @@ pub struct RunSummary {
     pub notes: Vec<String>,
     /// A staged apply (`--home`, `--limit`, or a run after a stage): how far the plan is now.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<crate::stage::Progress>,
+    pub stage: Option<crate::stage::Tally>,
 }
 
 /// Looks for a running CalendarServer on the store: a pid file whose process is alive.

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 /// How one address resolved, as written in the `outcome` column of the reports.
-pub enum Outcome {
+pub enum Verdict {
     /// `unchanged`: already in the canonical form for its current record.
     Unchanged,
     /// `mapped`: resolved to one current record and rewritten.
@@ -41,9 +41,9 @@ pub enum Outcome {
     Acknowledged,
 }
 
-impl Outcome {
+impl Verdict {
     /// Every outcome, in report order.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Verdict; 6] = [
         Self::Unchanged,
         Self::Mapped,
         Self::Ambiguous,
@@ -132,7 +132,7 @@ pub struct Resolution {
     /// Address form of the old value (`mailto`, `urn:uuid`, `principal-name`, ...; [`crate::address::AddressKind::as_str`]).
     pub form: &'static str,
     /// How the address resolved.
-    pub outcome: Outcome,
+    pub outcome: Verdict,
     /// Which rule decided it.
     pub rule: Rule,
     /// Human-readable evidence for the decision (e.g. which record or domain).
@@ -554,7 +554,7 @@ impl<'a> Mapper<'a> {
         let mut res = Resolution {
             old_value: key.clone(),
             form: addr.kind().as_str(),
-            outcome: Outcome::Unmatched,
+            outcome: Verdict::Unmatched,
             rule: Rule::NoCandidate,
             evidence: String::new(),
             target: None,
@@ -570,7 +570,7 @@ impl<'a> Mapper<'a> {
         if !overridden {
             match addr {
                 CalAddress::Other(_) => {
-                    res.outcome = Outcome::External;
+                    res.outcome = Verdict::External;
                     res.rule = Rule::NotAPrincipal;
                     res.evidence = "not an address form of this server".into();
                     return res;
@@ -578,7 +578,7 @@ impl<'a> Mapper<'a> {
                 CalAddress::Mailto(_) => {
                     let domain = addr.domain().unwrap_or("");
                     if !self.is_internal(domain) {
-                        res.outcome = Outcome::External;
+                        res.outcome = Verdict::External;
                         res.rule = Rule::OutsideDomains;
                         res.evidence = format!("domain {domain} is not in internal_domains");
                         return res;
@@ -592,9 +592,9 @@ impl<'a> Mapper<'a> {
                 let p = self.current[i].principal();
                 let value = p.canonical_address(self.form, addr);
                 res.outcome = if value == addr.to_string() {
-                    Outcome::Unchanged
+                    Verdict::Unchanged
                 } else {
-                    Outcome::Mapped
+                    Verdict::Mapped
                 };
                 res.rule = rule;
                 res.evidence = evidence;
@@ -603,13 +603,13 @@ impl<'a> Mapper<'a> {
             }
             Found::Many(mut c, rule, evidence) => {
                 c.sort_by(|a, b| self.current[*a].guid.cmp(&self.current[*b].guid));
-                res.outcome = Outcome::Ambiguous;
+                res.outcome = Verdict::Ambiguous;
                 res.rule = rule;
                 res.evidence = evidence;
                 res.candidates = c.iter().map(|&i| self.describe(i)).collect();
             }
             Found::Leaver(at) => {
-                res.outcome = Outcome::Acknowledged;
+                res.outcome = Verdict::Acknowledged;
                 res.rule = Rule::Leaver;
                 res.evidence = format!("a person who left ({at}): left as it is");
             }
@@ -651,7 +651,7 @@ impl Mapping {
     pub fn resolver(&self) -> HashMap<String, Principal> {
         self.entries
             .iter()
-            .filter(|(_, r)| matches!(r.outcome, Outcome::Mapped | Outcome::Unchanged))
+            .filter(|(_, r)| matches!(r.outcome, Verdict::Mapped | Verdict::Unchanged))
             .filter_map(|(k, r)| r.target.clone().map(|p| (k.clone(), p)))
             .collect()
     }
@@ -659,7 +659,7 @@ impl Mapping {
     /// Number of resolved addresses per outcome word, every outcome present (zero included).
     pub fn counts_by_outcome(&self) -> BTreeMap<&'static str, usize> {
         let mut m: BTreeMap<&'static str, usize> =
-            Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect();
+            Verdict::ALL.iter().map(|o| (o.as_str(), 0)).collect();
         for r in self.entries.values() {
             *m.entry(r.outcome.as_str()).or_default() += 1;
         }
@@ -676,7 +676,7 @@ impl Mapping {
     }
 
     /// Keys with the given outcome, sorted.
-    pub fn with_outcome(&self, o: Outcome) -> BTreeSet<&str> {
+    pub fn with_outcome(&self, o: Verdict) -> BTreeSet<&str> {
         self.entries
             .iter()
             .filter(|(_, r)| r.outcome == o)
@@ -811,48 +811,48 @@ mod tests {
         let (cfg, cur, old) = fixture();
         let m = Mapper::new(&cfg, &cur, &old).unwrap();
         let r = resolve(&m, &format!("urn:uuid:{NEW_JANE}"));
-        assert_eq!((r.outcome, r.rule), (Outcome::Unchanged, Rule::SameGuid));
+        assert_eq!((r.outcome, r.rule), (Verdict::Unchanged, Rule::SameGuid));
         let r = resolve(&m, &format!("urn:uuid:{}", OLD_JANE.to_lowercase()));
-        assert_eq!((r.outcome, r.rule), (Outcome::Mapped, Rule::OldExportGuid));
+        assert_eq!((r.outcome, r.rule), (Verdict::Mapped, Rule::OldExportGuid));
         assert_eq!(
             r.new_value.as_deref(),
             Some(format!("urn:uuid:{NEW_JANE}").as_str())
         );
         let r = resolve(&m, &format!("/principals/__uids__/{OLD_BOB}/"));
-        assert_eq!((r.outcome, r.rule), (Outcome::Mapped, Rule::OldExportGuid));
+        assert_eq!((r.outcome, r.rule), (Verdict::Mapped, Rule::OldExportGuid));
         let r = resolve(
             &m,
             "http://cal.example.com:8008/principals/locations/room1/",
         );
-        assert_eq!((r.outcome, r.rule), (Outcome::Mapped, Rule::PrincipalName));
+        assert_eq!((r.outcome, r.rule), (Verdict::Mapped, Rule::PrincipalName));
         assert_eq!(r.target.unwrap().kind, RecordType::Location);
         let r = resolve(&m, "/principals/users/room1/");
         assert_eq!(
             r.outcome,
-            Outcome::Unmatched,
+            Verdict::Unmatched,
             "a user URL must not map to a room"
         );
         let r = resolve(&m, "mailto:JDOE@example.com");
-        assert_eq!((r.outcome, r.rule), (Outcome::Mapped, Rule::OldExportMail));
+        assert_eq!((r.outcome, r.rule), (Verdict::Mapped, Rule::OldExportMail));
         let r = resolve(&m, "mailto:bob@example.com");
-        assert_eq!((r.outcome, r.rule), (Outcome::Mapped, Rule::OldExportMail));
+        assert_eq!((r.outcome, r.rule), (Verdict::Mapped, Rule::OldExportMail));
         let r = resolve(&m, "mailto:jane@old.example.com");
-        assert_eq!((r.outcome, r.rule), (Outcome::Mapped, Rule::DomainAlias));
+        assert_eq!((r.outcome, r.rule), (Verdict::Mapped, Rule::DomainAlias));
         let r = resolve(&m, "mailto:sam@example.com");
-        assert_eq!((r.outcome, r.rule), (Outcome::Ambiguous, Rule::CurrentMail));
+        assert_eq!((r.outcome, r.rule), (Verdict::Ambiguous, Rule::CurrentMail));
         assert_eq!(r.candidates.len(), 2);
         assert!(r.target.is_none());
         let r = resolve(&m, "mailto:someone@partner.org");
         assert_eq!(
             (r.outcome, r.rule),
-            (Outcome::External, Rule::OutsideDomains)
+            (Verdict::External, Rule::OutsideDomains)
         );
         let r = resolve(&m, &format!("urn:uuid:{OLD_GONE}"));
-        assert_eq!((r.outcome, r.rule), (Outcome::Unmatched, Rule::NoCandidate));
+        assert_eq!((r.outcome, r.rule), (Verdict::Unmatched, Rule::NoCandidate));
         let r = resolve(&m, "mailto:left@example.com");
-        assert_eq!(r.outcome, Outcome::Unmatched);
+        assert_eq!(r.outcome, Verdict::Unmatched);
         let r = resolve(&m, "tel:+15551234");
-        assert_eq!(r.outcome, Outcome::External);
+        assert_eq!(r.outcome, Verdict::External);
     }
 
     #[test]
@@ -865,7 +865,7 @@ mod tests {
             emails: [("jane@example.com".to_string(), 2)].into(),
         };
         let r = m.resolve(&addr, &one);
-        assert_eq!((r.outcome, r.rule), (Outcome::Mapped, Rule::StoreEvidence));
+        assert_eq!((r.outcome, r.rule), (Verdict::Mapped, Rule::StoreEvidence));
         assert_eq!(r.target.unwrap().guid.as_str(), NEW_JANE);
         let split = Observed {
             resources: 2,
@@ -875,7 +875,7 @@ mod tests {
             ]
             .into(),
         };
-        assert_eq!(m.resolve(&addr, &split).outcome, Outcome::Unmatched);
+        assert_eq!(m.resolve(&addr, &split).outcome, Verdict::Unmatched);
     }
 
     #[test]
@@ -891,7 +891,7 @@ mod tests {
         cfg.rewrite.mapping_file = Some(f.clone());
         let m = Mapper::new(&cfg, &cur, &old).unwrap();
         let r = resolve(&m, &format!("urn:x-uid:{OLD_GONE}"));
-        assert_eq!((r.outcome, r.rule), (Outcome::Mapped, Rule::Override));
+        assert_eq!((r.outcome, r.rule), (Verdict::Mapped, Rule::Override));
         assert_eq!(r.target.unwrap().short_name, "bob");
         let r = resolve(&m, "mailto:sam@example.com");
         assert_eq!(

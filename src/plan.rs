@@ -239,7 +239,7 @@ impl ical::Resolve for LazyResolver<'_, '_> {
         }
         let r = self.mapper.resolve(addr, &Observed::default());
         let idx = match r.outcome {
-            mapping::Outcome::Mapped | mapping::Outcome::Unchanged => {
+            mapping::Verdict::Mapped | mapping::Verdict::Unchanged => {
                 r.target.and_then(|p| self.by_guid.get(&p.guid).copied())
             }
             _ => None,
@@ -1075,12 +1075,12 @@ pub fn build(
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         ambiguous: mapping
-            .with_outcome(mapping::Outcome::Ambiguous)
+            .with_outcome(mapping::Verdict::Ambiguous)
             .into_iter()
             .map(String::from)
             .collect(),
         unmatched: mapping
-            .with_outcome(mapping::Outcome::Unmatched)
+            .with_outcome(mapping::Verdict::Unmatched)
             .into_iter()
             .map(String::from)
             .collect(),
@@ -1205,7 +1205,7 @@ pub(crate) fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
                 ("current", Some(p.guid.to_string()))
             }
             (Some(p), _) => ("moved", Some(p.guid.to_string())),
-            (None, mapping::Outcome::Ambiguous) => ("ambiguous", None),
+            (None, mapping::Verdict::Ambiguous) => ("ambiguous", None),
             (None, _) => ("unmatched", None),
         },
         None => ("unmatched", None),

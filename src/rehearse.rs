@@ -161,7 +161,7 @@ pub fn write_config(
 ) -> Result<PathBuf> {
     let mut r = cfg.clone();
     let ldif = dir.join("directory.ldif");
-    let mapping = crate::directory::presets::Mapping::from_config(&cfg.directory);
+    let mapping = crate::directory::presets::Schema::from_config(&cfg.directory);
     crate::directory::write_snapshot(&ldif, current, &mapping, cfg.directory.base.as_deref())?;
     r.directory.url = None;
     r.directory.ldif = Some(ldif);

@@ -76,7 +76,7 @@ impl Request {
 
 /// How far a plan is carried out, for `apply`, `runs` and `verify`.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Progress {
+pub struct Tally {
     /// The plan concerned.
     pub plan_id: i64,
     /// Units (owners' homes) the plan has something to do in.
@@ -97,7 +97,7 @@ pub struct Progress {
     pub runs: Vec<i64>,
 }
 
-impl Progress {
+impl Tally {
     /// Every unit and the rest are carried out: the plan is wholly applied.
     pub fn complete(&self) -> bool {
         self.homes_applied == self.homes && self.rest_applied
@@ -373,14 +373,14 @@ fn taken(state: &State, plan_id: i64, layout: &Layout) -> Result<Taken> {
 }
 
 /// How far a plan is carried out.
-pub fn progress(state: &State, plan_id: i64) -> Result<Progress> {
+pub fn progress(state: &State, plan_id: i64) -> Result<Tally> {
     let layout = Layout::load(state, plan_id)?;
     progress_of(state, plan_id, &layout)
 }
 
-fn progress_of(state: &State, plan_id: i64, layout: &Layout) -> Result<Progress> {
+fn progress_of(state: &State, plan_id: i64, layout: &Layout) -> Result<Tally> {
     let t = taken(state, plan_id, layout)?;
-    let mut p = Progress {
+    let mut p = Tally {
         plan_id,
         homes: layout.units.len() as u64,
         resources: layout.resources,

@@ -27,7 +27,7 @@ use crate::config::{Config, StoreKind};
 use crate::directory::Directory;
 use crate::error::Result;
 use crate::ical::{self, dropbox::HomeRef};
-use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
+use crate::mapping::{self, Mapper, Observed, Verdict};
 use crate::progress::{NoProgress, Progress};
 use crate::store::{self, HomeLayout, Item};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -90,7 +90,7 @@ pub fn verify_files(
 ) -> Result<VerifyReport> {
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
-    let mut memo: HashMap<String, (MapOutcome, Option<String>)> = HashMap::new();
+    let mut memo: HashMap<String, (Verdict, Option<String>)> = HashMap::new();
     let mut resolve = |addr: &CalAddress| {
         memo.entry(addr.key())
             .or_insert_with(|| {
@@ -121,9 +121,9 @@ pub fn verify_files(
                     homes_present.insert(crate::plan::home_ref(&h));
                     let addr = crate::plan::home_address(&h);
                     match resolve(&addr) {
-                        (MapOutcome::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
-                        (MapOutcome::Acknowledged, _) => {}
-                        (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v)) => report.add(
+                        (Verdict::Unchanged, _) if h.layout == HomeLayout::Hashed => {}
+                        (Verdict::Acknowledged, _) => {}
+                        (Verdict::Unchanged | Verdict::Mapped, Some(v)) => report.add(
                             "home-not-adopted",
                             &h.rel_path,
                             format!(
@@ -191,7 +191,7 @@ pub(crate) type Organizers = HashMap<String, (String, String)>;
 pub(crate) fn check_resource(
     report: &mut VerifyReport,
     mapper: &Mapper<'_>,
-    resolve: &mut dyn FnMut(&CalAddress) -> (MapOutcome, Option<String>),
+    resolve: &mut dyn FnMut(&CalAddress) -> (Verdict, Option<String>),
     organizers: &mut Organizers,
     rel_path: &str,
     info: &ical::CalendarInfo,
@@ -205,7 +205,7 @@ pub(crate) fn check_resource(
         }
         let at = format!("{rel_path}:{}", f.line);
         match resolve(&addr) {
-            (MapOutcome::Unchanged | MapOutcome::Mapped, Some(v))
+            (Verdict::Unchanged | Verdict::Mapped, Some(v))
                 if compared_exactly(&f.property) && v != f.value =>
             {
                 report.add(
@@ -214,14 +214,14 @@ pub(crate) fn check_resource(
                     not_canonical(&f.property, &f.value, &v),
                 )
             }
-            (MapOutcome::Unchanged, _) => {}
-            (MapOutcome::Mapped, Some(v)) => report.add(
+            (Verdict::Unchanged, _) => {}
+            (Verdict::Mapped, Some(v)) => report.add(
                 "not-canonical",
                 &at,
                 format!("{} {} should be {v}", f.property, f.value),
             ),
-            (MapOutcome::External | MapOutcome::Acknowledged, _) => {}
-            (MapOutcome::Ambiguous, _) => report.add(
+            (Verdict::External | Verdict::Acknowledged, _) => {}
+            (Verdict::Ambiguous, _) => report.add(
                 "ambiguous-address",
                 &at,
                 format!(
@@ -291,7 +291,7 @@ fn dropbox_links(
             present.contains(&link.home) || {
                 let r = mapper.resolve(&link.home.owner(), &Observed::default());
                 match (r.outcome, r.target) {
-                    (MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)) => {
+                    (Verdict::Mapped | Verdict::Unchanged, Some(p)) => {
                         let other = match &link.home {
                             HomeRef::Uid(_) => HomeRef::Name {
                                 kind: p.kind,
@@ -351,10 +351,10 @@ fn address_books(
         let r = resolve(&crate::plan::home_address(h));
         let current_guid = Guid::parse(&h.id);
         match (&r.target, r.outcome) {
-            (_, MapOutcome::Acknowledged) => {}
-            (Some(p), MapOutcome::Mapped | MapOutcome::Unchanged)
+            (_, Verdict::Acknowledged) => {}
+            (Some(p), Verdict::Mapped | Verdict::Unchanged)
                 if h.layout == HomeLayout::Hashed && current_guid.as_ref() == Some(&p.guid) => {}
-            (Some(p), MapOutcome::Mapped | MapOutcome::Unchanged) => report.add(
+            (Some(p), Verdict::Mapped | Verdict::Unchanged) => report.add(
                 "home-not-adopted",
                 &h.rel_path,
                 format!(
@@ -380,15 +380,15 @@ fn address_books(
             let at = format!("{}:{}", g.rel_path, m.line);
             let r = Guid::parse(uid).map(|g| resolve(&CalAddress::UrnUuid(g)));
             match r.as_ref().map(|r| (r.outcome, r.target.as_ref())) {
-                Some((MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)))
+                Some((Verdict::Mapped | Verdict::Unchanged, Some(p)))
                     if Guid::parse(uid).as_ref() == Some(&p.guid) => {}
-                Some((MapOutcome::Mapped | MapOutcome::Unchanged, Some(p))) => report.add(
+                Some((Verdict::Mapped | Verdict::Unchanged, Some(p))) => report.add(
                     "member-not-canonical",
                     &at,
                     format!("X-ADDRESSBOOKSERVER-MEMBER {} names {}, whose GUID is now {}", m.value, p.short_name, p.guid),
                 ),
-                Some((MapOutcome::Acknowledged, _)) => {}
-                Some((MapOutcome::Ambiguous, _)) => report.add(
+                Some((Verdict::Acknowledged, _)) => {}
+                Some((Verdict::Ambiguous, _)) => report.add(
                     "unresolved-member",
                     &at,
                     format!("X-ADDRESSBOOKSERVER-MEMBER {} names several current records", m.value),
@@ -455,7 +455,7 @@ pub fn write_csv(
 
 /// The plan whose runs in force carried out only part of it (a staged migration), if any: the
 /// plan of the latest apply run that is not rolled back.
-pub fn staged(cfg: &Config) -> Result<Option<crate::stage::Progress>> {
+pub fn staged(cfg: &Config) -> Result<Option<crate::stage::Tally>> {
     if cfg.store.kind == StoreKind::CalendarserverPg
         || !cfg.state.path.join(crate::state::DB_FILE).exists()
     {

@@ -1,7 +1,7 @@
 //! `directory pull` and `directory export --ldif FILE`: read the directory, show or snapshot it.
 
 use super::{Context, Outcome};
-use crate::directory::presets::Mapping;
+use crate::directory::presets::Schema;
 use crate::directory::Directory;
 use crate::error::Result;
 use clap::Subcommand;
@@ -84,7 +84,7 @@ fn pull(ctx: &Context) -> Result<Outcome> {
 fn export(ctx: &Context, ldif: &Path) -> Result<Outcome> {
     let cfg = &ctx.config.directory;
     let current = crate::directory::pull(cfg, ctx)?;
-    let mapping = Mapping::from_config(cfg);
+    let mapping = Schema::from_config(cfg);
     crate::directory::write_snapshot(ldif, &current, &mapping, cfg.base.as_deref())?;
     let counts: Vec<String> = current
         .counts()

@@ -4,7 +4,7 @@
 use super::{Context, Outcome};
 use crate::directory;
 use crate::error::{ExitStatus, Result};
-use crate::stage::Progress as StageProgress;
+use crate::stage::Tally;
 use serde_json::json;
 
 /// Runs the check and renders its report.
@@ -36,7 +36,7 @@ pub fn run(ctx: &Context) -> Result<Outcome> {
 }
 
 /// The note on a plan only partly carried out (a staged migration).
-fn partly_applied(p: &StageProgress) -> String {
+fn partly_applied(p: &Tally) -> String {
     format!(
         "Plan {} is partly applied (a staged migration, {} {}): {}. {} resources are pending; the problems above include those of the homes not yet applied: `principal-reconciler apply` carries them out.\n",
         p.plan_id,

@@ -2,7 +2,7 @@
 //! small LDAP filter evaluator used to classify LDIF entries with the live server's filters, and
 //! the conversion of an entry into a [`DirectoryRecord`].
 
-use super::presets::{GuidForm, Mapping, TypeMapping};
+use super::presets::{GuidForm, Schema, TypeSchema};
 use super::DirectoryRecord;
 use crate::address::{Guid, RecordType};
 
@@ -318,7 +318,7 @@ pub fn encode_guid(guid: &Guid, form: GuidForm) -> Vec<u8> {
 }
 
 /// Builds the record of an entry known to be of `t.kind`.
-pub fn to_record(e: &RawEntry, t: &TypeMapping, form: GuidForm) -> Result<DirectoryRecord, Skip> {
+pub fn to_record(e: &RawEntry, t: &TypeSchema, form: GuidForm) -> Result<DirectoryRecord, Skip> {
     let guid = t
         .guid
         .iter()
@@ -383,7 +383,7 @@ pub fn to_record(e: &RawEntry, t: &TypeMapping, form: GuidForm) -> Result<Direct
 
 /// Which record type an entry of an LDIF snapshot is: the first type whose container holds it and
 /// whose filter matches (the live server's own selection), else a guess from its object classes.
-pub fn classify(e: &RawEntry, m: &Mapping, base: Option<&str>) -> Option<RecordType> {
+pub fn classify(e: &RawEntry, m: &Schema, base: Option<&str>) -> Option<RecordType> {
     for t in &m.types {
         let Some(filter) = &t.filter else { continue };
         if !under_container(&e.dn, &t.container, base) {
@@ -486,7 +486,7 @@ mod tests {
 
     #[test]
     fn classifies_od_entries_by_container_and_class() {
-        let m = Mapping::preset(Preset::OpenDirectory);
+        let m = Schema::preset(Preset::OpenDirectory);
         let room = entry(
             "cn=room1,cn=places,dc=od",
             &[
@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn record_fields_and_guid_skip() {
-        let m = Mapping::preset(Preset::OpenDirectory);
+        let m = Schema::preset(Preset::OpenDirectory);
         let e = entry(
             "cn=staff,cn=groups,dc=od",
             &[

@@ -3,7 +3,7 @@
 //! the step and the LDAP result code.
 
 use super::entry::RawEntry;
-use super::presets::Mapping;
+use super::presets::Schema;
 use super::{Collector, Directory};
 use crate::config::{DirectoryConfig, PASSWORD_ENV};
 use crate::error::{Error, Result};
@@ -354,7 +354,7 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
     let url = cfg.url.clone().unwrap_or_default();
     let base = cfg.base.clone().unwrap_or_default();
     let timeout = Duration::from_secs(cfg.timeout.max(1));
-    let mapping = Mapping::from_config(cfg);
+    let mapping = Schema::from_config(cfg);
     let fail = |step: &str, msg: String| Error::runtime(format!("{url}: {step} failed: {msg}"));
     let mut ldap = connect_bound(cfg).await?;
 

@@ -6,7 +6,7 @@
 //! a directory is content only.
 
 use super::entry::{encode_guid, RawEntry};
-use super::presets::{Mapping, TypeMapping};
+use super::presets::{Schema, TypeSchema};
 use super::DirectoryRecord;
 use crate::address::{Guid, RecordType};
 use crate::error::{Error, Result};
@@ -249,7 +249,7 @@ pub fn write_attr(out: &mut impl Write, name: &str, value: &[u8]) -> std::io::Re
 }
 
 /// The object classes that make `t`'s filter select an entry (the positive `objectClass=` terms).
-fn object_classes(t: &TypeMapping) -> Vec<String> {
+fn object_classes(t: &TypeSchema) -> Vec<String> {
     use super::entry::Filter;
     fn collect(f: &Filter, out: &mut Vec<String>) {
         match f {
@@ -283,7 +283,7 @@ fn object_classes(t: &TypeMapping) -> Vec<String> {
 pub fn write_records(
     out: &mut impl Write,
     records: &[DirectoryRecord],
-    m: &Mapping,
+    m: &Schema,
     base: Option<&str>,
     origin: &str,
 ) -> std::io::Result<()> {
@@ -323,7 +323,7 @@ pub fn write_records(
 
 /// The record's DN: the one it was read under, else `<short-name attr>=<short name>` under the
 /// type's container and `base`.
-fn record_dn(r: &DirectoryRecord, t: &TypeMapping, base: Option<&str>) -> String {
+fn record_dn(r: &DirectoryRecord, t: &TypeSchema, base: Option<&str>) -> String {
     if r.source.contains('=') {
         return r.source.clone();
     }
@@ -346,8 +346,8 @@ fn record_dn(r: &DirectoryRecord, t: &TypeMapping, base: Option<&str>) -> String
 /// When two fields share an attribute (AD's cn), its values are written once, under the first.
 fn attribute_values(
     r: &DirectoryRecord,
-    t: &TypeMapping,
-    m: &Mapping,
+    t: &TypeSchema,
+    m: &Schema,
 ) -> Vec<(Option<String>, Vec<Vec<u8>>)> {
     let first = |l: &[String]| l.first().cloned();
     let text = |v: &[String]| v.iter().map(|s| s.as_bytes().to_vec()).collect();

@@ -15,7 +15,7 @@ use crate::config::{DirectoryConfig, Preset};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use entry::{classify, norm_dn, to_record, RawEntry, Skip};
-use presets::Mapping;
+use presets::Schema;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -83,14 +83,14 @@ impl Directory {
 /// Gathers records from entries: the GUID duplicate check, skipped-entry warnings and member DN
 /// resolution shared by the live pull and the LDIF reader.
 pub(crate) struct Collector {
-    mapping: Mapping,
+    mapping: Schema,
     dir: Directory,
     by_guid: HashMap<Guid, usize>,
     member_dns: Vec<(usize, Vec<String>)>,
 }
 
 impl Collector {
-    pub(crate) fn new(mapping: Mapping, origin: String) -> Collector {
+    pub(crate) fn new(mapping: Schema, origin: String) -> Collector {
         Collector {
             mapping,
             dir: Directory {
@@ -180,7 +180,7 @@ fn refuse_empty(cfg: &DirectoryConfig, dir: Directory) -> Result<Directory> {
     if !dir.records.is_empty() || cfg.allow_empty {
         return Ok(dir);
     }
-    let mapping = Mapping::from_config(cfg);
+    let mapping = Schema::from_config(cfg);
     let no_guid: Vec<&String> = dir
         .warnings
         .iter()
@@ -244,7 +244,7 @@ fn load_current_unchecked(
     on_entry: &(dyn Fn() + Sync),
 ) -> Result<Directory> {
     if let Some(path) = &cfg.ldif {
-        return load_ldif(path, &Mapping::from_config(cfg), cfg.base.as_deref());
+        return load_ldif(path, &Schema::from_config(cfg), cfg.base.as_deref());
     }
     if cfg.url.is_none() {
         return Err(Error::usage(
@@ -272,7 +272,7 @@ fn open(path: &Path) -> Result<BufReader<std::fs::File>> {
 
 /// Reads an LDIF snapshot with a mapping: entries are typed by the mapping's containers and
 /// filters (as a live server would select them), else by their object classes.
-pub fn load_ldif(path: &Path, mapping: &Mapping, base: Option<&str>) -> Result<Directory> {
+pub fn load_ldif(path: &Path, mapping: &Schema, base: Option<&str>) -> Result<Directory> {
     let input = open(path)?;
     read_ldif(input, &path.display().to_string(), mapping, base)
 }
@@ -280,7 +280,7 @@ pub fn load_ldif(path: &Path, mapping: &Mapping, base: Option<&str>) -> Result<D
 fn read_ldif(
     input: impl BufRead,
     name: &str,
-    mapping: &Mapping,
+    mapping: &Schema,
     base: Option<&str>,
 ) -> Result<Directory> {
     let mut reader = ldif::LdifReader::new(input, name);
@@ -310,7 +310,7 @@ pub fn load_old(files: &[PathBuf]) -> Result<Directory> {
             .join(", "),
         ..Directory::default()
     };
-    let od = Mapping::preset(Preset::OpenDirectory);
+    let od = Schema::preset(Preset::OpenDirectory);
     let mut seen: HashMap<Guid, String> = HashMap::new();
     for path in files {
         let name = path.display().to_string();
@@ -390,7 +390,7 @@ pub fn pull(cfg: &DirectoryConfig, progress: &dyn Progress) -> Result<Directory>
 pub fn write_snapshot(
     path: &Path,
     dir: &Directory,
-    mapping: &Mapping,
+    mapping: &Schema,
     base: Option<&str>,
 ) -> Result<()> {
     let parent = match path.parent() {

@@ -23,7 +23,7 @@ pub enum GuidForm {
 /// full name) the first attribute present wins; for lists (short names, e-mail, members) the
 /// values of all of them are gathered in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TypeMapping {
+pub struct TypeSchema {
     /// The record type these attributes read.
     pub kind: RecordType,
     /// Relative to the base (`cn=users`); empty = the base itself.
@@ -48,7 +48,7 @@ pub struct TypeMapping {
     pub member_dn: Vec<String>,
 }
 
-impl TypeMapping {
+impl TypeSchema {
     /// Every attribute to request from the server for this type (operational ones by name).
     pub fn requested_attributes(&self) -> Vec<String> {
         let mut out: Vec<String> = vec!["objectClass".to_string()];
@@ -72,15 +72,15 @@ impl TypeMapping {
     }
 }
 
-/// The whole mapping: one [`TypeMapping`] per record type, in the order they are read.
+/// The directory schema: one [`TypeSchema`] per record type, in the order they are read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
+pub struct Schema {
     /// The `[directory] preset` the defaults came from.
     pub preset: Preset,
     /// How GUID attribute values are read.
     pub guid_form: GuidForm,
     /// One attribute mapping per record type, in read order.
-    pub types: Vec<TypeMapping>,
+    pub types: Vec<TypeSchema>,
 }
 
 fn v(items: &[&str]) -> Vec<String> {
@@ -91,10 +91,10 @@ fn type_key(kind: RecordType) -> &'static str {
     kind.as_str()
 }
 
-impl Mapping {
+impl Schema {
     /// The preset's defaults with the configuration's overrides applied.
-    pub fn from_config(cfg: &DirectoryConfig) -> Mapping {
-        let mut m = Mapping::preset(cfg.preset);
+    pub fn from_config(cfg: &DirectoryConfig) -> Schema {
+        let mut m = Schema::preset(cfg.preset);
         for t in &mut m.types {
             let key = type_key(t.kind);
             if let Some(f) = cfg.filters.get(key) {
@@ -121,7 +121,7 @@ impl Mapping {
     }
 
     /// The defaults of one preset.
-    pub fn preset(preset: Preset) -> Mapping {
+    pub fn preset(preset: Preset) -> Schema {
         match preset {
             Preset::OpenDirectory => open_directory(preset),
             Preset::OpenLdap | Preset::Ds389 => open_ldap_or_389(preset),
@@ -131,7 +131,7 @@ impl Mapping {
     }
 
     /// The mapping for `kind`.
-    pub fn get(&self, kind: RecordType) -> &TypeMapping {
+    pub fn get(&self, kind: RecordType) -> &TypeSchema {
         self.types
             .iter()
             .find(|t| t.kind == kind)
@@ -141,8 +141,8 @@ impl Mapping {
 
 /// A type's mapping with the attributes most presets share (uid, cn, mail) and no GUID or
 /// membership attributes yet.
-fn base_type(kind: RecordType, container: &str, filter: Option<&str>) -> TypeMapping {
-    TypeMapping {
+fn base_type(kind: RecordType, container: &str, filter: Option<&str>) -> TypeSchema {
+    TypeSchema {
         kind,
         container: container.to_string(),
         filter: filter.map(str::to_string),
@@ -158,7 +158,7 @@ fn base_type(kind: RecordType, container: &str, filter: Option<&str>) -> TypeMap
 }
 
 /// Open Directory (OpenLDAP with Apple's schema): apple-generateduid GUIDs.
-fn open_directory(preset: Preset) -> Mapping {
+fn open_directory(preset: Preset) -> Schema {
     let mut user = base_type(
         RecordType::User,
         "cn=users",
@@ -187,7 +187,7 @@ fn open_directory(preset: Preset) -> Mapping {
     let mut resource = place.clone();
     resource.kind = RecordType::Resource;
     resource.container = "cn=resources".to_string();
-    Mapping {
+    Schema {
         preset,
         guid_form: GuidForm::Uuid,
         types: vec![user, group, place, resource],
@@ -195,7 +195,7 @@ fn open_directory(preset: Preset) -> Mapping {
 }
 
 /// OpenLDAP (entryUUID) or 389 Directory Server (nsUniqueId, ou=People / ou=Groups).
-fn open_ldap_or_389(preset: Preset) -> Mapping {
+fn open_ldap_or_389(preset: Preset) -> Schema {
     let (guid, form, users, groups) = if preset == Preset::OpenLdap {
         ("entryUUID", GuidForm::Uuid, "", "")
     } else {
@@ -223,7 +223,7 @@ fn open_ldap_or_389(preset: Preset) -> Mapping {
     place.short_name = v(&["cn"]);
     let mut resource = place.clone();
     resource.kind = RecordType::Resource;
-    Mapping {
+    Schema {
         preset,
         guid_form: form,
         types: vec![user, group, place, resource],
@@ -231,7 +231,7 @@ fn open_ldap_or_389(preset: Preset) -> Mapping {
 }
 
 /// Active Directory: binary objectGUID, sAMAccountName short names.
-fn active_directory(preset: Preset) -> Mapping {
+fn active_directory(preset: Preset) -> Schema {
     let mut user = base_type(
         RecordType::User,
         "",
@@ -250,7 +250,7 @@ fn active_directory(preset: Preset) -> Mapping {
     place.short_name = v(&["sAMAccountName", "cn"]);
     let mut resource = place.clone();
     resource.kind = RecordType::Resource;
-    Mapping {
+    Schema {
         preset,
         guid_form: GuidForm::AdBinary,
         types: vec![user, group, place, resource],
@@ -258,7 +258,7 @@ fn active_directory(preset: Preset) -> Mapping {
 }
 
 /// FreeIPA: ipaUniqueID GUIDs under cn=accounts.
-fn free_ipa(preset: Preset) -> Mapping {
+fn free_ipa(preset: Preset) -> Schema {
     let mut user = base_type(
         RecordType::User,
         "cn=users,cn=accounts",
@@ -280,7 +280,7 @@ fn free_ipa(preset: Preset) -> Mapping {
     place.short_name = v(&["cn"]);
     let mut resource = place.clone();
     resource.kind = RecordType::Resource;
-    Mapping {
+    Schema {
         preset,
         guid_form: GuidForm::Uuid,
         types: vec![user, group, place, resource],
@@ -320,7 +320,7 @@ mod tests {
         c.attributes.insert("guid".into(), "entryUUID".into());
         c.filters.insert("user".into(), "(uid=a\\2a)".into());
         c.containers.insert("location".into(), "ou=rooms".into());
-        let m = Mapping::from_config(&c);
+        let m = Schema::from_config(&c);
         assert!(m
             .types
             .iter()
@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn opendirectory_requests_what_it_reads() {
-        let m = Mapping::preset(Preset::OpenDirectory);
+        let m = Schema::preset(Preset::OpenDirectory);
         let attrs = m.get(RecordType::Group).requested_attributes();
         for a in [
             "objectClass",

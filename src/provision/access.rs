@@ -5,7 +5,7 @@
 use crate::address::{Guid, RecordType};
 use crate::config::DirectoryConfig;
 use crate::directory::ldap::{connect_bound, describe_result, rc_name};
-use crate::directory::presets::Mapping;
+use crate::directory::presets::Schema;
 use crate::directory::{Directory, DirectoryRecord};
 use crate::error::{Error, Result};
 use ldap3::{LdapError, Mod};
@@ -171,7 +171,7 @@ fn first_attr(list: &[String], what: &str) -> Result<String> {
 async fn apply_ldap_async(cfg: &DirectoryConfig, plan: &AccessPlan) -> Result<LdapApplied> {
     let url = cfg.url.clone().unwrap_or_default();
     let dn = plan.group_source.clone();
-    let mapping = Mapping::from_config(cfg);
+    let mapping = Schema::from_config(cfg);
     let t = mapping.get(RecordType::Group);
     let mut ops: Vec<Op> = Vec::new();
     let strs = |v: &[Guid]| v.iter().map(|g| g.as_str().to_string()).collect::<Vec<_>>();

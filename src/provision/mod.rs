@@ -339,7 +339,7 @@ impl Analysis<'_> {
                 }
                 let res = self.resolve(g);
                 match (&res.outcome, &res.target) {
-                    (mapping::Outcome::Mapped | mapping::Outcome::Unchanged, Some(t)) => {
+                    (mapping::Verdict::Mapped | mapping::Verdict::Unchanged, Some(t)) => {
                         let Some(target) = self.by_guid.get(&t.guid) else {
                             continue;
                         };
@@ -372,7 +372,7 @@ impl Analysis<'_> {
                         replaced.insert(t.guid.clone(), f.clone());
                         findings.push(f);
                     }
-                    (mapping::Outcome::Ambiguous, _) => {
+                    (mapping::Verdict::Ambiguous, _) => {
                         let mut f = Finding::for_guid(
                             g.as_str(),
                             problem::AMBIGUOUS_IN_ACCESS_GROUP,
@@ -496,7 +496,7 @@ impl Analysis<'_> {
             let res = self.resolve(&g);
             let at = format!("{}:{}", file.name, rec.line);
             match (&res.outcome, &res.target) {
-                (mapping::Outcome::Mapped | mapping::Outcome::Unchanged, Some(t)) => {
+                (mapping::Verdict::Mapped | mapping::Verdict::Unchanged, Some(t)) => {
                     let Some(target) = self.by_guid.get(&t.guid) else {
                         continue;
                     };
@@ -522,7 +522,7 @@ impl Analysis<'_> {
                     }
                     findings.push(resolved(f, &res));
                 }
-                (mapping::Outcome::Ambiguous, _) => {
+                (mapping::Verdict::Ambiguous, _) => {
                     let mut f = Finding::for_guid(
                         g.as_str(),
                         problem::AMBIGUOUS_AUGMENT,
@@ -665,7 +665,7 @@ pub fn guid_resolver<'m, 'a: 'm>(mapper: &'m Mapper<'a>) -> impl Fn(&Guid) -> Op
     move |g: &Guid| {
         let res = mapper.resolve(&CalAddress::UrnUuid(g.clone()), &Observed::default());
         match res.outcome {
-            mapping::Outcome::Mapped | mapping::Outcome::Unchanged => res.target.map(|t| t.guid),
+            mapping::Verdict::Mapped | mapping::Verdict::Unchanged => res.target.map(|t| t.guid),
             _ => None,
         }
     }

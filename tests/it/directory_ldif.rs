@@ -3,7 +3,7 @@
 
 use principal_reconciler::address::{Guid, RecordType};
 use principal_reconciler::config::Preset;
-use principal_reconciler::directory::presets::Mapping;
+use principal_reconciler::directory::presets::Schema;
 use principal_reconciler::directory::{
     load_ldif, load_old, write_snapshot, Directory, DirectoryRecord,
 };
@@ -106,7 +106,7 @@ fn records() -> impl Strategy<Value = Vec<DirectoryRecord>> {
 }
 
 fn round_trip(recs: &[DirectoryRecord], preset: Preset) -> Vec<DirectoryRecord> {
-    let m = Mapping::preset(preset);
+    let m = Schema::preset(preset);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("snap.ldif");
     let d = Directory {
@@ -145,7 +145,7 @@ fn ad_snapshot_keeps_binary_guids() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ad.ldif");
-    let m = Mapping::preset(Preset::ActiveDirectory);
+    let m = Schema::preset(Preset::ActiveDirectory);
     write_snapshot(
         &path,
         &Directory {

@@ -531,10 +531,10 @@ pub fn plan(
                 Some((_, Some(p))) if p.guid.as_str().eq_ignore_ascii_case(&h.owner_uid) => {
                     ("current", Some(p.guid.to_string()))
                 }
-                Some((mapping::Outcome::Mapped | mapping::Outcome::Unchanged, Some(p))) => {
+                Some((mapping::Verdict::Mapped | mapping::Verdict::Unchanged, Some(p))) => {
                     ("moved", Some(p.guid.to_string()))
                 }
-                Some((mapping::Outcome::Ambiguous, _)) => ("ambiguous", None),
+                Some((mapping::Verdict::Ambiguous, _)) => ("ambiguous", None),
                 _ => ("unmatched", None),
             };
             *homes_count.entry(outcome.to_string()).or_default() += 1;
@@ -687,12 +687,12 @@ pub fn plan(
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         ambiguous: mapping
-            .with_outcome(mapping::Outcome::Ambiguous)
+            .with_outcome(mapping::Verdict::Ambiguous)
             .into_iter()
             .map(String::from)
             .collect(),
         unmatched: mapping
-            .with_outcome(mapping::Outcome::Unmatched)
+            .with_outcome(mapping::Verdict::Unmatched)
             .into_iter()
             .map(String::from)
             .collect(),

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::Result;
 use crate::ical;
-use crate::mapping::{self, Mapper, Observed, Outcome as MapOutcome};
+use crate::mapping::{self, Mapper, Observed, Verdict};
 use crate::progress::Progress;
 use crate::verify::{check_resource, Organizers, VerifyReport};
 use std::collections::{HashMap, HashSet};
@@ -96,7 +96,7 @@ fn walk_objects(
 pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
-    let mut memo: HashMap<String, (MapOutcome, Option<String>)> = HashMap::new();
+    let mut memo: HashMap<String, (Verdict, Option<String>)> = HashMap::new();
     let mut resolve = |addr: &CalAddress| {
         memo.entry(addr.key())
             .or_insert_with(|| {
@@ -127,8 +127,8 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
     let uid_state = |uid: &str| -> std::result::Result<(), Option<String>> {
         let r = mapper.resolve(&super::plan::uid_address(uid), &Observed::default());
         match (r.outcome, r.target) {
-            (MapOutcome::Acknowledged, _) => Ok(()),
-            (MapOutcome::Mapped | MapOutcome::Unchanged, Some(p)) => {
+            (Verdict::Acknowledged, _) => Ok(()),
+            (Verdict::Mapped | Verdict::Unchanged, Some(p)) => {
                 if p.guid.as_str().eq_ignore_ascii_case(uid) {
                     Ok(())
                 } else {
@@ -218,7 +218,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
                     _ => None,
                 },
                 ValueKind::Address => match resolve(&mapping::parse_found(&v)) {
-                    (MapOutcome::Mapped, Some(new)) => Some(new),
+                    (Verdict::Mapped, Some(new)) => Some(new),
                     _ => None,
                 },
             };
