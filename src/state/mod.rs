@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 
 /// Schema migrations, applied in order, each once.
 const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/0001_plans.sql")),
-    (2, include_str!("../migrations/0002_journal.sql")),
-    (3, include_str!("../migrations/0003_databases.sql")),
-    (4, include_str!("../migrations/0004_addressbooks.sql")),
-    (5, include_str!("../migrations/0005_attr_edits.sql")),
-    (6, include_str!("../migrations/0006_lifecycle.sql")),
-    (7, include_str!("../migrations/0007_prune.sql")),
-    (8, include_str!("../migrations/0008_pg_store.sql")),
-    (9, include_str!("../migrations/0009_stages.sql")),
-    (10, include_str!("../migrations/0010_compact_plans.sql")),
+    (1, include_str!("../../migrations/0001_plans.sql")),
+    (2, include_str!("../../migrations/0002_journal.sql")),
+    (3, include_str!("../../migrations/0003_databases.sql")),
+    (4, include_str!("../../migrations/0004_addressbooks.sql")),
+    (5, include_str!("../../migrations/0005_attr_edits.sql")),
+    (6, include_str!("../../migrations/0006_lifecycle.sql")),
+    (7, include_str!("../../migrations/0007_prune.sql")),
+    (8, include_str!("../../migrations/0008_pg_store.sql")),
+    (9, include_str!("../../migrations/0009_stages.sql")),
+    (10, include_str!("../../migrations/0010_compact_plans.sql")),
 ];
 
 /// File name of the state database inside the state folder.
