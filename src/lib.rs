@@ -17,6 +17,7 @@ pub mod config;
 pub mod diff;
 pub mod directory;
 pub mod error;
+pub mod finding;
 pub mod fsutil;
 pub mod history;
 pub mod homes;

@@ -15,16 +15,7 @@ use crate::store::{self, Home, Item};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
 
-/// A problem found while planning (unreadable or malformed resource, symlink, ...).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Finding {
-    /// Store-relative path of the resource.
-    pub path: String,
-    /// Kind of problem (`malformed`, `unreadable`, `symlink`, ...).
-    pub kind: String,
-    /// What went wrong, in words (e.g. the parse error).
-    pub detail: String,
-}
+pub use crate::finding::Finding;
 
 /// What a home's owner resolved to.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -840,6 +831,7 @@ pub fn build(
                                 path: p.path,
                                 kind: p.kind,
                                 detail: p.detail,
+                                fixed: None,
                             });
                         }
                     }
@@ -849,6 +841,7 @@ pub fn build(
                                 path: res.rel_path,
                                 kind: "malformed".into(),
                                 detail: e.to_string(),
+                                fixed: None,
                             });
                         }
                     }
@@ -860,6 +853,7 @@ pub fn build(
                                     path: res.rel_path.clone(),
                                     kind: "unreadable".into(),
                                     detail,
+                                    fixed: None,
                                 });
                             }
                         }
@@ -914,6 +908,7 @@ pub fn build(
                             path: p.path.clone(),
                             kind: p.kind.clone(),
                             detail: p.detail.clone(),
+                            fixed: None,
                         });
                     }
                 }

@@ -26,6 +26,7 @@ use crate::address::{CalAddress, Guid};
 use crate::config::{Config, StoreKind};
 use crate::directory::Directory;
 use crate::error::Result;
+use crate::finding::Finding;
 use crate::ical::{self, dropbox::HomeRef};
 use crate::mapping::{self, Mapper, Observed, Verdict};
 use crate::progress::{NoProgress, Progress};
@@ -35,15 +36,23 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// How many problems of one kind the terminal summary lists.
 const LISTED: usize = 8;
 
-#[derive(Clone, Debug, serde::Serialize)]
-/// One problem `verify` found (one row of verify.csv).
-pub struct Problem {
-    /// Problem kind (e.g. `not-canonical`, `home-not-adopted`, `malformed`), as counted in `by_kind`.
-    pub kind: String,
-    /// Store-relative path of the resource or home it is about.
-    pub path: String,
-    /// What is wrong, in words.
-    pub detail: String,
+/// One problem as `verify --json` lists it: kind first (one row of verify.csv).
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    kind: &'a str,
+    path: &'a str,
+    detail: &'a str,
+}
+
+fn kind_first<S: serde::Serializer>(
+    problems: &[Finding],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(problems.iter().map(|p| Listed {
+        kind: &p.kind,
+        path: &p.path,
+        detail: &p.detail,
+    }))
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -55,8 +64,10 @@ pub struct VerifyReport {
     pub homes: u64,
     /// Problems per kind.
     pub by_kind: BTreeMap<String, u64>,
-    /// Every problem, in the order found.
-    pub problems: Vec<Problem>,
+    /// Every problem, in the order found (kinds as counted in `by_kind`, e.g. `not-canonical`,
+    /// `home-not-adopted`, `malformed`; the path of the resource or home it is about).
+    #[serde(serialize_with = "kind_first")]
+    pub problems: Vec<Finding>,
     /// Things worth knowing that are not problems (e.g. resources without an MD5 attribute).
     pub notes: BTreeMap<String, u64>,
 }
@@ -64,11 +75,7 @@ pub struct VerifyReport {
 impl VerifyReport {
     pub(crate) fn add(&mut self, kind: &str, path: &str, detail: String) {
         *self.by_kind.entry(kind.to_string()).or_default() += 1;
-        self.problems.push(Problem {
-            kind: kind.to_string(),
-            path: path.to_string(),
-            detail,
-        });
+        self.problems.push(Finding::new(path, kind, detail));
     }
 }
 

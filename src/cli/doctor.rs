@@ -4,7 +4,8 @@
 use super::{Context, Outcome};
 use crate::config::StoreKind;
 use crate::error::{Error, ExitStatus, Result};
-use crate::store::doctor::{DoctorOptions, DoctorReport, Finding};
+use crate::finding::Finding;
+use crate::store::doctor::{DoctorOptions, DoctorReport};
 use clap::Args;
 use std::fmt::Write as _;
 

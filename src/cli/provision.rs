@@ -3,7 +3,7 @@
 
 use super::{Context, Outcome};
 use crate::error::{ExitStatus, Result};
-use crate::provision::{Finding, ProvisionReport, Severity};
+use crate::provision::{ProvisionReport, RecordProblem, Severity};
 use clap::Args;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -109,7 +109,7 @@ pub fn human_summary(report: &ProvisionReport) -> String {
     if !report.needs_doing() {
         out.push_str("Nothing needs doing.\n");
     }
-    let mut by_problem: BTreeMap<(Severity, &str), Vec<&Finding>> = BTreeMap::new();
+    let mut by_problem: BTreeMap<(Severity, &str), Vec<&RecordProblem>> = BTreeMap::new();
     for f in &report.findings {
         by_problem
             .entry((f.severity, f.problem))

@@ -95,7 +95,7 @@ pub mod problem {
 
 /// One problem with one record (one row of provision.csv).
 #[derive(Clone, Debug, Serialize)]
-pub struct Finding {
+pub struct RecordProblem {
     /// GUID of the record (or the GUID found, for `unknown`).
     pub guid: String,
     /// The record's first short name (empty for `unknown`).
@@ -119,9 +119,9 @@ pub struct Finding {
     pub evidence: String,
 }
 
-impl Finding {
-    fn for_record(r: &DirectoryRecord, problem: &'static str, severity: Severity) -> Finding {
-        Finding {
+impl RecordProblem {
+    fn for_record(r: &DirectoryRecord, problem: &'static str, severity: Severity) -> RecordProblem {
+        RecordProblem {
             guid: r.guid.to_string(),
             short_name: r.short_names.first().cloned().unwrap_or_default(),
             full_name: r.full_name.clone().unwrap_or_default(),
@@ -135,8 +135,8 @@ impl Finding {
         }
     }
 
-    fn for_guid(guid: &str, problem: &'static str, severity: Severity) -> Finding {
-        Finding {
+    fn for_guid(guid: &str, problem: &'static str, severity: Severity) -> RecordProblem {
+        RecordProblem {
             guid: guid.to_string(),
             short_name: String::new(),
             full_name: String::new(),
@@ -179,7 +179,7 @@ pub struct ProvisionReport {
     /// Users, places and resources checked.
     pub checked: usize,
     /// Problems, sorted: fixes and errors first.
-    pub findings: Vec<Finding>,
+    pub findings: Vec<RecordProblem>,
     /// Access group changes; None when no `[provision] access_group` is configured.
     pub access: Option<AccessPlan>,
     /// augments.xml changes; None when no `[provision] augments_file` is configured.
@@ -249,7 +249,7 @@ struct Analysis<'a> {
 }
 
 /// A finding with the rule and evidence of the resolution behind it.
-fn resolved(mut f: Finding, res: &mapping::Resolution) -> Finding {
+fn resolved(mut f: RecordProblem, res: &mapping::Resolution) -> RecordProblem {
     f.rule = res.rule.as_str().to_string();
     f.evidence = res.evidence.clone();
     f
@@ -268,7 +268,7 @@ pub fn analyse(cfg: &Config, current: &Directory, old: &Directory) -> Result<Pro
             .filter(|r| needs_principal(r))
             .collect(),
     };
-    let mut findings: Vec<Finding> = Vec::new();
+    let mut findings: Vec<RecordProblem> = Vec::new();
     let mut warnings = Vec::new();
     let access = match &cfg.provision.access_group {
         None => None,
@@ -307,7 +307,7 @@ impl Analysis<'_> {
     }
 
     /// The access group (2.x): old GUIDs it lists, then the records it does not reach.
-    fn access_group(&self, name: &str, findings: &mut Vec<Finding>) -> Result<AccessPlan> {
+    fn access_group(&self, name: &str, findings: &mut Vec<RecordProblem>) -> Result<AccessPlan> {
         let group = access::find_group(self.current, name)?;
         let mut plan = AccessPlan {
             group_guid: Some(group.guid.clone()),
@@ -328,10 +328,10 @@ impl Analysis<'_> {
         &self,
         group: &DirectoryRecord,
         plan: &mut AccessPlan,
-        findings: &mut Vec<Finding>,
-    ) -> HashMap<Guid, Finding> {
+        findings: &mut Vec<RecordProblem>,
+    ) -> HashMap<Guid, RecordProblem> {
         let gname = plan.group_name.clone();
-        let mut replaced: HashMap<Guid, Finding> = HashMap::new();
+        let mut replaced: HashMap<Guid, RecordProblem> = HashMap::new();
         for (nested, list) in [(false, &group.member_guids), (true, &group.nested_guids)] {
             for g in list {
                 if self.by_guid.contains_key(g) {
@@ -357,7 +357,7 @@ impl Analysis<'_> {
                         if !already && !add.contains(&t.guid) {
                             add.push(t.guid.clone());
                         }
-                        let mut f = Finding::for_record(
+                        let mut f = RecordProblem::for_record(
                             target,
                             problem::STALE_IN_ACCESS_GROUP,
                             Severity::Fix,
@@ -373,7 +373,7 @@ impl Analysis<'_> {
                         findings.push(f);
                     }
                     (mapping::Verdict::Ambiguous, _) => {
-                        let mut f = Finding::for_guid(
+                        let mut f = RecordProblem::for_guid(
                             g.as_str(),
                             problem::AMBIGUOUS_IN_ACCESS_GROUP,
                             Severity::Warning,
@@ -386,7 +386,7 @@ impl Analysis<'_> {
                         findings.push(resolved(f, &res));
                     }
                     _ => {
-                        let mut f = Finding::for_guid(
+                        let mut f = RecordProblem::for_guid(
                             g.as_str(),
                             problem::UNMATCHED_IN_ACCESS_GROUP,
                             Severity::Note,
@@ -409,8 +409,8 @@ impl Analysis<'_> {
         &self,
         group: &DirectoryRecord,
         plan: &mut AccessPlan,
-        replaced: &HashMap<Guid, Finding>,
-        findings: &mut Vec<Finding>,
+        replaced: &HashMap<Guid, RecordProblem>,
+        findings: &mut Vec<RecordProblem>,
     ) {
         let gname = plan.group_name.clone();
         let members: Vec<Guid> = group
@@ -443,7 +443,7 @@ impl Analysis<'_> {
                 continue;
             }
             plan.add_members.push(r.guid.clone());
-            let mut f = Finding::for_record(r, problem::NOT_IN_ACCESS_GROUP, Severity::Fix);
+            let mut f = RecordProblem::for_record(r, problem::NOT_IN_ACCESS_GROUP, Severity::Fix);
             f.detail = if group.member_names.contains(&short) {
                 format!("listed in group {gname} by short name only; the server goes by GUID")
             } else {
@@ -462,7 +462,7 @@ impl Analysis<'_> {
     }
 
     /// augments.xml (3+): records kept under old GUIDs, then the records it leaves disabled.
-    fn augments(&self, path: &Path, findings: &mut Vec<Finding>) -> Result<AugmentsPlan> {
+    fn augments(&self, path: &Path, findings: &mut Vec<RecordProblem>) -> Result<AugmentsPlan> {
         let file = AugmentsFile::read(path)?;
         let (rewrites, claimed) = self.stale_augments(&file, findings);
         let additions = self.missing_augments(&file, &claimed, findings);
@@ -479,7 +479,7 @@ impl Analysis<'_> {
     fn stale_augments(
         &self,
         file: &AugmentsFile,
-        findings: &mut Vec<Finding>,
+        findings: &mut Vec<RecordProblem>,
     ) -> (Vec<UidRewrite>, Vec<Guid>) {
         let mut rewrites: Vec<UidRewrite> = Vec::new();
         let mut claimed: Vec<Guid> = Vec::new();
@@ -501,7 +501,7 @@ impl Analysis<'_> {
                         continue;
                     };
                     let own = file.exact(t.guid.as_str()).is_some() || claimed.contains(&t.guid);
-                    let mut f = Finding::for_record(
+                    let mut f = RecordProblem::for_record(
                         target,
                         problem::STALE_AUGMENT,
                         if own { Severity::Note } else { Severity::Fix },
@@ -523,7 +523,7 @@ impl Analysis<'_> {
                     findings.push(resolved(f, &res));
                 }
                 (mapping::Verdict::Ambiguous, _) => {
-                    let mut f = Finding::for_guid(
+                    let mut f = RecordProblem::for_guid(
                         g.as_str(),
                         problem::AMBIGUOUS_AUGMENT,
                         Severity::Warning,
@@ -533,8 +533,11 @@ impl Analysis<'_> {
                     findings.push(resolved(f, &res));
                 }
                 _ => {
-                    let mut f =
-                        Finding::for_guid(g.as_str(), problem::UNMATCHED_AUGMENT, Severity::Note);
+                    let mut f = RecordProblem::for_guid(
+                        g.as_str(),
+                        problem::UNMATCHED_AUGMENT,
+                        Severity::Note,
+                    );
                     f.detail = format!("{at}: record for a GUID no current record has");
                     f.action = "kept".into();
                     findings.push(resolved(f, &res));
@@ -550,7 +553,7 @@ impl Analysis<'_> {
         &self,
         file: &AugmentsFile,
         claimed: &[Guid],
-        findings: &mut Vec<Finding>,
+        findings: &mut Vec<RecordProblem>,
     ) -> Vec<NewRecord> {
         let cfg = self.cfg;
         let mut additions = Vec::new();
@@ -563,7 +566,7 @@ impl Analysis<'_> {
                 continue;
             }
             if own {
-                let mut f = Finding::for_record(r, problem::AUGMENT_DISABLES, Severity::Note);
+                let mut f = RecordProblem::for_record(r, problem::AUGMENT_DISABLES, Severity::Note);
                 f.detail = "its own augment record disables calendaring".into();
                 f.action =
                     "kept (an explicit choice; edit augments.xml by hand to change it)".into();
@@ -578,7 +581,7 @@ impl Analysis<'_> {
                 enable_addressbook: cfg.provision.enable_addressbook,
                 auto_schedule: room && cfg.provision.auto_schedule_rooms,
             };
-            let mut f = Finding::for_record(r, problem::NO_AUGMENT, Severity::Fix);
+            let mut f = RecordProblem::for_record(r, problem::NO_AUGMENT, Severity::Fix);
             f.detail = format!(
                 "no augment record; record `{}` disables calendaring",
                 decided_by.unwrap_or_default()
@@ -605,11 +608,11 @@ impl Analysis<'_> {
     }
 
     /// Records without an e-mail address, addresses on several records, duplicate GUIDs.
-    fn emails_and_duplicates(&self, findings: &mut Vec<Finding>) {
+    fn emails_and_duplicates(&self, findings: &mut Vec<RecordProblem>) {
         let current = self.current;
         for r in &self.principals {
             if r.emails.is_empty() {
-                let mut f = Finding::for_record(r, problem::NO_EMAIL, Severity::Warning);
+                let mut f = RecordProblem::for_record(r, problem::NO_EMAIL, Severity::Warning);
                 f.detail = "no e-mail address: the server gives it no mailto: address, so invitations by e-mail cannot reach it".into();
                 f.action = "none (add an e-mail address in the directory)".into();
                 findings.push(f);
@@ -641,7 +644,7 @@ impl Analysis<'_> {
                         )
                     })
                     .collect();
-                let mut f = Finding::for_record(r, problem::DUPLICATE_EMAIL, Severity::Error);
+                let mut f = RecordProblem::for_record(r, problem::DUPLICATE_EMAIL, Severity::Error);
                 f.detail = format!("e-mail {mail} is also on {}", others.join(", "));
                 f.action = "none: give each record its own address in the directory".into();
                 findings.push(f);
@@ -649,8 +652,10 @@ impl Analysis<'_> {
         }
         for (g, skipped, first) in duplicate_guids(current) {
             let mut f = match self.by_guid.get(&g) {
-                Some(r) => Finding::for_record(r, problem::DUPLICATE_GUID, Severity::Error),
-                None => Finding::for_guid(g.as_str(), problem::DUPLICATE_GUID, Severity::Error),
+                Some(r) => RecordProblem::for_record(r, problem::DUPLICATE_GUID, Severity::Error),
+                None => {
+                    RecordProblem::for_guid(g.as_str(), problem::DUPLICATE_GUID, Severity::Error)
+                }
             };
             f.detail = format!("GUID {g} is on {first} and on {skipped} (the second was ignored)");
             f.action = "none: give each record its own GUID in the directory".into();

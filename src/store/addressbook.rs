@@ -10,9 +10,10 @@
 //! with `addressbooks/`; [`Roots`] tells which root a relative path belongs to.
 
 use super::walk::{walk_tree, Top, WalkOptions};
-use super::{Home, Item, Problem, Resource};
+use super::{Home, Item, Resource};
 use crate::config::{StoreConfig, StoreKind};
 use crate::error::{Error, Result};
+use crate::finding::Finding;
 use crate::progress::{Bar, NoBar};
 use crate::vcard::{self, Member};
 use rayon::prelude::*;
@@ -206,7 +207,7 @@ pub struct Survey {
     /// Address-book homes found.
     pub homes: Vec<Home>,
     /// Files that could not be read or parsed.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<Finding>,
     /// Card files read.
     pub cards: u64,
     /// Bytes of card files read.
@@ -261,11 +262,9 @@ fn survey_walk(root: &Path, walk_bar: &dyn Bar, bar: &dyn Bar) -> Result<Survey>
             match item {
                 Item::Home(h) => s.homes.push(h),
                 Item::Problem(p) => s.problems.push(p),
-                Item::Resource(res, Err(e)) => s.problems.push(Problem {
-                    path: res.rel_path,
-                    kind: "malformed".into(),
-                    detail: e.to_string(),
-                }),
+                Item::Resource(res, Err(e)) => {
+                    s.problems.push(Finding::malformed(res.rel_path, &e))
+                }
                 Item::Resource(res, Ok(members)) => {
                     s.cards += 1;
                     s.bytes += res.size;
@@ -374,7 +373,7 @@ pub struct Inventory {
 }
 
 /// The address-book part of `scan`, with the problems found (paths relative to its root).
-pub fn inventory(cfg: &StoreConfig, bar: &dyn Bar) -> Result<Option<(Inventory, Vec<Problem>)>> {
+pub fn inventory(cfg: &StoreConfig, bar: &dyn Bar) -> Result<Option<(Inventory, Vec<Finding>)>> {
     let Some(root) = locate(cfg)? else {
         return Ok(None);
     };

@@ -9,6 +9,7 @@ use super::write::{
 use super::{xattrs, Item};
 use crate::config::{StoreConfig, StoreKind};
 use crate::error::{Error, Result};
+use crate::finding::Finding;
 use crate::progress::{Bar, Progress};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,19 +22,25 @@ use std::path::{Path, PathBuf};
 /// How many findings a report keeps in detail (all are counted).
 pub const MAX_LISTED: usize = 10_000;
 
-/// One thing the doctor found.
-#[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    /// Relative to the store root.
-    pub path: String,
-    /// `owner`, `mode`, `md5-stale`, `md5-missing`, `match-etags-stale`, `leftover`, `symlink`,
-    /// `unreadable`, `hardlink` (a file --fix leaves alone: another name for it may be outside
-    /// the store).
-    pub kind: String,
-    /// What is wrong, in words.
-    pub detail: String,
-    /// What `--fix` did about it, if anything.
-    pub fixed: Option<String>,
+/// One finding as `doctor --json` lists it: `fixed` always there (`null` when nothing was fixed).
+#[derive(Serialize)]
+struct Listed<'a> {
+    path: &'a str,
+    kind: &'a str,
+    detail: &'a str,
+    fixed: &'a Option<String>,
+}
+
+fn listed<S: serde::Serializer>(
+    findings: &[Finding],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(findings.iter().map(|f| Listed {
+        path: &f.path,
+        kind: &f.kind,
+        detail: &f.detail,
+        fixed: &f.fixed,
+    }))
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -59,7 +66,11 @@ pub struct DoctorReport {
     pub fixed: BTreeMap<String, u64>,
     /// Problems left after fixing.
     pub remaining: u64,
-    /// Every finding, in the order found.
+    /// Every finding, in the order found (paths relative to the store root). Kinds: `owner`,
+    /// `mode`, `md5-stale`, `md5-missing`, `match-etags-stale`, `leftover`, `symlink`,
+    /// `unreadable`, `hardlink` (a file --fix leaves alone: another name for it may be outside
+    /// the store); `fixed` says what `--fix` did about it, if anything.
+    #[serde(serialize_with = "listed")]
     pub findings: Vec<Finding>,
 }
 

@@ -21,6 +21,7 @@ pub mod xattrs;
 
 use crate::config::StoreConfig;
 use crate::error::Result;
+use crate::finding::Finding;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -89,28 +90,6 @@ pub struct Resource {
     pub xattrs: Vec<Xattr>,
 }
 
-/// Something wrong found while walking the store.
-#[derive(Clone, Debug, Serialize)]
-pub struct Problem {
-    /// Store-relative path of the entry.
-    pub path: String,
-    /// Short machine-readable kind: `unreadable`, `malformed`, `symlink`, ...
-    pub kind: String,
-    /// What went wrong, in words.
-    pub detail: String,
-}
-
-impl Problem {
-    /// A resource `crate::ical::scan` rejected (kind `malformed`, detail `line N: reason`).
-    pub fn malformed(res: &Resource, err: &crate::ical::IcalError) -> Problem {
-        Problem {
-            path: res.rel_path.clone(),
-            kind: "malformed".into(),
-            detail: err.to_string(),
-        }
-    }
-}
-
 /// What the walk yields. Items of different folders interleave; every home, resource and problem
 /// is delivered exactly once.
 pub enum Item<T> {
@@ -119,7 +98,7 @@ pub enum Item<T> {
     /// A resource, with what the caller's `map` made of it.
     Resource(Resource, T),
     /// An entry that could not be read as a resource.
-    Problem(Problem),
+    Problem(Finding),
 }
 
 /// Walks the store in parallel with bounded memory. `map` runs on worker threads with each

@@ -1,10 +1,11 @@
 //! `scan`: an inventory of the store — homes by layout, collections, resources, and every calendar
 //! user address by form — read-only.
 
-use super::{HomeLayout, Item, Problem};
+use super::{HomeLayout, Item};
 use crate::address::{AddressKind, CalAddress};
 use crate::config::{StoreConfig, StoreKind};
 use crate::error::Result;
+use crate::finding::Finding;
 use crate::ical::{CalendarInfo, IcalError};
 use crate::progress::Progress;
 use serde::Serialize;
@@ -76,7 +77,7 @@ pub struct Inventory {
     /// Problems per kind (`unreadable`, `malformed`, `symlink`).
     pub problem_counts: BTreeMap<String, u64>,
     /// The problems, up to [`MAX_LISTED_PROBLEMS`] (address-book ones relative to their root).
-    pub problems: Vec<Problem>,
+    pub problems: Vec<Finding>,
     /// The address books, when the store has some (`[store] addressbook_root`, or 3.x).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addressbooks: Option<super::addressbook::Inventory>,
@@ -181,7 +182,7 @@ fn inventory_with(cfg: &StoreConfig, bar: &dyn crate::progress::Bar) -> Result<I
                         collections.insert(folder.to_string());
                     }
                     match result {
-                        Err(e) => inv.note(Problem::malformed(&res, &e)),
+                        Err(e) => inv.note(Finding::malformed(&res.rel_path, &e)),
                         Ok(found) => {
                             inv.address_occurrences += count_addresses(&mut addrs, found);
                         }
@@ -230,7 +231,7 @@ fn count_addresses(addrs: &mut HashMap<String, AddrStat>, found: Vec<ResourceAdd
 
 impl Inventory {
     /// Counts a problem (and keeps it, up to [`MAX_LISTED_PROBLEMS`]).
-    fn note(&mut self, p: Problem) {
+    fn note(&mut self, p: Finding) {
         *self.problem_counts.entry(p.kind.clone()).or_insert(0) += 1;
         if self.problems.len() < MAX_LISTED_PROBLEMS {
             self.problems.push(p);

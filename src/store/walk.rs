@@ -5,9 +5,10 @@
 //! through a second bounded channel to `sink` on the calling thread. At most a few thousand items
 //! are in flight whatever the store's size.
 
-use super::{xattrs, Home, HomeLayout, Item, Problem, Resource};
+use super::{xattrs, Home, HomeLayout, Item, Resource};
 use crate::config::{StoreConfig, StoreKind};
 use crate::error::{Error, Result};
+use crate::finding::Finding;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -123,7 +124,7 @@ fn normalise(p: &Path) -> PathBuf {
 }
 
 /// The problem to report for a symlink found at `path`.
-pub fn symlink_problem(root: &Path, path: &Path) -> Problem {
+pub fn symlink_problem(root: &Path, path: &Path) -> Finding {
     let target = fs::read_link(path)
         .map(|t| t.display().to_string())
         .unwrap_or_else(|_| "?".into());
@@ -134,10 +135,9 @@ pub fn symlink_problem(root: &Path, path: &Path) -> Problem {
     };
     let root_abs = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let inside = abs.starts_with(&root_abs) || abs.starts_with(root);
-    Problem {
-        path: rel_path(root, path),
-        kind: "symlink".into(),
-        detail: format!(
+    Finding::symlink(
+        rel_path(root, path),
+        format!(
             "symbolic link to {target} ({}); not followed",
             if inside {
                 "inside the store"
@@ -145,7 +145,7 @@ pub fn symlink_problem(root: &Path, path: &Path) -> Problem {
                 "outside the store"
             }
         ),
-    }
+    )
 }
 
 struct Walker<'a, T> {
@@ -166,11 +166,11 @@ impl<T> Walker<'_, T> {
     }
 
     fn problem(&self, path: &Path, kind: &str, detail: String) -> Result<(), Stop> {
-        self.send_item(Item::Problem(Problem {
-            path: rel_path(&self.root, path),
-            kind: kind.into(),
+        self.send_item(Item::Problem(Finding::new(
+            rel_path(&self.root, path),
+            kind,
             detail,
-        }))
+        )))
     }
 
     /// Lists a folder; reports it unreadable (and returns `None`) when it cannot be listed.
@@ -364,12 +364,8 @@ fn read_resource(
     job: Job,
     buf: &mut Vec<u8>,
     with_xattrs: bool,
-) -> std::result::Result<Resource, Problem> {
-    let unreadable = |detail: String| Problem {
-        path: job.rel.clone(),
-        kind: "unreadable".into(),
-        detail,
-    };
+) -> std::result::Result<Resource, Finding> {
+    let unreadable = |detail: String| Finding::unreadable(job.rel.clone(), detail);
     let mut file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "foundations",
         &[
             "error",
+            "finding",
             "fsutil",
             "address",
             "config",

@@ -1,8 +1,9 @@
 //! The store walker over generated CalendarServer 2.x stores and .ics folders.
 
 use principal_reconciler::config::{StoreConfig, StoreKind};
+use principal_reconciler::finding::Finding;
 use principal_reconciler::store::generate::StoreBuilder;
-use principal_reconciler::store::{self, HomeLayout, Item, Problem, Resource};
+use principal_reconciler::store::{self, HomeLayout, Item, Resource};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
@@ -23,7 +24,7 @@ fn cfg(root: &Path, kind: StoreKind) -> StoreConfig {
 struct Walked {
     homes: Vec<store::Home>,
     resources: Vec<Resource>,
-    problems: Vec<Problem>,
+    problems: Vec<Finding>,
 }
 
 fn walk_all(c: &StoreConfig) -> Walked {
@@ -241,7 +242,7 @@ fn symlinks_are_reported_never_followed() {
     assert_eq!(g.symlinks.len(), 2);
     let w = walk_all(&cfg(&root, StoreKind::CalendarserverFs));
     assert_eq!(w.resources.len(), 6, "nothing read through a symlink");
-    let links: Vec<&Problem> = w.problems.iter().filter(|p| p.kind == "symlink").collect();
+    let links: Vec<&Finding> = w.problems.iter().filter(|p| p.kind == "symlink").collect();
     assert_eq!(links.len(), 2, "{:?}", w.problems);
     let out = links
         .iter()

@@ -265,6 +265,7 @@ pub fn plan(
                         path: label,
                         kind: "malformed".into(),
                         detail: e.to_string(),
+                        fixed: None,
                     }),
                     Ok((info, planned, old_text_md5)) => {
                         scanned += 1;
@@ -276,6 +277,7 @@ pub fn plan(
                                     "calendar {} is owned by no home; planned like the others",
                                     row.calendar_id
                                 ),
+                                fixed: None,
                             });
                         }
                         let keys = crate::plan::observe(&mut observed, &info);
@@ -365,6 +367,7 @@ pub fn plan(
                         path: c.label(),
                         kind: "malformed".into(),
                         detail: e.to_string(),
+                        fixed: None,
                     }),
                     Ok(info) => {
                         let mut foreign = false;

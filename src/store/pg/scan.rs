@@ -8,9 +8,9 @@ use super::Db;
 use crate::address::{AddressKind, CalAddress};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::finding::Finding;
 use crate::progress::Progress;
 use crate::store::scan::{AddrStat, Inventory, MAX_LISTED_PROBLEMS};
-use crate::store::Problem;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
@@ -65,10 +65,11 @@ pub fn inventory(cfg: &Config, progress: &dyn Progress) -> Result<Inventory> {
                 Err(e) => {
                     *inv.problem_counts.entry("malformed".into()).or_insert(0) += 1;
                     if inv.problems.len() < MAX_LISTED_PROBLEMS {
-                        inv.problems.push(Problem {
+                        inv.problems.push(Finding {
                             path: format!("CALENDAR_OBJECT {id} (calendar {cal}, {name})"),
                             kind: "malformed".into(),
                             detail: e.to_string(),
+                            fixed: None,
                         });
                     }
                 }
