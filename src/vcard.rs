@@ -229,6 +229,28 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Where the structure check is in the card.
+#[derive(PartialEq)]
+enum Phase {
+    /// Before `BEGIN:VCARD` (only blank lines so far).
+    Before,
+    /// Inside the card.
+    Inside,
+    /// After its `END:VCARD`: nothing but white space may follow.
+    After,
+}
+
+/// The structure check over the card's content lines: where the walk is and the open
+/// components (the card, and cards nested in a 2.1 AGENT), each with the line that began it.
+struct Structure {
+    phase: Phase,
+    stack: Vec<(Vec<u8>, usize)>,
+    /// Last physical line read.
+    last_line: usize,
+    /// Line of `END:VCARD`.
+    end_line: usize,
+}
+
 /// Walks one vCard, checking its structure, and calls `on_prop` for the UID, kind and member
 /// properties of the card itself (not of a card nested in a 2.1 AGENT).
 fn walk(
@@ -238,15 +260,12 @@ fn walk(
     if bytes.is_empty() {
         return Err(err(0, "empty file: not a vCard"));
     }
-    #[derive(PartialEq)]
-    enum State {
-        Before,
-        Inside,
-        After,
-    }
-    let mut state = State::Before;
-    let mut stack: Vec<(Vec<u8>, usize)> = Vec::new();
-    let (mut last_line, mut end_line) = (0, 0);
+    let mut s = Structure {
+        phase: Phase::Before,
+        stack: Vec::new(),
+        last_line: 0,
+        end_line: 0,
+    };
     let mut reader = line::LineReader::new(bytes);
     while let Some(l) = reader.next_line() {
         let l = l.map_err(|e| {
@@ -256,11 +275,34 @@ fn walk(
             )
         })?;
         let (info, content) = (l.info, l.content);
-        last_line = info.line + info.physical_lines - 1;
+        s.last_line = info.line + info.physical_lines - 1;
         if content.iter().all(|&c| c == b' ' || c == b'\t') {
             continue;
         }
-        if state == State::After {
+        s.check_placement(&info, content)?;
+        let cl = match split(content) {
+            Ok(cl) => cl,
+            Err(_) if s.phase == Phase::Before => return Err(not_a_card(&info, content)),
+            Err(e) => return Err(err(info.line, format!("{e}: `{}`", excerpt(content)))),
+        };
+        if s.component(&info, content, &cl)? {
+            continue;
+        }
+        if s.stack.len() == 1 {
+            if let Some(p) = Prop::classify(cl.name) {
+                on_prop(&info, content, &cl, p);
+            }
+        }
+    }
+    s.finish()
+}
+
+impl Structure {
+    /// Rejects a non-blank line where none may be: anything after `END:VCARD`, a line beginning
+    /// with white space where a property was expected.
+    fn check_placement(&self, info: &LineInfo, content: &[u8]) -> Result<(), VcardError> {
+        let end_line = self.end_line;
+        if self.phase == Phase::After {
             let again = split(content).is_ok_and(|c| {
                 c.name.eq_ignore_ascii_case(b"BEGIN")
                     && c.value.trim_ascii().eq_ignore_ascii_case(b"VCARD")
@@ -286,48 +328,34 @@ fn walk(
                 ),
             ));
         }
-        let cl = match split(content) {
-            Ok(cl) => cl,
-            Err(_) if state == State::Before => {
-                return Err(err(
-                    info.line,
-                    format!(
-                        "not a vCard: expected BEGIN:VCARD, found `{}`",
-                        excerpt(content)
-                    ),
-                ))
-            }
-            Err(e) => return Err(err(info.line, format!("{e}: `{}`", excerpt(content)))),
-        };
+        Ok(())
+    }
+
+    /// Opens (`BEGIN`) or closes (`END`) the card or a nested one: true when the line was one of
+    /// those, false for a property.
+    fn component(
+        &mut self,
+        info: &LineInfo,
+        content: &[u8],
+        cl: &CardLine<'_>,
+    ) -> Result<bool, VcardError> {
         let value = cl.value.trim_ascii();
         if cl.name.eq_ignore_ascii_case(b"BEGIN") {
-            if state == State::Before && !value.eq_ignore_ascii_case(b"VCARD") {
-                return Err(err(
-                    info.line,
-                    format!(
-                        "not a vCard: expected BEGIN:VCARD, found `{}`",
-                        excerpt(content)
-                    ),
-                ));
+            if self.phase == Phase::Before && !value.eq_ignore_ascii_case(b"VCARD") {
+                return Err(not_a_card(info, content));
             }
             if value.is_empty() {
                 return Err(err(info.line, "BEGIN without a component name"));
             }
-            stack.push((value.to_ascii_uppercase(), info.line));
-            state = State::Inside;
-            continue;
+            self.stack.push((value.to_ascii_uppercase(), info.line));
+            self.phase = Phase::Inside;
+            return Ok(true);
         }
-        if state == State::Before {
-            return Err(err(
-                info.line,
-                format!(
-                    "not a vCard: expected BEGIN:VCARD, found `{}`",
-                    excerpt(content)
-                ),
-            ));
+        if self.phase == Phase::Before {
+            return Err(not_a_card(info, content));
         }
         if cl.name.eq_ignore_ascii_case(b"END") {
-            let (open, begun) = stack.pop().unwrap_or_default();
+            let (open, begun) = self.stack.pop().unwrap_or_default();
             if !value.eq_ignore_ascii_case(&open) {
                 return Err(err(
                     info.line,
@@ -338,32 +366,43 @@ fn walk(
                     ),
                 ));
             }
-            if stack.is_empty() {
-                state = State::After;
-                end_line = info.line;
+            if self.stack.is_empty() {
+                self.phase = Phase::After;
+                self.end_line = info.line;
             }
-            continue;
+            return Ok(true);
         }
-        if stack.len() == 1 {
-            if let Some(p) = Prop::classify(cl.name) {
-                on_prop(&info, content, &cl, p);
+        Ok(false)
+    }
+
+    /// At the end of the file: the card must have been opened and closed.
+    fn finish(self) -> Result<(), VcardError> {
+        match self.phase {
+            Phase::Before => Err(err(0, "not a vCard: the file holds only blank lines")),
+            Phase::Inside => {
+                let (open, begun) = self.stack.last().cloned().unwrap_or_default();
+                Err(err(
+                    self.last_line,
+                    format!(
+                        "truncated: the file ends before END:VCARD (BEGIN:{} at line {begun} is not closed)",
+                        lossy(&open)
+                    ),
+                ))
             }
+            Phase::After => Ok(()),
         }
     }
-    match state {
-        State::Before => Err(err(0, "not a vCard: the file holds only blank lines")),
-        State::Inside => {
-            let (open, begun) = stack.last().cloned().unwrap_or_default();
-            Err(err(
-                last_line,
-                format!(
-                    "truncated: the file ends before END:VCARD (BEGIN:{} at line {begun} is not closed)",
-                    lossy(&open)
-                ),
-            ))
-        }
-        State::After => Ok(()),
-    }
+}
+
+/// The error for a first non-blank line that is not `BEGIN:VCARD`.
+fn not_a_card(info: &LineInfo, content: &[u8]) -> VcardError {
+    err(
+        info.line,
+        format!(
+            "not a vCard: expected BEGIN:VCARD, found `{}`",
+            excerpt(content)
+        ),
+    )
 }
 
 /// Reads one card (read-only): checks its structure, returns its UID, kind and members.

@@ -227,6 +227,31 @@ fn trim(b: &[u8]) -> &[u8] {
     b.trim_ascii()
 }
 
+/// Where the structure check is in the file.
+#[derive(PartialEq)]
+enum Phase {
+    /// Before `BEGIN:VCALENDAR` (only blank lines so far).
+    Before,
+    /// Inside the VCALENDAR.
+    Inside,
+    /// After its `END:VCALENDAR`: nothing but white space may follow.
+    After,
+}
+
+/// The parser's structure check over the content lines the tokenizer yields: where the walk is,
+/// the open components and how deep inside VTIMEZONE it is.
+struct Structure {
+    phase: Phase,
+    /// Open components: names (upper case) concatenated in `names`, (end offset, line) in `stack`.
+    names: Vec<u8>,
+    stack: Vec<(usize, usize)>,
+    in_timezone: usize,
+    /// Last physical line read.
+    last_line: usize,
+    /// Line of `END:VCALENDAR`.
+    end_line: usize,
+}
+
 /// Walks a calendar object, checking its structure, and calls `on_prop` for each principal
 /// property (and UID) outside VTIMEZONE.
 fn walk(
@@ -236,19 +261,7 @@ fn walk(
     if bytes.is_empty() {
         return Err(IcalError::at(0, "empty file: not a calendar object"));
     }
-    #[derive(PartialEq)]
-    enum State {
-        Before,
-        Inside,
-        After,
-    }
-    let mut state = State::Before;
-    // Open components: names (upper case) concatenated in `names`, (end offset, line) in `stack`.
-    let mut names: Vec<u8> = Vec::with_capacity(64);
-    let mut stack: Vec<(usize, usize)> = Vec::with_capacity(8);
-    let mut in_timezone = 0usize;
-    let mut last_line = 0;
-    let mut end_line = 0;
+    let mut s = Structure::new();
     let mut reader = line::LineReader::new(bytes);
     while let Some(l) = reader.next_line() {
         let l = l.map_err(|e| {
@@ -262,13 +275,47 @@ fn walk(
         })?;
         let info = l.info;
         let content = l.content;
-        last_line = info.line + info.physical_lines - 1;
+        s.last_line = info.line + info.physical_lines - 1;
         if is_blank(content) {
             continue;
         }
+        s.check_placement(bytes, &info, content)?;
+        let cl = s.split(&info, content)?;
+        if s.component(&info, content, &cl)? {
+            continue;
+        }
+        if s.in_timezone == 0 {
+            if let Some(p) = Prop::classify(cl.name) {
+                on_prop(p, &info, content, &cl);
+            }
+        }
+    }
+    s.finish()
+}
+
+impl Structure {
+    fn new() -> Structure {
+        Structure {
+            phase: Phase::Before,
+            names: Vec::with_capacity(64),
+            stack: Vec::with_capacity(8),
+            in_timezone: 0,
+            last_line: 0,
+            end_line: 0,
+        }
+    }
+
+    /// Rejects a non-blank line where none may be: a fold after a blank line, anything after
+    /// `END:VCALENDAR`, a continuation line before the calendar or inside it.
+    fn check_placement(
+        &self,
+        bytes: &[u8],
+        info: &line::LineInfo,
+        content: &[u8],
+    ) -> Result<(), IcalError> {
         if info.physical_lines > 1
             && matches!(bytes[info.text_start], b'\r' | b'\n')
-            && state != State::After
+            && self.phase != Phase::After
         {
             return Err(IcalError::at(
                 info.line + 1,
@@ -278,44 +325,45 @@ fn walk(
                 ),
             ));
         }
-        match state {
-            State::After => {
+        let end_line = self.end_line;
+        match self.phase {
+            Phase::After => {
                 let second = line::split(content)
                     .is_ok_and(|c| c.name.eq_ignore_ascii_case(b"BEGIN") && trim(c.value).eq_ignore_ascii_case(b"VCALENDAR"));
-                return Err(IcalError::at(
+                Err(IcalError::at(
                     info.line,
                     if second {
                         format!("a second VCALENDAR after END:VCALENDAR at line {end_line}: a calendar object resource holds exactly one")
                     } else {
                         format!("content after END:VCALENDAR at line {end_line}: `{}`", excerpt(content))
                     },
-                ));
+                ))
             }
-            State::Before if matches!(content[0], b' ' | b'\t') => {
-                return Err(IcalError::at(
+            Phase::Before if matches!(content[0], b' ' | b'\t') => {
+                Err(IcalError::at(
                     info.line,
                     format!("not a calendar object: expected BEGIN:VCALENDAR, found a line beginning with white space: `{}`", excerpt(content)),
                 ))
             }
-            State::Inside if matches!(content[0], b' ' | b'\t') => {
-                return Err(IcalError::at(
+            Phase::Inside if matches!(content[0], b' ' | b'\t') => {
+                Err(IcalError::at(
                     info.line,
                     format!("folded continuation line after a blank line: `{}`", excerpt(content)),
                 ))
             }
-            _ => {}
+            _ => Ok(()),
         }
-        let cl = match line::split(content) {
-            Ok(cl) => cl,
-            Err(_) if state == State::Before => {
-                return Err(IcalError::at(
-                    info.line,
-                    format!(
-                        "not a calendar object: expected BEGIN:VCALENDAR, found `{}`",
-                        excerpt(content)
-                    ),
-                ));
-            }
+    }
+
+    /// Splits a content line into name, parameters and value, or says why it cannot be.
+    fn split<'c>(
+        &self,
+        info: &line::LineInfo,
+        content: &'c [u8],
+    ) -> Result<line::ContentLine<'c>, IcalError> {
+        match line::split(content) {
+            Ok(cl) => Ok(cl),
+            Err(_) if self.phase == Phase::Before => Err(not_a_calendar(info, content)),
             Err(e) => {
                 // calverify (CalendarServer 5) knows this one: a whole content line pasted into
                 // the parameter, with unescaped quotes. pycalendar cannot read it either.
@@ -326,100 +374,125 @@ fn walk(
                 } else {
                     ""
                 };
-                return Err(IcalError::at(
+                Err(IcalError::at(
                     info.line,
                     format!("{e}: `{}`{hint}", excerpt(content)),
-                ));
+                ))
             }
-        };
+        }
+    }
+
+    /// Opens the calendar or a component (`BEGIN`), or closes one (`END`): true when the line
+    /// was one of those, false for a property.
+    fn component(
+        &mut self,
+        info: &line::LineInfo,
+        content: &[u8],
+        cl: &line::ContentLine,
+    ) -> Result<bool, IcalError> {
         let is_begin = cl.name.eq_ignore_ascii_case(b"BEGIN");
-        if state == State::Before {
+        if self.phase == Phase::Before {
             if !(is_begin && trim(cl.value).eq_ignore_ascii_case(b"VCALENDAR")) {
-                return Err(IcalError::at(
-                    info.line,
-                    format!(
-                        "not a calendar object: expected BEGIN:VCALENDAR, found `{}`",
-                        excerpt(content)
-                    ),
-                ));
+                return Err(not_a_calendar(info, content));
             }
-            names.extend_from_slice(b"VCALENDAR");
-            stack.push((names.len(), info.line));
-            state = State::Inside;
-            continue;
+            self.names.extend_from_slice(b"VCALENDAR");
+            self.stack.push((self.names.len(), info.line));
+            self.phase = Phase::Inside;
+            return Ok(true);
         }
         if is_begin {
-            let comp = trim(cl.value);
-            if comp.is_empty() {
-                return Err(IcalError::at(info.line, "BEGIN without a component name"));
-            }
-            if comp.eq_ignore_ascii_case(b"VCALENDAR") {
-                return Err(IcalError::at(
-                    info.line,
-                    "BEGIN:VCALENDAR inside a VCALENDAR",
-                ));
-            }
-            if comp.eq_ignore_ascii_case(b"VTIMEZONE") {
-                in_timezone += 1;
-            }
-            names.extend(comp.iter().map(u8::to_ascii_uppercase));
-            stack.push((names.len(), info.line));
-            continue;
+            self.begin(info, trim(cl.value))?;
+            return Ok(true);
         }
         if cl.name.eq_ignore_ascii_case(b"END") {
-            let comp = trim(cl.value);
-            // `stack` is never empty while Inside.
-            let (end, begun) = stack.pop().unwrap_or((0, 0));
-            let start = stack.last().map_or(0, |s| s.0);
-            let open = &names[start..end];
-            if !comp.eq_ignore_ascii_case(open) {
-                return Err(IcalError::at(
-                    info.line,
-                    format!(
-                        "END:{} does not match BEGIN:{} at line {begun}",
-                        excerpt(comp),
-                        String::from_utf8_lossy(open)
-                    ),
-                ));
-            }
-            if open == b"VTIMEZONE" {
-                in_timezone -= 1;
-            }
-            names.truncate(start);
-            if stack.is_empty() {
-                state = State::After;
-                end_line = info.line;
-            }
-            continue;
+            self.end(info, trim(cl.value))?;
+            return Ok(true);
         }
-        if in_timezone == 0 {
-            if let Some(p) = Prop::classify(cl.name) {
-                on_prop(p, &info, content, &cl);
-            }
-        }
+        Ok(false)
     }
-    match state {
-        State::Before => Err(IcalError::at(
-            0,
-            "not a calendar object: the file holds only blank lines",
-        )),
-        State::Inside => {
-            let (end, begun) = stack.last().copied().unwrap_or((0, 0));
-            let start = if stack.len() >= 2 {
-                stack[stack.len() - 2].0
-            } else {
-                0
-            };
-            Err(IcalError::at(
-                last_line,
+
+    /// `BEGIN:comp` inside the calendar.
+    fn begin(&mut self, info: &line::LineInfo, comp: &[u8]) -> Result<(), IcalError> {
+        if comp.is_empty() {
+            return Err(IcalError::at(info.line, "BEGIN without a component name"));
+        }
+        if comp.eq_ignore_ascii_case(b"VCALENDAR") {
+            return Err(IcalError::at(
+                info.line,
+                "BEGIN:VCALENDAR inside a VCALENDAR",
+            ));
+        }
+        if comp.eq_ignore_ascii_case(b"VTIMEZONE") {
+            self.in_timezone += 1;
+        }
+        self.names.extend(comp.iter().map(u8::to_ascii_uppercase));
+        self.stack.push((self.names.len(), info.line));
+        Ok(())
+    }
+
+    /// `END:comp`: it must close the innermost open component.
+    fn end(&mut self, info: &line::LineInfo, comp: &[u8]) -> Result<(), IcalError> {
+        // `stack` is never empty while Inside.
+        let (end, begun) = self.stack.pop().unwrap_or((0, 0));
+        let start = self.stack.last().map_or(0, |s| s.0);
+        let open = &self.names[start..end];
+        if !comp.eq_ignore_ascii_case(open) {
+            return Err(IcalError::at(
+                info.line,
                 format!(
-                    "truncated: the file ends before END:VCALENDAR (BEGIN:{} at line {begun} is not closed)",
-                    String::from_utf8_lossy(&names[start..end])
+                    "END:{} does not match BEGIN:{} at line {begun}",
+                    excerpt(comp),
+                    String::from_utf8_lossy(open)
                 ),
-            ))
+            ));
         }
-        State::After => Ok(()),
+        if open == b"VTIMEZONE" {
+            self.in_timezone -= 1;
+        }
+        self.names.truncate(start);
+        if self.stack.is_empty() {
+            self.phase = Phase::After;
+            self.end_line = info.line;
+        }
+        Ok(())
     }
+
+    /// At the end of the file: the calendar must have been opened and closed.
+    fn finish(self) -> Result<(), IcalError> {
+        match self.phase {
+            Phase::Before => Err(IcalError::at(
+                0,
+                "not a calendar object: the file holds only blank lines",
+            )),
+            Phase::Inside => {
+                let (end, begun) = self.stack.last().copied().unwrap_or((0, 0));
+                let start = if self.stack.len() >= 2 {
+                    self.stack[self.stack.len() - 2].0
+                } else {
+                    0
+                };
+                Err(IcalError::at(
+                    self.last_line,
+                    format!(
+                        "truncated: the file ends before END:VCALENDAR (BEGIN:{} at line {begun} is not closed)",
+                        String::from_utf8_lossy(&self.names[start..end])
+                    ),
+                ))
+            }
+            Phase::After => Ok(()),
+        }
+    }
+}
+
+/// The error for a first non-blank line that is not `BEGIN:VCALENDAR`.
+fn not_a_calendar(info: &line::LineInfo, content: &[u8]) -> IcalError {
+    IcalError::at(
+        info.line,
+        format!(
+            "not a calendar object: expected BEGIN:VCALENDAR, found `{}`",
+            excerpt(content)
+        ),
+    )
 }
 
 fn lossy(b: &[u8]) -> String {
