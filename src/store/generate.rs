@@ -283,6 +283,32 @@ impl StoreBuilder {
     /// Writes the store.
     pub fn build(self) -> Result<GeneratedStore> {
         let people = self.people();
+        let homes = self.place_homes(&people);
+        fs::create_dir_all(&self.root).map_err(|e| Error::io("cannot create", &self.root, e))?;
+        let per_home = self.resources / homes.len();
+        let extra = self.resources % homes.len();
+        homes
+            .par_iter()
+            .enumerate()
+            .map(|(i, h)| self.write_home(i, h, &people, per_home + usize::from(i < extra)))
+            .collect::<Result<Vec<()>>>()?;
+        let mut out = GeneratedStore {
+            root: self.root.clone(),
+            homes,
+            people,
+            resources: self.resources as u64,
+            malformed: Vec::new(),
+            symlinks: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        self.write_damage(&mut out)?;
+        self.chown_folders(&out)?;
+        Ok(out)
+    }
+
+    /// Where each person's home goes: hashed homes first, then flat `__uids__`, then `users`
+    /// (or all by short name in an ics-dir tree).
+    fn place_homes(&self, people: &[Person]) -> Vec<GeneratedHome> {
         let hashed = if self.guids.is_empty() {
             self.homes
         } else {
@@ -321,23 +347,11 @@ impl StoreBuilder {
             };
             homes.push(GeneratedHome { layout, id, path });
         }
-        fs::create_dir_all(&self.root).map_err(|e| Error::io("cannot create", &self.root, e))?;
-        let per_home = self.resources / homes.len();
-        let extra = self.resources % homes.len();
         homes
-            .par_iter()
-            .enumerate()
-            .map(|(i, h)| self.write_home(i, h, &people, per_home + usize::from(i < extra)))
-            .collect::<Result<Vec<()>>>()?;
-        let mut out = GeneratedStore {
-            root: self.root.clone(),
-            homes,
-            people,
-            resources: self.resources as u64,
-            malformed: Vec::new(),
-            symlinks: Vec::new(),
-            unreadable: Vec::new(),
-        };
+    }
+
+    /// The malformed, symlinked and unreadable entries asked for, in the first home's calendar.
+    fn write_damage(&self, out: &mut GeneratedStore) -> Result<()> {
         let first_cal = out.homes[0].path.join("calendar");
         for i in 0..self.malformed {
             let p = first_cal.join(format!("malformed-{i}.ics"));
@@ -361,6 +375,12 @@ impl StoreBuilder {
             self.chown(&p)?;
             out.unreadable.push(p);
         }
+        Ok(())
+    }
+
+    /// Gives the folders above the homes the store's owner.
+    fn chown_folders(&self, out: &GeneratedStore) -> Result<()> {
+        let cal = self.root.join("calendars");
         if !self.ics_dir {
             for d in [
                 self.root.clone(),
@@ -382,7 +402,7 @@ impl StoreBuilder {
         } else {
             self.chown(&self.root)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn chown(&self, p: &Path) -> Result<()> {

@@ -156,7 +156,6 @@ impl AddressBookBuilder {
         self.mkdir(&self.root)?;
         self.mkdir(&top.join("__uids__"))?;
         self.chown(&top)?;
-        let n = self.people.len();
         let mut out = GeneratedAddressBooks {
             root: self.root.clone(),
             homes: Vec::new(),
@@ -167,94 +166,9 @@ impl AddressBookBuilder {
             let mut rng = Rng::new(self.seed.wrapping_mul(7_000_003).wrapping_add(i as u64));
             let g = &me.guid;
             let home = top.join("__uids__").join(&g[0..2]).join(&g[2..4]).join(g);
-            self.mkdir(&home)?;
-            self.chown(home.parent().unwrap_or(&home))?;
-            self.chown(home.parent().and_then(Path::parent).unwrap_or(&home))?;
-            let book = home.join("addressbook");
-            self.mkdir(&book)?;
-            let rt = "<?xml version='1.0' encoding='UTF-8'?>\r\n<resourcetype xmlns='DAV:'><collection/><addressbook xmlns='urn:ietf:params:xml:ns:carddav'/></resourcetype>\r\n";
-            self.set(&book, "{DAV:}resourcetype", &encode_value(rt.as_bytes()))?;
-            let ctag = format!(
-                "2010-0{}-1{} 09:{:02}:{:02}.{:06}",
-                1 + rng.below(9),
-                rng.below(10),
-                rng.below(60),
-                rng.below(60),
-                rng.below(1_000_000)
-            );
-            self.set(
-                &book,
-                &xattrs::getctag(),
-                &text_property_value(&xattrs::getctag(), &ctag),
-            )?;
-            let db = book.join(".db.sqlite");
-            fs::write(&db, b"SQLite format 3\0principal-reconciler test index\n")
-                .map_err(|e| Error::io("cannot write", &db, e))?;
-            self.chown(&db)?;
-            let mut group = GroupMembers::default();
-            for j in 0..self.contacts {
-                let uid = rng.uuid();
-                let text = contact(&mut rng, &uid, j);
-                self.write_card(&book, &uid, &text)?;
-                out.cards += 1;
-                if j < 2 {
-                    group.cards.push(uid);
-                }
-            }
-            if n > 1 {
-                // Colleagues from the directory.
-                let a = &self.people[(i + 1) % n];
-                let b = &self.people[(i + 2) % n];
-                let copied_uid = if i % 2 == 0 {
-                    a.guid.clone()
-                } else {
-                    rng.uuid()
-                };
-                self.write_card(&book, &copied_uid, &colleague(a, &copied_uid))?;
-                out.cards += 1;
-                if i % 2 == 0 {
-                    group.cards.push(copied_uid);
-                }
-                group.principals.push(b.guid.clone());
-                if n > 2 {
-                    let c = &self.people[(i + 3) % n];
-                    if c.guid != me.guid {
-                        group.principals.push(c.guid.to_ascii_lowercase());
-                    }
-                }
-            }
-            if self.departed {
-                group.departed.push(DEPARTED.to_string());
-            }
-            let uid = rng.uuid();
-            let mut members: Vec<&String> = group
-                .cards
-                .iter()
-                .chain(&group.principals)
-                .chain(&group.departed)
-                .collect();
-            members.sort_by_key(|m| m.to_ascii_uppercase());
-            let mut text = String::from(
-                "BEGIN:VCARD\r\nVERSION:3.0\r\nPRODID:-//Apple Inc.//Address Book 5.0//EN\r\n",
-            );
-            let _ = write!(
-                text,
-                "N:Team of {};;;;\r\nFN:Team of {}\r\nX-ADDRESSBOOKSERVER-KIND:group\r\n",
-                me.full_name, me.full_name
-            );
-            for m in members {
-                fold_line(
-                    &mut text,
-                    &format!("X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:{m}"),
-                );
-            }
-            let _ = write!(
-                text,
-                "REV:2010-06-1{}T1{}:04:27Z\r\nUID:{uid}\r\nEND:VCARD\r\n",
-                rng.below(10),
-                rng.below(10)
-            );
-            group.path = self.write_card(&book, &uid, &text)?;
+            let book = self.write_book(&home, &mut rng)?;
+            let mut group = self.write_cards(i, &book, &mut rng, &mut out.cards)?;
+            group.path = self.write_group(me, &book, &mut rng, &group)?;
             out.cards += 1;
             out.groups.push(group);
             out.homes.push(GeneratedHome {
@@ -264,6 +178,123 @@ impl AddressBookBuilder {
             });
         }
         Ok(out)
+    }
+
+    /// One home's folders and its `addressbook` collection (resource type, ctag, index file).
+    fn write_book(&self, home: &Path, rng: &mut Rng) -> Result<PathBuf> {
+        self.mkdir(home)?;
+        self.chown(home.parent().unwrap_or(home))?;
+        self.chown(home.parent().and_then(Path::parent).unwrap_or(home))?;
+        let book = home.join("addressbook");
+        self.mkdir(&book)?;
+        let rt = "<?xml version='1.0' encoding='UTF-8'?>\r\n<resourcetype xmlns='DAV:'><collection/><addressbook xmlns='urn:ietf:params:xml:ns:carddav'/></resourcetype>\r\n";
+        self.set(&book, "{DAV:}resourcetype", &encode_value(rt.as_bytes()))?;
+        let ctag = format!(
+            "2010-0{}-1{} 09:{:02}:{:02}.{:06}",
+            1 + rng.below(9),
+            rng.below(10),
+            rng.below(60),
+            rng.below(60),
+            rng.below(1_000_000)
+        );
+        self.set(
+            &book,
+            &xattrs::getctag(),
+            &text_property_value(&xattrs::getctag(), &ctag),
+        )?;
+        let db = book.join(".db.sqlite");
+        fs::write(&db, b"SQLite format 3\0principal-reconciler test index\n")
+            .map_err(|e| Error::io("cannot write", &db, e))?;
+        self.chown(&db)?;
+        Ok(book)
+    }
+
+    /// Home `i`'s contacts and colleague cards, counted in `cards`; returns who its group card
+    /// is to name.
+    fn write_cards(
+        &self,
+        i: usize,
+        book: &Path,
+        rng: &mut Rng,
+        cards: &mut u64,
+    ) -> Result<GroupMembers> {
+        let n = self.people.len();
+        let me = &self.people[i];
+        let mut group = GroupMembers::default();
+        for j in 0..self.contacts {
+            let uid = rng.uuid();
+            let text = contact(rng, &uid, j);
+            self.write_card(book, &uid, &text)?;
+            *cards += 1;
+            if j < 2 {
+                group.cards.push(uid);
+            }
+        }
+        if n > 1 {
+            // Colleagues from the directory.
+            let a = &self.people[(i + 1) % n];
+            let b = &self.people[(i + 2) % n];
+            let copied_uid = if i % 2 == 0 {
+                a.guid.clone()
+            } else {
+                rng.uuid()
+            };
+            self.write_card(book, &copied_uid, &colleague(a, &copied_uid))?;
+            *cards += 1;
+            if i % 2 == 0 {
+                group.cards.push(copied_uid);
+            }
+            group.principals.push(b.guid.clone());
+            if n > 2 {
+                let c = &self.people[(i + 3) % n];
+                if c.guid != me.guid {
+                    group.principals.push(c.guid.to_ascii_lowercase());
+                }
+            }
+        }
+        if self.departed {
+            group.departed.push(DEPARTED.to_string());
+        }
+        Ok(group)
+    }
+
+    /// The group card of `me`'s book, naming `group`'s members; returns its path.
+    fn write_group(
+        &self,
+        me: &Person,
+        book: &Path,
+        rng: &mut Rng,
+        group: &GroupMembers,
+    ) -> Result<PathBuf> {
+        let uid = rng.uuid();
+        let mut members: Vec<&String> = group
+            .cards
+            .iter()
+            .chain(&group.principals)
+            .chain(&group.departed)
+            .collect();
+        members.sort_by_key(|m| m.to_ascii_uppercase());
+        let mut text = String::from(
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nPRODID:-//Apple Inc.//Address Book 5.0//EN\r\n",
+        );
+        let _ = write!(
+            text,
+            "N:Team of {};;;;\r\nFN:Team of {}\r\nX-ADDRESSBOOKSERVER-KIND:group\r\n",
+            me.full_name, me.full_name
+        );
+        for m in members {
+            fold_line(
+                &mut text,
+                &format!("X-ADDRESSBOOKSERVER-MEMBER:urn:uuid:{m}"),
+            );
+        }
+        let _ = write!(
+            text,
+            "REV:2010-06-1{}T1{}:04:27Z\r\nUID:{uid}\r\nEND:VCARD\r\n",
+            rng.below(10),
+            rng.below(10)
+        );
+        self.write_card(book, &uid, &text)
     }
 }
 
