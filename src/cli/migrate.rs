@@ -2,62 +2,24 @@
 //! copy; a real migrate asks first on a terminal (`--yes` for scripts).
 
 use super::{Context, MigrateArgs, Outcome};
+use crate::config::Config;
+use crate::directory::Directory;
 use crate::error::{Error, ExitStatus, Result};
+use crate::journal::RunSummary;
+use crate::plan::PlanSummary;
 use crate::state::State;
+use crate::verify::VerifyReport;
 use serde_json::json;
+use std::path::PathBuf;
 
 /// `migrate`: pull, plan, report, apply (asking first on a terminal), provision, verify.
 pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     let mut cfg = ctx.config.clone();
     let mut steps = Vec::new();
-    if let Some(dir) = &args.rehearse {
-        let copy = crate::rehearse::prepare(&mut cfg, dir)?;
-        steps.push(format!("rehearsal: store copied to {}", copy.display()));
-    }
-    let (current, old) = crate::plan::load_directories(&cfg)?;
-    let rehearsal_config = match &args.rehearse {
-        Some(dir) => Some(crate::rehearse::write_config(&cfg, dir, &current)?),
-        None => None,
-    };
-    steps.push(format!(
-        "pull: {} current records from {}, {} old records",
-        current.records.len(),
-        current.origin,
-        old.records.len()
-    ));
-    let summary = crate::plan::build(ctx, &cfg, &current, &old)?;
-    steps.push(format!(
-        "plan {}: {} resources to change",
-        summary.plan_id, summary.resources_changed
-    ));
-    let mut state = State::open(&cfg.state.path)?;
-    crate::report::finish_plan(&state, summary.plan_id, &cfg.report)?;
-    steps.push(format!("report: {}", cfg.report.dir.display()));
-    let pruned = crate::plan::prune_after_plan(&mut state, cfg.state.keep_plans)?;
-    if !pruned.is_empty() {
-        let ids: Vec<String> = pruned.iter().map(i64::to_string).collect();
-        steps.push(format!("older plans dropped: {}", ids.join(", ")));
-    }
+    let planned = plan(ctx, args, &mut cfg, &mut steps)?;
+    let summary = &planned.summary;
+    let declined = !args.dry_run && args.rehearse.is_none() && !args.yes && !ask(&cfg, summary)?;
     let mut run = None;
-    let declined = !args.dry_run
-        && args.rehearse.is_none()
-        && !args.yes
-        && {
-            let question = format!(
-            "{}Apply plan {} to {} now ({} resources)? It is journaled and `rollback` undoes it. [y/N] ",
-            super::plan::human_summary(&summary, &cfg.report.dir, false),
-            summary.plan_id,
-            cfg.store.path.display(),
-            summary.resources_changed
-        );
-            !confirm(&question).map_err(|e| {
-                e.context(format!(
-                    "plan {} is recorded and its reports are in {}",
-                    summary.plan_id,
-                    cfg.report.dir.display()
-                ))
-            })?
-        };
     let stop = if args.dry_run {
         "dry run: stopped after plan; nothing in the store changed.".to_string()
     } else if declined {
@@ -77,64 +39,16 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
                 json: json!({ "steps": steps, "plan": summary, "run": r }),
             });
         }
-        steps.push(format!(
-            "apply run {}: {} resources written, {} skipped",
-            r.run_id,
-            r.written,
-            r.skipped.len()
-        ));
-        let msg = match &rehearsal_config {
-            Some(file) => format!(
-                "rehearsal applied to {}; the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback), then migrate for real.",
-                cfg.store.path.display(),
-                file.display()
-            ),
-            None => format!(
-                "applied; undo with `principal-reconciler --config {} rollback --run {}`.",
-                ctx.config.source.display(),
-                r.run_id
-            ),
-        };
+        let msg = applied(ctx, &cfg, &planned, &r, &mut steps);
         run = Some(r);
         msg
     };
     if cfg.provision.enabled {
-        let report = crate::provision::analyse(&cfg, &current, &old)?;
-        let csv = crate::provision::write_csv(&report, &cfg.report)?;
-        let needs = report
-            .findings
-            .iter()
-            .filter(|f| f.severity.needs_doing())
-            .count();
-        if args.rehearse.is_some() && needs > 0 {
-            // A rehearsal never touches the real directory or augments file.
-            steps.push(format!(
-                "provision: {needs} findings need action (listed in {}); not applied in a rehearsal",
-                csv.display()
-            ));
-        } else if args.dry_run || needs == 0 {
-            steps.push(format!(
-                "provision: {needs} records need provisioning (listed in {})",
-                csv.display()
-            ));
-        } else {
-            let applied = crate::provision::apply(&cfg, &report)?;
-            let how = match &applied.dsimport {
-                Some(f) => format!(
-                    "the access group's new members are in {} — import it with dsimport",
-                    f.display()
-                ),
-                None => "fixed in the directory / augments".to_string(),
-            };
-            steps.push(format!(
-                "provision: {needs} findings need action ({}); {how}",
-                csv.display()
-            ));
-        }
+        provision(args, &cfg, &planned, &mut steps)?;
     }
     let mut verified = None;
     if !args.dry_run && !declined {
-        let report = crate::verify::verify(ctx, &cfg, &current)?;
+        let report = crate::verify::verify(ctx, &cfg, &planned.current)?;
         let csv = crate::verify::write_csv(&report, &cfg.report)?;
         steps.push(format!(
             "verify: {} problems (listed in {})",
@@ -143,20 +57,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
         ));
         verified = Some(report);
     }
-    let mut human = String::new();
-    for s in &steps {
-        human.push_str(&format!("• {s}\n"));
-    }
-    human.push_str(&super::plan::human_summary(
-        &summary,
-        &cfg.report.dir,
-        args.dry_run,
-    ));
-    human.push_str(&stop);
-    human.push('\n');
-    if let Some(v) = &verified {
-        human.push_str(&crate::verify::human(v));
-    }
+    let human = human(args, &cfg, &steps, summary, &stop, verified.as_ref());
     let skipped = declined || run.as_ref().is_some_and(|r| !r.skipped.is_empty());
     let unverified = verified.as_ref().is_some_and(|v| !v.problems.is_empty());
     let status =
@@ -168,8 +69,175 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     Ok(Outcome {
         status,
         human,
-        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir, "rehearsal_config": rehearsal_config }),
+        json: json!({ "steps": steps, "plan": summary, "run": run, "verify": verified, "result": stop, "store": cfg.store.path, "reports": cfg.report.dir, "rehearsal_config": planned.rehearsal_config }),
     })
+}
+
+/// What the plan stage made: the directories it read, the plan, and a rehearsal's own
+/// configuration file.
+struct Planned {
+    current: Directory,
+    old: Directory,
+    rehearsal_config: Option<PathBuf>,
+    summary: PlanSummary,
+}
+
+/// Copies the store for a rehearsal, pulls the directories, plans, writes the reports and drops
+/// older plans; each step noted in `steps`.
+fn plan(
+    ctx: &Context,
+    args: &MigrateArgs,
+    cfg: &mut Config,
+    steps: &mut Vec<String>,
+) -> Result<Planned> {
+    if let Some(dir) = &args.rehearse {
+        let copy = crate::rehearse::prepare(cfg, dir)?;
+        steps.push(format!("rehearsal: store copied to {}", copy.display()));
+    }
+    let (current, old) = crate::plan::load_directories(cfg)?;
+    let rehearsal_config = match &args.rehearse {
+        Some(dir) => Some(crate::rehearse::write_config(cfg, dir, &current)?),
+        None => None,
+    };
+    steps.push(format!(
+        "pull: {} current records from {}, {} old records",
+        current.records.len(),
+        current.origin,
+        old.records.len()
+    ));
+    let summary = crate::plan::build(ctx, cfg, &current, &old)?;
+    steps.push(format!(
+        "plan {}: {} resources to change",
+        summary.plan_id, summary.resources_changed
+    ));
+    let mut state = State::open(&cfg.state.path)?;
+    crate::report::finish_plan(&state, summary.plan_id, &cfg.report)?;
+    steps.push(format!("report: {}", cfg.report.dir.display()));
+    let pruned = crate::plan::prune_after_plan(&mut state, cfg.state.keep_plans)?;
+    if !pruned.is_empty() {
+        let ids: Vec<String> = pruned.iter().map(i64::to_string).collect();
+        steps.push(format!("older plans dropped: {}", ids.join(", ")));
+    }
+    Ok(Planned {
+        current,
+        old,
+        rehearsal_config,
+        summary,
+    })
+}
+
+/// Asks whether to apply the plan now: true for yes.
+fn ask(cfg: &Config, summary: &PlanSummary) -> Result<bool> {
+    let question = format!(
+        "{}Apply plan {} to {} now ({} resources)? It is journaled and `rollback` undoes it. [y/N] ",
+        super::plan::human_summary(summary, &cfg.report.dir, false),
+        summary.plan_id,
+        cfg.store.path.display(),
+        summary.resources_changed
+    );
+    confirm(&question).map_err(|e| {
+        e.context(format!(
+            "plan {} is recorded and its reports are in {}",
+            summary.plan_id,
+            cfg.report.dir.display()
+        ))
+    })
+}
+
+/// Notes the apply run in `steps`; returns the result line (how to inspect or undo it).
+fn applied(
+    ctx: &Context,
+    cfg: &Config,
+    planned: &Planned,
+    r: &RunSummary,
+    steps: &mut Vec<String>,
+) -> String {
+    steps.push(format!(
+        "apply run {}: {} resources written, {} skipped",
+        r.run_id,
+        r.written,
+        r.skipped.len()
+    ));
+    match &planned.rehearsal_config {
+        Some(file) => format!(
+            "rehearsal applied to {}; the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback), then migrate for real.",
+            cfg.store.path.display(),
+            file.display()
+        ),
+        None => format!(
+            "applied; undo with `principal-reconciler --config {} rollback --run {}`.",
+            ctx.config.source.display(),
+            r.run_id
+        ),
+    }
+}
+
+/// Provisioning: analyses, writes provision.csv and (not in a dry run or rehearsal) applies it.
+fn provision(
+    args: &MigrateArgs,
+    cfg: &Config,
+    planned: &Planned,
+    steps: &mut Vec<String>,
+) -> Result<()> {
+    let report = crate::provision::analyse(cfg, &planned.current, &planned.old)?;
+    let csv = crate::provision::write_csv(&report, &cfg.report)?;
+    let needs = report
+        .findings
+        .iter()
+        .filter(|f| f.severity.needs_doing())
+        .count();
+    if args.rehearse.is_some() && needs > 0 {
+        // A rehearsal never touches the real directory or augments file.
+        steps.push(format!(
+            "provision: {needs} findings need action (listed in {}); not applied in a rehearsal",
+            csv.display()
+        ));
+    } else if args.dry_run || needs == 0 {
+        steps.push(format!(
+            "provision: {needs} records need provisioning (listed in {})",
+            csv.display()
+        ));
+    } else {
+        let applied = crate::provision::apply(cfg, &report)?;
+        let how = match &applied.dsimport {
+            Some(f) => format!(
+                "the access group's new members are in {} — import it with dsimport",
+                f.display()
+            ),
+            None => "fixed in the directory / augments".to_string(),
+        };
+        steps.push(format!(
+            "provision: {needs} findings need action ({}); {how}",
+            csv.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The terminal text: the steps, the plan's summary, the result line and verify's summary.
+fn human(
+    args: &MigrateArgs,
+    cfg: &Config,
+    steps: &[String],
+    summary: &PlanSummary,
+    stop: &str,
+    verified: Option<&VerifyReport>,
+) -> String {
+    let mut human = String::new();
+    for s in steps {
+        human.push_str(&format!("• {s}\n"));
+    }
+    human.push_str(&super::plan::human_summary(
+        summary,
+        &cfg.report.dir,
+        args.dry_run,
+    ));
+    human.push_str(stop);
+    human.push('\n');
+    if let Some(v) = verified {
+        human.push_str(&crate::verify::human(v));
+    }
+    human
 }
 
 /// Asks a yes/no question on the terminal (the question on stderr, the answer from stdin).

@@ -3,8 +3,9 @@
 //! the step and the LDAP result code.
 
 use super::entry::RawEntry;
-use super::presets::Schema;
+use super::presets::{Schema, TypeSchema};
 use super::{Collector, Directory};
+use crate::address::RecordType;
 use crate::config::{DirectoryConfig, PASSWORD_ENV};
 use crate::error::{Error, Result};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
@@ -353,9 +354,7 @@ pub async fn connect_bound(cfg: &DirectoryConfig) -> Result<ldap3::Ldap> {
 pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result<Directory> {
     let url = cfg.url.clone().unwrap_or_default();
     let base = cfg.base.clone().unwrap_or_default();
-    let timeout = Duration::from_secs(cfg.timeout.max(1));
     let mapping = Schema::from_config(cfg);
-    let fail = |step: &str, msg: String| Error::runtime(format!("{url}: {step} failed: {msg}"));
     let mut ldap = connect_bound(cfg).await?;
 
     let mut out = Collector::new(mapping.clone(), format!("{url} (base {base})"));
@@ -366,20 +365,58 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
         } else {
             format!("{},{base}", t.container)
         };
+        let search = Search {
+            cfg,
+            url: &url,
+            step: format!("search of {search_base} for {filter}"),
+            base: search_base,
+            filter,
+            kind: t.kind,
+        };
+        search.run(&mut ldap, t, &mut out, on_entry).await?;
+    }
+    let _ = ldap.unbind().await;
+    Ok(out.finish())
+}
+
+/// One record type's search of the directory.
+struct Search<'a> {
+    cfg: &'a DirectoryConfig,
+    url: &'a str,
+    /// `search of BASE for FILTER`, as errors and warnings name it.
+    step: String,
+    base: String,
+    filter: &'a str,
+    kind: RecordType,
+}
+
+impl Search<'_> {
+    fn fail(&self, msg: String) -> Error {
+        Error::runtime(format!("{}: {} failed: {msg}", self.url, self.step))
+    }
+
+    /// Runs the search (paged), adds every entry to `out` and checks how it ended.
+    async fn run(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        t: &TypeSchema,
+        out: &mut Collector,
+        on_entry: &(dyn Fn() + Sync),
+    ) -> Result<()> {
+        let timeout = Duration::from_secs(self.cfg.timeout.max(1));
         let attrs = t.requested_attributes();
         let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
             Box::new(EntriesOnly::new()),
-            Box::new(PagedResults::new(cfg.page_size)),
+            Box::new(PagedResults::new(self.cfg.page_size)),
         ];
-        let step = format!("search of {search_base} for {filter}");
-        tracing::info!("searching {search_base} {filter}");
+        tracing::info!("searching {} {}", self.base, self.filter);
         let mut stream = match ldap
             .with_timeout(timeout)
             .streaming_search_with(
                 adapters,
-                &search_base,
+                &self.base,
                 Scope::Subtree,
-                filter,
+                self.filter,
                 attrs.clone(),
             )
             .await
@@ -387,11 +424,11 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
             Ok(s) => s,
             Err(LdapError::FilterParsing) => {
                 return Err(Error::usage(format!(
-                    "[directory] {} filter `{filter}` is not a valid LDAP filter",
-                    t.kind
+                    "[directory] {} filter `{}` is not a valid LDAP filter",
+                    self.kind, self.filter
                 )))
             }
-            Err(e) => return Err(fail(&step, describe(&e))),
+            Err(e) => return Err(self.fail(describe(&e))),
         };
         let mut count = 0usize;
         let mut stopped: Option<LdapResult> = None;
@@ -402,12 +439,12 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
                         continue;
                     }
                     let Some(e) = raw_entry(re.0) else {
-                        return Err(fail(
-                            &step,
-                            format!("malformed search entry after {count} {} entries", t.kind),
-                        ));
+                        return Err(self.fail(format!(
+                            "malformed search entry after {count} {} entries",
+                            self.kind
+                        )));
                     };
-                    out.add(&e, t.kind);
+                    out.add(&e, self.kind);
                     count += 1;
                     on_entry();
                 }
@@ -417,10 +454,11 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
                     break;
                 }
                 Err(e) => {
-                    return Err(fail(
-                        &step,
-                        format!("{} after {count} {} entries", describe(&e), t.kind),
-                    ))
+                    return Err(self.fail(format!(
+                        "{} after {count} {} entries",
+                        describe(&e),
+                        self.kind
+                    )))
                 }
             }
         }
@@ -428,52 +466,52 @@ pub async fn pull(cfg: &DirectoryConfig, on_entry: &(dyn Fn() + Sync)) -> Result
             Some(r) => r,
             None => stream.finish().await,
         };
+        self.ended(&res, count, out)
+    }
+
+    /// How the search ended, after `count` entries: fine, a missing container (a warning), a
+    /// list the server cut short (an error unless `allow_partial`), or an error.
+    fn ended(&self, res: &LdapResult, count: usize, out: &mut Collector) -> Result<()> {
+        let (url, step, kind) = (self.url, &self.step, self.kind);
         match res.rc {
             0 => {}
             32 => out.warn(format!(
-                "{url}: {search_base} does not exist (LDAP result 32 noSuchObject): no {} records",
-                t.kind
+                "{url}: {} does not exist (LDAP result 32 noSuchObject): no {kind} records",
+                self.base
             )),
             rc if limit_advice(rc).is_some() => {
                 let advice = limit_advice(rc).unwrap_or_default();
                 let what = format!(
-                    "{} after {count} {} entries: the server cut the list short",
-                    describe_result(&res),
-                    t.kind
+                    "{} after {count} {kind} entries: the server cut the list short",
+                    describe_result(res),
                 );
-                if cfg.allow_partial {
+                if self.cfg.allow_partial {
                     let w = format!(
                         "{url}: {step}: {what}; continuing because allow_partial = true, so records missing from it will look gone; {advice}"
                     );
                     tracing::warn!("{w}");
                     out.warn(w);
                 } else {
-                    return Err(fail(
-                        &step,
+                    return Err(self.fail(
                         format!("{what}, and a truncated directory would make real users look gone. To fix it, {advice}; or set allow_partial = true to go on anyway"),
                     ));
                 }
             }
             88 => {
-                return Err(fail(
-                    &step,
-                    format!(
-                        "{} after {count} {} entries",
-                        describe(&LdapError::EndOfStream),
-                        t.kind
-                    ),
-                ))
+                return Err(self.fail(format!(
+                    "{} after {count} {kind} entries",
+                    describe(&LdapError::EndOfStream),
+                )))
             }
             _ => {
-                return Err(fail(
-                    &step,
-                    format!("{} after {count} {} entries", describe_result(&res), t.kind),
-                ))
+                return Err(self.fail(format!(
+                    "{} after {count} {kind} entries",
+                    describe_result(res)
+                )))
             }
         }
+        Ok(())
     }
-    let _ = ldap.unbind().await;
-    Ok(out.finish())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::directory::ldap::{connect_bound, describe_result, rc_name};
 use crate::directory::presets::Schema;
 use crate::directory::{Directory, DirectoryRecord};
 use crate::error::{Error, Result};
-use ldap3::{LdapError, Mod};
+use ldap3::{LdapError, LdapResult, Mod};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -171,6 +171,37 @@ fn first_attr(list: &[String], what: &str) -> Result<String> {
 async fn apply_ldap_async(cfg: &DirectoryConfig, plan: &AccessPlan) -> Result<LdapApplied> {
     let url = cfg.url.clone().unwrap_or_default();
     let dn = plan.group_source.clone();
+    let ops = modify_ops(cfg, plan)?;
+    let mut done = LdapApplied {
+        server: url.clone(),
+        dn: dn.clone(),
+        ..LdapApplied::default()
+    };
+    if ops.iter().all(|o| o.values.is_empty()) {
+        return Ok(done);
+    }
+    let mut w = GroupWriter {
+        ldap: connect_bound(cfg).await?,
+        timeout: std::time::Duration::from_secs(cfg.timeout.max(1)),
+        who: cfg
+            .bind_dn
+            .as_deref()
+            .map(|b| format!("the bind DN `{b}`"))
+            .unwrap_or_else(|| "an anonymous bind".to_string()),
+        url,
+        dn,
+    };
+    for op in &ops {
+        for chunk in op.values.chunks(BATCH) {
+            w.modify(op, chunk, &mut done).await?;
+        }
+    }
+    let _ = w.ldap.unbind().await;
+    Ok(done)
+}
+
+/// The modifies the plan needs, adds before removals (so an interruption never loses a member).
+fn modify_ops(cfg: &DirectoryConfig, plan: &AccessPlan) -> Result<Vec<Op>> {
     let mapping = Schema::from_config(cfg);
     let t = mapping.get(RecordType::Group);
     let mut ops: Vec<Op> = Vec::new();
@@ -210,100 +241,105 @@ async fn apply_ldap_async(cfg: &DirectoryConfig, plan: &AccessPlan) -> Result<Ld
     }
     // Adds before removals.
     ops.sort_by_key(|o| !o.add);
-    let mut done = LdapApplied {
-        server: url.clone(),
-        dn: dn.clone(),
-        ..LdapApplied::default()
-    };
-    if ops.iter().all(|o| o.values.is_empty()) {
-        return Ok(done);
-    }
-    let mut ldap = connect_bound(cfg).await?;
-    let timeout = std::time::Duration::from_secs(cfg.timeout.max(1));
-    let who = cfg
-        .bind_dn
-        .as_deref()
-        .map(|b| format!("the bind DN `{b}`"))
-        .unwrap_or_else(|| "an anonymous bind".to_string());
-    for op in &ops {
-        for chunk in op.values.chunks(BATCH) {
-            let what = format!(
-                "{} {} value(s) {} {}",
-                if op.add { "add" } else { "remove" },
-                chunk.len(),
-                if op.add { "to" } else { "from" },
-                op.attr
-            );
-            let fail = |msg: String, done: &LdapApplied| {
-                Error::runtime(format!(
-                    "{url}: modify of {dn} ({what}) failed: {msg}{}",
-                    if done.requests > 0 {
-                        format!(
-                            "; {} earlier request(s) were applied ({} value(s) added, {} removed)",
-                            done.requests, done.values_added, done.values_removed
-                        )
-                    } else {
-                        String::new()
-                    }
-                ))
-            };
-            let m = |vals: &[String]| -> Vec<Mod<String>> {
-                let set: HashSet<String> = vals.iter().cloned().collect();
-                vec![if op.add {
-                    Mod::Add(op.attr.clone(), set)
-                } else {
-                    Mod::Delete(op.attr.clone(), set)
-                }]
-            };
-            let res = ldap.with_timeout(timeout).modify(&dn, m(chunk)).await;
-            let benign = if op.add { 20 } else { 16 };
-            match res {
-                Ok(r) if r.rc == 0 => {
-                    done.requests += 1;
-                    if op.add {
-                        done.values_added += chunk.len();
-                    } else {
-                        done.values_removed += chunk.len();
-                    }
-                }
-                Ok(r) if r.rc == benign => {
-                    // Someone changed the group meanwhile: go value by value.
-                    for v in chunk {
-                        let r = ldap
-                            .with_timeout(timeout)
-                            .modify(&dn, m(std::slice::from_ref(v)))
-                            .await
-                            .map_err(|e| fail(ldap_error_text(&e), &done))?;
-                        match r.rc {
-                            0 => {
-                                done.requests += 1;
-                                if op.add {
-                                    done.values_added += 1;
-                                } else {
-                                    done.values_removed += 1;
-                                }
-                            }
-                            rc if rc == benign => done.already_there += 1,
-                            _ => return Err(fail(describe_result(&r), &done)),
-                        }
-                    }
-                }
-                Ok(r) => {
-                    let mut msg = describe_result(&r);
-                    if r.rc == 50 {
-                        msg.push_str(&format!(
-                            "; {who} has no write access to {}: bind as a directory administrator ([directory] bind_dn, e.g. diradmin) or grant it write access",
-                            op.attr
-                        ));
-                    }
-                    return Err(fail(msg, &done));
-                }
-                Err(e) => return Err(fail(ldap_error_text(&e), &done)),
+    Ok(ops)
+}
+
+/// A bound connection writing one access group.
+struct GroupWriter {
+    ldap: ldap3::Ldap,
+    timeout: std::time::Duration,
+    url: String,
+    dn: String,
+    /// Who is bound, in words (for the no-write-access advice).
+    who: String,
+}
+
+impl GroupWriter {
+    /// The error for a failed modify (`what` it was), with what earlier requests did.
+    fn fail(&self, what: &str, msg: String, done: &LdapApplied) -> Error {
+        Error::runtime(format!(
+            "{}: modify of {} ({what}) failed: {msg}{}",
+            self.url,
+            self.dn,
+            if done.requests > 0 {
+                format!(
+                    "; {} earlier request(s) were applied ({} value(s) added, {} removed)",
+                    done.requests, done.values_added, done.values_removed
+                )
+            } else {
+                String::new()
             }
-        }
+        ))
     }
-    let _ = ldap.unbind().await;
-    Ok(done)
+
+    /// Sends `vals` as one modify of `op`.
+    async fn send(&mut self, op: &Op, vals: &[String]) -> ldap3::result::Result<LdapResult> {
+        let set: HashSet<String> = vals.iter().cloned().collect();
+        let m = vec![if op.add {
+            Mod::Add(op.attr.clone(), set)
+        } else {
+            Mod::Delete(op.attr.clone(), set)
+        }];
+        self.ldap
+            .with_timeout(self.timeout)
+            .modify(&self.dn, m)
+            .await
+    }
+
+    /// One chunk of `op` as one modify; value by value when someone changed the group meanwhile.
+    async fn modify(&mut self, op: &Op, chunk: &[String], done: &mut LdapApplied) -> Result<()> {
+        let what = format!(
+            "{} {} value(s) {} {}",
+            if op.add { "add" } else { "remove" },
+            chunk.len(),
+            if op.add { "to" } else { "from" },
+            op.attr
+        );
+        let benign = if op.add { 20 } else { 16 };
+        match self.send(op, chunk).await {
+            Ok(r) if r.rc == 0 => {
+                done.requests += 1;
+                if op.add {
+                    done.values_added += chunk.len();
+                } else {
+                    done.values_removed += chunk.len();
+                }
+            }
+            Ok(r) if r.rc == benign => {
+                // Someone changed the group meanwhile: go value by value.
+                for v in chunk {
+                    let r = match self.send(op, std::slice::from_ref(v)).await {
+                        Ok(r) => r,
+                        Err(e) => return Err(self.fail(&what, ldap_error_text(&e), done)),
+                    };
+                    match r.rc {
+                        0 => {
+                            done.requests += 1;
+                            if op.add {
+                                done.values_added += 1;
+                            } else {
+                                done.values_removed += 1;
+                            }
+                        }
+                        rc if rc == benign => done.already_there += 1,
+                        _ => return Err(self.fail(&what, describe_result(&r), done)),
+                    }
+                }
+            }
+            Ok(r) => {
+                let mut msg = describe_result(&r);
+                if r.rc == 50 {
+                    msg.push_str(&format!(
+                        "; {} has no write access to {}: bind as a directory administrator ([directory] bind_dn, e.g. diradmin) or grant it write access",
+                        self.who, op.attr
+                    ));
+                }
+                return Err(self.fail(&what, msg, done));
+            }
+            Err(e) => return Err(self.fail(&what, ldap_error_text(&e), done)),
+        }
+        Ok(())
+    }
 }
 
 fn ldap_error_text(e: &LdapError) -> String {
