@@ -469,19 +469,7 @@ pub fn staged(cfg: &Config) -> Result<Option<crate::stage::Tally>> {
         return Ok(None);
     }
     let state = crate::state::State::open_existing(&cfg.state.path)?;
-    let plan: Option<i64> = state
-        .conn
-        .query_row(
-            "SELECT plan_id FROM runs WHERE kind = 'apply' AND plan_id IS NOT NULL
-            AND COALESCE(state, 'applying') != 'rolled-back' ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
-    match plan {
+    match state.plan_in_force()? {
         Some(id) => Ok(Some(crate::stage::progress(&state, id)?).filter(|p| p.partial())),
         None => Ok(None),
     }
