@@ -5,9 +5,6 @@
 //! whose owner is in no directory (or still under an old uid), group-card members and uid
 //! columns still naming old principals.
 
-use super::read::{self, ObjectRow};
-use super::schema::{md5_hex, ValueKind};
-use super::Db;
 use crate::address::CalAddress;
 use crate::config::Config;
 use crate::directory::Directory;
@@ -15,13 +12,16 @@ use crate::error::Result;
 use crate::ical;
 use crate::mapping::{self, Mapper, Observed, Verdict};
 use crate::progress::Progress;
+use crate::store::pg::read::{self, ObjectRow};
+use crate::store::pg::schema::{md5_hex, ValueKind};
+use crate::store::pg::Db;
 use crate::verify::{check_resource, Organizers, VerifyReport};
 use std::collections::{HashMap, HashSet};
 
 /// The integrity of one object's columns: ORGANIZER and MD5 as CalendarServer computes them.
 fn check_columns(
     report: &mut VerifyReport,
-    schema: &super::Schema,
+    schema: &crate::store::pg::Schema,
     row: &ObjectRow,
     info: &ical::CalendarInfo,
 ) {
@@ -55,7 +55,7 @@ fn walk_objects(
     mut each: impl FnMut(&mut VerifyReport, &ObjectRow, &ical::CalendarInfo),
 ) -> Result<Vec<read::HomeRow>> {
     let schema = db.schema.clone();
-    let mut tx = db.snapshot().map_err(super::pg_err("begin"))?;
+    let mut tx = db.snapshot().map_err(crate::store::pg::pg_err("begin"))?;
     let mut homes = Vec::new();
     for t in read::HOME_TABLES {
         homes.extend(read::homes(&mut tx, &schema, t)?);
@@ -88,7 +88,7 @@ fn walk_objects(
         read::home_objects(&mut tx, id, &mut sink)?;
     }
     read::orphan_objects(&mut tx, &mut sink)?;
-    tx.commit().map_err(super::pg_err("commit"))?;
+    tx.commit().map_err(crate::store::pg::pg_err("commit"))?;
     Ok(homes)
 }
 
@@ -125,7 +125,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
     bar.finish();
     // A bare uid: current (its record has that GUID), moved (an old GUID of someone), or orphan.
     let uid_state = |uid: &str| -> std::result::Result<(), Option<String>> {
-        let r = mapper.resolve(&super::plan::uid_address(uid), &Observed::default());
+        let r = mapper.resolve(&super::rewrite::uid_address(uid), &Observed::default());
         match (r.outcome, r.target) {
             (Verdict::Acknowledged, _) => Ok(()),
             (Verdict::Mapped | Verdict::Unchanged, Some(p)) => {
@@ -156,7 +156,10 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
         }
     }
     // Group members and uid columns still naming old principals.
-    let mut tx = db.client.transaction().map_err(super::pg_err("begin"))?;
+    let mut tx = db
+        .client
+        .transaction()
+        .map_err(crate::store::pg::pg_err("begin"))?;
     for h in homes.iter().filter(|h| h.table == "ADDRESSBOOK_HOME") {
         let mut cards = Vec::new();
         read::home_cards(&mut tx, &schema, h.id, |b| {
@@ -179,7 +182,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
                         );
                     }
                     for crate::vcard::Member { line, value: m } in &info.members {
-                        let uid = match super::plan::member_address(m, &local) {
+                        let uid = match super::rewrite::member_address(m, &local) {
                             Some(CalAddress::UrnUuid(g)) => Some(g.to_string()),
                             Some(CalAddress::UrnXUid(u)) => Some(u),
                             _ => None,
@@ -208,7 +211,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
                 ),
                 &[],
             )
-            .map_err(super::pg_err(vc.table))?;
+            .map_err(crate::store::pg::pg_err(vc.table))?;
         for r in rows {
             let v: String = r.get(0);
             let n: i64 = r.get(1);
@@ -231,7 +234,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
             }
         }
     }
-    tx.commit().map_err(super::pg_err("commit"))?;
+    tx.commit().map_err(crate::store::pg::pg_err("commit"))?;
     report
         .problems
         .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));

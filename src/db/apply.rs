@@ -12,17 +12,17 @@
 //! `kill -9` at any instant: a batch's transaction either committed (its rows hold the new text:
 //! the pending journal steps are marked done) or did not (they hold the old text: done again).
 
-use super::edits::{self, RowEdit};
-use super::plan::{load_resolver, rewrite_card, rewrite_object};
-use super::read::{self, ObjectRow};
-use super::schema::{md5_hex, Schema};
-use super::Db;
+use super::rewrite::{rewrite_card, rewrite_object};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ical::{self, RewriteOptions};
 use crate::journal::RunSummary;
 use crate::progress::Progress;
 use crate::state::{now_rfc3339, RunEvent, RunState, State};
+use crate::store::pg::edits::{self, RowEdit};
+use crate::store::pg::read::{self, ObjectRow};
+use crate::store::pg::schema::{md5_hex, Schema};
+use crate::store::pg::Db;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -30,7 +30,7 @@ use std::collections::HashMap;
 const BATCH: usize = 2000;
 
 fn err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
-    super::pg_err(what)
+    crate::store::pg::pg_err(what)
 }
 
 /// The run to carry on with: the unfinished one of the same kind and target, or a new one; `None`
@@ -178,7 +178,18 @@ pub(super) fn pack_saved(s: &SavedObject) -> Result<Vec<u8>> {
         }
     }
     raw.extend_from_slice(s.text.as_bytes());
-    Ok(crate::plan::pack(&raw))
+    Ok(zlib(&raw))
+}
+
+/// zlib of `bytes`, fast (as the plans store theirs).
+fn zlib(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(bytes.len() / 2),
+        flate2::Compression::fast(),
+    );
+    let _ = z.write_all(bytes);
+    z.finish().unwrap_or_default()
 }
 
 pub(super) fn unpack_saved(blob: &[u8]) -> Result<SavedObject> {
@@ -405,7 +416,7 @@ pub fn apply(
             db.schema.version
         )));
     }
-    super::connect::refuse_while_connected(&mut db.client, &label, force)?;
+    crate::store::pg::connect::refuse_while_connected(&mut db.client, &label, force)?;
     let mut summary = RunSummary {
         kind: "apply",
         plan_id: Some(plan_id),
@@ -423,7 +434,7 @@ pub fn apply(
     let _signals = crate::interrupt::install();
     // Journal steps are made durable once per database transaction ([`durable`]).
     state.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-    let resolver = load_resolver(&state, plan_id)?;
+    let resolver = crate::state::pg_rows::plan_principals(&state.conn, plan_id)?;
     let address_form: String = state.plan_text(plan_id, "address_form")?;
     let opts = RewriteOptions {
         form: serde_json::from_value(Value::String(address_form))?,
@@ -867,12 +878,12 @@ fn apply_values(
         let push = table == "APN_SUBSCRIPTIONS" && column == "RESOURCE_KEY";
         let note = table == "NOTIFICATION";
         let rows = if href {
-            let h = super::plan::href_of(&old);
+            let h = super::rewrite::href_of(&old);
             edits::select_rows(&mut tx, &table, "strpos(t.VALUE, $1) > 0", &[&h])?
         } else if push {
-            edits::select_rows(&mut tx, &table, super::plan::APN_FILTER, &[&old])?
+            edits::select_rows(&mut tx, &table, super::rewrite::APN_FILTER, &[&old])?
         } else if note {
-            let f = super::plan::notification_filter(&column);
+            let f = super::rewrite::notification_filter(&column);
             edits::select_rows(&mut tx, &table, &f, &[&old])?
         } else {
             edits::select_rows(&mut tx, &table, &format!("t.{column} = $1"), &[&old])?
@@ -888,7 +899,7 @@ fn apply_values(
                     let v = edits::field(&before, &column)
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    let text = super::plan::notification_text(v, &old, &new)?;
+                    let text = super::rewrite::notification_text(v, &old, &new)?;
                     let md5 = md5_hex(text.as_bytes());
                     let mut set = edits::set1(&column, json!(text));
                     set.extend(edits::set1("md5", json!(md5)));
@@ -904,12 +915,15 @@ fn apply_values(
                     let v = edits::field(&before, "value")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    json!(v.replace(&super::plan::href_of(&old), &super::plan::href_of(&new)))
+                    json!(v.replace(
+                        &super::rewrite::href_of(&old),
+                        &super::rewrite::href_of(&new)
+                    ))
                 } else if push {
                     let k = edits::field(&before, "resource_key")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    json!(super::plan::push_key(k, &old, &new).unwrap_or_else(|| k.to_string()))
+                    json!(super::rewrite::push_key(k, &old, &new).unwrap_or_else(|| k.to_string()))
                 } else {
                     json!(new)
                 };

@@ -8,10 +8,11 @@
 //! old and new MD5 and ORGANIZER columns), `pg_plan_principals` (the resolver, so apply replays the
 //! exact rewrite), `pg_plan_homes` (rename or merge), `pg_plan_values` (uid and address columns).
 
-use super::read::{self, CardRow, HomeRow, ObjectRow};
-use super::schema::{md5_hex, Schema, ValueKind};
-use super::Db;
-use crate::address::{CalAddress, Guid, Principal};
+use super::rewrite::{
+    href_of, member_address, new_uid, notification_filter, notification_text, rewrite_card,
+    rewrite_object, uid_address, Planned, APN_COUNT,
+};
+use crate::address::CalAddress;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::{Error, Result};
@@ -20,98 +21,15 @@ use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::plan::{Finding, LazyResolver, PlanSummary};
 use crate::progress::Progress;
 use crate::state::{now_rfc3339, State};
+use crate::store::pg::read::{self, CardRow, HomeRow, ObjectRow};
+use crate::store::pg::schema::{md5_hex, Schema, ValueKind};
+use crate::store::pg::Db;
 use crate::vcard;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// How many changed objects keep their whole old and new lines (report diffs).
 const EXAMPLE_LINES: u64 = 50;
-
-/// The address a bare uid stands for (a GUID as `urn:uuid:`, anything else as `urn:x-uid:`).
-pub fn uid_address(uid: &str) -> CalAddress {
-    match Guid::parse(uid) {
-        Some(g) => CalAddress::UrnUuid(g),
-        None => CalAddress::UrnXUid(uid.to_string()),
-    }
-}
-
-/// The uid a principal has in the store (its GUID as the directory spells it), when `old` names
-/// someone else now; `None` when it stays.
-pub fn new_uid(resolver: &dyn Resolve, old: &str) -> Option<String> {
-    let p = resolver.resolve(&uid_address(old))?;
-    let new = p.guid.to_string();
-    (!new.eq_ignore_ascii_case(old)).then_some(new)
-}
-
-/// One object's planned rewrite.
-pub struct Planned {
-    /// ICALENDAR_TEXT after the rewrite.
-    pub new_text: Vec<u8>,
-    /// md5 of the new text.
-    pub new_text_md5: String,
-    /// Every property changed, in file order.
-    pub changes: Vec<ical::Change>,
-    /// The new MD5 column value (the ETag: md5 of the text, plus SCHEDULE_TAG from schema 9).
-    pub new_md5: String,
-    /// The new ORGANIZER column value (None when NULL).
-    pub new_organizer: Option<String>,
-}
-
-/// Rewrites one calendar object as planning and applying both do: the new text, its ETag and
-/// ORGANIZER column. `None` when the text does not change.
-pub fn rewrite_object(
-    schema: &Schema,
-    row: &ObjectRow,
-    info_before: &ical::CalendarInfo,
-    rw: ical::Rewritten,
-    resolver: &dyn Resolve,
-    opts: &RewriteOptions,
-) -> Option<Planned> {
-    if rw.changes.is_empty() {
-        return None;
-    }
-    let new_text_md5 = md5_hex(&rw.bytes);
-    let new_md5 = match &row.schedule_tag {
-        Some(t) if schema.md5_with_schedule_tag => schema.calendar_md5(&rw.bytes, Some(t)),
-        _ => new_text_md5.clone(),
-    };
-    let old_first = info_before.organizer.clone();
-    // The first ORGANIZER after the rewrite: the first one's new value when its line changed.
-    let first_line = info_before
-        .addresses
-        .iter()
-        .find(|f| f.property == "ORGANIZER")
-        .map(|f| f.line);
-    let new_first = match rw
-        .changes
-        .iter()
-        .find(|c| c.property == "ORGANIZER" && Some(c.line) == first_line)
-    {
-        Some(c) => Some(c.new_value.clone()),
-        None => old_first.clone(),
-    };
-    // The column holds the server's reading of the ORGANIZER (first component's); when it agreed
-    // with the text it follows the text, else it is mapped on its own.
-    let col = row.organizer.clone().filter(|s| !s.is_empty());
-    let new_organizer = match &col {
-        None => row.organizer.clone(),
-        Some(c) if Some(c) == old_first.as_ref() => new_first.or(row.organizer.clone()),
-        Some(c) => {
-            let addr = mapping::parse_found(c);
-            match resolver.resolve(&addr) {
-                Some(p) => Some(p.canonical_address(opts.form, &addr)),
-                None => Some(c.clone()),
-            }
-        }
-    };
-    Some(Planned {
-        new_text: rw.bytes,
-        new_text_md5,
-        changes: rw.changes,
-        new_md5,
-        new_organizer,
-    })
-}
 
 struct Acc<'t> {
     plan_id: i64,
@@ -214,9 +132,12 @@ pub fn plan(
     let mut warnings = current.warnings.clone();
     warnings.extend(old.warnings.iter().cloned());
 
-    let mut tx = db
-        .snapshot()
-        .map_err(|e| Error::runtime(format!("{label}: {}", super::connect::describe(&e))))?;
+    let mut tx = db.snapshot().map_err(|e| {
+        Error::runtime(format!(
+            "{label}: {}",
+            crate::store::pg::connect::describe(&e)
+        ))
+    })?;
 
     let mapping;
     let mut acc = Acc {
@@ -655,8 +576,12 @@ pub fn plan(
             "{queued} queued work item(s) in the database (scheduling, iMIP, push); let CalendarServer finish them before migrating — they may name old principals"
         ));
     }
-    tx.commit()
-        .map_err(|e| Error::runtime(format!("{label}: {}", super::connect::describe(&e))))?;
+    tx.commit().map_err(|e| {
+        Error::runtime(format!(
+            "{label}: {}",
+            crate::store::pg::connect::describe(&e)
+        ))
+    })?;
 
     let mut directory_counts: BTreeMap<String, usize> = BTreeMap::new();
     for r in &current.records {
@@ -713,135 +638,11 @@ pub fn plan(
     Ok(summary)
 }
 
-/// Push subscriptions whose key names the home of uid `$1` (its fourth `/` field).
-pub const APN_FILTER: &str = "split_part(t.RESOURCE_KEY, '/', 4) = $1";
-const APN_COUNT: &str =
-    "SELECT COUNT(*) FROM APN_SUBSCRIPTIONS t WHERE split_part(t.RESOURCE_KEY, '/', 4) = $1";
-
-/// A push key (`/CalDAV/<host>/<uid>/...`) naming the home of `old`, naming `new`'s instead;
-/// `None` when it names another home.
-pub fn push_key(key: &str, old: &str, new: &str) -> Option<String> {
-    let mut parts: Vec<&str> = key.split('/').collect();
-    if parts.len() < 4 || !parts[0].is_empty() || parts[3] != old {
-        return None;
-    }
-    parts[3] = new;
-    Some(parts.join("/"))
-}
-
-/// Notification rows whose data may name uid `$1` (then checked with [`notification_text`]).
-pub fn notification_filter(data_column: &str) -> String {
-    format!("strpos(lower(t.{data_column}), lower($1)) > 0")
-}
-
-/// A notification's data (XML or JSON) with every reference to the principal `old` naming `new`
-/// instead: `urn:uuid:OLD`, `urn:x-uid:OLD` and `/__uids__/OLD` (followed by `/`, `<`, a quote
-/// or the end), and a JSON string that is exactly `OLD` (`"owner"`, `"sharee"`). The uid is
-/// matched without regard to case; `None` when nothing names `old`.
-pub fn notification_text(text: &str, old: &str, new: &str) -> Option<String> {
-    if old.is_empty() {
-        return None;
-    }
-    let lower = text.to_ascii_lowercase();
-    let needle = old.to_ascii_lowercase();
-    let mut out = String::with_capacity(text.len());
-    let mut last = 0;
-    let mut from = 0;
-    while let Some(at) = lower[from..].find(&needle) {
-        let start = from + at;
-        let end = start + needle.len();
-        from = end;
-        let before = &lower[..start];
-        let after = lower[end..].chars().next();
-        let href = ["urn:uuid:", "urn:x-uid:", "/__uids__/"]
-            .iter()
-            .any(|p| before.ends_with(p))
-            && matches!(after, None | Some('/' | '<' | '"' | '\''));
-        let json = before.ends_with('"') && after == Some('"');
-        if href || json {
-            out.push_str(&text[last..start]);
-            out.push_str(new);
-            last = end;
-        }
-    }
-    if last == 0 {
-        return None;
-    }
-    out.push_str(&text[last..]);
-    Some(out)
-}
-
-/// The part of an href that names a home: `/__uids__/<uid>/`.
-pub fn href_of(uid: &str) -> String {
-    format!("/__uids__/{uid}/")
-}
-
 fn db_err(label: &str, table: &str, e: &postgres::Error) -> Error {
     Error::runtime(format!(
         "{label} ({table}): {}",
-        super::connect::describe(e)
+        crate::store::pg::connect::describe(e)
     ))
-}
-
-/// A group member naming a principal (not a card of the same address book), as an address.
-pub fn member_address(value: &str, local_uids: &HashSet<String>) -> Option<CalAddress> {
-    let addr = mapping::parse_found(value);
-    let uid = match &addr {
-        CalAddress::UrnUuid(g) => g.to_string(),
-        CalAddress::UrnXUid(u) => u.clone(),
-        _ => return None,
-    };
-    if local_uids.iter().any(|l| l.eq_ignore_ascii_case(&uid)) {
-        return None;
-    }
-    Some(addr)
-}
-
-/// The new value of one member: the same form, naming the principal's current uid.
-pub fn member_value(value: &str, resolver: &dyn Resolve) -> Option<String> {
-    let addr = mapping::parse_found(value);
-    let p: &Principal = resolver.resolve(&addr)?;
-    let new = match addr {
-        CalAddress::UrnXUid(_) => format!("urn:x-uid:{}", p.guid),
-        _ => format!("urn:uuid:{}", p.guid),
-    };
-    (!new.eq_ignore_ascii_case(value)).then_some(new)
-}
-
-/// Rewrites a card's principal members; `None` when nothing changes. The card's address book is
-/// read again for its local UIDs (members that are cards stay).
-pub fn rewrite_card(
-    tx: &mut postgres::Transaction<'_>,
-    schema: &Schema,
-    c: &CardRow,
-    resolver: &dyn Resolve,
-) -> Result<Option<(Vec<u8>, Vec<ical::Change>)>> {
-    let local = local_card_uids(tx, schema, c.resource_id)?;
-    let rw = vcard::rewrite(c.text.as_bytes(), &|uid| {
-        let value = format!("urn:uuid:{uid}");
-        member_address(&value, &local)?;
-        let new = member_value(&value, resolver)?;
-        vcard::member_uid(&new).map(str::to_string)
-    })
-    .map_err(|e| Error::runtime(format!("{}: {e}", c.label())))?;
-    Ok((!rw.changes.is_empty()).then_some((rw.bytes, rw.changes)))
-}
-
-/// UIDs of the cards in the same address book as card `id`.
-fn local_card_uids(
-    tx: &mut postgres::Transaction<'_>,
-    schema: &Schema,
-    id: i64,
-) -> Result<HashSet<String>> {
-    let sql = if schema.addressbook_bind {
-        "SELECT o.VCARD_UID FROM ADDRESSBOOK_OBJECT o WHERE o.ADDRESSBOOK_RESOURCE_ID = (SELECT ADDRESSBOOK_RESOURCE_ID FROM ADDRESSBOOK_OBJECT WHERE RESOURCE_ID = $1::bigint)"
-    } else {
-        "SELECT o.VCARD_UID FROM ADDRESSBOOK_OBJECT o WHERE o.ADDRESSBOOK_HOME_RESOURCE_ID = (SELECT ADDRESSBOOK_HOME_RESOURCE_ID FROM ADDRESSBOOK_OBJECT WHERE RESOURCE_ID = $1::bigint)"
-    };
-    let rows = tx
-        .query(sql, &[&id])
-        .map_err(super::pg_err("ADDRESSBOOK_OBJECT"))?;
-    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
 /// Queued work items (JOB, or the 5.x work tables) that may still name old principals.
@@ -862,61 +663,7 @@ fn queued_work(tx: &mut postgres::Transaction<'_>, schema: &Schema) -> Result<i6
         n += tx
             .query_one(&format!("SELECT COUNT(*) FROM {t}"), &[])
             .map(|r| r.get::<_, i64>(0))
-            .map_err(super::pg_err(t))?;
+            .map_err(crate::store::pg::pg_err(t))?;
     }
     Ok(n)
-}
-
-/// The plan's resolver, as stored.
-pub fn load_resolver(state: &State, plan_id: i64) -> Result<HashMap<String, Principal>> {
-    let mut st = state
-        .conn
-        .prepare("SELECT key, principal_json FROM pg_plan_principals WHERE plan_id = ?1")?;
-    let rows = st.query_map([plan_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
-    let mut out = HashMap::new();
-    for r in rows {
-        let (k, j) = r?;
-        out.insert(k, serde_json::from_str(&j)?);
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::push_key;
-
-    #[test]
-    fn a_push_key_follows_its_home_only() {
-        assert_eq!(
-            push_key("/CalDAV/cal.example.com/OLD/", "OLD", "NEW").as_deref(),
-            Some("/CalDAV/cal.example.com/NEW/")
-        );
-        assert_eq!(
-            push_key("/CardDAV/h/OLD/addressbook/", "OLD", "NEW").as_deref(),
-            Some("/CardDAV/h/NEW/addressbook/")
-        );
-        assert_eq!(push_key("/CalDAV/h/OTHER/", "OLD", "NEW"), None);
-        assert_eq!(push_key("/CalDAV/OLD/", "OLD", "NEW"), None);
-        assert_eq!(push_key("CalDAV/h/OLD/", "OLD", "NEW"), None);
-    }
-
-    #[test]
-    fn notifications_name_the_new_uid_in_hrefs_and_json_only_where_the_old_one_stands() {
-        use super::notification_text as t;
-        let xml = "<href xmlns='DAV:'>urn:uuid:old-1</href><hosturl><href xmlns='DAV:'>/calendars/__uids__/OLD-1/calendar</href></hosturl><organizer><href xmlns='DAV:'>urn:x-uid:old-1</href></organizer><uid>old-1</uid>";
-        assert_eq!(
-            t(xml, "OLD-1", "NEW").unwrap(),
-            "<href xmlns='DAV:'>urn:uuid:NEW</href><hosturl><href xmlns='DAV:'>/calendars/__uids__/NEW/calendar</href></hosturl><organizer><href xmlns='DAV:'>urn:x-uid:NEW</href></organizer><uid>old-1</uid>"
-        );
-        let json =
-            r#"{"owner": "OLD-1", "sharee": "OTHER", "summary": "OLD-1 shared", "uid": "xOLD-1"}"#;
-        assert_eq!(
-            t(json, "OLD-1", "NEW").unwrap(),
-            r#"{"owner": "NEW", "sharee": "OTHER", "summary": "OLD-1 shared", "uid": "xOLD-1"}"#
-        );
-        assert_eq!(t("urn:uuid:OLD-10", "OLD-1", "NEW"), None);
-        assert_eq!(t("nothing here", "OLD-1", "NEW"), None);
-    }
 }

@@ -5,19 +5,19 @@
 //! `--force`. Journaled and resumable like apply.
 
 use super::apply::{finish_run, start_or_resume, unpack_saved, ObjectWrite};
-use super::edits;
-use super::schema::md5_hex;
-use super::Db;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::RunSummary;
 use crate::progress::Progress;
 use crate::state::{RunEvent, State};
+use crate::store::pg::edits;
+use crate::store::pg::schema::md5_hex;
+use crate::store::pg::Db;
 
 const BATCH: i64 = 500;
 
 fn err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
-    super::pg_err(what)
+    crate::store::pg::pg_err(what)
 }
 
 /// Undoes an apply run on the database (the latest when `run` is `None`).
@@ -64,7 +64,7 @@ pub fn rollback(
             "run {target} changed {store}, not {label}; point [store] dsn at that database"
         )));
     }
-    super::connect::refuse_while_connected(&mut db.client, &label, force)?;
+    crate::store::pg::connect::refuse_while_connected(&mut db.client, &label, force)?;
     let mut summary = RunSummary {
         kind: "rollback",
         undoes_run: Some(target),
