@@ -13,12 +13,14 @@
 //! the pending journal steps are marked done) or did not (they hold the old text: done again).
 
 use super::rewrite::{rewrite_card, rewrite_object};
+use crate::address::Principal;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ical::{self, RewriteOptions};
 use crate::journal::RunSummary;
 use crate::progress::Progress;
-use crate::state::{now_rfc3339, RunEvent, RunState, State};
+use crate::state::pg_rows::{self, Mark, PlannedObject, PlannedValue, WrittenObject};
+use crate::state::{now_rfc3339, RunEvent, RunState, State, StepState};
 use crate::store::pg::edits::{self, RowEdit};
 use crate::store::pg::read::{self, ObjectRow};
 use crate::store::pg::schema::{md5_hex, Schema};
@@ -120,18 +122,11 @@ pub(super) fn stop_if_signalled(state: &State, s: &mut RunSummary) -> Result<boo
 
 /// The counts of a run, from its journal (the whole run's, across resumed processes).
 pub(super) fn journal_totals(state: &State, s: &mut RunSummary) -> Result<()> {
-    let run = s.run_id;
-    let count = |sql: &str| -> Result<u64> {
-        Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
-    };
-    s.written = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NOT NULL")?;
-    s.unchanged = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NULL")?;
-    s.homes_adopted = count("SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'row' AND state = 'done' AND table_name IN ('CALENDAR_HOME', 'ADDRESSBOOK_HOME', 'NOTIFICATION_HOME')")?;
-    let mut st = state.conn.prepare(
-        "SELECT label, detail FROM pg_journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
-    )?;
-    let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    s.skipped = rows.collect::<rusqlite::Result<_>>()?;
+    let counts = pg_rows::apply_counts(&state.conn, s.run_id)?;
+    s.written = counts.written;
+    s.unchanged = counts.unchanged;
+    s.homes_adopted = counts.homes_adopted;
+    s.skipped = pg_rows::skipped_steps(&state.conn, s.run_id)?;
     Ok(())
 }
 
@@ -141,18 +136,6 @@ pub(super) fn finish_run(state: &State, run_id: i64) -> Result<()> {
         rusqlite::params![now_rfc3339(), run_id],
     )?;
     Ok(())
-}
-
-/// One planned object, as stored.
-#[derive(Clone, Debug)]
-pub(super) struct PlannedObject {
-    pub kind: String,
-    pub id: i64,
-    pub label: String,
-    pub old_text_md5: String,
-    pub new_text_md5: String,
-    pub old_md5: String,
-    pub new_md5: String,
 }
 
 /// The old columns of an object, as saved before it is written.
@@ -225,6 +208,7 @@ pub(super) fn unpack_saved(blob: &[u8]) -> Result<SavedObject> {
 }
 
 /// An object write: the row's new columns and the planned values it must still hold.
+#[derive(Clone)]
 pub(super) struct ObjectWrite {
     pub seq: i64,
     pub id: i64,
@@ -246,72 +230,112 @@ pub(super) fn write_objects(
     if writes.is_empty() {
         return Ok(Vec::new());
     }
+    if kind == "calendar" {
+        write_calendar_objects(tx, schema, writes)
+    } else {
+        write_cards(tx, schema, writes)
+    }
+}
+
+/// `, MODIFIED = now` where the schema's revision rows keep one.
+fn revision_modified(schema: &Schema) -> String {
+    if schema.revisions_modified {
+        format!(", MODIFIED = {NOW}")
+    } else {
+        String::new()
+    }
+}
+
+/// The server's clock, as CalendarServer writes MODIFIED.
+const NOW: &str = "timezone('UTC', CURRENT_TIMESTAMP)";
+
+/// Calendar objects: one statement for the batch, then their revisions and collections.
+fn write_calendar_objects(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    writes: &[ObjectWrite],
+) -> Result<Vec<i64>> {
     let ids: Vec<i64> = writes.iter().map(|w| w.id).collect();
     let texts: Vec<&str> = writes.iter().map(|w| w.text.as_str()).collect();
     let md5s: Vec<&str> = writes.iter().map(|w| w.md5.as_str()).collect();
     let orgs: Vec<Option<&str>> = writes.iter().map(|w| w.organizer.as_deref()).collect();
     let exp_md5: Vec<&str> = writes.iter().map(|w| w.expect_md5.as_str()).collect();
     let exp_text: Vec<&str> = writes.iter().map(|w| w.expect_text_md5.as_str()).collect();
-    let now = "timezone('UTC', CURRENT_TIMESTAMP)";
-    let rev_modified = if schema.revisions_modified {
-        format!(", MODIFIED = {now}")
-    } else {
-        String::new()
-    };
-    if kind == "calendar" {
-        let rows = tx
-            .query(
-                &format!(
-                    "UPDATE CALENDAR_OBJECT o SET ICALENDAR_TEXT = v.t, MD5 = v.m, ORGANIZER = v.g, MODIFIED = {now}
-                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS v(id, t, m, g, om, ot)
-                     WHERE o.RESOURCE_ID = v.id AND o.MD5 = v.om AND md5(o.ICALENDAR_TEXT) = v.ot
-                     RETURNING o.RESOURCE_ID::bigint, o.CALENDAR_RESOURCE_ID::bigint, o.RESOURCE_NAME"
-                ),
-                &[&ids, &texts, &md5s, &orgs, &exp_md5, &exp_text],
-            )
-            .map_err(err("CALENDAR_OBJECT"))?;
-        let done: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        let cals: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-        let names: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
-        // The server's "update" revision: renew the object's row, or add one where it is missing.
-        let bumped = tx
-            .query(
-                &format!(
-                    "UPDATE CALENDAR_OBJECT_REVISIONS r SET REVISION = nextval('REVISION_SEQ'){rev_modified}
-                     FROM unnest($1::bigint[], $2::text[]) AS v(c, n)
-                     WHERE r.CALENDAR_RESOURCE_ID = v.c AND r.RESOURCE_NAME = v.n
-                     RETURNING r.CALENDAR_RESOURCE_ID::bigint, r.RESOURCE_NAME"
-                ),
-                &[&cals, &names],
-            )
-            .map_err(err("CALENDAR_OBJECT_REVISIONS"))?;
-        if bumped.len() < done.len() {
-            tx.execute(
-                "INSERT INTO CALENDAR_OBJECT_REVISIONS (CALENDAR_HOME_RESOURCE_ID, CALENDAR_RESOURCE_ID, RESOURCE_NAME, REVISION, DELETED)
-                 SELECT b.CALENDAR_HOME_RESOURCE_ID, v.c, v.n, nextval('REVISION_SEQ'), false
-                 FROM unnest($1::bigint[], $2::text[]) AS v(c, n)
-                 JOIN CALENDAR_BIND b ON b.CALENDAR_RESOURCE_ID = v.c AND b.BIND_MODE = 0
-                 WHERE NOT EXISTS (SELECT 1 FROM CALENDAR_OBJECT_REVISIONS r WHERE r.CALENDAR_RESOURCE_ID = v.c AND r.RESOURCE_NAME = v.n)",
-                &[&cals, &names],
-            )
-            .map_err(err("CALENDAR_OBJECT_REVISIONS"))?;
-        }
-        if schema.version >= 28 {
-            let mut distinct = cals.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            tx.execute(
-                &format!(
-                    "UPDATE {} SET MODIFIED = {now} WHERE RESOURCE_ID = ANY($1::bigint[])",
-                    schema.calendar_meta_table
-                ),
-                &[&distinct],
-            )
-            .map_err(err(schema.calendar_meta_table))?;
-        }
-        return Ok(done);
+    let now = NOW;
+    let rows = tx
+        .query(
+            &format!(
+                "UPDATE CALENDAR_OBJECT o SET ICALENDAR_TEXT = v.t, MD5 = v.m, ORGANIZER = v.g, MODIFIED = {now}
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS v(id, t, m, g, om, ot)
+                 WHERE o.RESOURCE_ID = v.id AND o.MD5 = v.om AND md5(o.ICALENDAR_TEXT) = v.ot
+                 RETURNING o.RESOURCE_ID::bigint, o.CALENDAR_RESOURCE_ID::bigint, o.RESOURCE_NAME"
+            ),
+            &[&ids, &texts, &md5s, &orgs, &exp_md5, &exp_text],
+        )
+        .map_err(err("CALENDAR_OBJECT"))?;
+    let done: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let cals: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    let names: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
+    renew_calendar_revisions(tx, schema, done.len(), &cals, &names)?;
+    if schema.version >= 28 {
+        let mut distinct = cals.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        tx.execute(
+            &format!(
+                "UPDATE {} SET MODIFIED = {now} WHERE RESOURCE_ID = ANY($1::bigint[])",
+                schema.calendar_meta_table
+            ),
+            &[&distinct],
+        )
+        .map_err(err(schema.calendar_meta_table))?;
     }
-    // Address-book cards (few): one by one.
+    Ok(done)
+}
+
+/// The server's "update" revision of `written` objects (collection ids and names): renews each
+/// object's row, or adds one where it is missing.
+fn renew_calendar_revisions(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    written: usize,
+    cals: &[i64],
+    names: &[String],
+) -> Result<()> {
+    let rev_modified = revision_modified(schema);
+    let bumped = tx
+        .query(
+            &format!(
+                "UPDATE CALENDAR_OBJECT_REVISIONS r SET REVISION = nextval('REVISION_SEQ'){rev_modified}
+                 FROM unnest($1::bigint[], $2::text[]) AS v(c, n)
+                 WHERE r.CALENDAR_RESOURCE_ID = v.c AND r.RESOURCE_NAME = v.n
+                 RETURNING r.CALENDAR_RESOURCE_ID::bigint, r.RESOURCE_NAME"
+            ),
+            &[&cals, &names],
+        )
+        .map_err(err("CALENDAR_OBJECT_REVISIONS"))?;
+    if bumped.len() < written {
+        tx.execute(
+            "INSERT INTO CALENDAR_OBJECT_REVISIONS (CALENDAR_HOME_RESOURCE_ID, CALENDAR_RESOURCE_ID, RESOURCE_NAME, REVISION, DELETED)
+             SELECT b.CALENDAR_HOME_RESOURCE_ID, v.c, v.n, nextval('REVISION_SEQ'), false
+             FROM unnest($1::bigint[], $2::text[]) AS v(c, n)
+             JOIN CALENDAR_BIND b ON b.CALENDAR_RESOURCE_ID = v.c AND b.BIND_MODE = 0
+             WHERE NOT EXISTS (SELECT 1 FROM CALENDAR_OBJECT_REVISIONS r WHERE r.CALENDAR_RESOURCE_ID = v.c AND r.RESOURCE_NAME = v.n)",
+            &[&cals, &names],
+        )
+        .map_err(err("CALENDAR_OBJECT_REVISIONS"))?;
+    }
+    Ok(())
+}
+
+/// Address-book cards (few): one by one, each with its revision.
+fn write_cards(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    writes: &[ObjectWrite],
+) -> Result<Vec<i64>> {
+    let now = NOW;
+    let rev_modified = revision_modified(schema);
     let (parent, rev_parent) = if schema.addressbook_bind {
         ("ADDRESSBOOK_RESOURCE_ID", "ADDRESSBOOK_RESOURCE_ID")
     } else {
@@ -392,30 +416,8 @@ pub fn apply(
     let started = std::time::Instant::now();
     let mut state = State::open_existing(&cfg.state.path)?;
     let (plan_id, passed_over) = state.plan_to_apply(plan)?;
-    let kind = state.plan_text(plan_id, "store_kind")?;
-    if kind != "calendarserver-pg" {
-        return Err(Error::usage(format!(
-            "plan {plan_id} was made for a {kind} store, not this database; plan again"
-        )));
-    }
-    let (planned_db, version): (String, u32) = state.conn.query_row(
-        "SELECT database, schema_version FROM pg_plans WHERE plan_id = ?1",
-        [plan_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let mut db = Db::open(cfg)?;
+    let mut db = open_planned(&state, cfg, plan_id, rehearsal)?;
     let label = db.target.label.clone();
-    if !rehearsal && planned_db != label {
-        return Err(Error::usage(format!(
-            "plan {plan_id} was made for the database {planned_db}, not {label}; plan again for this database"
-        )));
-    }
-    if db.schema.version != version {
-        return Err(Error::usage(format!(
-            "plan {plan_id} was made on schema version {version}; {label} is now at {}: plan again",
-            db.schema.version
-        )));
-    }
     crate::store::pg::connect::refuse_while_connected(&mut db.client, &label, force)?;
     let mut summary = RunSummary {
         kind: "apply",
@@ -434,72 +436,12 @@ pub fn apply(
     let _signals = crate::interrupt::install();
     // Journal steps are made durable once per database transaction ([`durable`]).
     state.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-    let resolver = crate::state::pg_rows::plan_principals(&state.conn, plan_id)?;
-    let address_form: String = state.plan_text(plan_id, "address_form")?;
-    let opts = RewriteOptions {
-        form: serde_json::from_value(Value::String(address_form))?,
-    };
-    let schema = db.schema.clone();
-    let total: i64 = state.conn.query_row(
-        "SELECT COUNT(*) FROM pg_plan_objects WHERE plan_id = ?1",
-        [plan_id],
-        |r| r.get(0),
-    )?;
-    let bar = progress.start("applying", Some(total as u64));
 
     // 1. Objects: calendar texts, then cards; a page of the plan at a time (bounded memory).
-    for kind in ["calendar", "vcard"] {
-        let mut after_id = i64::MIN;
-        // Journal steps an interrupted process left pending: seq by id. Read once: the steps this
-        // process journals are marked at the end of their own batch.
-        let pending = pending_steps(&state, run_id, kind)?;
-        loop {
-            let page: Vec<PlannedObject> = {
-                let mut st = state.conn.prepare(
-                    "SELECT kind, resource_id, label, old_text_md5, new_text_md5, old_md5, new_md5 FROM pg_plan_objects p
-                     WHERE plan_id = ?1 AND kind = ?2 AND resource_id > ?3
-                       AND NOT EXISTS (SELECT 1 FROM pg_journal j WHERE j.run_id = ?4 AND j.kind = 'object' AND j.table_name = p.kind
-                                       AND j.key = CAST(p.resource_id AS TEXT) AND j.state != 'pending')
-                     ORDER BY resource_id LIMIT ?5",
-                )?;
-                let rows = st.query_map(
-                    rusqlite::params![plan_id, kind, after_id, run_id, BATCH as i64],
-                    |r| {
-                        Ok(PlannedObject {
-                            kind: r.get(0)?,
-                            id: r.get(1)?,
-                            label: r.get(2)?,
-                            old_text_md5: r.get(3)?,
-                            new_text_md5: r.get(4)?,
-                            old_md5: r.get(5)?,
-                            new_md5: r.get(6)?,
-                        })
-                    },
-                )?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            let Some(last) = page.last() else { break };
-            after_id = last.id;
-            object_batch(
-                &mut db,
-                &mut state,
-                run_id,
-                &schema,
-                &resolver,
-                &opts,
-                &page,
-                &pending,
-                &mut summary,
-            )?;
-            bar.inc(page.len() as u64);
-            crate::interrupt::test_pause("pg-apply-batch");
-            if stop_if_signalled(&state, &mut summary)? {
-                bar.finish();
-                return Ok(summary);
-            }
-        }
+    let run = Run { run_id, plan_id };
+    if !apply_objects(progress, &mut db, &mut state, run, &mut summary)? {
+        return Ok(summary);
     }
-    bar.finish();
     tracing::info!(
         "objects: {} written, {} already as planned, {} skipped, at {:.2?}",
         summary.written,
@@ -513,17 +455,16 @@ pub fn apply(
         let mut tx = db.client.transaction().map_err(err("begin"))?;
         let marks = edits::finish_pending(&mut tx, &state, run_id)?;
         tx.commit().map_err(err("commit"))?;
-        let marks: Vec<(i64, &str, String)> = marks.into_iter().collect();
         edits::mark(&mut state, run_id, &marks)?;
     }
     if stop_if_signalled(&state, &mut summary)? {
         return Ok(summary);
     }
-    apply_values(&mut db, &mut state, run_id, plan_id, &mut summary)?;
+    apply_values(&mut db, &mut state, run, &mut summary)?;
     if stop_if_signalled(&state, &mut summary)? {
         return Ok(summary);
     }
-    apply_homes(&mut db, &mut state, run_id, plan_id, &mut summary)?;
+    apply_homes(&mut db, &mut state, run, &mut summary)?;
     if stop_if_signalled(&state, &mut summary)? {
         return Ok(summary);
     }
@@ -538,6 +479,103 @@ pub fn apply(
     Ok(summary)
 }
 
+/// The run being carried out and the plan it carries out.
+#[derive(Clone, Copy)]
+struct Run {
+    run_id: i64,
+    plan_id: i64,
+}
+
+/// Opens the database a plan was made for, refusing a plan of another store, database (unless
+/// rehearsing, on a copy) or schema version.
+fn open_planned(state: &State, cfg: &Config, plan_id: i64, rehearsal: bool) -> Result<Db> {
+    let kind = state.plan_text(plan_id, "store_kind")?;
+    if kind != "calendarserver-pg" {
+        return Err(Error::usage(format!(
+            "plan {plan_id} was made for a {kind} store, not this database; plan again"
+        )));
+    }
+    let planned = pg_rows::plan_target(&state.conn, plan_id)?;
+    let (planned_db, version) = (planned.database, planned.schema_version);
+    let db = Db::open(cfg)?;
+    let label = db.target.label.clone();
+    if !rehearsal && planned_db != label {
+        return Err(Error::usage(format!(
+            "plan {plan_id} was made for the database {planned_db}, not {label}; plan again for this database"
+        )));
+    }
+    if db.schema.version != version {
+        return Err(Error::usage(format!(
+            "plan {plan_id} was made on schema version {version}; {label} is now at {}: plan again",
+            db.schema.version
+        )));
+    }
+    Ok(db)
+}
+
+/// What every batch of objects needs: the schema, the plan's resolver and address form, and the
+/// steps an interrupted process left pending (RESOURCE_ID → seq).
+struct Batch<'a> {
+    run_id: i64,
+    schema: &'a Schema,
+    resolver: &'a HashMap<String, Principal>,
+    opts: &'a RewriteOptions,
+    pending: &'a HashMap<i64, i64>,
+}
+
+/// The objects of the plan, calendar texts then cards, a page at a time; `false` when a signal
+/// stopped the run (recorded interrupted).
+fn apply_objects(
+    progress: &dyn Progress,
+    db: &mut Db,
+    state: &mut State,
+    run: Run,
+    summary: &mut RunSummary,
+) -> Result<bool> {
+    let resolver = pg_rows::plan_principals(&state.conn, run.plan_id)?;
+    let address_form: String = state.plan_text(run.plan_id, "address_form")?;
+    let opts = RewriteOptions {
+        form: serde_json::from_value(Value::String(address_form))?,
+    };
+    let schema = db.schema.clone();
+    let total = pg_rows::plan_objects(&state.conn, run.plan_id)?;
+    let bar = progress.start("applying", Some(total as u64));
+    for kind in ["calendar", "vcard"] {
+        let mut after_id = i64::MIN;
+        // Journal steps an interrupted process left pending: seq by id. Read once: the steps this
+        // process journals are marked at the end of their own batch.
+        let pending = pg_rows::pending_objects(&state.conn, run.run_id, kind)?;
+        let batch = Batch {
+            run_id: run.run_id,
+            schema: &schema,
+            resolver: &resolver,
+            opts: &opts,
+            pending: &pending,
+        };
+        loop {
+            let page = pg_rows::objects_to_apply(
+                &state.conn,
+                run.plan_id,
+                kind,
+                after_id,
+                run.run_id,
+                BATCH,
+            )?;
+            let Some(last) = page.last() else { break };
+            after_id = last.id;
+            object_batch(db, state, &batch, &page, summary)?;
+            bar.inc(page.len() as u64);
+            crate::interrupt::test_pause("pg-apply-batch");
+            if stop_if_signalled(state, summary)? {
+                bar.finish();
+                return Ok(false);
+            }
+        }
+    }
+    bar.finish();
+    Ok(true)
+}
+
 /// For a run that already finished: what it did (from its journal) and whether the objects it
 /// wrote still hold what it wrote.
 pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> Result<()> {
@@ -545,22 +583,15 @@ pub(super) fn check_finished(db: &mut Db, state: &State, s: &mut RunSummary) -> 
     s.finished_at = state.run_finished_at(run);
     s.state = Some(state.run_state(run)?);
     journal_totals(state, s)?;
-    let written: Vec<(String, i64, String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT table_name, CAST(key AS INTEGER), label, after_hash FROM pg_journal
-             WHERE run_id = ?1 AND kind = 'object' AND state = 'done' AND old_row IS NOT NULL ORDER BY seq",
-        )?;
-        let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let written = pg_rows::objects_written(&state.conn, run)?;
     s.checked = Some(check_hashes(db, &written)?);
     Ok(())
 }
 
-/// Whether objects hold the text of the md5 expected: (kind, RESOURCE_ID, label, md5).
+/// Whether objects hold the text of the md5 expected.
 pub(super) fn check_hashes(
     db: &mut Db,
-    written: &[(String, i64, String, String)],
+    written: &[WrittenObject],
 ) -> Result<crate::journal::Checked> {
     let mut checked = crate::journal::Checked {
         files: written.len() as u64,
@@ -574,11 +605,11 @@ pub(super) fn check_hashes(
         };
         for chunk in written
             .iter()
-            .filter(|w| w.0 == kind)
+            .filter(|w| w.kind == kind)
             .collect::<Vec<_>>()
             .chunks(BATCH)
         {
-            let ids: Vec<i64> = chunk.iter().map(|w| w.1).collect();
+            let ids: Vec<i64> = chunk.iter().map(|w| w.id).collect();
             let now: HashMap<i64, String> = db
                 .client
                 .query(
@@ -589,15 +620,15 @@ pub(super) fn check_hashes(
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            for (_, id, label, after) in chunk {
-                match now.get(id) {
-                    Some(m) if m == after => checked.holding += 1,
+            for w in chunk {
+                match now.get(&w.id) {
+                    Some(m) if *m == w.md5 => checked.holding += 1,
                     Some(_) => checked
                         .differing
-                        .push((label.clone(), "changed since".into())),
+                        .push((w.label.clone(), "changed since".into())),
                     None => checked
                         .differing
-                        .push((label.clone(), "deleted since".into())),
+                        .push((w.label.clone(), "deleted since".into())),
                 }
             }
         }
@@ -605,353 +636,383 @@ pub(super) fn check_hashes(
     Ok(checked)
 }
 
-/// Object steps of a run still pending (their transaction may or may not have committed).
-fn pending_steps(state: &State, run_id: i64, kind: &str) -> Result<HashMap<i64, i64>> {
-    let mut pending = HashMap::new();
-    let mut st = state.conn.prepare(
-        "SELECT key, seq FROM pg_journal WHERE run_id = ?1 AND kind = 'object' AND table_name = ?2 AND state = 'pending'",
-    )?;
-    let rows = st.query_map(rusqlite::params![run_id, kind], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-    })?;
-    for r in rows {
-        let (k, s) = r?;
-        if let Ok(id) = k.parse() {
-            pending.insert(id, s);
-        }
-    }
-    Ok(pending)
+/// A planned object settled without a write: done (already as planned) or skipped, with why;
+/// `seq` is its pending step's, 0 when it has none yet.
+struct Settled<'p> {
+    seq: i64,
+    planned: &'p PlannedObject,
+    state: StepState,
+    detail: String,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A planned object to write: the write, and its old columns saved (zlib) for rollback.
+struct ToWrite<'p> {
+    planned: &'p PlannedObject,
+    write: ObjectWrite,
+    saved: Vec<u8>,
+}
+
+/// What one planned object comes to, found locked in the database.
+enum Decision<'p> {
+    Settled(Settled<'p>),
+    Write(ToWrite<'p>),
+}
+
+/// The plan's rewrite replayed on the row: the new text and columns.
+struct Replayed {
+    text: Vec<u8>,
+    md5: String,
+    organizer: Option<String>,
+    text_md5: String,
+}
+
+/// The replays and saved rows of the calendar objects still as planned, on every core.
+type Replays = HashMap<i64, (Option<Replayed>, Result<Vec<u8>>)>;
+
+/// One page of planned objects in one database transaction: the rows locked, each decided, the
+/// old rows journaled (durable) before the writes, the writes marked after the commit.
 fn object_batch(
     db: &mut Db,
     state: &mut State,
-    run_id: i64,
-    schema: &Schema,
-    resolver: &HashMap<String, crate::address::Principal>,
-    opts: &RewriteOptions,
+    batch: &Batch<'_>,
     page: &[PlannedObject],
-    pending: &HashMap<i64, i64>,
     summary: &mut RunSummary,
 ) -> Result<()> {
     let kind = page[0].kind.clone();
     let ids: Vec<i64> = page.iter().map(|p| p.id).collect();
     let mut tx = db.client.transaction().map_err(err("begin"))?;
-    let rows = locked_objects(&mut tx, schema, &kind, &ids)?;
+    let rows = locked_objects(&mut tx, batch.schema, &kind, &ids)?;
     // Decide each object; rewrite the ones still as planned.
-    let mut writes: Vec<(PlannedObject, ObjectWrite, Vec<u8>)> = Vec::new();
-    let mut final_marks: Vec<(i64, &PlannedObject, &'static str, String)> = Vec::new();
-    // The replays and saved rows of the calendar objects still as planned, on every core.
-    type Replayed = (Vec<u8>, String, Option<String>, String);
-    let mut pre: HashMap<i64, (Option<Replayed>, Result<Vec<u8>>)> = if kind == "calendar" {
-        use rayon::prelude::*;
-        page.par_iter()
-            .filter_map(|p| {
-                let row = rows.get(&p.id)?;
-                if row.text_md5 != p.old_text_md5 || row.md5 != p.old_md5 {
-                    return None;
-                }
-                let replayed = ical::scan_and_rewrite(row.text.as_bytes(), resolver, opts)
-                    .ok()
-                    .and_then(|(info, rw)| rewrite_object(schema, row, &info, rw, resolver, opts))
-                    .map(|pl| (pl.new_text, pl.new_md5, pl.new_organizer, pl.new_text_md5));
-                let saved = pack_saved(&SavedObject {
-                    text: row.text.clone(),
-                    md5: row.md5.clone(),
-                    organizer: row.organizer.clone(),
-                });
-                Some((p.id, (replayed, saved)))
-            })
-            .collect()
+    let mut pre = if kind == "calendar" {
+        replay_calendar(batch, page, &rows)
     } else {
         HashMap::new()
     };
+    let mut writes: Vec<ToWrite> = Vec::new();
+    let mut settled: Vec<Settled> = Vec::new();
     for p in page {
-        let seq = pending.get(&p.id).copied().unwrap_or(0);
-        let Some(row) = rows.get(&p.id) else {
-            final_marks.push((seq, p, "skipped", "deleted since plan".into()));
-            continue;
-        };
-        let text_md5 = row.text_md5.clone();
-        if text_md5 == p.new_text_md5 && row.md5 == p.new_md5 {
-            let why = if seq > 0 { "" } else { "already as planned" };
-            final_marks.push((seq, p, "done", why.into()));
-            continue;
+        match decide(&mut tx, batch, &kind, p, &rows, &mut pre)? {
+            Decision::Settled(s) => settled.push(s),
+            Decision::Write(w) => writes.push(w),
         }
-        if text_md5 != p.old_text_md5 || row.md5 != p.old_md5 {
-            let why = if seq > 0 {
-                "changed since plan (found after an interrupted run)"
-            } else {
-                "changed since plan"
-            };
-            final_marks.push((seq, p, "skipped", why.into()));
-            continue;
-        }
-        let mut saved = None;
-        let replayed = if kind == "calendar" {
-            let (r, s) = pre.remove(&p.id).unwrap_or((None, Ok(Vec::new())));
-            saved = Some(s?);
-            r
-        } else {
-            let card = read::CardRow {
-                resource_id: row.resource_id,
-                owner: row.owner.clone().unwrap_or_default(),
-                name: row.name.clone(),
-                text: row.text.clone(),
-                md5: row.md5.clone(),
-            };
-            rewrite_card(&mut tx, schema, &card, resolver)?.map(|(t, _)| {
-                let m = md5_hex(&t);
-                (t, m.clone(), None, m)
-            })
-        };
-        let Some((new_text, new_md5, new_org, new_text_md5)) = replayed else {
-            final_marks.push((
-                seq,
-                p,
-                "skipped",
-                "the plan's rewrite no longer applies; plan again".into(),
-            ));
-            continue;
-        };
-        if new_text_md5 != p.new_text_md5 || new_md5 != p.new_md5 {
-            final_marks.push((
-                seq,
-                p,
-                "skipped",
-                "the rewrite differs from the plan; plan again".into(),
-            ));
-            continue;
-        }
-        let Ok(text) = String::from_utf8(new_text) else {
-            final_marks.push((seq, p, "skipped", "the rewritten text is not UTF-8".into()));
-            continue;
-        };
-        let saved = match saved {
-            Some(s) => s,
-            None => pack_saved(&SavedObject {
-                text: row.text.clone(),
-                md5: row.md5.clone(),
-                organizer: row.organizer.clone(),
-            })?,
-        };
-        writes.push((
-            p.clone(),
-            ObjectWrite {
-                seq,
-                id: p.id,
-                text,
-                md5: new_md5,
-                organizer: if kind == "calendar" { new_org } else { None },
-                expect_md5: p.old_md5.clone(),
-                expect_text_md5: p.old_text_md5.clone(),
-            },
-            saved,
-        ));
     }
     // The old rows, durable in the state database, before the database is written.
-    {
-        let stx = state.conn.transaction()?;
-        let mut seq: i64 = stx.query_row(
-            "SELECT COALESCE(MAX(seq), 0) FROM pg_journal WHERE run_id = ?1",
-            [run_id],
-            |r| r.get(0),
-        )?;
-        {
-            let mut ins = stx.prepare(
-                "INSERT INTO pg_journal (run_id, seq, kind, table_name, key, label, before_hash, after_hash, old_row, state, detail)
-                 VALUES (?1, ?2, 'object', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            let mut up = stx.prepare(
-                "UPDATE pg_journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-            )?;
-            for (p, w, saved) in writes.iter_mut() {
-                if w.seq == 0 {
-                    seq += 1;
-                    w.seq = seq;
-                    ins.execute(rusqlite::params![
-                        run_id,
-                        seq,
-                        kind,
-                        p.id.to_string(),
-                        p.label,
-                        p.old_text_md5,
-                        p.new_text_md5,
-                        &saved[..],
-                        "pending",
-                        ""
-                    ])?;
-                }
-            }
-            for (s, p, st, detail) in &final_marks {
-                if *s > 0 {
-                    up.execute(rusqlite::params![st, detail, run_id, s])?;
-                } else {
-                    seq += 1;
-                    ins.execute(rusqlite::params![
-                        run_id,
-                        seq,
-                        kind,
-                        p.id.to_string(),
-                        p.label,
-                        p.old_text_md5,
-                        p.new_text_md5,
-                        Option::<Vec<u8>>::None,
-                        st,
-                        detail
-                    ])?;
-                }
-            }
-        }
-        stx.commit()?;
-    }
-    durable(state, run_id)?;
-    for (s, p, st, detail) in &final_marks {
-        match *st {
-            "done" if *s > 0 => summary.written += 1,
-            "done" => summary.unchanged += 1,
-            _ => summary.skipped.push((p.label.clone(), detail.clone())),
+    journal_batch(state, batch.run_id, &kind, &mut writes, &settled)?;
+    durable(state, batch.run_id)?;
+    for s in &settled {
+        match s.state {
+            StepState::Done if s.seq > 0 => summary.written += 1,
+            StepState::Done => summary.unchanged += 1,
+            _ => summary
+                .skipped
+                .push((s.planned.label.clone(), s.detail.clone())),
         }
     }
     if writes.is_empty() {
         tx.commit().map_err(err("commit"))?;
         return Ok(());
     }
-    let ws: Vec<ObjectWrite> = writes
-        .iter()
-        .map(|(_, w, _)| ObjectWrite {
-            seq: w.seq,
-            id: w.id,
-            text: w.text.clone(),
-            md5: w.md5.clone(),
-            organizer: w.organizer.clone(),
-            expect_md5: w.expect_md5.clone(),
-            expect_text_md5: w.expect_text_md5.clone(),
-        })
-        .collect();
-    let done = write_objects(&mut tx, schema, &kind, &ws)?;
+    let ws: Vec<ObjectWrite> = writes.iter().map(|w| w.write.clone()).collect();
+    let done = write_objects(&mut tx, batch.schema, &kind, &ws)?;
     tx.commit().map_err(err("commit"))?;
     let done: std::collections::HashSet<i64> = done.into_iter().collect();
     let mut marks = Vec::new();
-    for (p, w, _) in &writes {
-        if done.contains(&w.id) {
+    for w in &writes {
+        if done.contains(&w.write.id) {
             summary.written += 1;
-            marks.push((w.seq, "done", String::new()));
+            marks.push(Mark::done(w.write.seq));
         } else {
             summary
                 .skipped
-                .push((p.label.clone(), "changed since plan".into()));
-            marks.push((w.seq, "skipped", "changed since plan".to_string()));
+                .push((w.planned.label.clone(), "changed since plan".into()));
+            marks.push(Mark::skipped(w.write.seq, "changed since plan"));
         }
     }
-    edits::mark(state, run_id, &marks)?;
+    edits::mark(state, batch.run_id, &marks)?;
+    Ok(())
+}
+
+/// The old columns of a row, saved (zlib) for rollback.
+fn save_row(row: &ObjectRow) -> Result<Vec<u8>> {
+    pack_saved(&SavedObject {
+        text: row.text.clone(),
+        md5: row.md5.clone(),
+        organizer: row.organizer.clone(),
+    })
+}
+
+/// The calendar objects of a page still as planned: the plan's rewrite replayed and the old
+/// row saved, on every core.
+fn replay_calendar(
+    batch: &Batch<'_>,
+    page: &[PlannedObject],
+    rows: &HashMap<i64, ObjectRow>,
+) -> Replays {
+    use rayon::prelude::*;
+    page.par_iter()
+        .filter_map(|p| {
+            let row = rows.get(&p.id)?;
+            if row.text_md5 != p.old_text_md5 || row.md5 != p.old_md5 {
+                return None;
+            }
+            let replayed = ical::scan_and_rewrite(row.text.as_bytes(), batch.resolver, batch.opts)
+                .ok()
+                .and_then(|(info, rw)| {
+                    rewrite_object(batch.schema, row, &info, rw, batch.resolver, batch.opts)
+                })
+                .map(|pl| Replayed {
+                    text: pl.new_text,
+                    md5: pl.new_md5,
+                    organizer: pl.new_organizer,
+                    text_md5: pl.new_text_md5,
+                });
+            Some((p.id, (replayed, save_row(row))))
+        })
+        .collect()
+}
+
+/// Decides one planned object: deleted, already as planned, changed since, or to write (its
+/// rewrite replayed and checked against the plan's hashes).
+fn decide<'p>(
+    tx: &mut postgres::Transaction<'_>,
+    batch: &Batch<'_>,
+    kind: &str,
+    p: &'p PlannedObject,
+    rows: &HashMap<i64, ObjectRow>,
+    pre: &mut Replays,
+) -> Result<Decision<'p>> {
+    let seq = batch.pending.get(&p.id).copied().unwrap_or(0);
+    let settle = |state: StepState, why: &str| {
+        Ok(Decision::Settled(Settled {
+            seq,
+            planned: p,
+            state,
+            detail: why.to_string(),
+        }))
+    };
+    let Some(row) = rows.get(&p.id) else {
+        return settle(StepState::Skipped, "deleted since plan");
+    };
+    if row.text_md5 == p.new_text_md5 && row.md5 == p.new_md5 {
+        let why = if seq > 0 { "" } else { "already as planned" };
+        return settle(StepState::Done, why);
+    }
+    if row.text_md5 != p.old_text_md5 || row.md5 != p.old_md5 {
+        let why = if seq > 0 {
+            "changed since plan (found after an interrupted run)"
+        } else {
+            "changed since plan"
+        };
+        return settle(StepState::Skipped, why);
+    }
+    let (replayed, saved) = if kind == "calendar" {
+        let (r, s) = pre.remove(&p.id).unwrap_or((None, Ok(Vec::new())));
+        (r, s?)
+    } else {
+        (replay_card(tx, batch, row)?, save_row(row)?)
+    };
+    let Some(r) = replayed else {
+        return settle(
+            StepState::Skipped,
+            "the plan's rewrite no longer applies; plan again",
+        );
+    };
+    if r.text_md5 != p.new_text_md5 || r.md5 != p.new_md5 {
+        return settle(
+            StepState::Skipped,
+            "the rewrite differs from the plan; plan again",
+        );
+    }
+    let Ok(text) = String::from_utf8(r.text) else {
+        return settle(StepState::Skipped, "the rewritten text is not UTF-8");
+    };
+    Ok(Decision::Write(ToWrite {
+        planned: p,
+        write: ObjectWrite {
+            seq,
+            id: p.id,
+            text,
+            md5: r.md5,
+            organizer: if kind == "calendar" {
+                r.organizer
+            } else {
+                None
+            },
+            expect_md5: p.old_md5.clone(),
+            expect_text_md5: p.old_text_md5.clone(),
+        },
+        saved,
+    }))
+}
+
+/// A card's planned rewrite replayed (its address book read again, in the transaction).
+fn replay_card(
+    tx: &mut postgres::Transaction<'_>,
+    batch: &Batch<'_>,
+    row: &ObjectRow,
+) -> Result<Option<Replayed>> {
+    let card = read::CardRow {
+        resource_id: row.resource_id,
+        owner: row.owner.clone().unwrap_or_default(),
+        name: row.name.clone(),
+        text: row.text.clone(),
+        md5: row.md5.clone(),
+    };
+    Ok(
+        rewrite_card(tx, batch.schema, &card, batch.resolver)?.map(|(t, _)| {
+            let m = md5_hex(&t);
+            Replayed {
+                text: t,
+                md5: m.clone(),
+                organizer: None,
+                text_md5: m,
+            }
+        }),
+    )
+}
+
+/// The journal step of a planned object (label, saved row and state to fill in).
+fn object_step<'a>(kind: &'a str, p: &'a PlannedObject) -> pg_rows::NewStep<'a> {
+    pg_rows::NewStep {
+        kind: "object",
+        table: kind,
+        key: p.id.to_string(),
+        label: &p.label,
+        before_hash: &p.old_text_md5,
+        after_hash: &p.new_text_md5,
+        ..Default::default()
+    }
+}
+
+/// Journals a batch in one state transaction: the writes as pending steps (with their saved old
+/// rows; their seqs set), then the settled objects (their pending steps marked, or new steps).
+fn journal_batch(
+    state: &mut State,
+    run_id: i64,
+    kind: &str,
+    writes: &mut [ToWrite<'_>],
+    settled: &[Settled<'_>],
+) -> Result<()> {
+    let stx = state.conn.transaction()?;
+    let mut marks = Vec::new();
+    {
+        let mut steps = pg_rows::StepAppender::new(&stx, run_id)?;
+        for w in writes.iter_mut() {
+            if w.write.seq == 0 {
+                w.write.seq = steps.append(&pg_rows::NewStep {
+                    old_row: Some(&w.saved),
+                    ..object_step(kind, w.planned)
+                })?;
+            }
+        }
+        for s in settled {
+            if s.seq > 0 {
+                marks.push(Mark {
+                    seq: s.seq,
+                    state: s.state,
+                    detail: s.detail.clone(),
+                });
+            } else {
+                steps.append(&pg_rows::NewStep {
+                    state: Some(s.state),
+                    detail: &s.detail,
+                    ..object_step(kind, s.planned)
+                })?;
+            }
+        }
+    }
+    pg_rows::mark_steps(&stx, run_id, &marks)?;
+    stx.commit()?;
     Ok(())
 }
 
 /// The uid and address columns: per planned value, every row holding it, in one transaction.
-fn apply_values(
-    db: &mut Db,
-    state: &mut State,
-    run_id: i64,
-    plan_id: i64,
-    summary: &mut RunSummary,
-) -> Result<()> {
-    let todo: Vec<(String, String, String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT table_name, column_name, old_value, new_value FROM pg_plan_values WHERE plan_id = ?1 ORDER BY table_name, column_name, old_value",
-        )?;
-        let rows = st.query_map([plan_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+fn apply_values(db: &mut Db, state: &mut State, run: Run, summary: &mut RunSummary) -> Result<()> {
+    let todo = pg_rows::plan_values(&state.conn, run.plan_id)?;
     if todo.is_empty() {
         return Ok(());
     }
     // One database transaction for every value: their journal steps are made durable once,
     // before it commits.
     let mut tx = db.client.transaction().map_err(err("begin"))?;
-    for (table, column, old, new) in todo {
-        // Property values holding hrefs into a moved home change inside; other columns whole.
-        let href = column == "VALUE";
-        let push = table == "APN_SUBSCRIPTIONS" && column == "RESOURCE_KEY";
-        let note = table == "NOTIFICATION";
-        let rows = if href {
-            let h = super::rewrite::href_of(&old);
-            edits::select_rows(&mut tx, &table, "strpos(t.VALUE, $1) > 0", &[&h])?
-        } else if push {
-            edits::select_rows(&mut tx, &table, super::rewrite::APN_FILTER, &[&old])?
-        } else if note {
-            let f = super::rewrite::notification_filter(&column);
-            edits::select_rows(&mut tx, &table, &f, &[&old])?
-        } else {
-            edits::select_rows(&mut tx, &table, &format!("t.{column} = $1"), &[&old])?
-        };
-        if rows.is_empty() {
-            continue;
-        }
-        let edits: Vec<RowEdit> = rows
-            .into_iter()
-            .filter_map(|(ctid, before)| {
-                if note {
-                    // The data and its MD5, where the text names the old uid as a principal.
-                    let v = edits::field(&before, &column)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    let text = super::rewrite::notification_text(v, &old, &new)?;
-                    let md5 = md5_hex(text.as_bytes());
-                    let mut set = edits::set1(&column, json!(text));
-                    set.extend(edits::set1("md5", json!(md5)));
-                    return Some(RowEdit {
-                        table: table.clone(),
-                        ctid,
-                        before,
-                        set,
-                        delete: false,
-                    });
-                }
-                let value = if href {
-                    let v = edits::field(&before, "value")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    json!(v.replace(
-                        &super::rewrite::href_of(&old),
-                        &super::rewrite::href_of(&new)
-                    ))
-                } else if push {
-                    let k = edits::field(&before, "resource_key")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    json!(super::rewrite::push_key(k, &old, &new).unwrap_or_else(|| k.to_string()))
-                } else {
-                    json!(new)
-                };
-                Some(RowEdit {
-                    table: table.clone(),
-                    ctid,
-                    before,
-                    set: edits::set1(&column, value),
-                    delete: false,
-                })
-            })
-            .collect();
+    for v in todo {
+        let edits = value_edits(&mut tx, &v)?;
         if edits.is_empty() {
             continue;
         }
         run_edits(
             &mut tx,
             state,
-            run_id,
+            run.run_id,
             &edits,
-            &format!("{table}.{column} {old} -> {new}"),
+            &format!(
+                "{}.{} {} -> {}",
+                v.table, v.column, v.old_value, v.new_value
+            ),
             summary,
         )?;
     }
-    durable(state, run_id)?;
+    durable(state, run.run_id)?;
     tx.commit().map_err(err("commit"))?;
-    mark_done_after_commit(state, run_id)?;
+    pg_rows::mark_row_steps_done(&state.conn, run.run_id)?;
     Ok(())
+}
+
+/// The row edits of one planned value: property values holding hrefs into a moved home change
+/// inside, push keys and notification data where they name the old uid, other columns whole.
+fn value_edits(tx: &mut postgres::Transaction<'_>, v: &PlannedValue) -> Result<Vec<RowEdit>> {
+    let (table, column, old, new) = (&v.table, &v.column, &v.old_value, &v.new_value);
+    let href = column == "VALUE";
+    let push = table == "APN_SUBSCRIPTIONS" && column == "RESOURCE_KEY";
+    let note = table == "NOTIFICATION";
+    let rows = if href {
+        let h = super::rewrite::href_of(old);
+        edits::select_rows(tx, table, "strpos(t.VALUE, $1) > 0", &[&h])?
+    } else if push {
+        edits::select_rows(tx, table, super::rewrite::APN_FILTER, &[old])?
+    } else if note {
+        let f = super::rewrite::notification_filter(column);
+        edits::select_rows(tx, table, &f, &[old])?
+    } else {
+        edits::select_rows(tx, table, &format!("t.{column} = $1"), &[old])?
+    };
+    let edit = |ctid, before, set| RowEdit {
+        table: table.clone(),
+        ctid,
+        before,
+        set,
+        delete: false,
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|(ctid, before)| {
+            if note {
+                // The data and its MD5, where the text names the old uid as a principal.
+                let v = edits::field(&before, column)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let text = super::rewrite::notification_text(v, old, new)?;
+                let md5 = md5_hex(text.as_bytes());
+                let mut set = edits::set1(column, json!(text));
+                set.extend(edits::set1("md5", json!(md5)));
+                return Some(edit(ctid, before, set));
+            }
+            let value = if href {
+                let v = edits::field(&before, "value")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                json!(v.replace(&super::rewrite::href_of(old), &super::rewrite::href_of(new)))
+            } else if push {
+                let k = edits::field(&before, "resource_key")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                json!(super::rewrite::push_key(k, old, new).unwrap_or_else(|| k.to_string()))
+            } else {
+                json!(new)
+            };
+            Some(edit(ctid, before, edits::set1(column, value)))
+        })
+        .collect())
 }
 
 /// Makes every journal step written so far durable (one fsync of the state database's WAL):
@@ -999,10 +1060,9 @@ fn run_edits(
     for (e, seq) in edits.iter().zip(&seqs) {
         let ok = edits::write(tx, e)?;
         if !ok {
-            marks.push((
+            marks.push(Mark::skipped(
                 *seq,
-                "skipped",
-                "a row with the new value exists already; both kept".to_string(),
+                "a row with the new value exists already; both kept",
             ));
             summary.notes.push(format!(
                 "{}: a row with the new value exists already; the old row {} was kept as it is",
@@ -1013,15 +1073,6 @@ fn run_edits(
     }
     edits::mark(state, run_id, &marks)?;
     Ok(out)
-}
-
-/// After a commit: every row step still pending in this run is done (its transaction committed).
-fn mark_done_after_commit(state: &mut State, run_id: i64) -> Result<()> {
-    state.conn.execute(
-        "UPDATE pg_journal SET state = 'done' WHERE run_id = ?1 AND kind IN ('row', 'delete') AND state = 'pending'",
-        [run_id],
-    )?;
-    Ok(())
 }
 
 /// Foreign-key columns pointing at a home table: (table, column).
@@ -1054,40 +1105,25 @@ fn bind_name_column(table: &str) -> Option<&'static str> {
     }
 }
 
-fn homes_plan(state: &State, plan_id: i64) -> Result<Vec<(String, i64, String, String)>> {
-    let mut st = state.conn.prepare(
-        "SELECT home_table, resource_id, old_uid, new_uid FROM pg_plan_homes WHERE plan_id = ?1 ORDER BY home_table, resource_id",
-    )?;
-    let rows = st.query_map([plan_id], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
 /// Homes kept under an old uid: renamed to the new uid, or — when the server already made a home
 /// for the new uid after the rebuild — merged into it: every row pointing at the old home moves
 /// to the new one (clashing collection names become `<name>-migrated`), then the emptied old home
 /// is removed. Each home is one transaction.
-fn apply_homes(
-    db: &mut Db,
-    state: &mut State,
-    run_id: i64,
-    plan_id: i64,
-    summary: &mut RunSummary,
-) -> Result<()> {
+fn apply_homes(db: &mut Db, state: &mut State, run: Run, summary: &mut RunSummary) -> Result<()> {
     let status = if db.schema.home_status { "STATUS" } else { "0" };
-    let homes = homes_plan(state, plan_id)?;
+    let homes = pg_rows::plan_homes(&state.conn, run.plan_id)?;
     if homes.is_empty() {
         return Ok(());
     }
     // One database transaction for every home (durable journal once, before it commits).
     let mut tx = db.client.transaction().map_err(err("begin"))?;
-    for (table, id, old, new) in homes {
+    for h in homes {
+        let (table, id, old, new) = (&h.table, h.resource_id, &h.old_uid, &h.new_uid);
         let rows = edits::select_rows(
             &mut tx,
-            &table,
+            table,
             "t.RESOURCE_ID = $1::bigint AND t.OWNER_UID = $2",
-            &[&id, &old],
+            &[&id, old],
         )?;
         let Some((ctid, before)) = rows.into_iter().next() else {
             continue; // already adopted (or changed by someone else): nothing of ours to do
@@ -1098,9 +1134,9 @@ fn apply_homes(
         let target: Option<i64> = tx
             .query_opt(
                 &format!("SELECT RESOURCE_ID::bigint FROM {table} WHERE OWNER_UID = $1 AND {status}::bigint = $2::bigint FOR UPDATE"),
-                &[&new, &my_status],
+                &[new, &my_status],
             )
-            .map_err(err(&table))?
+            .map_err(err(table))?
             .map(|r| r.get(0));
         match target {
             None => {
@@ -1114,7 +1150,7 @@ fn apply_homes(
                 run_edits(
                     &mut tx,
                     state,
-                    run_id,
+                    run.run_id,
                     &[e],
                     &format!("{table} {old} -> {new}"),
                     summary,
@@ -1122,40 +1158,53 @@ fn apply_homes(
                 summary.homes_adopted += 1;
             }
             Some(target) => {
-                merge_home(
-                    &mut tx,
-                    state,
-                    run_id,
-                    &table,
-                    id,
+                let merge = Merge {
+                    run_id: run.run_id,
+                    table,
+                    old_id: id,
                     target,
-                    (&old, &new),
-                    (ctid, before),
-                    summary,
-                )?;
+                    old,
+                    new,
+                };
+                merge_home(&mut tx, state, &merge, (ctid, before), summary)?;
             }
         }
     }
-    durable(state, run_id)?;
+    durable(state, run.run_id)?;
     tx.commit().map_err(err("commit"))?;
-    mark_done_after_commit(state, run_id)?;
+    pg_rows::mark_row_steps_done(&state.conn, run.run_id)?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One home merged into the home the server made for its new uid.
+struct Merge<'a> {
+    run_id: i64,
+    /// The home table.
+    table: &'a str,
+    /// The old home's RESOURCE_ID.
+    old_id: i64,
+    /// The home that stays.
+    target: i64,
+    old: &'a str,
+    new: &'a str,
+}
+
+/// What a merge tells of itself: collection names kept under a new name (old → new), notes.
+#[derive(Default)]
+struct Merged {
+    renamed: HashMap<String, String>,
+    notes: Vec<String>,
+}
+
 fn merge_home(
     tx: &mut postgres::Transaction<'_>,
     state: &mut State,
-    run_id: i64,
-    table: &str,
-    old_id: i64,
-    target: i64,
-    (old, new): (&str, &str),
+    m: &Merge<'_>,
     (home_ctid, home_row): (String, Value),
     summary: &mut RunSummary,
 ) -> Result<()> {
-    let refs = home_references(tx, table)?;
-    let meta = format!("{table}_METADATA");
+    let refs = home_references(tx, m.table)?;
+    let meta = format!("{}_METADATA", m.table);
     // Group the referencing columns by table: a row may point at the home twice.
     let mut by_table: Vec<(String, Vec<String>)> = Vec::new();
     for (t, c) in &refs {
@@ -1169,91 +1218,9 @@ fn merge_home(
     }
     // Bind tables first (their renames decide the revision rows' collection names).
     by_table.sort_by_key(|(t, _)| (bind_name_column(t).is_none(), t.clone()));
-    let mut renamed: HashMap<String, String> = HashMap::new();
-    let mut notes = Vec::new();
+    let mut merged = Merged::default();
     for (t, cols) in &by_table {
-        let filter = cols
-            .iter()
-            .map(|c| format!("t.{c} = $1::bigint"))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let rows = edits::select_rows(tx, t, &filter, &[&old_id])?;
-        if rows.is_empty() {
-            continue;
-        }
-        let name_col = bind_name_column(t);
-        let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
-        if let Some(nc) = name_col {
-            let home_col = &cols[0];
-            for r in tx
-                .query(
-                    &format!(
-                        "SELECT {nc} FROM {t} WHERE {home_col} = $1::bigint AND {nc} IS NOT NULL"
-                    ),
-                    &[&target],
-                )
-                .map_err(err(t))?
-            {
-                taken.insert(r.get(0));
-            }
-        }
-        let mut list = Vec::new();
-        for (ctid, before) in rows {
-            let mut set: Vec<(String, Value)> = cols
-                .iter()
-                .filter(|c| edits::field(&before, c).and_then(Value::as_i64) == Some(old_id))
-                .map(|c| (c.to_ascii_lowercase(), json!(target)))
-                .collect();
-            if let Some(nc) = name_col {
-                if let Some(name) = edits::field(&before, nc).and_then(Value::as_str) {
-                    if taken.contains(name) {
-                        let mut n = format!("{name}-migrated");
-                        let mut k = 2;
-                        while taken.contains(&n) {
-                            n = format!("{name}-migrated-{k}");
-                            k += 1;
-                        }
-                        notes.push(format!(
-                            "{old} merged into the home the server made for {new}: `{name}` kept as {n} (name clash)"
-                        ));
-                        renamed.insert(name.to_string(), n.clone());
-                        taken.insert(n.clone());
-                        set.push((nc.to_string(), json!(n)));
-                    } else {
-                        taken.insert(name.to_string());
-                    }
-                }
-            } else if t.ends_with("_REVISIONS") {
-                // A collection's own revision row carries its name: it follows a rename.
-                for nc in ["calendar_name", "addressbook_name"] {
-                    if let Some(name) = edits::field(&before, nc).and_then(Value::as_str) {
-                        if let Some(n) = renamed.get(name) {
-                            set.push((nc.to_string(), json!(n)));
-                        }
-                    }
-                }
-            }
-            list.push(RowEdit {
-                table: t.clone(),
-                ctid,
-                before,
-                set,
-                delete: false,
-            });
-        }
-        let written = run_edits(
-            tx,
-            state,
-            run_id,
-            &list,
-            &format!("merge {old} into {new}"),
-            summary,
-        )?;
-        if written.iter().any(|w| !w) {
-            notes.push(format!(
-                "{old}: some rows of {t} clash with the home of {new} and stayed with the old home"
-            ));
-        }
+        move_rows(tx, state, m, t, cols, &mut merged, summary)?;
     }
     // The emptied old home goes (with its metadata row), unless something still points at it.
     let mut still = 0i64;
@@ -1264,7 +1231,7 @@ fn merge_home(
         still += tx
             .query_one(
                 &format!("SELECT COUNT(*) FROM {t} WHERE {c} = $1::bigint"),
-                &[&old_id],
+                &[&m.old_id],
             )
             .map_err(err(t))?
             .get::<_, i64>(0);
@@ -1273,7 +1240,7 @@ fn merge_home(
         let mut dels = Vec::new();
         if refs.iter().any(|(t, _)| *t == meta) {
             for (ctid, before) in
-                edits::select_rows(tx, &meta, "t.RESOURCE_ID = $1::bigint", &[&old_id])?
+                edits::select_rows(tx, &meta, "t.RESOURCE_ID = $1::bigint", &[&m.old_id])?
             {
                 dels.push(RowEdit {
                     table: meta.clone(),
@@ -1285,7 +1252,7 @@ fn merge_home(
             }
         }
         dels.push(RowEdit {
-            table: table.to_string(),
+            table: m.table.to_string(),
             ctid: home_ctid,
             before: home_row,
             set: Vec::new(),
@@ -1294,18 +1261,115 @@ fn merge_home(
         run_edits(
             tx,
             state,
-            run_id,
+            m.run_id,
             &dels,
-            &format!("merge {old} into {new}: old home removed"),
+            &format!("merge {} into {}: old home removed", m.old, m.new),
             summary,
         )?;
     } else {
-        notes.push(format!(
-            "{old}: the old home stays ({still} rows still point at it)"
+        merged.notes.push(format!(
+            "{}: the old home stays ({still} rows still point at it)",
+            m.old
         ));
     }
     summary.homes_adopted += 1;
-    summary.notes.extend(notes);
+    summary.notes.extend(merged.notes);
+    Ok(())
+}
+
+/// Moves the rows of table `t` that point at the old home (through `cols`) to the home that
+/// stays; a bind row whose collection name is taken there is kept as `<name>-migrated`, and a
+/// revision row follows its collection's new name.
+fn move_rows(
+    tx: &mut postgres::Transaction<'_>,
+    state: &mut State,
+    m: &Merge<'_>,
+    t: &str,
+    cols: &[String],
+    merged: &mut Merged,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let (old, new) = (m.old, m.new);
+    let filter = cols
+        .iter()
+        .map(|c| format!("t.{c} = $1::bigint"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let rows = edits::select_rows(tx, t, &filter, &[&m.old_id])?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let name_col = bind_name_column(t);
+    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    if let Some(nc) = name_col {
+        let home_col = &cols[0];
+        for r in tx
+            .query(
+                &format!("SELECT {nc} FROM {t} WHERE {home_col} = $1::bigint AND {nc} IS NOT NULL"),
+                &[&m.target],
+            )
+            .map_err(err(t))?
+        {
+            taken.insert(r.get(0));
+        }
+    }
+    let mut list = Vec::new();
+    for (ctid, before) in rows {
+        let mut set: Vec<(String, Value)> = cols
+            .iter()
+            .filter(|c| edits::field(&before, c).and_then(Value::as_i64) == Some(m.old_id))
+            .map(|c| (c.to_ascii_lowercase(), json!(m.target)))
+            .collect();
+        if let Some(nc) = name_col {
+            if let Some(name) = edits::field(&before, nc).and_then(Value::as_str) {
+                if taken.contains(name) {
+                    let mut n = format!("{name}-migrated");
+                    let mut k = 2;
+                    while taken.contains(&n) {
+                        n = format!("{name}-migrated-{k}");
+                        k += 1;
+                    }
+                    merged.notes.push(format!(
+                        "{old} merged into the home the server made for {new}: `{name}` kept as {n} (name clash)"
+                    ));
+                    merged.renamed.insert(name.to_string(), n.clone());
+                    taken.insert(n.clone());
+                    set.push((nc.to_string(), json!(n)));
+                } else {
+                    taken.insert(name.to_string());
+                }
+            }
+        } else if t.ends_with("_REVISIONS") {
+            // A collection's own revision row carries its name: it follows a rename.
+            for nc in ["calendar_name", "addressbook_name"] {
+                if let Some(name) = edits::field(&before, nc).and_then(Value::as_str) {
+                    if let Some(n) = merged.renamed.get(name) {
+                        set.push((nc.to_string(), json!(n)));
+                    }
+                }
+            }
+        }
+        list.push(RowEdit {
+            table: t.to_string(),
+            ctid,
+            before,
+            set,
+            delete: false,
+        });
+    }
+    let written = run_edits(
+        tx,
+        state,
+        m.run_id,
+        &list,
+        &format!("merge {old} into {new}"),
+        summary,
+    )?;
+    if written.iter().any(|w| !w) {
+        merged.notes.push(format!(
+            "{old}: some rows of {t} clash with the home of {new} and stayed with the old home"
+        ));
+    }
     Ok(())
 }
 

@@ -8,11 +8,14 @@ use super::apply::{finish_run, start_or_resume, unpack_saved, ObjectWrite};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::RunSummary;
+use crate::progress::Bar;
 use crate::progress::Progress;
-use crate::state::{RunEvent, State};
+use crate::state::pg_rows::{self, Mark, SavedStep};
+use crate::state::{RunEvent, State, StepState};
 use crate::store::pg::edits;
 use crate::store::pg::schema::md5_hex;
 use crate::store::pg::Db;
+use crate::store::pg::Schema;
 
 const BATCH: i64 = 500;
 
@@ -28,35 +31,8 @@ pub fn rollback(
     force: bool,
 ) -> Result<RunSummary> {
     let mut state = State::open_existing(&cfg.state.path)?;
-    let target = match run {
-        Some(id) => id,
-        None => state
-            .conn
-            .query_row(
-                "SELECT COALESCE(MAX(CASE WHEN COALESCE(state, '') != 'rolled-back' THEN id END), MAX(id)) FROM runs WHERE kind = 'apply'",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .ok_or_else(|| Error::usage("no applied run to roll back"))?,
-    };
-    let (kind, store): (String, String) = state
-        .conn
-        .query_row(
-            "SELECT kind, store_path FROM runs WHERE id = ?1",
-            [target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => {
-                Error::usage(format!("there is no run {target}"))
-            }
-            e => e.into(),
-        })?;
-    if kind != "apply" {
-        return Err(Error::usage(format!(
-            "run {target} is a {kind}, not an apply run"
-        )));
-    }
+    let target = run_to_undo(&state, run)?;
+    let store = applied_store(&state, target)?;
     let mut db = Db::open(cfg)?;
     let label = db.target.label.clone();
     if store != label {
@@ -76,235 +52,25 @@ pub fn rollback(
     };
     state.advance_run(target, RunEvent::StartRollback)?;
     let _signals = crate::interrupt::install();
-    let schema = db.schema.clone();
+    let undo = Undo {
+        run_id,
+        target,
+        force,
+    };
 
     // 1. Row steps (homes, uid columns), newest first, each with its undo journaled.
-    let undone: std::collections::HashSet<i64> = {
-        let mut st = state.conn.prepare(
-            "SELECT undoes_seq FROM pg_journal WHERE run_id = ?1 AND undoes_seq IS NOT NULL AND state != 'pending'",
-        )?;
-        let rows = st.query_map([run_id], |r| r.get::<_, i64>(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    // Pending steps too: an interrupted apply may have committed them before marking them.
-    let steps = edits::steps(&state, target, "'done', 'pending'", true)?;
     let bar = progress.start("restoring", None);
-    for step in steps.into_iter().filter(|s| !undone.contains(&s.seq)) {
-        let mut tx = db.client.transaction().map_err(err("begin"))?;
-        let pk = edits::primary_key(&mut tx, &step.table)?;
-        let here = if step.kind == "delete" {
-            match edits::find_row(&mut tx, &step.table, &pk, &step.before)? {
-                Some(_) => None,
-                None => Some(String::new()),
-            }
-        } else {
-            edits::find_row(&mut tx, &step.table, &pk, &step.after)?
-        };
-        let undo = match here {
-            Some(ctid) => edits::undo_of(&step, ctid),
-            None => {
-                // Not as the run left it: already restored, or someone else's change.
-                let restored = edits::find_row(&mut tx, &step.table, &pk, &step.before)?.is_some();
-                let detail = if restored {
-                    "already restored".to_string()
-                } else {
-                    "changed after the run; left as it is".to_string()
-                };
-                if !restored {
-                    summary
-                        .skipped
-                        .push((format!("{} {}", step.table, step.before), detail.clone()));
-                }
-                // Record that this step was looked at (no undo to do).
-                let seqs = edits::journal_pending(
-                    &mut state,
-                    run_id,
-                    "undo",
-                    &[edits::undo_of(&step, String::new())],
-                    &[Some(step.seq)],
-                    &step.label,
-                )?;
-                edits::mark(
-                    &mut state,
-                    run_id,
-                    &[(seqs[0], if restored { "done" } else { "skipped" }, detail)],
-                )?;
-                tx.commit().map_err(err("commit"))?;
-                continue;
-            }
-        };
-        let seqs = edits::journal_pending(
-            &mut state,
-            run_id,
-            "undo",
-            std::slice::from_ref(&undo),
-            &[Some(step.seq)],
-            &step.label,
-        )?;
-        let ok = edits::write(&mut tx, &undo)?;
-        tx.commit().map_err(err("commit"))?;
-        let (st, detail) = if ok {
-            if step.table.ends_with("_HOME") {
-                summary.homes_adopted += 1;
-            }
-            ("done", String::new())
-        } else {
-            summary.skipped.push((
-                format!("{} {}", step.table, step.before),
-                "a row with the old value exists again".into(),
-            ));
-            (
-                "skipped",
-                "a row with the old value exists again".to_string(),
-            )
-        };
-        edits::mark(&mut state, run_id, &[(seqs[0], st, detail)])?;
-        bar.inc(1);
-    }
+    undo_rows(&mut db, &mut state, &undo, &*bar, &mut summary)?;
 
     // 2. Objects: the saved columns back, a batch at a time, newest first.
-    let mut before_seq = i64::MAX;
-    loop {
-        type Row = (i64, String, String, String, String, String, Vec<u8>);
-        let page: Vec<Row> = {
-            let mut st = state.conn.prepare(
-                "SELECT j.seq, j.table_name, j.key, j.label, j.before_hash, j.after_hash, j.old_row FROM pg_journal j
-                 WHERE j.run_id = ?1 AND j.kind = 'object' AND j.state IN ('done', 'pending') AND j.old_row IS NOT NULL AND j.seq < ?2
-                   AND NOT EXISTS (SELECT 1 FROM pg_journal u WHERE u.run_id = ?3 AND u.undoes_seq = j.seq AND u.state != 'pending')
-                 ORDER BY j.seq DESC LIMIT ?4",
-            )?;
-            let rows = st.query_map(rusqlite::params![target, before_seq, run_id, BATCH], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let Some(last) = page.last() else { break };
-        before_seq = last.0;
-        for kind in ["calendar", "vcard"] {
-            let items: Vec<&Row> = page.iter().filter(|r| r.1 == kind).collect();
-            if items.is_empty() {
-                continue;
-            }
-            let ids: Vec<i64> = items.iter().filter_map(|r| r.2.parse().ok()).collect();
-            let mut tx = db.client.transaction().map_err(err("begin"))?;
-            let rows = super::apply::locked_objects(&mut tx, &schema, kind, &ids)?;
-            let mut writes = Vec::new();
-            let mut undo_rows = Vec::new();
-            for (seq, _, key, label, before, after, blob) in items {
-                let id: i64 = key.parse().unwrap_or_default();
-                let Some(row) = rows.get(&id) else {
-                    summary
-                        .skipped
-                        .push((label.clone(), "deleted after the run".into()));
-                    undo_rows.push((
-                        *seq,
-                        label.clone(),
-                        "skipped",
-                        "deleted after the run".to_string(),
-                        None,
-                    ));
-                    continue;
-                };
-                let cur = row.text_md5.clone();
-                if cur == *before {
-                    undo_rows.push((
-                        *seq,
-                        label.clone(),
-                        "done",
-                        "already restored".to_string(),
-                        None,
-                    ));
-                    continue;
-                }
-                if cur != *after && !force {
-                    let why =
-                        format!("changed after the run (md5 {cur}); use --force to restore anyway");
-                    summary.skipped.push((label.clone(), why.clone()));
-                    undo_rows.push((*seq, label.clone(), "skipped", why, None));
-                    continue;
-                }
-                let saved = unpack_saved(blob)?;
-                if md5_hex(saved.text.as_bytes()) != *before {
-                    return Err(Error::runtime(format!(
-                        "state database: the saved text of {label} does not match its hash"
-                    )));
-                }
-                writes.push(ObjectWrite {
-                    seq: 0,
-                    id,
-                    text: saved.text,
-                    md5: saved.md5,
-                    organizer: saved.organizer,
-                    expect_md5: row.md5.clone(),
-                    expect_text_md5: cur,
-                });
-                undo_rows.push((*seq, label.clone(), "pending", String::new(), Some(id)));
-            }
-            // Journal the undo steps (pending) before writing.
-            let stx = state.conn.transaction()?;
-            let mut seq: i64 = stx.query_row(
-                "SELECT COALESCE(MAX(seq), 0) FROM pg_journal WHERE run_id = ?1",
-                [run_id],
-                |r| r.get(0),
-            )?;
-            let mut pending_seqs = Vec::new();
-            {
-                let mut ins = stx.prepare(
-                    "INSERT INTO pg_journal (run_id, seq, kind, table_name, key, label, undoes_seq, state, detail) VALUES (?1, ?2, 'undo', ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?;
-                for (undoes, label, st, detail, id) in &undo_rows {
-                    seq += 1;
-                    ins.execute(rusqlite::params![
-                        run_id,
-                        seq,
-                        kind,
-                        id.map(|i| i.to_string()).unwrap_or_default(),
-                        label,
-                        undoes,
-                        st,
-                        detail
-                    ])?;
-                    if let Some(id) = id {
-                        pending_seqs.push((seq, *id));
-                    }
-                }
-            }
-            stx.commit()?;
-            let done = super::apply::write_objects(&mut tx, &schema, kind, &writes)?;
-            tx.commit().map_err(err("commit"))?;
-            let done: std::collections::HashSet<i64> = done.into_iter().collect();
-            let mut marks = Vec::new();
-            for (seq, id) in pending_seqs {
-                if done.contains(&id) {
-                    summary.written += 1;
-                    marks.push((seq, "done", String::new()));
-                } else {
-                    marks.push((seq, "skipped", "changed while restoring".to_string()));
-                }
-            }
-            edits::mark(&mut state, run_id, &marks)?;
-            bar.inc(writes.len() as u64);
-        }
-        if super::apply::stop_if_signalled(&state, &mut summary)? {
-            bar.finish();
-            return Ok(summary);
-        }
+    if !restore_objects(&mut db, &mut state, &undo, &*bar, &mut summary)? {
+        bar.finish();
+        return Ok(summary);
     }
     bar.finish();
     // Undo steps an interrupted rollback left pending were looked at again above (pending undos
     // do not count as undone: their row showed whether the transaction committed); drop them.
-    state.conn.execute(
-        "DELETE FROM pg_journal WHERE run_id = ?1 AND kind = 'undo' AND state = 'pending'",
-        [run_id],
-    )?;
+    pg_rows::drop_pending_undos(&state.conn, run_id)?;
 
     // 3. The delegate database files (journaled by the file journal as 'database' steps).
     restore_databases(&state, target, cfg, force, &mut summary)?;
@@ -313,38 +79,318 @@ pub fn rollback(
     Ok(summary)
 }
 
+/// The rollback run, the apply run it undoes, and whether `--force` restores rows changed since.
+struct Undo {
+    run_id: i64,
+    target: i64,
+    force: bool,
+}
+
+/// The apply run to undo: `run`, or the latest not rolled back (else the latest).
+fn run_to_undo(state: &State, run: Option<i64>) -> Result<i64> {
+    match run {
+        Some(id) => Ok(id),
+        None => state
+            .conn
+            .query_row(
+                "SELECT COALESCE(MAX(CASE WHEN COALESCE(state, '') != 'rolled-back' THEN id END), MAX(id)) FROM runs WHERE kind = 'apply'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .ok_or_else(|| Error::usage("no applied run to roll back")),
+    }
+}
+
+/// The store an apply run changed (refusing a run that is not an apply run).
+fn applied_store(state: &State, target: i64) -> Result<String> {
+    let (kind, store): (String, String) = state
+        .conn
+        .query_row(
+            "SELECT kind, store_path FROM runs WHERE id = ?1",
+            [target],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => {
+                Error::usage(format!("there is no run {target}"))
+            }
+            e => e.into(),
+        })?;
+    if kind != "apply" {
+        return Err(Error::usage(format!(
+            "run {target} is a {kind}, not an apply run"
+        )));
+    }
+    Ok(store)
+}
+
+/// The row steps of the apply run (done, or pending: an interrupted apply may have committed
+/// them before marking them), newest first, each undone in its own transaction.
+fn undo_rows(
+    db: &mut Db,
+    state: &mut State,
+    undo: &Undo,
+    bar: &dyn Bar,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let undone = pg_rows::undone_seqs(&state.conn, undo.run_id)?;
+    let steps = edits::steps(
+        state,
+        undo.target,
+        &[StepState::Done, StepState::Pending],
+        true,
+    )?;
+    for step in steps.into_iter().filter(|s| !undone.contains(&s.seq)) {
+        undo_row(db, state, undo.run_id, &step, summary)?;
+        bar.inc(1);
+    }
+    Ok(())
+}
+
+/// Undoes one row step: the row back as it was, unless it is no longer as the run left it.
+fn undo_row(
+    db: &mut Db,
+    state: &mut State,
+    run_id: i64,
+    step: &edits::Step,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let mut tx = db.client.transaction().map_err(err("begin"))?;
+    let pk = edits::primary_key(&mut tx, &step.table)?;
+    let here = if step.kind == "delete" {
+        match edits::find_row(&mut tx, &step.table, &pk, &step.before)? {
+            Some(_) => None,
+            None => Some(String::new()),
+        }
+    } else {
+        edits::find_row(&mut tx, &step.table, &pk, &step.after)?
+    };
+    let undo = match here {
+        Some(ctid) => edits::undo_of(step, ctid),
+        None => {
+            // Not as the run left it: already restored, or someone else's change.
+            let restored = edits::find_row(&mut tx, &step.table, &pk, &step.before)?.is_some();
+            let detail = if restored {
+                "already restored".to_string()
+            } else {
+                "changed after the run; left as it is".to_string()
+            };
+            if !restored {
+                summary
+                    .skipped
+                    .push((format!("{} {}", step.table, step.before), detail.clone()));
+            }
+            // Record that this step was looked at (no undo to do).
+            let seqs = edits::journal_pending(
+                state,
+                run_id,
+                "undo",
+                &[edits::undo_of(step, String::new())],
+                &[Some(step.seq)],
+                &step.label,
+            )?;
+            let mark = Mark {
+                seq: seqs[0],
+                state: if restored {
+                    StepState::Done
+                } else {
+                    StepState::Skipped
+                },
+                detail,
+            };
+            edits::mark(state, run_id, &[mark])?;
+            tx.commit().map_err(err("commit"))?;
+            return Ok(());
+        }
+    };
+    let seqs = edits::journal_pending(
+        state,
+        run_id,
+        "undo",
+        std::slice::from_ref(&undo),
+        &[Some(step.seq)],
+        &step.label,
+    )?;
+    let ok = edits::write(&mut tx, &undo)?;
+    tx.commit().map_err(err("commit"))?;
+    let mark = if ok {
+        if step.table.ends_with("_HOME") {
+            summary.homes_adopted += 1;
+        }
+        Mark::done(seqs[0])
+    } else {
+        summary.skipped.push((
+            format!("{} {}", step.table, step.before),
+            "a row with the old value exists again".into(),
+        ));
+        Mark::skipped(seqs[0], "a row with the old value exists again")
+    };
+    edits::mark(state, run_id, &[mark])?;
+    Ok(())
+}
+
+/// The objects the apply run wrote, their saved columns back, a page at a time, newest first;
+/// `false` when a signal stopped the run (recorded interrupted).
+fn restore_objects(
+    db: &mut Db,
+    state: &mut State,
+    undo: &Undo,
+    bar: &dyn Bar,
+    summary: &mut RunSummary,
+) -> Result<bool> {
+    let schema = db.schema.clone();
+    let mut before_seq = i64::MAX;
+    loop {
+        let page =
+            pg_rows::objects_to_restore(&state.conn, undo.target, before_seq, undo.run_id, BATCH)?;
+        let Some(last) = page.last() else { break };
+        before_seq = last.seq;
+        for kind in ["calendar", "vcard"] {
+            let items: Vec<&SavedStep> = page.iter().filter(|r| r.kind == kind).collect();
+            if items.is_empty() {
+                continue;
+            }
+            let written = restore_batch(db, state, &schema, undo, kind, &items, summary)?;
+            bar.inc(written);
+        }
+        if super::apply::stop_if_signalled(state, summary)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// An object's undo, decided: the step it undoes, its state and why, and the object to write
+/// (pending) when there is one.
+struct UndoStep<'s> {
+    undoes: &'s SavedStep,
+    state: StepState,
+    detail: String,
+    write: Option<i64>,
+}
+
+/// One batch of objects of a kind restored in one transaction, their undos journaled first;
+/// returns how many were written.
+fn restore_batch(
+    db: &mut Db,
+    state: &mut State,
+    schema: &Schema,
+    undo: &Undo,
+    kind: &str,
+    items: &[&SavedStep],
+    summary: &mut RunSummary,
+) -> Result<u64> {
+    let ids: Vec<i64> = items.iter().filter_map(|r| r.key.parse().ok()).collect();
+    let mut tx = db.client.transaction().map_err(err("begin"))?;
+    let rows = super::apply::locked_objects(&mut tx, schema, kind, &ids)?;
+    let mut writes = Vec::new();
+    let mut undos = Vec::new();
+    for &item in items {
+        let id: i64 = item.key.parse().unwrap_or_default();
+        let settle = |state, detail: String| UndoStep {
+            undoes: item,
+            state,
+            detail,
+            write: None,
+        };
+        let Some(row) = rows.get(&id) else {
+            summary
+                .skipped
+                .push((item.label.clone(), "deleted after the run".into()));
+            undos.push(settle(StepState::Skipped, "deleted after the run".into()));
+            continue;
+        };
+        let cur = row.text_md5.clone();
+        if cur == item.before_hash {
+            undos.push(settle(StepState::Done, "already restored".into()));
+            continue;
+        }
+        if cur != item.after_hash && !undo.force {
+            let why = format!("changed after the run (md5 {cur}); use --force to restore anyway");
+            summary.skipped.push((item.label.clone(), why.clone()));
+            undos.push(settle(StepState::Skipped, why));
+            continue;
+        }
+        let saved = unpack_saved(&item.old_row)?;
+        if md5_hex(saved.text.as_bytes()) != item.before_hash {
+            return Err(Error::runtime(format!(
+                "state database: the saved text of {} does not match its hash",
+                item.label
+            )));
+        }
+        writes.push(ObjectWrite {
+            seq: 0,
+            id,
+            text: saved.text,
+            md5: saved.md5,
+            organizer: saved.organizer,
+            expect_md5: row.md5.clone(),
+            expect_text_md5: cur,
+        });
+        undos.push(UndoStep {
+            write: Some(id),
+            ..settle(StepState::Pending, String::new())
+        });
+    }
+    // Journal the undo steps (pending) before writing.
+    let pending_seqs = journal_undos(state, undo.run_id, kind, &undos)?;
+    let done = super::apply::write_objects(&mut tx, schema, kind, &writes)?;
+    tx.commit().map_err(err("commit"))?;
+    let done: std::collections::HashSet<i64> = done.into_iter().collect();
+    let mut marks = Vec::new();
+    for (seq, id) in pending_seqs {
+        if done.contains(&id) {
+            summary.written += 1;
+            marks.push(Mark::done(seq));
+        } else {
+            marks.push(Mark::skipped(seq, "changed while restoring"));
+        }
+    }
+    edits::mark(state, undo.run_id, &marks)?;
+    Ok(writes.len() as u64)
+}
+
+/// Journals the undo steps of a batch in one state transaction; returns (seq, RESOURCE_ID) of
+/// the ones to write.
+fn journal_undos(
+    state: &mut State,
+    run_id: i64,
+    kind: &str,
+    undos: &[UndoStep<'_>],
+) -> Result<Vec<(i64, i64)>> {
+    let stx = state.conn.transaction()?;
+    let mut pending_seqs = Vec::new();
+    {
+        let mut steps = pg_rows::StepAppender::new(&stx, run_id)?;
+        for u in undos {
+            let seq = steps.append(&pg_rows::NewStep {
+                kind: "undo",
+                table: kind,
+                key: u.write.map(|i| i.to_string()).unwrap_or_default(),
+                label: &u.undoes.label,
+                undoes_seq: Some(u.undoes.seq),
+                state: Some(u.state),
+                detail: &u.detail,
+                ..Default::default()
+            })?;
+            if let Some(id) = u.write {
+                pending_seqs.push((seq, id));
+            }
+        }
+    }
+    stx.commit()?;
+    Ok(pending_seqs)
+}
+
 /// For a rollback that already finished: what it did, counted from its journal (objects and
 /// homes restored, steps skipped), as the run itself reported it.
 fn finished_counts(db: &mut Db, state: &State, s: &mut RunSummary, target: i64) -> Result<()> {
     let run = s.run_id;
     s.finished_at = state.run_finished_at(run);
-    let count = |sql: &str| -> Result<u64> {
-        Ok(state.conn.query_row(sql, [run], |r| r.get::<_, i64>(0))? as u64)
-    };
-    s.written = count(
-        "SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'undo' AND table_name IN ('calendar', 'vcard') AND state = 'done' AND detail = ''",
-    )?;
-    s.homes_adopted = count(
-        "SELECT COUNT(*) FROM pg_journal WHERE run_id = ?1 AND kind = 'undo' AND table_name IN ('CALENDAR_HOME', 'ADDRESSBOOK_HOME', 'NOTIFICATION_HOME') AND state = 'done' AND detail = ''",
-    )?;
-    let mut st = state.conn.prepare(
-        "SELECT label, detail FROM pg_journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
-    )?;
-    let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    s.skipped = rows.collect::<rusqlite::Result<_>>()?;
+    (s.written, s.homes_adopted) = pg_rows::rollback_counts(&state.conn, run)?;
+    s.skipped = pg_rows::skipped_steps(&state.conn, run)?;
     // The objects it restored, checked against the text they had before the apply run.
-    let restored: Vec<(String, i64, String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT u.table_name, CAST(u.key AS INTEGER), u.label, a.before_hash FROM pg_journal u
-             JOIN pg_journal a ON a.run_id = ?2 AND a.seq = u.undoes_seq
-             WHERE u.run_id = ?1 AND u.kind = 'undo' AND u.table_name IN ('calendar', 'vcard') AND u.state = 'done' AND u.detail = ''
-             ORDER BY u.seq",
-        )?;
-        let rows = st.query_map([run, target], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let restored = pg_rows::objects_restored(&state.conn, run, target)?;
     s.checked = Some(super::apply::check_hashes(db, &restored)?);
     Ok(())
 }

@@ -12,9 +12,9 @@ use crate::error::Result;
 use crate::ical;
 use crate::mapping::{self, Mapper, Observed, Verdict};
 use crate::progress::Progress;
-use crate::store::pg::read::{self, ObjectRow};
+use crate::store::pg::read::{self, HomeRow, ObjectRow};
 use crate::store::pg::schema::{md5_hex, ValueKind};
-use crate::store::pg::Db;
+use crate::store::pg::{Db, Schema};
 use crate::verify::{check_resource, Organizers, VerifyReport};
 use std::collections::{HashMap, HashSet};
 
@@ -92,6 +92,9 @@ fn walk_objects(
     Ok(homes)
 }
 
+/// A memo of the mapper's verdicts, by address key.
+type Resolve<'r> = dyn FnMut(&CalAddress) -> (Verdict, Option<String>) + 'r;
+
 /// Checks the database against the current directory.
 pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
     let old = Directory::default();
@@ -123,25 +126,44 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
         check_columns(report, &schema, row, info);
     })?;
     bar.finish();
-    // A bare uid: current (its record has that GUID), moved (an old GUID of someone), or orphan.
-    let uid_state = |uid: &str| -> std::result::Result<(), Option<String>> {
-        let r = mapper.resolve(&super::rewrite::uid_address(uid), &Observed::default());
-        match (r.outcome, r.target) {
-            (Verdict::Acknowledged, _) => Ok(()),
-            (Verdict::Mapped | Verdict::Unchanged, Some(p)) => {
-                if p.guid.as_str().eq_ignore_ascii_case(uid) {
-                    Ok(())
-                } else {
-                    Err(Some(p.guid.to_string()))
-                }
+    check_homes(&mut report, &mapper, &homes);
+    // Group members and uid columns still naming old principals.
+    let mut tx = db
+        .client
+        .transaction()
+        .map_err(crate::store::pg::pg_err("begin"))?;
+    check_cards(&mut tx, &schema, &mapper, &homes, &mut report)?;
+    check_values(&mut tx, &schema, &mapper, &mut resolve, &mut report)?;
+    tx.commit().map_err(crate::store::pg::pg_err("commit"))?;
+    report
+        .problems
+        .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
+    Ok(report)
+}
+
+/// A bare uid: current (its record has that GUID: `Ok`), moved (an old GUID of someone: the
+/// new one), or orphan (`Err(None)`).
+fn uid_state(mapper: &Mapper<'_>, uid: &str) -> std::result::Result<(), Option<String>> {
+    let r = mapper.resolve(&super::rewrite::uid_address(uid), &Observed::default());
+    match (r.outcome, r.target) {
+        (Verdict::Acknowledged, _) => Ok(()),
+        (Verdict::Mapped | Verdict::Unchanged, Some(p)) => {
+            if p.guid.as_str().eq_ignore_ascii_case(uid) {
+                Ok(())
+            } else {
+                Err(Some(p.guid.to_string()))
             }
-            _ => Err(None),
         }
-    };
-    for h in &homes {
+        _ => Err(None),
+    }
+}
+
+/// Homes still under an old uid, or whose owner is in no directory.
+fn check_homes(report: &mut VerifyReport, mapper: &Mapper<'_>, homes: &[HomeRow]) {
+    for h in homes {
         report.homes += 1;
         let at = format!("{}/{}", h.table.to_ascii_lowercase(), h.owner_uid);
-        match uid_state(&h.owner_uid) {
+        match uid_state(mapper, &h.owner_uid) {
             Ok(()) => {}
             Err(Some(v)) => report.add(
                 "home-not-adopted",
@@ -155,14 +177,19 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
             ),
         }
     }
-    // Group members and uid columns still naming old principals.
-    let mut tx = db
-        .client
-        .transaction()
-        .map_err(crate::store::pg::pg_err("begin"))?;
+}
+
+/// Cards that do not parse or whose MD5 is stale, group members still naming old principals.
+fn check_cards(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    mapper: &Mapper<'_>,
+    homes: &[HomeRow],
+    report: &mut VerifyReport,
+) -> Result<()> {
     for h in homes.iter().filter(|h| h.table == "ADDRESSBOOK_HOME") {
         let mut cards = Vec::new();
-        read::home_cards(&mut tx, &schema, h.id, |b| {
+        read::home_cards(tx, schema, h.id, |b| {
             cards.extend(b);
             Ok(())
         })?;
@@ -188,7 +215,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
                             _ => None,
                         };
                         if let Some(uid) = uid {
-                            if let Err(Some(v)) = uid_state(&uid) {
+                            if let Err(Some(v)) = uid_state(mapper, &uid) {
                                 report.add(
                                     "not-canonical",
                                     &format!("{}:{line}", c.label()),
@@ -201,6 +228,17 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
             }
         }
     }
+    Ok(())
+}
+
+/// Uid and address columns still holding old principals' values.
+fn check_values(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    mapper: &Mapper<'_>,
+    resolve: &mut Resolve<'_>,
+    report: &mut VerifyReport,
+) -> Result<()> {
     for vc in &schema.values {
         let rows = tx
             .query(
@@ -216,7 +254,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
             let v: String = r.get(0);
             let n: i64 = r.get(1);
             let stale = match vc.kind {
-                ValueKind::Uid => match uid_state(&v) {
+                ValueKind::Uid => match uid_state(mapper, &v) {
                     Err(Some(new)) => Some(new),
                     _ => None,
                 },
@@ -234,11 +272,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
             }
         }
     }
-    tx.commit().map_err(crate::store::pg::pg_err("commit"))?;
-    report
-        .problems
-        .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
-    Ok(report)
+    Ok(())
 }
 
 /// What `doctor` found on a database, with the database it looked at.
