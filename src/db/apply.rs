@@ -12,15 +12,17 @@
 //! `kill -9` at any instant: a batch's transaction either committed (its rows hold the new text:
 //! the pending journal steps are marked done) or did not (they hold the old text: done again).
 
-use super::rewrite::{rewrite_card, rewrite_object};
 use crate::address::Principal;
 use crate::config::Config;
+use crate::db::rewrite::{rewrite_card, rewrite_object};
 use crate::error::{Error, Result};
 use crate::ical::{self, RewriteOptions};
 use crate::journal::RunSummary;
 use crate::progress::Progress;
-use crate::state::pg_rows::{self, Mark, PlannedObject, PlannedValue, WrittenObject};
-use crate::state::{now_rfc3339, RunEvent, RunState, State, StepState};
+use crate::state::pg_rows::{
+    self, Mark, PlannedObject, PlannedValue, RunOf, RunRow, WrittenObject,
+};
+use crate::state::{RunEvent, RunState, RunStatus, State, StepState};
 use crate::store::pg::edits::{self, RowEdit};
 use crate::store::pg::read::{self, ObjectRow};
 use crate::store::pg::schema::{md5_hex, Schema};
@@ -42,61 +44,34 @@ pub(super) fn start_or_resume(
     s: &mut RunSummary,
     label: &str,
 ) -> Result<Option<i64>> {
-    let (col, target) = match s.undoes_run {
-        Some(r) => ("undoes_run", r),
-        None => ("plan_id", s.plan_id.unwrap_or_default()),
+    let of = match s.undoes_run {
+        Some(r) => RunOf::Undoes(r),
+        None => RunOf::Plan(s.plan_id.unwrap_or_default()),
     };
-    let last: Option<(i64, String)> = state
-        .conn
-        .query_row(
-            &format!("SELECT id, status FROM runs WHERE kind = ?1 AND {col} = ?2 ORDER BY id DESC LIMIT 1"),
-            rusqlite::params![s.kind, target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok();
+    let last = pg_rows::latest_run(&state.conn, s.kind, of);
     // A plan whose run was rolled back is applied again by a new run.
     let rolled_back = |id: i64| -> Result<bool> {
         Ok(s.undoes_run.is_none() && state.run_state(id)? == RunState::RolledBack)
     };
     let id = match last {
-        Some((id, st)) if st == "done" && !rolled_back(id)? => {
-            s.run_id = id;
+        Some(r) if r.status == RunStatus::Done && !rolled_back(r.id)? => {
+            s.run_id = r.id;
             s.already_done = true;
             return Ok(None);
         }
-        Some((_, st)) if st == "done" => {
-            state.conn.execute(
-                &format!("INSERT INTO runs (kind, {col}, store_path, started_at, status) VALUES (?1, ?2, ?3, ?4, 'running')"),
-                rusqlite::params![s.kind, target, label, now_rfc3339()],
-            )?;
-            state.conn.last_insert_rowid()
+        Some(r) if r.status == RunStatus::Done => {
+            pg_rows::insert_run(&state.conn, s.kind, of, label)?
         }
-        Some((id, _)) => {
+        Some(RunRow { id, .. }) => {
             s.resumed = true;
-            let stopped: Option<String> = state
-                .conn
-                .query_row("SELECT stopped_by FROM runs WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .ok()
-                .flatten();
-            s.notes.push(match stopped {
+            s.notes.push(match pg_rows::stopped_by(&state.conn, id) {
                 Some(sig) => format!("run {id} was stopped by {sig}; resuming it"),
                 None => format!("run {id} did not finish (its process ended without finishing: a crash or kill); resuming it"),
             });
-            state.conn.execute(
-                "UPDATE runs SET status = 'running', stopped_by = NULL WHERE id = ?1",
-                [id],
-            )?;
+            pg_rows::resume_run(&state.conn, id)?;
             id
         }
-        None => {
-            state.conn.execute(
-                &format!("INSERT INTO runs (kind, {col}, store_path, started_at, status) VALUES (?1, ?2, ?3, ?4, 'running')"),
-                rusqlite::params![s.kind, target, label, now_rfc3339()],
-            )?;
-            state.conn.last_insert_rowid()
-        }
+        None => pg_rows::insert_run(&state.conn, s.kind, of, label)?,
     };
     s.run_id = id;
     Ok(Some(id))
@@ -109,10 +84,7 @@ pub(super) fn stop_if_signalled(state: &State, s: &mut RunSummary) -> Result<boo
         return Ok(false);
     };
     let name = crate::interrupt::name(sig);
-    state.conn.execute(
-        "UPDATE runs SET status = 'interrupted', stopped_by = ?1 WHERE id = ?2",
-        rusqlite::params![name, s.run_id],
-    )?;
+    pg_rows::interrupt_run(&state.conn, s.run_id, &name)?;
     s.interrupted = Some(name);
     if s.kind == "apply" {
         journal_totals(state, s)?;
@@ -130,12 +102,9 @@ pub(super) fn journal_totals(state: &State, s: &mut RunSummary) -> Result<()> {
     Ok(())
 }
 
+/// The run's process finished.
 pub(super) fn finish_run(state: &State, run_id: i64) -> Result<()> {
-    state.conn.execute(
-        "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
-        rusqlite::params![now_rfc3339(), run_id],
-    )?;
-    Ok(())
+    pg_rows::finish_run(&state.conn, run_id)
 }
 
 /// The old columns of an object, as saved before it is written.
@@ -966,12 +935,12 @@ fn value_edits(tx: &mut postgres::Transaction<'_>, v: &PlannedValue) -> Result<V
     let push = table == "APN_SUBSCRIPTIONS" && column == "RESOURCE_KEY";
     let note = table == "NOTIFICATION";
     let rows = if href {
-        let h = super::rewrite::href_of(old);
+        let h = crate::db::rewrite::href_of(old);
         edits::select_rows(tx, table, "strpos(t.VALUE, $1) > 0", &[&h])?
     } else if push {
-        edits::select_rows(tx, table, super::rewrite::APN_FILTER, &[old])?
+        edits::select_rows(tx, table, crate::db::rewrite::APN_FILTER, &[old])?
     } else if note {
-        let f = super::rewrite::notification_filter(column);
+        let f = crate::db::rewrite::notification_filter(column);
         edits::select_rows(tx, table, &f, &[old])?
     } else {
         edits::select_rows(tx, table, &format!("t.{column} = $1"), &[old])?
@@ -991,7 +960,7 @@ fn value_edits(tx: &mut postgres::Transaction<'_>, v: &PlannedValue) -> Result<V
                 let v = edits::field(&before, column)
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let text = super::rewrite::notification_text(v, old, new)?;
+                let text = crate::db::rewrite::notification_text(v, old, new)?;
                 let md5 = md5_hex(text.as_bytes());
                 let mut set = edits::set1(column, json!(text));
                 set.extend(edits::set1("md5", json!(md5)));
@@ -1001,12 +970,15 @@ fn value_edits(tx: &mut postgres::Transaction<'_>, v: &PlannedValue) -> Result<V
                 let v = edits::field(&before, "value")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                json!(v.replace(&super::rewrite::href_of(old), &super::rewrite::href_of(new)))
+                json!(v.replace(
+                    &crate::db::rewrite::href_of(old),
+                    &crate::db::rewrite::href_of(new)
+                ))
             } else if push {
                 let k = edits::field(&before, "resource_key")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                json!(super::rewrite::push_key(k, old, new).unwrap_or_else(|| k.to_string()))
+                json!(crate::db::rewrite::push_key(k, old, new).unwrap_or_else(|| k.to_string()))
             } else {
                 json!(new)
             };
@@ -1021,9 +993,7 @@ fn value_edits(tx: &mut postgres::Transaction<'_>, v: &PlannedValue) -> Result<V
 /// a step left pending is settled by looking at its row.
 pub(super) fn durable(state: &State, run_id: i64) -> Result<()> {
     state.conn.execute_batch("PRAGMA synchronous = FULL")?;
-    state
-        .conn
-        .execute("UPDATE runs SET status = status WHERE id = ?1", [run_id])?;
+    pg_rows::touch_run(&state.conn, run_id)?;
     state.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
     Ok(())
 }

@@ -8,13 +8,13 @@
 //! old and new MD5 and ORGANIZER columns), `pg_plan_principals` (the resolver, so apply replays the
 //! exact rewrite), `pg_plan_homes` (rename or merge), `pg_plan_values` (uid and address columns).
 
-use super::rewrite::{
-    href_of, member_address, new_uid, notification_filter, notification_text, rewrite_card,
-    rewrite_object, uid_address, Planned, APN_COUNT,
-};
 use crate::address::CalAddress;
 use crate::address::Principal;
 use crate::config::Config;
+use crate::db::rewrite::{
+    href_of, member_address, new_uid, notification_filter, notification_text, rewrite_card,
+    rewrite_object, uid_address, Planned, APN_COUNT,
+};
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::ical::{self, Resolve, RewriteOptions};
@@ -116,14 +116,31 @@ struct Survey {
     /// Objects naming a GUID the walk left unresolved: planned again once the mapping is known.
     recheck: Vec<(i64, BTreeSet<String>)>,
     homes: Vec<HomeRow>,
-    /// Uid and address columns: (index in `schema.values`, value, rows holding it).
-    value_counts: Vec<(usize, String, i64)>,
+    /// Uid and address columns: each distinct value and how many rows hold it.
+    value_counts: Vec<ValueCount>,
     /// Group cards naming principals.
     card_ids: Vec<i64>,
 }
 
+/// A distinct value of a uid or address column.
+struct ValueCount {
+    /// Its column: an index in `schema.values`.
+    column: usize,
+    value: String,
+    /// Rows holding it.
+    rows: i64,
+}
+
+/// What the parallel part of one object's planning found: its addresses, its planned rewrite
+/// (`None` when the text does not change), the md5 of its text.
+struct Rewritten {
+    info: ical::CalendarInfo,
+    planned: Option<Planned>,
+    text_md5: String,
+}
+
 /// The result of the parallel part of one object's planning.
-type Scanned = std::result::Result<(ical::CalendarInfo, Option<Planned>, String), ical::IcalError>;
+type Scanned = std::result::Result<Rewritten, ical::IcalError>;
 
 /// Builds a plan of the database (nothing in it changes).
 pub fn plan(
@@ -417,7 +434,11 @@ fn scan_batch(p: &Planner<'_>, batch: Vec<ObjectRow>) -> Vec<(ObjectRow, Scanned
             let r =
                 ical::scan_and_rewrite(row.text.as_bytes(), p.lazy, p.opts).map(|(info, rw)| {
                     let planned = rewrite_object(p.schema, &row, &info, rw, p.lazy, p.opts);
-                    (info, planned, row.text_md5.clone())
+                    Rewritten {
+                        info,
+                        planned,
+                        text_md5: row.text_md5.clone(),
+                    }
                 });
             (row, r)
         })
@@ -436,7 +457,11 @@ fn store_scanned(
     for (row, r) in results {
         bar.inc(1);
         let label = row.label();
-        let (info, planned, old_text_md5) = match r {
+        let Rewritten {
+            info,
+            planned,
+            text_md5: old_text_md5,
+        } = match r {
             Err(e) => {
                 survey.problems.push(Finding {
                     path: label,
@@ -561,7 +586,11 @@ fn survey_values(
                 .observed
                 .entry(addr.key())
                 .or_insert_with(|| (addr, Observed::default()));
-            survey.value_counts.push((i, v, n));
+            survey.value_counts.push(ValueCount {
+                column: i,
+                value: v,
+                rows: n,
+            });
         }
     }
     for h in &survey.homes {
@@ -667,10 +696,10 @@ fn plan_values(
     plan_id: i64,
     p: &Planner<'_>,
     resolver: &HashMap<String, Principal>,
-    value_counts: &[(usize, String, i64)],
+    value_counts: &[ValueCount],
 ) -> Result<()> {
-    for (i, v, n) in value_counts {
-        let vc = &p.schema.values[*i];
+    for c in value_counts {
+        let (vc, v, n) = (&p.schema.values[c.column], &c.value, &c.rows);
         let new = match vc.kind {
             ValueKind::Uid => new_uid(resolver, v),
             ValueKind::Address => {

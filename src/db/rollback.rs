@@ -4,8 +4,8 @@
 //! (MODIFIED, revision numbers) is left newer. A row changed after the run is skipped unless
 //! `--force`. Journaled and resumable like apply.
 
-use super::apply::{finish_run, start_or_resume, unpack_saved, ObjectWrite};
 use crate::config::Config;
+use crate::db::apply::{finish_run, start_or_resume, unpack_saved, ObjectWrite};
 use crate::error::{Error, Result};
 use crate::journal::RunSummary;
 use crate::progress::Bar;
@@ -90,38 +90,23 @@ struct Undo {
 fn run_to_undo(state: &State, run: Option<i64>) -> Result<i64> {
     match run {
         Some(id) => Ok(id),
-        None => state
-            .conn
-            .query_row(
-                "SELECT COALESCE(MAX(CASE WHEN COALESCE(state, '') != 'rolled-back' THEN id END), MAX(id)) FROM runs WHERE kind = 'apply'",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
+        None => pg_rows::apply_run_to_undo(&state.conn)?
             .ok_or_else(|| Error::usage("no applied run to roll back")),
     }
 }
 
 /// The store an apply run changed (refusing a run that is not an apply run).
 fn applied_store(state: &State, target: i64) -> Result<String> {
-    let (kind, store): (String, String) = state
-        .conn
-        .query_row(
-            "SELECT kind, store_path FROM runs WHERE id = ?1",
-            [target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => {
-                Error::usage(format!("there is no run {target}"))
-            }
-            e => e.into(),
-        })?;
-    if kind != "apply" {
+    let Some(run) = pg_rows::run_store(&state.conn, target)? else {
+        return Err(Error::usage(format!("there is no run {target}")));
+    };
+    if run.kind != "apply" {
         return Err(Error::usage(format!(
-            "run {target} is a {kind}, not an apply run"
+            "run {target} is a {}, not an apply run",
+            run.kind
         )));
     }
-    Ok(store)
+    Ok(run.store_path)
 }
 
 /// The row steps of the apply run (done, or pending: an interrupted apply may have committed
@@ -253,7 +238,7 @@ fn restore_objects(
             let written = restore_batch(db, state, &schema, undo, kind, &items, summary)?;
             bar.inc(written);
         }
-        if super::apply::stop_if_signalled(state, summary)? {
+        if crate::db::apply::stop_if_signalled(state, summary)? {
             return Ok(false);
         }
     }
@@ -282,7 +267,7 @@ fn restore_batch(
 ) -> Result<u64> {
     let ids: Vec<i64> = items.iter().filter_map(|r| r.key.parse().ok()).collect();
     let mut tx = db.client.transaction().map_err(err("begin"))?;
-    let rows = super::apply::locked_objects(&mut tx, schema, kind, &ids)?;
+    let rows = crate::db::apply::locked_objects(&mut tx, schema, kind, &ids)?;
     let mut writes = Vec::new();
     let mut undos = Vec::new();
     for &item in items {
@@ -334,7 +319,7 @@ fn restore_batch(
     }
     // Journal the undo steps (pending) before writing.
     let pending_seqs = journal_undos(state, undo.run_id, kind, &undos)?;
-    let done = super::apply::write_objects(&mut tx, schema, kind, &writes)?;
+    let done = crate::db::apply::write_objects(&mut tx, schema, kind, &writes)?;
     tx.commit().map_err(err("commit"))?;
     let done: std::collections::HashSet<i64> = done.into_iter().collect();
     let mut marks = Vec::new();
@@ -391,7 +376,7 @@ fn finished_counts(db: &mut Db, state: &State, s: &mut RunSummary, target: i64) 
     s.skipped = pg_rows::skipped_steps(&state.conn, run)?;
     // The objects it restored, checked against the text they had before the apply run.
     let restored = pg_rows::objects_restored(&state.conn, run, target)?;
-    s.checked = Some(super::apply::check_hashes(db, &restored)?);
+    s.checked = Some(crate::db::apply::check_hashes(db, &restored)?);
     Ok(())
 }
 

@@ -144,7 +144,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
 /// A bare uid: current (its record has that GUID: `Ok`), moved (an old GUID of someone: the
 /// new one), or orphan (`Err(None)`).
 fn uid_state(mapper: &Mapper<'_>, uid: &str) -> std::result::Result<(), Option<String>> {
-    let r = mapper.resolve(&super::rewrite::uid_address(uid), &Observed::default());
+    let r = mapper.resolve(&crate::db::rewrite::uid_address(uid), &Observed::default());
     match (r.outcome, r.target) {
         (Verdict::Acknowledged, _) => Ok(()),
         (Verdict::Mapped | Verdict::Unchanged, Some(p)) => {
@@ -209,7 +209,7 @@ fn check_cards(
                         );
                     }
                     for crate::vcard::Member { line, value: m } in &info.members {
-                        let uid = match super::rewrite::member_address(m, &local) {
+                        let uid = match crate::db::rewrite::member_address(m, &local) {
                             Some(CalAddress::UrnUuid(g)) => Some(g.to_string()),
                             Some(CalAddress::UrnXUid(u)) => Some(u),
                             _ => None,

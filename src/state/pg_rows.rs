@@ -5,7 +5,7 @@
 //! together. `db::plan` writes the plan rows, `db::apply` and `db::rollback` read them and keep
 //! the journal: this is where the database store's plan and apply meet.
 
-use super::StepState;
+use super::{RunStatus, StepState};
 use crate::address::Principal;
 use crate::error::Result;
 use rusqlite::{params, Connection, Statement};
@@ -319,6 +319,140 @@ pub fn drop_plan(conn: &Connection, plan_id: i64) -> rusqlite::Result<()> {
         conn.execute(&format!("DELETE FROM {t} WHERE plan_id = ?1"), [plan_id])?;
     }
     Ok(())
+}
+
+// ---- runs -------------------------------------------------------------------------------------
+
+/// What a database-store run carries out: an apply run a plan, a rollback run an apply run.
+#[derive(Clone, Copy, Debug)]
+pub enum RunOf {
+    /// `runs.plan_id`.
+    Plan(i64),
+    /// `runs.undoes_run`.
+    Undoes(i64),
+}
+
+impl RunOf {
+    fn column_and_id(self) -> (&'static str, i64) {
+        match self {
+            RunOf::Plan(id) => ("plan_id", id),
+            RunOf::Undoes(id) => ("undoes_run", id),
+        }
+    }
+}
+
+/// A run as `runs` records it: its id and whether its process finished.
+pub struct RunRow {
+    /// `runs.id`.
+    pub id: i64,
+    /// `runs.status`.
+    pub status: RunStatus,
+}
+
+/// The latest run of `kind` carrying out `of`, if any.
+pub fn latest_run(conn: &Connection, kind: &str, of: RunOf) -> Option<RunRow> {
+    let (col, target) = of.column_and_id();
+    conn.query_row(
+        &format!(
+            "SELECT id, status FROM runs WHERE kind = ?1 AND {col} = ?2 ORDER BY id DESC LIMIT 1"
+        ),
+        params![kind, target],
+        |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                status: r.get(1)?,
+            })
+        },
+    )
+    .ok()
+}
+
+/// Starts a run of `kind` carrying out `of` on the store `store_path`; returns its id.
+pub fn insert_run(conn: &Connection, kind: &str, of: RunOf, store_path: &str) -> Result<i64> {
+    let (col, target) = of.column_and_id();
+    conn.execute(
+        &format!("INSERT INTO runs (kind, {col}, store_path, started_at, status) VALUES (?1, ?2, ?3, ?4, 'running')"),
+        params![kind, target, store_path, super::now_rfc3339()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The signal that stopped a run, if one did.
+pub fn stopped_by(conn: &Connection, run_id: i64) -> Option<String> {
+    conn.query_row("SELECT stopped_by FROM runs WHERE id = ?1", [run_id], |r| {
+        r.get(0)
+    })
+    .ok()
+    .flatten()
+}
+
+/// A run taken up again: running, stopped by nothing.
+pub fn resume_run(conn: &Connection, run_id: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE runs SET status = 'running', stopped_by = NULL WHERE id = ?1",
+        [run_id],
+    )?;
+    Ok(())
+}
+
+/// A run stopped by signal `name` between two transactions (resumable).
+pub fn interrupt_run(conn: &Connection, run_id: i64, name: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE runs SET status = 'interrupted', stopped_by = ?1 WHERE id = ?2",
+        params![name, run_id],
+    )?;
+    Ok(())
+}
+
+/// A run whose process finished, now.
+pub fn finish_run(conn: &Connection, run_id: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
+        params![super::now_rfc3339(), run_id],
+    )?;
+    Ok(())
+}
+
+/// A write that changes nothing, to make every step journaled so far durable at its commit.
+pub fn touch_run(conn: &Connection, run_id: i64) -> Result<()> {
+    conn.execute("UPDATE runs SET status = status WHERE id = ?1", [run_id])?;
+    Ok(())
+}
+
+/// The apply run a rollback undoes when none is named: the latest not rolled back, else the
+/// latest.
+pub fn apply_run_to_undo(conn: &Connection) -> Result<Option<i64>> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(CASE WHEN COALESCE(state, '') != 'rolled-back' THEN id END), MAX(id)) FROM runs WHERE kind = 'apply'",
+        [],
+        |r| r.get::<_, Option<i64>>(0),
+    )?)
+}
+
+/// A run's kind and the store it changed.
+pub struct RunStore {
+    /// `runs.kind`.
+    pub kind: String,
+    /// `runs.store_path`.
+    pub store_path: String,
+}
+
+/// A run's kind and store; `None` when there is no such run.
+pub fn run_store(conn: &Connection, run_id: i64) -> Result<Option<RunStore>> {
+    match conn.query_row(
+        "SELECT kind, store_path FROM runs WHERE id = ?1",
+        [run_id],
+        |r| {
+            Ok(RunStore {
+                kind: r.get(0)?,
+                store_path: r.get(1)?,
+            })
+        },
+    ) {
+        Ok(r) => Ok(Some(r)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 // ---- the journal ------------------------------------------------------------------------------
