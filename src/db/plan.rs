@@ -280,6 +280,15 @@ fn plan_with_mapping(
     Ok(homes)
 }
 
+/// A problem planning found (one row of `plan_problems`).
+fn finding(path: String, kind: &str, detail: String) -> Finding {
+    Finding {
+        path,
+        kind: kind.to_string(),
+        detail,
+    }
+}
+
 /// The plan's problems (`plan_problems`).
 fn store_problems(stx: &rusqlite::Connection, plan_id: i64, problems: &[Finding]) -> Result<()> {
     let mut ins = stx.prepare(
@@ -463,25 +472,23 @@ fn store_scanned(
             text_md5: old_text_md5,
         } = match r {
             Err(e) => {
-                survey.problems.push(Finding {
-                    path: label,
-                    kind: "malformed".into(),
-                    detail: e.to_string(),
-                });
+                survey
+                    .problems
+                    .push(finding(label, "malformed", e.to_string()));
                 continue;
             }
             Ok(ok) => ok,
         };
         survey.scanned += 1;
         if row.owner.is_none() {
-            survey.problems.push(Finding {
-                path: label.clone(),
-                kind: "orphan-object".into(),
-                detail: format!(
+            survey.problems.push(finding(
+                label.clone(),
+                "orphan-object",
+                format!(
                     "calendar {} is owned by no home; planned like the others",
                     row.calendar_id
                 ),
-            });
+            ));
         }
         let keys = crate::plan::observe(&mut survey.observed, &info);
         let open: BTreeSet<String> = keys
@@ -531,11 +538,9 @@ fn survey_cards(
             .collect();
         for c in &cards {
             match vcard::scan(c.text.as_bytes()) {
-                Err(e) => survey.problems.push(Finding {
-                    path: c.label(),
-                    kind: "malformed".into(),
-                    detail: e.to_string(),
-                }),
+                Err(e) => survey
+                    .problems
+                    .push(finding(c.label(), "malformed", e.to_string())),
                 Ok(info) => {
                     let mut foreign = false;
                     for m in &info.members {
