@@ -317,6 +317,37 @@ impl Default for ProvisionConfig {
     }
 }
 
+/// Checks the `[store]` keys each store kind needs or refuses. The DSN itself (a libpq string
+/// without a password) is checked by the database backend once the file is read
+/// ([`crate::store::pg::connect::check_dsn`], called by the cli).
+fn check_store_keys(store: &StoreConfig, at: &str) -> Result<()> {
+    if store.kind != StoreKind::CalendarserverPg {
+        if store.path.as_os_str().is_empty() {
+            return Err(Error::usage(format!(
+                "{at}: [store] needs `path` (the store's folder)"
+            )));
+        }
+        for (key, set) in [
+            ("dsn", store.dsn.is_some()),
+            ("password_file", store.password_file.is_some()),
+            ("tls_ca_file", store.tls_ca_file.is_some()),
+        ] {
+            if set {
+                return Err(Error::usage(format!(
+                    "{at}: [store] `{key}` is for kind = \"calendarserver-pg\" only"
+                )));
+            }
+        }
+        return Ok(());
+    }
+    if store.dsn.is_none() {
+        return Err(Error::usage(format!(
+            "{at}: [store] kind = \"calendarserver-pg\" needs `dsn` (e.g. \"postgresql://caldav@localhost:5432/caldav\")"
+        )));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config> {
@@ -470,7 +501,7 @@ impl Config {
                 }
             }
         }
-        crate::store::pg::connect::check_store_config(&self.store, &at.to_string())?;
+        check_store_keys(&self.store, &at.to_string())?;
         if let Some(owner) = &self.store.owner {
             if owner.split(':').count() != 2 || owner.split(':').any(str::is_empty) {
                 return Err(Error::usage(format!(

@@ -1042,7 +1042,7 @@ pub fn apply_stage(
                 "apply --home / --limit (a staged migration) is not yet on a database store (`[store] kind = \"calendarserver-pg\"`): apply the whole plan",
             ));
         }
-        return crate::store::pg::apply(ctx, cfg, plan, force, rehearsal);
+        return crate::db::apply::apply(ctx, cfg, plan, force, rehearsal);
     }
     let mut state = State::open_existing(&cfg.state.path)?;
     let (plan_id, passed_over) = state.plan_to_apply(plan)?;
@@ -1858,7 +1858,7 @@ pub fn rollback(
 ) -> Result<Vec<RunSummary>> {
     let mut state = State::open_existing(&cfg.state.path)?;
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return Ok(vec![crate::store::pg::rollback(ctx, cfg, run, force)?]);
+        return Ok(vec![crate::db::rollback::rollback(ctx, cfg, run, force)?]);
     }
     let target = match run {
         Some(id) => id,

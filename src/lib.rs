@@ -14,6 +14,7 @@ pub mod address;
 pub mod addressbooks;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod diff;
 pub mod directory;
 pub mod error;

@@ -751,7 +751,7 @@ pub fn build(
     old: &Directory,
 ) -> Result<PlanSummary> {
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return crate::store::pg::plan(progress, cfg, current, old);
+        return crate::db::plan::plan(progress, cfg, current, old);
     }
     let mapper = Mapper::new(cfg, current, old)?;
     let started = std::time::Instant::now();

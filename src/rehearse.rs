@@ -15,7 +15,7 @@ pub const MARKER: &str = ".principal-reconciler-rehearsal";
 /// previous rehearsal in `dir` is replaced; any other non-empty folder is refused.
 pub fn prepare(cfg: &mut Config, dir: &Path) -> Result<PathBuf> {
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return crate::store::pg::rehearse::prepare(cfg, dir);
+        return crate::db::rehearse::prepare(cfg, dir);
     }
     if dir.exists() {
         let non_empty = std::fs::read_dir(dir)

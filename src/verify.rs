@@ -83,7 +83,7 @@ impl VerifyReport {
 /// check, or [`verify_files`].
 pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
     if cfg.store.kind == StoreKind::CalendarserverPg {
-        return crate::store::pg::verify(progress, cfg, current);
+        return crate::db::verify::verify(progress, cfg, current);
     }
     verify_files(progress, cfg, current)
 }

@@ -1,5 +1,5 @@
 //! `doctor [--fix]`: the store's ownership, permissions and caches ([`crate::store::doctor`] for
-//! a file store, [`crate::store::pg::verify`] for a database), rendered.
+//! a file store, [`crate::db::verify`] for a database), rendered.
 
 use super::{Context, Outcome};
 use crate::config::StoreKind;
@@ -44,7 +44,7 @@ fn database(ctx: &Context, args: &DoctorArgs) -> Result<Outcome> {
             "doctor --fix does not write to a CalendarServer database; the problems listed by `doctor` are repaired by CalendarServer itself (MD5, ORGANIZER on the next write) or through plan and apply",
         ));
     }
-    let f = crate::store::pg::verify::doctor(&ctx.config)?;
+    let f = crate::db::verify::doctor(&ctx.config)?;
     let problems = &f.report.problems;
     let status = if problems.is_empty() {
         ExitStatus::Ok

@@ -311,6 +311,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         _ => {}
     }
     let config = Config::load(&cli.config)?;
+    crate::store::pg::connect::check_dsn(&config.store, &config.source.display().to_string())?;
     // Held until the command ends (dropped after the match below).
     let _lock = take_locks(&cli.command, &config)?;
     let ctx = Context {

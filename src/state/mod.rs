@@ -3,6 +3,8 @@
 //! The words stored in it (run kinds, run states, step states, actions, plan statuses) are Rust
 //! enums here; their stored strings are fixed (old databases keep reading the same).
 
+pub mod pg_rows;
+
 use crate::error::{Error, Result};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};

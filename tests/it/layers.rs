@@ -40,28 +40,38 @@ const LAYERS: &[(&str, &[&str])] = &[
             "precount",
         ],
     ),
-    ("mapping", &["mapping", "mapping_file"]),
-    ("homes", &["homes", "rehearse"]),
+    // `db` (the database store's workflow) only declares its parts, each placed with its kind;
+    // `db::rewrite` is the mapping of database rows that its plan and apply share.
+    ("mapping", &["mapping", "mapping_file", "db", "db::rewrite"]),
+    ("homes", &["homes", "rehearse", "db::rehearse"]),
     ("addressbooks", &["addressbooks"]),
     // apply and its choice of the homes each stage carries out
-    ("journal", &["journal", "stage"]),
-    ("plan", &["plan"]),
+    (
+        "journal",
+        &["journal", "stage", "db::apply", "db::rollback"],
+    ),
+    ("plan", &["plan", "db::plan"]),
     ("report", &["report"]),
     ("provision", &["provision"]),
-    ("verify", &["verify"]),
+    ("verify", &["verify", "db::verify"]),
     ("queries", &["diff", "history"]),
     ("cli", &["cli"]),
 ];
 
 /// Modules that must not import each other in either direction: they meet only through the
 /// state database (the plan rows `plan` writes and `journal` carries out).
-const APART: &[(&str, &str)] = &[("plan", "journal")];
+const APART: &[(&str, &str)] = &[
+    ("plan", "journal"),
+    ("plan", "db::apply"),
+    ("plan", "db::rollback"),
+    ("db::plan", "journal"),
+    ("db::plan", "db::apply"),
+    ("db::plan", "db::rollback"),
+];
 
 /// Violations still to fix (phase 2): (importing module, imported module as placed in
 /// [`LAYERS`]).
 const KNOWN: &[(&str, &str)] = &[
-    // config validation calls into the database backend.
-    ("config", "store"),
     // plan and journal must meet only through the plan rows of the state database.
     ("journal", "plan"),
     ("journal", "cli"),
@@ -69,15 +79,6 @@ const KNOWN: &[(&str, &str)] = &[
     // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
     ("addressbooks", "journal"),
     ("addressbooks", "plan"),
-    // the database store's plan, apply, rollback and verify.
-    ("store::pg::apply", "journal"),
-    ("store::pg::apply", "plan"),
-    ("store::pg::plan", "mapping"),
-    ("store::pg::plan", "plan"),
-    ("store::pg::rehearse", "rehearse"),
-    ("store::pg::rollback", "journal"),
-    ("store::pg::verify", "mapping"),
-    ("store::pg::verify", "verify"),
 ];
 
 fn layer_of(path: &str) -> Option<(usize, &'static str)> {

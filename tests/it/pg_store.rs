@@ -119,6 +119,53 @@ impl PgWorld {
     }
 }
 
+/// The DSN is the database backend's to check: the configuration reads without it, the command
+/// refuses a DSN holding a password (exit 2, naming the file) before anything is connected.
+#[test]
+fn a_password_in_the_dsn_is_refused_by_the_command_before_anything_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("new.ldif"), "").unwrap();
+    let config = dir.path().join("pg.toml");
+    for (dsn, says) in [
+        (
+            "postgresql://caldav:secret@localhost/caldav",
+            "dsn must not hold the password",
+        ),
+        (
+            "postgresql://h:notaport/db",
+            "is not a libpq connection string",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "[directory]\nldif = \"new.ldif\"\n\n[store]\nkind = \"calendarserver-pg\"\ndsn = \"{dsn}\"\n\n[state]\npath = \"state\"\n"
+            ),
+        )
+        .unwrap();
+        let cfg = principal_reconciler::config::Config::load(&config).unwrap();
+        let err = principal_reconciler::store::pg::connect::check_dsn(
+            &cfg.store,
+            &config.display().to_string(),
+        )
+        .unwrap_err();
+        assert!(err.message.contains(says), "{}", err.message);
+        let out = assert_cmd::Command::cargo_bin("principal-reconciler")
+            .unwrap()
+            .arg("--config")
+            .arg(&config)
+            .arg("--no-progress")
+            .arg("plan")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(stderr.contains(&config.display().to_string()), "{stderr}");
+        assert!(!dir.path().join("state").exists(), "nothing was made");
+    }
+}
+
 #[test]
 fn each_real_schema_loads_and_its_version_is_recognised_and_others_refused() {
     let Some(pg) = pg() else { return };

@@ -11,7 +11,8 @@
 //! the row as it was before means do it again, anything else is someone else's change (skipped).
 
 use crate::error::{Error, Result};
-use crate::state::State;
+use crate::state::pg_rows::{self, Mark};
+use crate::state::{State, StepState};
 use postgres::Transaction;
 use serde_json::Value;
 
@@ -187,30 +188,21 @@ pub fn journal_pending(
     label: &str,
 ) -> Result<Vec<i64>> {
     let tx = state.conn.transaction()?;
-    let mut seq: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(seq), 0) FROM pg_journal WHERE run_id = ?1",
-        [run_id],
-        |r| r.get(0),
-    )?;
     let mut out = Vec::with_capacity(edits.len());
     {
-        let mut ins = tx.prepare(
-            "INSERT INTO pg_journal (run_id, seq, kind, table_name, key, label, old_row, undoes_seq, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
-        )?;
+        let mut steps = pg_rows::StepAppender::new(&tx, run_id)?;
         for (i, e) in edits.iter().enumerate() {
-            seq += 1;
             let after = if e.delete { Value::Null } else { e.after() };
-            ins.execute(rusqlite::params![
-                run_id,
-                seq,
-                if e.delete { "delete" } else { kind },
-                e.table,
-                e.before.to_string(),
+            let after = after.to_string().into_bytes();
+            out.push(steps.append(&pg_rows::NewStep {
+                kind: if e.delete { "delete" } else { kind },
+                table: &e.table,
+                key: e.before.to_string(),
                 label,
-                after.to_string().into_bytes(),
-                undoes.get(i).copied().flatten(),
-            ])?;
-            out.push(seq);
+                old_row: Some(&after),
+                undoes_seq: undoes.get(i).copied().flatten(),
+                ..Default::default()
+            })?);
         }
     }
     tx.commit()?;
@@ -218,16 +210,9 @@ pub fn journal_pending(
 }
 
 /// Marks journal steps with their outcome.
-pub fn mark(state: &mut State, run_id: i64, marks: &[(i64, &str, String)]) -> Result<()> {
+pub fn mark(state: &mut State, run_id: i64, marks: &[Mark]) -> Result<()> {
     let tx = state.conn.transaction()?;
-    {
-        let mut up = tx.prepare(
-            "UPDATE pg_journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-        )?;
-        for (seq, st, detail) in marks {
-            up.execute(rusqlite::params![st, detail, run_id, seq])?;
-        }
-    }
+    pg_rows::mark_steps(&tx, run_id, marks)?;
     tx.commit()?;
     Ok(())
 }
@@ -297,42 +282,26 @@ pub fn undo_of(step: &Step, ctid: String) -> RowEdit {
     }
 }
 
-/// Steps of a run in a state, newest first or oldest first.
+/// Steps of a run in one of `states`, newest first or oldest first.
 pub fn steps(
     state: &State,
     run_id: i64,
-    where_state: &str,
+    states: &[StepState],
     newest_first: bool,
 ) -> Result<Vec<Step>> {
-    let mut st = state.conn.prepare(&format!(
-        "SELECT seq, kind, table_name, key, COALESCE(old_row, X''), label FROM pg_journal
-         WHERE run_id = ?1 AND kind IN ('row', 'delete') AND state IN ({where_state}) ORDER BY seq {}",
-        if newest_first { "DESC" } else { "ASC" }
-    ))?;
-    let rows = st.query_map([run_id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, Vec<u8>>(4)?,
-            r.get::<_, String>(5)?,
-        ))
-    })?;
     let mut out = Vec::new();
-    for r in rows {
-        let (seq, kind, table, before, after, label) = r?;
+    for r in pg_rows::row_steps(&state.conn, run_id, states, newest_first)? {
         out.push(Step {
-            seq,
-            kind,
-            table,
-            before: serde_json::from_str(&before)?,
-            after: if after.is_empty() {
+            seq: r.seq,
+            kind: r.kind,
+            table: r.table,
+            before: serde_json::from_str(&r.before)?,
+            after: if r.after.is_empty() {
                 Value::Null
             } else {
-                serde_json::from_slice(&after)?
+                serde_json::from_slice(&r.after)?
             },
-            label,
+            label: r.label,
         });
     }
     Ok(out)
@@ -340,13 +309,9 @@ pub fn steps(
 
 /// Finishes the row steps a crash left pending: done when the row is as after, redone when it is
 /// as before, skipped otherwise.
-pub fn finish_pending(
-    tx: &mut Transaction<'_>,
-    state: &State,
-    run_id: i64,
-) -> Result<Vec<(i64, &'static str, String)>> {
+pub fn finish_pending(tx: &mut Transaction<'_>, state: &State, run_id: i64) -> Result<Vec<Mark>> {
     let mut marks = Vec::new();
-    for step in steps(state, run_id, "'pending'", false)? {
+    for step in steps(state, run_id, &[StepState::Pending], false)? {
         let pk = primary_key(tx, &step.table)?;
         let done = if step.kind == "delete" {
             find_row(tx, &step.table, &pk, &step.before)?.is_none()
@@ -354,25 +319,23 @@ pub fn finish_pending(
             find_row(tx, &step.table, &pk, &step.after)?.is_some()
         };
         if done {
-            marks.push((step.seq, "done", String::new()));
+            marks.push(Mark::done(step.seq));
             continue;
         }
         match find_row(tx, &step.table, &pk, &step.before)? {
             Some(ctid) => {
                 if write(tx, &edit_of(&step, ctid))? {
-                    marks.push((step.seq, "done", String::new()));
+                    marks.push(Mark::done(step.seq));
                 } else {
-                    marks.push((
+                    marks.push(Mark::skipped(
                         step.seq,
-                        "skipped",
-                        "a row with the new value exists already".into(),
+                        "a row with the new value exists already",
                     ));
                 }
             }
-            None => marks.push((
+            None => marks.push(Mark::skipped(
                 step.seq,
-                "skipped",
-                "changed since plan (found after an interrupted run)".into(),
+                "changed since plan (found after an interrupted run)",
             )),
         }
     }

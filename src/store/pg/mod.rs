@@ -3,27 +3,21 @@
 //! The same migration as the file store, on CalendarServer's database: homes keyed by
 //! `OWNER_UID`, ORGANIZER/ATTENDEE inside `CALENDAR_OBJECT.ICALENDAR_TEXT`, and the uid-keyed
 //! tables of each schema version. Submodules: [`connect`] (DSN, password, TLS), [`schema`] (the
-//! version and what it keeps where), [`read`] (server-side cursors, home by home), [`plan`]
-//! (changes nothing), [`apply`] (batched, MD5-checked transactions, journaled first), [`rollback`],
-//! [`verify`] (and the doctor) and [`rehearse`] (a copy of the database).
-//!
-//! Entry points are the `plan`, `apply`, `rollback`, `verify`, `doctor` and `rehearse` functions
-//! below; the CLI commands dispatch to them when the store kind is `calendarserver-pg`.
+//! version and what it keeps where), [`read`] (server-side cursors, home by home), [`edits`]
+//! (journaled row edits), [`scan`], [`prune`] and [`runs`] (its rows in the state folder's upkeep).
+//! This is the backend: reading and writing the database. The workflow on it — plan, apply,
+//! rollback, verify and rehearse — is [`crate::db`], each part in the layer of its kind; the
+//! commands dispatch there when the store kind is `calendarserver-pg`.
 //! Nothing of the tool's own is kept in CalendarServer's database: plans, journals and the old
 //! rows live in the state database under `[state] path`.
 
-pub mod apply;
 pub mod connect;
 pub mod edits;
-pub mod plan;
 pub mod prune;
 pub mod read;
-pub mod rehearse;
-pub mod rollback;
 pub mod runs;
 pub mod scan;
 pub mod schema;
-pub mod verify;
 
 use crate::config::Config;
 use crate::error::Result;
@@ -83,8 +77,3 @@ impl Db {
 pub(crate) fn pg_err(what: &str) -> impl Fn(postgres::Error) -> crate::error::Error + '_ {
     move |e| crate::error::Error::runtime(format!("{what}: {}", connect::describe(&e)))
 }
-
-pub use apply::apply;
-pub use plan::plan;
-pub use rollback::rollback;
-pub use verify::verify;

@@ -254,8 +254,17 @@ fn stream<T>(
     }
 }
 
-/// A calendar object as `scan` reads it: RESOURCE_ID, CALENDAR_RESOURCE_ID, RESOURCE_NAME, text.
-pub type ObjectText = (i64, i64, String, String);
+/// A calendar object as `scan` reads it.
+pub struct ObjectText {
+    /// RESOURCE_ID.
+    pub id: i64,
+    /// CALENDAR_RESOURCE_ID.
+    pub calendar_id: i64,
+    /// RESOURCE_NAME.
+    pub name: String,
+    /// ICALENDAR_TEXT.
+    pub text: String,
+}
 
 /// Streams every calendar object, in RESOURCE_ID order (`scan`).
 pub fn all_objects(
@@ -266,7 +275,12 @@ pub fn all_objects(
         tx,
         "SELECT RESOURCE_ID::bigint, CALENDAR_RESOURCE_ID::bigint, RESOURCE_NAME, ICALENDAR_TEXT FROM CALENDAR_OBJECT ORDER BY RESOURCE_ID",
         &[],
-        |r| (r.get(0), r.get(1), r.get(2), r.get(3)),
+        |r| ObjectText {
+            id: r.get(0),
+            calendar_id: r.get(1),
+            name: r.get(2),
+            text: r.get(3),
+        },
         each,
     )
 }

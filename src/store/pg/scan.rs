@@ -14,18 +14,29 @@ use crate::store::scan::{AddrStat, Inventory, MAX_LISTED_PROBLEMS};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
-/// One object's distinct addresses: (key, kind, domain, occurrences).
-type Found = Vec<(String, AddressKind, Option<String>, u64)>;
+/// One distinct address of an object.
+struct Found {
+    key: String,
+    kind: AddressKind,
+    domain: Option<String>,
+    occurrences: u64,
+}
 
-fn per_object(text: &str) -> std::result::Result<Found, crate::ical::IcalError> {
+/// One object's distinct addresses.
+fn per_object(text: &str) -> std::result::Result<Vec<Found>, crate::ical::IcalError> {
     let info = crate::ical::scan(text.as_bytes())?;
-    let mut out: Found = Vec::new();
+    let mut out: Vec<Found> = Vec::new();
     for a in &info.addresses {
         let parsed = CalAddress::parse(&a.value);
         let key = parsed.key();
-        match out.iter_mut().find(|r| r.0 == key) {
-            Some(r) => r.3 += 1,
-            None => out.push((key, parsed.kind(), parsed.domain().map(str::to_string), 1)),
+        match out.iter_mut().find(|r| r.key == key) {
+            Some(r) => r.occurrences += 1,
+            None => out.push(Found {
+                key,
+                kind: parsed.kind(),
+                domain: parsed.domain().map(str::to_string),
+                occurrences: 1,
+            }),
         }
     }
     Ok(out)
@@ -54,9 +65,13 @@ pub fn inventory(cfg: &Config, progress: &dyn Progress) -> Result<Inventory> {
     read::all_objects(&mut tx, &mut |batch: Vec<read::ObjectText>| {
         let found: Vec<_> = batch
             .into_par_iter()
-            .map(|(id, cal, name, text)| (id, cal, name, text.len(), per_object(&text)))
+            .map(|o| {
+                let r = per_object(&o.text);
+                (o, r)
+            })
             .collect();
-        for (id, cal, name, len, r) in found {
+        for (o, r) in found {
+            let (id, cal, name, len) = (o.id, o.calendar_id, o.name, o.text.len());
             bar.inc(1);
             inv.resources += 1;
             inv.bytes += len as u64;
@@ -74,11 +89,12 @@ pub fn inventory(cfg: &Config, progress: &dyn Progress) -> Result<Inventory> {
                     }
                 }
                 Ok(found) => {
-                    for (key, kind, domain, n) in found {
+                    for f in found {
+                        let n = f.occurrences;
                         inv.address_occurrences += n;
-                        let st = addrs.entry(key).or_insert(AddrStat {
-                            kind,
-                            domain,
+                        let st = addrs.entry(f.key).or_insert(AddrStat {
+                            kind: f.kind,
+                            domain: f.domain,
                             occurrences: 0,
                             resources: 0,
                         });

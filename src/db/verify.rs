@@ -5,9 +5,6 @@
 //! whose owner is in no directory (or still under an old uid), group-card members and uid
 //! columns still naming old principals.
 
-use super::read::{self, ObjectRow};
-use super::schema::{md5_hex, ValueKind};
-use super::Db;
 use crate::address::CalAddress;
 use crate::config::Config;
 use crate::directory::Directory;
@@ -15,13 +12,16 @@ use crate::error::Result;
 use crate::ical;
 use crate::mapping::{self, Mapper, Observed, Verdict};
 use crate::progress::Progress;
+use crate::store::pg::read::{self, HomeRow, ObjectRow};
+use crate::store::pg::schema::{md5_hex, ValueKind};
+use crate::store::pg::{Db, Schema};
 use crate::verify::{check_resource, Organizers, VerifyReport};
 use std::collections::{HashMap, HashSet};
 
 /// The integrity of one object's columns: ORGANIZER and MD5 as CalendarServer computes them.
 fn check_columns(
     report: &mut VerifyReport,
-    schema: &super::Schema,
+    schema: &crate::store::pg::Schema,
     row: &ObjectRow,
     info: &ical::CalendarInfo,
 ) {
@@ -55,7 +55,7 @@ fn walk_objects(
     mut each: impl FnMut(&mut VerifyReport, &ObjectRow, &ical::CalendarInfo),
 ) -> Result<Vec<read::HomeRow>> {
     let schema = db.schema.clone();
-    let mut tx = db.snapshot().map_err(super::pg_err("begin"))?;
+    let mut tx = db.snapshot().map_err(crate::store::pg::pg_err("begin"))?;
     let mut homes = Vec::new();
     for t in read::HOME_TABLES {
         homes.extend(read::homes(&mut tx, &schema, t)?);
@@ -88,9 +88,12 @@ fn walk_objects(
         read::home_objects(&mut tx, id, &mut sink)?;
     }
     read::orphan_objects(&mut tx, &mut sink)?;
-    tx.commit().map_err(super::pg_err("commit"))?;
+    tx.commit().map_err(crate::store::pg::pg_err("commit"))?;
     Ok(homes)
 }
+
+/// A memo of the mapper's verdicts, by address key.
+type Resolve<'r> = dyn FnMut(&CalAddress) -> (Verdict, Option<String>) + 'r;
 
 /// Checks the database against the current directory.
 pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
@@ -123,25 +126,44 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
         check_columns(report, &schema, row, info);
     })?;
     bar.finish();
-    // A bare uid: current (its record has that GUID), moved (an old GUID of someone), or orphan.
-    let uid_state = |uid: &str| -> std::result::Result<(), Option<String>> {
-        let r = mapper.resolve(&super::plan::uid_address(uid), &Observed::default());
-        match (r.outcome, r.target) {
-            (Verdict::Acknowledged, _) => Ok(()),
-            (Verdict::Mapped | Verdict::Unchanged, Some(p)) => {
-                if p.guid.as_str().eq_ignore_ascii_case(uid) {
-                    Ok(())
-                } else {
-                    Err(Some(p.guid.to_string()))
-                }
+    check_homes(&mut report, &mapper, &homes);
+    // Group members and uid columns still naming old principals.
+    let mut tx = db
+        .client
+        .transaction()
+        .map_err(crate::store::pg::pg_err("begin"))?;
+    check_cards(&mut tx, &schema, &mapper, &homes, &mut report)?;
+    check_values(&mut tx, &schema, &mapper, &mut resolve, &mut report)?;
+    tx.commit().map_err(crate::store::pg::pg_err("commit"))?;
+    report
+        .problems
+        .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
+    Ok(report)
+}
+
+/// A bare uid: current (its record has that GUID: `Ok`), moved (an old GUID of someone: the
+/// new one), or orphan (`Err(None)`).
+fn uid_state(mapper: &Mapper<'_>, uid: &str) -> std::result::Result<(), Option<String>> {
+    let r = mapper.resolve(&crate::db::rewrite::uid_address(uid), &Observed::default());
+    match (r.outcome, r.target) {
+        (Verdict::Acknowledged, _) => Ok(()),
+        (Verdict::Mapped | Verdict::Unchanged, Some(p)) => {
+            if p.guid.as_str().eq_ignore_ascii_case(uid) {
+                Ok(())
+            } else {
+                Err(Some(p.guid.to_string()))
             }
-            _ => Err(None),
         }
-    };
-    for h in &homes {
+        _ => Err(None),
+    }
+}
+
+/// Homes still under an old uid, or whose owner is in no directory.
+fn check_homes(report: &mut VerifyReport, mapper: &Mapper<'_>, homes: &[HomeRow]) {
+    for h in homes {
         report.homes += 1;
         let at = format!("{}/{}", h.table.to_ascii_lowercase(), h.owner_uid);
-        match uid_state(&h.owner_uid) {
+        match uid_state(mapper, &h.owner_uid) {
             Ok(()) => {}
             Err(Some(v)) => report.add(
                 "home-not-adopted",
@@ -155,11 +177,19 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
             ),
         }
     }
-    // Group members and uid columns still naming old principals.
-    let mut tx = db.client.transaction().map_err(super::pg_err("begin"))?;
+}
+
+/// Cards that do not parse or whose MD5 is stale, group members still naming old principals.
+fn check_cards(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    mapper: &Mapper<'_>,
+    homes: &[HomeRow],
+    report: &mut VerifyReport,
+) -> Result<()> {
     for h in homes.iter().filter(|h| h.table == "ADDRESSBOOK_HOME") {
         let mut cards = Vec::new();
-        read::home_cards(&mut tx, &schema, h.id, |b| {
+        read::home_cards(tx, schema, h.id, |b| {
             cards.extend(b);
             Ok(())
         })?;
@@ -179,13 +209,13 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
                         );
                     }
                     for crate::vcard::Member { line, value: m } in &info.members {
-                        let uid = match super::plan::member_address(m, &local) {
+                        let uid = match crate::db::rewrite::member_address(m, &local) {
                             Some(CalAddress::UrnUuid(g)) => Some(g.to_string()),
                             Some(CalAddress::UrnXUid(u)) => Some(u),
                             _ => None,
                         };
                         if let Some(uid) = uid {
-                            if let Err(Some(v)) = uid_state(&uid) {
+                            if let Err(Some(v)) = uid_state(mapper, &uid) {
                                 report.add(
                                     "not-canonical",
                                     &format!("{}:{line}", c.label()),
@@ -198,6 +228,17 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
             }
         }
     }
+    Ok(())
+}
+
+/// Uid and address columns still holding old principals' values.
+fn check_values(
+    tx: &mut postgres::Transaction<'_>,
+    schema: &Schema,
+    mapper: &Mapper<'_>,
+    resolve: &mut Resolve<'_>,
+    report: &mut VerifyReport,
+) -> Result<()> {
     for vc in &schema.values {
         let rows = tx
             .query(
@@ -208,12 +249,12 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
                 ),
                 &[],
             )
-            .map_err(super::pg_err(vc.table))?;
+            .map_err(crate::store::pg::pg_err(vc.table))?;
         for r in rows {
             let v: String = r.get(0);
             let n: i64 = r.get(1);
             let stale = match vc.kind {
-                ValueKind::Uid => match uid_state(&v) {
+                ValueKind::Uid => match uid_state(mapper, &v) {
                     Err(Some(new)) => Some(new),
                     _ => None,
                 },
@@ -231,11 +272,7 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
             }
         }
     }
-    tx.commit().map_err(super::pg_err("commit"))?;
-    report
-        .problems
-        .sort_by(|a, b| (&a.kind, &a.path).cmp(&(&b.kind, &b.path)));
-    Ok(report)
+    Ok(())
 }
 
 /// What `doctor` found on a database, with the database it looked at.

@@ -4,9 +4,9 @@
 //! The real database is only read (as the template). A later rehearsal replaces the copy — only a
 //! database this tool made as a rehearsal (its comment says so) is ever dropped.
 
-use super::connect::Target;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::store::pg::connect::Target;
 use std::path::{Path, PathBuf};
 
 const COMMENT: &str = "principal-reconciler rehearsal copy";
