@@ -1025,25 +1025,13 @@ pub fn build(
     );
     let databases = plan_databases(&tx, plan_id, cfg, &mapper)?;
     let provision = plan_provision(&tx, plan_id, cfg, current, old)?;
-    {
-        let mut ins = tx.prepare(
-            "INSERT INTO plan_problems (plan_id, path, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for p in &problems {
-            ins.execute(rusqlite::params![plan_id, p.path, p.kind, p.detail])?;
-        }
-    }
+    store_problems(&tx, plan_id, &problems)?;
 
-    let mut directory_counts: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &current.records {
-        *directory_counts
-            .entry(r.kind.as_str().to_string())
-            .or_default() += 1;
-    }
     let mut warnings = current.warnings.clone();
     warnings.extend(old.warnings.iter().cloned());
     warnings.extend(mapper.warnings.iter().cloned());
     warnings.extend(mapper.unused_overrides(&mapping));
+    let counts = MappingCounts::of(&mapping);
     let summary = PlanSummary {
         plan_id,
         created_at,
@@ -1053,32 +1041,16 @@ pub fn build(
             .to_string(),
         store_path: store_path.to_string_lossy().into_owned(),
         directory_origin: current.origin.clone(),
-        directory_counts,
+        directory_counts: directory_counts(current),
         old_records: old.records.len(),
         warnings,
         resources_scanned: survey.resources,
         resources_changed: changed,
         properties_changed: props,
-        by_outcome: mapping
-            .counts_by_outcome()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        by_rule: mapping
-            .counts_by_rule()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        ambiguous: mapping
-            .with_outcome(mapping::Verdict::Ambiguous)
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        unmatched: mapping
-            .with_outcome(mapping::Verdict::Unmatched)
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        by_outcome: counts.by_outcome,
+        by_rule: counts.by_rule,
+        ambiguous: counts.ambiguous,
+        unmatched: counts.unmatched,
         homes: homes_count,
         problems,
         databases,
@@ -1094,6 +1066,65 @@ pub fn build(
     let _ = state.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     tracing::info!("plan {plan_id} stored at {:.2?}", started.elapsed());
     Ok(summary)
+}
+
+/// The plan's problems (`plan_problems`), for the file and the database store alike.
+pub(crate) fn store_problems(
+    tx: &rusqlite::Connection,
+    plan_id: i64,
+    problems: &[Finding],
+) -> Result<()> {
+    let mut ins = tx.prepare(
+        "INSERT INTO plan_problems (plan_id, path, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for p in problems {
+        ins.execute(rusqlite::params![plan_id, p.path, p.kind, p.detail])?;
+    }
+    Ok(())
+}
+
+/// The current directory's records counted by kind (the summary's `directory_counts`).
+pub(crate) fn directory_counts(current: &Directory) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &current.records {
+        *counts.entry(r.kind.as_str().to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// The summary's counts of the mapping: by outcome and rule, the ambiguous and the unmatched.
+pub(crate) struct MappingCounts {
+    pub(crate) by_outcome: BTreeMap<String, usize>,
+    pub(crate) by_rule: BTreeMap<String, usize>,
+    pub(crate) ambiguous: Vec<String>,
+    pub(crate) unmatched: Vec<String>,
+}
+
+impl MappingCounts {
+    /// Counts `mapping`.
+    pub(crate) fn of(mapping: &Mapping) -> MappingCounts {
+        let keys = |v: mapping::Verdict| -> Vec<String> {
+            mapping
+                .with_outcome(v)
+                .into_iter()
+                .map(String::from)
+                .collect()
+        };
+        MappingCounts {
+            by_outcome: mapping
+                .counts_by_outcome()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            by_rule: mapping
+                .counts_by_rule()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            ambiguous: keys(mapping::Verdict::Ambiguous),
+            unmatched: keys(mapping::Verdict::Unmatched),
+        }
+    }
 }
 
 /// Stores how every address resolved (the report's mapping table).

@@ -88,6 +88,21 @@ pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Res
     verify_files(progress, cfg, current)
 }
 
+/// The mapper's verdict on an address (and the value it would write), asked once per address key.
+pub(crate) fn memo_resolver<'m>(
+    mapper: &'m Mapper<'_>,
+) -> impl FnMut(&CalAddress) -> (Verdict, Option<String>) + 'm {
+    let mut memo: HashMap<String, (Verdict, Option<String>)> = HashMap::new();
+    move |addr: &CalAddress| {
+        memo.entry(addr.key())
+            .or_insert_with(|| {
+                let r = mapper.resolve(addr, &Observed::default());
+                (r.outcome, r.new_value)
+            })
+            .clone()
+    }
+}
+
 /// Checks a file store (calendars, address books and the doctor's findings) against the current
 /// directory, reporting its walk to `progress`.
 pub fn verify_files(
@@ -97,15 +112,7 @@ pub fn verify_files(
 ) -> Result<VerifyReport> {
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
-    let mut memo: HashMap<String, (Verdict, Option<String>)> = HashMap::new();
-    let mut resolve = |addr: &CalAddress| {
-        memo.entry(addr.key())
-            .or_insert_with(|| {
-                let r = mapper.resolve(addr, &Observed::default());
-                (r.outcome, r.new_value)
-            })
-            .clone()
-    };
+    let mut resolve = memo_resolver(&mapper);
     let mut report = VerifyReport::default();
     let mut organizers: Organizers = HashMap::new();
     let mut homes_present: HashSet<HomeRef> = HashSet::new();

@@ -182,7 +182,7 @@ pub fn plan(
     let provision = crate::plan::plan_provision(&stx, plan_id, cfg, current, old)?;
     let mut problems = std::mem::take(&mut survey.problems);
     problems.sort_by(|a, b| a.path.cmp(&b.path));
-    store_problems(&stx, plan_id, &problems)?;
+    crate::plan::store_problems(&stx, plan_id, &problems)?;
     let queued = queued_work(&mut tx, &schema)?;
     if queued > 0 {
         warnings.push(format!(
@@ -191,14 +191,14 @@ pub fn plan(
     }
     tx.commit().map_err(|e| label_err(&label, &e))?;
 
-    let counts = mapping_counts(&mapping);
+    let counts = crate::plan::MappingCounts::of(&mapping);
     let summary = PlanSummary {
         plan_id,
         created_at,
         store_kind: "calendarserver-pg".into(),
         store_path: label,
         directory_origin: current.origin.clone(),
-        directory_counts: directory_counts(current),
+        directory_counts: crate::plan::directory_counts(current),
         old_records: old.records.len(),
         warnings,
         resources_scanned: survey.scanned,
@@ -287,62 +287,6 @@ fn finding(path: String, kind: &str, detail: String) -> Finding {
         kind: kind.to_string(),
         detail,
         fixed: None,
-    }
-}
-
-/// The plan's problems (`plan_problems`).
-fn store_problems(stx: &rusqlite::Connection, plan_id: i64, problems: &[Finding]) -> Result<()> {
-    let mut ins = stx.prepare(
-        "INSERT INTO plan_problems (plan_id, path, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for p in problems {
-        ins.execute(rusqlite::params![plan_id, p.path, p.kind, p.detail])?;
-    }
-    Ok(())
-}
-
-/// The directory's records counted by kind.
-fn directory_counts(current: &Directory) -> BTreeMap<String, usize> {
-    let mut directory_counts: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &current.records {
-        *directory_counts
-            .entry(r.kind.as_str().to_string())
-            .or_default() += 1;
-    }
-    directory_counts
-}
-
-/// The summary's counts of the mapping.
-struct MappingCounts {
-    by_outcome: BTreeMap<String, usize>,
-    by_rule: BTreeMap<String, usize>,
-    ambiguous: Vec<String>,
-    unmatched: Vec<String>,
-}
-
-/// The summary's counts of the mapping (by outcome and rule, the ambiguous and unmatched).
-fn mapping_counts(mapping: &Mapping) -> MappingCounts {
-    MappingCounts {
-        by_outcome: mapping
-            .counts_by_outcome()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        by_rule: mapping
-            .counts_by_rule()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        ambiguous: mapping
-            .with_outcome(mapping::Verdict::Ambiguous)
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        unmatched: mapping
-            .with_outcome(mapping::Verdict::Unmatched)
-            .into_iter()
-            .map(String::from)
-            .collect(),
     }
 }
 

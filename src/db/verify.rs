@@ -99,15 +99,7 @@ type Resolve<'r> = dyn FnMut(&CalAddress) -> (Verdict, Option<String>) + 'r;
 pub fn verify(progress: &dyn Progress, cfg: &Config, current: &Directory) -> Result<VerifyReport> {
     let old = Directory::default();
     let mapper = Mapper::new(cfg, current, &old)?;
-    let mut memo: HashMap<String, (Verdict, Option<String>)> = HashMap::new();
-    let mut resolve = |addr: &CalAddress| {
-        memo.entry(addr.key())
-            .or_insert_with(|| {
-                let r = mapper.resolve(addr, &Observed::default());
-                (r.outcome, r.new_value)
-            })
-            .clone()
-    };
+    let mut resolve = crate::verify::memo_resolver(&mapper);
     let mut db = Db::open(cfg)?;
     let schema = db.schema.clone();
     let mut report = VerifyReport::default();
