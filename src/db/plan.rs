@@ -515,19 +515,9 @@ fn survey_values(
     survey: &mut Survey,
 ) -> Result<()> {
     for (i, vc) in p.schema.values.iter().enumerate() {
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT {c}, COUNT(*) FROM {t} WHERE {c} IS NOT NULL AND {c} <> '' GROUP BY {c} ORDER BY {c}",
-                    c = vc.column,
-                    t = vc.table
-                ),
-                &[],
-            )
+        let rows = crate::store::pg::read::value_counts(tx, vc.table, vc.column)
             .map_err(|e| db_err(p.label, vc.table, &e))?;
-        for r in rows {
-            let v: String = r.get(0);
-            let n: i64 = r.get(1);
+        for crate::store::pg::read::ValueRows { value: v, rows: n } in rows {
             let addr = match vc.kind {
                 ValueKind::Uid => uid_address(&v),
                 ValueKind::Address => mapping::parse_found(&v),

@@ -232,19 +232,9 @@ fn check_values(
     report: &mut VerifyReport,
 ) -> Result<()> {
     for vc in &schema.values {
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT {c}, COUNT(*) FROM {t} WHERE {c} IS NOT NULL AND {c} <> '' GROUP BY {c}",
-                    c = vc.column,
-                    t = vc.table
-                ),
-                &[],
-            )
+        let rows = crate::store::pg::read::value_counts(tx, vc.table, vc.column)
             .map_err(crate::store::pg::pg_err(vc.table))?;
-        for r in rows {
-            let v: String = r.get(0);
-            let n: i64 = r.get(1);
+        for crate::store::pg::read::ValueRows { value: v, rows: n } in rows {
             let stale = match vc.kind {
                 ValueKind::Uid => match uid_state(mapper, &v) {
                     Err(Some(new)) => Some(new),

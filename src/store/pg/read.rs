@@ -284,3 +284,33 @@ pub fn all_objects(
         each,
     )
 }
+
+/// A distinct value of a uid or address column and how many rows hold it.
+#[derive(Clone, Debug)]
+pub struct ValueRows {
+    /// The value as stored.
+    pub value: String,
+    /// Rows that hold it.
+    pub rows: i64,
+}
+
+/// The distinct non-empty values of `table.column` with their row counts, in value order: what
+/// plan surveys and verify checks of the uid and address columns.
+pub fn value_counts(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    column: &str,
+) -> std::result::Result<Vec<ValueRows>, postgres::Error> {
+    let sql = format!(
+        "SELECT {column}, COUNT(*) FROM {table} WHERE {column} IS NOT NULL AND {column} <> '' \
+         GROUP BY {column} ORDER BY {column}"
+    );
+    Ok(tx
+        .query(&sql, &[])?
+        .iter()
+        .map(|r| ValueRows {
+            value: r.get(0),
+            rows: r.get(1),
+        })
+        .collect())
+}
