@@ -389,32 +389,12 @@ fn rollback_after_a_killed_apply_restores_the_original_store() {
     let w = World::new(6, 1200, 18);
     let before = tree(&w.store.root);
     w.cmd().arg("plan").assert().code(0);
-    let mut child =
-        std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
-            .arg("--config")
-            .arg(&w.config)
-            .args(["--no-progress", "-q", "apply"])
-            .spawn()
-            .unwrap();
-    // Wait until some resources were written, then kill.
-    let state = w.path("state/state.sqlite");
-    for _ in 0..2000 {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let done: i64 = rusqlite::Connection::open(&state)
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT COUNT(*) FROM journal WHERE state = 'done'",
-                    [],
-                    |r| r.get(0),
-                )
-            })
-            .unwrap_or(0);
-        if done > 0 {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::support::child::kill_apply_after_first_step(
+        &w.config,
+        &w.path("state/state.sqlite"),
+        "journal",
+        2000,
+    );
     w.cmd().arg("rollback").assert().code(0);
     assert_same_tree(&tree(&w.store.root), &before, "store");
 }

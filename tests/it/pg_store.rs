@@ -879,32 +879,12 @@ fn rollback_after_a_killed_apply_restores_the_original_database() {
     let w = PgWorld::new(&pg, 28, 6, 1200, 95);
     let before = dump(&pg, &w, &BOOKKEEPING);
     w.cmd().arg("plan").assert().code(0);
-    let mut child =
-        std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
-            .arg("--config")
-            .arg(&w.config)
-            .args(["--no-progress", "-q", "apply"])
-            .spawn()
-            .unwrap();
-    // Wait until some objects were written, then kill.
-    let state = w.path("state/state.sqlite");
-    for _ in 0..5000 {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let done: i64 = rusqlite::Connection::open(&state)
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT COUNT(*) FROM pg_journal WHERE state = 'done'",
-                    [],
-                    |r| r.get(0),
-                )
-            })
-            .unwrap_or(0);
-        if done > 0 {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::support::child::kill_apply_after_first_step(
+        &w.config,
+        &w.path("state/state.sqlite"),
+        "pg_journal",
+        5000,
+    );
     let mut tries = 0;
     loop {
         let out = w.cmd().arg("rollback").output().unwrap();

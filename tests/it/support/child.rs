@@ -97,3 +97,31 @@ impl Paused {
         (status.code(), out, self.stderr.join("\n"))
     }
 }
+
+/// Starts `apply` and SIGKILLs it as soon as the state database's `journal_table` (`journal`
+/// or `pg_journal`) records a step done, or after `polls` polls of 2 ms: a crash mid-run.
+pub fn kill_apply_after_first_step(
+    config: &Path,
+    state_db: &Path,
+    journal_table: &str,
+    polls: u32,
+) {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+        .arg("--config")
+        .arg(config)
+        .args(["--no-progress", "-q", "apply"])
+        .spawn()
+        .expect("spawn principal-reconciler apply");
+    let sql = format!("SELECT COUNT(*) FROM {journal_table} WHERE state = 'done'");
+    for _ in 0..polls {
+        std::thread::sleep(Duration::from_millis(2));
+        let done: i64 = rusqlite::Connection::open(state_db)
+            .and_then(|c| c.query_row(&sql, [], |r| r.get(0)))
+            .unwrap_or(0);
+        if done > 0 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
