@@ -1,5 +1,6 @@
 //! End to end through the CLI: plan, apply, rollback, migrate on generated 10.6 stores.
 
+use crate::support::child::{kill_after, xorshift};
 use crate::support::world;
 
 use predicates::prelude::*;
@@ -224,21 +225,9 @@ fn apply_killed_at_random_points_resumes_to_the_same_store() {
         );
         let w = World::new(8, 1500, 21);
         w.cmd().arg("plan").assert().code(0);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
         // A uniformly random instant within a full run's duration.
-        let delay = seed % full;
-        let mut child =
-            std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
-                .arg("--config")
-                .arg(&w.config)
-                .args(["--no-progress", "-q", "apply"])
-                .spawn()
-                .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(delay));
-        let _ = child.kill(); // SIGKILL
-        if child.wait().unwrap().code().is_some() {
+        let delay = std::time::Duration::from_micros(xorshift(&mut seed) % full);
+        if !kill_after(&w.config, "apply", delay) {
             continue; // it finished before the kill: not a crash
         }
         interrupted += 1;
@@ -278,20 +267,8 @@ fn rollback_killed_at_random_points_resumes_to_the_original_store() {
             "only {interrupted} of {attempts} kills hit a running rollback"
         );
         w.cmd().arg("apply").assert().code(0);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = seed % full;
-        let mut child =
-            std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
-                .arg("--config")
-                .arg(&w.config)
-                .args(["--no-progress", "-q", "rollback"])
-                .spawn()
-                .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(delay));
-        let _ = child.kill(); // SIGKILL
-        if child.wait().unwrap().code().is_some() {
+        let delay = std::time::Duration::from_micros(xorshift(&mut seed) % full);
+        if !kill_after(&w.config, "rollback", delay) {
             continue; // it finished before the kill: the store is rolled back already
         }
         interrupted += 1;

@@ -2,6 +2,7 @@
 //! the real schemas of ../shared/corpus/cs-pg-schema (v6 = 3.3, v28 = 5.2, v66 = 9.x) and a
 //! generated store imported into them: the same scenarios as the file store (tests/it/migrate.rs).
 
+use crate::support::child::{kill_after, xorshift};
 use crate::support::postgres::{self, Postgres};
 use crate::support::world;
 use principal_reconciler::config::{StoreConfig, StoreKind};
@@ -555,20 +556,8 @@ fn apply_killed_at_random_points_resumes_to_the_same_database() {
         w.cmd().arg("plan").assert().code(0);
         let original = objects(&mut client(&pg, &w));
         let max_rev = original.values().map(|o| o.3).max().unwrap();
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = seed % full[&v];
-        let mut child =
-            std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
-                .arg("--config")
-                .arg(&w.config)
-                .args(["--no-progress", "-q", "apply"])
-                .spawn()
-                .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(delay));
-        let _ = child.kill(); // SIGKILL
-        if child.wait().unwrap().code().is_some() {
+        let delay = std::time::Duration::from_micros(xorshift(&mut seed) % full[&v]);
+        if !kill_after(&w.config, "apply", delay) {
             continue; // it finished before the kill
         }
         interrupted += 1;

@@ -4,6 +4,7 @@
 //! `cargo test --release --test it -- --ignored stress`; PR_STRESS_N, PR_STRESS_APPLY_KILLS and
 //! PR_STRESS_ROLLBACK_KILLS change the size and the counts.
 
+use crate::support::child::{kill_after, xorshift};
 use crate::support::world::{assert_same_tree, tree, World};
 use std::time::{Duration, Instant};
 
@@ -12,28 +13,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn xorshift(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
-
-/// Starts `principal-reconciler <command>` and SIGKILLs it after `delay`; true when the kill hit a
-/// running process (false: it had finished already).
-fn kill_after(w: &World, command: &str, delay: Duration) -> bool {
-    let mut child =
-        std::process::Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
-            .arg("--config")
-            .arg(&w.config)
-            .args(["--no-progress", "-q", command])
-            .spawn()
-            .unwrap();
-    std::thread::sleep(delay);
-    let _ = child.kill(); // SIGKILL
-    child.wait().unwrap().code().is_none()
 }
 
 fn timed(w: &World, command: &str) -> u64 {
@@ -66,7 +45,7 @@ fn stress_killed_apply_and_rollback_on_a_large_store_end_byte_for_byte() {
             "only {hits} of {attempts} kills hit a running apply"
         );
         let delay = Duration::from_micros(xorshift(&mut seed) % apply_us);
-        let hit = kill_after(&w, "apply", delay);
+        let hit = kill_after(&w.config, "apply", delay);
         // Killed or not, `apply` ends the run (resuming it, or checking the store holds it).
         w.cmd().arg("apply").assert().code(0);
         assert_same_tree(
@@ -95,7 +74,7 @@ fn stress_killed_apply_and_rollback_on_a_large_store_end_byte_for_byte() {
         w.cmd().arg("apply").assert().code(0);
         assert_same_tree(&tree(&w.store.root), &applied, "applied again");
         let delay = Duration::from_micros(xorshift(&mut seed) % rollback_us);
-        if kill_after(&w, "rollback", delay) {
+        if kill_after(&w.config, "rollback", delay) {
             hits += 1;
         }
         w.cmd().arg("rollback").assert().code(0);

@@ -125,3 +125,25 @@ pub fn kill_apply_after_first_step(
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The next value of a xorshift generator: random instants the same in every run.
+pub fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// Starts `principal-reconciler --config CONFIG --no-progress -q COMMAND` and SIGKILLs it after
+/// `delay`; true when the kill hit a running process (false: it had finished already).
+pub fn kill_after(config: &Path, command: &str, delay: Duration) -> bool {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("principal-reconciler"))
+        .arg("--config")
+        .arg(config)
+        .args(["--no-progress", "-q", command])
+        .spawn()
+        .expect("spawn principal-reconciler");
+    std::thread::sleep(delay);
+    let _ = child.kill(); // SIGKILL
+    child.wait().unwrap().code().is_none()
+}
