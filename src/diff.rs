@@ -65,18 +65,10 @@ pub fn resource_diff(
     let plan_id = state.plan_or_latest(plan)?;
     let here = store_relative(store, resource);
     let lookup = |rel: &str| -> Result<Option<(String, String)>> {
-        Ok(state
-            .conn
-            .query_row(
-                "SELECT old_sha256, new_sha256 FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-                rusqlite::params![plan_id, rel],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?)
+        Ok(
+            crate::state::report_rows::resource_hashes(&state.conn, plan_id, rel)?
+                .map(|h| (h.old_sha256, h.new_sha256)),
+        )
     };
     // The resource as the plan names it: where it is now, or, after its home was adopted,
     // where it was (changes.csv's resource_after_adoption names the new place).

@@ -2,6 +2,7 @@
 //! undo now — the `git log` of a migration.
 
 use crate::error::Result;
+use crate::state::report_rows;
 use crate::state::State;
 use serde::Serialize;
 
@@ -26,32 +27,7 @@ pub struct PlanEntry {
     pub progress: Option<crate::stage::Tally>,
 }
 
-/// One run of apply, rollback or provision.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunEntry {
-    /// Run id (`rollback --run N`).
-    pub id: i64,
-    /// apply | rollback | provision
-    pub kind: String,
-    /// The plan it carries out; None for a run without one (e.g. provision).
-    pub plan_id: Option<i64>,
-    /// A rollback: the run it undoes.
-    pub undoes_run: Option<i64>,
-    /// When the run started (RFC 3339).
-    pub started_at: String,
-    /// When it finished; None while running or after a crash.
-    pub finished_at: Option<String>,
-    /// The process: running | interrupted | done.
-    pub status: String,
-    /// An apply or provision run's lifecycle: applying | applied | rolling-back | rolled-back.
-    pub state: Option<String>,
-    /// Journal steps by state.
-    pub steps_done: i64,
-    /// Journal steps skipped (nothing to do, or changed since planned).
-    pub steps_skipped: i64,
-    /// Journal steps not yet taken.
-    pub steps_pending: i64,
-}
+pub use crate::state::report_rows::RunEntry;
 
 /// Everything the state database remembers.
 #[derive(Clone, Debug, Serialize)]
@@ -67,71 +43,21 @@ pub struct History {
     pub apply_would_carry_out: Option<i64>,
 }
 
-fn has_column(state: &State, table: &str, column: &str) -> Result<bool> {
-    let mut st = state.conn.prepare(&format!(
-        "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
-    ))?;
-    Ok(st.exists([column])?)
-}
-
 /// Reads the history.
 pub fn history(state: &State) -> Result<History> {
-    let plan_status = if has_column(state, "plans", "status")? {
-        "status"
-    } else {
-        "'complete'"
-    };
-    let mut st = state.conn.prepare(&format!(
-        "SELECT p.id, p.created_at, {plan_status}, p.store_path,
-                (SELECT COUNT(*) FROM plan_resources r WHERE r.plan_id = p.id),
-                (SELECT COUNT(*) FROM plan_homes h WHERE h.plan_id = p.id AND h.new_guid IS NOT NULL
-                   AND (h.outcome = 'moved' OR h.layout != 'hashed'))
-         FROM plans p ORDER BY p.id"
-    ))?;
-    let plans = st
-        .query_map([], |r| {
-            Ok(PlanEntry {
-                id: r.get(0)?,
-                created_at: r.get(1)?,
-                status: r.get(2)?,
-                store_path: r.get(3)?,
-                resources_changed: r.get(4)?,
-                homes_moved: r.get(5)?,
-                progress: None,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut plans = plans;
-    let run_state = if has_column(state, "runs", "state")? {
-        "state"
-    } else {
-        "NULL"
-    };
-    let mut st = state.conn.prepare(&format!(
-        "SELECT id, kind, plan_id, undoes_run, started_at, finished_at, status, {run_state},
-                {}, {}, {}
-         FROM runs ORDER BY id",
-        crate::store::pg::runs::steps_sql(&state.conn, "done"),
-        crate::store::pg::runs::steps_sql(&state.conn, "skipped"),
-        crate::store::pg::runs::steps_sql(&state.conn, "pending")
-    ))?;
-    let runs = st
-        .query_map([], |r| {
-            Ok(RunEntry {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                plan_id: r.get(2)?,
-                undoes_run: r.get(3)?,
-                started_at: r.get(4)?,
-                finished_at: r.get(5)?,
-                status: r.get(6)?,
-                state: r.get(7)?,
-                steps_done: r.get(8)?,
-                steps_skipped: r.get(9)?,
-                steps_pending: r.get(10)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut plans: Vec<PlanEntry> = report_rows::plans(&state.conn)?
+        .into_iter()
+        .map(|p| PlanEntry {
+            id: p.id,
+            created_at: p.created_at,
+            status: p.status,
+            store_path: p.store_path,
+            resources_changed: p.resources_changed,
+            homes_moved: p.homes_moved,
+            progress: None,
+        })
+        .collect();
+    let runs = report_rows::runs(&state.conn)?;
     let undoable = |r: &&RunEntry| {
         matches!(r.kind.as_str(), "apply" | "provision")
             && match r.state.as_deref() {

@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::plan::PlanSummary;
+use crate::state::report_rows::{self, HomeTable};
 use crate::state::State;
 use serde_json::json;
 use std::fmt::Write as _;
@@ -17,10 +18,6 @@ use std::path::{Path, PathBuf};
 
 /// How many changed resources the HTML page shows as diffs.
 const EXAMPLE_DIFFS: usize = 12;
-/// Outcome order in every report: what needs a human first.
-const OUTCOME_ORDER: &str =
-    "CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'mapped' THEN 2 WHEN 'unchanged' THEN 3 WHEN 'acknowledged' THEN 5 ELSE 4 END";
-
 /// Kept here for the callers that still name it so (the plan helper's files).
 pub use crate::fsutil::write_atomic;
 
@@ -74,34 +71,7 @@ pub fn write_csv(
     Ok(path.to_path_buf())
 }
 
-/// One row of mapping.csv.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MappingRow {
-    /// Normalised key of the old address ([`crate::address::CalAddress::key`]).
-    pub old_value: String,
-    /// Its address form word (`mailto`, `urn:uuid`, ...).
-    pub form: String,
-    /// Outcome word (`mapped`, `ambiguous`, ...).
-    pub outcome: String,
-    /// Rule word that decided it (`same-guid`, `override`, ...).
-    pub rule: String,
-    /// Evidence for the decision, in words.
-    pub evidence: String,
-    /// GUID of the current record it maps to; empty when none.
-    pub new_guid: String,
-    /// That record's first short name; empty when none.
-    pub new_short_name: String,
-    /// That record's full name; empty when none.
-    pub new_full_name: String,
-    /// That record's type word (`user`, `location`, ...); empty when none.
-    pub record_type: String,
-    /// The value written in its place; empty when not rewritten.
-    pub new_value: String,
-    /// Resources that mention it.
-    pub resources: i64,
-    /// Ambiguous: the candidate records, `GUID (short name)` joined by `; `; else empty.
-    pub candidates: String,
-}
+pub use crate::state::report_rows::MappingRow;
 
 impl MappingRow {
     const HEADER: [&'static str; 12] = [
@@ -139,28 +109,7 @@ impl MappingRow {
 
 /// Reads a plan's mapping.csv rows from the state database, ordered by outcome then old value.
 pub fn mapping_rows(state: &State, plan_id: i64) -> Result<Vec<MappingRow>> {
-    let mut st = state.conn.prepare(&format!(
-        "SELECT old_value, form, outcome, rule, evidence, COALESCE(new_guid,''), COALESCE(new_short,''), COALESCE(new_full_name,''),
-                COALESCE(record_type,''), COALESCE(new_value,''), resources, candidates
-         FROM plan_mappings WHERE plan_id = ?1 ORDER BY {OUTCOME_ORDER}, old_value"
-    ))?;
-    let rows = st.query_map([plan_id], |r| {
-        Ok(MappingRow {
-            old_value: r.get(0)?,
-            form: r.get(1)?,
-            outcome: r.get(2)?,
-            rule: r.get(3)?,
-            evidence: r.get(4)?,
-            new_guid: r.get(5)?,
-            new_short_name: r.get(6)?,
-            new_full_name: r.get(7)?,
-            record_type: r.get(8)?,
-            new_value: r.get(9)?,
-            resources: r.get(10)?,
-            candidates: r.get(11)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    report_rows::mapping_rows(&state.conn, plan_id)
 }
 
 /// The homes a plan moves: old home folder → new one (calendar homes relative to the store,
@@ -171,19 +120,11 @@ pub fn home_moves(
 ) -> Result<std::collections::HashMap<String, String>> {
     let mut moves = std::collections::HashMap::new();
     for (table, top) in [
-        ("plan_homes", "calendars"),
-        ("plan_addressbook_homes", "addressbooks"),
+        (HomeTable::Calendar, "calendars"),
+        (HomeTable::AddressBook, "addressbooks"),
     ] {
-        let mut st = state.conn.prepare(&format!(
-            "SELECT rel_path, new_guid FROM {table}
-             WHERE plan_id = ?1 AND new_guid IS NOT NULL AND (outcome = 'moved' OR layout != 'hashed')"
-        ))?;
-        let rows = st.query_map([plan_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        for row in rows {
-            let (old, guid) = row?;
-            moves.insert(old, crate::homes::hashed_home_in(top, &guid));
+        for m in report_rows::home_moves(&state.conn, table, plan_id)? {
+            moves.insert(m.rel_path, crate::homes::hashed_home_in(top, &m.new_guid));
         }
     }
     Ok(moves)
@@ -285,12 +226,8 @@ pub fn write_reports(
     let homes = home_rows(state, plan_id)?;
     let ab_homes = crate::addressbooks::home_rows(state, plan_id)?;
     let diffs = example_diffs(state, plan_id)?;
-    let provision: Option<String> = state.conn.query_row(
-        "SELECT provision_json FROM plans WHERE id = ?1",
-        [plan_id],
-        |r| r.get(0),
-    )?;
-    let provision: Vec<serde_json::Value> = match provision {
+    let provision: Vec<serde_json::Value> = match report_rows::provision_json(&state.conn, plan_id)?
+    {
         Some(text) => serde_json::from_str(&text)?,
         None => Vec::new(),
     };
@@ -309,9 +246,6 @@ pub fn write_reports(
 /// Writes changes.csv (every planned property change, with the resource's path after its home
 /// moves), streamed row by row: a large store has millions of changed properties.
 fn write_changes(state: &State, plan_id: i64, p: &Path, bom: bool) -> Result<()> {
-    let mut st = state.conn.prepare(
-        "SELECT rel_path, line, property, old_value, new_value FROM plan_changes WHERE plan_id = ?1 ORDER BY rel_path, line",
-    )?;
     let tmp = p.with_extension("tmp-principal-reconciler");
     let file =
         std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write report", &tmp, e))?;
@@ -332,22 +266,19 @@ fn write_changes(state: &State, plan_id: i64, p: &Path, bom: bool) -> Result<()>
     ])
     .map_err(csv_err)?;
     let moves = home_moves(state, plan_id)?;
-    let mut rows = st.query([plan_id])?;
-    while let Some(r) = rows.next()? {
-        let line: i64 = r.get(1)?;
-        let rel: String = r.get(0)?;
-        let after = path_after_adoption(&moves, &rel);
+    report_rows::for_each_change(&state.conn, plan_id, |c| {
+        let after = path_after_adoption(&moves, &c.rel_path);
         let cells = [
-            rel,
-            line.to_string(),
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
+            c.rel_path,
+            c.line.to_string(),
+            c.property,
+            c.old_value,
+            c.new_value,
             after,
         ];
         w.write_record(cells.iter().map(|c| cell(c)))
-            .map_err(csv_err)?;
-    }
+            .map_err(csv_err)
+    })?;
     let mut inner = w
         .into_inner()
         .map_err(|e| Error::runtime(format!("{}: {e}", tmp.display())))?;
@@ -358,14 +289,10 @@ fn write_changes(state: &State, plan_id: i64, p: &Path, bom: bool) -> Result<()>
 }
 
 fn home_rows(state: &State, plan_id: i64) -> Result<Vec<[String; 4]>> {
-    let mut st = state.conn.prepare(
-        "SELECT rel_path, layout, outcome, COALESCE(new_guid,'') FROM plan_homes WHERE plan_id = ?1
-         ORDER BY CASE outcome WHEN 'ambiguous' THEN 0 WHEN 'unmatched' THEN 1 WHEN 'moved' THEN 2 ELSE 3 END, rel_path",
-    )?;
-    let rows = st.query_map([plan_id], |r| {
-        Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?])
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(report_rows::home_rows(&state.conn, plan_id)?
+        .into_iter()
+        .map(|h| [h.rel_path, h.layout, h.outcome, h.new_guid])
+        .collect())
 }
 
 /// How many dropbox link changes the HTML report lists (changes.csv has them all).
@@ -373,51 +300,30 @@ const LINK_ROWS: i64 = 500;
 
 /// (total, first rows) of the planned X-APPLE-DROPBOX / ATTACH changes: resource, line, old, new.
 fn link_rows(state: &State, plan_id: i64) -> Result<(i64, Vec<Vec<String>>)> {
-    let total: i64 = state.conn.query_row(
-        "SELECT COUNT(*) FROM plan_changes WHERE plan_id = ?1 AND property IN ('X-APPLE-DROPBOX', 'ATTACH')",
-        [plan_id],
-        |r| r.get(0),
-    )?;
-    let mut st = state.conn.prepare(
-        "SELECT rel_path, line, old_value, new_value FROM plan_changes
-         WHERE plan_id = ?1 AND property IN ('X-APPLE-DROPBOX', 'ATTACH') ORDER BY rel_path, line LIMIT ?2",
-    )?;
-    let rows = st.query_map(rusqlite::params![plan_id, LINK_ROWS], |r| {
-        Ok(vec![
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?.to_string(),
-            r.get(2)?,
-            r.get(3)?,
-        ])
-    })?;
-    Ok((total, rows.collect::<rusqlite::Result<_>>()?))
+    let (total, rows) = report_rows::link_changes(&state.conn, plan_id, LINK_ROWS)?;
+    let rows = rows
+        .into_iter()
+        .map(|c| vec![c.rel_path, c.line.to_string(), c.old_value, c.new_value])
+        .collect();
+    Ok((total, rows))
 }
 
 /// (resource, [(line, old logical line, new logical line)]) for the first few changed resources.
 type Diff = (String, Vec<(i64, String, String)>);
 
 fn example_diffs(state: &State, plan_id: i64) -> Result<Vec<Diff>> {
-    let mut st = state.conn.prepare(
-        "SELECT DISTINCT rel_path FROM plan_changes WHERE plan_id = ?1 AND old_line != '' ORDER BY rel_path LIMIT ?2",
-    )?;
-    let paths: Vec<String> = st
-        .query_map(rusqlite::params![plan_id, EXAMPLE_DIFFS as i64], |r| {
-            r.get(0)
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut ch = state.conn.prepare(
-        "SELECT line, old_line, new_line FROM plan_changes WHERE plan_id = ?1 AND rel_path = ?2 ORDER BY line",
-    )?;
-    let mut out = Vec::new();
-    for p in paths {
-        let lines: Vec<(i64, String, String)> = ch
-            .query_map(rusqlite::params![plan_id, p], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        out.push((p, lines));
-    }
-    Ok(out)
+    Ok(
+        report_rows::example_diffs(&state.conn, plan_id, EXAMPLE_DIFFS as i64)?
+            .into_iter()
+            .map(|(p, lines)| {
+                let lines = lines
+                    .into_iter()
+                    .map(|l| (l.line, l.old_line, l.new_line))
+                    .collect();
+                (p, lines)
+            })
+            .collect(),
+    )
 }
 
 fn esc(s: &str) -> String {

@@ -4,7 +4,7 @@
 //! `OWNER_UID`, ORGANIZER/ATTENDEE inside `CALENDAR_OBJECT.ICALENDAR_TEXT`, and the uid-keyed
 //! tables of each schema version. Submodules: [`connect`] (DSN, password, TLS), [`schema`] (the
 //! version and what it keeps where), [`read`] (server-side cursors, home by home), [`edits`]
-//! (journaled row edits), [`scan`], [`prune`] and [`runs`] (its rows in the state folder's upkeep).
+//! (journaled row edits), [`scan`] and [`prune`] (its rows in the state folder's upkeep).
 //! This is the backend: reading and writing the database. The workflow on it — plan, apply,
 //! rollback, verify and rehearse — is [`crate::db`], each part in the layer of its kind; the
 //! commands dispatch there when the store kind is `calendarserver-pg`.
@@ -15,7 +15,6 @@ pub mod connect;
 pub mod edits;
 pub mod prune;
 pub mod read;
-pub mod runs;
 pub mod scan;
 pub mod schema;
 
