@@ -20,11 +20,11 @@
 //! run was rolled back is applied again by a new run. SIGINT / SIGTERM stop a run after its current
 //! batch ([`crate::interrupt`]).
 
-use crate::cli::{ApplyArgs, Context, Outcome, RollbackArgs};
 use crate::config::Config;
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
 use crate::homes::{self, HomeStep};
 use crate::interrupt;
+use crate::progress::Progress;
 use crate::stage::{self, Layout, Request};
 use crate::state::{
     create_private_dir, now_rfc3339, Action, RunEvent, RunKind, RunState, RunStatus, State,
@@ -40,7 +40,6 @@ use crate::store::write::{
 };
 use base64::Engine as _;
 use rusqlite::OptionalExtension;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
@@ -1015,34 +1014,50 @@ fn new_run(
     Ok(state.conn.last_insert_rowid())
 }
 
-/// Carries out a stored plan (the latest complete one when `plan` is `None`): what is pending of it.
-pub fn apply(
-    ctx: &Context,
-    cfg: &Config,
-    plan: Option<i64>,
-    force: bool,
-    rehearsal: bool,
-) -> Result<RunSummary> {
-    apply_stage(ctx, cfg, plan, force, rehearsal, &Request::default())
+/// What `apply` is asked for.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// The plan to apply (`None`: the latest complete one).
+    pub plan: Option<i64>,
+    /// Run even though the calendar server seems to be running on the store.
+    pub force: bool,
+    /// The store is a rehearsal copy (not the store the plan was made for).
+    pub rehearsal: bool,
+    /// The stage asked for (`--home`, `--limit`); the default is all that is pending.
+    pub request: Request,
 }
 
-/// Carries out a stage of a stored plan: the homes `req` names (or the next ones up to its
-/// limit), or all that is pending (see [`crate::stage`]).
-pub fn apply_stage(
-    ctx: &Context,
-    cfg: &Config,
-    plan: Option<i64>,
-    force: bool,
-    rehearsal: bool,
-    req: &Request,
-) -> Result<RunSummary> {
+impl ApplyOptions {
+    /// The whole of a plan (what is pending of it), on the store it was made for.
+    pub fn whole(plan: i64, force: bool) -> ApplyOptions {
+        ApplyOptions {
+            plan: Some(plan),
+            force,
+            ..Default::default()
+        }
+    }
+}
+
+/// What `rollback` is asked for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RollbackOptions {
+    /// The run to undo (`None`: the latest not yet undone).
+    pub run: Option<i64>,
+    /// Restore files even when they changed after the run.
+    pub force: bool,
+}
+
+/// Carries out a stored plan, or a stage of it: the homes `opts.request` names (or the next ones
+/// up to its limit), or all that is pending (see [`crate::stage`]).
+pub fn apply(progress: &dyn Progress, cfg: &Config, opts: &ApplyOptions) -> Result<RunSummary> {
+    let (plan, force, rehearsal, req) = (opts.plan, opts.force, opts.rehearsal, &opts.request);
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
         if !req.is_whole() {
             return Err(Error::usage(
                 "apply --home / --limit (a staged migration) is not yet on a database store (`[store] kind = \"calendarserver-pg\"`): apply the whole plan",
             ));
         }
-        return crate::db::apply::apply(ctx, cfg, plan, force, rehearsal);
+        return crate::db::apply::apply(progress, cfg, plan, force, rehearsal);
     }
     let mut state = State::open_existing(&cfg.state.path)?;
     let (plan_id, passed_over) = state.plan_to_apply(plan)?;
@@ -1214,7 +1229,7 @@ pub fn apply_stage(
     let takes = |rel: &str| layout.takes(selection.as_ref(), rel);
     let mut todo = TodoPages::new(plan_id, run_id);
     let total = todo.count(&state, &takes)?;
-    let bar = crate::cli::progress_bar(ctx, Some(total), "applying");
+    let bar = progress.start("applying", Some(total));
     // The same batches as [`batches`] makes of the whole list: one resource may wait for the next.
     let mut carried: Option<(String, String, String)> = None;
     loop {
@@ -1241,7 +1256,7 @@ pub fn apply_stage(
             break;
         }
         if let Some(sig) = interrupt::pending() {
-            bar.finish_and_clear();
+            bar.finish();
             interrupted(&state, &mut summary, sig)?;
             return Ok(summary);
         }
@@ -1263,7 +1278,7 @@ pub fn apply_stage(
         apply_batch(&mut state, &batch, items)?;
         bar.inc(n);
     }
-    bar.finish_and_clear();
+    bar.finish();
     tracing::info!("resources: done at {:.2?}", started.elapsed());
     if let Some(sig) = interrupt::pending() {
         interrupted(&state, &mut summary, sig)?;
@@ -1851,14 +1866,16 @@ fn default_rollback_target(state: &State) -> Result<i64> {
 /// first. Apply runs made later on the same store and not rolled back are undone first (newest
 /// first), so every run's state stays true. One summary per run undone.
 pub fn rollback(
-    ctx: &Context,
+    progress: &dyn Progress,
     cfg: &Config,
-    run: Option<i64>,
-    force: bool,
+    opts: &RollbackOptions,
 ) -> Result<Vec<RunSummary>> {
+    let (run, force) = (opts.run, opts.force);
     let mut state = State::open_existing(&cfg.state.path)?;
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return Ok(vec![crate::db::rollback::rollback(ctx, cfg, run, force)?]);
+        return Ok(vec![crate::db::rollback::rollback(
+            progress, cfg, run, force,
+        )?]);
     }
     let target = match run {
         Some(id) => id,
@@ -1910,7 +1927,7 @@ pub fn rollback(
     let _signals = interrupt::install();
     let mut out = Vec::new();
     for id in order {
-        let mut s = rollback_one(ctx, &mut state, &backups, id, force)?;
+        let mut s = rollback_one(progress, &mut state, &backups, id, force)?;
         if id != target {
             s.notes.push(format!(
                 "run {id} was applied on the same store after run {target}: undone first, so run {target} can be undone"
@@ -1942,7 +1959,7 @@ fn refuse_pruned(state: &State, run: i64) -> Result<()> {
 }
 
 fn rollback_one(
-    ctx: &Context,
+    progress: &dyn Progress,
     state: &mut State,
     backups: &Backups,
     target: i64,
@@ -2091,7 +2108,7 @@ fn rollback_one(
         [target],
         |r| r.get(0),
     )?;
-    let bar = crate::cli::progress_bar(ctx, Some(total), "restoring");
+    let bar = progress.start("restoring", Some(total));
     let mut batch: Vec<UndoItem> = Vec::new();
     let flush = |state: &mut State, batch: &mut Vec<UndoItem>| -> Result<()> {
         if batch.is_empty() {
@@ -2158,7 +2175,7 @@ fn rollback_one(
             }
             if batch.is_empty() {
                 if let Some(sig) = interrupt::pending() {
-                    bar.finish_and_clear();
+                    bar.finish();
                     interrupted(state, &mut summary, sig)?;
                     summary.state = Some(RunState::RollingBack);
                     return Ok(summary);
@@ -2167,7 +2184,7 @@ fn rollback_one(
         }
     }
     flush(state, &mut batch)?;
-    bar.finish_and_clear();
+    bar.finish();
     state.conn.execute(
         "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
         rusqlite::params![now_rfc3339(), rb],
@@ -2175,228 +2192,4 @@ fn rollback_one(
     summary.state = Some(state.advance_run(target, RunEvent::FinishRollback)?);
     totals(state, &mut summary)?;
     Ok(summary)
-}
-
-fn push_listed(human: &mut String, verb: &str, list: &[(String, String)]) {
-    for (p, why) in list.iter().take(20) {
-        human.push_str(&format!("  {verb} {p}: {why}\n"));
-    }
-    if list.len() > 20 {
-        human.push_str(&format!(
-            "  … and {} more (--json lists them all)\n",
-            list.len() - 20
-        ));
-    }
-}
-
-fn apply_outcome(s: RunSummary) -> Outcome {
-    let mut human = String::new();
-    let mut status = ExitStatus::Ok;
-    for n in &s.notes {
-        human.push_str(&format!("note: {n}\n"));
-    }
-    if s.already_done {
-        let checked = s.checked.clone().unwrap_or_default();
-        let by = match &s.stage {
-            Some(p) => format!(
-                "in {} stages, by runs {}; the latest, run {}",
-                p.runs.len(),
-                p.runs
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                s.run_id
-            ),
-            None => format!("by run {}", s.run_id),
-        };
-        human.push_str(&format!(
-            "apply: plan {} was applied {by}{}: {} resources written, {} already as planned, {} skipped, {} home(s) moved.\n",
-            s.plan_id.unwrap_or_default(),
-            s.finished_at.as_deref().map(|t| format!(" (finished {t})")).unwrap_or_default(),
-            s.written,
-            s.unchanged,
-            s.skipped.len(),
-            s.homes_adopted
-        ));
-        if checked.differing.is_empty() {
-            human.push_str(&format!(
-                "Checked now: all {} resources {} wrote still hold what {} wrote. Nothing is left to apply.\n",
-                checked.files,
-                if s.stage.is_some() { "its runs" } else { "it" },
-                if s.stage.is_some() { "they" } else { "it" },
-            ));
-        } else {
-            status = ExitStatus::Problems;
-            human.push_str(&format!(
-                "Checked now: {} of the {} resources it wrote no longer hold what it wrote (changed since, by the server or by hand):\n",
-                checked.differing.len(),
-                checked.files
-            ));
-            push_listed(&mut human, "changed", &checked.differing);
-            human.push_str("This plan has nothing left to apply. To migrate what changed, run `principal-reconciler plan`, review, then `apply` the new plan.\n");
-        }
-        return Outcome {
-            status,
-            human,
-            json: json!({ "run": s }),
-        };
-    }
-    if let Some(sig) = &s.interrupted {
-        human.push_str(&format!(
-            "apply run {} stopped by {sig} after a whole batch: {} resources written so far, {} already as planned, {} skipped. Nothing is half-written: `principal-reconciler apply` resumes it, `principal-reconciler rollback --run {}` undoes it.\n",
-            s.run_id, s.written, s.unchanged, s.skipped.len(), s.run_id
-        ));
-        return Outcome {
-            status: ExitStatus::Interrupted,
-            human,
-            json: json!({ "run": s }),
-        };
-    }
-    human.push_str(&format!(
-        "apply run {}{}: {} resources written, {} already as planned, {} skipped, {} home(s) moved{}.\n",
-        s.run_id,
-        if s.resumed { " (resumed; counts are the whole run's)" } else { "" },
-        s.written,
-        s.unchanged,
-        s.skipped.len(),
-        s.homes_adopted,
-        if s.databases > 0 { format!(", {} database(s) rewritten", s.databases) } else { String::new() }
-    ));
-    push_listed(&mut human, "skipped", &s.skipped);
-    if !s.skipped.is_empty() {
-        status = ExitStatus::Problems;
-        human.push_str("Some resources were skipped: run `principal-reconciler plan` again, review, then apply the new plan.\n");
-    }
-    if let Some(p) = &s.stage {
-        human.push_str(&format!("Plan {}: {}.\n", p.plan_id, p.line()));
-        if !p.complete() {
-            human.push_str("Next: `principal-reconciler apply` carries out what is pending (or `apply --home USER` / `--limit N` the next stage); `principal-reconciler rollback` undoes this stage.\n");
-        }
-    }
-    Outcome {
-        status,
-        human,
-        json: json!({ "run": s }),
-    }
-}
-
-fn rollback_outcome(runs: Vec<RunSummary>) -> Outcome {
-    let mut human = String::new();
-    let mut status = ExitStatus::Ok;
-    for s in &runs {
-        let target = s.undoes_run.unwrap_or_default();
-        for n in &s.notes {
-            human.push_str(&format!("note: {n}\n"));
-        }
-        if s.already_done {
-            let checked = s.checked.clone().unwrap_or_default();
-            human.push_str(&format!(
-                "rollback: run {target} was already rolled back by run {}{}.\n",
-                s.run_id,
-                s.finished_at
-                    .as_deref()
-                    .map(|t| format!(" (finished {t})"))
-                    .unwrap_or_default()
-            ));
-            if checked.differing.is_empty() {
-                human.push_str(&format!(
-                    "Checked now: all {} files it had rewritten hold their original bytes. Nothing is left to undo.\n",
-                    checked.files
-                ));
-            } else {
-                status = status.max(ExitStatus::Problems);
-                human.push_str(&format!(
-                    "Checked now: {} of the {} files it had rewritten no longer hold their original bytes:\n",
-                    checked.differing.len(),
-                    checked.files
-                ));
-                push_listed(&mut human, "changed", &checked.differing);
-                human.push_str(&format!(
-                    "`principal-reconciler rollback --run {target} --force` puts their original bytes back, replacing what is there now.\n"
-                ));
-            }
-            continue;
-        }
-        if let Some(sig) = &s.interrupted {
-            status = ExitStatus::Interrupted;
-            human.push_str(&format!(
-                "rollback run {} (of run {target}) stopped by {sig} after a whole batch: {} files restored so far. Nothing is half-written: `principal-reconciler rollback --run {target}` resumes it.\n",
-                s.run_id, s.written
-            ));
-            continue;
-        }
-        human.push_str(&format!(
-            "rollback run {} of run {target}{}: {} files restored, {} already as before, {} skipped, {} home move(s) undone.\n",
-            s.run_id,
-            if s.resumed { " (resumed; counts are the whole run's)" } else { "" },
-            s.written,
-            s.unchanged,
-            s.skipped.len(),
-            s.homes_adopted
-        ));
-        push_listed(&mut human, "not restored", &s.skipped);
-        if !s.skipped.is_empty() {
-            status = status.max(ExitStatus::Problems);
-            let damaged = s
-                .skipped
-                .iter()
-                .filter(|(_, d)| d.starts_with("its backup"))
-                .count();
-            if damaged > 0 {
-                human.push_str(&format!(
-                    "{damaged} file(s) could not be restored because their backup in the state folder is damaged or missing; restore them from another copy.\n"
-                ));
-            }
-            if s.skipped.len() > damaged {
-                human.push_str(&format!(
-                    "Some files were not restored because they changed after the run or are missing: check them; `principal-reconciler rollback --run {target} --force` restores them anyway, replacing the later changes.\n"
-                ));
-            }
-        }
-    }
-    let json = json!({ "run": runs.last(), "runs": runs });
-    Outcome {
-        status,
-        human,
-        json,
-    }
-}
-
-/// `apply [--plan ID] [--home USER…] [--limit N] [--rehearse DIR]`: carries out a plan (or the
-/// next stage of it), renders the run's summary.
-pub fn command_apply(ctx: &Context, args: &ApplyArgs) -> Result<Outcome> {
-    let mut cfg = ctx.config.clone();
-    let rehearsal = args.rehearse.is_some();
-    if let Some(dir) = &args.rehearse {
-        let state_from = cfg.state.path.clone();
-        crate::rehearse::prepare(&mut cfg, dir)?;
-        crate::rehearse::copy_tree(&state_from, &cfg.state.path)
-            .map_err(|e| e.context("cannot copy the state database into the rehearsal"))?;
-        let current = crate::directory::load_current(&cfg.directory)?;
-        let file = crate::rehearse::write_config(&cfg, dir, &current)?;
-        let s = apply_stage(ctx, &cfg, args.plan, args.force, rehearsal, &request(args))?;
-        let mut out = apply_outcome(s);
-        out.human.push_str(&format!(
-            "Rehearsal in {}: the real store was not touched. Inspect it with `principal-reconciler --config {} verify` (or doctor, report, rollback).\n",
-            dir.display(),
-            file.display()
-        ));
-        return Ok(out);
-    }
-    let s = apply_stage(ctx, &cfg, args.plan, args.force, rehearsal, &request(args))?;
-    Ok(apply_outcome(s))
-}
-
-fn request(args: &ApplyArgs) -> Request {
-    Request {
-        homes: args.homes.clone(),
-        limit: args.limit,
-    }
-}
-
-/// `rollback [--run ID] [--force]`: undoes an apply run (default: the latest), renders the result.
-pub fn command_rollback(ctx: &Context, args: &RollbackArgs) -> Result<Outcome> {
-    let runs = rollback(ctx, &ctx.config, args.run, args.force)?;
-    Ok(rollback_outcome(runs))
 }

@@ -74,7 +74,6 @@ const APART: &[(&str, &str)] = &[
 const KNOWN: &[(&str, &str)] = &[
     // plan and journal must meet only through the plan rows of the state database.
     ("journal", "plan"),
-    ("journal", "cli"),
     ("plan", "provision"),
     // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
     ("addressbooks", "journal"),
