@@ -73,7 +73,8 @@ const APART: &[(&str, &str)] = &[
 /// [`LAYERS`]).
 const KNOWN: &[(&str, &str)] = &[
     // plan and journal must meet only through the plan rows of the state database.
-    ("journal", "plan"),
+    ("journal::apply", "plan"),
+    ("journal::resources", "plan"),
     ("plan", "provision"),
     // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
     ("addressbooks", "journal"),

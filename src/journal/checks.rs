@@ -1,0 +1,138 @@
+//! Checks of the store against a finished run or against a plan about to be applied again.
+
+use super::roots::RootDirs;
+use super::summary::Checked;
+use crate::error::{Error, Result};
+use crate::stage::{self, Layout};
+use crate::state::{Action, State};
+use crate::store::write::{sha256_at, sha256_hex};
+
+/// Where a path of the store is after the run's home moves (`from` → `to`, in order).
+pub(super) fn moved(rel: &str, moves: &[(String, String)]) -> String {
+    let mut p = rel.to_string();
+    for (from, to) in moves {
+        if p == *from {
+            p = to.clone();
+        } else if let Some(rest) = p.strip_prefix(&format!("{from}/")) {
+            p = format!("{to}/{rest}");
+        }
+    }
+    p
+}
+
+/// What a file holds now, in words for a report (`missing`, or its hash).
+pub(super) fn describe_found(found: &Option<String>) -> String {
+    match found {
+        None => "missing".to_string(),
+        Some(s) => format!("holds other bytes (sha256 {s})"),
+    }
+}
+
+/// Checks the files a finished run's rewrite steps name: after an apply they must hold what it
+/// wrote (at their place after its home moves), after a rollback their original bytes.
+pub(super) fn check_run(
+    state: &State,
+    dirs: Option<&RootDirs>,
+    run_id: i64,
+    originals: bool,
+) -> Result<Checked> {
+    let moves: Vec<(String, String)> = if originals {
+        Vec::new()
+    } else {
+        let mut st = state.conn.prepare(
+            "SELECT rel_path, target_path FROM journal WHERE run_id = ?1 AND action = 'move' AND state = 'done' ORDER BY seq",
+        )?;
+        let rows = st.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let steps: Vec<(Action, String, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT action, rel_path, before_sha256, after_sha256 FROM journal
+              WHERE run_id = ?1 AND action IN ('rewrite', 'database', 'file') AND state = 'done'
+                AND backup_sha256 IS NOT NULL ORDER BY seq",
+        )?;
+        let rows = st.query_map([run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut out = Checked::default();
+    for (action, rel, before, after) in steps {
+        out.files += 1;
+        let want = if originals { before } else { after };
+        let (at, found) = if action == Action::Rewrite {
+            let at = moved(&rel, &moves);
+            let found = match dirs.map(|d| d.for_rel(&at).split(&at)) {
+                Some(Ok((dir, name))) => sha256_at(&dir, name).unwrap_or(None),
+                _ => None,
+            };
+            (at, found)
+        } else {
+            // A delegate database or augments.xml: outside the store, named by its path.
+            let found = std::fs::read(&rel).ok().map(|b| sha256_hex(&b));
+            (rel, found)
+        };
+        if found.as_deref() == Some(want.as_str()) {
+            out.holding += 1;
+        } else {
+            out.differing.push((at, describe_found(&found)));
+        }
+    }
+    Ok(out)
+}
+
+/// Before a plan whose run was rolled back is applied again: the store must hold what the plan
+/// was made from (or, for a resource, what it would write).
+/// Only what `sel` takes is checked (the other stages' homes may have moved).
+pub(super) fn check_store_matches_plan(
+    state: &State,
+    dirs: &RootDirs,
+    plan_id: i64,
+    layout: &Layout,
+    sel: &stage::Selection,
+) -> Result<()> {
+    let rows: Vec<(String, String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT rel_path, old_sha256, new_sha256 FROM plan_resources WHERE plan_id = ?1 ORDER BY rel_path",
+        )?;
+        let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(rel, ..)| layout.takes(Some(sel), rel))
+        .collect();
+    let total = rows.len();
+    let mut differing = Vec::new();
+    for (rel, old, new) in rows {
+        let found = match dirs.for_rel(&rel).split(&rel) {
+            Ok((dir, name)) => sha256_at(&dir, name).unwrap_or(None),
+            Err(_) => None,
+        };
+        if found.as_deref() != Some(old.as_str()) && found.as_deref() != Some(new.as_str()) {
+            differing.push(format!("{rel} ({})", describe_found(&found)));
+        }
+    }
+    let dbs: Vec<(String, String)> = {
+        let mut st = state.conn.prepare(
+            "SELECT path, old_sha256 FROM plan_databases WHERE plan_id = ?1 AND changes + dropped > 0",
+        )?;
+        let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    for (path, old) in dbs.into_iter().filter(|_| sel.rest) {
+        let found = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
+        if found.as_deref() != Some(old.as_str()) {
+            differing.push(format!("{path} ({})", describe_found(&found)));
+        }
+    }
+    if differing.is_empty() {
+        return Ok(());
+    }
+    let n = differing.len();
+    differing.truncate(5);
+    Err(Error::usage(format!(
+        "plan {plan_id} cannot be applied again: {n} of the {total} resources it changes no longer hold what it was made from (first: {}). Run `principal-reconciler plan` for a plan of the store as it is, review the reports, then `apply` it",
+        differing.join("; ")
+    )))
+}

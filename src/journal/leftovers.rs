@@ -1,0 +1,64 @@
+//! Removal of the temporary files an interrupted run left beside the resources.
+
+use super::roots::RootDirs;
+use super::PAGE;
+use crate::error::{Error, Result};
+use crate::state::State;
+use crate::store::confined::split_rel;
+use crate::store::write::is_leftover_name;
+
+/// Removes the temporary files (`.NAME.principal-reconciler.tmp`) that an interrupted run left in
+/// the folders of the plan's resources; returns how many. The paths are read a page at a time,
+/// in path order, so a folder's resources come together: each folder is listed once (a folder
+/// whose resources are interleaved with a subfolder's may be listed again, which finds nothing).
+pub(super) fn remove_leftovers(state: &State, dirs: &RootDirs, plan_id: i64) -> Result<u64> {
+    let mut removed = 0;
+    let mut last: Option<String> = None;
+    let mut previous_folder: Option<String> = None;
+    loop {
+        let page: Vec<String> = {
+            // The first page from '' on (every path), the next ones after the last path read.
+            let mut st = state.conn.prepare_cached(if last.is_none() {
+                "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 AND rel_path >= ?2
+                 ORDER BY rel_path LIMIT ?3"
+            } else {
+                "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 AND rel_path > ?2
+                 ORDER BY rel_path LIMIT ?3"
+            })?;
+            let after = last.as_deref().unwrap_or("");
+            let rows = st.query_map(rusqlite::params![plan_id, after, PAGE], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let Some(tail) = page.last() else { break };
+        last = Some(tail.clone());
+        for rel in &page {
+            let folder = split_rel(rel).0;
+            if previous_folder.as_deref() == Some(folder) {
+                continue;
+            }
+            removed += remove_leftovers_in(dirs, folder)?;
+            previous_folder = Some(folder.to_string());
+        }
+        if (page.len() as i64) < PAGE {
+            break;
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes our temporary files from one folder of the store; returns how many.
+pub(super) fn remove_leftovers_in(dirs: &RootDirs, folder: &str) -> Result<u64> {
+    let Ok(dir) = dirs.for_rel(folder).walk(folder) else {
+        return Ok(0); // gone, moved, or a link: nothing of ours in it
+    };
+    let Ok(names) = dir.names() else { return Ok(0) };
+    let mut removed = 0;
+    for name in names.into_iter().filter(|n| is_leftover_name(n)) {
+        if dir.stat(&name).is_ok_and(|s| s.is_file()) {
+            dir.unlink(&name)
+                .map_err(|e| Error::io("cannot remove the leftover", &dir.child(&name), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
