@@ -6,7 +6,6 @@ use super::home_steps::adopt_homes;
 use super::leftovers::remove_leftovers;
 use super::resources::{apply_batch, batches, Batch, Item};
 use super::roots::RootDirs;
-use super::runs::{latest_apply_run, new_run};
 use super::saved::Backups;
 use super::side_files::apply_databases;
 use super::summary::{interrupted, totals, Checked, RunSummary};
@@ -18,7 +17,8 @@ use crate::interrupt;
 use crate::plan::NewBytes;
 use crate::progress::Progress;
 use crate::stage::{self, Layout, Request, Selection};
-use crate::state::{now_rfc3339, RunEvent, RunKind, RunState, RunStatus, State};
+use crate::state::journal_rows::{self as rows, ApplyRun, NewRun, PlannedHashes};
+use crate::state::{RunEvent, RunKind, RunState, RunStatus, State};
 use crate::store::confined::split_rel;
 use crate::store::props::{edits_from_json, AttrEdit};
 use crate::store::write::WriteOptions;
@@ -142,24 +142,25 @@ fn open_run(
     summary: &mut RunSummary,
 ) -> Result<Option<(i64, Option<Selection>)>> {
     let plan_id = plan.plan_id;
-    let latest = latest_apply_run(state, plan_id)?;
-    match latest {
-        Some((id, RunState::Applying | RunState::Planned, status, stopped, _)) => {
-            resume_run(state, id, status, stopped, req, summary).map(Some)
+    let latest = rows::latest_apply_run(&state.conn, plan_id)?;
+    match latest.as_ref().map(|r| (r.id, r.state)) {
+        Some((_, RunState::Applying | RunState::Planned)) => {
+            let run = latest.unwrap_or_else(|| unreachable!("matched above"));
+            resume_run(state, run, req, summary).map(Some)
         }
-        Some((id, RunState::RollingBack, ..)) => Err(Error::usage(format!(
+        Some((id, RunState::RollingBack)) => Err(Error::usage(format!(
             "plan {plan_id} cannot be applied now: its run {id} is partly rolled back (the rollback was interrupted). Finish the rollback with `principal-reconciler rollback --run {id}`; then `apply` applies plan {plan_id} again"
         ))),
         _ => {
             let sel = stage::choose(state, plan_id, plan.layout, req, &mut summary.notes)?;
             if sel.homes.is_empty() && !sel.rest {
-                if let Some((id, _, _, _, finished)) = latest {
-                    already_applied(state, plan, id, finished, summary)?;
+                if let Some(run) = latest {
+                    already_applied(state, plan, run.id, run.finished_at, summary)?;
                     return Ok(None);
                 }
             }
             let whole = sel.rest && sel.homes.len() == plan.layout.units.len();
-            if let Some((id, RunState::RolledBack, ..)) = latest {
+            if let Some((id, RunState::RolledBack)) = latest.as_ref().map(|r| (r.id, r.state)) {
                 check_store_matches_plan(state, plan.dirs, plan_id, plan.layout, &sel)?;
                 summary.notes.push(format!(
                     "plan {plan_id} was applied by run {id} and rolled back; the store holds what the plan was made from again, so it is applied again by a new run"
@@ -170,7 +171,13 @@ fn open_run(
                     if whole || stage::progress(state, plan_id)?.pending_homes.len() == sel.homes.len() { "the rest".to_string() } else { "the next stage".to_string() }
                 ));
             }
-            let id = new_run(state, RunKind::Apply, Some(plan_id), None, store)?;
+            let run = NewRun {
+                kind: RunKind::Apply,
+                plan_id: Some(plan_id),
+                undoes: None,
+                store_path: &store.to_string_lossy(),
+            };
+            let id = rows::insert_run(&state.conn, &run)?;
             // A whole plan in one run (nothing of it in force) keeps no selection, as before
             // stages existed.
             let selection = if whole {
@@ -187,14 +194,13 @@ fn open_run(
 /// Carries on an unfinished run (a crash, a kill, a signal) with the homes it took.
 fn resume_run(
     state: &State,
-    id: i64,
-    status: RunStatus,
-    stopped: Option<String>,
+    run: ApplyRun,
     req: &Request,
     summary: &mut RunSummary,
 ) -> Result<(i64, Option<Selection>)> {
+    let id = run.id;
     summary.resumed = true;
-    summary.notes.push(match (status, stopped) {
+    summary.notes.push(match (run.status, run.stopped_by) {
         (RunStatus::Interrupted, Some(sig)) => {
             format!("run {id} was stopped by {sig}; resuming it")
         }
@@ -206,10 +212,7 @@ fn resume_run(
             "--home / --limit are not used while run {id} is unfinished: it is resumed with the homes it took; run `apply` again for the next stage"
         ));
     }
-    state.conn.execute(
-        "UPDATE runs SET status = 'running', stopped_by = NULL, state = 'applying' WHERE id = ?1",
-        [id],
-    )?;
+    rows::resume_apply_run(&state.conn, id)?;
     Ok((id, selection))
 }
 
@@ -253,24 +256,16 @@ fn blob_of(state: &State, plan_id: i64, rel: &str) -> Result<(NewBytes, Vec<Attr
 
 /// The steps an interruption left pending (the last batch), carried out again.
 fn resume_pending(state: &mut State, batch: &Batch<'_>, plan_id: i64) -> Result<()> {
-    let pending: Vec<(i64, String, String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT seq, rel_path, before_sha256, after_sha256 FROM journal WHERE run_id = ?1 AND state = 'pending' AND action = 'rewrite' ORDER BY seq",
-        )?;
-        let rows = st.query_map([batch.run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let pending = rows::pending_rewrites(&state.conn, batch.run_id)?;
     let mut resumed_items = Vec::with_capacity(pending.len());
-    for (seq, rel, old_sha, new_sha) in pending {
-        let (blob, edits) = blob_of(state, plan_id, &rel)?;
+    for p in pending {
+        let (blob, edits) = blob_of(state, plan_id, &p.rel)?;
         resumed_items.push(Item {
             edits,
-            seq,
-            rel,
-            old_sha,
-            new_sha,
+            seq: p.seq,
+            rel: p.rel,
+            old_sha: p.old_sha,
+            new_sha: p.new_sha,
             blob,
             resumed: true,
         });
@@ -291,16 +286,12 @@ fn apply_resources(
     plan_id: i64,
     takes: &dyn Fn(&str) -> bool,
 ) -> Result<Option<i32>> {
-    let mut seq: i64 = state.conn.query_row(
-        "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
-        [batch.run_id],
-        |r| r.get(0),
-    )?;
+    let mut seq = rows::last_seq(&state.conn, batch.run_id)?;
     let mut todo = TodoPages::new(plan_id, batch.run_id);
     let total = todo.count(state, takes)?;
     let bar = progress.start("applying", Some(total));
     // The same batches as [`batches`] makes of the whole list: one resource may wait for the next.
-    let mut carried: Option<(String, String, String)> = None;
+    let mut carried: Option<PlannedHashes> = None;
     loop {
         let chunk = next_chunk(state, &mut todo, takes, &mut carried)?;
         if chunk.is_empty() {
@@ -312,15 +303,15 @@ fn apply_resources(
         }
         let n = chunk.len() as u64;
         let mut items = Vec::with_capacity(chunk.len());
-        for (rel, old_sha, new_sha) in chunk {
+        for p in chunk {
             seq += 1;
-            let (blob, edits) = blob_of(state, plan_id, &rel)?;
+            let (blob, edits) = blob_of(state, plan_id, &p.rel)?;
             items.push(Item {
                 edits,
                 seq,
-                rel,
-                old_sha,
-                new_sha,
+                rel: p.rel,
+                old_sha: p.old_sha,
+                new_sha: p.new_sha,
                 blob,
                 resumed: false,
             });
@@ -338,8 +329,8 @@ fn next_chunk(
     state: &State,
     todo: &mut TodoPages,
     takes: &dyn Fn(&str) -> bool,
-    carried: &mut Option<(String, String, String)>,
-) -> Result<Vec<(String, String, String)>> {
+    carried: &mut Option<PlannedHashes>,
+) -> Result<Vec<PlannedHashes>> {
     let mut chunk = Vec::new();
     let mut folders: std::collections::HashSet<String> = Default::default();
     loop {
@@ -350,7 +341,7 @@ fn next_chunk(
                 None => break,
             },
         };
-        let folder = split_rel(&next.0).0;
+        let folder = split_rel(&next.rel).0;
         if chunk.len() >= BATCH || (!folders.contains(folder) && folders.len() >= BATCH_FOLDERS) {
             *carried = Some(next);
             break;
@@ -365,10 +356,7 @@ fn next_chunk(
 /// plan is now).
 fn finish_run(state: &State, plan_id: i64, staged: bool, summary: &mut RunSummary) -> Result<()> {
     let run_id = summary.run_id;
-    state.conn.execute(
-        "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
-        rusqlite::params![now_rfc3339(), run_id],
-    )?;
+    rows::finish_run(&state.conn, run_id)?;
     summary.state = Some(state.advance_run(run_id, RunEvent::FinishApply)?);
     totals(state, summary)?;
     if staged {

@@ -4,6 +4,7 @@ use super::roots::RootDirs;
 use super::summary::Checked;
 use crate::error::{Error, Result};
 use crate::stage::{self, Layout};
+use crate::state::journal_rows::{self as rows, PlannedHashes, WrittenFile};
 use crate::state::{Action, State};
 use crate::store::write::{sha256_at, sha256_hex};
 
@@ -36,28 +37,20 @@ pub(super) fn check_run(
     run_id: i64,
     originals: bool,
 ) -> Result<Checked> {
-    let moves: Vec<(String, String)> = if originals {
+    let moves = if originals {
         Vec::new()
     } else {
-        let mut st = state.conn.prepare(
-            "SELECT rel_path, target_path FROM journal WHERE run_id = ?1 AND action = 'move' AND state = 'done' ORDER BY seq",
-        )?;
-        let rows = st.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
+        rows::done_moves(&state.conn, run_id)?
     };
-    let steps: Vec<(Action, String, String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT action, rel_path, before_sha256, after_sha256 FROM journal
-              WHERE run_id = ?1 AND action IN ('rewrite', 'database', 'file') AND state = 'done'
-                AND backup_sha256 IS NOT NULL ORDER BY seq",
-        )?;
-        let rows = st.query_map([run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let steps = rows::written_files(&state.conn, run_id)?;
     let mut out = Checked::default();
-    for (action, rel, before, after) in steps {
+    for WrittenFile {
+        action,
+        rel,
+        before,
+        after,
+    } in steps
+    {
         out.files += 1;
         let want = if originals { before } else { after };
         let (at, found) = if action == Action::Rewrite {
@@ -91,20 +84,18 @@ pub(super) fn check_store_matches_plan(
     layout: &Layout,
     sel: &stage::Selection,
 ) -> Result<()> {
-    let rows: Vec<(String, String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT rel_path, old_sha256, new_sha256 FROM plan_resources WHERE plan_id = ?1 ORDER BY rel_path",
-        )?;
-        let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    let rows: Vec<_> = rows
+    let planned: Vec<_> = rows::planned_hashes(&state.conn, plan_id)?
         .into_iter()
-        .filter(|(rel, ..)| layout.takes(Some(sel), rel))
+        .filter(|p| layout.takes(Some(sel), &p.rel))
         .collect();
-    let total = rows.len();
+    let total = planned.len();
     let mut differing = Vec::new();
-    for (rel, old, new) in rows {
+    for PlannedHashes {
+        rel,
+        old_sha: old,
+        new_sha: new,
+    } in planned
+    {
         let found = match dirs.for_rel(&rel).split(&rel) {
             Ok((dir, name)) => sha256_at(&dir, name).unwrap_or(None),
             Err(_) => None,
@@ -113,13 +104,7 @@ pub(super) fn check_store_matches_plan(
             differing.push(format!("{rel} ({})", describe_found(&found)));
         }
     }
-    let dbs: Vec<(String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT path, old_sha256 FROM plan_databases WHERE plan_id = ?1 AND changes + dropped > 0",
-        )?;
-        let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
+    let dbs = rows::changed_databases(&state.conn, plan_id)?;
     for (path, old) in dbs.into_iter().filter(|_| sel.rest) {
         let found = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
         if found.as_deref() != Some(old.as_str()) {

@@ -5,6 +5,7 @@ use super::summary::RunSummary;
 use crate::error::{Error, Result};
 use crate::homes::{self, HomeStep};
 use crate::interrupt;
+use crate::state::journal_rows::{self as rows, HomeToAdopt, NewHomeStep};
 use crate::state::State;
 use crate::store::confined::Dir;
 use std::path::Path;
@@ -29,22 +30,17 @@ pub(super) fn journaled_home_step_at(
     step: &HomeStep,
     home: &str,
 ) -> Result<()> {
-    let seq: i64 = state.conn.query_row(
-        "SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE run_id = ?1",
-        [run_id],
-        |r| r.get(0),
-    )?;
     let (rel, target, meta) = step.to_row();
-    state.conn.execute(
-        "INSERT INTO journal (run_id, seq, action, rel_path, target_path, meta_json, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
-        rusqlite::params![run_id, seq, step.action(), rel, target, meta, format!("home:{home}")],
-    )?;
+    let row = NewHomeStep {
+        action: step.action(),
+        rel: &rel,
+        target: target.as_deref(),
+        meta: Some(&meta),
+        detail: &format!("home:{home}"),
+    };
+    let seq = rows::insert_home_step(&state.conn, run_id, &row)?;
     homes::execute(root, step)?;
-    state.conn.execute(
-        "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
-        rusqlite::params![run_id, seq],
-    )?;
-    Ok(())
+    rows::mark_done(&state.conn, run_id, seq)
 }
 
 /// Moves every home kept under an old id to its current GUID's hashed path (see [`crate::homes`]).
@@ -59,36 +55,22 @@ pub(super) fn adopt_homes(
 ) -> Result<bool> {
     let (root, store) = (&dirs.store, dirs.roots.store.as_path());
     // Home steps left pending by a crash: each is idempotent, finish it.
-    let pending: Vec<(i64, String, String, Option<String>, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT seq, action, rel_path, target_path, COALESCE(meta_json, '{}') FROM journal
-             WHERE run_id = ?1 AND state = 'pending' AND action IN ('mkdir', 'move', 'xattr', 'rmdir') ORDER BY seq",
+    for p in rows::pending_home_steps(&state.conn, run_id)? {
+        let root = dirs.for_rel(&p.rel);
+        homes::execute(
+            root,
+            &HomeStep::from_row(&p.action, p.rel, p.target, &p.meta)?,
         )?;
-        let rows = st.query_map([run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    for (seq, action, rel, target, meta) in pending {
-        let root = dirs.for_rel(&rel);
-        homes::execute(root, &HomeStep::from_row(&action, rel, target, &meta)?)?;
-        state.conn.execute(
-            "UPDATE journal SET state = 'done' WHERE run_id = ?1 AND seq = ?2",
-            rusqlite::params![run_id, seq],
-        )?;
+        rows::mark_done(&state.conn, run_id, p.seq)?;
     }
-    let todo: Vec<(String, String, String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT rel_path, layout, old_id, new_guid FROM plan_homes
-             WHERE plan_id = ?1 AND new_guid IS NOT NULL AND (outcome = 'moved' OR layout != 'hashed') ORDER BY rel_path",
-        )?;
-        let rows = st.query_map([plan_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    let todo = todo.into_iter().filter(|t| take(&t.0));
-    for (old_rel, layout, old_id, new_guid) in todo {
+    let todo = rows::homes_to_adopt(&state.conn, plan_id)?;
+    for home in todo.into_iter().filter(|h| take(&h.old_rel)) {
+        let HomeToAdopt {
+            old_rel,
+            layout,
+            old_id,
+            new_guid,
+        } = home;
         if interrupt::pending().is_some() {
             return Ok(false);
         }

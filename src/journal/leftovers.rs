@@ -3,6 +3,7 @@
 use super::roots::RootDirs;
 use super::PAGE;
 use crate::error::{Error, Result};
+use crate::state::journal_rows as rows;
 use crate::state::State;
 use crate::store::confined::split_rel;
 use crate::store::write::is_leftover_name;
@@ -16,19 +17,8 @@ pub(super) fn remove_leftovers(state: &State, dirs: &RootDirs, plan_id: i64) -> 
     let mut last: Option<String> = None;
     let mut previous_folder: Option<String> = None;
     loop {
-        let page: Vec<String> = {
-            // The first page from '' on (every path), the next ones after the last path read.
-            let mut st = state.conn.prepare_cached(if last.is_none() {
-                "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 AND rel_path >= ?2
-                 ORDER BY rel_path LIMIT ?3"
-            } else {
-                "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 AND rel_path > ?2
-                 ORDER BY rel_path LIMIT ?3"
-            })?;
-            let after = last.as_deref().unwrap_or("");
-            let rows = st.query_map(rusqlite::params![plan_id, after, PAGE], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+        // The first page from '' on (every path), the next ones after the last path read.
+        let page = rows::resource_paths_page(&state.conn, plan_id, last.as_deref(), PAGE)?;
         let Some(tail) = page.last() else { break };
         last = Some(tail.clone());
         for rel in &page {

@@ -28,7 +28,6 @@ mod leftovers;
 mod resources;
 mod rollback;
 mod roots;
-mod runs;
 mod saved;
 mod side_files;
 mod summary;

@@ -7,6 +7,7 @@ use super::saved::{Backups, SavedMeta};
 use super::{BATCH, BATCH_FOLDERS};
 use crate::error::Result;
 use crate::interrupt;
+use crate::state::journal_rows::{self as rows, NewRewrite};
 use crate::state::{State, StepState};
 use crate::store::confined::{split_rel, Dir};
 use crate::store::props::AttrEdit;
@@ -203,17 +204,18 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
     }
     {
         let tx = state.conn.transaction()?;
-        {
-            let mut ins = tx.prepare(
-                "INSERT INTO journal (run_id, seq, action, rel_path, before_sha256, after_sha256, backup_sha256, meta_json, state, detail)
-                 VALUES (?1, ?2, 'rewrite', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for s in steps.iter().filter(|s| !s.resumed) {
-                ins.execute(rusqlite::params![
-                    b.run_id, s.seq, s.rel, s.old_sha, s.new_sha, s.backup, s.meta, s.state,
-                    s.detail
-                ])?;
-            }
+        for s in steps.iter().filter(|s| !s.resumed) {
+            let step = NewRewrite {
+                seq: s.seq,
+                rel: &s.rel,
+                old_sha: &s.old_sha,
+                new_sha: &s.new_sha,
+                backup: s.backup.as_deref(),
+                meta: s.meta.as_deref(),
+                state: s.state,
+                detail: &s.detail,
+            };
+            rows::insert_rewrite(&tx, b.run_id, &step)?;
         }
         tx.commit()?;
     }
@@ -265,10 +267,7 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
     }
     let tx = state.conn.transaction()?;
     for (seq, st, detail) in results {
-        tx.execute(
-            "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-            rusqlite::params![st, detail, b.run_id, seq],
-        )?;
+        rows::mark_step(&tx, b.run_id, seq, st, &detail)?;
     }
     tx.commit()?;
     interrupt::test_pause("apply-batch");

@@ -5,7 +5,6 @@ use super::guard::refuse_while_server_runs;
 use super::leftovers::remove_leftovers;
 use super::resources::batches;
 use super::roots::RootDirs;
-use super::runs::new_run;
 use super::saved::Backups;
 use super::summary::{interrupted, totals, RunSummary};
 use super::undo::{undo_batch, undo_single, UndoItem};
@@ -14,28 +13,17 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::state::{now_rfc3339, Action, RunEvent, RunKind, RunState, State, StepState};
-use rusqlite::OptionalExtension;
+use crate::state::journal_rows::{self as rows, AppliedStep, NewRun};
+use crate::state::{Action, RunEvent, RunKind, RunState, State, StepState};
 use std::path::{Path, PathBuf};
 
 /// The run `rollback` undoes when none is named: the newest apply or provision run not yet
 /// rolled back, else the newest one (to report that it was rolled back).
 pub(super) fn default_rollback_target(state: &State) -> Result<i64> {
-    let open: Option<i64> = state.conn.query_row(
-        "SELECT MAX(id) FROM runs WHERE kind IN ('apply', 'provision') AND COALESCE(state, '') != 'rolled-back'",
-        [],
-        |r| r.get(0),
-    )?;
-    if let Some(id) = open {
+    if let Some(id) = rows::newest_undoable_run(&state.conn, true)? {
         return Ok(id);
     }
-    state
-        .conn
-        .query_row(
-            "SELECT MAX(id) FROM runs WHERE kind IN ('apply', 'provision')",
-            [],
-            |r| r.get::<_, Option<i64>>(0),
-        )?
+    rows::newest_undoable_run(&state.conn, false)?
         .ok_or_else(|| Error::usage("no applied run to roll back"))
 }
 
@@ -58,23 +46,13 @@ pub fn rollback(
         Some(id) => id,
         None => default_rollback_target(&state)?,
     };
-    let (kind, store_path, undoes): (RunKind, String, Option<i64>) = state
-        .conn
-        .query_row(
-            "SELECT kind, store_path, undoes_run FROM runs WHERE id = ?1",
-            [target],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => {
-                Error::usage(format!("there is no run {target}"))
-            }
-            e => e.into(),
-        })?;
+    let run = rows::run_to_undo(&state.conn, target)?
+        .ok_or_else(|| Error::usage(format!("there is no run {target}")))?;
+    let (kind, store_path) = (run.kind, run.store_path);
     if kind == RunKind::Rollback {
         return Err(Error::usage(format!(
             "run {target} is a rollback (of run {}), not an apply or provision run; to redo what it undid, run `principal-reconciler apply` again",
-            undoes.unwrap_or_default()
+            run.undoes.unwrap_or_default()
         )));
     }
     let store = PathBuf::from(&store_path);
@@ -83,15 +61,11 @@ pub fn rollback(
     for root in roots.all() {
         refuse_while_server_runs(root, force)?;
     }
-    let mut order: Vec<i64> = Vec::new();
-    if kind == RunKind::Apply {
-        let mut st = state.conn.prepare(
-            "SELECT id FROM runs WHERE kind = 'apply' AND store_path = ?1 AND id > ?2
-               AND COALESCE(state, 'applying') != 'rolled-back' ORDER BY id DESC",
-        )?;
-        let rows = st.query_map(rusqlite::params![store_path, target], |r| r.get(0))?;
-        order = rows.collect::<rusqlite::Result<_>>()?;
-    }
+    let mut order: Vec<i64> = if kind == RunKind::Apply {
+        rows::later_apply_runs(&state.conn, &store_path, target)?
+    } else {
+        Vec::new()
+    };
     for &id in &order {
         refuse_pruned(&state, id).map_err(|e| {
             e.context(format!(
@@ -121,13 +95,7 @@ pub fn rollback(
 
 /// A run whose journal and backups `state prune` dropped cannot be rolled back.
 pub(super) fn refuse_pruned(state: &State, run: i64) -> Result<()> {
-    let pruned: Option<String> =
-        state
-            .conn
-            .query_row("SELECT pruned_at FROM runs WHERE id = ?1", [run], |r| {
-                r.get(0)
-            })?;
-    match pruned {
+    match rows::pruned_at(&state.conn, run)? {
         Some(at) => Err(Error::usage(format!(
             "run {run} can no longer be rolled back: its journal and backups were dropped by `principal-reconciler state prune` ({at})"
         ))),
@@ -143,12 +111,9 @@ pub(super) fn rollback_one(
     target: i64,
     force: bool,
 ) -> Result<RunSummary> {
-    let (store_path, plan_id, finished): (String, Option<i64>, Option<String>) =
-        state.conn.query_row(
-            "SELECT store_path, plan_id, finished_at FROM runs WHERE id = ?1",
-            [target],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+    let run = rows::run_to_undo(&state.conn, target)?
+        .ok_or_else(|| Error::usage(format!("there is no run {target}")))?;
+    let (store_path, plan_id, finished) = (run.store_path, run.plan_id, run.finished_at);
     let store = PathBuf::from(&store_path);
     let dirs = RootDirs::open(crate::addressbooks::run_roots(
         state,
@@ -163,14 +128,7 @@ pub(super) fn rollback_one(
         ..Default::default()
     };
     let current = state.run_state(target)?;
-    let previous: Option<(i64, Option<String>)> = state
-        .conn
-        .query_row(
-            "SELECT id, finished_at FROM runs WHERE kind = 'rollback' AND undoes_run = ?1 ORDER BY id DESC LIMIT 1",
-            [target],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok();
+    let previous = rows::latest_rollback_of(&state.conn, target);
     if current == RunState::RolledBack {
         let checked = check_run(state, dirs.as_ref(), target, true)?;
         if checked.differing.is_empty() || !force {
@@ -195,10 +153,7 @@ pub(super) fn rollback_one(
     summary.run_id = rb;
     if current == RunState::RolledBack {
         // A forced second rollback: the state machine goes through rolling back again.
-        state.conn.execute(
-            "UPDATE runs SET state = 'rolling-back' WHERE id = ?1",
-            [target],
-        )?;
+        rows::mark_rolling_back(&state.conn, target)?;
     } else {
         state.advance_run(target, RunEvent::StartRollback)?;
     }
@@ -227,10 +182,7 @@ pub(super) fn rollback_one(
         summary.state = Some(RunState::RollingBack);
         return Ok(summary);
     }
-    state.conn.execute(
-        "UPDATE runs SET status = 'done', finished_at = ?1 WHERE id = ?2",
-        rusqlite::params![now_rfc3339(), rb],
-    )?;
+    rows::finish_run(&state.conn, rb)?;
     summary.state = Some(state.advance_run(target, RunEvent::FinishRollback)?);
     totals(state, &mut summary)?;
     Ok(summary)
@@ -247,24 +199,22 @@ fn open_rollback_run(
     summary: &mut RunSummary,
 ) -> Result<i64> {
     if let Some(id) = resumable {
-        let unfinished: bool = state.conn.query_row(
-            "SELECT status != 'done' FROM runs WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )?;
-        if unfinished {
+        if rows::run_unfinished(&state.conn, id)? {
             summary.resumed = true;
             summary
                 .notes
                 .push(format!("rollback run {id} did not finish; resuming it"));
-            state.conn.execute(
-                "UPDATE runs SET status = 'running', stopped_by = NULL WHERE id = ?1",
-                [id],
-            )?;
+            rows::resume_rollback_run(&state.conn, id)?;
             return Ok(id);
         }
     }
-    new_run(state, RunKind::Rollback, plan_id, Some(target), store)
+    let run = NewRun {
+        kind: RunKind::Rollback,
+        plan_id,
+        undoes: Some(target),
+        store_path: &store.to_string_lossy(),
+    };
+    rows::insert_run(&state.conn, &run)
 }
 
 /// What undoing a run's steps needs besides the state database.
@@ -279,57 +229,6 @@ struct Undoing<'a> {
     force: bool,
     /// Put back files only (a forced second rollback).
     files_only: bool,
-}
-
-/// A step of the undone run: seq, action, path, target path, original, applied and backup
-/// hashes, saved metadata.
-type Row = (
-    i64,
-    Action,
-    String,
-    Option<String>,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-);
-
-/// The run's steps before `before`, newest first, a page of them (keyset pagination on the
-/// journal's primary key): a list of them all, with their saved attributes, would grow with the
-/// run (199 MB at 100,000 resources).
-fn step_page(state: &State, target: i64, before: i64) -> Result<Vec<Row>> {
-    let mut st = state.conn.prepare_cached(
-        "SELECT seq, action, rel_path, target_path, before_sha256, after_sha256, backup_sha256, meta_json FROM journal
-         WHERE run_id = ?1 AND seq < ?2 AND state IN ('done', 'pending') ORDER BY seq DESC LIMIT ?3",
-    )?;
-    let rows = st.query_map(rusqlite::params![target, before, PAGE], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-        ))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// The undo step a resumed rollback already journaled for a step, found through
-/// `journal_by_undone`.
-fn undo_of(state: &State, rb: i64, undone_seq: i64) -> Result<Option<(i64, StepState)>> {
-    let mut st = state.conn.prepare_cached(
-        "SELECT seq, state FROM journal INDEXED BY journal_by_undone
-         WHERE run_id = ?1 AND undoes_seq = ?2 AND action = 'undo'
-         ORDER BY seq DESC LIMIT 1",
-    )?;
-    Ok(st
-        .query_row(rusqlite::params![rb, undone_seq], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?)
 }
 
 impl Undoing<'_> {
@@ -352,25 +251,29 @@ impl Undoing<'_> {
 /// Undoes the run's steps, newest first: rewrite steps in batches, the others one at a time.
 /// `Some(signal)` when a signal stopped it between two steps.
 fn undo_steps(state: &mut State, progress: &dyn Progress, u: &Undoing<'_>) -> Result<Option<i32>> {
-    let mut next_seq: i64 = state.conn.query_row(
-        "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
-        [u.rb],
-        |r| r.get(0),
-    )?;
-    let total: u64 = state.conn.query_row(
-        "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND state IN ('done', 'pending')",
-        [u.target],
-        |r| r.get(0),
-    )?;
+    let mut next_seq = rows::last_seq(&state.conn, u.rb)?;
+    let total = rows::live_steps(&state.conn, u.target)?;
     let bar = progress.start("restoring", Some(total));
     let mut batch: Vec<UndoItem> = Vec::new();
     let mut before = i64::MAX;
     loop {
-        let page = step_page(state, u.target, before)?;
+        // The run's steps are read newest first a page at a time (keyset pagination on the
+        // journal's primary key): a list of them all, with their saved attributes, would grow
+        // with the run (199 MB at 100,000 resources).
+        let page = rows::applied_steps_page(&state.conn, u.target, before, PAGE)?;
         let Some(tail) = page.last() else { break };
-        before = tail.0;
-        for (undone_seq, action, rel, target_path, original_sha, applied_sha, backup, meta) in page
-        {
+        before = tail.seq;
+        for step in page {
+            let AppliedStep {
+                seq: undone_seq,
+                action,
+                rel,
+                target: target_path,
+                original_sha,
+                applied_sha,
+                backup,
+                meta,
+            } = step;
             bar.inc(1);
             if action == Action::Rewrite && backup.is_none() {
                 continue; // the file already held the new bytes: nothing of ours to undo
@@ -378,7 +281,7 @@ fn undo_steps(state: &mut State, progress: &dyn Progress, u: &Undoing<'_>) -> Re
             if u.files_only && !action.is_file() {
                 continue;
             }
-            let existing = match undo_of(state, u.rb, undone_seq)? {
+            let existing = match rows::undo_of(&state.conn, u.rb, undone_seq)? {
                 Some((_, StepState::Done | StepState::Skipped)) => continue,
                 Some((seq, StepState::Pending)) => Some(seq),
                 None => None,

@@ -2,7 +2,8 @@
 
 use crate::error::Result;
 use crate::interrupt;
-use crate::state::{RunState, RunStatus, State};
+use crate::state::journal_rows as rows;
+use crate::state::{RunState, State};
 
 /// What a check of the store against a finished run found.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -80,46 +81,13 @@ pub struct RunSummary {
 /// The whole run's counts, from its journal.
 pub(super) fn totals(state: &State, summary: &mut RunSummary) -> Result<()> {
     let run_id = summary.run_id;
-    let count = |sql: &str| -> Result<u64> {
-        Ok(state
-            .conn
-            .query_row(sql, [run_id], |r| r.get::<_, i64>(0))? as u64)
-    };
-    summary.skipped = {
-        let mut st = state.conn.prepare(
-            "SELECT rel_path, detail FROM journal WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq",
-        )?;
-        let rows = st.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    if summary.kind == "rollback" {
-        summary.written = count(
-            "SELECT COUNT(*) FROM journal u JOIN runs r ON r.id = u.run_id
-               JOIN journal j ON j.run_id = r.undoes_run AND j.seq = u.undoes_seq
-              WHERE u.run_id = ?1 AND u.state = 'done' AND u.detail = ''
-                AND j.action IN ('rewrite', 'database', 'file')",
-        )?;
-        summary.unchanged = count(
-            "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND state = 'done' AND detail = 'already restored'",
-        )?;
-        summary.homes_adopted = count(
-            "SELECT COUNT(*) FROM journal u JOIN runs r ON r.id = u.run_id
-               JOIN journal j ON j.run_id = r.undoes_run AND j.seq = u.undoes_seq
-              WHERE u.run_id = ?1 AND u.state = 'done' AND j.action = 'move'",
-        )?;
-    } else {
-        summary.written = count(
-            "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND action = 'rewrite' AND state = 'done' AND backup_sha256 IS NOT NULL",
-        )?;
-        summary.unchanged = count(
-            "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND action = 'rewrite' AND state = 'done' AND backup_sha256 IS NULL",
-        )?;
-        summary.homes_adopted = count(
-            "SELECT COUNT(DISTINCT detail) FROM journal WHERE run_id = ?1 AND action = 'move' AND state = 'done' AND detail LIKE 'home:%'",
-        )?;
-        summary.databases = count(
-            "SELECT COUNT(*) FROM journal WHERE run_id = ?1 AND action = 'database' AND state = 'done'",
-        )?;
+    summary.skipped = rows::skipped_steps(&state.conn, run_id)?;
+    let t = rows::totals(&state.conn, run_id, summary.kind == "rollback")?;
+    summary.written = t.written;
+    summary.unchanged = t.unchanged;
+    summary.homes_adopted = t.homes_adopted;
+    if summary.kind != "rollback" {
+        summary.databases = t.databases;
     }
     Ok(())
 }
@@ -127,10 +95,7 @@ pub(super) fn totals(state: &State, summary: &mut RunSummary) -> Result<()> {
 /// Marks a run interrupted by a signal (resumable) and says so in the summary.
 pub(super) fn interrupted(state: &State, summary: &mut RunSummary, sig: i32) -> Result<()> {
     let name = interrupt::name(sig);
-    state.conn.execute(
-        "UPDATE runs SET status = ?1, stopped_by = ?2 WHERE id = ?3",
-        rusqlite::params![RunStatus::Interrupted, name, summary.run_id],
-    )?;
+    rows::interrupt_run(&state.conn, summary.run_id, &name)?;
     summary.interrupted = Some(name);
     totals(state, summary)
 }

@@ -2,17 +2,19 @@
 
 use super::PAGE;
 use crate::error::Result;
+use crate::state::journal_rows::{self as rows, PlannedHashes, TodoPage};
 use crate::state::State;
+use std::collections::VecDeque;
 
 /// The resources of a plan that a run has not journaled yet, read in path order a page at a
 /// time (keyset pagination on the plan's primary key; journaled ones are found through
 /// `journal_by_path`).
 pub(super) struct TodoPages {
-    pub(super) plan_id: i64,
-    pub(super) run_id: i64,
-    pub(super) last: Option<String>,
-    pub(super) page: std::collections::VecDeque<(String, String, String)>,
-    pub(super) exhausted: bool,
+    plan_id: i64,
+    run_id: i64,
+    last: Option<String>,
+    page: VecDeque<PlannedHashes>,
+    exhausted: bool,
 }
 
 impl TodoPages {
@@ -26,14 +28,13 @@ impl TodoPages {
         }
     }
 
-    pub(super) fn sql(first: bool, columns: &str) -> String {
-        format!(
-            "SELECT {columns} FROM plan_resources p
-             WHERE p.plan_id = ?1 AND p.rel_path {} ?3
-               AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = ?2 AND j.rel_path = p.rel_path)
-             ORDER BY p.rel_path LIMIT ?4",
-            if first { ">=" } else { ">" }
-        )
+    fn page<'a>(&self, after: Option<&'a str>) -> TodoPage<'a> {
+        TodoPage {
+            plan_id: self.plan_id,
+            run_id: self.run_id,
+            after,
+            limit: PAGE,
+        }
     }
 
     /// How many there are that `takes` keeps (the paths only, a page at a time).
@@ -41,17 +42,7 @@ impl TodoPages {
         let mut n = 0;
         let mut last: Option<String> = None;
         loop {
-            let mut page: Vec<String> = {
-                let mut st = state
-                    .conn
-                    .prepare_cached(&Self::sql(last.is_none(), "p.rel_path"))?;
-                let after = last.as_deref().unwrap_or("");
-                let rows = st.query_map(
-                    rusqlite::params![self.plan_id, self.run_id, after, PAGE],
-                    |r| r.get(0),
-                )?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+            let mut page = rows::todo_paths(&state.conn, &self.page(last.as_deref()))?;
             n += page.iter().filter(|rel| takes(rel)).count() as u64;
             if (page.len() as i64) < PAGE {
                 return Ok(n);
@@ -65,10 +56,10 @@ impl TodoPages {
         &mut self,
         state: &State,
         takes: &dyn Fn(&str) -> bool,
-    ) -> Result<Option<(String, String, String)>> {
+    ) -> Result<Option<PlannedHashes>> {
         loop {
             if let Some(t) = self.page.pop_front() {
-                if takes(&t.0) {
+                if takes(&t.rel) {
                     return Ok(Some(t));
                 }
                 continue;
@@ -76,21 +67,10 @@ impl TodoPages {
             if self.exhausted {
                 return Ok(None);
             }
-            let page: Vec<(String, String, String)> = {
-                let mut st = state.conn.prepare_cached(&Self::sql(
-                    self.last.is_none(),
-                    "p.rel_path, p.old_sha256, p.new_sha256",
-                ))?;
-                let after = self.last.as_deref().unwrap_or("");
-                let rows = st.query_map(
-                    rusqlite::params![self.plan_id, self.run_id, after, PAGE],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+            let page = rows::todo_resources(&state.conn, &self.page(self.last.as_deref()))?;
             self.exhausted = (page.len() as i64) < PAGE;
             if let Some(t) = page.last() {
-                self.last = Some(t.0.clone());
+                self.last = Some(t.rel.clone());
             }
             self.page.extend(page);
         }

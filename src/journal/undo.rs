@@ -5,6 +5,7 @@ use super::saved::{Backups, SavedMeta};
 use crate::error::{Error, Result};
 use crate::homes::{self, HomeStep};
 use crate::interrupt;
+use crate::state::journal_rows::{self as rows, NewUndo};
 use crate::state::{Action, State, StepState};
 use crate::store::confined::{split_rel, Dir};
 use crate::store::write::{
@@ -146,17 +147,16 @@ pub(super) fn undo_batch(
         let tx = state.conn.transaction()?;
         for u in &undos {
             match u.item.existing {
-                Some(seq) => {
-                    tx.execute(
-                        "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-                        rusqlite::params![u.state, u.detail, rb, seq],
-                    )?;
-                }
+                Some(seq) => rows::mark_step(&tx, rb, seq, u.state, &u.detail)?,
                 None => {
-                    tx.execute(
-                        "INSERT INTO journal (run_id, seq, action, rel_path, target_path, undoes_seq, state, detail) VALUES (?1, ?2, 'undo', ?3, ?4, ?5, ?6, ?7)",
-                        rusqlite::params![rb, u.item.seq, u.item.rel, u.item.target, u.item.undone, u.state, u.detail],
-                    )?;
+                    let undo = NewUndo {
+                        seq: u.item.seq,
+                        rel: &u.item.rel,
+                        target: u.item.target.as_deref(),
+                        undoes_seq: u.item.undone,
+                        outcome: Some((u.state, &u.detail)),
+                    };
+                    rows::insert_undo(&tx, rb, &undo)?;
                 }
             }
         }
@@ -216,10 +216,7 @@ pub(super) fn undo_batch(
     }
     let tx = state.conn.transaction()?;
     for (seq, st, detail) in results {
-        tx.execute(
-            "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-            rusqlite::params![st, detail, rb, seq],
-        )?;
+        rows::mark_step(&tx, rb, seq, st, &detail)?;
     }
     tx.commit()?;
     interrupt::test_pause("rollback-batch");
@@ -239,10 +236,14 @@ pub(super) fn undo_single(
     let seq = match item.existing {
         Some(seq) => seq,
         None => {
-            state.conn.execute(
-                "INSERT INTO journal (run_id, seq, action, rel_path, target_path, undoes_seq, state) VALUES (?1, ?2, 'undo', ?3, ?4, ?5, 'pending')",
-                rusqlite::params![rb, item.seq, item.rel, item.target, item.undone],
-            )?;
+            let undo = NewUndo {
+                seq: item.seq,
+                rel: &item.rel,
+                target: item.target.as_deref(),
+                undoes_seq: item.undone,
+                outcome: None,
+            };
+            rows::insert_undo(&state.conn, rb, &undo)?;
             item.seq
         }
     };
@@ -286,11 +287,7 @@ pub(super) fn undo_single(
         homes::undo(root, &step)?;
         (StepState::Done, String::new())
     };
-    state.conn.execute(
-        "UPDATE journal SET state = ?1, detail = ?2 WHERE run_id = ?3 AND seq = ?4",
-        rusqlite::params![st, detail, rb, seq],
-    )?;
-    Ok(())
+    rows::mark_step(&state.conn, rb, seq, st, &detail)
 }
 
 /// Whether a file's attributes are those saved in a step (a step that changed only attributes
