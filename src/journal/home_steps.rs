@@ -2,28 +2,17 @@
 
 use super::roots::RootDirs;
 use super::summary::RunSummary;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::homes::{self, HomeStep};
 use crate::interrupt;
 use crate::state::journal_rows::{self as rows, HomeToAdopt, NewHomeStep};
 use crate::state::State;
+use crate::store::addressbook;
 use crate::store::confined::Dir;
-use std::path::Path;
 
 /// Records a step as pending (durably), takes it, marks it done. `home` names the home it adopts
 /// (counted in the run's summary).
-pub(crate) fn journaled_home_step(
-    state: &mut State,
-    run_id: i64,
-    root: &Path,
-    step: &HomeStep,
-    home: &str,
-) -> Result<()> {
-    let dir = Dir::open(root).map_err(|e| Error::io("cannot open", root, e))?;
-    journaled_home_step_at(state, run_id, &dir, step, home)
-}
-
-pub(super) fn journaled_home_step_at(
+pub(super) fn journaled_home_step(
     state: &mut State,
     run_id: i64,
     root: &Dir,
@@ -76,26 +65,51 @@ pub(super) fn adopt_homes(
         }
         let steps = homes::plan_adoption(store, &old_rel, &new_guid, &mut summary.notes)?;
         for step in &steps {
-            journaled_home_step_at(state, run_id, root, step, &old_rel)?;
+            journaled_home_step(state, run_id, root, step, &old_rel)?;
         }
         let hrefs = homes::old_hrefs(&layout, &old_id);
         for step in
             homes::plan_href_updates(store, &homes::hashed_home(&new_guid), &hrefs, &new_guid)?
         {
-            journaled_home_step_at(state, run_id, root, &step, &old_rel)?;
+            journaled_home_step(state, run_id, root, &step, &old_rel)?;
         }
     }
     if interrupt::pending().is_some() {
         return Ok(false);
     }
-    crate::addressbooks::adopt_homes(
-        state,
-        run_id,
-        plan_id,
-        &dirs.roots,
-        take,
-        &mut summary.homes_adopted,
-        &mut summary.notes,
-    )?;
+    adopt_addressbook_homes(state, run_id, plan_id, dirs, take, summary)?;
     Ok(true)
+}
+
+/// Adopts the address-book homes a plan found under old GUIDs (after the calendar homes; the
+/// steps are journaled like theirs, with paths relative to the address-book root).
+fn adopt_addressbook_homes(
+    state: &mut State,
+    run_id: i64,
+    plan_id: i64,
+    dirs: &RootDirs,
+    take: &dyn Fn(&str) -> bool,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let (Some(root), Some(dir)) = (dirs.roots.addressbooks.as_deref(), &dirs.addressbooks) else {
+        return Ok(());
+    };
+    let todo = rows::addressbook_homes_to_adopt(&state.conn, plan_id)?;
+    // A staged apply takes only its homes (`take`).
+    for (old_rel, new_guid) in todo.into_iter().filter(|(rel, _)| take(rel)) {
+        let steps = homes::plan_adoption_in(
+            root,
+            addressbook::DIR,
+            &old_rel,
+            &new_guid,
+            &mut summary.notes,
+        )?;
+        for step in &steps {
+            journaled_home_step(state, run_id, dir, step, &old_rel)?;
+        }
+        if !steps.is_empty() {
+            summary.homes_adopted += 1;
+        }
+    }
+    Ok(())
 }

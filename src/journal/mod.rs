@@ -36,7 +36,6 @@ mod undo;
 
 pub use self::apply::apply;
 pub use self::guard::server_running;
-pub(crate) use self::home_steps::journaled_home_step;
 pub use self::rollback::rollback;
 pub use self::saved::Backups;
 pub(crate) use self::side_files::apply_databases;

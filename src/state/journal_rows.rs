@@ -741,6 +741,20 @@ pub fn homes_to_adopt(conn: &Connection, plan_id: i64) -> Result<Vec<HomeToAdopt
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// The address-book homes of a plan to adopt, in path order: where each is now and its owner's
+/// GUID now.
+pub fn addressbook_homes_to_adopt(
+    conn: &Connection,
+    plan_id: i64,
+) -> Result<Vec<(String, String)>> {
+    let mut st = conn.prepare(
+        "SELECT rel_path, new_guid FROM plan_addressbook_homes
+         WHERE plan_id = ?1 AND new_guid IS NOT NULL AND (outcome = 'moved' OR layout != 'hashed') ORDER BY rel_path",
+    )?;
+    let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 // ---- undo steps -------------------------------------------------------------------------------
 
 /// A step of the run a rollback undoes, as it was recorded.

@@ -76,8 +76,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("journal::apply", "plan"),
     ("journal::resources", "plan"),
     ("plan", "provision"),
-    // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
-    ("addressbooks", "journal"),
+    // addressbooks still holds its part of the plan (its verify moved into verify, the adoption of
+    // its homes into the journal): to move into plan.
     ("addressbooks", "plan"),
 ];
 
