@@ -5,8 +5,6 @@ use super::guard::{refuse_while_server_runs, store_path_of};
 use super::home_steps::adopt_homes;
 use super::leftovers::remove_leftovers;
 use super::resources::{apply_batch, batches, Batch, Item};
-use super::roots::RootDirs;
-use super::saved::Backups;
 use super::side_files::apply_databases;
 use super::summary::{interrupted, totals, Checked, RunSummary};
 use super::todo::TodoPages;
@@ -21,6 +19,8 @@ use crate::state::journal_rows::{self as rows, ApplyRun, NewRun, PlannedHashes};
 use crate::state::{RunEvent, RunKind, RunState, RunStatus, State};
 use crate::store::confined::split_rel;
 use crate::store::props::{edits_from_json, AttrEdit};
+use crate::store::seam::Backups;
+use crate::store::seam::{Store, StoreRoots};
 use crate::store::write::WriteOptions;
 use std::path::{Path, PathBuf};
 
@@ -44,7 +44,7 @@ pub fn apply(progress: &dyn Progress, cfg: &Config, opts: &ApplyOptions) -> Resu
     }
     let started = std::time::Instant::now();
     let backups = Backups::open(&cfg.state.path)?;
-    let dirs = RootDirs::open(roots.clone())?;
+    let dirs = StoreRoots::open(roots.clone())?;
     let mut summary = RunSummary {
         kind: "apply",
         plan_id: Some(plan_id),
@@ -115,7 +115,7 @@ pub fn apply(progress: &dyn Progress, cfg: &Config, opts: &ApplyOptions) -> Resu
 struct Planned<'a> {
     plan_id: i64,
     layout: &'a Layout,
-    dirs: &'a RootDirs,
+    dirs: &'a dyn Store,
 }
 
 /// The store the plan was made for, which must be the configured one (a rehearsal works on a

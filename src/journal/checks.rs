@@ -1,12 +1,12 @@
 //! Checks of the store against a finished run or against a plan about to be applied again.
 
-use super::roots::RootDirs;
 use super::summary::Checked;
 use crate::error::{Error, Result};
 use crate::stage::{self, Layout};
 use crate::state::journal_rows::{self as rows, PlannedHashes, WrittenFile};
 use crate::state::{Action, State};
-use crate::store::write::{sha256_at, sha256_hex};
+use crate::store::seam::{SideFile, Store};
+use std::path::Path;
 
 /// Where a path of the store is after the run's home moves (`from` → `to`, in order).
 pub(super) fn moved(rel: &str, moves: &[(String, String)]) -> String {
@@ -33,7 +33,7 @@ pub(super) fn describe_found(found: &Option<String>) -> String {
 /// wrote (at their place after its home moves), after a rollback their original bytes.
 pub(super) fn check_run(
     state: &State,
-    dirs: Option<&RootDirs>,
+    dirs: Option<&dyn Store>,
     run_id: i64,
     originals: bool,
 ) -> Result<Checked> {
@@ -55,14 +55,11 @@ pub(super) fn check_run(
         let want = if originals { before } else { after };
         let (at, found) = if action == Action::Rewrite {
             let at = moved(&rel, &moves);
-            let found = match dirs.map(|d| d.for_rel(&at).split(&at)) {
-                Some(Ok((dir, name))) => sha256_at(&dir, name).unwrap_or(None),
-                _ => None,
-            };
+            let found = dirs.and_then(|d| d.hash_of(&at));
             (at, found)
         } else {
             // A delegate database or augments.xml: outside the store, named by its path.
-            let found = std::fs::read(&rel).ok().map(|b| sha256_hex(&b));
+            let found = SideFile(Path::new(&rel)).hash();
             (rel, found)
         };
         if found.as_deref() == Some(want.as_str()) {
@@ -79,7 +76,7 @@ pub(super) fn check_run(
 /// Only what `sel` takes is checked (the other stages' homes may have moved).
 pub(super) fn check_store_matches_plan(
     state: &State,
-    dirs: &RootDirs,
+    dirs: &dyn Store,
     plan_id: i64,
     layout: &Layout,
     sel: &stage::Selection,
@@ -96,17 +93,14 @@ pub(super) fn check_store_matches_plan(
         new_sha: new,
     } in planned
     {
-        let found = match dirs.for_rel(&rel).split(&rel) {
-            Ok((dir, name)) => sha256_at(&dir, name).unwrap_or(None),
-            Err(_) => None,
-        };
+        let found = dirs.hash_of(&rel);
         if found.as_deref() != Some(old.as_str()) && found.as_deref() != Some(new.as_str()) {
             differing.push(format!("{rel} ({})", describe_found(&found)));
         }
     }
     let dbs = rows::changed_databases(&state.conn, plan_id)?;
     for (path, old) in dbs.into_iter().filter(|_| sel.rest) {
-        let found = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
+        let found = SideFile(Path::new(&path)).hash();
         if found.as_deref() != Some(old.as_str()) {
             differing.push(format!("{path} ({})", describe_found(&found)));
         }

@@ -1,6 +1,5 @@
 //! Home steps (moves, folders, attributes) journaled one at a time, and the adoption of homes.
 
-use super::roots::RootDirs;
 use super::summary::RunSummary;
 use crate::error::Result;
 use crate::homes::{self, HomeStep};
@@ -8,14 +7,14 @@ use crate::interrupt;
 use crate::state::journal_rows::{self as rows, HomeToAdopt, NewHomeStep};
 use crate::state::State;
 use crate::store::addressbook;
-use crate::store::confined::Dir;
+use crate::store::seam::Store;
 
 /// Records a step as pending (durably), takes it, marks it done. `home` names the home it adopts
 /// (counted in the run's summary).
 pub(super) fn journaled_home_step(
     state: &mut State,
     run_id: i64,
-    root: &Dir,
+    store: &dyn Store,
     step: &HomeStep,
     home: &str,
 ) -> Result<()> {
@@ -28,7 +27,7 @@ pub(super) fn journaled_home_step(
         detail: &format!("home:{home}"),
     };
     let seq = rows::insert_home_step(&state.conn, run_id, &row)?;
-    homes::execute(root, step)?;
+    store.home_step(step, false)?;
     rows::mark_done(&state.conn, run_id, seq)
 }
 
@@ -38,17 +37,16 @@ pub(super) fn adopt_homes(
     state: &mut State,
     run_id: i64,
     plan_id: i64,
-    dirs: &RootDirs,
+    dirs: &dyn Store,
     take: &dyn Fn(&str) -> bool,
     summary: &mut RunSummary,
 ) -> Result<bool> {
-    let (root, store) = (&dirs.store, dirs.roots.store.as_path());
+    let store = dirs.roots().store.as_path();
     // Home steps left pending by a crash: each is idempotent, finish it.
     for p in rows::pending_home_steps(&state.conn, run_id)? {
-        let root = dirs.for_rel(&p.rel);
-        homes::execute(
-            root,
+        dirs.home_step(
             &HomeStep::from_row(&p.action, p.rel, p.target, &p.meta)?,
+            false,
         )?;
         rows::mark_done(&state.conn, run_id, p.seq)?;
     }
@@ -65,13 +63,13 @@ pub(super) fn adopt_homes(
         }
         let steps = homes::plan_adoption(store, &old_rel, &new_guid, &mut summary.notes)?;
         for step in &steps {
-            journaled_home_step(state, run_id, root, step, &old_rel)?;
+            journaled_home_step(state, run_id, dirs, step, &old_rel)?;
         }
         let hrefs = homes::old_hrefs(&layout, &old_id);
         for step in
             homes::plan_href_updates(store, &homes::hashed_home(&new_guid), &hrefs, &new_guid)?
         {
-            journaled_home_step(state, run_id, root, &step, &old_rel)?;
+            journaled_home_step(state, run_id, dirs, &step, &old_rel)?;
         }
     }
     if interrupt::pending().is_some() {
@@ -87,11 +85,11 @@ fn adopt_addressbook_homes(
     state: &mut State,
     run_id: i64,
     plan_id: i64,
-    dirs: &RootDirs,
+    dirs: &dyn Store,
     take: &dyn Fn(&str) -> bool,
     summary: &mut RunSummary,
 ) -> Result<()> {
-    let (Some(root), Some(dir)) = (dirs.roots.addressbooks.as_deref(), &dirs.addressbooks) else {
+    let Some(root) = dirs.roots().addressbooks.as_deref() else {
         return Ok(());
     };
     let todo = rows::addressbook_homes_to_adopt(&state.conn, plan_id)?;
@@ -105,7 +103,7 @@ fn adopt_addressbook_homes(
             &mut summary.notes,
         )?;
         for step in &steps {
-            journaled_home_step(state, run_id, dir, step, &old_rel)?;
+            journaled_home_step(state, run_id, dirs, step, &old_rel)?;
         }
         if !steps.is_empty() {
             summary.homes_adopted += 1;

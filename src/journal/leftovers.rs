@@ -1,18 +1,17 @@
 //! Removal of the temporary files an interrupted run left beside the resources.
 
-use super::roots::RootDirs;
 use super::PAGE;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::state::journal_rows as rows;
 use crate::state::State;
 use crate::store::confined::split_rel;
-use crate::store::write::is_leftover_name;
+use crate::store::seam::Store;
 
 /// Removes the temporary files (`.NAME.principal-reconciler.tmp`) that an interrupted run left in
 /// the folders of the plan's resources; returns how many. The paths are read a page at a time,
 /// in path order, so a folder's resources come together: each folder is listed once (a folder
 /// whose resources are interleaved with a subfolder's may be listed again, which finds nothing).
-pub(super) fn remove_leftovers(state: &State, dirs: &RootDirs, plan_id: i64) -> Result<u64> {
+pub(super) fn remove_leftovers(state: &State, dirs: &dyn Store, plan_id: i64) -> Result<u64> {
     let mut removed = 0;
     let mut last: Option<String> = None;
     let mut previous_folder: Option<String> = None;
@@ -26,28 +25,11 @@ pub(super) fn remove_leftovers(state: &State, dirs: &RootDirs, plan_id: i64) -> 
             if previous_folder.as_deref() == Some(folder) {
                 continue;
             }
-            removed += remove_leftovers_in(dirs, folder)?;
+            removed += dirs.remove_leftovers_in(folder)?;
             previous_folder = Some(folder.to_string());
         }
         if (page.len() as i64) < PAGE {
             break;
-        }
-    }
-    Ok(removed)
-}
-
-/// Removes our temporary files from one folder of the store; returns how many.
-pub(super) fn remove_leftovers_in(dirs: &RootDirs, folder: &str) -> Result<u64> {
-    let Ok(dir) = dirs.for_rel(folder).walk(folder) else {
-        return Ok(0); // gone, moved, or a link: nothing of ours in it
-    };
-    let Ok(names) = dir.names() else { return Ok(0) };
-    let mut removed = 0;
-    for name in names.into_iter().filter(|n| is_leftover_name(n)) {
-        if dir.stat(&name).is_ok_and(|s| s.is_file()) {
-            dir.unlink(&name)
-                .map_err(|e| Error::io("cannot remove the leftover", &dir.child(&name), e))?;
-            removed += 1;
         }
     }
     Ok(removed)

@@ -27,7 +27,6 @@ mod home_steps;
 mod leftovers;
 mod resources;
 mod rollback;
-mod roots;
 mod saved;
 mod side_files;
 mod summary;
@@ -35,13 +34,13 @@ mod todo;
 mod undo;
 
 pub use self::apply::apply;
-pub use self::guard::server_running;
 pub use self::rollback::rollback;
-pub use self::saved::Backups;
 pub(crate) use self::side_files::apply_databases;
 pub use self::side_files::journaled_file_write;
 pub use self::summary::{Checked, RunSummary};
 use crate::stage::Request;
+pub use crate::store::seam::server_running;
+pub use crate::store::seam::Backups;
 
 /// Steps made durable together.
 pub(super) const BATCH: usize = 1024;

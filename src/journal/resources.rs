@@ -1,23 +1,22 @@
 //! The plan's resources carried out in batches: prepared in parallel, journaled durably, renamed,
 //! marked done.
 
-use super::guard::same_filesystem;
-use super::roots::{Caches, RootDirs};
-use super::saved::{Backups, SavedMeta};
+use super::saved::SavedMeta;
 use super::{BATCH, BATCH_FOLDERS};
 use crate::error::Result;
 use crate::interrupt;
 use crate::state::journal_rows::{self as rows, NewRewrite};
 use crate::state::{State, StepState};
-use crate::store::confined::{split_rel, Dir};
+use crate::store::confined::split_rel;
 use crate::store::props::AttrEdit;
+use crate::store::seam::Backups;
+use crate::store::seam::{self, Collection, CtagRenewal, Store};
 use crate::store::write::{
-    bump_ctag_dir, choose_prefix_dir, prepare_write_at, sha256_hex, sync_filesystem, FileMeta,
-    PreparedWrite, WriteError, WriteOptions,
+    choose_prefix_dir, prepare_write_at, sha256_hex, FileMeta, PreparedWrite, WriteError,
+    WriteOptions,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Splits work into batches of at most [`BATCH`] steps and [`BATCH_FOLDERS`] folders.
 pub(super) fn batches<T>(items: Vec<T>, rel: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
@@ -78,7 +77,7 @@ pub(super) struct Step {
     pub(super) prepared: Option<PreparedWrite>,
     /// A collection whose ctag must be renewed although nothing is renamed now (a step of an
     /// interrupted batch whose file already holds the new bytes).
-    pub(super) renew: Option<(String, Arc<Dir>, String)>,
+    pub(super) renew: Option<(String, CtagRenewal)>,
 }
 
 impl Step {
@@ -89,7 +88,7 @@ impl Step {
 }
 
 pub(super) fn prepare_step(
-    cache: &Caches,
+    cache: &dyn seam::Batch,
     backups: &Backups,
     opts: &WriteOptions,
     rewrites: &crate::plan::PlannedRewrites,
@@ -127,7 +126,10 @@ pub(super) fn prepare_step(
             // Renamed before the interruption; its ctag may not have been renewed.
             let own = FileMeta::of_at(&dir, name)?.xattr_list();
             let prefix = choose_prefix_dir(opts.xattr_prefix.as_deref(), &own, &dir);
-            step.renew = Some((split_rel(&it.rel).0.to_string(), dir, prefix));
+            step.renew = Some((
+                split_rel(&it.rel).0.to_string(),
+                CtagRenewal { dir, prefix },
+            ));
         } else {
             step.detail = "already rewritten".into();
         }
@@ -176,7 +178,7 @@ pub(super) fn prepare_step(
 /// Everything a batch needs besides its items.
 pub(super) struct Batch<'a> {
     pub(super) run_id: i64,
-    pub(super) dirs: &'a RootDirs,
+    pub(super) dirs: &'a dyn Store,
     pub(super) state_dir: &'a Path,
     pub(super) backups: &'a Backups,
     pub(super) opts: &'a WriteOptions,
@@ -190,18 +192,14 @@ pub(super) struct Batch<'a> {
 /// interruption left pending), made durable together, then marked done.
 pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) -> Result<()> {
     use rayon::prelude::*;
-    let cache = Caches::new(b.dirs)?;
+    let cache = b.dirs.open_batch()?;
     let steps: Vec<Step> = items
         .into_par_iter()
-        .map(|it| prepare_step(&cache, b.backups, b.opts, b.rewrites, it))
+        .map(|it| prepare_step(&*cache, b.backups, b.opts, b.rewrites, it))
         .collect::<Result<_>>()?;
     interrupt::test_pause("apply-prepared");
     b.backups.sync()?;
-    for root in b.dirs.roots.all() {
-        if !same_filesystem(root, b.state_dir) {
-            sync_filesystem(root)?;
-        }
-    }
+    b.dirs.sync_apart_from(b.state_dir)?;
     {
         let tx = state.conn.transaction()?;
         for s in steps.iter().filter(|s| !s.resumed) {
@@ -219,19 +217,20 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
         }
         tx.commit()?;
     }
-    let mut collections: BTreeMap<String, (Arc<Dir>, String)> = BTreeMap::new();
+    let mut collections: BTreeMap<String, CtagRenewal> = BTreeMap::new();
     let mut prepared = Vec::new();
     let mut results: Vec<(i64, StepState, String)> = Vec::new();
     for s in steps {
-        if let Some((folder, dir, prefix)) = s.renew {
-            collections.entry(folder).or_insert((dir, prefix));
+        if let Some((folder, c)) = s.renew {
+            collections.entry(folder).or_insert(c);
         }
         match s.prepared {
             Some(p) => {
                 let folder = split_rel(&s.rel).0.to_string();
-                collections
-                    .entry(folder)
-                    .or_insert_with(|| (p.dir().clone(), p.prefix.clone()));
+                collections.entry(folder).or_insert_with(|| CtagRenewal {
+                    dir: p.dir().clone(),
+                    prefix: p.prefix.clone(),
+                });
                 prepared.push((s.seq, p));
             }
             None if s.resumed => {
@@ -255,8 +254,8 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
         }
     }
     if !b.opts.plain_files {
-        for (i, (dir, prefix)) in collections.values().enumerate() {
-            bump_ctag_dir(dir, prefix)?;
+        for (i, c) in collections.values().enumerate() {
+            c.renew()?;
             if i == 0 {
                 interrupt::test_pause("apply-ctag");
             }

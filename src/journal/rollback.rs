@@ -4,8 +4,6 @@ use super::checks::check_run;
 use super::guard::refuse_while_server_runs;
 use super::leftovers::remove_leftovers;
 use super::resources::batches;
-use super::roots::RootDirs;
-use super::saved::Backups;
 use super::summary::{interrupted, totals, RunSummary};
 use super::undo::{undo_batch, undo_single, UndoItem};
 use super::{RollbackOptions, BATCH, PAGE};
@@ -15,6 +13,8 @@ use crate::interrupt;
 use crate::progress::Progress;
 use crate::state::journal_rows::{self as rows, AppliedStep, NewRun};
 use crate::state::{Action, RunEvent, RunKind, RunState, State, StepState};
+use crate::store::seam::Backups;
+use crate::store::seam::{Store, StoreRoots};
 use std::path::{Path, PathBuf};
 
 /// The run `rollback` undoes when none is named: the newest apply or provision run not yet
@@ -115,7 +115,7 @@ pub(super) fn rollback_one(
         .ok_or_else(|| Error::usage(format!("there is no run {target}")))?;
     let (store_path, plan_id, finished) = (run.store_path, run.plan_id, run.finished_at);
     let store = PathBuf::from(&store_path);
-    let dirs = RootDirs::open(crate::addressbooks::run_roots(
+    let dirs = StoreRoots::open(crate::addressbooks::run_roots(
         state,
         target,
         store.clone(),
@@ -130,7 +130,7 @@ pub(super) fn rollback_one(
     let current = state.run_state(target)?;
     let previous = rows::latest_rollback_of(&state.conn, target);
     if current == RunState::RolledBack {
-        let checked = check_run(state, dirs.as_ref(), target, true)?;
+        let checked = check_run(state, dirs.as_ref().map(|d| d as &dyn Store), target, true)?;
         if checked.differing.is_empty() || !force {
             let (rb, at) = previous.unwrap_or((0, finished));
             summary.run_id = rb;
@@ -169,7 +169,7 @@ pub(super) fn rollback_one(
     let undoing = Undoing {
         rb,
         target,
-        dirs: dirs.as_ref(),
+        dirs: dirs.as_ref().map(|d| d as &dyn Store),
         store: &store,
         backups,
         force,
@@ -223,7 +223,7 @@ struct Undoing<'a> {
     rb: i64,
     /// The run it undoes.
     target: i64,
-    dirs: Option<&'a RootDirs>,
+    dirs: Option<&'a dyn Store>,
     store: &'a Path,
     backups: &'a Backups,
     force: bool,

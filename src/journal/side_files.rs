@@ -1,15 +1,16 @@
 //! Files outside the store a run rewrites: the delegate and auto-accept databases, a whole file
 //! such as augments.xml.
 
-use super::saved::{Backups, SavedMeta};
+use super::saved::SavedMeta;
 use super::summary::RunSummary;
 use crate::error::{Error, Result};
 use crate::state::journal_rows::{
     self as rows, DatabaseTodo, FileStep, NewDatabaseStep, PendingDatabase,
 };
 use crate::state::State;
-use crate::store::write::{restore, sha256_hex, FileMeta};
-use std::path::{Path, PathBuf};
+use crate::store::seam::{Backups, SideFile};
+use crate::store::write::sha256_hex;
+use std::path::Path;
 
 /// Rewrites the delegate and auto-accept databases as planned, each a journaled step with a
 /// backup of the whole file.
@@ -23,17 +24,13 @@ pub(crate) fn apply_databases(
     // A database step left pending: SQLite commits atomically, so the file either still has its
     // planned bytes (redo) or holds our committed change (done).
     for PendingDatabase { seq, path, before } in rows::pending_databases(&state.conn, run_id)? {
-        let current = std::fs::read(&path)
-            .map(|b| sha256_hex(&b))
-            .unwrap_or_default();
+        let current = SideFile(Path::new(&path)).hash().unwrap_or_default();
         if current == before {
             let json = rows::database_plan(&state.conn, plan_id, &path)?;
             let plan: crate::provision::proxy::DbPlan = serde_json::from_str(&json)?;
             crate::provision::proxy::apply_db_rewrite(Path::new(&path), &plan)?;
         }
-        let after = std::fs::read(&path)
-            .map(|b| sha256_hex(&b))
-            .unwrap_or_default();
+        let after = SideFile(Path::new(&path)).hash().unwrap_or_default();
         rows::database_done(&state.conn, run_id, seq, &after)?;
     }
     for todo in rows::databases_todo(&state.conn, plan_id, run_id)? {
@@ -42,18 +39,15 @@ pub(crate) fn apply_databases(
             old_sha,
             plan_json: json,
         } = todo;
-        let p = Path::new(&path);
-        for suffix in ["-wal", "-journal"] {
-            let side = PathBuf::from(format!("{path}{suffix}"));
-            if side.exists() {
-                return Err(Error::usage(format!(
-                    "{} exists: the database is in use or was not closed cleanly; stop the calendar server first",
-                    side.display()
-                )));
-            }
+        let file = SideFile(Path::new(&path));
+        if let Some(side) = file.sqlite_side_file() {
+            return Err(Error::usage(format!(
+                "{} exists: the database is in use or was not closed cleanly; stop the calendar server first",
+                side.display()
+            )));
         }
         let seq = rows::last_seq(&state.conn, run_id)? + 1;
-        let bytes = std::fs::read(p).map_err(|e| Error::io("cannot read", p, e))?;
+        let bytes = file.read()?;
         if sha256_hex(&bytes) != old_sha {
             let step = NewDatabaseStep {
                 seq,
@@ -67,7 +61,7 @@ pub(crate) fn apply_databases(
         }
         let backup = backups.put(&bytes)?;
         backups.sync()?;
-        let meta = serde_json::to_string(&SavedMeta::from_meta(&FileMeta::of(p)?))?;
+        let meta = serde_json::to_string(&SavedMeta::from_meta(&file.meta()?))?;
         let step = NewDatabaseStep {
             seq,
             path: &path,
@@ -76,10 +70,8 @@ pub(crate) fn apply_databases(
         };
         rows::insert_database_step(&state.conn, run_id, &step)?;
         let plan: crate::provision::proxy::DbPlan = serde_json::from_str(&json)?;
-        crate::provision::proxy::apply_db_rewrite(p, &plan)?;
-        let after = std::fs::read(p)
-            .map(|b| sha256_hex(&b))
-            .map_err(|e| Error::io("cannot read", p, e))?;
+        crate::provision::proxy::apply_db_rewrite(file.0, &plan)?;
+        let after = sha256_hex(&file.read()?);
         rows::database_done(&state.conn, run_id, seq, &after)?;
         summary.databases += 1;
     }
@@ -97,10 +89,11 @@ pub fn journaled_file_write(
 ) -> Result<(i64, String)> {
     let mut state = State::open(state_dir)?;
     let backups = Backups::open(state_dir)?;
-    let old = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let file = SideFile(path);
+    let old = file.read()?;
     let backup = backups.put(&old)?;
     backups.sync()?;
-    let meta = FileMeta::of(path)?;
+    let meta = file.meta()?;
     let tx = state.conn.transaction()?;
     let run_id = rows::insert_file_run(
         &tx,
@@ -114,7 +107,7 @@ pub fn journaled_file_write(
         },
     )?;
     tx.commit()?;
-    restore(path, new_bytes, &meta)?;
+    file.restore(new_bytes, &meta)?;
     rows::finish_file_run(&state.conn, run_id)?;
     Ok((run_id, backup))
 }

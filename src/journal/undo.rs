@@ -1,20 +1,19 @@
 //! Undoing a run's steps: rewrite steps in batches, other steps one at a time.
 
-use super::roots::{Caches, RootDirs};
-use super::saved::{Backups, SavedMeta};
+use super::saved::SavedMeta;
 use crate::error::{Error, Result};
-use crate::homes::{self, HomeStep};
+use crate::homes::HomeStep;
 use crate::interrupt;
 use crate::state::journal_rows::{self as rows, NewUndo};
 use crate::state::{Action, State, StepState};
-use crate::store::confined::{split_rel, Dir};
+use crate::store::confined::split_rel;
+use crate::store::seam::Backups;
+use crate::store::seam::{Batch, Collection, CtagRenewal, SideFile, Store};
 use crate::store::write::{
-    bump_ctag_dir, choose_prefix_dir, prepare_restore, renews_ctag, restore, sha256_at, sha256_hex,
-    FileMeta, PreparedWrite, WriteError,
+    choose_prefix_dir, prepare_restore, renews_ctag, sha256_at, FileMeta, PreparedWrite, WriteError,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// A step of the undone run, as rollback reads it.
 pub(super) struct UndoItem {
@@ -38,7 +37,7 @@ pub(super) struct Undo {
     pub(super) state: StepState,
     pub(super) detail: String,
     pub(super) prepared: Option<PreparedWrite>,
-    pub(super) renew: Option<(String, Arc<Dir>, String)>,
+    pub(super) renew: Option<(String, CtagRenewal)>,
 }
 
 pub(super) fn undo_detail_missing() -> String {
@@ -55,7 +54,7 @@ pub(super) fn backup_bytes(backups: &Backups, item: &UndoItem) -> Result<Vec<u8>
 }
 
 pub(super) fn prepare_undo(
-    cache: &Caches,
+    cache: &dyn Batch,
     backups: &Backups,
     force: bool,
     item: UndoItem,
@@ -85,7 +84,10 @@ pub(super) fn prepare_undo(
         u.detail = "already restored".into();
         if u.item.existing.is_some() && renews_ctag(&dir, name) {
             let prefix = choose_prefix_dir(None, &[], &dir);
-            u.renew = Some((split_rel(&u.item.rel).0.to_string(), dir, prefix));
+            u.renew = Some((
+                split_rel(&u.item.rel).0.to_string(),
+                CtagRenewal { dir, prefix },
+            ));
         }
         return Ok(u);
     }
@@ -129,16 +131,16 @@ pub(super) fn prepare_undo(
 pub(super) fn undo_batch(
     state: &mut State,
     rb: i64,
-    dirs: &RootDirs,
+    dirs: &dyn Store,
     backups: &Backups,
     force: bool,
     items: Vec<UndoItem>,
 ) -> Result<()> {
     use rayon::prelude::*;
-    let cache = Caches::new(dirs)?;
+    let cache = dirs.open_batch()?;
     let undos: Vec<Undo> = items
         .into_par_iter()
-        .map(|it| prepare_undo(&cache, backups, force, it))
+        .map(|it| prepare_undo(&*cache, backups, force, it))
         .collect::<Result<_>>()?;
     if undos.iter().any(|u| u.prepared.is_some()) {
         dirs.sync()?;
@@ -162,43 +164,44 @@ pub(super) fn undo_batch(
         }
         tx.commit()?;
     }
-    let mut collections: BTreeMap<String, (Arc<Dir>, String)> = BTreeMap::new();
+    let mut collections: BTreeMap<String, CtagRenewal> = BTreeMap::new();
     let mut prepared = Vec::new();
     for u in undos {
-        if let Some((folder, dir, prefix)) = u.renew {
-            collections.entry(folder).or_insert((dir, prefix));
+        if let Some((folder, c)) = u.renew {
+            collections.entry(folder).or_insert(c);
         }
         if let Some(p) = u.prepared {
             let seq = u.item.existing.unwrap_or(u.item.seq);
             prepared.push((seq, u.item.rel, p));
         }
     }
-    // (seq, file, its folder, attribute prefix, how the rename went)
-    type Committed = (
-        i64,
-        String,
-        Arc<Dir>,
-        String,
-        std::result::Result<(), WriteError>,
-    );
     let committed: Vec<Committed> = prepared
         .into_par_iter()
         .map(|(seq, rel, p)| {
-            let dir = p.dir().clone();
-            let prefix = p.prefix.clone();
-            (seq, rel, dir, prefix, p.commit().map(|_| ()))
+            let collection = CtagRenewal {
+                dir: p.dir().clone(),
+                prefix: p.prefix.clone(),
+            };
+            let result = p.commit().map(|_| ());
+            Committed {
+                seq,
+                rel,
+                collection,
+                result,
+            }
         })
         .collect();
     interrupt::test_pause("rollback-rename");
     let mut results = Vec::with_capacity(committed.len());
-    for (seq, rel, dir, prefix, r) in committed {
-        match r {
+    for c in committed {
+        let seq = c.seq;
+        match c.result {
             Ok(()) => {
-                let (folder, name) = split_rel(&rel);
-                if renews_ctag(&dir, name) {
+                let (folder, name) = split_rel(&c.rel);
+                if renews_ctag(&c.collection.dir, name) {
                     collections
                         .entry(folder.to_string())
-                        .or_insert((dir, prefix));
+                        .or_insert(c.collection);
                 }
                 results.push((seq, StepState::Done, String::new()));
             }
@@ -208,8 +211,8 @@ pub(super) fn undo_batch(
             Err(WriteError::Failed(e)) => return Err(e),
         }
     }
-    for (dir, prefix) in collections.values() {
-        bump_ctag_dir(dir, prefix)?;
+    for c in collections.values() {
+        c.renew()?;
     }
     if !results.is_empty() {
         dirs.sync()?;
@@ -223,12 +226,20 @@ pub(super) fn undo_batch(
     Ok(())
 }
 
+/// A rename of a rollback batch: its step, file and collection, and how it went.
+struct Committed {
+    seq: i64,
+    rel: String,
+    collection: CtagRenewal,
+    result: std::result::Result<(), WriteError>,
+}
+
 /// Undoes one step that is not a store resource (a home step, a delegate database, a whole file
 /// such as augments.xml), journaled on its own.
 pub(super) fn undo_single(
     state: &mut State,
     rb: i64,
-    dirs: Option<&RootDirs>,
+    dirs: Option<&dyn Store>,
     backups: &Backups,
     force: bool,
     item: UndoItem,
@@ -250,7 +261,7 @@ pub(super) fn undo_single(
     let (st, detail) = if item.action.is_file() {
         // Outside the store: the path is absolute.
         let path = PathBuf::from(&item.rel);
-        let current = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
+        let current = SideFile(&path).hash();
         if current.as_deref() == Some(item.original_sha.as_str()) {
             (StepState::Done, "already restored".to_string())
         } else if !force && current.is_none() {
@@ -269,22 +280,20 @@ pub(super) fn undo_single(
                 Ok(bytes) => {
                     let meta: SavedMeta =
                         serde_json::from_str(item.meta.as_deref().unwrap_or("{}"))?;
-                    restore(&path, &bytes, &meta.to_meta()?)?;
+                    SideFile(&path).restore(&bytes, &meta.to_meta()?)?;
                     (StepState::Done, String::new())
                 }
             }
         }
     } else {
-        let root = dirs
-            .ok_or_else(|| Error::runtime("the store of this run cannot be opened"))?
-            .for_rel(&item.rel);
+        let store = dirs.ok_or_else(|| Error::runtime("the store of this run cannot be opened"))?;
         let step = HomeStep::from_row(
             item.action.as_str(),
             item.rel.clone(),
             item.target.clone(),
             item.meta.as_deref().unwrap_or("{}"),
         )?;
-        homes::undo(root, &step)?;
+        store.home_step(&step, true)?;
         (StepState::Done, String::new())
     };
     rows::mark_step(&state.conn, rb, seq, st, &detail)

@@ -38,12 +38,14 @@ const LAYERS: &[(&str, &[&str])] = &[
             "prune",
             // the store-side count of calendar resources a plan sizes its work by
             "precount",
+            // home adoption's file work (`store::homes`, re-exported as `crate::homes`)
+            "homes",
         ],
     ),
     // `db` (the database store's workflow) only declares its parts, each placed with its kind;
     // `db::rewrite` is the mapping of database rows that its plan and apply share.
     ("mapping", &["mapping", "mapping_file", "db", "db::rewrite"]),
-    ("homes", &["homes", "rehearse", "db::rehearse"]),
+    ("rehearse", &["rehearse", "db::rehearse"]),
     ("addressbooks", &["addressbooks"]),
     // apply and its choice of the homes each stage carries out
     (
