@@ -19,8 +19,7 @@ use crate::state::journal_rows::{self as rows, ApplyRun, NewRun, PlannedHashes};
 use crate::state::{RunEvent, RunKind, RunState, RunStatus, State};
 use crate::store::confined::split_rel;
 use crate::store::props::{edits_from_json, AttrEdit};
-use crate::store::seam::Backups;
-use crate::store::seam::{Store, StoreRoots};
+use crate::store::seam::{Backups, Store, StoreRoots};
 use crate::store::write::WriteOptions;
 use std::path::{Path, PathBuf};
 

@@ -9,12 +9,8 @@ use crate::state::journal_rows::{self as rows, NewRewrite};
 use crate::state::{State, StepState};
 use crate::store::confined::split_rel;
 use crate::store::props::AttrEdit;
-use crate::store::seam::Backups;
-use crate::store::seam::{self, Collection, CtagRenewal, Store};
-use crate::store::write::{
-    choose_prefix_dir, prepare_write_at, sha256_hex, FileMeta, PreparedWrite, WriteError,
-    WriteOptions,
-};
+use crate::store::seam::{self, Backups, Collection, CtagRenewal, Staged, Store};
+use crate::store::write::{sha256_hex, WriteError, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -74,7 +70,7 @@ pub(super) struct Step {
     pub(super) state: Option<StepState>,
     pub(super) detail: String,
     pub(super) resumed: bool,
-    pub(super) prepared: Option<PreparedWrite>,
+    pub(super) prepared: Option<Staged>,
     /// A collection whose ctag must be renewed although nothing is renamed now (a step of an
     /// interrupted batch whose file already holds the new bytes).
     pub(super) renew: Option<(String, CtagRenewal)>,
@@ -102,14 +98,14 @@ pub(super) fn prepare_step(
         resumed: it.resumed,
         ..Default::default()
     };
-    let (dir, name) = match cache.parent(&it.rel) {
-        Ok(x) => x,
+    let file = match cache.file(&it.rel) {
+        Ok(f) => f,
         Err(e) => {
             step.skip(format!("not written: {e}"));
             return Ok(step);
         }
     };
-    let bytes = match dir.read(name) {
+    let bytes = match file.read() {
         Err(e) => {
             step.skip(format!("cannot read: {e}"));
             return Ok(step);
@@ -118,18 +114,14 @@ pub(super) fn prepare_step(
     };
     let sha = sha256_hex(&bytes);
     // (A resource whose only change is an attribute keeps its bytes.)
-    let done = sha == it.new_sha
-        && (it.edits.is_empty() || edits_hold(&FileMeta::of_at(&dir, name)?.xattrs, &it.edits)?);
+    let done =
+        sha == it.new_sha && (it.edits.is_empty() || edits_hold(&file.meta()?.xattrs, &it.edits)?);
     if done {
         step.state = Some(StepState::Done);
         if it.resumed {
             // Renamed before the interruption; its ctag may not have been renewed.
-            let own = FileMeta::of_at(&dir, name)?.xattr_list();
-            let prefix = choose_prefix_dir(opts.xattr_prefix.as_deref(), &own, &dir);
-            step.renew = Some((
-                split_rel(&it.rel).0.to_string(),
-                CtagRenewal { dir, prefix },
-            ));
+            let collection = file.collection(opts.xattr_prefix.as_deref())?;
+            step.renew = Some((split_rel(&it.rel).0.to_string(), collection));
         } else {
             step.detail = "already rewritten".into();
         }
@@ -151,19 +143,9 @@ pub(super) fn prepare_step(
         }
         if !it.resumed {
             step.backup = Some(backups.put(&bytes)?);
-            step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(
-                &FileMeta::of_at(&dir, name)?,
-            ))?);
+            step.meta = Some(serde_json::to_string(&SavedMeta::from_meta(&file.meta()?))?);
         }
-        match prepare_write_at(
-            dir.clone(),
-            name,
-            &it.old_sha,
-            &new_bytes,
-            opts,
-            &it.edits,
-            false,
-        ) {
+        match file.stage_write(&it.old_sha, &new_bytes, opts, &it.edits) {
             Ok(p) => {
                 step.state = Some(StepState::Pending);
                 step.prepared = Some(p);
@@ -227,10 +209,7 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
         match s.prepared {
             Some(p) => {
                 let folder = split_rel(&s.rel).0.to_string();
-                collections.entry(folder).or_insert_with(|| CtagRenewal {
-                    dir: p.dir().clone(),
-                    prefix: p.prefix.clone(),
-                });
+                collections.entry(folder).or_insert_with(|| p.collection());
                 prepared.push((s.seq, p));
             }
             None if s.resumed => {
@@ -241,7 +220,7 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
     }
     let committed: Vec<(i64, std::result::Result<(), WriteError>)> = prepared
         .into_par_iter()
-        .map(|(seq, p)| (seq, p.commit().map(|_| ())))
+        .map(|(seq, p)| (seq, p.commit()))
         .collect();
     interrupt::test_pause("apply-rename");
     for (seq, r) in committed {

@@ -13,8 +13,7 @@ use crate::interrupt;
 use crate::progress::Progress;
 use crate::state::journal_rows::{self as rows, AppliedStep, NewRun};
 use crate::state::{Action, RunEvent, RunKind, RunState, State, StepState};
-use crate::store::seam::Backups;
-use crate::store::seam::{Store, StoreRoots};
+use crate::store::seam::{Backups, Store, StoreRoots};
 use std::path::{Path, PathBuf};
 
 /// The run `rollback` undoes when none is named: the newest apply or provision run not yet

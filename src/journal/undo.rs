@@ -7,11 +7,8 @@ use crate::interrupt;
 use crate::state::journal_rows::{self as rows, NewUndo};
 use crate::state::{Action, State, StepState};
 use crate::store::confined::split_rel;
-use crate::store::seam::Backups;
-use crate::store::seam::{Batch, Collection, CtagRenewal, SideFile, Store};
-use crate::store::write::{
-    choose_prefix_dir, prepare_restore, renews_ctag, sha256_at, FileMeta, PreparedWrite, WriteError,
-};
+use crate::store::seam::{Backups, Batch, Collection, CtagRenewal, SideFile, Staged, Store};
+use crate::store::write::{FileMeta, WriteError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -36,7 +33,7 @@ pub(super) struct Undo {
     pub(super) item: UndoItem,
     pub(super) state: StepState,
     pub(super) detail: String,
-    pub(super) prepared: Option<PreparedWrite>,
+    pub(super) prepared: Option<Staged>,
     pub(super) renew: Option<(String, CtagRenewal)>,
 }
 
@@ -66,28 +63,26 @@ pub(super) fn prepare_undo(
         prepared: None,
         renew: None,
     };
-    let (dir, name) = match cache.parent(&u.item.rel) {
-        Ok(x) => x,
+    let file = match cache.file(&u.item.rel) {
+        Ok(f) => f,
         Err(e) => {
             u.state = StepState::Skipped;
             u.detail = format!("not restored: {e}");
             return Ok(u);
         }
     };
-    let current = sha256_at(&dir, name)?;
+    let current = file.hash()?;
     // A step that changed only attributes left the bytes as they were: it is undone unless the
     // attributes are back too.
     let restored = current.as_deref() == Some(u.item.original_sha.as_str())
         && (u.item.original_sha != u.item.applied_sha
-            || attrs_as_saved(&FileMeta::of_at(&dir, name)?, u.item.meta.as_deref())?);
+            || attrs_as_saved(&file.meta()?, u.item.meta.as_deref())?);
     if restored {
         u.detail = "already restored".into();
-        if u.item.existing.is_some() && renews_ctag(&dir, name) {
-            let prefix = choose_prefix_dir(None, &[], &dir);
-            u.renew = Some((
-                split_rel(&u.item.rel).0.to_string(),
-                CtagRenewal { dir, prefix },
-            ));
+        if u.item.existing.is_some() {
+            if let Some(collection) = file.restored_collection() {
+                u.renew = Some((split_rel(&u.item.rel).0.to_string(), collection));
+            }
         }
         return Ok(u);
     }
@@ -119,7 +114,7 @@ pub(super) fn prepare_undo(
     };
     let meta: SavedMeta = serde_json::from_str(u.item.meta.as_deref().unwrap_or("{}"))?;
     let meta = meta.to_meta()?;
-    let prepared = prepare_restore(dir, name, current, &bytes, &meta, false)?;
+    let prepared = file.stage_restore(current, &bytes, &meta)?;
     u.state = StepState::Pending;
     u.prepared = Some(prepared);
     Ok(u)
@@ -178,11 +173,8 @@ pub(super) fn undo_batch(
     let committed: Vec<Committed> = prepared
         .into_par_iter()
         .map(|(seq, rel, p)| {
-            let collection = CtagRenewal {
-                dir: p.dir().clone(),
-                prefix: p.prefix.clone(),
-            };
-            let result = p.commit().map(|_| ());
+            let collection = p.collection();
+            let result = p.commit();
             Committed {
                 seq,
                 rel,
@@ -198,7 +190,7 @@ pub(super) fn undo_batch(
         match c.result {
             Ok(()) => {
                 let (folder, name) = split_rel(&c.rel);
-                if renews_ctag(&c.collection.dir, name) {
+                if c.collection.renewed_by(name) {
                     collections
                         .entry(folder.to_string())
                         .or_insert(c.collection);

@@ -6,8 +6,10 @@
 //!   temporary files an interrupted run left, home steps, durability. [`StoreRoots`] implements it
 //!   for every file store; a path beginning with `addressbooks/` is routed to the address-book
 //!   root inside the implementation.
-//! - [`Batch`]: one batch's open folders, where a write is staged with the concurrency check
-//!   ([`crate::store::write::prepare_write_at`]: the file must still hash as planned) and committed.
+//! - [`Batch`]: one batch's open folders. A [`StoreFile`] reached through them reads, hashes and
+//!   stages a write with the concurrency check (the file must still hash as planned, now and at
+//!   the commit) or a restore from a backup; the [`Staged`] write is committed after the batch's
+//!   steps are durable.
 //! - [`Collection`]: a collection whose `getctag` a batch renews, once, after its renames.
 //! - [`Backups`]: the content-addressed copies of original files in the state folder.
 //! - [`SideFile`]: a file outside the store a run rewrites or restores (a delegate database,
@@ -18,8 +20,11 @@ use crate::state::create_private_dir;
 use crate::store::addressbook::{is_addressbook_path, Roots};
 use crate::store::confined::{Dir, DirCache};
 use crate::store::homes::{self, HomeStep};
+use crate::store::props::AttrEdit;
 use crate::store::write::{
-    bump_ctag_dir, is_leftover_name, restore, sha256_at, sha256_hex, sync_filesystem, FileMeta,
+    bump_ctag_dir, choose_prefix_dir, is_leftover_name, prepare_restore, prepare_write_at,
+    renews_ctag, restore, sha256_at, sha256_hex, sync_filesystem, FileMeta, PreparedWrite,
+    WriteError, WriteOptions,
 };
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -49,6 +54,105 @@ pub trait Store: Sync {
 pub trait Batch: Sync {
     /// The folder holding `rel` (opened once a batch) and the file's name in it.
     fn parent<'a>(&self, rel: &'a str) -> std::io::Result<(Arc<Dir>, &'a str)>;
+
+    /// The resource at `rel`, reached through the batch's open folders.
+    fn file<'a>(&self, rel: &'a str) -> std::io::Result<StoreFile<'a>> {
+        let (dir, name) = self.parent(rel)?;
+        Ok(StoreFile { dir, name })
+    }
+}
+
+/// A resource of the store, in a folder a batch holds open.
+pub struct StoreFile<'a> {
+    dir: Arc<Dir>,
+    name: &'a str,
+}
+
+impl StoreFile<'_> {
+    /// Its bytes.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        self.dir.read(self.name)
+    }
+
+    /// The SHA-256 of its bytes (`None`: it does not exist).
+    pub fn hash(&self) -> Result<Option<String>> {
+        sha256_at(&self.dir, self.name)
+    }
+
+    /// Its owner, group, mode and attributes.
+    pub fn meta(&self) -> Result<FileMeta> {
+        FileMeta::of_at(&self.dir, self.name)
+    }
+
+    /// Its collection, with the attribute prefix a write of it uses (`configured`, else the one
+    /// its own attributes or its folder's have).
+    pub fn collection(&self, configured: Option<&str>) -> Result<CtagRenewal> {
+        let own = self.meta()?.xattr_list();
+        let prefix = choose_prefix_dir(configured, &own, &self.dir);
+        Ok(CtagRenewal {
+            dir: self.dir.clone(),
+            prefix,
+        })
+    }
+
+    /// Its collection when putting the file back must renew its `getctag` (a calendar resource
+    /// or a card in a collection that has one).
+    pub fn restored_collection(&self) -> Option<CtagRenewal> {
+        renews_ctag(&self.dir, self.name).then(|| CtagRenewal {
+            dir: self.dir.clone(),
+            prefix: choose_prefix_dir(None, &[], &self.dir),
+        })
+    }
+
+    /// Stages new bytes in a temporary file beside it, with the concurrency check: the file must
+    /// hash to `checked_sha256` now and again at the commit.
+    pub fn stage_write(
+        &self,
+        checked_sha256: &str,
+        new_bytes: &[u8],
+        opts: &WriteOptions,
+        edits: &[AttrEdit],
+    ) -> std::result::Result<Staged, WriteError> {
+        prepare_write_at(
+            self.dir.clone(),
+            self.name,
+            checked_sha256,
+            new_bytes,
+            opts,
+            edits,
+            false,
+        )
+        .map(Staged)
+    }
+
+    /// Stages its original bytes and metadata (from a backup) beside it; `current` is what it
+    /// holds now (`None`: absent), which the commit checks is still so.
+    pub fn stage_restore(
+        self,
+        current: Option<String>,
+        bytes: &[u8],
+        meta: &FileMeta,
+    ) -> Result<Staged> {
+        prepare_restore(self.dir, self.name, current, bytes, meta, false).map(Staged)
+    }
+}
+
+/// A write staged beside its file, not yet renamed over it.
+pub struct Staged(PreparedWrite);
+
+impl Staged {
+    /// The collection the file is in (renewed after the batch's renames).
+    pub fn collection(&self) -> CtagRenewal {
+        CtagRenewal {
+            dir: self.0.dir().clone(),
+            prefix: self.0.prefix.clone(),
+        }
+    }
+
+    /// A last look (a change made meanwhile wins: [`WriteError::Changed`]), then the rename.
+    pub fn commit(self) -> std::result::Result<(), WriteError> {
+        self.0.commit().map(|_| ())
+    }
 }
 
 /// A collection whose `getctag` is renewed (clients then re-fetch it).
@@ -64,6 +168,13 @@ pub struct CtagRenewal {
     pub dir: Arc<Dir>,
     /// The attribute prefix of its properties.
     pub prefix: String,
+}
+
+impl CtagRenewal {
+    /// Whether putting back the file `name` of this collection must renew its `getctag`.
+    pub fn renewed_by(&self, name: &str) -> bool {
+        renews_ctag(&self.dir, name)
+    }
 }
 
 impl Collection for CtagRenewal {
@@ -326,5 +437,63 @@ impl Backups {
             )));
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_reads_back_and_a_damaged_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = Backups::open(dir.path()).unwrap();
+        let sha = backups.put(b"BEGIN:VCALENDAR").unwrap();
+        backups.sync().unwrap();
+        assert_eq!(backups.get(&sha).unwrap(), b"BEGIN:VCALENDAR");
+        // Put again: the whole backup is kept as it is.
+        assert_eq!(backups.put(b"BEGIN:VCALENDAR").unwrap(), sha);
+        std::fs::write(backups.path(&sha), b"other").unwrap();
+        assert!(backups.get(&sha).unwrap_err().message.contains("damaged"));
+        assert!(backups.get("").is_err());
+    }
+
+    #[test]
+    fn address_book_paths_are_routed_to_their_own_root() {
+        let store = tempfile::tempdir().unwrap();
+        let ab = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(store.path().join("calendars")).unwrap();
+        std::fs::write(store.path().join("calendars/a.ics"), b"cal").unwrap();
+        std::fs::create_dir_all(ab.path().join("addressbooks")).unwrap();
+        std::fs::write(ab.path().join("addressbooks/b.vcf"), b"card").unwrap();
+        let roots = StoreRoots::open(Roots {
+            store: store.path().to_path_buf(),
+            addressbooks: Some(ab.path().to_path_buf()),
+        })
+        .unwrap();
+        assert_eq!(roots.hash_of("calendars/a.ics"), Some(sha256_hex(b"cal")));
+        assert_eq!(
+            roots.hash_of("addressbooks/b.vcf"),
+            Some(sha256_hex(b"card"))
+        );
+        assert_eq!(roots.hash_of("addressbooks/missing.vcf"), None);
+        let batch = roots.open_batch().unwrap();
+        let file = batch.file("addressbooks/b.vcf").unwrap();
+        assert_eq!(file.read().unwrap(), b"card");
+    }
+
+    #[test]
+    fn a_database_with_a_journal_beside_it_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("proxies.sqlite");
+        std::fs::write(&db, b"db").unwrap();
+        let file = SideFile(&db);
+        assert_eq!(file.sqlite_side_file(), None);
+        assert_eq!(file.hash(), Some(sha256_hex(b"db")));
+        std::fs::write(dir.path().join("proxies.sqlite-wal"), b"").unwrap();
+        assert_eq!(
+            file.sqlite_side_file(),
+            Some(dir.path().join("proxies.sqlite-wal"))
+        );
     }
 }
