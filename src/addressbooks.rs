@@ -1,5 +1,6 @@
-//! Address books in a migration: what the plan finds and changes in them, how `apply` adopts
-//! their homes, what `verify` and `scan` report.
+//! Address books in a migration: what the plan finds and changes in them, the roots `apply` and
+//! `rollback` work on (the journal adopts their homes: `crate::journal`), what `verify` and `scan`
+//! report.
 //!
 //! - Homes (`addressbooks/__uids__/XX/YY/<GUID>/`) kept under an old GUID are adopted like
 //!   calendar homes ([`crate::homes`]): moved to the new GUID's hashed path, or merged into a
@@ -17,7 +18,7 @@ use crate::address::{CalAddress, Guid};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mapping::{Mapper, Mapping, Observed, Verdict};
-use crate::store::addressbook::{self as layout, Roots};
+use crate::store::addressbook::Roots;
 pub use crate::store::addressbook::{survey, survey_reporting, GroupCard, Survey};
 use crate::store::write::sha256_hex;
 use crate::vcard::{self, Member};
@@ -293,39 +294,4 @@ pub fn run_roots(state: &crate::state::State, run_id: i64, store: PathBuf) -> Re
         store,
         addressbooks: ab.map(PathBuf::from),
     })
-}
-
-/// Adopts the address-book homes a plan found under old GUIDs (after the calendar homes; the
-/// steps are journaled like theirs, with paths relative to the address-book root).
-pub fn adopt_homes(
-    state: &mut crate::state::State,
-    run_id: i64,
-    plan_id: i64,
-    roots: &Roots,
-    take: &dyn Fn(&str) -> bool,
-    adopted: &mut u64,
-    notes: &mut Vec<String>,
-) -> Result<()> {
-    let Some(root) = roots.addressbooks.as_deref() else {
-        return Ok(());
-    };
-    let todo: Vec<(String, String)> = {
-        let mut st = state.conn.prepare(
-            "SELECT rel_path, new_guid FROM plan_addressbook_homes
-             WHERE plan_id = ?1 AND new_guid IS NOT NULL AND (outcome = 'moved' OR layout != 'hashed') ORDER BY rel_path",
-        )?;
-        let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    // A staged apply takes only its homes (`take`).
-    for (old_rel, new_guid) in todo.into_iter().filter(|(rel, _)| take(rel)) {
-        let steps = crate::homes::plan_adoption_in(root, layout::DIR, &old_rel, &new_guid, notes)?;
-        for step in &steps {
-            crate::journal::journaled_home_step(state, run_id, root, step, &old_rel)?;
-        }
-        if !steps.is_empty() {
-            *adopted += 1;
-        }
-    }
-    Ok(())
 }

@@ -135,6 +135,105 @@ fn list(items: &[String], n: usize) -> String {
     s
 }
 
+/// A plan's homes gathered into units (one a user), as [`Layout::load`] reads them.
+#[derive(Default)]
+struct Gathered {
+    units: Vec<Unit>,
+    by_key: HashMap<String, usize>,
+    by_home: HashMap<String, usize>,
+    /// Per unit: whether a home of it moves.
+    moves: Vec<bool>,
+}
+
+impl Gathered {
+    /// Reads the homes of one table (`plan_homes` or `plan_addressbook_homes`) into units.
+    fn read(
+        &mut self,
+        state: &State,
+        plan_id: i64,
+        table: &str,
+        addressbook: bool,
+        shorts: &HashMap<String, String>,
+    ) -> Result<()> {
+        let mut st = state.conn.prepare(&format!(
+            "SELECT rel_path, layout, old_id, outcome, new_guid FROM {table} WHERE plan_id = ?1 ORDER BY rel_path"
+        ))?;
+        let rows = st.query_map([plan_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (rel, layout, old_id, outcome, new_guid) = row?;
+            let i = self.unit_for(&old_id, new_guid.as_deref(), shorts);
+            let u = &mut self.units[i];
+            if !u.names.iter().any(|n| n.eq_ignore_ascii_case(&old_id)) {
+                u.names.push(old_id);
+            }
+            if addressbook {
+                u.addressbook_homes.push(rel.clone());
+            } else {
+                u.homes.push(rel.clone());
+            }
+            self.moves[i] |= new_guid.is_some() && (outcome == "moved" || layout != "hashed");
+            self.by_home.insert(rel, i);
+        }
+        Ok(())
+    }
+
+    /// The unit of a home (keyed by its new GUID, else its old id), made when it is the first.
+    fn unit_for(
+        &mut self,
+        old_id: &str,
+        new_guid: Option<&str>,
+        shorts: &HashMap<String, String>,
+    ) -> usize {
+        let key = new_guid.unwrap_or(old_id).to_string();
+        let (units, moves) = (&mut self.units, &mut self.moves);
+        *self.by_key.entry(key.clone()).or_insert_with(|| {
+            let short = new_guid.and_then(|g| shorts.get(g));
+            units.push(Unit {
+                label: short.cloned().unwrap_or_else(|| key.clone()),
+                names: [Some(key.clone()), short.cloned()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                key: key.clone(),
+                homes: Vec::new(),
+                addressbook_homes: Vec::new(),
+                resources: 0,
+            });
+            moves.push(false);
+            units.len() - 1
+        })
+    }
+}
+
+/// The units with something to do (a home that moves, or resources), in the order of their
+/// first home's path.
+fn units_with_work(units: Vec<Unit>, moves: Vec<bool>) -> Vec<Unit> {
+    let mut keep: Vec<(String, Unit)> = units
+        .into_iter()
+        .zip(moves)
+        .filter(|(u, moves)| *moves || u.resources > 0)
+        .map(|(u, _)| {
+            let first = u
+                .homes
+                .first()
+                .or(u.addressbook_homes.first())
+                .cloned()
+                .unwrap_or_default();
+            (first, u)
+        })
+        .collect();
+    keep.sort_by(|a, b| a.0.cmp(&b.0));
+    keep.into_iter().map(|(_, u)| u).collect()
+}
+
 fn has_column(state: &State, table: &str, column: &str) -> Result<bool> {
     let mut st = state.conn.prepare(&format!(
         "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
@@ -145,10 +244,6 @@ fn has_column(state: &State, table: &str, column: &str) -> Result<bool> {
 impl Layout {
     /// Reads a plan's homes and resources.
     pub fn load(state: &State, plan_id: i64) -> Result<Layout> {
-        let mut units: Vec<Unit> = Vec::new();
-        let mut by_key: HashMap<String, usize> = HashMap::new();
-        let mut by_home = HashMap::new();
-        let mut moves: Vec<bool> = Vec::new();
         let shorts: HashMap<String, String> = {
             let mut st = state.conn.prepare(
                 "SELECT new_guid, MAX(new_short) FROM plan_mappings
@@ -157,54 +252,15 @@ impl Layout {
             let rows = st.query_map([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        let mut read = |table: &str, addressbook: bool| -> Result<()> {
-            let mut st = state.conn.prepare(&format!(
-                "SELECT rel_path, layout, old_id, outcome, new_guid FROM {table} WHERE plan_id = ?1 ORDER BY rel_path"
-            ))?;
-            let rows = st.query_map([plan_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                ))
-            })?;
-            for row in rows {
-                let (rel, layout, old_id, outcome, new_guid) = row?;
-                let key = new_guid.clone().unwrap_or_else(|| old_id.clone());
-                let i = *by_key.entry(key.clone()).or_insert_with(|| {
-                    let short = new_guid.as_ref().and_then(|g| shorts.get(g));
-                    units.push(Unit {
-                        label: short.cloned().unwrap_or_else(|| key.clone()),
-                        names: [Some(key.clone()), short.cloned()]
-                            .into_iter()
-                            .flatten()
-                            .collect(),
-                        key: key.clone(),
-                        homes: Vec::new(),
-                        addressbook_homes: Vec::new(),
-                        resources: 0,
-                    });
-                    moves.push(false);
-                    units.len() - 1
-                });
-                let u = &mut units[i];
-                if !u.names.iter().any(|n| n.eq_ignore_ascii_case(&old_id)) {
-                    u.names.push(old_id);
-                }
-                if addressbook {
-                    u.addressbook_homes.push(rel.clone());
-                } else {
-                    u.homes.push(rel.clone());
-                }
-                moves[i] |= new_guid.is_some() && (outcome == "moved" || layout != "hashed");
-                by_home.insert(rel, i);
-            }
-            Ok(())
-        };
-        read("plan_homes", false)?;
-        read("plan_addressbook_homes", true)?;
+        let mut homes = Gathered::default();
+        homes.read(state, plan_id, "plan_homes", false, &shorts)?;
+        homes.read(state, plan_id, "plan_addressbook_homes", true, &shorts)?;
+        let Gathered {
+            mut units,
+            by_home,
+            moves,
+            ..
+        } = homes;
         let mut layout = Layout {
             by_home,
             ..Default::default()
@@ -228,23 +284,7 @@ impl Layout {
             [plan_id],
             |r| r.get::<_, i64>(0),
         )? as u64;
-        // Keep the units with something to do, in the order of their first home's path.
-        let mut keep: Vec<(String, Unit)> = units
-            .into_iter()
-            .zip(moves)
-            .filter(|(u, moves)| *moves || u.resources > 0)
-            .map(|(u, _)| {
-                let first = u
-                    .homes
-                    .first()
-                    .or(u.addressbook_homes.first())
-                    .cloned()
-                    .unwrap_or_default();
-                (first, u)
-            })
-            .collect();
-        keep.sort_by(|a, b| a.0.cmp(&b.0));
-        layout.units = keep.into_iter().map(|(_, u)| u).collect();
+        layout.units = units_with_work(units, moves);
         layout.by_home.clear();
         for (i, u) in layout.units.iter().enumerate() {
             for h in u.homes.iter().chain(&u.addressbook_homes) {

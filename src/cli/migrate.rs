@@ -5,7 +5,7 @@ use super::{Context, MigrateArgs, Outcome};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::{Error, ExitStatus, Result};
-use crate::journal::RunSummary;
+use crate::journal::{ApplyOptions, RunSummary};
 use crate::plan::PlanSummary;
 use crate::state::State;
 use crate::verify::VerifyReport;
@@ -28,7 +28,8 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
             summary.plan_id, summary.plan_id
         )
     } else {
-        let r = crate::journal::apply(ctx, &cfg, Some(summary.plan_id), args.force, false)?;
+        let r =
+            crate::journal::apply(ctx, &cfg, &ApplyOptions::whole(summary.plan_id, args.force))?;
         if let Some(sig) = &r.interrupted {
             return Ok(Outcome {
                 status: ExitStatus::Interrupted,

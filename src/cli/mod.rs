@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
+mod apply;
 mod completions;
 mod config;
 mod directory;
@@ -16,6 +17,7 @@ mod plan;
 mod progress;
 mod provision;
 mod report;
+mod rollback;
 mod runs;
 mod scan;
 mod state;
@@ -325,8 +327,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::Scan => scan::run(&ctx),
         Command::Plan => plan::run(&ctx),
-        Command::Apply(args) => crate::journal::command_apply(&ctx, &args),
-        Command::Rollback(args) => crate::journal::command_rollback(&ctx, &args),
+        Command::Apply(args) => apply::run(&ctx, &args),
+        Command::Rollback(args) => rollback::run(&ctx, &args),
         Command::Verify => verify::run(&ctx),
         Command::Provision(args) => provision::run(&ctx, &args),
         Command::Doctor(args) => doctor::run(&ctx, &args),

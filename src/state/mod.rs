@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 
+pub mod journal_rows;
 pub mod verify_rows;
 
 /// Schema migrations, applied in order, each once.

@@ -38,12 +38,14 @@ const LAYERS: &[(&str, &[&str])] = &[
             "prune",
             // the store-side count of calendar resources a plan sizes its work by
             "precount",
+            // home adoption's file work (`store::homes`, re-exported as `crate::homes`)
+            "homes",
         ],
     ),
     // `db` (the database store's workflow) only declares its parts, each placed with its kind;
     // `db::rewrite` is the mapping of database rows that its plan and apply share.
     ("mapping", &["mapping", "mapping_file", "db", "db::rewrite"]),
-    ("homes", &["homes", "rehearse", "db::rehearse"]),
+    ("rehearse", &["rehearse", "db::rehearse"]),
     ("addressbooks", &["addressbooks"]),
     // apply and its choice of the homes each stage carries out
     (
@@ -73,11 +75,11 @@ const APART: &[(&str, &str)] = &[
 /// [`LAYERS`]).
 const KNOWN: &[(&str, &str)] = &[
     // plan and journal must meet only through the plan rows of the state database.
-    ("journal", "plan"),
-    ("journal", "cli"),
+    ("journal::apply", "plan"),
+    ("journal::resources", "plan"),
     ("plan", "provision"),
-    // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
-    ("addressbooks", "journal"),
+    // addressbooks still holds its part of the plan (its verify moved into verify, the adoption of
+    // its homes into the journal): to move into plan.
     ("addressbooks", "plan"),
 ];
 

@@ -86,6 +86,16 @@ impl HomeStep {
         }
     }
 
+    /// The path the step acts on (a move: where it moves from), as the journal's `rel_path`.
+    pub fn rel(&self) -> &str {
+        match self {
+            HomeStep::Mkdir { rel, .. }
+            | HomeStep::Xattr { rel, .. }
+            | HomeStep::Rmdir { rel, .. } => rel,
+            HomeStep::Move { from, .. } => from,
+        }
+    }
+
     /// (rel_path, target_path, meta_json) as the journal stores them.
     pub fn to_row(&self) -> (String, Option<String>, String) {
         match self {
