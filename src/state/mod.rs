@@ -4,6 +4,7 @@
 //! enums here; their stored strings are fixed (old databases keep reading the same).
 
 pub mod pg_rows;
+pub mod plan_rows;
 
 use crate::error::{Error, Result};
 use rusqlite::Connection;

@@ -42,7 +42,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // `db` (the database store's workflow) only declares its parts, each placed with its kind;
     // `db::rewrite` is the mapping of database rows that its plan and apply share.
-    ("mapping", &["mapping", "mapping_file", "db", "db::rewrite"]),
+    (
+        "mapping",
+        &["mapping", "mapping_file", "replay", "db", "db::rewrite"],
+    ),
     ("homes", &["homes", "rehearse", "db::rehearse"]),
     ("addressbooks", &["addressbooks"]),
     // apply and its choice of the homes each stage carries out
@@ -75,10 +78,8 @@ const KNOWN: &[(&str, &str)] = &[
     // plan and journal must meet only through the plan rows of the state database.
     ("journal", "plan"),
     ("journal", "cli"),
-    ("plan", "provision"),
     // addressbooks spans plan and apply (its verify moved into verify): to split along those stages.
     ("addressbooks", "journal"),
-    ("addressbooks", "plan"),
 ];
 
 fn layer_of(path: &str) -> Option<(usize, &'static str)> {
