@@ -865,6 +865,7 @@ pub fn build(
             )?),
             None => None,
         };
+        rows.finish()?;
         (walked, mapping, ab_summary)
     };
     insert_mappings(&tx, plan_id, &mapping)?;

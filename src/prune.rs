@@ -20,9 +20,9 @@ use std::path::Path;
 pub struct PlanFreed {
     /// The plan's id.
     pub plan_id: i64,
-    /// Resources the plan rewrites (rows of `plan_resources`).
+    /// Resources the plan rewrites (rows of `plan_items`).
     pub resources: i64,
-    /// Line changes the plan holds (rows of `plan_change_rows`).
+    /// Changed properties the plan holds.
     pub changes: i64,
     /// Bytes of planned data (new bytes, changed lines), before SQLite's own overhead.
     pub bytes: i64,
@@ -95,19 +95,28 @@ fn prunable_plans(state: &State, keep: usize, dropping: &str) -> Result<Vec<i64>
 }
 
 fn plan_freed(state: &State, plan_id: i64) -> Result<PlanFreed> {
-    let (resources, rb): (i64, i64) = state.conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(length(new_bytes) + length(rel_path) + COALESCE(length(attr_edits), 0)), 0)
-           FROM plan_resources WHERE plan_id = ?1",
+    let (resources, item_changes, rb): (i64, i64, i64) = state.conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(changes), 0),
+                COALESCE(SUM(COALESCE(length(new_bytes), 0) + length(name) + 64 + COALESCE(length(attr_edits), 0) + COALESCE(length(packed), 0)), 0)
+           FROM plan_items WHERE plan_id = ?1",
         [plan_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    // Changes are rows of string ids (about 8 bytes) and each distinct text once.
-    let (changes, cb): (i64, i64) = state.conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(8 + length(old_line) + length(new_line)), 0)
-           FROM plan_change_rows WHERE plan_id = ?1",
+    // Changes kept whole are rows of string ids (about 8 bytes) and each distinct text once.
+    let cb: i64 = state.conn.query_row(
+        "SELECT COALESCE(SUM(8 + length(old_line) + length(new_line)), 0)
+           FROM (SELECT old_line, new_line FROM plan_change_rows WHERE plan_id = ?1
+                 UNION ALL SELECT old_line, new_line FROM plan_item_changes WHERE plan_id = ?1)",
         [plan_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| r.get(0),
     )?;
+    // Items' changes are counted with them; the other rows are the database store's paths.
+    let changes = item_changes
+        + state.conn.query_row(
+            "SELECT COUNT(*) FROM plan_change_rows WHERE plan_id = ?1",
+            [plan_id],
+            |r| r.get::<_, i64>(0),
+        )?;
     let sb: i64 = state.conn.query_row(
         "SELECT COALESCE(SUM(length(text)), 0) FROM plan_strings WHERE plan_id = ?1",
         [plan_id],
@@ -126,9 +135,12 @@ fn plan_freed(state: &State, plan_id: i64) -> Result<PlanFreed> {
     })
 }
 
-const PLAN_TABLES: [&str; 9] = [
+const PLAN_TABLES: [&str; 12] = [
     "plan_mappings",
-    "plan_resources",
+    "plan_items",
+    "plan_item_changes",
+    "plan_folders",
+    "plan_pairs",
     "plan_change_rows",
     "plan_strings",
     "plan_rewrites",

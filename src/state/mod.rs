@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../migrations/0008_pg_store.sql")),
     (9, include_str!("../../migrations/0009_stages.sql")),
     (10, include_str!("../../migrations/0010_compact_plans.sql")),
+    (11, include_str!("../../migrations/0011_packed_plans.sql")),
 ];
 
 /// File name of the state database inside the state folder.

@@ -108,145 +108,245 @@ pub struct ChangeRow<'a> {
     pub new_line: &'a str,
 }
 
-/// Writes a plan's changed resources and properties: calendar resources compactly
-/// (`plan_change_rows`, texts once in `plan_strings`), address-book cards with their bytes
-/// through the `plan_changes` view; readers see them all through `plan_resources` and
-/// `plan_changes`.
+/// A SHA-256 as stored: 32 bytes for its hex, the text itself if it is none.
+fn sha_value(hex_sha: &str) -> rusqlite::types::Value {
+    match hex::decode(hex_sha) {
+        Ok(b) if !hex_sha.is_empty() => rusqlite::types::Value::Blob(b),
+        _ => rusqlite::types::Value::Text(hex_sha.to_string()),
+    }
+}
+
+/// A path relative to the store root split into its folder (with its `/`) and file name.
+pub fn split_path(rel: &str) -> (&str, &str) {
+    match rel.rfind('/') {
+        Some(i) => rel.split_at(i + 1),
+        None => ("", rel),
+    }
+}
+
+/// Writes a plan's changed resources and properties (`plan_items`, one row each, its changes
+/// packed into it; texts once in `plan_strings`, folders once in `plan_folders`); readers see
+/// them through the `plan_resources` and `plan_changes` views.
+///
+/// The items are gathered in a temporary table and written to `plan_items` in key order by
+/// [`PlanRows::finish`]: the walk meets a folder's files in no order, and inserted as met they
+/// leave the table's pages half empty (about 280 bytes a resource where 160 are data).
 pub struct PlanRows<'c> {
     plan_id: i64,
-    ins_res: rusqlite::Statement<'c>,
-    ins_cal: rusqlite::Statement<'c>,
-    ins_chg: rusqlite::Statement<'c>,
+    tx: &'c Connection,
+    ins_item: rusqlite::Statement<'c>,
+    ins_whole: rusqlite::Statement<'c>,
+    ins_folder: rusqlite::Statement<'c>,
+    sel_folder: rusqlite::Statement<'c>,
     ins_str: rusqlite::Statement<'c>,
     sel_str: rusqlite::Statement<'c>,
-    ins_row: rusqlite::Statement<'c>,
-    del_rows: rusqlite::Statement<'c>,
-    del_res: rusqlite::Statement<'c>,
+    ins_pair: rusqlite::Statement<'c>,
+    sel_pair: rusqlite::Statement<'c>,
+    sel_item: rusqlite::Statement<'c>,
+    del_whole: rusqlite::Statement<'c>,
+    del_item: rusqlite::Statement<'c>,
     ids: HashMap<String, i64>,
+    folders: HashMap<String, i64>,
+    pairs: HashMap<[i64; 3], i64>,
 }
+
+/// Entries a writer's caches hold at most (memory stays flat on stores with many distinct
+/// values, dropbox links).
+const CACHE: usize = 100_000;
 
 impl<'c> PlanRows<'c> {
     /// The writer of plan `plan_id`'s rows, in the plan's transaction `tx`.
     pub fn new(tx: &'c Connection, plan_id: i64) -> Result<Self> {
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS temp.plan_items_new;
+             CREATE TEMP TABLE plan_items_new AS SELECT * FROM main.plan_items WHERE 0;
+             CREATE UNIQUE INDEX temp.plan_items_new_key ON plan_items_new (plan_id, folder_id, name);",
+        )?;
         Ok(PlanRows {
             plan_id,
-            ins_res: tx.prepare(
-                "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes, attr_edits) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            tx,
+            ins_item: tx.prepare(
+                "INSERT INTO temp.plan_items_new (plan_id, folder_id, name, old_sha, new_sha, changes, rewrite_pass, attr_edits, new_bytes, packed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?,
-            ins_cal: tx.prepare(
-                "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes, attr_edits, rewrite_pass) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            ins_whole: tx.prepare(
+                "INSERT INTO plan_item_changes (plan_id, folder_id, name, seq, line, property_id, old_id, new_id, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?,
-            ins_chg: tx.prepare(
-                "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?,
+            ins_folder: tx.prepare("INSERT OR IGNORE INTO plan_folders (plan_id, path) VALUES (?1, ?2)")?,
+            sel_folder: tx.prepare("SELECT id FROM plan_folders WHERE plan_id = ?1 AND path = ?2")?,
             ins_str: tx.prepare("INSERT OR IGNORE INTO plan_strings (plan_id, text) VALUES (?1, ?2)")?,
             sel_str: tx.prepare("SELECT id FROM plan_strings WHERE plan_id = ?1 AND text = ?2")?,
-            ins_row: tx.prepare(
-                "INSERT INTO plan_change_rows (plan_id, res_id, path_id, seq, line, property_id, old_id, new_id, old_line, new_line) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            ins_pair: tx.prepare(
+                "INSERT OR IGNORE INTO plan_pairs (plan_id, property_id, old_id, new_id) VALUES (?1, ?2, ?3, ?4)",
             )?,
-            del_rows: tx.prepare(
-                "DELETE FROM plan_change_rows WHERE plan_id = ?1 AND path_id = 0 AND res_id = (SELECT rowid FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2)",
+            sel_pair: tx.prepare(
+                "SELECT id FROM plan_pairs WHERE plan_id = ?1 AND property_id = ?2 AND old_id = ?3 AND new_id = ?4",
             )?,
-            del_res: tx.prepare("DELETE FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2")?,
+            sel_item: tx.prepare(
+                "SELECT changes FROM temp.plan_items_new WHERE plan_id = ?1 AND folder_id = ?2 AND name = ?3",
+            )?,
+            del_whole: tx.prepare(
+                "DELETE FROM plan_item_changes WHERE plan_id = ?1 AND folder_id = ?2 AND name = ?3",
+            )?,
+            del_item: tx.prepare(
+                "DELETE FROM temp.plan_items_new WHERE plan_id = ?1 AND folder_id = ?2 AND name = ?3",
+            )?,
             ids: HashMap::new(),
+            folders: HashMap::new(),
+            pairs: HashMap::new(),
         })
     }
 
-    /// Stores one changed resource and its changed properties.
+    /// Stores one changed resource and its changed properties: packed into its row, or kept
+    /// whole when they carry their lines (the report's examples).
     pub fn insert(&mut self, r: &ResourceRow<'_>, changes: &[ChangeRow<'_>]) -> Result<()> {
-        match r.new_bytes {
-            // Kept bytes (address-book cards): changes through the view, as before.
-            Some(bytes) => {
-                self.ins_res.execute(rusqlite::params![
-                    self.plan_id,
-                    r.rel_path,
-                    r.old_sha256,
-                    r.new_sha256,
-                    bytes,
-                    changes.len() as i64,
-                    r.attr_edits
-                ])?;
-                for c in changes {
-                    self.ins_chg.execute(rusqlite::params![
-                        self.plan_id,
-                        r.rel_path,
-                        c.line,
-                        c.property,
-                        c.old_value,
-                        c.new_value,
-                        c.old_line,
-                        c.new_line
-                    ])?;
+        let (folder, name) = split_path(r.rel_path);
+        let folder = self.folder(folder)?;
+        let whole = changes
+            .iter()
+            .any(|c| !c.old_line.is_empty() || !c.new_line.is_empty());
+        let packed = if whole {
+            None
+        } else {
+            let mut out = String::with_capacity(changes.len() * 8 + 2);
+            out.push('[');
+            for (i, c) in changes.iter().enumerate() {
+                let pair = self.pair(c)?;
+                if i > 0 {
+                    out.push(',');
                 }
+                out.push_str(&format!("{},{pair}", c.line));
             }
-            None => {
-                let res = self.ins_cal.insert(rusqlite::params![
+            out.push(']');
+            Some(out)
+        };
+        self.ins_item.execute(rusqlite::params![
+            self.plan_id,
+            folder,
+            name,
+            sha_value(r.old_sha256),
+            sha_value(r.new_sha256),
+            changes.len() as i64,
+            r.rewrite_pass,
+            r.attr_edits,
+            r.new_bytes,
+            packed
+        ])?;
+        if whole {
+            for (seq, c) in changes.iter().enumerate() {
+                let (k, o, n) = (
+                    self.id(c.property)?,
+                    self.id(c.old_value)?,
+                    self.id(c.new_value)?,
+                );
+                self.ins_whole.execute(rusqlite::params![
                     self.plan_id,
-                    r.rel_path,
-                    r.old_sha256,
-                    r.new_sha256,
-                    &[] as &[u8],
-                    changes.len() as i64,
-                    r.attr_edits,
-                    r.rewrite_pass
+                    folder,
+                    name,
+                    seq as i64 + 1,
+                    c.line,
+                    k,
+                    o,
+                    n,
+                    c.old_line,
+                    c.new_line
                 ])?;
-                self.insert_changes(res, changes)?;
             }
         }
         Ok(())
+    }
+
+    /// The id of a plan_strings / plan_folders / plan_pairs row, inserting it when new.
+    fn intern(
+        ins: &mut rusqlite::Statement<'_>,
+        sel: &mut rusqlite::Statement<'_>,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<i64> {
+        match ins.insert(params) {
+            Ok(id) => Ok(id),
+            // Stored already (by an earlier writer, or the `plan_changes` view's trigger).
+            Err(rusqlite::Error::StatementChangedRows(0)) => {
+                Ok(sel.query_row(params, |r| r.get(0))?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn id(&mut self, text: &str) -> Result<i64> {
         if let Some(&id) = self.ids.get(text) {
             return Ok(id);
         }
-        if self.ids.len() >= 100_000 {
-            // Memory stays flat on stores with many distinct values (dropbox links).
+        if self.ids.len() >= CACHE {
             self.ids.clear();
         }
-        let id = match self.ins_str.insert(rusqlite::params![self.plan_id, text]) {
-            Ok(id) => id,
-            // Stored already (by the `plan_changes` view's trigger).
-            Err(rusqlite::Error::StatementChangedRows(0)) => self
-                .sel_str
-                .query_row(rusqlite::params![self.plan_id, text], |r| r.get(0))?,
-            Err(e) => return Err(e.into()),
-        };
+        let id = Self::intern(
+            &mut self.ins_str,
+            &mut self.sel_str,
+            rusqlite::params![self.plan_id, text],
+        )?;
         self.ids.insert(text.to_string(), id);
         Ok(id)
     }
 
-    /// Stores the changes of the plan_resources row `res`.
-    fn insert_changes(&mut self, res: i64, changes: &[ChangeRow<'_>]) -> Result<()> {
-        for (seq, c) in changes.iter().enumerate() {
-            let (k, o, n) = (
-                self.id(c.property)?,
-                self.id(c.old_value)?,
-                self.id(c.new_value)?,
-            );
-            self.ins_row.execute(rusqlite::params![
-                self.plan_id,
-                res,
-                seq as i64 + 1,
-                c.line,
-                k,
-                o,
-                n,
-                c.old_line,
-                c.new_line
-            ])?;
+    fn folder(&mut self, path: &str) -> Result<i64> {
+        if let Some(&id) = self.folders.get(path) {
+            return Ok(id);
         }
+        if self.folders.len() >= CACHE {
+            self.folders.clear();
+        }
+        let id = Self::intern(
+            &mut self.ins_folder,
+            &mut self.sel_folder,
+            rusqlite::params![self.plan_id, path],
+        )?;
+        self.folders.insert(path.to_string(), id);
+        Ok(id)
+    }
+
+    fn pair(&mut self, c: &ChangeRow<'_>) -> Result<i64> {
+        let key = [
+            self.id(c.property)?,
+            self.id(c.old_value)?,
+            self.id(c.new_value)?,
+        ];
+        if let Some(&id) = self.pairs.get(&key) {
+            return Ok(id);
+        }
+        if self.pairs.len() >= CACHE {
+            self.pairs.clear();
+        }
+        let params = rusqlite::params![self.plan_id, key[0], key[1], key[2]];
+        let id = Self::intern(&mut self.ins_pair, &mut self.sel_pair, params)?;
+        self.pairs.insert(key, id);
+        Ok(id)
+    }
+
+    /// Writes the gathered items to `plan_items`, in key order (before the plan's transaction
+    /// commits; without it the plan holds no items).
+    pub fn finish(self) -> Result<()> {
+        self.tx.execute_batch(
+            "INSERT INTO main.plan_items SELECT * FROM temp.plan_items_new ORDER BY plan_id, folder_id, name;
+             DROP TABLE temp.plan_items_new;",
+        )?;
         Ok(())
     }
 
     /// Drops the resource `rel` and its changes (to plan it again); returns how many changes
     /// it had.
     pub fn remove(&mut self, rel: &str) -> Result<u64> {
-        let n = self
-            .del_rows
-            .execute(rusqlite::params![self.plan_id, rel])? as u64;
-        self.del_res.execute(rusqlite::params![self.plan_id, rel])?;
-        Ok(n)
+        let (folder, name) = split_path(rel);
+        let folder = self.folder(folder)?;
+        let params = rusqlite::params![self.plan_id, folder, name];
+        let Some(n) = self
+            .sel_item
+            .query_row(params, |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(0);
+        };
+        self.del_whole.execute(params)?;
+        self.del_item.execute(params)?;
+        Ok(n as u64)
     }
 }
 
@@ -334,19 +434,21 @@ pub struct PlannedRow {
 
 /// Plan `plan_id`'s row of `rel`; `None` when the plan does not change it.
 pub fn planned_row(state: &State, plan_id: i64, rel: &str) -> Result<Option<PlannedRow>> {
+    let (folder, name) = split_path(rel);
     Ok(state
         .conn
-        .query_row(
-            "SELECT new_bytes, rewrite_pass, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-            rusqlite::params![plan_id, rel],
-            |r| {
-                Ok(PlannedRow {
-                    new_bytes: r.get(0)?,
-                    rewrite_pass: r.get(1)?,
-                    attr_edits: r.get(2)?,
-                })
-            },
-        )
+        .prepare_cached(
+            "SELECT i.new_bytes, i.rewrite_pass, i.attr_edits
+               FROM plan_folders f JOIN plan_items i ON i.plan_id = f.plan_id AND i.folder_id = f.id
+              WHERE f.plan_id = ?1 AND f.path = ?2 AND i.name = ?3",
+        )?
+        .query_row(rusqlite::params![plan_id, folder, name], |r| {
+            Ok(PlannedRow {
+                new_bytes: r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(),
+                rewrite_pass: r.get(1)?,
+                attr_edits: r.get(2)?,
+            })
+        })
         .optional()?)
 }
 
@@ -510,4 +612,115 @@ pub fn insert_database(tx: &Connection, plan_id: i64, d: &DatabaseRow<'_>) -> Re
         ],
     )?;
     Ok(())
+}
+
+/// A changed resource's path and hashes, as `apply` checks them.
+pub struct PlannedHashes {
+    /// Path relative to the store root.
+    pub rel_path: String,
+    /// SHA-256 (hex) of the bytes the plan was made from.
+    pub old_sha256: String,
+    /// SHA-256 (hex) of the planned bytes.
+    pub new_sha256: String,
+}
+
+/// Up to `limit` of plan `plan_id`'s changed resources after `after` (a path an earlier page
+/// returned; `None` from the first), in (folder, name) order: a folder's resources together,
+/// each page read through the indexes (keyset pagination without a sort of the whole plan,
+/// which the `plan_resources` view's `ORDER BY rel_path` needs).
+pub fn resource_page(
+    state: &State,
+    plan_id: i64,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<PlannedHashes>> {
+    let (folder, name) = after.map_or(("", None), |a| {
+        let (f, n) = split_path(a);
+        (f, Some(n))
+    });
+    let mut st = state.conn.prepare_cached(
+        "SELECT f.path || i.name,
+                CASE WHEN typeof(i.old_sha) = 'blob' THEN lower(hex(i.old_sha)) ELSE i.old_sha END,
+                CASE WHEN typeof(i.new_sha) = 'blob' THEN lower(hex(i.new_sha)) ELSE i.new_sha END
+           FROM plan_folders f JOIN plan_items i ON i.plan_id = f.plan_id AND i.folder_id = f.id
+          WHERE f.plan_id = ?1 AND f.path >= ?2 AND (f.path > ?2 OR ?3 IS NULL OR i.name > ?3)
+          ORDER BY f.path, i.name LIMIT ?4",
+    )?;
+    let rows = st.query_map(rusqlite::params![plan_id, folder, name, limit], |r| {
+        Ok(PlannedHashes {
+            rel_path: r.get(0)?,
+            old_sha256: r.get(1)?,
+            new_sha256: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_come_back_in_pages_by_folder_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(dir.path()).unwrap();
+        let tx = state.conn.transaction().unwrap();
+        let plan_id = begin_plan(
+            &tx,
+            &NewPlan {
+                created_at: "t",
+                store_kind: "ics-dir",
+                store_path: "/s",
+                address_form: "keep",
+                directory: "d",
+            },
+        )
+        .unwrap();
+        let sha = "ab".repeat(32);
+        {
+            let mut rows = PlanRows::new(&tx, plan_id).unwrap();
+            for rel in ["b/x.ics", "a/z.ics", "top.ics", "a/y.ics", "a/c/w.ics"] {
+                let change = ChangeRow {
+                    line: 3,
+                    property: "ORGANIZER",
+                    old_value: "mailto:a@x",
+                    new_value: "urn:uuid:A",
+                    old_line: "",
+                    new_line: "",
+                };
+                let row = ResourceRow {
+                    rel_path: rel,
+                    old_sha256: &sha,
+                    new_sha256: "not hex",
+                    new_bytes: None,
+                    rewrite_pass: Some(0),
+                    attr_edits: None,
+                };
+                rows.insert(&row, &[change]).unwrap();
+            }
+            assert_eq!(rows.remove("a/y.ics").unwrap(), 1);
+            assert_eq!(rows.remove("a/nothing.ics").unwrap(), 0);
+            rows.finish().unwrap();
+        }
+        tx.commit().unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = resource_page(&state, plan_id, after.as_deref(), 2).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.rel_path.clone());
+            assert!(page.iter().all(|p| p.old_sha256 == sha && p.new_sha256 == "not hex"));
+            seen.extend(page.into_iter().map(|p| p.rel_path));
+        }
+        assert_eq!(seen, ["top.ics", "a/z.ics", "a/c/w.ics", "b/x.ics"]);
+        let changes: i64 = state
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM plan_changes WHERE property = 'ORGANIZER' AND line = 3",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(changes, 4);
+    }
 }
