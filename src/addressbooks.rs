@@ -17,7 +17,8 @@
 use crate::address::{CalAddress, Guid};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::mapping::{Mapper, Mapping, Observed, Verdict};
+use crate::mapping::{change_rows, home_address, home_finding, Mapper, Mapping, Observed, Verdict};
+use crate::state::plan_rows::{self, PlanRows, ResourceRow};
 use crate::store::addressbook::Roots;
 pub use crate::store::addressbook::{survey, survey_reporting, GroupCard, Survey};
 use crate::store::write::sha256_hex;
@@ -42,7 +43,7 @@ pub fn observe(
     observed: &mut BTreeMap<String, (CalAddress, Observed)>,
 ) {
     for h in &s.homes {
-        let addr = crate::plan::home_address(h);
+        let addr = home_address(h);
         observed
             .entry(addr.key())
             .or_insert_with(|| (addr, Observed::default()));
@@ -128,14 +129,6 @@ fn new_member_uid(cards: &HashSet<String>, mapping: &Mapping, uid: &str) -> Opti
     (target.guid != guid).then(|| target.guid.to_string())
 }
 
-/// Statements that store a plan's changed resources (see `plan::insert_resource`).
-pub struct Inserts<'a, 'c> {
-    /// The prepared `INSERT INTO plan_resources` statement.
-    pub resources: &'a mut rusqlite::Statement<'c>,
-    /// The prepared `INSERT INTO plan_changes` statement.
-    pub changes: &'a mut rusqlite::Statement<'c>,
-}
-
 /// Plans the address books: homes into `plan_addressbook_homes`, rewritten group cards into
 /// `plan_resources`/`plan_changes` (paths relative to the address-book root, `addressbooks/...`).
 /// `changed`/`props` are the plan's running counts (the first changed resources keep their whole
@@ -146,16 +139,13 @@ pub fn plan(
     plan_id: i64,
     s: &Survey,
     mapping: &Mapping,
-    ins: &mut Inserts<'_, '_>,
+    rows: &mut PlanRows<'_>,
     changed: &mut u64,
     props: &mut u64,
     example_lines: u64,
 ) -> Result<AddressBookSummary> {
     let root = s.root.canonicalize().unwrap_or_else(|_| s.root.clone());
-    tx.execute(
-        "UPDATE plans SET addressbook_path = ?1 WHERE id = ?2",
-        rusqlite::params![root.to_string_lossy(), plan_id],
-    )?;
+    plan_rows::set_addressbook_path(tx, plan_id, &root.to_string_lossy())?;
     let mut sum = AddressBookSummary {
         root: root.to_string_lossy().into_owned(),
         cards: s.cards,
@@ -163,23 +153,32 @@ pub fn plan(
         members: s.members(),
         ..Default::default()
     };
-    {
-        let mut st = tx.prepare(
-            "INSERT OR REPLACE INTO plan_addressbook_homes (plan_id, rel_path, layout, old_id, outcome, new_guid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for h in &s.homes {
-            let f = crate::plan::home_finding(mapping, h);
-            *sum.homes.entry(f.outcome.to_string()).or_default() += 1;
-            st.execute(rusqlite::params![
-                plan_id,
-                h.rel_path,
-                serde_json::to_value(h.layout)?.as_str().unwrap_or_default(),
-                h.id,
-                f.outcome,
-                f.new_guid
-            ])?;
-        }
+    let found: Vec<_> = s
+        .homes
+        .iter()
+        .map(|h| {
+            let layout = serde_json::to_value(h.layout)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Ok((h, home_finding(mapping, h), layout))
+        })
+        .collect::<Result<_>>()?;
+    for (_, f, _) in &found {
+        *sum.homes.entry(f.outcome.to_string()).or_default() += 1;
     }
+    plan_rows::insert_homes(
+        tx,
+        plan_id,
+        plan_rows::HomeTable::AddressBook,
+        found.iter().map(|(h, f, layout)| plan_rows::HomeRow {
+            rel_path: &h.rel_path,
+            layout,
+            old_id: &h.id,
+            outcome: f.outcome,
+            new_guid: f.new_guid.as_deref(),
+        }),
+    )?;
     for g in &s.groups {
         for (m, c) in g.members.iter().zip(&g.is_card) {
             if *c {
@@ -212,17 +211,16 @@ pub fn plan(
         *props += rw.changes.len() as u64;
         sum.cards_changed += 1;
         sum.members_changed += rw.changes.len() as u64;
-        crate::plan::insert_resource(
-            ins.resources,
-            ins.changes,
-            plan_id,
-            &g.rel_path,
-            &g.sha256,
-            &sha256_hex(&rw.bytes),
-            &crate::plan::pack(&rw.bytes),
-            &rw.changes,
-            *changed <= example_lines,
-            None,
+        rows.insert(
+            &ResourceRow {
+                rel_path: &g.rel_path,
+                old_sha256: &g.sha256,
+                new_sha256: &sha256_hex(&rw.bytes),
+                new_bytes: Some(&plan_rows::pack(&rw.bytes)),
+                rewrite_pass: None,
+                attr_edits: None,
+            },
+            &change_rows(&rw.changes, *changed <= example_lines),
         )?;
     }
     Ok(sum)

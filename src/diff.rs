@@ -116,10 +116,10 @@ pub fn resource_diff(
     };
     // The planned bytes: the plan keeps hashes and replays its rewrite on the bytes it was made
     // from. For a file changed since the plan, the diff shows that rewrite of the file as it is.
-    let (how, _) = crate::plan::planned_resource(&state, plan_id, &rel)?
+    let (how, _) = crate::replay::planned_resource(&state, plan_id, &rel)?
         .ok_or_else(|| Error::runtime(format!("plan {plan_id} no longer holds {rel}")))?;
     let new =
-        crate::plan::PlannedRewrites::load(&state, plan_id)?.new_bytes(&how, &now, &new_sha)?;
+        crate::replay::PlannedRewrites::load(&state, plan_id)?.new_bytes(&how, &now, &new_sha)?;
     Ok(ResourceDiff {
         diff: unified(&rel, &now, &new),
         plan_id,

@@ -35,6 +35,7 @@ pub mod progress;
 pub mod provision;
 pub mod prune;
 pub mod rehearse;
+pub mod replay;
 pub mod report;
 pub mod stage;
 pub mod state;

@@ -20,6 +20,8 @@ use crate::address::{AddressForm, CalAddress, Guid, Principal, RecordType};
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryRecord};
 use crate::error::{Error, Result};
+use crate::state::plan_rows;
+use crate::store::{self, Home};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -937,4 +939,84 @@ mod tests {
         assert!(resolver.contains_key("mailto:jdoe@example.com"));
         assert_eq!(a.counts_by_outcome()["ambiguous"], 1);
     }
+}
+
+impl Mapper<'_> {
+    /// A resolver of GUIDs (for the principal databases' rewrite) backed by the mapping's rules:
+    /// the current GUID for an old or current GUID (mapped or unchanged), `None` for ambiguous,
+    /// unmatched or external ones.
+    pub fn guid_resolver(&self) -> impl Fn(&Guid) -> Option<Guid> + '_ {
+        move |g: &Guid| {
+            let res = self.resolve(&CalAddress::UrnUuid(g.clone()), &Observed::default());
+            match res.outcome {
+                Verdict::Mapped | Verdict::Unchanged => res.target.map(|t| t.guid),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// What a home's owner resolved to.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HomeFinding {
+    /// The calendar home.
+    pub home: Home,
+    /// `current` (owner GUID unchanged), `moved` (maps to another GUID), `ambiguous` or `unmatched`.
+    pub outcome: &'static str,
+    /// The current owner's GUID; None when ambiguous or unmatched.
+    pub new_guid: Option<String>,
+}
+
+/// The address a home's folder name stands for.
+pub fn home_address(h: &Home) -> CalAddress {
+    match h.layout {
+        store::HomeLayout::Users => CalAddress::PrincipalName {
+            kind: RecordType::User,
+            short: h.id.clone(),
+            base: None,
+        },
+        _ => match Guid::parse(&h.id) {
+            Some(g) => CalAddress::UrnUuid(g),
+            None => CalAddress::UrnXUid(h.id.clone()),
+        },
+    }
+}
+
+/// What the owner of home `h` resolved to in `mapping`.
+pub fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
+    let key = home_address(h).key();
+    let (outcome, new_guid) = match mapping.entries.get(&key) {
+        Some(r) => match (&r.target, r.outcome) {
+            (Some(p), _) if Some(&p.guid) == Guid::parse(&h.id).as_ref() => {
+                ("current", Some(p.guid.to_string()))
+            }
+            (Some(p), _) => ("moved", Some(p.guid.to_string())),
+            (None, Verdict::Ambiguous) => ("ambiguous", None),
+            (None, _) => ("unmatched", None),
+        },
+        None => ("unmatched", None),
+    };
+    HomeFinding {
+        home: h.clone(),
+        outcome,
+        new_guid,
+    }
+}
+
+/// The rows of a resource's changed properties (whole lines kept for the report's examples).
+pub fn change_rows(
+    changes: &[crate::ical::Change],
+    keep_lines: bool,
+) -> Vec<plan_rows::ChangeRow<'_>> {
+    changes
+        .iter()
+        .map(|c| plan_rows::ChangeRow {
+            line: c.line as i64,
+            property: &c.property,
+            old_value: &c.old_value,
+            new_value: &c.new_value,
+            old_line: if keep_lines { &c.old_line } else { "" },
+            new_line: if keep_lines { &c.new_line } else { "" },
+        })
+        .collect()
 }

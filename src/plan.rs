@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::ical::{self, dropbox::HomeRef, RewriteOptions};
 use crate::mapping::{self, Mapper, Mapping, Observed};
 use crate::progress::Progress;
+use crate::state::plan_rows::{self, PlanRows};
 use crate::state::{now_rfc3339, State};
 use crate::store::write::sha256_hex;
 use crate::store::{self, Home, Item};
@@ -16,17 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
 
 pub use crate::finding::Finding;
-
-/// What a home's owner resolved to.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct HomeFinding {
-    /// The calendar home.
-    pub home: Home,
-    /// `current` (owner GUID unchanged), `moved` (maps to another GUID), `ambiguous` or `unmatched`.
-    pub outcome: &'static str,
-    /// The current owner's GUID; None when ambiguous or unmatched.
-    pub new_guid: Option<String>,
-}
+pub use crate::mapping::{change_rows, home_address, home_finding, HomeFinding};
 
 /// The result of planning, as summarised for humans and scripts.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -103,35 +94,7 @@ pub fn load_directories(cfg: &Config) -> Result<(Directory, Directory)> {
 /// How many changed resources keep their whole old and new lines (for the report's diffs).
 const EXAMPLE_LINES: u64 = 50;
 
-/// The planned bytes as stored (zlib: calendar text packs three to four times smaller).
-pub fn pack(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut z = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity(bytes.len() / 2),
-        flate2::Compression::fast(),
-    );
-    let _ = z.write_all(bytes);
-    z.finish().unwrap_or_default()
-}
-
-/// The planned bytes back, checked against their planned SHA-256.
-pub fn unpack(blob: &[u8], sha256: &str) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::with_capacity(blob.len() * 4);
-    flate2::read::ZlibDecoder::new(blob)
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            Error::runtime(format!(
-                "state database: a planned resource is damaged: {e}"
-            ))
-        })?;
-    if sha256_hex(&out) != sha256 {
-        return Err(Error::runtime(
-            "state database: a planned resource does not match its hash; plan again",
-        ));
-    }
-    Ok(out)
-}
+pub use crate::state::plan_rows::pack;
 
 /// Observations of the first pass over the store.
 #[derive(Default)]
@@ -345,45 +308,6 @@ struct Recheck {
     homes: BTreeSet<HomeRef>,
 }
 
-/// Stores one planned resource and its changed properties.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn insert_resource(
-    ins_res: &mut rusqlite::Statement<'_>,
-    ins_chg: &mut rusqlite::Statement<'_>,
-    plan_id: i64,
-    rel: &str,
-    old_sha: &str,
-    new_sha: &str,
-    packed: &[u8],
-    changes: &[ical::Change],
-    keep_lines: bool,
-    attr_edits: Option<&str>,
-) -> Result<()> {
-    ins_res.execute(rusqlite::params![
-        plan_id,
-        rel,
-        old_sha,
-        new_sha,
-        packed,
-        changes.len() as i64,
-        attr_edits
-    ])?;
-    for c in changes {
-        // Whole logical lines are kept for the report's example diffs only.
-        ins_chg.execute(rusqlite::params![
-            plan_id,
-            rel,
-            c.line as i64,
-            c.property,
-            c.old_value,
-            c.new_value,
-            if keep_lines { c.old_line.as_str() } else { "" },
-            if keep_lines { c.new_line.as_str() } else { "" }
-        ])?;
-    }
-    Ok(())
-}
-
 /// Records what a resolver answers while a pass of the plan rewrites, so that `apply` can replay
 /// the same rewrite of a resource from the file itself (plans keep hashes, not new bytes).
 pub(crate) struct Recorder<'r> {
@@ -408,30 +332,33 @@ impl<'r> Recorder<'r> {
         plan_id: i64,
         pass: i64,
     ) -> Result<()> {
-        let mut ins = tx.prepare(
-            "INSERT OR REPLACE INTO plan_rewrites (plan_id, pass, kind, key, value) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        use crate::state::plan_rows::{RewriteKind, RewriteRow};
+        let mut rows = Vec::new();
         let addresses = self
             .addresses
             .lock()
             .map_err(|_| Error::runtime("resolver poisoned"))?;
         for (k, p) in addresses.iter() {
-            ins.execute(rusqlite::params![
-                plan_id,
+            rows.push(RewriteRow {
                 pass,
-                "address",
-                k,
-                serde_json::to_string(p)?
-            ])?;
+                kind: RewriteKind::Address,
+                key: k.clone(),
+                value: serde_json::to_string(p)?,
+            });
         }
         let homes = self
             .homes
             .lock()
             .map_err(|_| Error::runtime("resolver poisoned"))?;
         for (k, g) in homes.iter() {
-            ins.execute(rusqlite::params![plan_id, pass, "home", k, g.as_str()])?;
+            rows.push(RewriteRow {
+                pass,
+                kind: RewriteKind::Home,
+                key: k.clone(),
+                value: g.as_str().to_string(),
+            });
         }
-        Ok(())
+        plan_rows::insert_rewrites(tx, plan_id, &rows)
     }
 }
 
@@ -453,241 +380,26 @@ impl ical::Resolve for Recorder<'_> {
     }
 }
 
-/// One pass of a plan's resolver as stored: answers the questions the plan asked, as it did.
-#[derive(Default)]
-struct Replay {
-    addresses: HashMap<String, Principal>,
-    homes: HashMap<String, Guid>,
-}
-
-impl ical::Resolve for Replay {
-    fn resolve(&self, addr: &CalAddress) -> Option<&Principal> {
-        self.addresses.get(&addr.key())
-    }
-
-    fn moved_home(&self, home: &HomeRef) -> Option<Guid> {
-        self.homes.get(&home.to_string()).cloned()
-    }
-}
-
-/// How a planned resource's new bytes are obtained.
-#[derive(Clone, Debug)]
-pub enum NewBytes {
-    /// Stored in the plan (zlib), as plans before state schema 10 and address-book cards keep them.
-    Stored(Vec<u8>),
-    /// Recomputed from the file with pass N of the plan's resolver.
-    Rewrite(i64),
-}
-
-/// A plan's rewrites, to recompute a resource's new bytes from its current bytes.
-pub struct PlannedRewrites {
-    passes: [Replay; 2],
-    opts: RewriteOptions,
-}
-
-impl PlannedRewrites {
-    /// Loads plan `plan_id`'s stored resolver answers.
-    pub fn load(state: &State, plan_id: i64) -> Result<PlannedRewrites> {
-        let form: String = state.plan_text(plan_id, "address_form")?;
-        let form =
-            serde_json::from_value(serde_json::Value::String(form.clone())).map_err(|_| {
-                Error::runtime(format!(
-                    "state database: plan {plan_id} has an unknown address form `{form}`"
-                ))
-            })?;
-        let mut passes: [Replay; 2] = Default::default();
-        let mut st = state
-            .conn
-            .prepare("SELECT pass, kind, key, value FROM plan_rewrites WHERE plan_id = ?1")?;
-        let mut rows = st.query([plan_id])?;
-        while let Some(r) = rows.next()? {
-            let pass: i64 = r.get(0)?;
-            let kind: String = r.get(1)?;
-            let key: String = r.get(2)?;
-            let value: String = r.get(3)?;
-            let Some(replay) = passes.get_mut(pass as usize) else {
-                return Err(Error::runtime(format!(
-                    "state database: plan {plan_id} has a rewrite pass {pass} this program does not know"
-                )));
-            };
-            if kind == "home" {
-                let g = Guid::from_any(&value).ok_or_else(|| {
-                    Error::runtime(format!(
-                        "state database: plan {plan_id}: `{value}` is not a GUID"
-                    ))
-                })?;
-                replay.homes.insert(key, g);
-            } else {
-                replay.addresses.insert(key, serde_json::from_str(&value)?);
-            }
-        }
-        Ok(PlannedRewrites {
-            passes,
-            opts: RewriteOptions { form },
-        })
-    }
-
-    /// The planned new bytes of a resource whose bytes are now `current`: the stored ones, or the
-    /// plan's rewrite of `current`. The caller checks them against the planned hash.
-    pub fn new_bytes(&self, how: &NewBytes, current: &[u8], new_sha: &str) -> Result<Vec<u8>> {
-        match how {
-            NewBytes::Stored(blob) => unpack(blob, new_sha),
-            NewBytes::Rewrite(pass) => {
-                let replay = self.passes.get(*pass as usize).ok_or_else(|| {
-                    Error::runtime(format!("state database: unknown rewrite pass {pass}"))
-                })?;
-                Ok(ical::rewrite(current, replay, &self.opts)
-                    .map_err(|e| Error::runtime(e.to_string()))?
-                    .bytes)
-            }
-        }
-    }
-}
-
-/// How plan `plan_id` obtains the new bytes of `rel`, and its attribute edits (JSON); `None` when
-/// the plan does not change it.
-pub fn planned_resource(
-    state: &State,
-    plan_id: i64,
-    rel: &str,
-) -> Result<Option<(NewBytes, Option<String>)>> {
-    let row: Option<(Vec<u8>, Option<i64>, Option<String>)> = state
-        .conn
-        .query_row(
-            "SELECT new_bytes, rewrite_pass, attr_edits FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-            rusqlite::params![plan_id, rel],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
-    Ok(row.map(|(blob, pass, edits)| {
-        (
-            match pass {
-                Some(p) => NewBytes::Rewrite(p),
-                None => NewBytes::Stored(blob),
-            },
-            edits,
-        )
-    }))
-}
-
-/// Writes a plan's changed properties compactly (`plan_change_rows`, texts once in
-/// `plan_strings`); readers see them through the `plan_changes` view.
-pub(crate) struct ChangeRows<'c> {
-    plan_id: i64,
-    ins_str: rusqlite::Statement<'c>,
-    sel_str: rusqlite::Statement<'c>,
-    ins_row: rusqlite::Statement<'c>,
-    del: rusqlite::Statement<'c>,
-    ids: HashMap<String, i64>,
-}
-
-impl<'c> ChangeRows<'c> {
-    pub(crate) fn new(tx: &'c rusqlite::Transaction<'_>, plan_id: i64) -> Result<Self> {
-        Ok(ChangeRows {
-            plan_id,
-            ins_str: tx.prepare("INSERT OR IGNORE INTO plan_strings (plan_id, text) VALUES (?1, ?2)")?,
-            sel_str: tx.prepare("SELECT id FROM plan_strings WHERE plan_id = ?1 AND text = ?2")?,
-            ins_row: tx.prepare(
-                "INSERT INTO plan_change_rows (plan_id, res_id, path_id, seq, line, property_id, old_id, new_id, old_line, new_line) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?,
-            del: tx.prepare(
-                "DELETE FROM plan_change_rows WHERE plan_id = ?1 AND path_id = 0 AND res_id = (SELECT rowid FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2)",
-            )?,
-            ids: HashMap::new(),
-        })
-    }
-
-    fn id(&mut self, text: &str) -> Result<i64> {
-        if let Some(&id) = self.ids.get(text) {
-            return Ok(id);
-        }
-        if self.ids.len() >= 100_000 {
-            // Memory stays flat on stores with many distinct values (dropbox links).
-            self.ids.clear();
-        }
-        let id = match self.ins_str.insert(rusqlite::params![self.plan_id, text]) {
-            Ok(id) => id,
-            // Stored already (by the `plan_changes` view's trigger).
-            Err(rusqlite::Error::StatementChangedRows(0)) => self
-                .sel_str
-                .query_row(rusqlite::params![self.plan_id, text], |r| r.get(0))?,
-            Err(e) => return Err(e.into()),
-        };
-        self.ids.insert(text.to_string(), id);
-        Ok(id)
-    }
-
-    /// Stores the changes of the plan_resources row `res`.
-    fn insert(&mut self, res: i64, changes: &[ical::Change], keep_lines: bool) -> Result<()> {
-        for (seq, c) in changes.iter().enumerate() {
-            let (k, o, n) = (
-                self.id(&c.property)?,
-                self.id(&c.old_value)?,
-                self.id(&c.new_value)?,
-            );
-            self.ins_row.execute(rusqlite::params![
-                self.plan_id,
-                res,
-                seq as i64 + 1,
-                c.line as i64,
-                k,
-                o,
-                n,
-                if keep_lines { c.old_line.as_str() } else { "" },
-                if keep_lines { c.new_line.as_str() } else { "" }
-            ])?;
-        }
-        Ok(())
-    }
-
-    /// Drops the changes stored for `rel` (before its plan_resources row); returns how many.
-    fn remove(&mut self, rel: &str) -> Result<u64> {
-        Ok(self.del.execute(rusqlite::params![self.plan_id, rel])? as u64)
-    }
-}
-
 /// Stores one planned calendar resource: hashes, how to recompute it (`pass`), its changes.
-#[allow(clippy::too_many_arguments)]
 fn insert_planned(
-    ins_res: &mut rusqlite::Statement<'_>,
-    rows: &mut ChangeRows<'_>,
-    plan_id: i64,
+    rows: &mut PlanRows<'_>,
     rel: &str,
     old_sha: &str,
     p: &Planned,
     pass: i64,
     keep_lines: bool,
 ) -> Result<()> {
-    let res = ins_res.insert(rusqlite::params![
-        plan_id,
-        rel,
-        old_sha,
-        p.new_sha,
-        &[] as &[u8],
-        p.changes.len() as i64,
-        p.attr_edits.as_deref(),
-        pass
-    ])?;
-    rows.insert(res, &p.changes, keep_lines)
-}
-
-/// The address a home's folder name stands for.
-pub fn home_address(h: &Home) -> CalAddress {
-    match h.layout {
-        store::HomeLayout::Users => CalAddress::PrincipalName {
-            kind: RecordType::User,
-            short: h.id.clone(),
-            base: None,
+    rows.insert(
+        &plan_rows::ResourceRow {
+            rel_path: rel,
+            old_sha256: old_sha,
+            new_sha256: &p.new_sha,
+            new_bytes: None,
+            rewrite_pass: Some(pass),
+            attr_edits: p.attr_edits.as_deref(),
         },
-        _ => match Guid::parse(&h.id) {
-            Some(g) => CalAddress::UrnUuid(g),
-            None => CalAddress::UrnXUid(h.id.clone()),
-        },
-    }
+        &change_rows(&p.changes, keep_lines),
+    )
 }
 
 /// A resource the plan changes: its changed properties (lines and attributes), new bytes and
@@ -743,15 +455,372 @@ fn collection_of(rel: &str) -> &str {
     rel.rsplit('/').nth(1).unwrap_or("")
 }
 
+/// A plan's running counts: the resources and the properties it changes.
+#[derive(Default)]
+struct Counts {
+    changed: u64,
+    props: u64,
+}
+
+/// What the walk's worker threads make of one resource.
+struct Read {
+    info: ical::CalendarInfo,
+    planned: Option<Planned>,
+    /// Principal hrefs of its attributes (inbox items).
+    hrefs: Vec<String>,
+    /// Why its attributes could not be read.
+    unreadable: Option<String>,
+}
+
+/// What the walk gathers beside the rows it stores.
+#[derive(Default)]
+struct Walked {
+    survey: Survey,
+    seen_problem: BTreeSet<String>,
+    recheck: Vec<Recheck>,
+    counts: Counts,
+}
+
+impl Walked {
+    /// Notes a problem (once per path).
+    fn problem(&mut self, path: String, kind: String, detail: String) {
+        if self.seen_problem.insert(path.clone()) {
+            self.survey.problems.push(Finding {
+                path,
+                kind,
+                detail,
+                fixed: None,
+            });
+        }
+    }
+
+    /// Takes one item of the walk.
+    fn take(
+        &mut self,
+        item: Item<std::result::Result<Read, ical::IcalError>>,
+        rows: &mut PlanRows<'_>,
+        lazy: &LazyResolver<'_, '_>,
+    ) -> Result<()> {
+        match item {
+            Item::Home(h) => self.survey.homes.push(h),
+            Item::Problem(p) => self.problem(p.path, p.kind, p.detail),
+            Item::Resource(res, Err(e)) => {
+                self.problem(res.rel_path, "malformed".into(), e.to_string())
+            }
+            Item::Resource(res, Ok(read)) => self.take_resource(res, read, rows, lazy)?,
+        }
+        Ok(())
+    }
+
+    /// Counts a resource's addresses, notes it for a second reading if the finished mapping may
+    /// rewrite it otherwise, and stores what the walk planned for it.
+    fn take_resource(
+        &mut self,
+        res: store::Resource,
+        read: Read,
+        rows: &mut PlanRows<'_>,
+        lazy: &LazyResolver<'_, '_>,
+    ) -> Result<()> {
+        self.survey.resources += 1;
+        if let Some(detail) = read.unreadable {
+            self.problem(res.rel_path.clone(), "unreadable".into(), detail);
+        }
+        let observed = &mut self.survey.observed;
+        let mut keys = observe(observed, &read.info);
+        observe_hrefs(observed, &read.hrefs, &mut keys);
+        let open: BTreeSet<String> = keys
+            .into_iter()
+            .filter(|k| observed[k].0.guid().is_some() && lazy.unresolved(k))
+            .collect();
+        let homes: BTreeSet<HomeRef> = read.info.links.iter().map(|l| l.home.clone()).collect();
+        if !open.is_empty() || !homes.is_empty() {
+            self.recheck.push(Recheck {
+                path: res.path.clone(),
+                rel: res.rel_path.clone(),
+                sha: res.sha256.clone(),
+                open,
+                homes,
+            });
+        }
+        if let Some(p) = read.planned {
+            self.counts.changed += 1;
+            self.counts.props += p.changes.len() as u64;
+            let keep = self.counts.changed <= EXAMPLE_LINES;
+            insert_planned(rows, &res.rel_path, &res.sha256, &p, 0, keep)?;
+        }
+        Ok(())
+    }
+}
+
+/// The walk: every resource is read once, its addresses counted and rewritten with what rules
+/// 1–5 resolve. Resources naming a GUID left unresolved are noted: once the whole store is
+/// known, rule 6 (store evidence) may resolve it, and only those are read again.
+fn walk_store(
+    progress: &dyn Progress,
+    cfg: &Config,
+    rows: &mut PlanRows<'_>,
+    lazy: &LazyResolver<'_, '_>,
+    walk_resolver: &Recorder<'_>,
+    opts: &RewriteOptions,
+) -> Result<Walked> {
+    let mut walked = Walked::default();
+    // A bar with a total and an ETA: the store's folders listed first (see crate::precount).
+    let total = progress
+        .shown()
+        .then(|| crate::precount::calendar_resources(&cfg.store))
+        .flatten();
+    let bar = progress.start("planning", total);
+    store::walk_with(
+        &cfg.store,
+        store::WalkOptions { xattrs: false },
+        &*bar,
+        |res, bytes| -> std::result::Result<_, ical::IcalError> {
+            let (info, rw) = ical::scan_and_rewrite(bytes, walk_resolver, opts)?;
+            let (attrs, unreadable) =
+                match plan_attributes(cfg, &res.path, &res.collection, walk_resolver, opts) {
+                    Ok(a) => (a, None),
+                    Err(e) => (Default::default(), Some(e)),
+                };
+            let hrefs = attrs.hrefs.clone();
+            Ok(Read {
+                info,
+                planned: Planned::of(rw, attrs),
+                hrefs,
+                unreadable,
+            })
+        },
+        |item| walked.take(item, rows, lazy),
+    )?;
+    bar.finish();
+    Ok(walked)
+}
+
+/// Address books: their home owners and the group members that may be principals are
+/// resolved with the rest.
+fn survey_addressbooks(
+    progress: &dyn Progress,
+    cfg: &Config,
+    mapper: &Mapper<'_>,
+    walked: &mut Walked,
+) -> Result<Option<crate::addressbooks::Survey>> {
+    let Some(root) = store::addressbook::locate(&cfg.store)? else {
+        return Ok(None);
+    };
+    let bar = progress.start("planning address books", None);
+    let ab = crate::addressbooks::survey(&root, &*bar)?;
+    bar.finish();
+    crate::addressbooks::observe(&ab, mapper, &mut walked.survey.observed);
+    for p in &ab.problems {
+        walked.problem(p.path.clone(), p.kind.clone(), p.detail.clone());
+    }
+    walked.survey.resources += ab.cards;
+    Ok(Some(ab))
+}
+
+/// The second reading: the resources the finished mapping (rule 6, the homes `apply` adopts)
+/// rewrites otherwise than the walk did are rewritten again with `final_resolver`.
+fn reread_late(
+    cfg: &Config,
+    walked: &mut Walked,
+    rows: &mut PlanRows<'_>,
+    lazy: &LazyResolver<'_, '_>,
+    resolver: &FinalResolver<'_, '_, '_>,
+    final_resolver: &Recorder<'_>,
+    opts: &RewriteOptions,
+) -> Result<()> {
+    let late: BTreeSet<String> = resolver
+        .map
+        .keys()
+        .filter(|k| lazy.unresolved(k))
+        .cloned()
+        .collect();
+    let moved_otherwise = |homes: &BTreeSet<HomeRef>| {
+        homes
+            .iter()
+            .any(|h| ical::Resolve::moved_home(lazy, h) != ical::Resolve::moved_home(resolver, h))
+    };
+    let counts = &mut walked.counts;
+    for Recheck { path, rel, sha, .. } in walked
+        .recheck
+        .iter()
+        .filter(|r| !r.open.is_disjoint(&late) || moved_otherwise(&r.homes))
+    {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+        if sha256_hex(&bytes) != *sha {
+            return Err(Error::runtime(format!(
+                "{} changed while it was being planned; plan again with the calendar server stopped",
+                path.display()
+            )));
+        }
+        let rw = ical::rewrite(&bytes, final_resolver, opts)
+            .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
+        let attrs = plan_attributes(cfg, path, collection_of(rel), final_resolver, opts)
+            .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
+        let before = rows.remove(rel)?;
+        if before > 0 {
+            counts.changed -= 1;
+            counts.props -= before;
+        }
+        if let Some(p) = Planned::of(rw, attrs) {
+            counts.changed += 1;
+            counts.props += p.changes.len() as u64;
+            insert_planned(rows, rel, sha, &p, 1, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores the calendar homes and what their owners resolved to; returns them counted by outcome.
+fn store_homes(
+    tx: &rusqlite::Transaction<'_>,
+    plan_id: i64,
+    mapping: &Mapping,
+    homes: &[Home],
+) -> Result<BTreeMap<String, usize>> {
+    let mut homes_count: BTreeMap<String, usize> = BTreeMap::new();
+    let found: Vec<(&Home, HomeFinding)> = homes
+        .iter()
+        .map(|h| (h, home_finding(mapping, h)))
+        .collect();
+    let layouts: Vec<String> = homes
+        .iter()
+        .map(|h| {
+            Ok(serde_json::to_value(h.layout)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string())
+        })
+        .collect::<Result<_>>()?;
+    for (_, f) in &found {
+        *homes_count.entry(f.outcome.to_string()).or_default() += 1;
+    }
+    plan_rows::insert_homes(
+        tx,
+        plan_id,
+        plan_rows::HomeTable::Calendar,
+        found
+            .iter()
+            .zip(&layouts)
+            .map(|((h, f), layout)| plan_rows::HomeRow {
+                rel_path: &h.rel_path,
+                layout,
+                old_id: &h.id,
+                outcome: f.outcome,
+                new_guid: f.new_guid.as_deref(),
+            }),
+    )?;
+    Ok(homes_count)
+}
+
+/// Opens the plan's row in `tx`; returns its id.
+fn begin(
+    tx: &rusqlite::Transaction<'_>,
+    cfg: &Config,
+    current: &Directory,
+    created_at: &str,
+    store_path: &std::path::Path,
+) -> Result<i64> {
+    plan_rows::begin_plan(
+        tx,
+        &plan_rows::NewPlan {
+            created_at,
+            store_kind: serde_json::to_value(cfg.store.kind)?
+                .as_str()
+                .unwrap_or_default(),
+            store_path: &store_path.to_string_lossy(),
+            address_form: serde_json::to_value(cfg.rewrite.address_form)?
+                .as_str()
+                .unwrap_or_default(),
+            directory: &current.origin,
+        },
+    )
+}
+
+/// The mapping of every address the walk met, the home owners' included.
+fn map_all(mapper: &Mapper<'_>, walked: &mut Walked, started: std::time::Instant) -> Mapping {
+    // Home owners are principals too: make sure each one is resolved.
+    let survey = &mut walked.survey;
+    for h in &survey.homes {
+        let addr = home_address(h);
+        survey
+            .observed
+            .entry(addr.key())
+            .or_insert_with(|| (addr, Observed::default()));
+    }
+    let mapping = Mapping::build(mapper, &survey.observed);
+    tracing::info!(
+        "walk: {} resources, {} distinct addresses, {} to change, at {:.2?}",
+        survey.resources,
+        survey.observed.len(),
+        walked.counts.changed,
+        started.elapsed()
+    );
+    mapping
+}
+
+/// What a plan stored, for its summary.
+struct Stored {
+    plan_id: i64,
+    created_at: String,
+    store_path: std::path::PathBuf,
+    walked: Walked,
+    mapping: Mapping,
+    homes: BTreeMap<String, usize>,
+    problems: Vec<Finding>,
+    databases: Vec<DatabaseSummary>,
+    provision: BTreeMap<String, usize>,
+    addressbooks: Option<crate::addressbooks::AddressBookSummary>,
+}
+
+/// The summary of a file store's plan.
+fn summary(
+    cfg: &Config,
+    (current, old): (&Directory, &Directory),
+    mapper: &Mapper<'_>,
+    s: Stored,
+) -> Result<PlanSummary> {
+    let mut warnings = current.warnings.clone();
+    warnings.extend(old.warnings.iter().cloned());
+    warnings.extend(mapper.warnings.iter().cloned());
+    warnings.extend(mapper.unused_overrides(&s.mapping));
+    let counts = MappingCounts::of(&s.mapping);
+    Ok(PlanSummary {
+        plan_id: s.plan_id,
+        created_at: s.created_at,
+        store_kind: serde_json::to_value(cfg.store.kind)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        store_path: s.store_path.to_string_lossy().into_owned(),
+        directory_origin: current.origin.clone(),
+        directory_counts: directory_counts(current),
+        old_records: old.records.len(),
+        warnings,
+        resources_scanned: s.walked.survey.resources,
+        resources_changed: s.walked.counts.changed,
+        properties_changed: s.walked.counts.props,
+        by_outcome: counts.by_outcome,
+        by_rule: counts.by_rule,
+        ambiguous: counts.ambiguous,
+        unmatched: counts.unmatched,
+        homes: s.homes,
+        problems: s.problems,
+        databases: s.databases,
+        provision: s.provision,
+        addressbooks: s.addressbooks,
+    })
+}
+
 /// Builds a plan: survey, mapping, rewrite of every resource, stored in the state database.
 pub fn build(
     progress: &dyn Progress,
     cfg: &Config,
     current: &Directory,
     old: &Directory,
+    provision: Option<&ProvisionFindings>,
 ) -> Result<PlanSummary> {
     if cfg.store.kind == crate::config::StoreKind::CalendarserverPg {
-        return crate::db::plan::plan(progress, cfg, current, old);
+        return crate::db::plan::plan(progress, cfg, current, old, provision);
     }
     let mapper = Mapper::new(cfg, current, old)?;
     let started = std::time::Instant::now();
@@ -770,300 +839,67 @@ pub fn build(
         .canonicalize()
         .unwrap_or_else(|_| cfg.store.path.clone());
     let tx = state.conn.transaction()?;
-    tx.execute(
-        "INSERT INTO plans (created_at, store_kind, store_path, address_form, directory, status) VALUES (?1, ?2, ?3, ?4, ?5, 'building')",
-        rusqlite::params![
-            created_at,
-            serde_json::to_value(cfg.store.kind)?.as_str().unwrap_or_default(),
-            store_path.to_string_lossy(),
-            serde_json::to_value(cfg.rewrite.address_form)?.as_str().unwrap_or_default(),
-            current.origin,
-        ],
-    )?;
-    let plan_id = tx.last_insert_rowid();
-
-    // One walk: every resource is read once, its addresses counted and rewritten with what rules
-    // 1–5 resolve. Resources naming a GUID left unresolved are noted: once the whole store is
-    // known, rule 6 (store evidence) may resolve it, and only those are read again.
-    let mut survey = Survey::default();
-    let mut seen_problem = BTreeSet::new();
-    let mut recheck: Vec<Recheck> = Vec::new();
-    let (mut changed, mut props) = (0u64, 0u64);
-    let mapping;
-    let mut ab_summary = None;
-    {
-        let mut ins_res = tx.prepare(
-            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes, attr_edits) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        let mut ins_chg = tx.prepare(
-            "INSERT INTO plan_changes (plan_id, rel_path, line, property, old_value, new_value, old_line, new_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut ins_cal = tx.prepare(
-            "INSERT INTO plan_resources (plan_id, rel_path, old_sha256, new_sha256, new_bytes, changes, attr_edits, rewrite_pass) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut rows = ChangeRows::new(&tx, plan_id)?;
-        // A bar with a total and an ETA: the store's folders listed first (see crate::precount).
-        let total = progress
-            .shown()
-            .then(|| crate::precount::calendar_resources(&cfg.store))
-            .flatten();
-        let bar = progress.start("planning", total);
-        store::walk_with(
-            &cfg.store,
-            store::WalkOptions { xattrs: false },
-            &*bar,
-            |res, bytes| -> std::result::Result<_, ical::IcalError> {
-                let (info, rw) = ical::scan_and_rewrite(bytes, &walk_resolver, &opts)?;
-                let (attrs, unreadable) =
-                    match plan_attributes(cfg, &res.path, &res.collection, &walk_resolver, &opts) {
-                        Ok(a) => (a, None),
-                        Err(e) => (Default::default(), Some(e)),
-                    };
-                let hrefs = attrs.hrefs.clone();
-                Ok((info, Planned::of(rw, attrs), hrefs, unreadable))
-            },
-            |item| {
-                match item {
-                    Item::Home(h) => survey.homes.push(h),
-                    Item::Problem(p) => {
-                        if seen_problem.insert(p.path.clone()) {
-                            survey.problems.push(Finding {
-                                path: p.path,
-                                kind: p.kind,
-                                detail: p.detail,
-                                fixed: None,
-                            });
-                        }
-                    }
-                    Item::Resource(res, Err(e)) => {
-                        if seen_problem.insert(res.rel_path.clone()) {
-                            survey.problems.push(Finding {
-                                path: res.rel_path,
-                                kind: "malformed".into(),
-                                detail: e.to_string(),
-                                fixed: None,
-                            });
-                        }
-                    }
-                    Item::Resource(res, Ok((info, planned, hrefs, unreadable))) => {
-                        survey.resources += 1;
-                        if let Some(detail) = unreadable {
-                            if seen_problem.insert(res.rel_path.clone()) {
-                                survey.problems.push(Finding {
-                                    path: res.rel_path.clone(),
-                                    kind: "unreadable".into(),
-                                    detail,
-                                    fixed: None,
-                                });
-                            }
-                        }
-                        let mut keys = observe(&mut survey.observed, &info);
-                        observe_hrefs(&mut survey.observed, &hrefs, &mut keys);
-                        let open: BTreeSet<String> = keys
-                            .into_iter()
-                            .filter(|k| survey.observed[k].0.guid().is_some() && lazy.unresolved(k))
-                            .collect();
-                        let homes: BTreeSet<HomeRef> =
-                            info.links.iter().map(|l| l.home.clone()).collect();
-                        if !open.is_empty() || !homes.is_empty() {
-                            recheck.push(Recheck {
-                                path: res.path.clone(),
-                                rel: res.rel_path.clone(),
-                                sha: res.sha256.clone(),
-                                open,
-                                homes,
-                            });
-                        }
-                        if let Some(p) = planned {
-                            changed += 1;
-                            props += p.changes.len() as u64;
-                            insert_planned(
-                                &mut ins_cal,
-                                &mut rows,
-                                plan_id,
-                                &res.rel_path,
-                                &res.sha256,
-                                &p,
-                                0,
-                                changed <= EXAMPLE_LINES,
-                            )?;
-                        }
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        bar.finish();
-        // Address books: their home owners and the group members that may be principals are
-        // resolved with the rest.
-        let addressbooks = match store::addressbook::locate(&cfg.store)? {
-            Some(root) => {
-                let bar = progress.start("planning address books", None);
-                let ab = crate::addressbooks::survey(&root, &*bar)?;
-                bar.finish();
-                crate::addressbooks::observe(&ab, &mapper, &mut survey.observed);
-                for p in &ab.problems {
-                    if seen_problem.insert(p.path.clone()) {
-                        survey.problems.push(Finding {
-                            path: p.path.clone(),
-                            kind: p.kind.clone(),
-                            detail: p.detail.clone(),
-                            fixed: None,
-                        });
-                    }
-                }
-                survey.resources += ab.cards;
-                Some(ab)
-            }
-            None => None,
-        };
-        // Home owners are principals too: make sure each one is resolved.
-        for h in &survey.homes {
-            let addr = home_address(h);
-            survey
-                .observed
-                .entry(addr.key())
-                .or_insert_with(|| (addr, Observed::default()));
-        }
-        mapping = Mapping::build(&mapper, &survey.observed);
-        tracing::info!(
-            "walk: {} resources, {} distinct addresses, {changed} to change, at {:.2?}",
-            survey.resources,
-            survey.observed.len(),
-            started.elapsed()
-        );
-        let resolver = FinalResolver::new(&mapping, &lazy, &survey.homes);
+    let plan_id = begin(&tx, cfg, current, &created_at, &store_path)?;
+    let (mut walked, mapping, ab_summary) = {
+        let mut rows = PlanRows::new(&tx, plan_id)?;
+        let mut walked = walk_store(progress, cfg, &mut rows, &lazy, &walk_resolver, &opts)?;
+        let addressbooks = survey_addressbooks(progress, cfg, &mapper, &mut walked)?;
+        let mapping = map_all(&mapper, &mut walked, started);
+        let resolver = FinalResolver::new(&mapping, &lazy, &walked.survey.homes);
         let final_resolver = Recorder::new(&resolver);
-        let late: BTreeSet<String> = resolver
-            .map
-            .keys()
-            .filter(|k| lazy.unresolved(k))
-            .cloned()
-            .collect();
-        {
-            let moved_otherwise = |homes: &BTreeSet<HomeRef>| {
-                homes.iter().any(|h| {
-                    ical::Resolve::moved_home(&lazy, h) != ical::Resolve::moved_home(&resolver, h)
-                })
-            };
-            for Recheck { path, rel, sha, .. } in recheck
-                .iter()
-                .filter(|r| !r.open.is_disjoint(&late) || moved_otherwise(&r.homes))
-            {
-                let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
-                if sha256_hex(&bytes) != *sha {
-                    return Err(Error::runtime(format!(
-                        "{} changed while it was being planned; plan again with the calendar server stopped",
-                        path.display()
-                    )));
-                }
-                let rw = ical::rewrite(&bytes, &final_resolver, &opts)
-                    .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
-                let attrs = plan_attributes(cfg, path, collection_of(rel), &final_resolver, &opts)
-                    .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
-                let before = rows.remove(rel)?;
-                if before > 0 {
-                    changed -= 1;
-                    props -= before;
-                }
-                tx.execute(
-                    "DELETE FROM plan_resources WHERE plan_id = ?1 AND rel_path = ?2",
-                    rusqlite::params![plan_id, rel],
-                )?;
-                if let Some(p) = Planned::of(rw, attrs) {
-                    changed += 1;
-                    props += p.changes.len() as u64;
-                    insert_planned(&mut ins_cal, &mut rows, plan_id, rel, sha, &p, 1, false)?;
-                }
-            }
-        }
+        let w = &mut walked;
+        reread_late(cfg, w, &mut rows, &lazy, &resolver, &final_resolver, &opts)?;
         walk_resolver.store(&tx, plan_id, 0)?;
         final_resolver.store(&tx, plan_id, 1)?;
-        if let Some(ab) = &addressbooks {
-            ab_summary = Some(crate::addressbooks::plan(
+        let ab_summary = match &addressbooks {
+            Some(ab) => Some(crate::addressbooks::plan(
                 &tx,
                 plan_id,
                 ab,
                 &mapping,
-                &mut crate::addressbooks::Inserts {
-                    resources: &mut ins_res,
-                    changes: &mut ins_chg,
-                },
-                &mut changed,
-                &mut props,
+                &mut rows,
+                &mut walked.counts.changed,
+                &mut walked.counts.props,
                 EXAMPLE_LINES,
-            )?);
-        }
-    }
-
+            )?),
+            None => None,
+        };
+        rows.finish()?;
+        (walked, mapping, ab_summary)
+    };
     insert_mappings(&tx, plan_id, &mapping)?;
-
-    let mut homes_count: BTreeMap<String, usize> = BTreeMap::new();
-    {
-        let mut ins = tx.prepare(
-            "INSERT OR REPLACE INTO plan_homes (plan_id, rel_path, layout, old_id, outcome, new_guid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for h in &survey.homes {
-            let f = home_finding(&mapping, h);
-            *homes_count.entry(f.outcome.to_string()).or_default() += 1;
-            ins.execute(rusqlite::params![
-                plan_id,
-                h.rel_path,
-                serde_json::to_value(h.layout)?.as_str().unwrap_or_default(),
-                h.id,
-                f.outcome,
-                f.new_guid
-            ])?;
-        }
-    }
-
-    let mut problems = survey.problems.clone();
+    let homes = store_homes(&tx, plan_id, &mapping, &walked.survey.homes)?;
+    let mut problems = std::mem::take(&mut walked.survey.problems);
     problems.sort_by(|a, b| a.path.cmp(&b.path));
     tracing::info!(
-        "rewrite pass: {changed} resources to change, at {:.2?}",
+        "rewrite pass: {} resources to change, at {:.2?}",
+        walked.counts.changed,
         started.elapsed()
     );
     let databases = plan_databases(&tx, plan_id, cfg, &mapper)?;
-    let provision = plan_provision(&tx, plan_id, cfg, current, old)?;
+    let provision = plan_provision(&tx, plan_id, provision)?;
     store_problems(&tx, plan_id, &problems)?;
-
-    let mut warnings = current.warnings.clone();
-    warnings.extend(old.warnings.iter().cloned());
-    warnings.extend(mapper.warnings.iter().cloned());
-    warnings.extend(mapper.unused_overrides(&mapping));
-    let counts = MappingCounts::of(&mapping);
-    let summary = PlanSummary {
-        plan_id,
-        created_at,
-        store_kind: serde_json::to_value(cfg.store.kind)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        store_path: store_path.to_string_lossy().into_owned(),
-        directory_origin: current.origin.clone(),
-        directory_counts: directory_counts(current),
-        old_records: old.records.len(),
-        warnings,
-        resources_scanned: survey.resources,
-        resources_changed: changed,
-        properties_changed: props,
-        by_outcome: counts.by_outcome,
-        by_rule: counts.by_rule,
-        ambiguous: counts.ambiguous,
-        unmatched: counts.unmatched,
-        homes: homes_count,
-        problems,
-        databases,
-        provision,
-        addressbooks: ab_summary,
-    };
-    tx.execute(
-        "UPDATE plans SET summary_json = ?1 WHERE id = ?2",
-        rusqlite::params![serde_json::to_string(&summary)?, plan_id],
+    let summary = summary(
+        cfg,
+        (current, old),
+        &mapper,
+        Stored {
+            plan_id,
+            created_at,
+            store_path,
+            walked,
+            mapping,
+            homes,
+            problems,
+            databases,
+            provision,
+            addressbooks: ab_summary,
+        },
     )?;
+    plan_rows::set_summary(&tx, plan_id, &serde_json::to_string(&summary)?)?;
     tx.commit()?;
     // The plan was one transaction: its write-ahead log is as large as the plan; give it back.
-    let _ = state.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    plan_rows::checkpoint(&state);
     tracing::info!("plan {plan_id} stored at {:.2?}", started.elapsed());
     Ok(summary)
 }
@@ -1074,13 +910,15 @@ pub(crate) fn store_problems(
     plan_id: i64,
     problems: &[Finding],
 ) -> Result<()> {
-    let mut ins = tx.prepare(
-        "INSERT INTO plan_problems (plan_id, path, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for p in problems {
-        ins.execute(rusqlite::params![plan_id, p.path, p.kind, p.detail])?;
-    }
-    Ok(())
+    plan_rows::insert_problems(
+        tx,
+        plan_id,
+        problems.iter().map(|p| plan_rows::ProblemRow {
+            path: &p.path,
+            kind: &p.kind,
+            detail: &p.detail,
+        }),
+    )
 }
 
 /// The current directory's records counted by kind (the summary's `directory_counts`).
@@ -1133,29 +971,27 @@ pub(crate) fn insert_mappings(
     plan_id: i64,
     mapping: &Mapping,
 ) -> Result<()> {
-    let mut ins = tx.prepare(
-        "INSERT INTO plan_mappings (plan_id, old_value, form, outcome, rule, evidence, new_guid, new_short, new_full_name, record_type, new_value, resources, candidates)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?;
-    for (key, r) in &mapping.entries {
-        let t = r.target.as_ref();
-        ins.execute(rusqlite::params![
-            plan_id,
-            key,
-            r.form,
-            r.outcome.as_str(),
-            r.rule.as_str(),
-            r.evidence,
-            t.map(|p| p.guid.to_string()),
-            t.map(|p| p.short_name.clone()),
-            t.and_then(|p| p.full_name.clone()),
-            t.map(|p| p.kind.as_str()),
-            r.new_value,
-            r.resources as i64,
-            r.candidates.join("; "),
-        ])?;
-    }
-    Ok(())
+    plan_rows::insert_mappings(
+        tx,
+        plan_id,
+        mapping.entries.iter().map(|(key, r)| {
+            let t = r.target.as_ref();
+            plan_rows::MappingRow {
+                old_value: key,
+                form: r.form,
+                outcome: r.outcome.as_str(),
+                rule: r.rule.as_str(),
+                evidence: &r.evidence,
+                new_guid: t.map(|p| p.guid.to_string()),
+                new_short: t.map(|p| p.short_name.as_str()),
+                new_full_name: t.and_then(|p| p.full_name.as_deref()),
+                record_type: t.map(|p| p.kind.as_str()),
+                new_value: r.new_value.as_deref(),
+                resources: r.resources as i64,
+                candidates: r.candidates.join("; "),
+            }
+        }),
+    )
 }
 
 /// Plans the rewrite of the delegate and auto-accept databases and stores it with the plan.
@@ -1165,7 +1001,7 @@ pub(crate) fn plan_databases(
     cfg: &Config,
     mapper: &Mapper<'_>,
 ) -> Result<Vec<DatabaseSummary>> {
-    let resolve = crate::provision::guid_resolver(mapper);
+    let resolve = mapper.guid_resolver();
     let mut out = Vec::new();
     for path in cfg.principal_databases() {
         let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
@@ -1174,19 +1010,18 @@ pub(crate) fn plan_databases(
             .as_str()
             .unwrap_or_default()
             .to_string();
-        tx.execute(
-            "INSERT INTO plan_databases (plan_id, path, kind, old_sha256, changes, unmatched, dropped, plan_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            rusqlite::params![
-                plan_id,
-                path.to_string_lossy(),
-                kind,
-                sha256_hex(&bytes),
-                plan.changes.len() as i64,
-                plan.unmatched.len() as i64,
-                plan.dropped.len() as i64,
-                serde_json::to_string(&plan)?
-            ],
+        plan_rows::insert_database(
+            tx,
+            plan_id,
+            &plan_rows::DatabaseRow {
+                path: &path.to_string_lossy(),
+                kind: &kind,
+                old_sha256: &sha256_hex(&bytes),
+                changes: plan.changes.len() as i64,
+                unmatched: plan.unmatched.len() as i64,
+                dropped: plan.dropped.len() as i64,
+                plan_json: &serde_json::to_string(&plan)?,
+            },
         )?;
         out.push(DatabaseSummary {
             path: path.to_string_lossy().into_owned(),
@@ -1200,47 +1035,26 @@ pub(crate) fn plan_databases(
     Ok(out)
 }
 
-/// Provisioning findings, when `[provision]` names an access group or an augments file.
+/// Provisioning findings as a plan stores them (`[provision]` names an access group or an
+/// augments file); the command layer computes them (see `provision::analyse`).
+pub struct ProvisionFindings {
+    /// The findings, as JSON (the plan's `provision_json`).
+    pub json: String,
+    /// Findings by problem word (the summary's `provision`).
+    pub counts: BTreeMap<String, usize>,
+}
+
+/// Stores the provisioning findings, when there are some; returns their counts by problem.
 pub(crate) fn plan_provision(
     tx: &rusqlite::Transaction<'_>,
     plan_id: i64,
-    cfg: &Config,
-    current: &Directory,
-    old: &Directory,
+    findings: Option<&ProvisionFindings>,
 ) -> Result<BTreeMap<String, usize>> {
-    if cfg.provision.access_group.is_none() && cfg.provision.augments_file.is_none() {
+    let Some(f) = findings else {
         return Ok(BTreeMap::new());
-    }
-    let report = crate::provision::analyse(cfg, current, old)?;
-    tx.execute(
-        "UPDATE plans SET provision_json = ?1 WHERE id = ?2",
-        rusqlite::params![serde_json::to_string(&report.findings)?, plan_id],
-    )?;
-    let mut counts = BTreeMap::new();
-    for f in &report.findings {
-        *counts.entry(f.problem.to_string()).or_default() += 1;
-    }
-    Ok(counts)
-}
-
-pub(crate) fn home_finding(mapping: &Mapping, h: &Home) -> HomeFinding {
-    let key = home_address(h).key();
-    let (outcome, new_guid) = match mapping.entries.get(&key) {
-        Some(r) => match (&r.target, r.outcome) {
-            (Some(p), _) if Some(&p.guid) == Guid::parse(&h.id).as_ref() => {
-                ("current", Some(p.guid.to_string()))
-            }
-            (Some(p), _) => ("moved", Some(p.guid.to_string())),
-            (None, mapping::Verdict::Ambiguous) => ("ambiguous", None),
-            (None, _) => ("unmatched", None),
-        },
-        None => ("unmatched", None),
     };
-    HomeFinding {
-        home: h.clone(),
-        outcome,
-        new_guid,
-    }
+    plan_rows::set_provision(tx, plan_id, &f.json)?;
+    Ok(f.counts.clone())
 }
 
 impl From<serde_json::Error> for Error {

@@ -20,9 +20,9 @@ use std::path::Path;
 pub struct PlanFreed {
     /// The plan's id.
     pub plan_id: i64,
-    /// Resources the plan rewrites (rows of `plan_resources`).
+    /// Resources the plan rewrites (rows of `plan_items`).
     pub resources: i64,
-    /// Line changes the plan holds (rows of `plan_change_rows`).
+    /// Changed properties the plan holds.
     pub changes: i64,
     /// Bytes of planned data (new bytes, changed lines), before SQLite's own overhead.
     pub bytes: i64,
@@ -95,19 +95,28 @@ fn prunable_plans(state: &State, keep: usize, dropping: &str) -> Result<Vec<i64>
 }
 
 fn plan_freed(state: &State, plan_id: i64) -> Result<PlanFreed> {
-    let (resources, rb): (i64, i64) = state.conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(length(new_bytes) + length(rel_path) + COALESCE(length(attr_edits), 0)), 0)
-           FROM plan_resources WHERE plan_id = ?1",
+    let (resources, item_changes, rb): (i64, i64, i64) = state.conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(changes), 0),
+                COALESCE(SUM(COALESCE(length(new_bytes), 0) + length(name) + 64 + COALESCE(length(attr_edits), 0) + COALESCE(length(packed), 0)), 0)
+           FROM plan_items WHERE plan_id = ?1",
         [plan_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    // Changes are rows of string ids (about 8 bytes) and each distinct text once.
-    let (changes, cb): (i64, i64) = state.conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(8 + length(old_line) + length(new_line)), 0)
-           FROM plan_change_rows WHERE plan_id = ?1",
+    // Changes kept whole are rows of string ids (about 8 bytes) and each distinct text once.
+    let cb: i64 = state.conn.query_row(
+        "SELECT COALESCE(SUM(8 + length(old_line) + length(new_line)), 0)
+           FROM (SELECT old_line, new_line FROM plan_change_rows WHERE plan_id = ?1
+                 UNION ALL SELECT old_line, new_line FROM plan_item_changes WHERE plan_id = ?1)",
         [plan_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| r.get(0),
     )?;
+    // Items' changes are counted with them; the other rows are the database store's paths.
+    let changes = item_changes
+        + state.conn.query_row(
+            "SELECT COUNT(*) FROM plan_change_rows WHERE plan_id = ?1",
+            [plan_id],
+            |r| r.get::<_, i64>(0),
+        )?;
     let sb: i64 = state.conn.query_row(
         "SELECT COALESCE(SUM(length(text)), 0) FROM plan_strings WHERE plan_id = ?1",
         [plan_id],
@@ -126,9 +135,12 @@ fn plan_freed(state: &State, plan_id: i64) -> Result<PlanFreed> {
     })
 }
 
-const PLAN_TABLES: [&str; 9] = [
+const PLAN_TABLES: [&str; 12] = [
     "plan_mappings",
-    "plan_resources",
+    "plan_items",
+    "plan_item_changes",
+    "plan_folders",
+    "plan_pairs",
     "plan_change_rows",
     "plan_strings",
     "plan_rewrites",
@@ -227,39 +239,45 @@ fn runs_to_drop(state: &State, which: &RunsToDrop) -> Result<Vec<(i64, String)>>
     }
 }
 
-/// The plan data, journals and backups dropped (or, with `dry_run`, that would be), then the
-/// database compacted so the file shrinks.
-pub fn prune(
-    state: &mut State,
-    keep: usize,
-    which: &RunsToDrop,
-    dry_run: bool,
-) -> Result<PruneReport> {
-    let mut report = PruneReport {
-        dry_run,
-        database_bytes_before: database_bytes(&state.dir),
-        ..Default::default()
-    };
-    let runs = runs_to_drop(state, which)?;
-    let ids: BTreeSet<i64> = runs.iter().map(|r| r.0).collect();
-    // The dropped runs' rollbacks go with them.
-    let mut journal_runs: BTreeSet<i64> = ids.clone();
-    for &id in &ids {
-        let mut st = state
-            .conn
-            .prepare("SELECT id FROM runs WHERE kind = 'rollback' AND undoes_run = ?1")?;
-        for r in st.query_map([id], |r| r.get::<_, i64>(0))? {
-            journal_runs.insert(r?);
+/// The journals `prune` drops: the runs asked for and the rollbacks that undid them.
+struct Journals {
+    runs: BTreeSet<i64>,
+    /// `runs` as an SQL list (`1,2,3`).
+    list: String,
+}
+
+impl Journals {
+    fn of(state: &State, runs: &[(i64, String)]) -> Result<Journals> {
+        let ids: BTreeSet<i64> = runs.iter().map(|r| r.0).collect();
+        // The dropped runs' rollbacks go with them.
+        let mut journal_runs: BTreeSet<i64> = ids.clone();
+        for &id in &ids {
+            let mut st = state
+                .conn
+                .prepare("SELECT id FROM runs WHERE kind = 'rollback' AND undoes_run = ?1")?;
+            for r in st.query_map([id], |r| r.get::<_, i64>(0))? {
+                journal_runs.insert(r?);
+            }
         }
+        let list = journal_runs
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Journals {
+            runs: journal_runs,
+            list,
+        })
     }
-    let list = journal_runs
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut candidates: BTreeSet<String> = BTreeSet::new();
-    let mut shared: BTreeSet<String> = BTreeSet::new();
-    if !journal_runs.is_empty() {
+
+    /// The backups these journals name: all of them, and those another run's journal names too.
+    fn backups(&self, state: &State) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+        let mut candidates: BTreeSet<String> = BTreeSet::new();
+        let mut shared: BTreeSet<String> = BTreeSet::new();
+        if self.runs.is_empty() {
+            return Ok((candidates, shared));
+        }
+        let list = &self.list;
         let mut st = state.conn.prepare(&format!(
             "SELECT DISTINCT backup_sha256 FROM journal WHERE run_id IN ({list}) AND backup_sha256 IS NOT NULL"
         ))?;
@@ -274,37 +292,94 @@ pub fn prune(
                 shared.insert(sha.clone());
             }
         }
+        Ok((candidates, shared))
     }
-    for (id, st) in &runs {
-        let mut steps: i64 = 0;
-        for j in &journal_runs {
-            let undoes: Option<i64> =
-                state
-                    .conn
-                    .query_row("SELECT undoes_run FROM runs WHERE id = ?1", [j], |r| {
-                        r.get(0)
-                    })?;
-            if *j == *id || undoes == Some(*id) {
-                steps += state.conn.query_row(
-                    "SELECT COUNT(*) FROM journal WHERE run_id = ?1",
+
+    /// What dropping each run frees: its steps and those of its rollbacks.
+    fn freed(&self, state: &State, runs: &[(i64, String)]) -> Result<Vec<RunFreed>> {
+        let mut out = Vec::new();
+        for (id, st) in runs {
+            let mut steps: i64 = 0;
+            for j in &self.runs {
+                let undoes: Option<i64> = state.conn.query_row(
+                    "SELECT undoes_run FROM runs WHERE id = ?1",
                     [j],
-                    |r| r.get::<_, i64>(0),
-                )? + crate::store::pg::prune::journal_steps(&state.conn, *j)?;
+                    |r| r.get(0),
+                )?;
+                if *j == *id || undoes == Some(*id) {
+                    steps += state.conn.query_row(
+                        "SELECT COUNT(*) FROM journal WHERE run_id = ?1",
+                        [j],
+                        |r| r.get::<_, i64>(0),
+                    )? + crate::store::pg::prune::journal_steps(&state.conn, *j)?;
+                }
             }
+            out.push(RunFreed {
+                run_id: *id,
+                state: st.clone(),
+                steps,
+            });
         }
-        report.runs.push(RunFreed {
-            run_id: *id,
-            state: st.clone(),
-            steps,
-        });
+        Ok(out)
     }
+
+    /// Drops the journals (durably) and marks their runs pruned.
+    fn drop(&self, state: &mut State) -> Result<()> {
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        let tx = state.conn.transaction()?;
+        tx.execute(
+            &format!("DELETE FROM journal WHERE run_id IN ({})", self.list),
+            [],
+        )?;
+        let ids: Vec<i64> = self.runs.iter().copied().collect();
+        crate::store::pg::prune::drop_journals(&tx, &ids)?;
+        let now = now_rfc3339();
+        for id in &self.runs {
+            tx.execute(
+                "UPDATE runs SET pruned_at = ?1 WHERE id = ?2",
+                rusqlite::params![now, id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The backup files only the dropped journals name (the others stay).
+fn backup_files(
+    state: &State,
+    candidates: &BTreeSet<String>,
+    shared: &BTreeSet<String>,
+) -> Vec<std::path::PathBuf> {
     let backups_dir = state.dir.join("backups");
-    let files: Vec<std::path::PathBuf> = candidates
+    candidates
         .iter()
         .filter(|s| !shared.contains(*s) && s.len() > 2)
         .map(|s| backups_dir.join(&s[..2]).join(s))
         .filter(|p| p.is_file())
-        .collect();
+        .collect()
+}
+
+/// The plan data, journals and backups dropped (or, with `dry_run`, that would be), then the
+/// database compacted so the file shrinks.
+pub fn prune(
+    state: &mut State,
+    keep: usize,
+    which: &RunsToDrop,
+    dry_run: bool,
+) -> Result<PruneReport> {
+    let mut report = PruneReport {
+        dry_run,
+        database_bytes_before: database_bytes(&state.dir),
+        ..Default::default()
+    };
+    let runs = runs_to_drop(state, which)?;
+    let journals = Journals::of(state, &runs)?;
+    let (candidates, shared) = journals.backups(state)?;
+    report.runs = journals.freed(state, &runs)?;
+    let files = backup_files(state, &candidates, &shared);
     report.backups = files.len();
     report.backup_bytes = files
         .iter()
@@ -312,7 +387,7 @@ pub fn prune(
         .sum();
     report.backups_shared = shared.len();
     // Plans only the dropped runs still needed go too.
-    let plan_ids = prunable_plans(state, keep, &list)?;
+    let plan_ids = prunable_plans(state, keep, &journals.list)?;
     report.plans = drop_plans(state, plan_ids.clone(), true)?;
     if dry_run {
         report.database_bytes_after = report.database_bytes_before;
@@ -320,25 +395,12 @@ pub fn prune(
     }
     // The journal first (durably), then the files: a crash in between leaves only unreferenced
     // backups, never a journal naming a missing one.
-    if !journal_runs.is_empty() {
-        let tx = state.conn.transaction()?;
-        tx.execute(&format!("DELETE FROM journal WHERE run_id IN ({list})"), [])?;
-        let ids: Vec<i64> = journal_runs.iter().copied().collect();
-        crate::store::pg::prune::drop_journals(&tx, &ids)?;
-        let now = now_rfc3339();
-        for id in &journal_runs {
-            tx.execute(
-                "UPDATE runs SET pruned_at = ?1 WHERE id = ?2",
-                rusqlite::params![now, id],
-            )?;
-        }
-        tx.commit()?;
-    }
+    journals.drop(state)?;
     for p in &files {
         std::fs::remove_file(p).map_err(|e| Error::io("cannot remove backup", p, e))?;
     }
     drop_plans(state, plan_ids, false)?;
-    if !report.plans.is_empty() || !journal_runs.is_empty() {
+    if !report.plans.is_empty() || !journals.runs.is_empty() {
         // Gives the freed pages back to the file system.
         state
             .conn

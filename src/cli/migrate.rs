@@ -106,7 +106,8 @@ fn plan(
         current.origin,
         old.records.len()
     ));
-    let summary = crate::plan::build(ctx, cfg, &current, &old)?;
+    let findings = super::plan::provision_findings(cfg, &current, &old)?;
+    let summary = crate::plan::build(ctx, cfg, &current, &old, findings.as_ref())?;
     steps.push(format!(
         "plan {}: {} resources to change",
         summary.plan_id, summary.resources_changed

@@ -2,16 +2,20 @@
 //! old plans, and renders the summary.
 
 use super::{Context, Outcome};
+use crate::config::Config;
+use crate::directory::Directory;
 use crate::error::{ExitStatus, Result};
-use crate::plan::PlanSummary;
+use crate::plan::{PlanSummary, ProvisionFindings};
 use crate::state::State;
 use serde_json::json;
+use std::collections::BTreeMap;
 
 /// `plan`: exit 1 while ambiguous addresses or problems remain.
 pub fn run(ctx: &Context) -> Result<Outcome> {
     let cfg = &ctx.config;
     let (current, old) = crate::plan::load_directories(cfg)?;
-    let summary = crate::plan::build(ctx, cfg, &current, &old)?;
+    let findings = provision_findings(cfg, &current, &old)?;
+    let summary = crate::plan::build(ctx, cfg, &current, &old, findings.as_ref())?;
     let mut state = State::open(&cfg.state.path)?;
     crate::report::finish_plan(&state, summary.plan_id, &cfg.report)?;
     let pruned = crate::plan::prune_after_plan(&mut state, cfg.state.keep_plans)?;
@@ -37,6 +41,27 @@ pub fn run(ctx: &Context) -> Result<Outcome> {
         human,
         json: json!({ "plan": summary, "reports": cfg.report.dir, "pruned_plans": pruned }),
     })
+}
+
+/// The provisioning findings a plan keeps, when `[provision]` names an access group or an
+/// augments file.
+pub fn provision_findings(
+    cfg: &Config,
+    current: &Directory,
+    old: &Directory,
+) -> Result<Option<ProvisionFindings>> {
+    if cfg.provision.access_group.is_none() && cfg.provision.augments_file.is_none() {
+        return Ok(None);
+    }
+    let report = crate::provision::analyse(cfg, current, old)?;
+    let mut counts = BTreeMap::new();
+    for f in &report.findings {
+        *counts.entry(f.problem.to_string()).or_default() += 1;
+    }
+    Ok(Some(ProvisionFindings {
+        json: serde_json::to_string(&report.findings)?,
+        counts,
+    }))
 }
 
 /// The short terminal summary of a plan.

@@ -148,6 +148,7 @@ pub fn plan(
     cfg: &Config,
     current: &Directory,
     old: &Directory,
+    provision: Option<&crate::plan::ProvisionFindings>,
 ) -> Result<PlanSummary> {
     let started = std::time::Instant::now();
     let mut db = Db::open(cfg)?;
@@ -179,7 +180,7 @@ pub fn plan(
     let homes = plan_with_mapping(&mut tx, &stx, &planner, &survey, &mapping, &mut acc)?;
     crate::plan::insert_mappings(&stx, plan_id, &mapping)?;
     let databases = crate::plan::plan_databases(&stx, plan_id, cfg, &mapper)?;
-    let provision = crate::plan::plan_provision(&stx, plan_id, cfg, current, old)?;
+    let provision = crate::plan::plan_provision(&stx, plan_id, provision)?;
     let mut problems = std::mem::take(&mut survey.problems);
     problems.sort_by(|a, b| a.path.cmp(&b.path));
     crate::plan::store_problems(&stx, plan_id, &problems)?;

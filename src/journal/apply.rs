@@ -12,7 +12,7 @@ use super::{ApplyOptions, BATCH, BATCH_FOLDERS};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::plan::NewBytes;
+use crate::replay::NewBytes;
 use crate::progress::Progress;
 use crate::stage::{self, Layout, Request, Selection};
 use crate::state::journal_rows::{self as rows, ApplyRun, NewRun, PlannedHashes};
@@ -74,7 +74,7 @@ pub fn apply(progress: &dyn Progress, cfg: &Config, opts: &ApplyOptions) -> Resu
         xattr_prefix: cfg.store.xattr_prefix.clone(),
         plain_files: cfg.store.kind == crate::config::StoreKind::IcsDir,
     };
-    let rewrites = crate::plan::PlannedRewrites::load(&state, plan_id)?;
+    let rewrites = crate::replay::PlannedRewrites::load(&state, plan_id)?;
     let batch = Batch {
         run_id,
         dirs: &dirs,
@@ -245,7 +245,7 @@ fn already_applied(
 
 /// Where a planned resource's new bytes come from, and its attribute edits.
 fn blob_of(state: &State, plan_id: i64, rel: &str) -> Result<(NewBytes, Vec<AttrEdit>)> {
-    let (blob, edits) = crate::plan::planned_resource(state, plan_id, rel)?.ok_or_else(|| {
+    let (blob, edits) = crate::replay::planned_resource(state, plan_id, rel)?.ok_or_else(|| {
         Error::runtime(format!(
             "state database: plan {plan_id} no longer holds {rel}"
         ))

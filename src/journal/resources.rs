@@ -41,7 +41,7 @@ pub(super) struct Item {
     pub(super) old_sha: String,
     pub(super) new_sha: String,
     /// Where its new bytes come from (recomputed from the file, or stored by an older plan).
-    pub(super) blob: crate::plan::NewBytes,
+    pub(super) blob: crate::replay::NewBytes,
     /// Planned attribute edits (server properties that change besides the bytes).
     pub(super) edits: Vec<AttrEdit>,
     pub(super) resumed: bool,
@@ -87,7 +87,7 @@ pub(super) fn prepare_step(
     cache: &dyn seam::Batch,
     backups: &Backups,
     opts: &WriteOptions,
-    rewrites: &crate::plan::PlannedRewrites,
+    rewrites: &crate::replay::PlannedRewrites,
     it: Item,
 ) -> Result<Step> {
     let mut step = Step {
@@ -165,7 +165,7 @@ pub(super) struct Batch<'a> {
     pub(super) backups: &'a Backups,
     pub(super) opts: &'a WriteOptions,
     /// The plan's rewrites, replayed on each file.
-    pub(super) rewrites: &'a crate::plan::PlannedRewrites,
+    pub(super) rewrites: &'a crate::replay::PlannedRewrites,
 }
 
 /// One batch: (a) originals saved and new bytes in temporary files beside them, in parallel;

@@ -666,14 +666,9 @@ impl Analysis<'_> {
 
 /// A resolver for [`plan_db_rewrite`] backed by the mapping's rules: the current GUID for an old
 /// or current GUID (mapped or unchanged), `None` for ambiguous, unmatched or external ones.
+/// (Kept for callers of the library: [`Mapper::guid_resolver`].)
 pub fn guid_resolver<'m, 'a: 'm>(mapper: &'m Mapper<'a>) -> impl Fn(&Guid) -> Option<Guid> + 'm {
-    move |g: &Guid| {
-        let res = mapper.resolve(&CalAddress::UrnUuid(g.clone()), &Observed::default());
-        match res.outcome {
-            mapping::Verdict::Mapped | mapping::Verdict::Unchanged => res.target.map(|t| t.guid),
-            _ => None,
-        }
-    }
+    mapper.guid_resolver()
 }
 
 /// Loads the directories as configured and analyses them: the findings for report.html.

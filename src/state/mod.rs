@@ -5,6 +5,7 @@
 
 pub mod pg_rows;
 pub mod report_rows;
+pub mod plan_rows;
 
 use crate::error::{Error, Result};
 use rusqlite::Connection;
@@ -25,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../migrations/0008_pg_store.sql")),
     (9, include_str!("../../migrations/0009_stages.sql")),
     (10, include_str!("../../migrations/0010_compact_plans.sql")),
+    (11, include_str!("../../migrations/0011_packed_plans.sql")),
 ];
 
 /// File name of the state database inside the state folder.
@@ -685,11 +687,11 @@ mod tests {
             (5, "mailto:a@x", "urn:uuid:A")
         );
         // The old plan's stored bytes are still what apply writes.
-        let (how, _) = crate::plan::planned_resource(&st, 1, "a/b.ics")
+        let (how, _) = crate::replay::planned_resource(&st, 1, "a/b.ics")
             .unwrap()
             .unwrap();
-        assert!(matches!(how, crate::plan::NewBytes::Stored(_)));
-        let rw = crate::plan::PlannedRewrites::load(&st, 1).unwrap();
+        assert!(matches!(how, crate::replay::NewBytes::Stored(_)));
+        let rw = crate::replay::PlannedRewrites::load(&st, 1).unwrap();
         let sha = crate::store::write::sha256_hex(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n");
         let got = rw.new_bytes(&how, b"", &sha).unwrap();
         assert_eq!(got, b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n");

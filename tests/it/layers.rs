@@ -44,7 +44,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // `db` (the database store's workflow) only declares its parts, each placed with its kind;
     // `db::rewrite` is the mapping of database rows that its plan and apply share.
-    ("mapping", &["mapping", "mapping_file", "db", "db::rewrite"]),
+    (
+        "mapping",
+        &["mapping", "mapping_file", "replay", "db", "db::rewrite"],
+    ),
     ("rehearse", &["rehearse", "db::rehearse"]),
     ("addressbooks", &["addressbooks"]),
     // apply and its choice of the homes each stage carries out
@@ -75,12 +78,6 @@ const APART: &[(&str, &str)] = &[
 /// [`LAYERS`]).
 const KNOWN: &[(&str, &str)] = &[
     // plan and journal must meet only through the plan rows of the state database.
-    ("journal::apply", "plan"),
-    ("journal::resources", "plan"),
-    ("plan", "provision"),
-    // addressbooks still holds its part of the plan (its verify moved into verify, the adoption of
-    // its homes into the journal): to move into plan.
-    ("addressbooks", "plan"),
 ];
 
 fn layer_of(path: &str) -> Option<(usize, &'static str)> {
