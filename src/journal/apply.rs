@@ -12,8 +12,8 @@ use super::{ApplyOptions, BATCH, BATCH_FOLDERS};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::replay::NewBytes;
 use crate::progress::Progress;
+use crate::replay::NewBytes;
 use crate::stage::{self, Layout, Request, Selection};
 use crate::state::journal_rows::{self as rows, ApplyRun, NewRun, PlannedHashes};
 use crate::state::{RunEvent, RunKind, RunState, RunStatus, State};
@@ -275,7 +275,7 @@ fn resume_pending(state: &mut State, batch: &Batch<'_>, plan_id: i64) -> Result<
     Ok(())
 }
 
-/// The plan's resources not yet journaled in this run, that this run takes, in path order, a
+/// The plan's resources not yet journaled in this run, that this run takes, in (folder, name) order, a
 /// page at a time (a to-do list of the whole plan would grow with it: about 300 B a resource),
 /// in batches. `Some(signal)` when a signal stopped it between two batches.
 fn apply_resources(

@@ -1,6 +1,7 @@
 //! Checks of the store against a finished run or against a plan about to be applied again.
 
 use super::summary::Checked;
+use super::PAGE;
 use crate::error::{Error, Result};
 use crate::stage::{self, Layout};
 use crate::state::journal_rows::{self as rows, PlannedHashes, WrittenFile};
@@ -81,35 +82,45 @@ pub(super) fn check_store_matches_plan(
     layout: &Layout,
     sel: &stage::Selection,
 ) -> Result<()> {
-    let planned: Vec<_> = rows::planned_hashes(&state.conn, plan_id)?
-        .into_iter()
-        .filter(|p| layout.takes(Some(sel), &p.rel))
-        .collect();
-    let total = planned.len();
-    let mut differing = Vec::new();
-    for PlannedHashes {
-        rel,
-        old_sha: old,
-        new_sha: new,
-    } in planned
-    {
-        let found = dirs.hash_of(&rel);
-        if found.as_deref() != Some(old.as_str()) && found.as_deref() != Some(new.as_str()) {
-            differing.push(format!("{rel} ({})", describe_found(&found)));
+    // A page at a time: the plan may hold a million resources. The first few differing are named.
+    let (mut total, mut n, mut differing) = (0, 0, Vec::new());
+    let mut after: Option<String> = None;
+    loop {
+        let page = rows::planned_hashes_page(&state.conn, plan_id, after.as_deref(), PAGE)?;
+        let full = page.len() as i64 == PAGE;
+        after = page.last().map(|p| p.rel.clone());
+        for PlannedHashes {
+            rel,
+            old_sha: old,
+            new_sha: new,
+        } in page.into_iter().filter(|p| layout.takes(Some(sel), &p.rel))
+        {
+            total += 1;
+            let found = dirs.hash_of(&rel);
+            if found.as_deref() != Some(old.as_str()) && found.as_deref() != Some(new.as_str()) {
+                n += 1;
+                if differing.len() < 5 {
+                    differing.push(format!("{rel} ({})", describe_found(&found)));
+                }
+            }
+        }
+        if !full {
+            break;
         }
     }
     let dbs = rows::changed_databases(&state.conn, plan_id)?;
     for (path, old) in dbs.into_iter().filter(|_| sel.rest) {
         let found = SideFile(Path::new(&path)).hash();
         if found.as_deref() != Some(old.as_str()) {
-            differing.push(format!("{path} ({})", describe_found(&found)));
+            n += 1;
+            if differing.len() < 5 {
+                differing.push(format!("{path} ({})", describe_found(&found)));
+            }
         }
     }
-    if differing.is_empty() {
+    if n == 0 {
         return Ok(());
     }
-    let n = differing.len();
-    differing.truncate(5);
     Err(Error::usage(format!(
         "plan {plan_id} cannot be applied again: {n} of the {total} resources it changes no longer hold what it was made from (first: {}). Run `principal-reconciler plan` for a plan of the store as it is, review the reports, then `apply` it",
         differing.join("; ")

@@ -9,7 +9,7 @@ use crate::store::seam::Store;
 
 /// Removes the temporary files (`.NAME.principal-reconciler.tmp`) that an interrupted run left in
 /// the folders of the plan's resources; returns how many. The paths are read a page at a time,
-/// in path order, so a folder's resources come together: each folder is listed once (a folder
+/// in (folder, name) order, so a folder's resources come together: each folder is listed once (a folder
 /// whose resources are interleaved with a subfolder's may be listed again, which finds nothing).
 pub(super) fn remove_leftovers(state: &State, dirs: &dyn Store, plan_id: i64) -> Result<u64> {
     let mut removed = 0;

@@ -6,7 +6,7 @@ use crate::state::journal_rows::{self as rows, PlannedHashes, TodoPage};
 use crate::state::State;
 use std::collections::VecDeque;
 
-/// The resources of a plan that a run has not journaled yet, read in path order a page at a
+/// The resources of a plan that a run has not journaled yet, read in (folder, name) order a page at a
 /// time (keyset pagination on the plan's primary key; journaled ones are found through
 /// `journal_by_path`).
 pub(super) struct TodoPages {

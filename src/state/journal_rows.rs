@@ -453,13 +453,20 @@ pub struct PlannedHashes {
     pub new_sha: String,
 }
 
-/// Every resource of a plan, in path order.
-pub fn planned_hashes(conn: &Connection, plan_id: i64) -> Result<Vec<PlannedHashes>> {
-    let mut st = conn.prepare(
-        "SELECT rel_path, old_sha256, new_sha256 FROM plan_resources WHERE plan_id = ?1 ORDER BY rel_path",
-    )?;
-    let rows = st.query_map([plan_id], planned_hashes_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+/// A page of a plan's resources with their hashes, in (folder, name) order after `after`
+/// (`None`: from the first).
+pub fn planned_hashes_page(
+    conn: &Connection,
+    plan_id: i64,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<PlannedHashes>> {
+    page(
+        conn,
+        (PAGE_HASHES, ""),
+        (plan_id, after, limit, 0),
+        planned_hashes_row,
+    )
 }
 
 fn planned_hashes_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PlannedHashes> {
@@ -470,31 +477,86 @@ fn planned_hashes_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PlannedHashes> 
     })
 }
 
-/// A page of a plan's resource paths, in order: from `after` on (`None`: from the first).
+/// A page of the plan's resources in (folder, name) order after `after` (`None`: from the
+/// first), read through the indexes of `plan_folders` and `plan_items`, so each page costs its
+/// own rows, not a sort of the whole plan (what the `plan_resources` view's `ORDER BY rel_path`
+/// needs): first the rest of `after`'s folder (`name > ?3`), then the folders after it. `and`
+/// filters further (with `?5` = `extra`); `row` reads `columns`.
+fn page<T>(
+    conn: &Connection,
+    (columns, and): (&str, &str),
+    (plan_id, after, limit, extra): (i64, Option<&str>, i64, i64),
+    row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T> + Copy,
+) -> Result<Vec<T>> {
+    const FROM: &str =
+        "FROM plan_folders f JOIN plan_items i ON i.plan_id = f.plan_id AND i.folder_id = f.id
+          WHERE f.plan_id = ?1";
+    let (folder, name) = page_key(after);
+    let run = |sql: String, name: Option<&str>, limit: i64| -> Result<Vec<T>> {
+        let mut st = conn.prepare_cached(&sql)?;
+        let rows = if and.contains("?5") {
+            st.query_map(params![plan_id, folder, name, limit, extra], row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        } else {
+            st.query_map(params![plan_id, folder, name, limit], row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        Ok(rows)
+    };
+    let mut out = Vec::new();
+    if name.is_some() {
+        out = run(
+            format!("SELECT {columns} {FROM} AND f.path = ?2 AND i.name > ?3{and} ORDER BY i.name LIMIT ?4"),
+            name,
+            limit,
+        )?;
+    }
+    let left = limit - out.len() as i64;
+    if left > 0 {
+        // `?3` is not used here: bound as NULL to keep the numbering.
+        let op = if name.is_some() { ">" } else { ">=" };
+        out.extend(run(
+            format!(
+                "SELECT {columns} {FROM} AND f.path {op} ?2{and} ORDER BY f.path, i.name LIMIT ?4"
+            ),
+            None,
+            left,
+        )?);
+    }
+    Ok(out)
+}
+
+/// `after` as the (folder, name) a page starts behind.
+fn page_key(after: Option<&str>) -> (&str, Option<&str>) {
+    match after {
+        None => ("", None),
+        Some(a) => match a.rfind('/') {
+            Some(i) => (&a[..=i], Some(&a[i + 1..])),
+            None => ("", Some(a)),
+        },
+    }
+}
+
+const PAGE_HASHES: &str = "f.path || i.name,
+    CASE WHEN typeof(i.old_sha) = 'blob' THEN lower(hex(i.old_sha)) ELSE i.old_sha END,
+    CASE WHEN typeof(i.new_sha) = 'blob' THEN lower(hex(i.new_sha)) ELSE i.new_sha END";
+
+/// Not yet journaled by run `?5`.
+const NOT_JOURNALED: &str = " AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = ?5 AND j.rel_path = f.path || i.name)";
+
+/// A page of a plan's resource paths, in (folder, name) order: after `after` (`None`: from the
+/// first).
 pub fn resource_paths_page(
     conn: &Connection,
     plan_id: i64,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<String>> {
-    let mut st = conn.prepare_cached(if after.is_none() {
-        "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 AND rel_path >= ?2
-         ORDER BY rel_path LIMIT ?3"
-    } else {
-        "SELECT rel_path FROM plan_resources WHERE plan_id = ?1 AND rel_path > ?2
-         ORDER BY rel_path LIMIT ?3"
-    })?;
-    let rows = st.query_map(params![plan_id, after.unwrap_or(""), limit], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn todo_sql(first: bool, columns: &str) -> String {
-    format!(
-        "SELECT {columns} FROM plan_resources p
-         WHERE p.plan_id = ?1 AND p.rel_path {} ?3
-           AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.run_id = ?2 AND j.rel_path = p.rel_path)
-         ORDER BY p.rel_path LIMIT ?4",
-        if first { ">=" } else { ">" }
+    page(
+        conn,
+        ("f.path || i.name", ""),
+        (plan_id, after, limit, 0),
+        |r| r.get(0),
     )
 }
 
@@ -511,37 +573,25 @@ pub struct TodoPage<'a> {
     pub limit: i64,
 }
 
-/// A page of the paths of a plan's resources a run has not journaled yet, in order.
-pub fn todo_paths(conn: &Connection, page: &TodoPage<'_>) -> Result<Vec<String>> {
-    let mut st = conn.prepare_cached(&todo_sql(page.after.is_none(), "p.rel_path"))?;
-    let rows = st.query_map(
-        params![
-            page.plan_id,
-            page.run_id,
-            page.after.unwrap_or(""),
-            page.limit
-        ],
+/// A page of the paths of a plan's resources a run has not journaled yet, in (folder, name)
+/// order.
+pub fn todo_paths(conn: &Connection, p: &TodoPage<'_>) -> Result<Vec<String>> {
+    page(
+        conn,
+        ("f.path || i.name", NOT_JOURNALED),
+        (p.plan_id, p.after, p.limit, p.run_id),
         |r| r.get(0),
-    )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    )
 }
 
-/// A page of a plan's resources a run has not journaled yet, in path order.
-pub fn todo_resources(conn: &Connection, page: &TodoPage<'_>) -> Result<Vec<PlannedHashes>> {
-    let mut st = conn.prepare_cached(&todo_sql(
-        page.after.is_none(),
-        "p.rel_path, p.old_sha256, p.new_sha256",
-    ))?;
-    let rows = st.query_map(
-        params![
-            page.plan_id,
-            page.run_id,
-            page.after.unwrap_or(""),
-            page.limit
-        ],
+/// A page of a plan's resources a run has not journaled yet, in (folder, name) order.
+pub fn todo_resources(conn: &Connection, p: &TodoPage<'_>) -> Result<Vec<PlannedHashes>> {
+    page(
+        conn,
+        (PAGE_HASHES, NOT_JOURNALED),
+        (p.plan_id, p.after, p.limit, p.run_id),
         planned_hashes_row,
-    )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    )
 }
 
 /// The databases a plan changes: path and SHA-256 as planned.
@@ -852,4 +902,79 @@ pub fn insert_undo(conn: &Connection, run_id: i64, u: &NewUndo<'_>) -> Result<()
         )?,
     };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::plan_rows::{begin_plan, ChangeRow, NewPlan, PlanRows, ResourceRow};
+    use crate::state::State;
+
+    #[test]
+    fn pages_go_through_every_folder_in_folder_and_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(dir.path()).unwrap();
+        let tx = state.conn.transaction().unwrap();
+        let plan = NewPlan {
+            created_at: "t",
+            store_kind: "ics-dir",
+            store_path: "/s",
+            address_form: "keep",
+            directory: "d",
+        };
+        let plan_id = begin_plan(&tx, &plan).unwrap();
+        let sha = "ab".repeat(32);
+        let mut rels: Vec<String> = (0..7).map(|i| format!("a/{i}.ics")).collect();
+        rels.extend(["top.ics", "a/c/w.ics", "b/x.ics", "b/y.ics"].map(String::from));
+        {
+            let mut rows = PlanRows::new(&tx, plan_id).unwrap();
+            for rel in &rels {
+                let change = ChangeRow {
+                    line: 3,
+                    property: "ORGANIZER",
+                    old_value: "mailto:a@x",
+                    new_value: "urn:uuid:A",
+                    old_line: "",
+                    new_line: "",
+                };
+                let row = ResourceRow {
+                    rel_path: rel,
+                    old_sha256: &sha,
+                    new_sha256: &sha,
+                    new_bytes: None,
+                    rewrite_pass: Some(0),
+                    attr_edits: None,
+                };
+                rows.insert(&row, &[change]).unwrap();
+            }
+            rows.finish().unwrap();
+        }
+        tx.commit().unwrap();
+        // Pages of 3: one folder (a/, 7 resources) spans pages, and pages span folders.
+        let (mut paths, mut todo) = (Vec::new(), Vec::new());
+        let mut after: Option<String> = None;
+        loop {
+            let page = resource_paths_page(&state.conn, plan_id, after.as_deref(), 3).unwrap();
+            let p = TodoPage {
+                plan_id,
+                run_id: 1,
+                after: after.as_deref(),
+                limit: 3,
+            };
+            let t = todo_resources(&state.conn, &p).unwrap();
+            assert_eq!(
+                t.iter().map(|t| t.rel.clone()).collect::<Vec<_>>(),
+                todo_paths(&state.conn, &p).unwrap()
+            );
+            todo.extend(t.into_iter().map(|t| t.rel));
+            let Some(last) = page.last() else { break };
+            after = Some(last.clone());
+            paths.extend(page);
+        }
+        let mut expected: Vec<&str> = vec!["top.ics"];
+        expected.extend(["a/0.ics", "a/1.ics", "a/2.ics", "a/3.ics", "a/4.ics"]);
+        expected.extend(["a/5.ics", "a/6.ics", "a/c/w.ics", "b/x.ics", "b/y.ics"]);
+        assert_eq!(paths, expected);
+        assert_eq!(todo, expected, "a run with no steps has everything to do");
+    }
 }

@@ -4,8 +4,8 @@
 //! enums here; their stored strings are fixed (old databases keep reading the same).
 
 pub mod pg_rows;
-pub mod report_rows;
 pub mod plan_rows;
+pub mod report_rows;
 
 use crate::error::{Error, Result};
 use rusqlite::Connection;
