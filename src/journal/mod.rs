@@ -25,6 +25,7 @@ mod checks;
 mod guard;
 mod home_steps;
 mod leftovers;
+mod marks;
 mod resources;
 mod rollback;
 mod saved;
