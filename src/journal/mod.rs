@@ -14,7 +14,9 @@
 //! byte for byte as an uninterrupted run leaves it.
 //!
 //! Every file and folder in the store is reached from the store root one component at a time, never
-//! through a symbolic link ([`crate::store::confined`]).
+//! through a symbolic link ([`crate::store::confined`]), through the store seam
+//! ([`crate::store::seam`]): the journal makes no file-system call of its own, and keeps its rows
+//! through [`crate::state::journal_rows`].
 //!
 //! A run's lifecycle ([`RunState`](crate::state::RunState)): applying → applied → rolling back →
 //! rolled back; a plan whose run was rolled back is applied again by a new run. SIGINT / SIGTERM
@@ -25,6 +27,7 @@ mod checks;
 mod guard;
 mod home_steps;
 mod leftovers;
+mod marks;
 mod resources;
 mod rollback;
 mod saved;
@@ -43,13 +46,13 @@ pub use crate::store::seam::server_running;
 pub use crate::store::seam::Backups;
 
 /// Steps made durable together.
-pub(super) const BATCH: usize = 1024;
+const BATCH: usize = 1024;
 /// Folders one batch may hold open (each is a descriptor until the batch ends).
-pub(super) const BATCH_FOLDERS: usize = 256;
+const BATCH_FOLDERS: usize = 256;
 
 /// Rows read from the state database at a time where a whole run or plan would not fit in
 /// memory (keyset pagination: peak memory stays flat however large the plan).
-pub(super) const PAGE: i64 = 2000;
+const PAGE: i64 = 2000;
 
 /// What `apply` is asked for.
 #[derive(Clone, Debug, Default)]

@@ -1,6 +1,7 @@
 //! The plan's resources carried out in batches: prepared in parallel, journaled durably, renamed,
 //! marked done.
 
+use super::marks::{self, Mark};
 use super::saved::SavedMeta;
 use super::{BATCH, BATCH_FOLDERS};
 use crate::error::Result;
@@ -201,7 +202,7 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
     }
     let mut collections: BTreeMap<String, CtagRenewal> = BTreeMap::new();
     let mut prepared = Vec::new();
-    let mut results: Vec<(i64, StepState, String)> = Vec::new();
+    let mut results: Vec<Mark> = Vec::new();
     for s in steps {
         if let Some((folder, c)) = s.renew {
             collections.entry(folder).or_insert(c);
@@ -213,7 +214,11 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
                 prepared.push((s.seq, p));
             }
             None if s.resumed => {
-                results.push((s.seq, s.state.unwrap_or(StepState::Skipped), s.detail));
+                results.push(Mark::new(
+                    s.seq,
+                    s.state.unwrap_or(StepState::Skipped),
+                    s.detail,
+                ));
             }
             None => {}
         }
@@ -225,9 +230,9 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
     interrupt::test_pause("apply-rename");
     for (seq, r) in committed {
         match r {
-            Ok(()) => results.push((seq, StepState::Done, String::new())),
+            Ok(()) => results.push(Mark::new(seq, StepState::Done, "")),
             Err(WriteError::Changed { .. }) => {
-                results.push((seq, StepState::Skipped, "changed since plan".to_string()))
+                results.push(Mark::new(seq, StepState::Skipped, "changed since plan"))
             }
             Err(WriteError::Failed(e)) => return Err(e),
         }
@@ -243,11 +248,7 @@ pub(super) fn apply_batch(state: &mut State, b: &Batch<'_>, items: Vec<Item>) ->
     if !results.is_empty() {
         b.dirs.sync()?;
     }
-    let tx = state.conn.transaction()?;
-    for (seq, st, detail) in results {
-        rows::mark_step(&tx, b.run_id, seq, st, &detail)?;
-    }
-    tx.commit()?;
+    marks::record(state, b.run_id, results)?;
     interrupt::test_pause("apply-batch");
     Ok(())
 }

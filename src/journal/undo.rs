@@ -1,5 +1,6 @@
 //! Undoing a run's steps: rewrite steps in batches, other steps one at a time.
 
+use super::marks::{self, Mark};
 use super::saved::SavedMeta;
 use crate::error::{Error, Result};
 use crate::homes::HomeStep;
@@ -195,10 +196,10 @@ pub(super) fn undo_batch(
                         .entry(folder.to_string())
                         .or_insert(c.collection);
                 }
-                results.push((seq, StepState::Done, String::new()));
+                results.push(Mark::new(seq, StepState::Done, ""));
             }
             Err(WriteError::Changed { .. }) => {
-                results.push((seq, StepState::Skipped, undo_detail_changed()))
+                results.push(Mark::new(seq, StepState::Skipped, undo_detail_changed()))
             }
             Err(WriteError::Failed(e)) => return Err(e),
         }
@@ -209,11 +210,7 @@ pub(super) fn undo_batch(
     if !results.is_empty() {
         dirs.sync()?;
     }
-    let tx = state.conn.transaction()?;
-    for (seq, st, detail) in results {
-        rows::mark_step(&tx, rb, seq, st, &detail)?;
-    }
-    tx.commit()?;
+    marks::record(state, rb, results)?;
     interrupt::test_pause("rollback-batch");
     Ok(())
 }
