@@ -709,7 +709,9 @@ mod tests {
             let page = resource_page(&state, plan_id, after.as_deref(), 2).unwrap();
             let Some(last) = page.last() else { break };
             after = Some(last.rel_path.clone());
-            assert!(page.iter().all(|p| p.old_sha256 == sha && p.new_sha256 == "not hex"));
+            assert!(page
+                .iter()
+                .all(|p| p.old_sha256 == sha && p.new_sha256 == "not hex"));
             seen.extend(page.into_iter().map(|p| p.rel_path));
         }
         assert_eq!(seen, ["top.ics", "a/z.ics", "a/c/w.ics", "b/x.ics"]);
