@@ -10,12 +10,15 @@ use crate::error::{Error, Result};
 use crate::journal::RunSummary;
 use crate::progress::Bar;
 use crate::progress::Progress;
+use crate::state::journal_rows;
 use crate::state::pg_rows::{self, Mark, SavedStep};
 use crate::state::{RunEvent, State, StepState};
 use crate::store::pg::edits;
 use crate::store::pg::schema::md5_hex;
 use crate::store::pg::Db;
 use crate::store::pg::Schema;
+use crate::store::seam::{Backups, SideFile};
+use std::path::Path;
 
 const BATCH: i64 = 500;
 
@@ -380,7 +383,8 @@ fn finished_counts(db: &mut Db, state: &State, s: &mut RunSummary, target: i64) 
     Ok(())
 }
 
-/// Restores the delegate databases an apply run rewrote (3.x–5.x `proxies.sqlite`).
+/// Restores the delegate databases an apply run rewrote (3.x–5.x `proxies.sqlite`), through the
+/// store seam and the file journal's restore.
 fn restore_databases(
     state: &State,
     target: i64,
@@ -388,50 +392,25 @@ fn restore_databases(
     force: bool,
     summary: &mut RunSummary,
 ) -> Result<()> {
-    let backups = crate::journal::Backups::open(&cfg.state.path)?;
-    let mut st = state.conn.prepare(
-        "SELECT rel_path, before_sha256, after_sha256, backup_sha256, meta_json FROM journal
-         WHERE run_id = ?1 AND action = 'database' AND state = 'done' AND backup_sha256 IS NOT NULL ORDER BY seq DESC",
-    )?;
-    let rows = st.query_map([target], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, Option<String>>(4)?,
-        ))
-    })?;
-    for r in rows {
-        let (path, before, after, backup, meta) = r?;
-        let p = std::path::Path::new(&path);
-        let cur = std::fs::read(p)
-            .map(|b| crate::store::write::sha256_hex(&b))
-            .unwrap_or_default();
-        if cur == before {
+    let backups = Backups::open(&cfg.state.path)?;
+    for step in journal_rows::done_database_steps(&state.conn, target)? {
+        let file = SideFile(Path::new(&step.rel));
+        let cur = file.hash().unwrap_or_default();
+        if cur == step.original_sha {
             continue;
         }
-        if cur != after && !force {
+        if cur != step.applied_sha && !force {
             summary.skipped.push((
-                path.clone(),
+                step.rel.clone(),
                 "changed after the run; use --force to restore anyway".into(),
             ));
             continue;
         }
-        let bytes = backups.get(&backup)?;
-        let meta = match meta {
-            Some(m) => {
-                let v: serde_json::Value = serde_json::from_str(&m)?;
-                crate::store::write::FileMeta {
-                    uid: v["uid"].as_u64().unwrap_or(0) as u32,
-                    gid: v["gid"].as_u64().unwrap_or(0) as u32,
-                    mode: v["mode"].as_u64().unwrap_or(0o600) as u32,
-                    xattrs: Vec::new(),
-                }
-            }
-            None => crate::store::write::FileMeta::of(p)?,
-        };
-        crate::store::write::restore(p, &bytes, &meta)?;
+        let bytes = backups.get(step.backup.as_deref().unwrap_or_default())?;
+        match step.meta.as_deref() {
+            Some(meta) => crate::journal::restore_saved(file, &bytes, meta)?,
+            None => file.restore(&bytes, &file.meta()?)?,
+        }
         summary.databases += 1;
     }
     Ok(())

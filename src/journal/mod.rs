@@ -38,8 +38,8 @@ mod undo;
 
 pub use self::apply::apply;
 pub use self::rollback::rollback;
-pub(crate) use self::side_files::apply_databases;
 pub use self::side_files::journaled_file_write;
+pub(crate) use self::side_files::{apply_databases, restore_saved};
 pub use self::summary::{Checked, RunSummary};
 use crate::stage::Request;
 pub use crate::store::seam::server_running;

@@ -111,3 +111,10 @@ pub fn journaled_file_write(
     rows::finish_file_run(&state.conn, run_id)?;
     Ok((run_id, backup))
 }
+
+/// Puts a file outside the store back as a step saved it: `bytes` (read from its backup) with
+/// the owner, mode and attributes of `meta_json` (a saved [`SavedMeta`]).
+pub(crate) fn restore_saved(file: SideFile<'_>, bytes: &[u8], meta_json: &str) -> Result<()> {
+    let meta: SavedMeta = serde_json::from_str(meta_json)?;
+    file.restore(bytes, &meta.to_meta()?)
+}

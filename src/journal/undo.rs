@@ -267,9 +267,8 @@ pub(super) fn undo_single(
                 )))
                 }
                 Ok(bytes) => {
-                    let meta: SavedMeta =
-                        serde_json::from_str(item.meta.as_deref().unwrap_or("{}"))?;
-                    SideFile(&path).restore(&bytes, &meta.to_meta()?)?;
+                    let meta = item.meta.as_deref().unwrap_or("{}");
+                    super::side_files::restore_saved(SideFile(&path), &bytes, meta)?;
                     (StepState::Done, String::new())
                 }
             }

@@ -838,19 +838,33 @@ pub fn applied_steps_page(
         "SELECT seq, action, rel_path, target_path, before_sha256, after_sha256, backup_sha256, meta_json FROM journal
          WHERE run_id = ?1 AND seq < ?2 AND state IN ('done', 'pending') ORDER BY seq DESC LIMIT ?3",
     )?;
-    let rows = st.query_map(params![run_id, before, limit], |r| {
-        Ok(AppliedStep {
-            seq: r.get(0)?,
-            action: r.get(1)?,
-            rel: r.get(2)?,
-            target: r.get(3)?,
-            original_sha: r.get(4)?,
-            applied_sha: r.get(5)?,
-            backup: r.get(6)?,
-            meta: r.get(7)?,
-        })
-    })?;
+    let rows = st.query_map(params![run_id, before, limit], applied_step_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The database steps of a run done with a backup, newest first (what a database store's
+/// rollback puts back).
+pub fn done_database_steps(conn: &Connection, run_id: i64) -> Result<Vec<AppliedStep>> {
+    let mut st = conn.prepare(
+        "SELECT seq, action, rel_path, target_path, before_sha256, after_sha256, backup_sha256, meta_json FROM journal
+         WHERE run_id = ?1 AND action = 'database' AND state = 'done' AND backup_sha256 IS NOT NULL ORDER BY seq DESC",
+    )?;
+    let rows = st.query_map([run_id], applied_step_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// An [`AppliedStep`] from its eight columns, in the order the queries above select them.
+fn applied_step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppliedStep> {
+    Ok(AppliedStep {
+        seq: r.get(0)?,
+        action: r.get(1)?,
+        rel: r.get(2)?,
+        target: r.get(3)?,
+        original_sha: r.get(4)?,
+        applied_sha: r.get(5)?,
+        backup: r.get(6)?,
+        meta: r.get(7)?,
+    })
 }
 
 /// How many steps of a run are done or pending.
