@@ -491,7 +491,10 @@ fn page<T>(
     const FROM: &str =
         "FROM plan_folders f JOIN plan_items i ON i.plan_id = f.plan_id AND i.folder_id = f.id
           WHERE f.plan_id = ?1";
-    let (folder, name) = page_key(after);
+    let (folder, name) = after.map_or(("", None), |a| {
+        let (f, n) = super::plan_rows::split_path(a);
+        (f, Some(n))
+    });
     let run = |sql: String, name: Option<&str>, limit: i64| -> Result<Vec<T>> {
         let mut st = conn.prepare_cached(&sql)?;
         let rows = if and.contains("?5") {
@@ -524,17 +527,6 @@ fn page<T>(
         )?);
     }
     Ok(out)
-}
-
-/// `after` as the (folder, name) a page starts behind.
-fn page_key(after: Option<&str>) -> (&str, Option<&str>) {
-    match after {
-        None => ("", None),
-        Some(a) => match a.rfind('/') {
-            Some(i) => (&a[..=i], Some(&a[i + 1..])),
-            None => ("", Some(a)),
-        },
-    }
 }
 
 const PAGE_HASHES: &str = "f.path || i.name,

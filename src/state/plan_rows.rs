@@ -614,48 +614,6 @@ pub fn insert_database(tx: &Connection, plan_id: i64, d: &DatabaseRow<'_>) -> Re
     Ok(())
 }
 
-/// A changed resource's path and hashes, as `apply` checks them.
-pub struct PlannedHashes {
-    /// Path relative to the store root.
-    pub rel_path: String,
-    /// SHA-256 (hex) of the bytes the plan was made from.
-    pub old_sha256: String,
-    /// SHA-256 (hex) of the planned bytes.
-    pub new_sha256: String,
-}
-
-/// Up to `limit` of plan `plan_id`'s changed resources after `after` (a path an earlier page
-/// returned; `None` from the first), in (folder, name) order: a folder's resources together,
-/// each page read through the indexes (keyset pagination without a sort of the whole plan,
-/// which the `plan_resources` view's `ORDER BY rel_path` needs).
-pub fn resource_page(
-    state: &State,
-    plan_id: i64,
-    after: Option<&str>,
-    limit: i64,
-) -> Result<Vec<PlannedHashes>> {
-    let (folder, name) = after.map_or(("", None), |a| {
-        let (f, n) = split_path(a);
-        (f, Some(n))
-    });
-    let mut st = state.conn.prepare_cached(
-        "SELECT f.path || i.name,
-                CASE WHEN typeof(i.old_sha) = 'blob' THEN lower(hex(i.old_sha)) ELSE i.old_sha END,
-                CASE WHEN typeof(i.new_sha) = 'blob' THEN lower(hex(i.new_sha)) ELSE i.new_sha END
-           FROM plan_folders f JOIN plan_items i ON i.plan_id = f.plan_id AND i.folder_id = f.id
-          WHERE f.plan_id = ?1 AND f.path >= ?2 AND (f.path > ?2 OR ?3 IS NULL OR i.name > ?3)
-          ORDER BY f.path, i.name LIMIT ?4",
-    )?;
-    let rows = st.query_map(rusqlite::params![plan_id, folder, name, limit], |r| {
-        Ok(PlannedHashes {
-            rel_path: r.get(0)?,
-            old_sha256: r.get(1)?,
-            new_sha256: r.get(2)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,13 +664,19 @@ mod tests {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = resource_page(&state, plan_id, after.as_deref(), 2).unwrap();
+            let page = crate::state::journal_rows::planned_hashes_page(
+                &state.conn,
+                plan_id,
+                after.as_deref(),
+                2,
+            )
+            .unwrap();
             let Some(last) = page.last() else { break };
-            after = Some(last.rel_path.clone());
+            after = Some(last.rel.clone());
             assert!(page
                 .iter()
-                .all(|p| p.old_sha256 == sha && p.new_sha256 == "not hex"));
-            seen.extend(page.into_iter().map(|p| p.rel_path));
+                .all(|p| p.old_sha == sha && p.new_sha == "not hex"));
+            seen.extend(page.into_iter().map(|p| p.rel));
         }
         assert_eq!(seen, ["top.ics", "a/z.ics", "a/c/w.ics", "b/x.ics"]);
         let changes: i64 = state
